@@ -1,0 +1,256 @@
+//! The audit log: one append-only, hash-chained record per request, allowed or refused.
+//!
+//! Each record's hash covers its position, the previous record's hash and the record itself,
+//! and the chain's head (newest position and hash) is kept beside it; so an edited, deleted,
+//! reordered or cut-off record breaks verification. The chain functions ([`link`],
+//! [`verify_chain`]) are pure; [`append`] writes inside the caller's transaction, so a state
+//! write and its record commit together or not at all.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::SqliteConnection;
+
+use crate::store::StoreError;
+
+/// The hash before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The request did what it asked.
+    Allow,
+    /// Refused: credentials, policy, a held lock, a write rule.
+    Deny,
+    /// The server failed.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One request, as recorded. Never holds a token or state content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub time: String,
+    pub principal: Option<String>,
+    pub source: Option<String>,
+    pub user_agent: Option<String>,
+    pub environment: Option<String>,
+    pub state: Option<String>,
+    /// `state:write`, `token:create`, ...
+    pub action: String,
+    pub decision: Outcome,
+    /// The policies that decided, or `default deny`.
+    pub policy: Option<String>,
+    /// Why it was refused, or what was notable about it.
+    pub reason: Option<String>,
+    pub status: Option<u16>,
+    pub lock_id: Option<String>,
+    pub version: Option<i64>,
+    /// Written past a lineage or serial check with `state:force-write`.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+impl Record {
+    pub fn new(action: impl Into<String>) -> Record {
+        Record {
+            time: crate::store::now(),
+            principal: None,
+            source: None,
+            user_agent: None,
+            environment: None,
+            state: None,
+            action: action.into(),
+            decision: Outcome::Deny,
+            policy: None,
+            reason: None,
+            status: None,
+            lock_id: None,
+            version: None,
+            forced: false,
+        }
+    }
+}
+
+/// The hash of the record at `seq`, chained to `prev`.
+pub fn link(seq: i64, prev: &str, record_json: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(record_json.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// A stored record with its chain fields.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stored {
+    pub seq: i64,
+    pub record: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Where and how a chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq}: {problem}")]
+pub struct Broken {
+    pub seq: i64,
+    pub problem: String,
+}
+
+/// Verifies rows in order against the head; returns how many records are intact.
+pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usize, Broken> {
+    let mut prev = GENESIS.to_string();
+    for (i, row) in rows.iter().enumerate() {
+        let expected_seq = i as i64 + 1;
+        if row.seq != expected_seq {
+            return Err(Broken {
+                seq: expected_seq,
+                problem: format!("missing (the next record is {}): records were deleted", row.seq),
+            });
+        }
+        if row.prev_hash != prev {
+            return Err(Broken {
+                seq: row.seq,
+                problem: "does not follow the record before it: records were deleted or reordered".into(),
+            });
+        }
+        if link(row.seq, &row.prev_hash, &row.record) != row.hash {
+            return Err(Broken {
+                seq: row.seq,
+                problem: "its content does not match its hash: the record was edited".into(),
+            });
+        }
+        prev = row.hash.clone();
+    }
+    let last = rows.last().map(|r| (r.seq, r.hash.clone()));
+    match (head, last) {
+        (None, None) => Ok(0),
+        (Some(head), Some(last)) if head == last => Ok(rows.len()),
+        (Some((seq, _)), _) => Err(Broken {
+            seq,
+            problem: format!(
+                "the chain's head says record {seq} is the newest, but the log ends at {}: records were cut off or replaced",
+                rows.len()
+            ),
+        }),
+        (None, Some(_)) => Err(Broken {
+            seq: 1,
+            problem: "the chain's head is missing: it was removed".into(),
+        }),
+    }
+}
+
+/// Appends a record to the chain of the database `conn` belongs to, inside the caller's
+/// transaction; returns its position.
+pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64, StoreError> {
+    let head: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
+    let seq = prev_seq + 1;
+    let json = serde_json::to_string(record).map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+    let hash = link(seq, &prev_hash, &json);
+    sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)")
+        .bind(seq)
+        .bind(&json)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .bind(seq)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(seq)
+}
+
+/// Reads a whole chain and its head.
+pub async fn read_chain(
+    pool: &sqlx::SqlitePool,
+) -> Result<(Vec<Stored>, Option<(i64, String)>), StoreError> {
+    let rows = sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    let head = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(pool)
+        .await?;
+    Ok((rows, head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: i64) -> Vec<Stored> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let record = format!("{{\"n\":{seq}}}");
+                let hash = link(seq, &prev, &record);
+                let row = Stored {
+                    seq,
+                    record,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                row
+            })
+            .collect()
+    }
+
+    fn head(rows: &[Stored]) -> Option<(i64, String)> {
+        rows.last().map(|r| (r.seq, r.hash.clone()))
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let rows = chain(4);
+        assert_eq!(verify_chain(&rows, head(&rows)), Ok(4));
+        assert_eq!(verify_chain(&[], None), Ok(0));
+    }
+
+    #[test]
+    fn edits_deletions_reorders_and_truncation_are_detected() {
+        let rows = chain(4);
+        let h = head(&rows);
+
+        let mut edited = rows.clone();
+        edited[1].record = "{\"n\":99}".into();
+        assert_eq!(verify_chain(&edited, h.clone()).unwrap_err().seq, 2);
+
+        let mut deleted = rows.clone();
+        deleted.remove(2);
+        assert_eq!(verify_chain(&deleted, h.clone()).unwrap_err().seq, 3);
+
+        let mut reordered = rows.clone();
+        reordered.swap(1, 2);
+        assert!(verify_chain(&reordered, h.clone()).is_err());
+        // Swapped back into sequence order but with their contents exchanged.
+        let mut swapped = rows.clone();
+        let (a, b) = (swapped[1].record.clone(), swapped[2].record.clone());
+        swapped[1].record = b;
+        swapped[2].record = a;
+        assert_eq!(verify_chain(&swapped, h.clone()).unwrap_err().seq, 2);
+
+        let truncated = rows[..3].to_vec();
+        assert!(verify_chain(&truncated, h).is_err());
+        assert!(verify_chain(&rows, None).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! `bulkhead audit log|verify`: read and check every audit chain (the server's and each
+//! environment's), run on the server's host against its data directory.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::{CliError, ConfigArg, Format};
+use crate::audit::{self, Record};
+use crate::store::Stores;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show audit records, oldest first, filtered.
+    Log(LogArgs),
+    /// Check every chain for edited, deleted, reordered or cut-off records; exit 1 if any is broken.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this environment (`server` for requests outside any environment).
+    #[arg(long)]
+    env: Option<String>,
+    /// Only this principal, e.g. user:alice.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only this action, e.g. state:write.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only this decision: allow, deny or error.
+    #[arg(long)]
+    decision: Option<String>,
+    /// Only records at or after this time (RFC 3339, e.g. 2026-11-27T10:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+impl AuditCommand {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self {
+            AuditCommand::Log(args) => args.run().await,
+            AuditCommand::Verify(args) => args.run().await,
+        }
+    }
+}
+
+async fn open(config: &ConfigArg) -> Result<Stores, CliError> {
+    let config = config.load()?;
+    Stores::open(&config)
+        .await
+        .with_context(|| format!("cannot open the data directory {}", config.server.data_dir.display()))
+        .map_err(CliError::Failed)
+}
+
+fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliError> {
+    value
+        .as_deref()
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| {
+                    t.with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                })
+                .map_err(|e| CliError::Usage(format!("--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z")))
+        })
+        .transpose()
+}
+
+impl LogArgs {
+    async fn run(self) -> Result<ExitCode, CliError> {
+        if let Some(d) = &self.decision {
+            if !["allow", "deny", "error"].contains(&d.as_str()) {
+                return Err(CliError::Usage(format!("--decision {d}: use allow, deny or error")));
+            }
+        }
+        let since = time_arg("since", &self.since)?;
+        let until = time_arg("until", &self.until)?;
+        let stores = open(&self.config).await?;
+        let mut records: Vec<(String, Record)> = Vec::new();
+        for (chain, db) in stores.chains() {
+            if self.env.as_ref().is_some_and(|e| *e != chain) {
+                continue;
+            }
+            let (rows, _) = audit::read_chain(db.pool()).await.context("cannot read the audit log")?;
+            for row in rows {
+                let record: Record = serde_json::from_str(&row.record)
+                    .with_context(|| format!("{chain}: audit record {} is not readable (run `bulkhead audit verify`)", row.seq))?;
+                let keep = self.principal.as_ref().is_none_or(|p| record.principal.as_ref() == Some(p))
+                    && self.action.as_ref().is_none_or(|a| record.action == *a)
+                    && self.decision.as_ref().is_none_or(|d| record.decision.as_str() == d)
+                    && since.as_ref().is_none_or(|s| record.time >= *s)
+                    && until.as_ref().is_none_or(|u| record.time < *u);
+                if keep {
+                    records.push((chain.clone(), record));
+                }
+            }
+        }
+        records.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        for (_, r) in &records {
+            match self.format {
+                Format::Json => println!("{}", serde_json::to_string(r).context("cannot encode a record")?),
+                Format::Human => println!(
+                    "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}",
+                    r.time,
+                    r.environment.as_deref().unwrap_or("-"),
+                    r.principal.as_deref().unwrap_or("-"),
+                    r.action,
+                    r.decision.as_str(),
+                    r.status.map_or("-".to_string(), |s| s.to_string()),
+                    r.state.as_deref().unwrap_or(""),
+                    r.version.map_or(String::new(), |v| format!(" v{v}")),
+                    r.reason.as_deref().map_or(String::new(), |why| format!("  ({why})")),
+                ),
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl VerifyArgs {
+    async fn run(self) -> Result<ExitCode, CliError> {
+        let stores = open(&self.config).await?;
+        let mut broken = false;
+        let mut report = Vec::new();
+        for (chain, db) in stores.chains() {
+            let (rows, head) = audit::read_chain(db.pool()).await.context("cannot read the audit log")?;
+            let result = audit::verify_chain(&rows, head);
+            broken |= result.is_err();
+            match self.format {
+                Format::Human => match &result {
+                    Ok(n) => println!("{chain}: {n} records, chain intact"),
+                    Err(b) => println!("{chain}: BROKEN at {b}"),
+                },
+                Format::Json => report.push(match &result {
+                    Ok(n) => serde_json::json!({"chain": chain, "intact": true, "records": n}),
+                    Err(b) => serde_json::json!({"chain": chain, "intact": false, "seq": b.seq, "problem": b.problem}),
+                }),
+            }
+        }
+        if let Format::Json = self.format {
+            println!("{}", serde_json::Value::Array(report));
+        }
+        if broken {
+            eprintln!("The audit log has been tampered with: see the chains marked BROKEN.");
+            Ok(ExitCode::from(1))
+        } else {
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The command line: one enum per command group, one `run` per leaf. Commands return an exit
+//! code; `main` prints errors and exits.
+
+mod audit;
+mod serve;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Privilege boundaries between infrastructure environments for Terraform and OpenTofu",
+    long_about = "Privilege boundaries between infrastructure environments for Terraform and OpenTofu.\n\n\
+        bulkhead serves Terraform's `http` state backend with one owner and one set of rules per \
+        environment: developers write dev, read production and never write it; everything is \
+        recorded in a tamper-evident audit log.\n\n\
+        Start with `bulkhead serve --config examples/bulkhead.hcl`, then issue a token with \
+        `bulkhead token create alice --config examples/bulkhead.hcl`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the state backend server.
+    Serve(serve::ServeArgs),
+    /// Issue, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// The config file option every command shares.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The bulkhead config file.
+    #[arg(long, short = 'c', env = "BULKHEAD_CONFIG", default_value = "bulkhead.hcl")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config, CliError> {
+        Config::load(&self.config).map_err(CliError::Config)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Format {
+    /// Aligned text for people.
+    #[default]
+    Human,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Why a command failed, which decides its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Exit 2: the config cannot be used.
+    #[error("{0}\nThe config is invalid: fix the lines above and run the command again.")]
+    Config(ConfigError),
+    /// Exit 2: the command was used wrongly.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 1: the request or check failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self.command {
+            Command::Serve(args) => args.run().await,
+            Command::Token(cmd) => cmd.run().await,
+            Command::Audit(cmd) => cmd.run().await,
+        }
+    }
+}
+
+/// Who runs a local admin command, as the audit log names them.
+fn local_operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("local:{user}")
+}

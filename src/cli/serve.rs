@@ -1,0 +1,69 @@
+//! `bulkhead serve`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{CliError, ConfigArg};
+use crate::http::{self, App, StartError};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Listen on this address instead of the config's `server.listen` (port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+impl ServeArgs {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        let mut config = self.config.load()?;
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        let listen = config.server.listen.clone();
+        let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+        let app = App::open(config).await.map_err(|e| match e {
+            StartError::Policy(e) => CliError::Usage(format!("{e}\nThe policies are invalid: the server did not start.")),
+            other => CliError::Failed(other.into()),
+        })?;
+        let listener = std::net::TcpListener::bind(&listen)
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        // The one line on stdout: scripts and tests read the address from it.
+        println!("bulkhead listening on {scheme}://{addr}");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, "serving");
+        http::serve(app, listener, shutdown_signal())
+            .await
+            .map_err(|e| CliError::Failed(e.into()))?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,712 @@
+//! The configuration: `bulkhead.hcl` read into validated types.
+//!
+//! Everything past [`Config::load`] can rely on the invariants checked here: every principal
+//! named in a list exists, names are unique and well formed, every environment has an owner.
+//! This module reads files; it never opens a database or a socket.
+
+mod hcl;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use self::hcl::Diagnostic;
+use self::hcl::{Attr, Block, Literal};
+
+/// The default limit on one state document.
+pub const DEFAULT_MAX_STATE_SIZE: u64 = 32 * 1024 * 1024;
+
+/// A config file that cannot be used, with every problem found in it.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigError {
+    fn single(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            diagnostics: vec![Diagnostic {
+                line: None,
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match d.line {
+                Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, d.message)?,
+                None => write!(f, "{}: {}", self.file.display(), d.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Someone or something a rule can name: `team:NAME`, `user:NAME` or `service:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Team(String),
+    User(String),
+    Service(String),
+}
+
+impl Subject {
+    fn parse(text: &str) -> Result<Subject, String> {
+        let (kind, name) = text.split_once(':').ok_or_else(|| {
+            format!("`{text}` must say what it is: team:NAME, user:NAME or service:NAME")
+        })?;
+        let name = name.to_string();
+        match kind {
+            "team" => Ok(Subject::Team(name)),
+            "user" => Ok(Subject::User(name)),
+            "service" => Ok(Subject::Service(name)),
+            _ => Err(format!(
+                "`{text}`: unknown kind `{kind}`; use team:NAME, user:NAME or service:NAME"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Team(n) => write!(f, "team:{n}"),
+            Subject::User(n) => write!(f, "user:{n}"),
+            Subject::Service(n) => write!(f, "service:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub server: Server,
+    /// Team name → member user names.
+    pub teams: BTreeMap<String, Vec<String>>,
+    /// Declared users and every team member.
+    pub users: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    /// In the order of the file.
+    pub environments: Vec<Environment>,
+    /// Extra Cedar policy files, resolved against the config's folder.
+    pub policy_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub owner: Subject,
+    pub paths: Vec<String>,
+    pub read: Vec<Subject>,
+    pub write: Vec<Subject>,
+    /// Who may release someone else's lock (default: the owner).
+    pub force_unlock: Vec<Subject>,
+    /// Who may push another lineage or an older serial (default: nobody).
+    pub force_write: Vec<Subject>,
+    /// Who may delete a state (default: the owner).
+    pub delete: Vec<Subject>,
+    /// A database URL of its own; `None` means a SQLite file under the data directory.
+    pub storage: Option<String>,
+    pub max_state_size: u64,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single(path, format!("cannot read the config file: {e}"))
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names the file in messages and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let root = hcl::parse(text).map_err(|diagnostics| ConfigError {
+            file: path.to_path_buf(),
+            diagnostics,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut v = Validator {
+            diags: Vec::new(),
+            base,
+        };
+        let config = v.config(path, &root);
+        if v.diags.is_empty() {
+            Ok(config)
+        } else {
+            v.diags.sort_by_key(|d| d.line);
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                diagnostics: v.diags,
+            })
+        }
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The teams a user belongs to.
+    pub fn teams_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.teams
+            .iter()
+            .filter(move |(_, members)| members.iter().any(|m| m == user))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether a subject names something declared in this config.
+    pub fn knows(&self, subject: &Subject) -> bool {
+        match subject {
+            Subject::Team(n) => self.teams.contains_key(n),
+            Subject::User(n) => self.users.contains(n),
+            Subject::Service(n) => self.services.contains(n),
+        }
+    }
+}
+
+/// Walks the parsed file, collecting every problem rather than stopping at the first.
+struct Validator {
+    diags: Vec<Diagnostic>,
+    base: PathBuf,
+}
+
+/// A subject as written, with the line it was written on.
+struct Named {
+    subject: Subject,
+    line: usize,
+    attr: &'static str,
+}
+
+impl Validator {
+    fn error(&mut self, line: usize, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            line: Some(line),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, path: &Path, root: &Block) -> Config {
+        self.only_attrs(root, "the top level", &["policies"]);
+        let policy_files = self
+            .string_list(root, "policies", "the top level")
+            .into_iter()
+            .map(|(p, _)| self.base.join(p))
+            .collect();
+
+        let mut server = None;
+        let mut teams = BTreeMap::new();
+        let mut users = BTreeSet::new();
+        let mut services = BTreeSet::new();
+        let mut environments: Vec<(Environment, usize, Vec<Named>)> = Vec::new();
+        let mut team_members: Vec<(String, usize)> = Vec::new();
+        let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+
+        for block in &root.blocks {
+            let kind = block.kind.as_str();
+            let Some(name) = self.label(block) else {
+                continue;
+            };
+            if kind != "server" {
+                if let Some(first) = seen.insert((kind.to_string(), name.clone()), block.line) {
+                    self.error(
+                        block.line,
+                        format!("duplicate {kind} \"{name}\" (first declared on line {first})"),
+                    );
+                    continue;
+                }
+            }
+            match kind {
+                "server" => {
+                    if server.is_some() {
+                        self.error(block.line, "duplicate server block: there can be only one");
+                    }
+                    server = Some(self.server(block));
+                }
+                "team" => {
+                    self.check_name(block.line, "team", &name, principal_name_ok);
+                    self.only_attrs(block, &format!("team \"{name}\""), &["members"]);
+                    let members: Vec<String> = self
+                        .string_list(block, "members", &format!("team \"{name}\""))
+                        .into_iter()
+                        .map(|(m, line)| {
+                            let m = m.strip_prefix("user:").unwrap_or(&m).to_string();
+                            team_members.push((m.clone(), line));
+                            m
+                        })
+                        .collect();
+                    teams.insert(name, members);
+                }
+                "user" => {
+                    self.check_name(block.line, "user", &name, principal_name_ok);
+                    self.only_attrs(block, &format!("user \"{name}\""), &[]);
+                    users.insert(name);
+                }
+                "service" => {
+                    self.check_name(block.line, "service", &name, principal_name_ok);
+                    self.only_attrs(block, &format!("service \"{name}\""), &[]);
+                    services.insert(name);
+                }
+                "environment" => {
+                    self.check_name(block.line, "environment", &name, environment_name_ok);
+                    let (env, named) = self.environment(block, name);
+                    environments.push((env, block.line, named));
+                }
+                other => self.error(
+                    block.line,
+                    format!(
+                        "unknown block `{other}`: expected server, team, user, service or environment"
+                    ),
+                ),
+            }
+        }
+
+        for (member, line) in team_members {
+            if services.contains(&member) {
+                self.error(
+                    line,
+                    format!("`{member}` is a service; teams hold users only"),
+                );
+            } else {
+                self.check_name(line, "team member", &member, principal_name_ok);
+                users.insert(member);
+            }
+        }
+        for name in users.intersection(&services) {
+            let line = seen
+                .get(&("service".to_string(), name.clone()))
+                .copied()
+                .unwrap_or(0);
+            self.error(
+                line,
+                format!("`{name}` is both a user and a service: a principal name must be unique"),
+            );
+        }
+
+        let mut config = Config {
+            path: path.to_path_buf(),
+            server: server.unwrap_or_else(|| Server {
+                listen: "127.0.0.1:8080".into(),
+                data_dir: self.base.join("bulkhead-data"),
+                tls: None,
+            }),
+            teams,
+            users,
+            services,
+            environments: Vec::new(),
+            policy_files,
+        };
+        for (env, line, named) in environments {
+            for n in named {
+                if !config.knows(&n.subject) {
+                    self.error(
+                        n.line,
+                        format!(
+                            "environment \"{}\": unknown principal {} in `{}`; declare it in a {} block",
+                            env.name,
+                            n.subject,
+                            n.attr,
+                            match n.subject {
+                                Subject::Team(_) => "team",
+                                Subject::User(_) => "user (or team members)",
+                                Subject::Service(_) => "service",
+                            }
+                        ),
+                    );
+                }
+            }
+            let _ = line;
+            config.environments.push(env);
+        }
+        config
+    }
+
+    fn label(&mut self, block: &Block) -> Option<String> {
+        let want = usize::from(block.kind != "server");
+        if block.labels.len() != want {
+            let what = if want == 0 {
+                format!("`{}` takes no label", block.kind)
+            } else {
+                format!("`{}` needs exactly one name: {} \"NAME\" {{ ... }}", block.kind, block.kind)
+            };
+            self.error(block.line, what);
+            return None;
+        }
+        Some(block.labels.first().cloned().unwrap_or_default())
+    }
+
+    fn check_name(&mut self, line: usize, what: &str, name: &str, ok: fn(&str) -> bool) {
+        if !ok(name) {
+            let rule = if what == "environment" {
+                "[a-z0-9][a-z0-9-]*"
+            } else {
+                "[A-Za-z0-9][A-Za-z0-9._@-]*"
+            };
+            self.error(line, format!("{what} name \"{name}\" is not allowed: use {rule}"));
+        }
+    }
+
+    fn server(&mut self, block: &Block) -> Server {
+        self.only_attrs(block, "server", &["listen", "data_dir"]);
+        let listen = self
+            .string(block, "listen", "server")
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            let line = attr(block, "listen").map_or(block.line, |a| a.line);
+            self.error(
+                line,
+                format!("server: listen = \"{listen}\" is not an address: write IP:PORT, e.g. \"127.0.0.1:8080\""),
+            );
+        }
+        let data_dir = self
+            .string(block, "data_dir", "server")
+            .unwrap_or_else(|| "bulkhead-data".into());
+        let mut tls = None;
+        for inner in &block.blocks {
+            if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
+                self.only_attrs(inner, "server.tls", &["cert_file", "key_file"]);
+                let cert = self.string(inner, "cert_file", "server.tls");
+                let key = self.string(inner, "key_file", "server.tls");
+                match (cert, key) {
+                    (Some(c), Some(k)) => {
+                        tls = Some(Tls {
+                            cert_file: self.base.join(c),
+                            key_file: self.base.join(k),
+                        })
+                    }
+                    _ => self.error(inner.line, "server.tls needs both cert_file and key_file"),
+                }
+            } else {
+                self.error(
+                    inner.line,
+                    format!("unknown block `{}` in server: expected one tls block", inner.kind),
+                );
+            }
+        }
+        Server {
+            listen,
+            data_dir: self.base.join(data_dir),
+            tls,
+        }
+    }
+
+    fn environment(&mut self, block: &Block, name: String) -> (Environment, Vec<Named>) {
+        let ctx = format!("environment \"{name}\"");
+        self.only_attrs(
+            block,
+            &ctx,
+            &[
+                "owner",
+                "paths",
+                "read",
+                "write",
+                "force_unlock",
+                "force_write",
+                "delete",
+                "storage",
+                "max_state_size",
+            ],
+        );
+        for inner in &block.blocks {
+            self.error(inner.line, format!("unknown block `{}` in {ctx}", inner.kind));
+        }
+        let mut named = Vec::new();
+        let owner = match attr(block, "owner") {
+            None => {
+                self.error(
+                    block.line,
+                    format!("{ctx} has no owner: add owner = \"team:NAME\" (the team or person accountable for it)"),
+                );
+                None
+            }
+            Some(a) => match &a.value {
+                Literal::String(s) => match Subject::parse(s) {
+                    Ok(subject) => {
+                        named.push(Named {
+                            subject: subject.clone(),
+                            line: a.line,
+                            attr: "owner",
+                        });
+                        Some(subject)
+                    }
+                    Err(problem) => {
+                        self.error(a.line, format!("{ctx}: owner {problem}"));
+                        None
+                    }
+                },
+                other => {
+                    self.error(a.line, format!("{ctx}: owner must be a string, not {}", other.kind()));
+                    None
+                }
+            },
+        };
+        let owner = owner.unwrap_or_else(|| Subject::Team(String::new()));
+        let mut subjects = |v: &mut Validator, key: &'static str| -> Option<Vec<Subject>> {
+            attr(block, key)?;
+            let mut out = Vec::new();
+            for (text, line) in v.string_list(block, key, &ctx) {
+                match Subject::parse(&text) {
+                    Ok(s) => {
+                        named.push(Named {
+                            subject: s.clone(),
+                            line,
+                            attr: key,
+                        });
+                        out.push(s);
+                    }
+                    Err(problem) => v.error(line, format!("{ctx}: in `{key}`: {problem}")),
+                }
+            }
+            Some(out)
+        };
+        let read = subjects(self, "read").unwrap_or_default();
+        let write = subjects(self, "write").unwrap_or_default();
+        let force_unlock = subjects(self, "force_unlock").unwrap_or_else(|| vec![owner.clone()]);
+        let force_write = subjects(self, "force_write").unwrap_or_default();
+        let delete = subjects(self, "delete").unwrap_or_else(|| vec![owner.clone()]);
+        let paths = self
+            .string_list(block, "paths", &ctx)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let storage = self.string(block, "storage", &ctx);
+        if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
+            if let Err(problem) = crate::store::check_url(url) {
+                self.error(a.line, format!("{ctx}: storage: {problem}"));
+            }
+        }
+        let max_state_size = match attr(block, "max_state_size") {
+            None => DEFAULT_MAX_STATE_SIZE,
+            Some(a) => match parse_size(&a.value) {
+                Ok(n) => n,
+                Err(problem) => {
+                    self.error(a.line, format!("{ctx}: max_state_size {problem}"));
+                    DEFAULT_MAX_STATE_SIZE
+                }
+            },
+        };
+        let env = Environment {
+            name,
+            owner,
+            paths,
+            read,
+            write,
+            force_unlock,
+            force_write,
+            delete,
+            storage,
+            max_state_size,
+        };
+        (env, named)
+    }
+
+    fn only_attrs(&mut self, block: &Block, ctx: &str, allowed: &[&str]) {
+        for a in &block.attrs {
+            if !allowed.contains(&a.name.as_str()) {
+                let hint = if allowed.is_empty() {
+                    "it takes no attributes".to_string()
+                } else {
+                    format!("expected one of: {}", allowed.join(", "))
+                };
+                self.error(a.line, format!("unknown attribute `{}` in {ctx}: {hint}", a.name));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for a in &block.attrs {
+            if let Some(first) = seen.insert(a.name.as_str(), a.line) {
+                self.error(
+                    a.line,
+                    format!("duplicate attribute `{}` in {ctx} (first on line {first})", a.name),
+                );
+            }
+        }
+    }
+
+    fn string(&mut self, block: &Block, key: &str, ctx: &str) -> Option<String> {
+        let a = attr(block, key)?;
+        match &a.value {
+            Literal::String(s) => Some(s.clone()),
+            other => {
+                self.error(a.line, format!("{ctx}: `{key}` must be a string, not {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, block: &Block, key: &str, ctx: &str) -> Vec<(String, usize)> {
+        let Some(a) = attr(block, key) else {
+            return Vec::new();
+        };
+        match &a.value {
+            Literal::List(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Literal::String(s) => out.push((s.clone(), a.line)),
+                        other => self.error(
+                            a.line,
+                            format!("{ctx}: `{key}` must hold strings, not {}", other.kind()),
+                        ),
+                    }
+                }
+                out
+            }
+            other => {
+                self.error(
+                    a.line,
+                    format!("{ctx}: `{key}` must be a list of strings, not {}", other.kind()),
+                );
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn attr<'a>(block: &'a Block, key: &str) -> Option<&'a Attr> {
+    block.attrs.iter().find(|a| a.name == key)
+}
+
+fn environment_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn principal_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+}
+
+/// A size in bytes: a number, or a string such as "16MiB", "500KB", "1GiB".
+fn parse_size(value: &Literal) -> Result<u64, String> {
+    let text = match value {
+        Literal::Number(n) if *n >= 1.0 && n.fract() == 0.0 => return Ok(*n as u64),
+        Literal::String(s) => s.trim(),
+        _ => return Err("must be a positive number of bytes or a string such as \"16MiB\"".into()),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{text}\" does not start with a number"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        other => return Err(format!("has an unknown unit `{other}`: use B, KB, KiB, MB, MiB, GB or GiB")),
+    };
+    n.checked_mul(factor)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("\"{text}\" is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+server {
+  listen   = "127.0.0.1:0"
+  data_dir = "data"
+}
+team "platform" { members = ["pat"] }
+team "app"      { members = ["alice", "bob"] }
+service "ci-prod" {}
+environment "dev" {
+  owner = "team:app"
+  read  = ["team:app"]
+  write = ["team:app", "team:platform"]
+}
+environment "prod" {
+  owner = "team:platform"
+  read  = ["team:app", "team:platform"]
+  write = ["service:ci-prod"]
+  max_state_size = "1MiB"
+}
+"#;
+
+    fn errors(text: &str) -> String {
+        Config::parse(Path::new("b.hcl"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_a_good_config() {
+        let c = Config::parse(Path::new("etc/b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.data_dir, Path::new("etc/data"));
+        assert!(c.users.contains("alice") && c.users.contains("pat"));
+        let prod = c.environment("prod").unwrap();
+        assert_eq!(prod.owner, Subject::Team("platform".into()));
+        assert_eq!(prod.force_unlock, vec![Subject::Team("platform".into())]);
+        assert!(prod.force_write.is_empty());
+        assert_eq!(prod.max_state_size, 1024 * 1024);
+        assert_eq!(c.teams_of("alice").collect::<Vec<_>>(), vec!["app"]);
+    }
+
+    #[test]
+    fn unknown_principal_names_file_and_line() {
+        let text = GOOD.replace("\"service:ci-prod\"]", "\"service:ci-stage\"]");
+        let e = errors(&text);
+        assert!(e.starts_with("b.hcl:17: "), "{e}");
+        assert!(e.contains("unknown principal service:ci-stage"), "{e}");
+    }
+
+    #[test]
+    fn missing_owner_duplicate_and_bad_names_are_all_reported() {
+        let text = r#"
+team "a" { members = ["x"] }
+team "a" { members = ["y"] }
+environment "Prod" { owner = "team:a" }
+environment "dev" { read = ["team:a"] }
+"#;
+        let e = errors(text);
+        assert!(e.contains("b.hcl:3: duplicate team \"a\""), "{e}");
+        assert!(e.contains("b.hcl:4: environment name \"Prod\" is not allowed"), "{e}");
+        assert!(e.contains("b.hcl:5: environment \"dev\" has no owner"), "{e}");
+    }
+
+    #[test]
+    fn typos_are_not_ignored() {
+        let e = errors("environment \"dev\" {\n  owner = \"team:a\"\n  wirte = []\n}\nteam \"a\" {}\n");
+        assert!(e.contains("b.hcl:3: unknown attribute `wirte`"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size(&Literal::String("16MiB".into())), Ok(16 << 20));
+        assert_eq!(parse_size(&Literal::Number(100.0)), Ok(100));
+        assert!(parse_size(&Literal::String("12 parsecs".into())).is_err());
+        assert!(parse_size(&Literal::Number(-1.0)).is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! The one error type of the HTTP layer and its one mapping to responses.
+//!
+//! Refusals carry a sentence for the person at the other end; server faults are logged once
+//! and answered with a generic message, never with internal details.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::lock::LockInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Policy refused a request other than a lock.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A 423 whose LockInfo body says why (refused by policy, or held by someone else).
+    #[error("{}", .0.id)]
+    Locked(LockInfo),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The audit record could not be written, so the request is refused (fail closed).
+    #[error("the audit log cannot be written, so the request was refused; the server's log says why")]
+    AuditUnavailable,
+    /// A server fault; the detail goes to the log, not to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Locked(_) => StatusCode::LOCKED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the audit log records as the reason (internal details stay in the server log).
+    pub fn reason(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = match &self {
+            ApiError::Locked(info) => (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                info.to_json(),
+            )
+                .into_response(),
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "request failed");
+                (status, "internal error: the server's log says more\n").into_response()
+            }
+            other => (status, format!("{other}\n")).into_response(),
+        };
+        match self {
+            ApiError::Unauthenticated(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"bulkhead\""),
+                );
+            }
+            ApiError::MethodNotAllowed(_) => {
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, POST, PUT, DELETE, LOCK, UNLOCK"),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}

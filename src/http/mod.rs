@@ -1,0 +1,135 @@
+//! The HTTP server: the router, the application state it shares, and serving on a socket the
+//! caller has already bound (so tests bind port 0 and know the address before anything runs).
+
+pub mod backend;
+mod error;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::audit::{self, Record};
+use crate::config::Config;
+use crate::policy::{Policy, PolicyError};
+use crate::store::{StoreError, Stores};
+
+/// Everything a request needs, built once at start.
+pub struct App {
+    pub config: Config,
+    pub policy: Policy,
+    pub stores: Stores,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load the TLS certificate {cert} or key {key}: {source}")]
+    Tls {
+        cert: String,
+        key: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl App {
+    /// Compiles the policies and opens every database.
+    pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
+        let policy = Policy::compile(&config)?;
+        let stores = Stores::open(&config).await?;
+        Ok(Arc::new(App {
+            config,
+            policy,
+            stores,
+        }))
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/state/{env}", any(backend::nameless))
+        .route("/v1/state/{env}/", any(backend::nameless))
+        .route("/v1/state/{env}/{*name}", any(backend::state))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: states live under /v1/state/ENVIRONMENT/NAME\n",
+            )
+        })
+        .with_state(app)
+}
+
+/// Appends a record to the chain of its environment (or the server's) in a transaction of
+/// its own.
+pub async fn record(app: &App, record: &Record) -> Result<(), StoreError> {
+    let mut tx = app
+        .stores
+        .audit_store(record.environment.as_deref())
+        .begin()
+        .await?;
+    audit::append(tx.conn(), record).await?;
+    tx.commit().await
+}
+
+/// `GET /healthz`: 200 when every database answers.
+async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+    for (name, db) in app.stores.chains() {
+        if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
+            tracing::error!(database = %name, error = %e, "health check failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{{\"status\":\"unavailable\",\"database\":\"{name}\"}}\n"),
+            );
+        }
+    }
+    (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
+}
+
+/// Serves until `shutdown` completes, with TLS when the config has a `tls` block.
+pub async fn serve(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::new();
+    let on_shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    let tls = app.config.server.tls.clone();
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
+        Some(tls) => {
+            // One process-wide crypto provider; a second install is harmless and ignored.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                .await
+                .map_err(|source| StartError::Tls {
+                    cert: tls.cert_file.display().to_string(),
+                    key: tls.key_file.display().to_string(),
+                    source,
+                })?;
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Who is asking: principals, API tokens and the credentials a request carries.
+//!
+//! Authentication ends here with a [`Principal`] that exists in the config; what that
+//! principal may do is the policy module's business. Secrets never leave this module in
+//! clear: tokens are stored as hashes, compared in constant time, and never logged.
+
+pub mod credentials;
+pub mod token;
+
+use std::fmt;
+
+use crate::config::Config;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    User(String),
+    Service(String),
+}
+
+impl Principal {
+    /// Finds a principal by `NAME`, `user:NAME` or `service:NAME`.
+    pub fn lookup(config: &Config, text: &str) -> Option<Principal> {
+        match text.split_once(':') {
+            Some(("user", name)) => config.users.contains(name).then(|| Principal::User(name.into())),
+            Some(("service", name)) => config
+                .services
+                .contains(name)
+                .then(|| Principal::Service(name.into())),
+            Some(_) => None,
+            None if config.users.contains(text) => Some(Principal::User(text.into())),
+            None if config.services.contains(text) => Some(Principal::Service(text.into())),
+            None => None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::User(n) | Principal::Service(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::User(n) => write!(f, "user:{n}"),
+            Principal::Service(n) => write!(f, "service:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: send HTTP Basic (username = principal, password = token; TF_HTTP_USERNAME/TF_HTTP_PASSWORD for terraform) or Authorization: Bearer TOKEN")]
+    Missing,
+    #[error("malformed credentials: {0}")]
+    Malformed(&'static str),
+    #[error("invalid or revoked token: issue a new one with `bulkhead token create`")]
+    BadToken,
+    #[error("the token does not belong to `{0}`: use the principal name the token was issued to")]
+    WrongPrincipal(String),
+    #[error("`{0}` is no longer in the config: its tokens are void")]
+    UnknownPrincipal(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Authenticates the `Authorization` header value of a request.
+pub async fn authenticate(
+    config: &Config,
+    tokens: &crate::store::SystemStore,
+    authorization: Option<&str>,
+) -> Result<Principal, AuthError> {
+    let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
+    let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
+    let row = tokens.token(presented.id()).await?.ok_or(AuthError::BadToken)?;
+    if row.revoked_at.is_some() || !presented.matches(&row.hash) {
+        return Err(AuthError::BadToken);
+    }
+    let principal = Principal::lookup(config, &row.principal)
+        .ok_or_else(|| AuthError::UnknownPrincipal(row.principal.clone()))?;
+    if let Some(username) = creds.username {
+        if Principal::lookup(config, &username).as_ref() != Some(&principal) {
+            return Err(AuthError::WrongPrincipal(username));
+        }
+    }
+    Ok(principal)
+}

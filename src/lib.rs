@@ -1,0 +1,24 @@
+//! bulkhead: privilege boundaries between infrastructure environments for teams that use
+//! Terraform or OpenTofu.
+//!
+//! # Layout
+//! - [`config`]: `bulkhead.hcl` read into validated types.
+//! - [`identity`]: principals, API tokens, credentials.
+//! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
+//!   sentence a refused person reads.
+//! - [`state`]: state names, state documents and the rules a write must pass.
+//! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
+//! - [`store`]: the databases (one per environment, one for the server).
+//! - [`audit`]: the hash-chained audit log.
+//! - [`http`]: the server: router, the state protocol handlers, the error mapping.
+//! - [`cli`]: the command line.
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod lock;
+pub mod policy;
+pub mod state;
+pub mod store;

@@ -1,0 +1,150 @@
+//! State locks as terraform's `http` backend speaks them.
+//!
+//! LOCK carries a JSON LockInfo; only 200 grants it; a 409/423 body is read by the client as
+//! the holder's LockInfo and must carry a non-empty `ID`. Terraform 1.11 prints nothing of a
+//! refused lock but `ID=<that ID>`, so the ID of every refusal is the sentence a person needs:
+//! who holds the lock, or why the lock was refused. An UNLOCK with an empty body (terraform's
+//! force-unlock) or with only an ID (OpenTofu's) is a force-unlock. Pure: no storage here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::environment::HeldLock;
+
+/// Terraform's `statemgr.LockInfo`, field for field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Operation", default)]
+    pub operation: String,
+    #[serde(rename = "Info", default)]
+    pub info: String,
+    #[serde(rename = "Who", default)]
+    pub who: String,
+    #[serde(rename = "Version", default)]
+    pub version: String,
+    /// RFC 3339; omitted rather than empty, since Go cannot parse an empty time.
+    #[serde(rename = "Created", default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(rename = "Path", default)]
+    pub path: String,
+}
+
+/// The operation terraform names when a lock is only for planning.
+pub const PLAN: &str = "OperationTypePlan";
+
+impl LockInfo {
+    /// Parses a LOCK body.
+    pub fn parse_lock(body: &[u8]) -> Result<LockInfo, String> {
+        let info: LockInfo = serde_json::from_slice(body)
+            .map_err(|e| format!("the LOCK body is not a terraform LockInfo JSON object: {e}"))?;
+        if info.id.trim().is_empty() {
+            return Err("the LockInfo has no ID".into());
+        }
+        Ok(info)
+    }
+
+    /// The 423 body for a lock that policy refuses: the sentence is the ID, since that is
+    /// what terraform shows.
+    pub fn refusal(sentence: &str, operation: &str) -> LockInfo {
+        LockInfo {
+            id: sentence.to_string(),
+            operation: operation.to_string(),
+            info: sentence.to_string(),
+            who: "bulkhead".into(),
+            version: String::new(),
+            created: Some(crate::store::now()),
+            path: String::new(),
+        }
+    }
+
+    /// The 423 body naming the holder of `held` as bulkhead authenticated it.
+    pub fn holder(held: &HeldLock) -> LockInfo {
+        let claimed: LockInfo = serde_json::from_str(&held.info).unwrap_or_default();
+        let who = if claimed.who.is_empty() {
+            held.principal.clone()
+        } else {
+            format!("{} (client said: {})", held.principal, claimed.who)
+        };
+        LockInfo {
+            id: format!(
+                "{} held by {} ({} since {})",
+                held.lock_id, held.principal, held.operation, held.created_at
+            ),
+            who,
+            created: Some(held.created_at.clone()),
+            ..claimed
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What an UNLOCK asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlock {
+    /// Release the caller's own lock (the LockInfo it locked with).
+    Own(LockInfo),
+    /// Release whatever lock is held, optionally only if it has this ID.
+    Force(Option<String>),
+}
+
+impl Unlock {
+    pub fn parse(body: &[u8]) -> Result<Unlock, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Unlock::Force(None));
+        }
+        let info: LockInfo = serde_json::from_slice(body)
+            .map_err(|e| format!("the UNLOCK body is not a terraform LockInfo JSON object: {e}"))?;
+        let only_id = info.operation.is_empty() && info.who.is_empty() && info.created.is_none();
+        Ok(match (only_id, info.id.is_empty()) {
+            (_, true) => Unlock::Force(None),
+            (true, false) => Unlock::Force(Some(info.id)),
+            (false, false) => Unlock::Own(info),
+        })
+    }
+}
+
+/// Whether an ID a client sent back names `held`: the bare ID, or the ID of a 423 body
+/// (which starts with it).
+pub fn names(held: &HeldLock, id: &str) -> bool {
+    id == held.lock_id
+        || id
+            .strip_prefix(held.lock_id.as_str())
+            .is_some_and(|rest| rest.starts_with(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> HeldLock {
+        HeldLock {
+            lock_id: "abc".into(),
+            principal: "user:alice".into(),
+            operation: "OperationTypeApply".into(),
+            info: r#"{"ID":"abc","Operation":"OperationTypeApply","Who":"root@laptop","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":"","Info":""}"#.into(),
+            created_at: "2026-01-01T00:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn holder_names_the_authenticated_principal() {
+        let h = LockInfo::holder(&held());
+        assert!(h.id.starts_with("abc held by user:alice"));
+        assert_eq!(h.who, "user:alice (client said: root@laptop)");
+        assert!(names(&held(), &h.id) && names(&held(), "abc") && !names(&held(), "abcd"));
+    }
+
+    #[test]
+    fn unlock_forms() {
+        assert_eq!(Unlock::parse(b"").unwrap(), Unlock::Force(None));
+        assert_eq!(Unlock::parse(br#"{"ID":"x"}"#).unwrap(), Unlock::Force(Some("x".into())));
+        let own = Unlock::parse(held().info.as_bytes()).unwrap();
+        assert!(matches!(own, Unlock::Own(i) if i.id == "abc"));
+        assert!(Unlock::parse(b"{").is_err());
+        assert!(LockInfo::parse_lock(br#"{"ID":""}"#).is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Authorization: the config's environment blocks compiled to Cedar policies and entities,
+//! plus optional custom policy files, evaluated with default deny.
+//!
+//! Pure: no I/O past reading the policy files at compile time. Every [`Decision`] carries the
+//! ids of the policies that decided it, which is what the audit log records and what
+//! `bulkhead policy explain` shows.
+
+pub mod refusal;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+
+use crate::config::{Config, Subject};
+use crate::identity::Principal;
+
+/// The Cedar schema custom policies are validated against.
+pub const SCHEMA: &str = r#"
+namespace Bulkhead {
+  entity Team;
+  entity User in [Team];
+  entity Service;
+  entity Environment = { owner: String };
+  type RequestContext = {
+    state: String,
+    operation: String,
+    source_ip: ipaddr,
+  };
+  action "state:read", "state:write", "state:lock", "state:unlock", "state:force-unlock",
+         "state:force-write", "state:delete", "state:rollback", "change:create",
+         "change:approve", "audit:read", "admin"
+    appliesTo { principal: [User, Service], resource: [Environment], context: RequestContext };
+}
+"#;
+
+/// An action on an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    StateRead,
+    StateWrite,
+    StateLock,
+    StateUnlock,
+    StateForceUnlock,
+    StateForceWrite,
+    StateDelete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::StateRead => "state:read",
+            Action::StateWrite => "state:write",
+            Action::StateLock => "state:lock",
+            Action::StateUnlock => "state:unlock",
+            Action::StateForceUnlock => "state:force-unlock",
+            Action::StateForceWrite => "state:force-write",
+            Action::StateDelete => "state:delete",
+        }
+    }
+
+    fn uid(self) -> EntityUid {
+        uid("Action", self.as_str())
+    }
+}
+
+/// What a request looks like to the policies beyond who, what and where.
+#[derive(Debug, Clone)]
+pub struct RequestContext<'a> {
+    pub state: &'a str,
+    /// The lock operation (`OperationTypeApply`, `state-push`, ...) or empty.
+    pub operation: &'a str,
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// An authorization decision and the policies that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The ids of the deciding policies; empty for a default deny.
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate (they count as not applying).
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    /// One line naming what decided: the policies, or the default deny.
+    pub fn explanation(&self) -> String {
+        if self.policies.is_empty() {
+            "default deny (no policy permits it)".to_string()
+        } else {
+            self.policies.join(", ")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("internal policy error: {0}")]
+    Internal(String),
+}
+
+/// The compiled policies, the entities they speak of, and the schema.
+pub struct Policy {
+    schema: Schema,
+    policies: PolicySet,
+    entities: Entities,
+}
+
+impl Policy {
+    pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
+        let internal = |e: &dyn std::fmt::Display| PolicyError::Internal(e.to_string());
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| internal(&e))?;
+        let mut policies = PolicySet::new();
+        for (id, text) in generated_policies(config) {
+            let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
+                .map_err(|e| internal(&format!("{id}: {e}")))?;
+            policies.add(policy).map_err(|e| internal(&e))?;
+        }
+        for path in &config.policy_files {
+            add_policy_file(&mut policies, &schema, path)?;
+        }
+        let entities = Entities::from_entities(entities(config)?, Some(&schema))
+            .map_err(|e| internal(&e))?;
+        Ok(Policy {
+            schema,
+            policies,
+            entities,
+        })
+    }
+
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        environment: &str,
+        context: &RequestContext<'_>,
+    ) -> Decision {
+        let deny = |error: String| Decision {
+            allowed: false,
+            policies: Vec::new(),
+            errors: vec![error],
+        };
+        let action_uid = action.uid();
+        let ip = context
+            .source_ip
+            .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
+        let context = serde_json::json!({
+            "state": context.state,
+            "operation": context.operation,
+            "source_ip": { "__extn": { "fn": "ip", "arg": ip } },
+        });
+        let context = match Context::from_json_value(context, Some((&self.schema, &action_uid))) {
+            Ok(c) => c,
+            Err(e) => return deny(format!("request context: {e}")),
+        };
+        let request = match Request::new(
+            principal_uid(principal),
+            action_uid,
+            uid("Environment", environment),
+            context,
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny(format!("request: {e}")),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &self.entities);
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
+        policies.sort();
+        Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            policies,
+            errors: response
+                .diagnostics()
+                .errors()
+                .map(|e| e.to_string())
+                .collect(),
+        }
+    }
+}
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        // The type names are the fixed ones of SCHEMA; the id may be any string.
+        cedar_policy::EntityTypeName::from_str(&format!("Bulkhead::{kind}"))
+            .unwrap_or_else(|_| unreachable!("fixed entity type names parse")),
+        cedar_policy::EntityId::new(id),
+    )
+}
+
+fn principal_uid(p: &Principal) -> EntityUid {
+    match p {
+        Principal::User(n) => uid("User", n),
+        Principal::Service(n) => uid("Service", n),
+    }
+}
+
+fn subject_ref(s: &Subject) -> String {
+    let (kind, name) = match s {
+        Subject::Team(n) => ("Team", n),
+        Subject::User(n) => ("User", n),
+        Subject::Service(n) => ("Service", n),
+    };
+    format!("Bulkhead::{kind}::{}", quote(name))
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// The policies the environment blocks stand for, each with an id that says where it came from:
+/// `<environment>.<attribute>.<subject>`, e.g. `prod.write.service:ci-prod`.
+fn generated_policies(config: &Config) -> Vec<(String, String)> {
+    use Action::*;
+    let mut out = Vec::new();
+    for env in &config.environments {
+        let grants: [(&str, &[Subject], &[Action]); 6] = [
+            ("owner", std::slice::from_ref(&env.owner), &[StateRead]),
+            ("read", &env.read, &[StateRead]),
+            ("write", &env.write, &[StateRead, StateWrite, StateLock, StateUnlock]),
+            ("force_unlock", &env.force_unlock, &[StateUnlock, StateForceUnlock]),
+            ("force_write", &env.force_write, &[StateForceWrite]),
+            ("delete", &env.delete, &[StateDelete]),
+        ];
+        for (attr, subjects, actions) in grants {
+            let actions = actions
+                .iter()
+                .map(|a| format!("Bulkhead::Action::{}", quote(a.as_str())))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for subject in subjects {
+                out.push((
+                    format!("{}.{attr}.{subject}", env.name),
+                    format!(
+                        "permit(principal in {}, action in [{actions}], resource == Bulkhead::Environment::{});",
+                        subject_ref(subject),
+                        quote(&env.name)
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn add_policy_file(set: &mut PolicySet, schema: &Schema, path: &PathBuf) -> Result<(), PolicyError> {
+    let invalid = |message: String| PolicyError::Invalid {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let parsed = PolicySet::from_str(&text).map_err(|e| invalid(format!("{e:?}")))?;
+    if parsed.templates().next().is_some() {
+        return Err(invalid("policy templates are not supported; write plain policies".into()));
+    }
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut this_file = PolicySet::new();
+    for (i, policy) in parsed.policies().enumerate() {
+        let id = policy
+            .annotation("id")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{file_name}#{}", i + 1));
+        this_file
+            .add(policy.new_id(PolicyId::new(&id)))
+            .map_err(|e| invalid(format!("policy {id}: {e}")))?;
+    }
+    let result = Validator::new(schema.clone()).validate(&this_file, ValidationMode::Strict);
+    if !result.validation_passed() {
+        let problems: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
+        return Err(invalid(format!(
+            "does not match the bulkhead schema (see `bulkhead policy schema`): {}",
+            problems.join("; ")
+        )));
+    }
+    for policy in this_file.policies() {
+        set.add(policy.clone())
+            .map_err(|e| invalid(format!("policy {}: {e}", policy.id())))?;
+    }
+    Ok(())
+}
+
+fn entities(config: &Config) -> Result<Vec<Entity>, PolicyError> {
+    let internal = |e: &dyn std::fmt::Display| PolicyError::Internal(e.to_string());
+    let mut out = Vec::new();
+    for team in config.teams.keys() {
+        out.push(Entity::new_no_attrs(uid("Team", team), HashSet::new()));
+    }
+    for user in &config.users {
+        let teams = config.teams_of(user).map(|t| uid("Team", t)).collect();
+        out.push(Entity::new_no_attrs(uid("User", user), teams));
+    }
+    for service in &config.services {
+        out.push(Entity::new_no_attrs(uid("Service", service), HashSet::new()));
+    }
+    for env in &config.environments {
+        let attrs = HashMap::from([(
+            "owner".to_string(),
+            RestrictedExpression::new_string(env.owner.to_string()),
+        )]);
+        out.push(
+            Entity::new(uid("Environment", &env.name), attrs, HashSet::new())
+                .map_err(|e| internal(&e))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("b.hcl"),
+            r#"
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice"] }
+service "ci-prod" {}
+environment "dev" {
+  owner = "team:app"
+  read  = ["team:app", "team:platform"]
+  write = ["team:app", "team:platform"]
+}
+environment "prod" {
+  owner = "team:platform"
+  read  = ["team:app", "team:platform"]
+  write = ["service:ci-prod"]
+}
+"#,
+        )
+        .unwrap()
+    }
+
+    fn ctx() -> RequestContext<'static> {
+        RequestContext {
+            state: "network",
+            operation: "OperationTypeApply",
+            source_ip: None,
+        }
+    }
+
+    #[test]
+    fn environment_blocks_decide_with_their_ids() {
+        let p = Policy::compile(&config()).unwrap();
+        let alice = Principal::User("alice".into());
+        let ci = Principal::Service("ci-prod".into());
+        let d = p.decide(&alice, Action::StateWrite, "dev", &ctx());
+        assert!(d.allowed);
+        assert_eq!(d.policies, vec!["dev.write.team:app"]);
+        assert!(p.decide(&alice, Action::StateRead, "prod", &ctx()).allowed);
+        let d = p.decide(&alice, Action::StateWrite, "prod", &ctx());
+        assert!(!d.allowed);
+        assert_eq!(d.explanation(), "default deny (no policy permits it)");
+        assert!(p.decide(&ci, Action::StateLock, "prod", &ctx()).allowed);
+        assert!(!p.decide(&ci, Action::StateWrite, "dev", &ctx()).allowed);
+        // The owner may force-unlock; nobody may force-write unless named.
+        let pat = Principal::User("pat".into());
+        assert!(p.decide(&pat, Action::StateForceUnlock, "prod", &ctx()).allowed);
+        assert!(!p.decide(&pat, Action::StateForceWrite, "prod", &ctx()).allowed);
+        assert!(!p.decide(&alice, Action::StateRead, "nowhere", &ctx()).allowed);
+    }
+
+    #[test]
+    fn custom_policies_are_validated_and_can_forbid() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("freeze.cedar");
+        std::fs::write(
+            &good,
+            "@id(\"freeze-prod\")\nforbid(principal, action == Bulkhead::Action::\"state:write\", resource == Bulkhead::Environment::\"prod\");",
+        )
+        .unwrap();
+        let mut c = config();
+        c.policy_files = vec![good];
+        let p = Policy::compile(&c).unwrap();
+        let d = p.decide(&Principal::Service("ci-prod".into()), Action::StateWrite, "prod", &ctx());
+        assert!(!d.allowed);
+        assert_eq!(d.policies, vec!["freeze-prod"]);
+
+        let bad = dir.path().join("bad.cedar");
+        std::fs::write(&bad, "permit(principal == Bulkhead::Robot::\"x\", action, resource);").unwrap();
+        c.policy_files = vec![bad];
+        let e = Policy::compile(&c).err().unwrap().to_string();
+        assert!(e.contains("bad.cedar"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! The one plain sentence a refused person reads: who was refused, what, where, whose
+//! environment it is, and what to do instead.
+
+use crate::config::{Environment, Subject};
+use crate::identity::Principal;
+
+use super::Action;
+
+/// `alice may not write prod (owner: team:platform): prod changes are applied by ...`.
+pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> String {
+    let name = &env.name;
+    let owner = &env.owner;
+    let (verb, advice) = match action {
+        Action::StateRead => (
+            "read",
+            format!("ask {owner} to add you to {name}'s readers"),
+        ),
+        Action::StateWrite | Action::StateLock | Action::StateUnlock => (
+            "write",
+            if env.write.is_empty() {
+                format!("nobody writes {name} under the environment's rules; ask {owner}")
+            } else {
+                format!(
+                    "{name} changes are applied by {}; commit yours for review and let that pipeline apply it (`terraform plan` works here to preview)",
+                    list(&env.write)
+                )
+            },
+        ),
+        Action::StateForceUnlock => (
+            "force-unlock",
+            format!(
+                "wait for the lock's holder to finish, or ask {} to release it",
+                list_or_owner(&env.force_unlock, owner)
+            ),
+        ),
+        Action::StateForceWrite => (
+            "force-write (another lineage or an older serial) to",
+            format!(
+                "pull the current state first (`terraform state pull`), or ask {} to force it",
+                list_or_owner(&env.force_write, owner)
+            ),
+        ),
+        Action::StateDelete => (
+            "delete states in",
+            format!("ask {}", list_or_owner(&env.delete, owner)),
+        ),
+    };
+    format!("{principal} may not {verb} {name} (owner: {owner}): {advice}")
+}
+
+fn list(subjects: &[Subject]) -> String {
+    subjects
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn list_or_owner(subjects: &[Subject], owner: &Subject) -> String {
+    if subjects.is_empty() {
+        owner.to_string()
+    } else {
+        list(subjects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_principal_action_environment_owner_and_the_way_forward() {
+        let env = Environment {
+            name: "prod".into(),
+            owner: Subject::Team("platform".into()),
+            paths: vec![],
+            read: vec![],
+            write: vec![Subject::Service("ci-prod".into())],
+            force_unlock: vec![],
+            force_write: vec![],
+            delete: vec![],
+            storage: None,
+            max_state_size: 1,
+        };
+        let s = sentence(&Principal::User("alice".into()), Action::StateLock, &env);
+        assert!(
+            s.starts_with("user:alice may not write prod (owner: team:platform): prod changes are applied by service:ci-prod"),
+            "{s}"
+        );
+    }
+}

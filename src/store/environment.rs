@@ -1,0 +1,215 @@
+//! One environment's database: state versions (append-only), the lock of each state, and the
+//! non-blocking plan locks of readers. Write methods take the caller's transaction so that a
+//! version and its audit record commit together.
+
+use sqlx::FromRow;
+
+use super::{now, Serialized, StoreError, Tx};
+
+pub struct EnvStore {
+    pub(super) db: Serialized,
+}
+
+/// What is known of a stored version, without its content.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct VersionMeta {
+    pub state: String,
+    pub version: i64,
+    pub sha256: String,
+    pub serial: Option<i64>,
+    pub lineage: Option<String>,
+    pub size: i64,
+    pub principal: String,
+    pub operation: Option<String>,
+    pub lock_id: Option<String>,
+    pub forced: bool,
+    pub deleted: bool,
+    pub created_at: String,
+}
+
+/// A version about to be written.
+pub struct NewVersion<'a> {
+    pub state: &'a str,
+    pub sha256: &'a str,
+    pub serial: Option<i64>,
+    pub lineage: Option<&'a str>,
+    pub principal: &'a str,
+    pub operation: Option<&'a str>,
+    pub lock_id: Option<&'a str>,
+    pub forced: bool,
+    /// `None` records a deletion.
+    pub content: Option<&'a [u8]>,
+}
+
+/// The lock a state is held under.
+#[derive(Debug, Clone, FromRow)]
+pub struct HeldLock {
+    pub lock_id: String,
+    pub principal: String,
+    pub operation: String,
+    /// The client's LockInfo, as it sent it.
+    pub info: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ReadLock {
+    pub lock_id: String,
+    pub state: String,
+    pub principal: String,
+}
+
+const META_COLUMNS: &str = "state, version, sha256, serial, lineage, size, principal, operation, \
+                            lock_id, forced, deleted, created_at";
+
+impl EnvStore {
+    pub(super) fn new(pool: sqlx::SqlitePool) -> Self {
+        EnvStore {
+            db: Serialized::new(pool),
+        }
+    }
+
+    pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
+        self.db.begin().await
+    }
+
+    /// The newest version of a state with its content; `None` when there is none or the newest
+    /// records a deletion.
+    pub async fn latest_content(
+        &self,
+        state: &str,
+    ) -> Result<Option<(VersionMeta, Vec<u8>)>, StoreError> {
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            meta: VersionMeta,
+            content: Option<Vec<u8>>,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? \
+             ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(state)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.and_then(|r| Some((r.meta, r.content?))))
+    }
+}
+
+impl Tx<'_> {
+    /// The newest version of a state, deletions included.
+    pub async fn latest_version(&mut self, state: &str) -> Result<Option<VersionMeta>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM versions WHERE state = ? ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(state)
+        .fetch_optional(self.conn())
+        .await?)
+    }
+
+    /// Appends a version and returns its number.
+    pub async fn append_version(&mut self, v: NewVersion<'_>) -> Result<i64, StoreError> {
+        let (next,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE state = ?")
+                .bind(v.state)
+                .fetch_one(self.conn())
+                .await?;
+        sqlx::query(
+            "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
+             operation, lock_id, forced, deleted, created_at, content) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(v.state)
+        .bind(next)
+        .bind(v.sha256)
+        .bind(v.serial)
+        .bind(v.lineage)
+        .bind(v.content.map_or(0, |c| c.len() as i64))
+        .bind(v.principal)
+        .bind(v.operation)
+        .bind(v.lock_id)
+        .bind(v.forced)
+        .bind(v.content.is_none())
+        .bind(now())
+        .bind(v.content)
+        .execute(self.conn())
+        .await?;
+        Ok(next)
+    }
+
+    pub async fn held_lock(&mut self, state: &str) -> Result<Option<HeldLock>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT lock_id, principal, operation, info, created_at FROM locks WHERE state = ?",
+        )
+        .bind(state)
+        .fetch_optional(self.conn())
+        .await?)
+    }
+
+    pub async fn insert_lock(
+        &mut self,
+        state: &str,
+        lock_id: &str,
+        principal: &str,
+        operation: &str,
+        info: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO locks (state, lock_id, principal, operation, info, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(state)
+        .bind(lock_id)
+        .bind(principal)
+        .bind(operation)
+        .bind(info)
+        .bind(now())
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn release_lock(&mut self, state: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM locks WHERE state = ?")
+            .bind(state)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn read_lock(&mut self, lock_id: &str) -> Result<Option<ReadLock>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT lock_id, state, principal FROM read_locks WHERE lock_id = ?")
+                .bind(lock_id)
+                .fetch_optional(self.conn())
+                .await?,
+        )
+    }
+
+    pub async fn insert_read_lock(
+        &mut self,
+        state: &str,
+        lock_id: &str,
+        principal: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO read_locks (lock_id, state, principal, created_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(lock_id)
+        .bind(state)
+        .bind(principal)
+        .bind(now())
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn release_read_lock(&mut self, lock_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM read_locks WHERE lock_id = ?")
+            .bind(lock_id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+}
