@@ -94,6 +94,31 @@ impl EnvStore {
         .await?;
         Ok(row.and_then(|r| Some((r.meta, r.content?))))
     }
+
+    /// Every version of a state, oldest first, without content.
+    pub async fn history(&self, state: &str) -> Result<Vec<VersionMeta>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM versions WHERE state = ? ORDER BY version"
+        ))
+        .bind(state)
+        .fetch_all(self.db.pool())
+        .await?)
+    }
+
+    /// The lock a state is held under right now, if any.
+    pub async fn held_lock(&self, state: &str) -> Result<Option<HeldLock>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        held_lock(&mut conn, state).await
+    }
+}
+
+async fn held_lock(conn: &mut sqlx::SqliteConnection, state: &str) -> Result<Option<HeldLock>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT lock_id, principal, operation, info, created_at FROM locks WHERE state = ?",
+    )
+    .bind(state)
+    .fetch_optional(conn)
+    .await?)
 }
 
 impl Tx<'_> {
@@ -138,12 +163,7 @@ impl Tx<'_> {
     }
 
     pub async fn held_lock(&mut self, state: &str) -> Result<Option<HeldLock>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT lock_id, principal, operation, info, created_at FROM locks WHERE state = ?",
-        )
-        .bind(state)
-        .fetch_optional(self.conn())
-        .await?)
+        held_lock(self.conn(), state).await
     }
 
     pub async fn insert_lock(

@@ -1,0 +1,221 @@
+//! The test harness: a real server on a random port with a fresh data directory, tokens for
+//! the principals of [`CONFIG`], and typed helpers for the state protocol.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bulkhead::audit::{self, Record};
+use bulkhead::config::Config;
+use bulkhead::http::App;
+use bulkhead::identity::{token, Principal};
+use bulkhead::store::environment::VersionMeta;
+use reqwest::{Method, StatusCode};
+
+/// Three environments. alice and bob develop (team app), pat runs the platform (team
+/// platform, owner of staging and prod), eve belongs to no team.
+pub const CONFIG: &str = r#"
+server {
+  listen   = "127.0.0.1:0"
+  data_dir = "data"
+}
+team "platform" { members = ["pat"] }
+team "app"      { members = ["alice", "bob"] }
+user "eve" {}
+service "ci-staging" {}
+service "ci-prod" {}
+
+environment "dev" {
+  owner          = "team:app"
+  read           = ["team:app", "team:platform"]
+  write          = ["team:app", "team:platform"]
+  force_write    = ["user:pat"]
+  max_state_size = "64KiB"
+}
+environment "staging" {
+  owner = "team:platform"
+  read  = ["team:app", "team:platform"]
+  write = ["team:platform", "service:ci-staging"]
+}
+environment "prod" {
+  owner = "team:platform"
+  read  = ["team:app", "team:platform"]
+  write = ["service:ci-prod"]
+}
+"#;
+
+pub const PRINCIPALS: &[&str] = &["alice", "bob", "pat", "eve", "ci-staging", "ci-prod"];
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub client: reqwest::Client,
+    tokens: HashMap<String, String>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(CONFIG).await
+}
+
+pub async fn spawn_app_with(config_text: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("bulkhead.hcl");
+    std::fs::write(&config_path, config_text).expect("write config");
+    let config = Config::load(&config_path).expect("test config is valid");
+    let app = App::open(config).await.expect("server opens");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = app.clone();
+    tokio::spawn(async move {
+        let _ = bulkhead::http::serve(served, listener, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let mut tokens = HashMap::new();
+    for name in PRINCIPALS {
+        if let Some(p) = Principal::lookup(&app.config, name) {
+            let issued = token::issue(&app.stores.system, &p, Record::new("token:create"))
+                .await
+                .expect("issue token");
+            tokens.insert(name.to_string(), issued.token);
+        }
+    }
+    TestApp {
+        addr,
+        app,
+        dir,
+        config_path,
+        client: reqwest::Client::new(),
+        tokens,
+        shutdown: Some(tx),
+    }
+}
+
+/// A LockInfo as terraform 1.11 sends it.
+pub fn lock_info(id: &str, operation: &str) -> String {
+    serde_json::json!({
+        "ID": id,
+        "Operation": operation,
+        "Info": "",
+        "Who": "dev@laptop",
+        "Version": "1.11.4",
+        "Created": "2026-11-27T10:00:00.000000000Z",
+        "Path": "",
+    })
+    .to_string()
+}
+
+/// A minimal terraform state document.
+pub fn state_doc(serial: i64, lineage: &str, extra: &str) -> Vec<u8> {
+    format!(
+        r#"{{"version":4,"terraform_version":"1.11.4","serial":{serial},"lineage":"{lineage}","outputs":{{}},"resources":[]{extra}}}"#
+    )
+    .into_bytes()
+}
+
+impl TestApp {
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/state/{path}", self.base())
+    }
+
+    pub fn token(&self, who: &str) -> &str {
+        self.tokens.get(who).map(String::as_str).expect("a token for a test principal")
+    }
+
+    /// A request to `/v1/state/{path}` as `who` (HTTP Basic), or anonymous when `who` is "".
+    pub async fn call(&self, method: &str, path: &str, who: &str, body: Option<Vec<u8>>) -> reqwest::Response {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        if !who.is_empty() {
+            req = req.basic_auth(who, Some(self.token(who)));
+        }
+        if let Some(body) = body {
+            req = req.header("Content-Type", "application/json").body(body);
+        }
+        req.send().await.expect("request reaches the server")
+    }
+
+    pub async fn lock(&self, path: &str, who: &str, id: &str, operation: &str) -> reqwest::Response {
+        self.call("LOCK", path, who, Some(lock_info(id, operation).into_bytes())).await
+    }
+
+    pub async fn unlock(&self, path: &str, who: &str, id: &str, operation: &str) -> reqwest::Response {
+        self.call("UNLOCK", path, who, Some(lock_info(id, operation).into_bytes())).await
+    }
+
+    pub async fn post(&self, path: &str, who: &str, lock_id: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+        let path = match lock_id {
+            Some(id) => format!("{path}?ID={id}"),
+            None => path.to_string(),
+        };
+        self.call("POST", &path, who, Some(body)).await
+    }
+
+    /// Every stored version of `env`/`state`.
+    pub async fn versions(&self, env: &str, state: &str) -> Vec<VersionMeta> {
+        self.app
+            .stores
+            .environment(env)
+            .expect("known environment")
+            .history(state)
+            .await
+            .expect("history")
+    }
+
+    /// The content of the newest version, straight from the store.
+    pub async fn stored(&self, env: &str, state: &str) -> Option<Vec<u8>> {
+        self.app
+            .stores
+            .environment(env)
+            .expect("known environment")
+            .latest_content(state)
+            .await
+            .expect("read")
+            .map(|(_, c)| c)
+    }
+
+    /// The audit records of an environment's chain (`None`: the server's chain).
+    pub async fn audit(&self, env: Option<&str>) -> Vec<Record> {
+        let (rows, _) = audit::read_chain(self.app.stores.audit_store(env).pool())
+            .await
+            .expect("audit chain");
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.record).expect("record"))
+            .collect()
+    }
+
+    /// The newest audit record of an environment.
+    pub async fn last_audit(&self, env: &str) -> Record {
+        self.audit(Some(env)).await.pop().expect("an audit record")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
+    assert_eq!(resp.status(), want, "unexpected status for {}", resp.url());
+}
+
+pub fn env_db(data_dir: &Path, env: &str) -> PathBuf {
+    bulkhead::store::environment_file(data_dir, env)
+}

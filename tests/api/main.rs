@@ -1,0 +1,6 @@
+//! One integration-test binary: the real server on port 0, real HTTP, real terraform.
+
+mod cli;
+mod helpers;
+mod protocol;
+mod terraform;
