@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn unlock_forms() {
         assert_eq!(Unlock::parse(b"").unwrap(), Unlock::Force(None));
-        assert_eq!(Unlock::parse(br#"{"ID":"x"}"#).unwrap(), Unlock::Force(Some("x".into())));
+        assert_eq!(
+            Unlock::parse(br#"{"ID":"x"}"#).unwrap(),
+            Unlock::Force(Some("x".into()))
+        );
         let own = Unlock::parse(held().info.as_bytes()).unwrap();
         assert!(matches!(own, Unlock::Own(i) if i.id == "abc"));
         assert!(Unlock::parse(b"{").is_err());

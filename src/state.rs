@@ -23,7 +23,9 @@ impl StateName {
         }
         for segment in raw.split('/') {
             if segment.is_empty() {
-                return Err(format!("state name `{raw}` has an empty segment (`//` or a trailing `/`)"));
+                return Err(format!(
+                    "state name `{raw}` has an empty segment (`//` or a trailing `/`)"
+                ));
             }
             if segment == "." || segment == ".." {
                 return Err(format!("state name `{raw}` has a `{segment}` segment"));
@@ -68,7 +70,9 @@ impl Document {
             Some(serde_json::Value::Number(n)) => n.as_i64().filter(|s| *s >= 0),
             _ => None,
         }
-        .ok_or_else(|| Refusal::Invalid("the state has no valid `serial` (a whole number ≥ 0)".into()))?;
+        .ok_or_else(|| {
+            Refusal::Invalid("the state has no valid `serial` (a whole number ≥ 0)".into())
+        })?;
         let lineage = match clear.lineage {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s,
             _ => return Err(Refusal::Invalid("the state has no `lineage` string".into())),
@@ -105,7 +109,9 @@ impl Refusal {
     pub fn forceable(&self) -> bool {
         matches!(
             self,
-            Refusal::Lineage { .. } | Refusal::SerialBackwards { .. } | Refusal::SerialReused { .. }
+            Refusal::Lineage { .. }
+                | Refusal::SerialBackwards { .. }
+                | Refusal::SerialReused { .. }
         )
     }
 }
@@ -186,8 +192,14 @@ mod tests {
         // OpenTofu's encrypted form carries the same clear fields.
         let enc = br#"{"serial":1,"lineage":"L","meta":{},"encrypted_data":"abc","encryption_version":"v0"}"#;
         assert!(Document::parse(enc).is_ok());
-        assert!(matches!(Document::parse(b"not json"), Err(Refusal::Invalid(_))));
-        assert!(matches!(Document::parse(br#"{"lineage":"L"}"#), Err(Refusal::Invalid(_))));
+        assert!(matches!(
+            Document::parse(b"not json"),
+            Err(Refusal::Invalid(_))
+        ));
+        assert!(matches!(
+            Document::parse(br#"{"lineage":"L"}"#),
+            Err(Refusal::Invalid(_))
+        ));
     }
 
     #[test]
@@ -195,14 +207,35 @@ mod tests {
         let body = br#"{"serial":5,"lineage":"L"}"#;
         let cur = meta(5, "L", body);
         let doc = |s: &str| Document::parse(s.as_bytes()).unwrap();
-        assert_eq!(check_write(None, &doc(r#"{"serial":0,"lineage":"X"}"#)), Ok(Write::Append));
-        assert_eq!(check_write(Some(&cur), &Document::parse(body).unwrap()), Ok(Write::Unchanged));
-        assert_eq!(check_write(Some(&cur), &doc(r#"{"serial":6,"lineage":"L"}"#)), Ok(Write::Append));
-        assert!(matches!(check_write(Some(&cur), &doc(r#"{"serial":6,"lineage":"X"}"#)), Err(Refusal::Lineage { .. })));
-        assert!(matches!(check_write(Some(&cur), &doc(r#"{"serial":4,"lineage":"L"}"#)), Err(Refusal::SerialBackwards { .. })));
-        assert!(matches!(check_write(Some(&cur), &doc(r#"{"serial":5,"lineage":"L","x":1}"#)), Err(Refusal::SerialReused { .. })));
+        assert_eq!(
+            check_write(None, &doc(r#"{"serial":0,"lineage":"X"}"#)),
+            Ok(Write::Append)
+        );
+        assert_eq!(
+            check_write(Some(&cur), &Document::parse(body).unwrap()),
+            Ok(Write::Unchanged)
+        );
+        assert_eq!(
+            check_write(Some(&cur), &doc(r#"{"serial":6,"lineage":"L"}"#)),
+            Ok(Write::Append)
+        );
+        assert!(matches!(
+            check_write(Some(&cur), &doc(r#"{"serial":6,"lineage":"X"}"#)),
+            Err(Refusal::Lineage { .. })
+        ));
+        assert!(matches!(
+            check_write(Some(&cur), &doc(r#"{"serial":4,"lineage":"L"}"#)),
+            Err(Refusal::SerialBackwards { .. })
+        ));
+        assert!(matches!(
+            check_write(Some(&cur), &doc(r#"{"serial":5,"lineage":"L","x":1}"#)),
+            Err(Refusal::SerialReused { .. })
+        ));
         let mut deleted = cur.clone();
         deleted.deleted = true;
-        assert_eq!(check_write(Some(&deleted), &doc(r#"{"serial":0,"lineage":"X"}"#)), Ok(Write::Append));
+        assert_eq!(
+            check_write(Some(&deleted), &doc(r#"{"serial":0,"lineage":"X"}"#)),
+            Ok(Write::Append)
+        );
     }
 }

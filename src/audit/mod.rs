@@ -117,13 +117,17 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
         if row.seq != expected_seq {
             return Err(Broken {
                 seq: expected_seq,
-                problem: format!("missing (the next record is {}): records were deleted", row.seq),
+                problem: format!(
+                    "missing (the next record is {}): records were deleted",
+                    row.seq
+                ),
             });
         }
         if row.prev_hash != prev {
             return Err(Broken {
                 seq: row.seq,
-                problem: "does not follow the record before it: records were deleted or reordered".into(),
+                problem: "does not follow the record before it: records were deleted or reordered"
+                    .into(),
             });
         }
         if link(row.seq, &row.prev_hash, &row.record) != row.hash {
@@ -155,12 +159,14 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
 /// Appends a record to the chain of the database `conn` belongs to, inside the caller's
 /// transaction; returns its position.
 pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64, StoreError> {
-    let head: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
     let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
-    let json = serde_json::to_string(record).map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+    let json = serde_json::to_string(record)
+        .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
     let hash = link(seq, &prev_hash, &json);
     sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)")
         .bind(seq)

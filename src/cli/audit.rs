@@ -65,7 +65,12 @@ async fn open(config: &ConfigArg) -> Result<Stores, CliError> {
     let config = config.load()?;
     Stores::open(&config)
         .await
-        .with_context(|| format!("cannot open the data directory {}", config.server.data_dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot open the data directory {}",
+                config.server.data_dir.display()
+            )
+        })
         .map_err(CliError::Failed)
 }
 
@@ -78,7 +83,11 @@ fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliErr
                     t.with_timezone(&chrono::Utc)
                         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
                 })
-                .map_err(|e| CliError::Usage(format!("--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z")))
+                .map_err(|e| {
+                    CliError::Usage(format!(
+                        "--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z"
+                    ))
+                })
         })
         .transpose()
 }
@@ -87,7 +96,9 @@ impl LogArgs {
     async fn run(self) -> Result<ExitCode, CliError> {
         if let Some(d) = &self.decision {
             if !["allow", "deny", "error"].contains(&d.as_str()) {
-                return Err(CliError::Usage(format!("--decision {d}: use allow, deny or error")));
+                return Err(CliError::Usage(format!(
+                    "--decision {d}: use allow, deny or error"
+                )));
             }
         }
         let since = time_arg("since", &self.since)?;
@@ -98,13 +109,25 @@ impl LogArgs {
             if self.env.as_ref().is_some_and(|e| *e != chain) {
                 continue;
             }
-            let (rows, _) = audit::read_chain(db.pool()).await.context("cannot read the audit log")?;
+            let (rows, _) = audit::read_chain(db.pool())
+                .await
+                .context("cannot read the audit log")?;
             for row in rows {
-                let record: Record = serde_json::from_str(&row.record)
-                    .with_context(|| format!("{chain}: audit record {} is not readable (run `bulkhead audit verify`)", row.seq))?;
-                let keep = self.principal.as_ref().is_none_or(|p| record.principal.as_ref() == Some(p))
+                let record: Record = serde_json::from_str(&row.record).with_context(|| {
+                    format!(
+                        "{chain}: audit record {} is not readable (run `bulkhead audit verify`)",
+                        row.seq
+                    )
+                })?;
+                let keep = self
+                    .principal
+                    .as_ref()
+                    .is_none_or(|p| record.principal.as_ref() == Some(p))
                     && self.action.as_ref().is_none_or(|a| record.action == *a)
-                    && self.decision.as_ref().is_none_or(|d| record.decision.as_str() == d)
+                    && self
+                        .decision
+                        .as_ref()
+                        .is_none_or(|d| record.decision.as_str() == d)
                     && since.as_ref().is_none_or(|s| record.time >= *s)
                     && until.as_ref().is_none_or(|u| record.time < *u);
                 if keep {
@@ -115,7 +138,10 @@ impl LogArgs {
         records.sort_by(|a, b| a.1.time.cmp(&b.1.time));
         for (_, r) in &records {
             match self.format {
-                Format::Json => println!("{}", serde_json::to_string(r).context("cannot encode a record")?),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string(r).context("cannot encode a record")?
+                ),
                 Format::Human => println!(
                     "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}",
                     r.time,
@@ -126,7 +152,9 @@ impl LogArgs {
                     r.status.map_or("-".to_string(), |s| s.to_string()),
                     r.state.as_deref().unwrap_or(""),
                     r.version.map_or(String::new(), |v| format!(" v{v}")),
-                    r.reason.as_deref().map_or(String::new(), |why| format!("  ({why})")),
+                    r.reason
+                        .as_deref()
+                        .map_or(String::new(), |why| format!("  ({why})")),
                 ),
             }
         }
@@ -140,7 +168,9 @@ impl VerifyArgs {
         let mut broken = false;
         let mut report = Vec::new();
         for (chain, db) in stores.chains() {
-            let (rows, head) = audit::read_chain(db.pool()).await.context("cannot read the audit log")?;
+            let (rows, head) = audit::read_chain(db.pool())
+                .await
+                .context("cannot read the audit log")?;
             let result = audit::verify_chain(&rows, head);
             broken |= result.is_err();
             match self.format {

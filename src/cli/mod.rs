@@ -45,7 +45,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The bulkhead config file.
-    #[arg(long, short = 'c', env = "BULKHEAD_CONFIG", default_value = "bulkhead.hcl")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "BULKHEAD_CONFIG",
+        default_value = "bulkhead.hcl"
+    )]
     pub config: PathBuf,
 }
 

@@ -25,14 +25,22 @@ impl ServeArgs {
             config.server.listen = listen;
         }
         let listen = config.server.listen.clone();
-        let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let app = App::open(config).await.map_err(|e| match e {
-            StartError::Policy(e) => CliError::Usage(format!("{e}\nThe policies are invalid: the server did not start.")),
+            StartError::Policy(e) => CliError::Usage(format!(
+                "{e}\nThe policies are invalid: the server did not start."
+            )),
             other => CliError::Failed(other.into()),
         })?;
         let listener = std::net::TcpListener::bind(&listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
         // The one line on stdout: scripts and tests read the address from it.
         println!("bulkhead listening on {scheme}://{addr}");
         let _ = std::io::stdout().flush();

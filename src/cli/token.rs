@@ -65,19 +65,29 @@ impl TokenCommand {
                     .await
                     .context("cannot store the token")?;
                 println!("{}", issued.token);
-                eprintln!("Token {} issued for {principal}. It is shown only this once.", issued.id);
+                eprintln!(
+                    "Token {} issued for {principal}. It is shown only this once.",
+                    issued.id
+                );
                 Ok(ExitCode::SUCCESS)
             }
             TokenCommand::List(args) => {
                 let config = args.config.load()?;
-                let tokens = open(&config).await?.tokens().await.context("cannot read tokens")?;
+                let tokens = open(&config)
+                    .await?
+                    .tokens()
+                    .await
+                    .context("cannot read tokens")?;
                 match args.format {
                     Format::Json => println!(
                         "{}",
                         serde_json::to_string_pretty(&tokens).context("cannot encode tokens")?
                     ),
                     Format::Human => {
-                        println!("{:<16}  {:<24}  {:<27}  REVOKED", "ID", "PRINCIPAL", "CREATED");
+                        println!(
+                            "{:<16}  {:<24}  {:<27}  REVOKED",
+                            "ID", "PRINCIPAL", "CREATED"
+                        );
                         for t in tokens {
                             println!(
                                 "{:<16}  {:<24}  {:<27}  {}",
@@ -115,7 +125,12 @@ impl TokenCommand {
 async fn open(config: &crate::config::Config) -> Result<SystemStore, CliError> {
     crate::store::open_system(config)
         .await
-        .with_context(|| format!("cannot open the data directory {}", config.server.data_dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot open the data directory {}",
+                config.server.data_dir.display()
+            )
+        })
         .map_err(CliError::Failed)
 }
 

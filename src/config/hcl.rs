@@ -105,7 +105,11 @@ fn read_body(
             }
             Structure::Block(inner) => {
                 let line = lines.line_of(inner.span());
-                let labels = inner.labels.iter().map(|l| l.as_str().to_string()).collect();
+                let labels = inner
+                    .labels
+                    .iter()
+                    .map(|l| l.as_str().to_string())
+                    .collect();
                 block.blocks.push(read_body(
                     &inner.body,
                     inner.ident.as_str().to_string(),
@@ -147,7 +151,9 @@ fn literal(expr: &Expression) -> Result<Literal, String> {
         }
         Expression::Parenthesis(inner) => literal(inner.inner())?,
         Expression::StringTemplate(_) | Expression::HeredocTemplate(_) => {
-            return Err("string interpolation (`${...}`) is not supported: write the value out".into())
+            return Err(
+                "string interpolation (`${...}`) is not supported: write the value out".into(),
+            )
         }
         _ => {
             return Err(
@@ -195,7 +201,10 @@ mod tests {
         assert_eq!(team.attrs[0].line, 4);
         assert_eq!(
             team.attrs[0].value,
-            Literal::List(vec![Literal::String("p".into()), Literal::String("q".into())])
+            Literal::List(vec![
+                Literal::String("p".into()),
+                Literal::String("q".into())
+            ])
         );
     }
 

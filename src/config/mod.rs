@@ -135,9 +135,8 @@ pub struct Environment {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single(path, format!("cannot read the config file: {e}"))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single(path, format!("cannot read the config file: {e}")))?;
         Config::parse(path, &text)
     }
 
@@ -352,7 +351,10 @@ impl Validator {
             let what = if want == 0 {
                 format!("`{}` takes no label", block.kind)
             } else {
-                format!("`{}` needs exactly one name: {} \"NAME\" {{ ... }}", block.kind, block.kind)
+                format!(
+                    "`{}` needs exactly one name: {} \"NAME\" {{ ... }}",
+                    block.kind, block.kind
+                )
             };
             self.error(block.line, what);
             return None;
@@ -367,7 +369,10 @@ impl Validator {
             } else {
                 "[A-Za-z0-9][A-Za-z0-9._@-]*"
             };
-            self.error(line, format!("{what} name \"{name}\" is not allowed: use {rule}"));
+            self.error(
+                line,
+                format!("{what} name \"{name}\" is not allowed: use {rule}"),
+            );
         }
     }
 
@@ -404,7 +409,10 @@ impl Validator {
             } else {
                 self.error(
                     inner.line,
-                    format!("unknown block `{}` in server: expected one tls block", inner.kind),
+                    format!(
+                        "unknown block `{}` in server: expected one tls block",
+                        inner.kind
+                    ),
                 );
             }
         }
@@ -433,7 +441,10 @@ impl Validator {
             ],
         );
         for inner in &block.blocks {
-            self.error(inner.line, format!("unknown block `{}` in {ctx}", inner.kind));
+            self.error(
+                inner.line,
+                format!("unknown block `{}` in {ctx}", inner.kind),
+            );
         }
         let mut named = Vec::new();
         let owner = match attr(block, "owner") {
@@ -460,7 +471,10 @@ impl Validator {
                     }
                 },
                 other => {
-                    self.error(a.line, format!("{ctx}: owner must be a string, not {}", other.kind()));
+                    self.error(
+                        a.line,
+                        format!("{ctx}: owner must be a string, not {}", other.kind()),
+                    );
                     None
                 }
             },
@@ -533,7 +547,10 @@ impl Validator {
                 } else {
                     format!("expected one of: {}", allowed.join(", "))
                 };
-                self.error(a.line, format!("unknown attribute `{}` in {ctx}: {hint}", a.name));
+                self.error(
+                    a.line,
+                    format!("unknown attribute `{}` in {ctx}: {hint}", a.name),
+                );
             }
         }
         let mut seen = BTreeMap::new();
@@ -541,7 +558,10 @@ impl Validator {
             if let Some(first) = seen.insert(a.name.as_str(), a.line) {
                 self.error(
                     a.line,
-                    format!("duplicate attribute `{}` in {ctx} (first on line {first})", a.name),
+                    format!(
+                        "duplicate attribute `{}` in {ctx} (first on line {first})",
+                        a.name
+                    ),
                 );
             }
         }
@@ -552,7 +572,10 @@ impl Validator {
         match &a.value {
             Literal::String(s) => Some(s.clone()),
             other => {
-                self.error(a.line, format!("{ctx}: `{key}` must be a string, not {}", other.kind()));
+                self.error(
+                    a.line,
+                    format!("{ctx}: `{key}` must be a string, not {}", other.kind()),
+                );
                 None
             }
         }
@@ -579,7 +602,10 @@ impl Validator {
             other => {
                 self.error(
                     a.line,
-                    format!("{ctx}: `{key}` must be a list of strings, not {}", other.kind()),
+                    format!(
+                        "{ctx}: `{key}` must be a list of strings, not {}",
+                        other.kind()
+                    ),
                 );
                 Vec::new()
             }
@@ -625,7 +651,11 @@ fn parse_size(value: &Literal) -> Result<u64, String> {
         "MiB" => 1024 * 1024,
         "GB" => 1000 * 1000 * 1000,
         "GiB" => 1024 * 1024 * 1024,
-        other => return Err(format!("has an unknown unit `{other}`: use B, KB, KiB, MB, MiB, GB or GiB")),
+        other => {
+            return Err(format!(
+                "has an unknown unit `{other}`: use B, KB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
     };
     n.checked_mul(factor)
         .filter(|n| *n > 0)
@@ -658,7 +688,9 @@ environment "prod" {
 "#;
 
     fn errors(text: &str) -> String {
-        Config::parse(Path::new("b.hcl"), text).unwrap_err().to_string()
+        Config::parse(Path::new("b.hcl"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -692,13 +724,20 @@ environment "dev" { read = ["team:a"] }
 "#;
         let e = errors(text);
         assert!(e.contains("b.hcl:3: duplicate team \"a\""), "{e}");
-        assert!(e.contains("b.hcl:4: environment name \"Prod\" is not allowed"), "{e}");
-        assert!(e.contains("b.hcl:5: environment \"dev\" has no owner"), "{e}");
+        assert!(
+            e.contains("b.hcl:4: environment name \"Prod\" is not allowed"),
+            "{e}"
+        );
+        assert!(
+            e.contains("b.hcl:5: environment \"dev\" has no owner"),
+            "{e}"
+        );
     }
 
     #[test]
     fn typos_are_not_ignored() {
-        let e = errors("environment \"dev\" {\n  owner = \"team:a\"\n  wirte = []\n}\nteam \"a\" {}\n");
+        let e =
+            errors("environment \"dev\" {\n  owner = \"team:a\"\n  wirte = []\n}\nteam \"a\" {}\n");
         assert!(e.contains("b.hcl:3: unknown attribute `wirte`"), "{e}");
     }
 

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{App, ApiError};
+use super::{ApiError, App};
 use crate::audit::{self, Outcome, Record};
 use crate::config::Environment;
 use crate::identity::{self, Principal};
@@ -129,7 +129,12 @@ impl Call<'_> {
     }
 
     /// Decides, records the deciding policies, and refuses with the sentence when denied.
-    fn require(&self, record: &mut Record, action: Action, operation: &str) -> Result<(), ApiError> {
+    fn require(
+        &self,
+        record: &mut Record,
+        action: Action,
+        operation: &str,
+    ) -> Result<(), ApiError> {
         let decision = self.decide(action, operation);
         record.policy = Some(decision.explanation());
         if decision.allowed {
@@ -144,7 +149,11 @@ impl Call<'_> {
     }
 }
 
-async fn authenticate(app: &App, record: &mut Record, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn authenticate(
+    app: &App,
+    record: &mut Record,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
     let principal = identity::authenticate(
         &app.config,
         &app.stores.system,
@@ -161,9 +170,16 @@ async fn authenticate(app: &App, record: &mut Record, headers: &HeaderMap) -> Re
 
 async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
     let principal = authenticate(app, record, &req.headers).await?;
-    let (Some(env), Some(store)) = (app.config.environment(&req.env), app.stores.environment(&req.env))
-    else {
-        let known: Vec<&str> = app.config.environments.iter().map(|e| e.name.as_str()).collect();
+    let (Some(env), Some(store)) = (
+        app.config.environment(&req.env),
+        app.stores.environment(&req.env),
+    ) else {
+        let known: Vec<&str> = app
+            .config
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
         return Err(ApiError::NotFound(format!(
             "there is no environment `{}`: known environments are {}",
             req.env,
@@ -235,14 +251,18 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
         let read = call.decide(Action::StateRead, &info.operation);
         if info.operation == lock::PLAN && read.allowed {
             record.policy = Some(read.explanation());
-            record.reason = Some("read-only plan lock: blocks no writer; writes under it are refused".into());
+            record.reason =
+                Some("read-only plan lock: blocks no writer; writes under it are refused".into());
             let mut tx = call.store.begin().await?;
             tx.insert_read_lock(state, &info.id, &principal).await?;
             commit_with_record(tx, record, StatusCode::OK).await?;
             return Ok(Reply::ok(body.to_vec()));
         }
         let sentence = call.refusal(Action::StateLock);
-        return Err(ApiError::Locked(LockInfo::refusal(&sentence, &info.operation)));
+        return Err(ApiError::Locked(LockInfo::refusal(
+            &sentence,
+            &info.operation,
+        )));
     }
 
     let mut tx = call.store.begin().await?;
@@ -434,7 +454,12 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
                 .await?;
             record.version = Some(version);
         }
-        _ => return Err(ApiError::NotFound(format!("there is no state `{state}` in {}", call.env.name))),
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "there is no state `{state}` in {}",
+                call.env.name
+            )))
+        }
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply {
@@ -446,7 +471,11 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
 
 /// Records the request as allowed inside `tx` and commits both; the record failing to write
 /// rolls the effect back.
-async fn commit_with_record(mut tx: Tx<'_>, record: &mut Record, status: StatusCode) -> Result<(), ApiError> {
+async fn commit_with_record(
+    mut tx: Tx<'_>,
+    record: &mut Record,
+    status: StatusCode,
+) -> Result<(), ApiError> {
     record.decision = Outcome::Allow;
     record.status = Some(status.as_u16());
     if let Err(e) = audit::append(tx.conn(), record).await {
@@ -465,7 +494,8 @@ async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiError>) 
             record.status = Some(reply.status.as_u16());
             let mut response = reply.status.into_response();
             if let Some((content_type, body)) = reply.body {
-                response = (reply.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+                response =
+                    (reply.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
             }
             (response, reply.audited)
         }
@@ -501,8 +531,14 @@ async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiError>) 
 async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
     let too_large = |size: Option<u64>| {
         ApiError::TooLarge(match size {
-            Some(size) => state::Refusal::TooLarge { size: size as usize, limit }.to_string(),
-            None => format!("the body is over this environment's limit of {limit} bytes (max_state_size)"),
+            Some(size) => state::Refusal::TooLarge {
+                size: size as usize,
+                limit,
+            }
+            .to_string(),
+            None => format!(
+                "the body is over this environment's limit of {limit} bytes (max_state_size)"
+            ),
         })
     };
     let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());

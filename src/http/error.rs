@@ -29,7 +29,9 @@ pub enum ApiError {
     #[error("{0}")]
     MethodNotAllowed(String),
     /// The audit record could not be written, so the request is refused (fail closed).
-    #[error("the audit log cannot be written, so the request was refused; the server's log says why")]
+    #[error(
+        "the audit log cannot be written, so the request was refused; the server's log says why"
+    )]
     AuditUnavailable,
     /// A server fault; the detail goes to the log, not to the client.
     #[error("internal error: {0}")]

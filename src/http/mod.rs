@@ -114,17 +114,23 @@ pub async fn serve(
     let tls = app.config.server.tls.clone();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     match tls {
-        None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
         Some(tls) => {
             // One process-wide crypto provider; a second install is harmless and ignored.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                .await
-                .map_err(|source| StartError::Tls {
-                    cert: tls.cert_file.display().to_string(),
-                    key: tls.key_file.display().to_string(),
-                    source,
-                })?;
+            let config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .map_err(|source| StartError::Tls {
+                        cert: tls.cert_file.display().to_string(),
+                        key: tls.key_file.display().to_string(),
+                        source,
+                    })?;
             axum_server::from_tcp_rustls(listener, config)
                 .handle(handle)
                 .serve(service)

@@ -34,16 +34,18 @@ pub fn parse(header: &str) -> Result<Credentials, AuthError> {
         });
     }
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(AuthError::Malformed("unsupported scheme: use Basic or Bearer"));
+        return Err(AuthError::Malformed(
+            "unsupported scheme: use Basic or Bearer",
+        ));
     }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(rest)
         .map_err(|_| AuthError::Malformed("Basic credentials are not valid base64"))?;
     let decoded = String::from_utf8(decoded)
         .map_err(|_| AuthError::Malformed("Basic credentials are not UTF-8"))?;
-    let (user, password) = decoded
-        .split_once(':')
-        .ok_or(AuthError::Malformed("Basic credentials lack the `:` between name and token"))?;
+    let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed(
+        "Basic credentials lack the `:` between name and token",
+    ))?;
     Ok(Credentials {
         username: (!user.is_empty()).then(|| user.to_string()),
         secret: password.to_string(),
@@ -57,7 +59,10 @@ mod tests {
     #[test]
     fn basic_and_bearer() {
         let b = parse("Basic YWxpY2U6czNjcmV0").unwrap();
-        assert_eq!((b.username.as_deref(), b.secret.as_str()), (Some("alice"), "s3cret"));
+        assert_eq!(
+            (b.username.as_deref(), b.secret.as_str()),
+            (Some("alice"), "s3cret")
+        );
         let t = parse("Bearer abc").unwrap();
         assert_eq!((t.username, t.secret.as_str()), (None, "abc"));
         assert!(parse("Digest x").is_err());

@@ -22,7 +22,10 @@ impl Principal {
     /// Finds a principal by `NAME`, `user:NAME` or `service:NAME`.
     pub fn lookup(config: &Config, text: &str) -> Option<Principal> {
         match text.split_once(':') {
-            Some(("user", name)) => config.users.contains(name).then(|| Principal::User(name.into())),
+            Some(("user", name)) => config
+                .users
+                .contains(name)
+                .then(|| Principal::User(name.into())),
             Some(("service", name)) => config
                 .services
                 .contains(name)
@@ -74,7 +77,10 @@ pub async fn authenticate(
 ) -> Result<Principal, AuthError> {
     let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
-    let row = tokens.token(presented.id()).await?.ok_or(AuthError::BadToken)?;
+    let row = tokens
+        .token(presented.id())
+        .await?
+        .ok_or(AuthError::BadToken)?;
     if row.revoked_at.is_some() || !presented.matches(&row.hash) {
         return Err(AuthError::BadToken);
     }

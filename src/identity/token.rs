@@ -5,7 +5,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::audit::Record;
+use crate::audit::{Outcome, Record};
 use crate::identity::Principal;
 use crate::store::{StoreError, SystemStore};
 
@@ -20,7 +20,8 @@ pub struct Presented<'a> {
 impl<'a> Presented<'a> {
     pub fn parse(token: &'a str) -> Option<Presented<'a>> {
         let (id, secret) = token.strip_prefix(PREFIX)?.split_once('_')?;
-        let well_formed = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let well_formed =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         (well_formed(id, 16) && well_formed(secret, 64)).then_some(Presented { id, secret })
     }
 
@@ -30,7 +31,10 @@ impl<'a> Presented<'a> {
 
     /// Whether the secret hashes to `stored_hash`, in time independent of where they differ.
     pub fn matches(&self, stored_hash: &str) -> bool {
-        hash(self.secret).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+        hash(self.secret)
+            .as_bytes()
+            .ct_eq(stored_hash.as_bytes())
+            .into()
     }
 }
 
@@ -57,6 +61,7 @@ pub async fn issue(
     rng.fill_bytes(&mut id);
     rng.fill_bytes(&mut secret);
     let (id, secret) = (hex::encode(id), hex::encode(secret));
+    record.decision = Outcome::Allow;
     record.reason = Some(format!("token {id} for {principal}"));
     store
         .insert_token(&id, &principal.to_string(), &hash(&secret), &record)

@@ -131,8 +131,8 @@ impl Policy {
         for path in &config.policy_files {
             add_policy_file(&mut policies, &schema, path)?;
         }
-        let entities = Entities::from_entities(entities(config)?, Some(&schema))
-            .map_err(|e| internal(&e))?;
+        let entities =
+            Entities::from_entities(entities(config)?, Some(&schema)).map_err(|e| internal(&e))?;
         Ok(Policy {
             schema,
             policies,
@@ -232,8 +232,16 @@ fn generated_policies(config: &Config) -> Vec<(String, String)> {
         let grants: [(&str, &[Subject], &[Action]); 6] = [
             ("owner", std::slice::from_ref(&env.owner), &[StateRead]),
             ("read", &env.read, &[StateRead]),
-            ("write", &env.write, &[StateRead, StateWrite, StateLock, StateUnlock]),
-            ("force_unlock", &env.force_unlock, &[StateUnlock, StateForceUnlock]),
+            (
+                "write",
+                &env.write,
+                &[StateRead, StateWrite, StateLock, StateUnlock],
+            ),
+            (
+                "force_unlock",
+                &env.force_unlock,
+                &[StateUnlock, StateForceUnlock],
+            ),
             ("force_write", &env.force_write, &[StateForceWrite]),
             ("delete", &env.delete, &[StateDelete]),
         ];
@@ -258,7 +266,11 @@ fn generated_policies(config: &Config) -> Vec<(String, String)> {
     out
 }
 
-fn add_policy_file(set: &mut PolicySet, schema: &Schema, path: &PathBuf) -> Result<(), PolicyError> {
+fn add_policy_file(
+    set: &mut PolicySet,
+    schema: &Schema,
+    path: &PathBuf,
+) -> Result<(), PolicyError> {
     let invalid = |message: String| PolicyError::Invalid {
         path: path.clone(),
         message,
@@ -269,7 +281,9 @@ fn add_policy_file(set: &mut PolicySet, schema: &Schema, path: &PathBuf) -> Resu
     })?;
     let parsed = PolicySet::from_str(&text).map_err(|e| invalid(format!("{e:?}")))?;
     if parsed.templates().next().is_some() {
-        return Err(invalid("policy templates are not supported; write plain policies".into()));
+        return Err(invalid(
+            "policy templates are not supported; write plain policies".into(),
+        ));
     }
     let file_name = path
         .file_name()
@@ -311,7 +325,10 @@ fn entities(config: &Config) -> Result<Vec<Entity>, PolicyError> {
         out.push(Entity::new_no_attrs(uid("User", user), teams));
     }
     for service in &config.services {
-        out.push(Entity::new_no_attrs(uid("Service", service), HashSet::new()));
+        out.push(Entity::new_no_attrs(
+            uid("Service", service),
+            HashSet::new(),
+        ));
     }
     for env in &config.environments {
         let attrs = HashMap::from([(
@@ -377,9 +394,18 @@ environment "prod" {
         assert!(!p.decide(&ci, Action::StateWrite, "dev", &ctx()).allowed);
         // The owner may force-unlock; nobody may force-write unless named.
         let pat = Principal::User("pat".into());
-        assert!(p.decide(&pat, Action::StateForceUnlock, "prod", &ctx()).allowed);
-        assert!(!p.decide(&pat, Action::StateForceWrite, "prod", &ctx()).allowed);
-        assert!(!p.decide(&alice, Action::StateRead, "nowhere", &ctx()).allowed);
+        assert!(
+            p.decide(&pat, Action::StateForceUnlock, "prod", &ctx())
+                .allowed
+        );
+        assert!(
+            !p.decide(&pat, Action::StateForceWrite, "prod", &ctx())
+                .allowed
+        );
+        assert!(
+            !p.decide(&alice, Action::StateRead, "nowhere", &ctx())
+                .allowed
+        );
     }
 
     #[test]
@@ -394,12 +420,21 @@ environment "prod" {
         let mut c = config();
         c.policy_files = vec![good];
         let p = Policy::compile(&c).unwrap();
-        let d = p.decide(&Principal::Service("ci-prod".into()), Action::StateWrite, "prod", &ctx());
+        let d = p.decide(
+            &Principal::Service("ci-prod".into()),
+            Action::StateWrite,
+            "prod",
+            &ctx(),
+        );
         assert!(!d.allowed);
         assert_eq!(d.policies, vec!["freeze-prod"]);
 
         let bad = dir.path().join("bad.cedar");
-        std::fs::write(&bad, "permit(principal == Bulkhead::Robot::\"x\", action, resource);").unwrap();
+        std::fs::write(
+            &bad,
+            "permit(principal == Bulkhead::Robot::\"x\", action, resource);",
+        )
+        .unwrap();
         c.policy_files = vec![bad];
         let e = Policy::compile(&c).err().unwrap().to_string();
         assert!(e.contains("bad.cedar"), "{e}");

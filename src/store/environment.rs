@@ -112,7 +112,10 @@ impl EnvStore {
     }
 }
 
-async fn held_lock(conn: &mut sqlx::SqliteConnection, state: &str) -> Result<Option<HeldLock>, StoreError> {
+async fn held_lock(
+    conn: &mut sqlx::SqliteConnection,
+    state: &str,
+) -> Result<Option<HeldLock>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT lock_id, principal, operation, info, created_at FROM locks WHERE state = ?",
     )

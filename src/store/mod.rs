@@ -68,7 +68,11 @@ pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
         path: data_dir.clone(),
         source,
     })?;
-    let pool = open_sqlite(&SqliteUrl::File(data_dir.join("bulkhead.db")), &SYSTEM_MIGRATIONS).await?;
+    let pool = open_sqlite(
+        &SqliteUrl::File(data_dir.join("bulkhead.db")),
+        &SYSTEM_MIGRATIONS,
+    )
+    .await?;
     Ok(SystemStore::new(pool))
 }
 
@@ -136,7 +140,10 @@ enum SqliteUrl {
 
 async fn open_sqlite(location: &SqliteUrl, migrator: &Migrator) -> Result<SqlitePool, StoreError> {
     let (options, name) = match location {
-        SqliteUrl::File(path) => (SqliteConnectOptions::new().filename(path), path.display().to_string()),
+        SqliteUrl::File(path) => (
+            SqliteConnectOptions::new().filename(path),
+            path.display().to_string(),
+        ),
         SqliteUrl::Url(url) => (
             SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Open {
                 location: url.clone(),
@@ -159,10 +166,13 @@ async fn open_sqlite(location: &SqliteUrl, migrator: &Migrator) -> Result<Sqlite
             location: name.clone(),
             source,
         })?;
-    migrator.run(&pool).await.map_err(|source| StoreError::Migrate {
-        location: name,
-        source,
-    })?;
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            location: name,
+            source,
+        })?;
     Ok(pool)
 }
 

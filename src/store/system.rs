@@ -68,13 +68,14 @@ impl SystemStore {
     /// has that id.
     pub async fn revoke_token(&self, id: &str, record: &Record) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
-        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now())
-            .bind(id)
-            .execute(tx.conn())
-            .await?
-            .rows_affected()
-            == 1;
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected()
+                == 1;
         if done {
             audit::append(tx.conn(), record).await?;
             tx.commit().await?;

@@ -1,0 +1,324 @@
+//! The real binary, in a fresh directory per test: config errors, tokens, the server's start
+//! line and logs, and audit verification against a tampered database.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tokio::io::AsyncBufReadExt;
+
+use crate::helpers::*;
+
+fn bulkhead(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BULKHEAD_CONFIG")
+        .output()
+        .expect("run bulkhead")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn with_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulkhead.hcl");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn an_invalid_config_stops_the_server_with_exit_2_naming_file_and_line() {
+    let (dir, _) = with_config(&CONFIG.replace(
+        r#"write = ["service:ci-prod"]"#,
+        r#"write = ["service:ci-production"]"#,
+    ));
+    let out = bulkhead(dir.path(), &["serve", "--config", "bulkhead.hcl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = CONFIG
+        .lines()
+        .position(|l| l.contains(r#"write = ["service:ci-prod"]"#))
+        .unwrap()
+        + 1;
+    let want = format!("bulkhead.hcl:{line}: environment \"prod\": unknown principal service:ci-production in `write`");
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn an_invalid_custom_policy_stops_the_server_with_exit_2() {
+    let (dir, _) = with_config(&format!("policies = [\"extra.cedar\"]\n{CONFIG}"));
+    std::fs::write(
+        dir.path().join("extra.cedar"),
+        "permit(principal, action == Bulkhead::Action::\"state:fly\", resource);",
+    )
+    .unwrap();
+    let out = bulkhead(dir.path(), &["serve", "--config", "bulkhead.hcl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("extra.cedar"), "{}", stderr(&out));
+}
+
+#[test]
+fn token_create_prints_the_token_alone_and_stores_only_its_hash() {
+    let (dir, _) = with_config(CONFIG);
+    let out = bulkhead(
+        dir.path(),
+        &["token", "create", "alice", "--config", "bulkhead.hcl"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let token = printed.strip_suffix('\n').unwrap();
+    assert!(!token.contains('\n'));
+    let (id, secret) = token.strip_prefix("bh_").unwrap().split_once('_').unwrap();
+    assert_eq!((id.len(), secret.len()), (16, 64));
+
+    let stored = std::fs::read(dir.path().join("data/bulkhead.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("data/bulkhead.db-wal")).unwrap_or_default();
+    for bytes in [&stored, &wal] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in clear"
+        );
+    }
+
+    let list = bulkhead(dir.path(), &["token", "list", "--config", "bulkhead.hcl"]);
+    assert!(stdout(&list).contains(id) && stdout(&list).contains("user:alice"));
+    assert!(!stdout(&list).contains(secret));
+
+    let unknown = bulkhead(
+        dir.path(),
+        &["token", "create", "mallory", "--config", "bulkhead.hcl"],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stdout(&unknown).is_empty());
+
+    assert!(bulkhead(
+        dir.path(),
+        &["token", "revoke", id, "--config", "bulkhead.hcl"]
+    )
+    .status
+    .success());
+    let again = bulkhead(
+        dir.path(),
+        &["token", "revoke", id, "--config", "bulkhead.hcl"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    let list = bulkhead(
+        dir.path(),
+        &[
+            "token",
+            "list",
+            "--config",
+            "bulkhead.hcl",
+            "--format",
+            "json",
+        ],
+    );
+    let tokens: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert!(tokens[0]["revoked_at"].is_string());
+}
+
+#[tokio::test]
+async fn serve_announces_its_address_answers_and_never_logs_tokens() {
+    let (dir, _) = with_config(CONFIG);
+    let token = stdout(&bulkhead(
+        dir.path(),
+        &["token", "create", "alice", "--config", "bulkhead.hcl"],
+    ));
+    let token = token.trim();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .env("BULKHEAD_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let base = first
+        .strip_prefix("bulkhead listening on ")
+        .unwrap()
+        .to_string();
+
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let url = format!("{base}/v1/state/dev/app");
+    let r = client
+        .post(&url)
+        .basic_auth("alice", Some(token))
+        .body(state_doc(1, "L", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(&url)
+        .basic_auth("alice", Some("bh_wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = stderr(&out);
+    assert!(log.contains("state request"), "{log}");
+    assert!(
+        !log.contains(token) && !log.contains("bh_wrong"),
+        "a token reached the log:\n{log}"
+    );
+    assert!(
+        !log.contains("\"lineage\""),
+        "state content reached the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_detects_an_edited_record_and_audit_log_filters() {
+    let t = spawn_app().await;
+    assert_eq!(
+        t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        t.lock("prod/net", "alice", "X", "OperationTypeApply")
+            .await
+            .status(),
+        423
+    );
+    let dir = t.dir.path();
+
+    let ok = bulkhead(dir, &["audit", "verify", "--config", "bulkhead.hcl"]);
+    assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
+    assert!(
+        stdout(&ok).contains("prod: 1 records, chain intact"),
+        "{}",
+        stdout(&ok)
+    );
+
+    let denied = bulkhead(
+        dir,
+        &[
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--decision",
+            "deny",
+            "--format",
+            "json",
+        ],
+    );
+    let lines: Vec<serde_json::Value> = stdout(&denied)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["principal"], "user:alice");
+    assert_eq!(lines[0]["environment"], "prod");
+    let by_env = bulkhead(
+        dir,
+        &[
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--env",
+            "dev",
+            "--action",
+            "state:write",
+        ],
+    );
+    assert_eq!(stdout(&by_env).lines().count(), 1);
+    let bad = bulkhead(
+        dir,
+        &[
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--since",
+            "yesterday",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+
+    // Someone with access to the file rewrites the refusal as an allow.
+    let db = env_db(&t.data_dir(), "prod");
+    exec_sql(&db, "DROP TRIGGER audit_no_update").await;
+    exec_sql(
+        &db,
+        "UPDATE audit SET record = replace(record, '\"deny\"', '\"allow\"') WHERE seq = 1",
+    )
+    .await;
+    let broken = bulkhead(dir, &["audit", "verify", "--config", "bulkhead.hcl"]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        stdout(&broken).contains("prod: BROKEN at record 1: its content does not match its hash"),
+        "{}",
+        stdout(&broken)
+    );
+    assert!(
+        stdout(&broken).contains("dev: "),
+        "the other chains are still reported"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_detects_deleted_records() {
+    let t = spawn_app().await;
+    for serial in 1..=3 {
+        assert_eq!(
+            t.post("dev/app", "alice", None, state_doc(serial, "L", ""))
+                .await
+                .status(),
+            200
+        );
+    }
+    let db = env_db(&t.data_dir(), "dev");
+    exec_sql(&db, "DROP TRIGGER audit_no_delete").await;
+    exec_sql(&db, "DELETE FROM audit WHERE seq = 3").await;
+    let out = bulkhead(
+        t.dir.path(),
+        &["audit", "verify", "--config", "bulkhead.hcl"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("dev: BROKEN"), "{}", stdout(&out));
+}
+
+#[test]
+fn help_teaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bulkhead(dir.path(), &["token", "create", "--help"]);
+    assert!(stdout(&out).contains("TF_HTTP_PASSWORD"));
+    let out = bulkhead(dir.path(), &["serve", "--config", "missing.hcl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("missing.hcl: cannot read the config file"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -135,11 +135,20 @@ impl TestApp {
     }
 
     pub fn token(&self, who: &str) -> &str {
-        self.tokens.get(who).map(String::as_str).expect("a token for a test principal")
+        self.tokens
+            .get(who)
+            .map(String::as_str)
+            .expect("a token for a test principal")
     }
 
     /// A request to `/v1/state/{path}` as `who` (HTTP Basic), or anonymous when `who` is "".
-    pub async fn call(&self, method: &str, path: &str, who: &str, body: Option<Vec<u8>>) -> reqwest::Response {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        who: &str,
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Response {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.client.request(method, self.url(path));
         if !who.is_empty() {
@@ -151,15 +160,45 @@ impl TestApp {
         req.send().await.expect("request reaches the server")
     }
 
-    pub async fn lock(&self, path: &str, who: &str, id: &str, operation: &str) -> reqwest::Response {
-        self.call("LOCK", path, who, Some(lock_info(id, operation).into_bytes())).await
+    pub async fn lock(
+        &self,
+        path: &str,
+        who: &str,
+        id: &str,
+        operation: &str,
+    ) -> reqwest::Response {
+        self.call(
+            "LOCK",
+            path,
+            who,
+            Some(lock_info(id, operation).into_bytes()),
+        )
+        .await
     }
 
-    pub async fn unlock(&self, path: &str, who: &str, id: &str, operation: &str) -> reqwest::Response {
-        self.call("UNLOCK", path, who, Some(lock_info(id, operation).into_bytes())).await
+    pub async fn unlock(
+        &self,
+        path: &str,
+        who: &str,
+        id: &str,
+        operation: &str,
+    ) -> reqwest::Response {
+        self.call(
+            "UNLOCK",
+            path,
+            who,
+            Some(lock_info(id, operation).into_bytes()),
+        )
+        .await
     }
 
-    pub async fn post(&self, path: &str, who: &str, lock_id: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        who: &str,
+        lock_id: Option<&str>,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         let path = match lock_id {
             Some(id) => format!("{path}?ID={id}"),
             None => path.to_string(),
@@ -216,4 +255,14 @@ pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
 
 pub fn env_db(data_dir: &Path, env: &str) -> PathBuf {
     bulkhead::store::environment_file(data_dir, env)
+}
+
+/// Runs one statement on a SQLite file through a separate connection.
+pub async fn exec_sql(path: &std::path::Path, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
 }

@@ -8,7 +8,12 @@ use crate::helpers::*;
 #[tokio::test]
 async fn health_answers() {
     let t = spawn_app().await;
-    let r = t.client.get(format!("{}/healthz", t.base())).send().await.unwrap();
+    let r = t
+        .client
+        .get(format!("{}/healthz", t.base()))
+        .send()
+        .await
+        .unwrap();
     assert_status(&r, StatusCode::OK);
     assert!(r.text().await.unwrap().contains("ok"));
 }
@@ -23,7 +28,10 @@ async fn missing_wrong_and_misattributed_credentials_are_401_and_recorded() {
     let wrong = t
         .client
         .get(t.url("dev/app"))
-        .basic_auth("alice", Some("bh_0000000000000000_".to_string() + &"0".repeat(64)))
+        .basic_auth(
+            "alice",
+            Some("bh_0000000000000000_".to_string() + &"0".repeat(64)),
+        )
         .send()
         .await
         .unwrap();
@@ -40,19 +48,30 @@ async fn missing_wrong_and_misattributed_credentials_are_401_and_recorded() {
     assert_status(&misattributed, StatusCode::UNAUTHORIZED);
 
     // Bearer works without a name.
-    let bearer = t.client.get(t.url("dev/app")).bearer_auth(t.token("alice")).send().await.unwrap();
+    let bearer = t
+        .client
+        .get(t.url("dev/app"))
+        .bearer_auth(t.token("alice"))
+        .send()
+        .await
+        .unwrap();
     assert_status(&bearer, StatusCode::NO_CONTENT);
 
     let records = t.audit(Some("dev")).await;
     let denied: Vec<_> = records.iter().filter(|r| r.status == Some(401)).collect();
     assert_eq!(denied.len(), 3);
-    assert!(denied.iter().all(|r| r.decision == bulkhead::audit::Outcome::Deny));
+    assert!(denied
+        .iter()
+        .all(|r| r.decision == bulkhead::audit::Outcome::Deny));
 }
 
 #[tokio::test]
 async fn a_revoked_token_no_longer_works() {
     let t = spawn_app().await;
-    assert_status(&t.call("GET", "dev/app", "alice", None).await, StatusCode::NO_CONTENT);
+    assert_status(
+        &t.call("GET", "dev/app", "alice", None).await,
+        StatusCode::NO_CONTENT,
+    );
     let id = &t.token("alice")[3..19];
     let revoked = t
         .app
@@ -62,7 +81,10 @@ async fn a_revoked_token_no_longer_works() {
         .await
         .unwrap();
     assert!(revoked);
-    assert_status(&t.call("GET", "dev/app", "alice", None).await, StatusCode::UNAUTHORIZED);
+    assert_status(
+        &t.call("GET", "dev/app", "alice", None).await,
+        StatusCode::UNAUTHORIZED,
+    );
 }
 
 #[tokio::test]
@@ -70,9 +92,16 @@ async fn unknown_environment_is_404_and_recorded_in_the_server_chain() {
     let t = spawn_app().await;
     let r = t.call("GET", "qa/app", "alice", None).await;
     assert_status(&r, StatusCode::NOT_FOUND);
-    assert!(r.text().await.unwrap().contains("known environments are dev, staging, prod"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("known environments are dev, staging, prod"));
     let last = t.audit(None).await.pop().unwrap();
-    assert_eq!((last.environment.as_deref(), last.status), (Some("qa"), Some(404)));
+    assert_eq!(
+        (last.environment.as_deref(), last.status),
+        (Some("qa"), Some(404))
+    );
 }
 
 #[tokio::test]
@@ -83,7 +112,12 @@ async fn bad_state_names_are_400() {
         assert_status(&r, StatusCode::BAD_REQUEST);
     }
     // Raw bytes, so that no client library normalises the path first.
-    for path in ["/v1/state/dev/a/../b", "/v1/state/dev/a/%2e%2e/b", "/v1/state/dev/a//b", "/v1/state/dev/.."] {
+    for path in [
+        "/v1/state/dev/a/../b",
+        "/v1/state/dev/a/%2e%2e/b",
+        "/v1/state/dev/a//b",
+        "/v1/state/dev/..",
+    ] {
         let status = raw_get(&t, path).await;
         assert_eq!(status, 400, "{path}");
     }
@@ -108,13 +142,27 @@ fn base64_basic(user: &str, pass: &str) -> String {
 #[tokio::test]
 async fn no_state_yet_is_204_and_a_state_the_caller_may_not_read_is_403_not_404() {
     let t = spawn_app().await;
-    assert_status(&t.call("GET", "prod/net", "eve", None).await, StatusCode::FORBIDDEN);
-    assert_status(&t.lock("prod/net", "ci-prod", "L1", "OperationTypeApply").await, StatusCode::OK);
-    assert_status(&t.post("prod/net", "ci-prod", Some("L1"), state_doc(1, "P", "")).await, StatusCode::OK);
+    assert_status(
+        &t.call("GET", "prod/net", "eve", None).await,
+        StatusCode::FORBIDDEN,
+    );
+    assert_status(
+        &t.lock("prod/net", "ci-prod", "L1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.post("prod/net", "ci-prod", Some("L1"), state_doc(1, "P", ""))
+            .await,
+        StatusCode::OK,
+    );
     let r = t.call("GET", "prod/net", "eve", None).await;
     assert_status(&r, StatusCode::FORBIDDEN);
     let body = r.text().await.unwrap();
-    assert!(body.contains("user:eve may not read prod (owner: team:platform)"), "{body}");
+    assert!(
+        body.contains("user:eve may not read prod (owner: team:platform)"),
+        "{body}"
+    );
     let r = t.call("GET", "prod/net", "alice", None).await;
     assert_status(&r, StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().to_vec(), state_doc(1, "P", ""));
@@ -123,7 +171,9 @@ async fn no_state_yet_is_204_and_a_state_the_caller_may_not_read_is_403_not_404(
 #[tokio::test]
 async fn refused_lock_answers_423_with_the_sentence_as_id_and_stores_nothing() {
     let t = spawn_app().await;
-    let r = t.lock("prod/net", "alice", "A1", "OperationTypeApply").await;
+    let r = t
+        .lock("prod/net", "alice", "A1", "OperationTypeApply")
+        .await;
     assert_status(&r, StatusCode::LOCKED);
     let info: serde_json::Value = r.json().await.unwrap();
     let id = info["ID"].as_str().unwrap();
@@ -131,60 +181,156 @@ async fn refused_lock_answers_423_with_the_sentence_as_id_and_stores_nothing() {
         id.starts_with("user:alice may not write prod (owner: team:platform): prod changes are applied by service:ci-prod"),
         "{id}"
     );
-    assert!(t.app.stores.environment("prod").unwrap().held_lock("net").await.unwrap().is_none());
+    assert!(t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("net")
+        .await
+        .unwrap()
+        .is_none());
     let last = t.last_audit("prod").await;
-    assert_eq!((last.action.as_str(), last.status), ("state:lock", Some(423)));
-    assert_eq!(last.policy.as_deref(), Some("default deny (no policy permits it)"));
+    assert_eq!(
+        (last.action.as_str(), last.status),
+        ("state:lock", Some(423))
+    );
+    assert_eq!(
+        last.policy.as_deref(),
+        Some("default deny (no policy permits it)")
+    );
     assert!(last.reason.unwrap().contains("may not write prod"));
 }
 
 #[tokio::test]
 async fn second_locker_is_refused_with_the_authenticated_holder() {
     let t = spawn_app().await;
-    assert_status(&t.lock("dev/app", "alice", "A1", "OperationTypeApply").await, StatusCode::OK);
+    assert_status(
+        &t.lock("dev/app", "alice", "A1", "OperationTypeApply").await,
+        StatusCode::OK,
+    );
     // The same lock again (a client retry) is granted again.
-    assert_status(&t.lock("dev/app", "alice", "A1", "OperationTypeApply").await, StatusCode::OK);
+    assert_status(
+        &t.lock("dev/app", "alice", "A1", "OperationTypeApply").await,
+        StatusCode::OK,
+    );
     let r = t.lock("dev/app", "bob", "B1", "OperationTypeApply").await;
     assert_status(&r, StatusCode::LOCKED);
     let holder: serde_json::Value = r.json().await.unwrap();
-    assert!(holder["ID"].as_str().unwrap().starts_with("A1 held by user:alice"), "{holder}");
+    assert!(
+        holder["ID"]
+            .as_str()
+            .unwrap()
+            .starts_with("A1 held by user:alice"),
+        "{holder}"
+    );
     assert_eq!(holder["Who"], "user:alice (client said: dev@laptop)");
     // bob may not write under alice's lock, nor without one.
-    assert_status(&t.post("dev/app", "bob", Some("A1"), state_doc(1, "L", "")).await, StatusCode::LOCKED);
-    assert_status(&t.post("dev/app", "bob", None, state_doc(1, "L", "")).await, StatusCode::LOCKED);
+    assert_status(
+        &t.post("dev/app", "bob", Some("A1"), state_doc(1, "L", ""))
+            .await,
+        StatusCode::LOCKED,
+    );
+    assert_status(
+        &t.post("dev/app", "bob", None, state_doc(1, "L", "")).await,
+        StatusCode::LOCKED,
+    );
     // Nor may anyone but the holder release it without force-unlock (eve has no such right).
-    assert_status(&t.unlock("dev/app", "eve", "A1", "OperationTypeApply").await, StatusCode::FORBIDDEN);
+    assert_status(
+        &t.unlock("dev/app", "eve", "A1", "OperationTypeApply").await,
+        StatusCode::FORBIDDEN,
+    );
     assert!(t.versions("dev", "app").await.is_empty());
-    assert_status(&t.post("dev/app", "alice", Some("A1"), state_doc(1, "L", "")).await, StatusCode::OK);
-    assert_status(&t.unlock("dev/app", "alice", "A1", "OperationTypeApply").await, StatusCode::OK);
-    assert_status(&t.lock("dev/app", "bob", "B1", "OperationTypeApply").await, StatusCode::OK);
+    assert_status(
+        &t.post("dev/app", "alice", Some("A1"), state_doc(1, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.unlock("dev/app", "alice", "A1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.lock("dev/app", "bob", "B1", "OperationTypeApply").await,
+        StatusCode::OK,
+    );
 }
 
 #[tokio::test]
 async fn readers_plan_lock_blocks_no_writer_and_nothing_is_written_under_it() {
     let t = spawn_app().await;
-    assert_status(&t.lock("prod/net", "alice", "PLAN1", "OperationTypePlan").await, StatusCode::OK);
-    assert_status(&t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply").await, StatusCode::OK);
-    let r = t.post("prod/net", "alice", Some("PLAN1"), state_doc(1, "P", "")).await;
+    assert_status(
+        &t.lock("prod/net", "alice", "PLAN1", "OperationTypePlan")
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
+    let r = t
+        .post("prod/net", "alice", Some("PLAN1"), state_doc(1, "P", ""))
+        .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert!(t.versions("prod", "net").await.is_empty());
-    assert_status(&t.unlock("prod/net", "alice", "PLAN1", "OperationTypePlan").await, StatusCode::OK);
+    assert_status(
+        &t.unlock("prod/net", "alice", "PLAN1", "OperationTypePlan")
+            .await,
+        StatusCode::OK,
+    );
     // The writer's lock is untouched.
-    let held = t.app.stores.environment("prod").unwrap().held_lock("net").await.unwrap();
+    let held = t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("net")
+        .await
+        .unwrap();
     assert_eq!(held.unwrap().lock_id, "CI1");
 }
 
 #[tokio::test]
 async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
     let t = spawn_app().await;
-    assert_status(&t.post("dev/app", "alice", None, state_doc(5, "L", "")).await, StatusCode::OK);
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
     let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
-        (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "not a JSON object"),
-        (br#"{"lineage":"L"}"#.to_vec(), StatusCode::BAD_REQUEST, "serial"),
-        (state_doc(6, "OTHER", ""), StatusCode::CONFLICT, "lineage OTHER differs"),
-        (state_doc(4, "L", ""), StatusCode::CONFLICT, "serial 4 is older"),
-        (state_doc(5, "L", r#","check_results":null"#), StatusCode::CONFLICT, "already stored"),
-        (state_doc(6, "L", &format!(r#","pad":"{}""#, "x".repeat(70_000))), StatusCode::PAYLOAD_TOO_LARGE, "limit"),
+        (
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not a JSON object",
+        ),
+        (
+            br#"{"lineage":"L"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "serial",
+        ),
+        (
+            state_doc(6, "OTHER", ""),
+            StatusCode::CONFLICT,
+            "lineage OTHER differs",
+        ),
+        (
+            state_doc(4, "L", ""),
+            StatusCode::CONFLICT,
+            "serial 4 is older",
+        ),
+        (
+            state_doc(5, "L", r#","check_results":null"#),
+            StatusCode::CONFLICT,
+            "already stored",
+        ),
+        (
+            state_doc(6, "L", &format!(r#","pad":"{}""#, "x".repeat(70_000))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit",
+        ),
     ];
     for (body, status, reason) in cases {
         let r = t.post("dev/app", "alice", None, body).await;
@@ -197,13 +343,20 @@ async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
         assert_eq!(t.stored("dev", "app").await.unwrap(), state_doc(5, "L", ""));
     }
     // A retried POST of the very bytes is accepted and stores nothing new.
-    assert_status(&t.post("dev/app", "alice", None, state_doc(5, "L", "")).await, StatusCode::OK);
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
     assert_eq!(t.versions("dev", "app").await.len(), 1);
     let next = t.post("dev/app", "bob", None, state_doc(6, "L", "")).await;
     assert_status(&next, StatusCode::OK);
     let versions = t.versions("dev", "app").await;
     assert_eq!(
-        versions.iter().map(|v| (v.version, v.principal.as_str())).collect::<Vec<_>>(),
+        versions
+            .iter()
+            .map(|v| (v.version, v.principal.as_str()))
+            .collect::<Vec<_>>(),
         vec![(1, "user:alice"), (2, "user:bob")]
     );
 }
@@ -211,9 +364,19 @@ async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
 #[tokio::test]
 async fn force_write_needs_the_right_and_is_recorded_as_forced() {
     let t = spawn_app().await;
-    assert_status(&t.post("dev/app", "alice", None, state_doc(5, "L", "")).await, StatusCode::OK);
-    assert_status(&t.post("dev/app", "alice", None, state_doc(1, "NEW", "")).await, StatusCode::CONFLICT);
-    let r = t.post("dev/app", "pat", None, state_doc(1, "NEW", "")).await;
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "NEW", ""))
+            .await,
+        StatusCode::CONFLICT,
+    );
+    let r = t
+        .post("dev/app", "pat", None, state_doc(1, "NEW", ""))
+        .await;
     assert_status(&r, StatusCode::OK);
     let versions = t.versions("dev", "app").await;
     assert_eq!(versions.len(), 2);
@@ -226,44 +389,108 @@ async fn force_write_needs_the_right_and_is_recorded_as_forced() {
 #[tokio::test]
 async fn force_unlock_needs_the_right() {
     let t = spawn_app().await;
-    assert_status(&t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply").await, StatusCode::OK);
+    assert_status(
+        &t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
     // terraform force-unlock: an empty body. alice is no owner of prod.
-    let r = t.call("UNLOCK", "prod/net", "alice", Some(Vec::new())).await;
+    let r = t
+        .call("UNLOCK", "prod/net", "alice", Some(Vec::new()))
+        .await;
     assert_status(&r, StatusCode::FORBIDDEN);
-    assert!(r.text().await.unwrap().contains("user:alice may not force-unlock prod"));
-    assert!(t.app.stores.environment("prod").unwrap().held_lock("net").await.unwrap().is_some());
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("user:alice may not force-unlock prod"));
+    assert!(t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("net")
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(t.last_audit("prod").await.action, "state:force-unlock");
     // OpenTofu's form, {"ID": ...}, by the owner.
-    let r = t.call("UNLOCK", "prod/net", "pat", Some(br#"{"ID":"CI1"}"#.to_vec())).await;
+    let r = t
+        .call(
+            "UNLOCK",
+            "prod/net",
+            "pat",
+            Some(br#"{"ID":"CI1"}"#.to_vec()),
+        )
+        .await;
     assert_status(&r, StatusCode::OK);
-    assert!(t.app.stores.environment("prod").unwrap().held_lock("net").await.unwrap().is_none());
+    assert!(t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("net")
+        .await
+        .unwrap()
+        .is_none());
     let last = t.last_audit("prod").await;
-    assert_eq!(last.reason.as_deref(), Some("force-unlocked the lock of service:ci-prod"));
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("force-unlocked the lock of service:ci-prod")
+    );
 }
 
 #[tokio::test]
 async fn opentofu_encrypted_states_are_stored_byte_for_byte() {
     let t = spawn_app().await;
     let doc = br#"{"serial":1,"lineage":"E","meta":{"key_provider.pbkdf2.k":"eyJ9"},"encrypted_data":"c2VjcmV0","encryption_version":"v0"}"#;
-    assert_status(&t.post("dev/enc", "alice", None, doc.to_vec()).await, StatusCode::OK);
-    let got = t.call("GET", "dev/enc", "alice", None).await.bytes().await.unwrap();
+    assert_status(
+        &t.post("dev/enc", "alice", None, doc.to_vec()).await,
+        StatusCode::OK,
+    );
+    let got = t
+        .call("GET", "dev/enc", "alice", None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), doc.as_slice());
     let older = br#"{"serial":0,"lineage":"E","meta":{},"encrypted_data":"eA==","encryption_version":"v0"}"#;
-    assert_status(&t.post("dev/enc", "alice", None, older.to_vec()).await, StatusCode::CONFLICT);
+    assert_status(
+        &t.post("dev/enc", "alice", None, older.to_vec()).await,
+        StatusCode::CONFLICT,
+    );
 }
 
 #[tokio::test]
 async fn deletion_is_a_version_and_needs_the_right() {
     let t = spawn_app().await;
-    assert_status(&t.post("dev/app", "alice", None, state_doc(1, "L", "")).await, StatusCode::OK);
-    assert_status(&t.call("DELETE", "dev/app", "pat", None).await, StatusCode::FORBIDDEN);
-    assert_status(&t.call("DELETE", "dev/app", "bob", None).await, StatusCode::OK);
-    assert_status(&t.call("GET", "dev/app", "alice", None).await, StatusCode::NO_CONTENT);
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.call("DELETE", "dev/app", "pat", None).await,
+        StatusCode::FORBIDDEN,
+    );
+    assert_status(
+        &t.call("DELETE", "dev/app", "bob", None).await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.call("GET", "dev/app", "alice", None).await,
+        StatusCode::NO_CONTENT,
+    );
     let versions = t.versions("dev", "app").await;
     assert_eq!(versions.len(), 2);
     assert!(versions[1].deleted);
     // A new lineage may start after a deletion.
-    assert_status(&t.post("dev/app", "alice", None, state_doc(0, "FRESH", "")).await, StatusCode::OK);
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(0, "FRESH", ""))
+            .await,
+        StatusCode::OK,
+    );
 }
 
 #[tokio::test]
@@ -276,24 +503,30 @@ async fn unknown_methods_are_405() {
 #[tokio::test]
 async fn when_the_audit_record_cannot_be_written_the_request_is_refused() {
     let t = spawn_app().await;
-    assert_status(&t.post("dev/app", "alice", None, state_doc(1, "L", "")).await, StatusCode::OK);
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
     // Break the dev chain from outside, as a full disk or a broken file would.
     let db = env_db(&t.data_dir(), "dev");
     exec_sql(&db, "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").await;
-    let r = t.post("dev/app", "alice", None, state_doc(2, "L", "")).await;
+    let r = t
+        .post("dev/app", "alice", None, state_doc(2, "L", ""))
+        .await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(t.versions("dev", "app").await.len(), 1);
     let r = t.call("GET", "dev/app", "alice", None).await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
     let r = t.lock("dev/app", "alice", "X", "OperationTypeApply").await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(t.app.stores.environment("dev").unwrap().held_lock("app").await.unwrap().is_none());
-}
-
-/// Runs one statement on a SQLite file through a separate connection.
-pub async fn exec_sql(path: &std::path::Path, sql: &str) {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display())).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
-    conn.close().await.unwrap();
+    assert!(t
+        .app
+        .stores
+        .environment("dev")
+        .unwrap()
+        .held_lock("app")
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -14,7 +14,12 @@ fn terraform_bin() -> Option<PathBuf> {
     let found = std::env::var_os("TERRAFORM")
         .map(PathBuf::from)
         .into_iter()
-        .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("terraform")))
+        .chain(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|d| d.join("terraform")),
+        )
         .chain([PathBuf::from("/usr/local/bin/terraform")])
         .find(|p| p.is_file());
     if found.is_none() {
@@ -91,7 +96,13 @@ impl Workspace {
         }
     }
 
-    fn command(&self, t: &TestApp, who: &str, password: Option<&str>, args: &[&str]) -> tokio::process::Command {
+    fn command(
+        &self,
+        t: &TestApp,
+        who: &str,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
             .arg("-no-color")
@@ -112,7 +123,11 @@ impl Workspace {
 
     async fn ok(&self, t: &TestApp, who: &str, args: &[&str]) -> Output {
         let out = self.run(t, who, args).await;
-        assert!(out.status.success(), "terraform {args:?} as {who} failed:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "terraform {args:?} as {who} failed:\n{}",
+            text(&out)
+        );
         out
     }
 }
@@ -137,7 +152,8 @@ async fn developer_applies_dev_freely_and_each_apply_is_a_version_in_their_name(
     let ws = Workspace::new(&bin, &t, "dev", "dev/app");
     ws.ok(&t, "alice", &["init", "-input=false"]).await;
     ws.ok(&t, "alice", &["apply", "-auto-approve"]).await;
-    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=two"]).await;
+    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=two"])
+        .await;
     let versions = t.versions("dev", "app").await;
     assert!(versions.len() >= 2, "{versions:?}");
     for (i, v) in versions.iter().enumerate() {
@@ -145,13 +161,26 @@ async fn developer_applies_dev_freely_and_each_apply_is_a_version_in_their_name(
         assert_eq!(v.principal, "user:alice");
         assert_eq!(v.operation.as_deref(), Some("OperationTypeApply"));
     }
-    let state: serde_json::Value = serde_json::from_slice(&t.stored("dev", "app").await.unwrap()).unwrap();
-    assert_eq!(state["resources"][0]["instances"][0]["attributes"]["input"]["value"], "two");
-    assert!(t.app.stores.environment("dev").unwrap().held_lock("app").await.unwrap().is_none());
+    let state: serde_json::Value =
+        serde_json::from_slice(&t.stored("dev", "app").await.unwrap()).unwrap();
+    assert_eq!(
+        state["resources"][0]["instances"][0]["attributes"]["input"]["value"],
+        "two"
+    );
+    assert!(t
+        .app
+        .stores
+        .environment("dev")
+        .unwrap()
+        .held_lock("app")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipeline_applies_prod_and_a_developer_may_plan_it_but_apply_fails_at_the_lock_saying_why() {
+async fn pipeline_applies_prod_and_a_developer_may_plan_it_but_apply_fails_at_the_lock_saying_why()
+{
     let bin = terraform_or_skip!();
     let t = spawn_app().await;
     let ci = Workspace::new(&bin, &t, "prod-ci", "prod/network");
@@ -164,9 +193,19 @@ async fn pipeline_applies_prod_and_a_developer_may_plan_it_but_apply_fails_at_th
     let dev = Workspace::new(&bin, &t, "prod-alice", "prod/network");
     dev.ok(&t, "alice", &["init", "-input=false"]).await;
     let plan = dev.ok(&t, "alice", &["plan", "-var", "v=changed"]).await;
-    assert!(text(&plan).contains("0 to add, 1 to change, 0 to destroy"), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("0 to add, 1 to change, 0 to destroy"),
+        "{}",
+        text(&plan)
+    );
 
-    let apply = dev.run(&t, "alice", &["apply", "-auto-approve", "-var", "v=changed"]).await;
+    let apply = dev
+        .run(
+            &t,
+            "alice",
+            &["apply", "-auto-approve", "-var", "v=changed"],
+        )
+        .await;
     assert!(!apply.status.success());
     let screen = folded(&text(&apply));
     assert!(
@@ -182,7 +221,10 @@ async fn pipeline_applies_prod_and_a_developer_may_plan_it_but_apply_fails_at_th
         .rev()
         .find(|r| r.decision == bulkhead::audit::Outcome::Deny)
         .unwrap();
-    assert_eq!((refusal.action.as_str(), refusal.status), ("state:lock", Some(423)));
+    assert_eq!(
+        (refusal.action.as_str(), refusal.status),
+        ("state:lock", Some(423))
+    );
     assert_eq!(refusal.principal.as_deref(), Some("user:alice"));
 }
 
@@ -196,7 +238,12 @@ async fn a_second_apply_meanwhile_is_refused_the_lock_naming_the_authenticated_h
     b.ok(&t, "bob", &["init", "-input=false"]).await;
 
     let slow = a
-        .command(&t, "alice", None, &["apply", "-auto-approve", "-var", "pause=5"])
+        .command(
+            &t,
+            "alice",
+            None,
+            &["apply", "-auto-approve", "-var", "pause=5"],
+        )
         .output();
     let slow = tokio::spawn(slow);
     // Wait until alice's apply holds the lock (bounded; it normally takes well under a second).
@@ -212,15 +259,23 @@ async fn a_second_apply_meanwhile_is_refused_the_lock_naming_the_authenticated_h
     let held = held.expect("alice's apply took the lock");
     assert_eq!(held.principal, "user:alice");
 
-    let second = b.run(&t, "bob", &["apply", "-auto-approve", "-var", "v=bob"]).await;
+    let second = b
+        .run(&t, "bob", &["apply", "-auto-approve", "-var", "v=bob"])
+        .await;
     assert!(!second.status.success());
     let screen = folded(&text(&second));
-    assert!(screen.contains(&format!("{} held by user:alice", held.lock_id)), "{screen}");
+    assert!(
+        screen.contains(&format!("{} held by user:alice", held.lock_id)),
+        "{screen}"
+    );
 
     let first = slow.await.unwrap().unwrap();
     assert!(first.status.success(), "{}", text(&first));
     let versions = t.versions("dev", "app").await;
-    assert!(versions.iter().all(|v| v.principal == "user:alice"), "{versions:?}");
+    assert!(
+        versions.iter().all(|v| v.principal == "user:alice"),
+        "{versions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,18 +287,37 @@ async fn a_staging_state_pushed_to_the_prod_address_is_refused_and_prod_is_uncha
     prod.ok(&t, "ci-prod", &["apply", "-auto-approve"]).await;
     let staging = Workspace::new(&bin, &t, "staging", "staging/network");
     staging.ok(&t, "pat", &["init", "-input=false"]).await;
-    staging.ok(&t, "pat", &["apply", "-auto-approve", "-var", "v=staging"]).await;
+    staging
+        .ok(&t, "pat", &["apply", "-auto-approve", "-var", "v=staging"])
+        .await;
     let pulled = staging.ok(&t, "pat", &["state", "pull"]).await;
     std::fs::write(prod.dir.join("staging.tfstate"), &pulled.stdout).unwrap();
 
-    let before = (t.versions("prod", "network").await.len(), t.stored("prod", "network").await);
+    let before = (
+        t.versions("prod", "network").await.len(),
+        t.stored("prod", "network").await,
+    );
     // Terraform itself refuses another lineage; with -force it sends it, and bulkhead refuses.
-    let push = prod.run(&t, "ci-prod", &["state", "push", "staging.tfstate"]).await;
+    let push = prod
+        .run(&t, "ci-prod", &["state", "push", "staging.tfstate"])
+        .await;
     assert!(!push.status.success(), "{}", text(&push));
-    let forced = prod.run(&t, "ci-prod", &["state", "push", "-force", "staging.tfstate"]).await;
+    let forced = prod
+        .run(
+            &t,
+            "ci-prod",
+            &["state", "push", "-force", "staging.tfstate"],
+        )
+        .await;
     assert!(!forced.status.success(), "{}", text(&forced));
     assert!(text(&forced).contains("409"), "{}", text(&forced));
-    assert_eq!((t.versions("prod", "network").await.len(), t.stored("prod", "network").await), before);
+    assert_eq!(
+        (
+            t.versions("prod", "network").await.len(),
+            t.stored("prod", "network").await
+        ),
+        before
+    );
     let write = t
         .audit(Some("prod"))
         .await
@@ -251,7 +325,10 @@ async fn a_staging_state_pushed_to_the_prod_address_is_refused_and_prod_is_uncha
         .rev()
         .find(|r| r.action == "state:write" && r.status == Some(409))
         .expect("the refused push is recorded");
-    assert!(write.reason.unwrap().contains("differs from the stored state's lineage"));
+    assert!(write
+        .reason
+        .unwrap()
+        .contains("differs from the stored state's lineage"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,9 +337,17 @@ async fn a_wrong_password_is_refused() {
     let t = spawn_app().await;
     let ws = Workspace::new(&bin, &t, "dev", "dev/app");
     let bad = format!("bh_{}_{}", "1".repeat(16), "2".repeat(64));
-    let out = ws.command(&t, "alice", Some(&bad), &["init", "-input=false"]).output().await.unwrap();
+    let out = ws
+        .command(&t, "alice", Some(&bad), &["init", "-input=false"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("HTTP remote state endpoint requires auth"), "{}", text(&out));
+    assert!(
+        text(&out).contains("HTTP remote state endpoint requires auth"),
+        "{}",
+        text(&out)
+    );
     let last = t.last_audit("dev").await;
     assert_eq!(last.status, Some(401));
 }
@@ -271,18 +356,49 @@ async fn a_wrong_password_is_refused() {
 async fn force_unlock_is_refused_without_the_right_and_works_with_it() {
     let bin = terraform_or_skip!();
     let t = spawn_app().await;
-    assert_eq!(t.lock("prod/network", "ci-prod", "stuck-lock", "OperationTypeApply").await.status(), 200);
+    assert_eq!(
+        t.lock(
+            "prod/network",
+            "ci-prod",
+            "stuck-lock",
+            "OperationTypeApply"
+        )
+        .await
+        .status(),
+        200
+    );
     let alice = Workspace::new(&bin, &t, "prod-alice", "prod/network");
     alice.ok(&t, "alice", &["init", "-input=false"]).await;
-    let out = alice.run(&t, "alice", &["force-unlock", "-force", "stuck-lock"]).await;
+    let out = alice
+        .run(&t, "alice", &["force-unlock", "-force", "stuck-lock"])
+        .await;
     assert!(!out.status.success(), "{}", text(&out));
-    let held = t.app.stores.environment("prod").unwrap().held_lock("network").await.unwrap();
+    let held = t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("network")
+        .await
+        .unwrap();
     assert_eq!(held.unwrap().lock_id, "stuck-lock");
     let refusal = t.last_audit("prod").await;
-    assert_eq!((refusal.action.as_str(), refusal.status), ("state:force-unlock", Some(403)));
+    assert_eq!(
+        (refusal.action.as_str(), refusal.status),
+        ("state:force-unlock", Some(403))
+    );
 
     let pat = Workspace::new(&bin, &t, "prod-pat", "prod/network");
     pat.ok(&t, "pat", &["init", "-input=false"]).await;
-    pat.ok(&t, "pat", &["force-unlock", "-force", "stuck-lock"]).await;
-    assert!(t.app.stores.environment("prod").unwrap().held_lock("network").await.unwrap().is_none());
+    pat.ok(&t, "pat", &["force-unlock", "-force", "stuck-lock"])
+        .await;
+    assert!(t
+        .app
+        .stores
+        .environment("prod")
+        .unwrap()
+        .held_lock("network")
+        .await
+        .unwrap()
+        .is_none());
 }
