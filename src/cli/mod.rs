@@ -2,6 +2,7 @@
 //! code; `main` prints errors and exits.
 
 mod audit;
+mod policy;
 mod serve;
 mod token;
 
@@ -39,6 +40,9 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Explain authorization decisions; print the Cedar schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// The config file option every command shares.
@@ -98,6 +102,7 @@ impl Cli {
             Command::Serve(args) => args.run().await,
             Command::Token(cmd) => cmd.run().await,
             Command::Audit(cmd) => cmd.run().await,
+            Command::Policy(cmd) => cmd.run().await,
         }
     }
 }

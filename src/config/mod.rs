@@ -222,7 +222,7 @@ impl Validator {
         let mut teams = BTreeMap::new();
         let mut users = BTreeSet::new();
         let mut services = BTreeSet::new();
-        let mut environments: Vec<(Environment, usize, Vec<Named>)> = Vec::new();
+        let mut environments: Vec<(Environment, Vec<Named>)> = Vec::new();
         let mut team_members: Vec<(String, usize)> = Vec::new();
         let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
 
@@ -274,7 +274,7 @@ impl Validator {
                 "environment" => {
                     self.check_name(block.line, "environment", &name, environment_name_ok);
                     let (env, named) = self.environment(block, name);
-                    environments.push((env, block.line, named));
+                    environments.push((env, named));
                 }
                 other => self.error(
                     block.line,
@@ -320,7 +320,7 @@ impl Validator {
             environments: Vec::new(),
             policy_files,
         };
-        for (env, line, named) in environments {
+        for (env, named) in environments {
             for n in named {
                 if !config.knows(&n.subject) {
                     self.error(
@@ -339,7 +339,6 @@ impl Validator {
                     );
                 }
             }
-            let _ = line;
             config.environments.push(env);
         }
         config

@@ -546,10 +546,30 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8
         return Err(too_large(declared));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    axum::body::to_bytes(body, limit)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
         .map(|b| b.to_vec())
-        .map_err(|_| too_large(None))
+        .map_err(|_| too_large(None))?;
+    check_content_md5(headers, &bytes)?;
+    Ok(bytes)
+}
+
+/// Terraform sends `Content-MD5` with every body; a mismatch means the body was damaged on
+/// the way, and nothing may be stored from it.
+fn check_content_md5(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    use base64::Engine;
+    use md5::{Digest, Md5};
+    let Some(sent) = headers.get("content-md5") else {
+        return Ok(());
+    };
+    let expected = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
+    if sent.as_bytes() == expected.as_bytes() {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "the body does not match its Content-MD5 header: it was damaged in transit; nothing was stored".into(),
+        ))
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

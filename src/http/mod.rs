@@ -13,6 +13,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 pub use error::ApiError;
 
@@ -113,28 +115,28 @@ pub async fn serve(
     });
     let tls = app.config.server.tls.clone();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall terraform's small
+    // request/response exchanges by tens of milliseconds each.
+    let server = axum_server::from_tcp(listener).handle(handle);
     match tls {
         None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
+            server
+                .acceptor(NoDelayAcceptor::new())
                 .serve(service)
                 .await?
         }
         Some(tls) => {
             // One process-wide crypto provider; a second install is harmless and ignored.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                    .await
-                    .map_err(|source| StartError::Tls {
-                        cert: tls.cert_file.display().to_string(),
-                        key: tls.key_file.display().to_string(),
-                        source,
-                    })?;
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(service)
-                .await?
+            let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                .await
+                .map_err(|source| StartError::Tls {
+                    cert: tls.cert_file.display().to_string(),
+                    key: tls.key_file.display().to_string(),
+                    source,
+                })?;
+            let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
+            server.acceptor(acceptor).serve(service).await?
         }
     }
     Ok(())

@@ -51,6 +51,20 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 7] = [
+        Action::StateRead,
+        Action::StateWrite,
+        Action::StateLock,
+        Action::StateUnlock,
+        Action::StateForceUnlock,
+        Action::StateForceWrite,
+        Action::StateDelete,
+    ];
+
+    pub fn parse(text: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::StateRead => "state:read",

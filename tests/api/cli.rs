@@ -322,3 +322,49 @@ fn help_teaches() {
         stderr(&out)
     );
 }
+
+#[test]
+fn policy_explain_names_the_deciding_policy() {
+    let (dir, _) = with_config(CONFIG);
+    let allow = bulkhead(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "--config",
+            "bulkhead.hcl",
+            "--principal",
+            "ci-prod",
+            "--action",
+            "state:write",
+            "--env",
+            "prod",
+        ],
+    );
+    assert!(allow.status.success(), "{}", stderr(&allow));
+    assert!(
+        stdout(&allow).contains("decided by: prod.write.service:ci-prod"),
+        "{}",
+        stdout(&allow)
+    );
+    let deny = bulkhead(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "--config",
+            "bulkhead.hcl",
+            "--principal",
+            "alice",
+            "--action",
+            "state:write",
+            "--env",
+            "prod",
+        ],
+    );
+    assert_eq!(deny.status.code(), Some(1));
+    assert!(stdout(&deny).contains("default deny"));
+    assert!(stdout(&deny).contains("user:alice may not write prod (owner: team:platform)"));
+    let schema = bulkhead(dir.path(), &["policy", "schema"]);
+    assert!(stdout(&schema).contains("namespace Bulkhead"));
+}

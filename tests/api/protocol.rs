@@ -530,3 +530,59 @@ async fn when_the_audit_record_cannot_be_written_the_request_is_refused() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn serves_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let config = CONFIG.replace(
+        "data_dir = \"data\"",
+        &format!(
+            "data_dir = \"data\"\n  tls {{\n    cert_file = \"{}\"\n    key_file = \"{}\"\n  }}",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
+        ),
+    );
+    let t = spawn_app_with(&config).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", t.addr)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/v1/state/dev/app", t.addr.port());
+    let r = client
+        .get(&url)
+        .basic_auth("alice", Some(t.token("alice")))
+        .send()
+        .await
+        .unwrap();
+    assert_status(&r, StatusCode::NO_CONTENT);
+    // Plain HTTP on the TLS port gets no answer it could mistake for a state.
+    let plain = t
+        .client
+        .get(t.url("dev/app"))
+        .basic_auth("alice", Some(t.token("alice")))
+        .send()
+        .await;
+    assert!(plain
+        .map(|r| r.status() != StatusCode::NO_CONTENT)
+        .unwrap_or(true));
+}
+
+#[tokio::test]
+async fn a_body_damaged_in_transit_is_refused() {
+    let t = spawn_app().await;
+    let r = t
+        .client
+        .post(t.url("dev/app"))
+        .basic_auth("alice", Some(t.token("alice")))
+        .header("Content-MD5", "1B2M2Y8AsgTpgAmY7PhCfg==")
+        .body(state_doc(1, "L", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_status(&r, StatusCode::BAD_REQUEST);
+    assert!(t.versions("dev", "app").await.is_empty());
+}
