@@ -36,10 +36,20 @@ struct Reply {
 }
 
 impl Reply {
+    /// 200 with a JSON body, recorded with its effect.
     fn ok(body: Vec<u8>) -> Reply {
         Reply {
             status: StatusCode::OK,
             body: Some(("application/json", body)),
+            audited: true,
+        }
+    }
+
+    /// 200 without a body, recorded with its effect.
+    fn done() -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: None,
             audited: true,
         }
     }
@@ -335,11 +345,7 @@ async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Rep
             commit_with_record(tx, record, StatusCode::OK).await?;
         }
     }
-    Ok(Reply {
-        status: StatusCode::OK,
-        body: None,
-        audited: true,
-    })
+    Ok(Reply::done())
 }
 
 async fn post(
@@ -382,11 +388,7 @@ async fn post(
             record.version = current.map(|c| c.version);
             record.reason = Some("identical to the current version: nothing stored".into());
             commit_with_record(tx, record, StatusCode::OK).await?;
-            return Ok(Reply {
-                status: StatusCode::OK,
-                body: None,
-                audited: true,
-            });
+            return Ok(Reply::done());
         }
         Ok(Write::Append) => false,
         Err(refused) => {
@@ -422,11 +424,7 @@ async fn post(
         .await?;
     record.version = Some(version);
     commit_with_record(tx, record, StatusCode::OK).await?;
-    Ok(Reply {
-        status: StatusCode::OK,
-        body: None,
-        audited: true,
-    })
+    Ok(Reply::done())
 }
 
 async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
@@ -462,11 +460,7 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
         }
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
-    Ok(Reply {
-        status: StatusCode::OK,
-        body: None,
-        audited: true,
-    })
+    Ok(Reply::done())
 }
 
 /// Records the request as allowed inside `tx` and commits both; the record failing to write

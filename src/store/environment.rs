@@ -209,12 +209,20 @@ impl Tx<'_> {
         )
     }
 
+    /// Records a reader's plan lock, and forgets those older than a day (a plan whose client
+    /// died never sends its UNLOCK).
     pub async fn insert_read_lock(
         &mut self,
         state: &str,
         lock_id: &str,
         principal: &str,
     ) -> Result<(), StoreError> {
+        let cutoff = (chrono::Utc::now() - chrono::Duration::days(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        sqlx::query("DELETE FROM read_locks WHERE created_at < ?")
+            .bind(cutoff)
+            .execute(self.conn())
+            .await?;
         sqlx::query(
             "INSERT OR REPLACE INTO read_locks (lock_id, state, principal, created_at) \
              VALUES (?, ?, ?, ?)",

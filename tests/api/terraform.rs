@@ -67,12 +67,32 @@ resource "terraform_data" "a" {
 "#;
 
 impl Workspace {
+    /// A working directory whose state is `state_path` in bulkhead.
     fn new(bin: &Path, t: &TestApp, name: &str, state_path: &str) -> Workspace {
+        let ws = Workspace::local(bin, t, name);
+        ws.use_bulkhead(t, state_path);
+        ws
+    }
+
+    /// A working directory with terraform's default `local` backend.
+    fn local(bin: &Path, t: &TestApp, name: &str) -> Workspace {
         let dir = t.dir.path().join("tf").join(name);
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("main.tf"), RESOURCES).unwrap();
+        let cli_config = t.dir.path().join("terraformrc");
+        std::fs::write(&cli_config, "").unwrap();
+        Workspace {
+            bin: bin.to_path_buf(),
+            dir,
+            cli_config,
+        }
+    }
+
+    /// Points the backend at `state_path` in bulkhead.
+    fn use_bulkhead(&self, t: &TestApp, state_path: &str) {
         let url = t.url(state_path);
         std::fs::write(
-            dir.join("main.tf"),
+            self.dir.join("backend.tf"),
             format!(
                 r#"terraform {{
   backend "http" {{
@@ -83,17 +103,10 @@ impl Workspace {
     unlock_method  = "UNLOCK"
   }}
 }}
-{RESOURCES}"#
+"#
             ),
         )
         .unwrap();
-        let cli_config = t.dir.path().join("terraformrc");
-        std::fs::write(&cli_config, "").unwrap();
-        Workspace {
-            bin: bin.to_path_buf(),
-            dir,
-            cli_config,
-        }
     }
 
     fn command(
@@ -401,4 +414,62 @@ async fn force_unlock_is_refused_without_the_right_and_works_with_it() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_migrate_state_moves_a_local_state_in_and_another_lineage_over_it_needs_force_write() {
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let first = Workspace::local(&bin, &t, "local-1");
+    first.ok(&t, "alice", &["init", "-input=false"]).await;
+    first
+        .ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=local"])
+        .await;
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.dir.join("terraform.tfstate")).unwrap())
+            .unwrap();
+    first.use_bulkhead(&t, "dev/migrated");
+    first
+        .ok(
+            &t,
+            "alice",
+            &["init", "-input=false", "-migrate-state", "-force-copy"],
+        )
+        .await;
+    let versions = t.versions("dev", "migrated").await;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    // terraform gives a migrated state a fresh lineage; what matters is that it arrived.
+    assert!(local["lineage"].is_string() && versions[0].lineage.is_some());
+    assert_eq!(
+        versions[0].operation.as_deref(),
+        Some("migration destination state")
+    );
+
+    // Another local state, with its own lineage, migrated over the stored one.
+    let other = Workspace::local(&bin, &t, "local-2");
+    other.ok(&t, "alice", &["init", "-input=false"]).await;
+    other
+        .ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=other"])
+        .await;
+    other.use_bulkhead(&t, "dev/migrated");
+    let refused = other
+        .run(
+            &t,
+            "alice",
+            &["init", "-input=false", "-migrate-state", "-force-copy"],
+        )
+        .await;
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert_eq!(t.versions("dev", "migrated").await.len(), 1);
+    other
+        .ok(
+            &t,
+            "pat",
+            &["init", "-input=false", "-migrate-state", "-force-copy"],
+        )
+        .await;
+    let versions = t.versions("dev", "migrated").await;
+    assert_eq!(versions.len(), 2);
+    assert!(versions[1].forced);
+    assert_eq!(versions[1].principal, "user:pat");
 }
