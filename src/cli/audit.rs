@@ -62,16 +62,7 @@ impl AuditCommand {
 }
 
 async fn open(config: &ConfigArg) -> Result<Stores, CliError> {
-    let config = config.load()?;
-    Stores::open(&config)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the data directory {}",
-                config.server.data_dir.display()
-            )
-        })
-        .map_err(CliError::Failed)
+    Ok(Stores::open(&config.load()?).await?)
 }
 
 fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliError> {

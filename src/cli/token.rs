@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use super::{local_operator, CliError, ConfigArg, Format};
 use crate::audit::{Outcome, Record};
 use crate::identity::{token, Principal};
-use crate::store::SystemStore;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -60,7 +59,7 @@ impl TokenCommand {
                         config.path.display()
                     ))
                 })?;
-                let store = open(&config).await?;
+                let store = crate::store::open_system(&config).await?;
                 let issued = token::issue(&store, &principal, record("token:create", None))
                     .await
                     .context("cannot store the token")?;
@@ -73,7 +72,7 @@ impl TokenCommand {
             }
             TokenCommand::List(args) => {
                 let config = args.config.load()?;
-                let tokens = open(&config)
+                let tokens = crate::store::open_system(&config)
                     .await?
                     .tokens()
                     .await
@@ -103,7 +102,7 @@ impl TokenCommand {
             }
             TokenCommand::Revoke(args) => {
                 let config = args.config.load()?;
-                let store = open(&config).await?;
+                let store = crate::store::open_system(&config).await?;
                 let record = record("token:revoke", Some(format!("token {}", args.id)));
                 if !store
                     .revoke_token(&args.id, &record)
@@ -120,18 +119,6 @@ impl TokenCommand {
             }
         }
     }
-}
-
-async fn open(config: &crate::config::Config) -> Result<SystemStore, CliError> {
-    crate::store::open_system(config)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the data directory {}",
-                config.server.data_dir.display()
-            )
-        })
-        .map_err(CliError::Failed)
 }
 
 fn record(action: &str, reason: Option<String>) -> Record {

@@ -269,10 +269,10 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
             return Ok(Reply::ok(body.to_vec()));
         }
         let sentence = call.refusal(Action::StateLock);
-        return Err(ApiError::Locked(LockInfo::refusal(
+        return Err(ApiError::Locked(Box::new(LockInfo::refusal(
             &sentence,
             &info.operation,
-        )));
+        ))));
     }
 
     let mut tx = call.store.begin().await?;
@@ -286,7 +286,7 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
         Some(held) if held.lock_id == info.id && held.principal == principal => {
             record.reason = Some("lock already held by the caller under this ID".into());
         }
-        Some(held) => return Err(ApiError::Locked(LockInfo::holder(&held))),
+        Some(held) => return Err(ApiError::Locked(Box::new(LockInfo::holder(&held)))),
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::ok(body.to_vec()))
@@ -316,7 +316,9 @@ async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Rep
                         tx.release_read_lock(&info.id).await?;
                     }
                     _ => match held {
-                        Some(held) => return Err(ApiError::Locked(LockInfo::holder(&held))),
+                        Some(held) => {
+                            return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))))
+                        }
                         None => record.reason = Some("no lock was held under this ID".into()),
                     },
                 },
@@ -369,7 +371,7 @@ async fn post(
             call.require(record, Action::StateWrite, &held.operation)?;
             Some(held.operation)
         }
-        (Some(held), _) => return Err(ApiError::Locked(LockInfo::holder(&held))),
+        (Some(held), _) => return Err(ApiError::Locked(Box::new(LockInfo::holder(&held)))),
         (None, Some(id)) => {
             let problem = if tx.read_lock(id).await?.is_some() {
                 format!("lock {id} is a read-only plan lock: nothing can be written under it")
@@ -432,7 +434,7 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
     let state = call.name.as_str();
     let mut tx = call.store.begin().await?;
     if let Some(held) = tx.held_lock(state).await? {
-        return Err(ApiError::Locked(LockInfo::holder(&held)));
+        return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))));
     }
     match tx.latest_version(state).await? {
         Some(current) if !current.deleted => {

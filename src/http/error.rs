@@ -17,7 +17,7 @@ pub enum ApiError {
     Forbidden(String),
     /// A 423 whose LockInfo body says why (refused by policy, or held by someone else).
     #[error("{}", .0.id)]
-    Locked(LockInfo),
+    Locked(Box<LockInfo>),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
