@@ -6,6 +6,7 @@
 //! - [`identity`]: principals, API tokens, credentials.
 //! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
 //!   sentence a refused person reads.
+//! - [`changes`]: change requests, their plans and approvals.
 //! - [`state`]: state names, state documents and the rules a write must pass.
 //! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
 //! - [`store`]: the databases (one per environment, one for the server).
@@ -14,6 +15,7 @@
 //! - [`cli`]: the command line.
 
 pub mod audit;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod http;

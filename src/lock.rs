@@ -127,6 +127,7 @@ mod tests {
             operation: "OperationTypeApply".into(),
             info: r#"{"ID":"abc","Operation":"OperationTypeApply","Who":"root@laptop","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":"","Info":""}"#.into(),
             created_at: "2026-01-01T00:00:01Z".into(),
+            change_number: None,
         }
     }
 

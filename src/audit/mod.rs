@@ -58,6 +58,15 @@ pub struct Record {
     /// Written past a lineage or serial check with `state:force-write`.
     #[serde(default)]
     pub forced: bool,
+    /// The change request the request named or acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// The break-glass grant the request was allowed under: loudly recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakglass: Option<String>,
+    /// The branch a verified OIDC token proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 impl Record {
@@ -77,6 +86,9 @@ impl Record {
             lock_id: None,
             version: None,
             forced: false,
+            change: None,
+            breakglass: None,
+            branch: None,
         }
     }
 }

@@ -34,6 +34,9 @@ impl ServeArgs {
             StartError::Policy(e) => CliError::Usage(format!(
                 "{e}\nThe policies are invalid: the server did not start."
             )),
+            StartError::Oidc(e) => CliError::Usage(format!(
+                "{e}\nAn OIDC key set is unusable: the server did not start."
+            )),
             other => CliError::Failed(other.into()),
         })?;
         let listener = std::net::TcpListener::bind(&listen)

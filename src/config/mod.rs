@@ -9,6 +9,7 @@ mod hcl;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use self::hcl::Diagnostic;
 use self::hcl::{Attr, Block, Literal};
@@ -94,11 +95,50 @@ pub struct Config {
     pub teams: BTreeMap<String, Vec<String>>,
     /// Declared users and every team member.
     pub users: BTreeSet<String>,
-    pub services: BTreeSet<String>,
+    pub services: BTreeMap<String, Service>,
     /// In the order of the file.
     pub environments: Vec<Environment>,
     /// Extra Cedar policy files, resolved against the config's folder.
     pub policy_files: Vec<PathBuf>,
+}
+
+/// A machine principal, such as a CI pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Service {
+    /// Trust OIDC ID tokens from a CI provider (beside static tokens).
+    pub oidc: Option<Oidc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Oidc {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: PathBuf,
+    /// Claims the token must carry with exactly these values, e.g. repository = "acme/infra".
+    pub claims: Vec<(String, String)>,
+}
+
+/// Four-eyes approval of changes: an environment with it is *protected*.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub required: u32,
+    /// Who may approve (default: the owner); never a change's own author.
+    pub approvers: Vec<Subject>,
+    /// How long an approval stays valid.
+    pub expires: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Branches (from the verified OIDC `ref` claim) that may apply; empty: any.
+    pub branches: Vec<String>,
+}
+
+/// Time-boxed emergency write without a change request.
+#[derive(Debug, Clone)]
+pub struct Breakglass {
+    pub allowed: Vec<Subject>,
+    pub max_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +170,16 @@ pub struct Environment {
     /// A database URL of its own; `None` means a SQLite file under the data directory.
     pub storage: Option<String>,
     pub max_state_size: u64,
+    pub approval: Option<Approval>,
+    pub pipeline: Option<Pipeline>,
+    pub breakglass: Option<Breakglass>,
+}
+
+impl Environment {
+    /// Whether writes need an approved change request.
+    pub fn protected(&self) -> bool {
+        self.approval.is_some()
+    }
 }
 
 impl Config {
@@ -184,7 +234,7 @@ impl Config {
         match subject {
             Subject::Team(n) => self.teams.contains_key(n),
             Subject::User(n) => self.users.contains(n),
-            Subject::Service(n) => self.services.contains(n),
+            Subject::Service(n) => self.services.contains_key(n),
         }
     }
 }
@@ -221,7 +271,7 @@ impl Validator {
         let mut server = None;
         let mut teams = BTreeMap::new();
         let mut users = BTreeSet::new();
-        let mut services = BTreeSet::new();
+        let mut services = BTreeMap::new();
         let mut environments: Vec<(Environment, Vec<Named>)> = Vec::new();
         let mut team_members: Vec<(String, usize)> = Vec::new();
         let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -268,8 +318,8 @@ impl Validator {
                 }
                 "service" => {
                     self.check_name(block.line, "service", &name, principal_name_ok);
-                    self.only_attrs(block, &format!("service \"{name}\""), &[]);
-                    services.insert(name);
+                    let service = self.service(block, &name);
+                    services.insert(name, service);
                 }
                 "environment" => {
                     self.check_name(block.line, "environment", &name, environment_name_ok);
@@ -286,7 +336,7 @@ impl Validator {
         }
 
         for (member, line) in team_members {
-            if services.contains(&member) {
+            if services.contains_key(&member) {
                 self.error(
                     line,
                     format!("`{member}` is a service; teams hold users only"),
@@ -296,7 +346,7 @@ impl Validator {
                 users.insert(member);
             }
         }
-        for name in users.intersection(&services) {
+        for name in users.iter().filter(|u| services.contains_key(*u)) {
             let line = seen
                 .get(&("service".to_string(), name.clone()))
                 .copied()
@@ -439,12 +489,6 @@ impl Validator {
                 "max_state_size",
             ],
         );
-        for inner in &block.blocks {
-            self.error(
-                inner.line,
-                format!("unknown block `{}` in {ctx}", inner.kind),
-            );
-        }
         let mut named = Vec::new();
         let owner = match attr(block, "owner") {
             None => {
@@ -479,29 +523,21 @@ impl Validator {
             },
         };
         let owner = owner.unwrap_or_else(|| Subject::Team(String::new()));
-        let mut subjects = |v: &mut Validator, key: &'static str| -> Option<Vec<Subject>> {
-            attr(block, key)?;
-            let mut out = Vec::new();
-            for (text, line) in v.string_list(block, key, &ctx) {
-                match Subject::parse(&text) {
-                    Ok(s) => {
-                        named.push(Named {
-                            subject: s.clone(),
-                            line,
-                            attr: key,
-                        });
-                        out.push(s);
-                    }
-                    Err(problem) => v.error(line, format!("{ctx}: in `{key}`: {problem}")),
-                }
-            }
-            Some(out)
-        };
-        let read = subjects(self, "read").unwrap_or_default();
-        let write = subjects(self, "write").unwrap_or_default();
-        let force_unlock = subjects(self, "force_unlock").unwrap_or_else(|| vec![owner.clone()]);
-        let force_write = subjects(self, "force_write").unwrap_or_default();
-        let delete = subjects(self, "delete").unwrap_or_else(|| vec![owner.clone()]);
+        let read = self
+            .subjects(block, "read", &ctx, &mut named)
+            .unwrap_or_default();
+        let write = self
+            .subjects(block, "write", &ctx, &mut named)
+            .unwrap_or_default();
+        let force_unlock = self
+            .subjects(block, "force_unlock", &ctx, &mut named)
+            .unwrap_or_else(|| vec![owner.clone()]);
+        let force_write = self
+            .subjects(block, "force_write", &ctx, &mut named)
+            .unwrap_or_default();
+        let delete = self
+            .subjects(block, "delete", &ctx, &mut named)
+            .unwrap_or_else(|| vec![owner.clone()]);
         let paths = self
             .string_list(block, "paths", &ctx)
             .into_iter()
@@ -523,6 +559,7 @@ impl Validator {
                 }
             },
         };
+        let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
             owner,
@@ -534,8 +571,190 @@ impl Validator {
             delete,
             storage,
             max_state_size,
+            approval,
+            pipeline,
+            breakglass,
         };
         (env, named)
+    }
+
+    fn subjects(
+        &mut self,
+        block: &Block,
+        key: &'static str,
+        ctx: &str,
+        named: &mut Vec<Named>,
+    ) -> Option<Vec<Subject>> {
+        attr(block, key)?;
+        let mut out = Vec::new();
+        for (text, line) in self.string_list(block, key, ctx) {
+            match Subject::parse(&text) {
+                Ok(s) => {
+                    named.push(Named {
+                        subject: s.clone(),
+                        line,
+                        attr: key,
+                    });
+                    out.push(s);
+                }
+                Err(problem) => self.error(line, format!("{ctx}: in `{key}`: {problem}")),
+            }
+        }
+        Some(out)
+    }
+
+    /// The approval, pipeline and breakglass blocks of an environment.
+    fn protection(
+        &mut self,
+        block: &Block,
+        ctx: &str,
+        owner: &Subject,
+        named: &mut Vec<Named>,
+    ) -> (Option<Approval>, Option<Pipeline>, Option<Breakglass>) {
+        let (mut approval, mut pipeline, mut breakglass) = (None, None, None);
+        let mut seen = BTreeMap::new();
+        for inner in &block.blocks {
+            if let Some(first) = seen.insert(inner.kind.as_str(), inner.line) {
+                self.error(
+                    inner.line,
+                    format!(
+                        "duplicate {} block in {ctx} (first on line {first})",
+                        inner.kind
+                    ),
+                );
+                continue;
+            }
+            let inner_ctx = format!("{ctx}: {}", inner.kind);
+            match inner.kind.as_str() {
+                "approval" => {
+                    self.only_attrs(inner, &inner_ctx, &["required", "approvers", "expires"]);
+                    let required = match attr(inner, "required") {
+                        None => 1,
+                        Some(Attr {
+                            value: Literal::Number(n),
+                            ..
+                        }) if (1.0..=100.0).contains(n) && n.fract() == 0.0 => *n as u32,
+                        Some(a) => {
+                            self.error(
+                                a.line,
+                                format!("{inner_ctx}: required must be a whole number from 1 to 100"),
+                            );
+                            1
+                        }
+                    };
+                    let approvers = self
+                        .subjects(inner, "approvers", &inner_ctx, named)
+                        .unwrap_or_else(|| vec![owner.clone()]);
+                    let expires = self
+                        .duration(inner, "expires", &inner_ctx)
+                        .unwrap_or(Duration::from_secs(24 * 3600));
+                    approval = Some(Approval {
+                        required,
+                        approvers,
+                        expires,
+                    });
+                }
+                "pipeline" => {
+                    self.only_attrs(inner, &inner_ctx, &["branches"]);
+                    let branches = self
+                        .string_list(inner, "branches", &inner_ctx)
+                        .into_iter()
+                        .map(|(b, _)| b)
+                        .collect();
+                    pipeline = Some(Pipeline { branches });
+                }
+                "breakglass" => {
+                    self.only_attrs(inner, &inner_ctx, &["allowed", "max_ttl"]);
+                    let allowed = self
+                        .subjects(inner, "allowed", &inner_ctx, named)
+                        .unwrap_or_default();
+                    if allowed.is_empty() {
+                        self.error(
+                            inner.line,
+                            format!("{inner_ctx}: `allowed` must name who may break the glass"),
+                        );
+                    }
+                    let max_ttl = self
+                        .duration(inner, "max_ttl", &inner_ctx)
+                        .unwrap_or(Duration::from_secs(2 * 3600));
+                    breakglass = Some(Breakglass { allowed, max_ttl });
+                }
+                other => self.error(
+                    inner.line,
+                    format!("unknown block `{other}` in {ctx}: expected approval, pipeline or breakglass"),
+                ),
+            }
+        }
+        (approval, pipeline, breakglass)
+    }
+
+    fn service(&mut self, block: &Block, name: &str) -> Service {
+        let ctx = format!("service \"{name}\"");
+        self.only_attrs(block, &ctx, &[]);
+        let mut service = Service::default();
+        for inner in &block.blocks {
+            if inner.kind != "oidc" || service.oidc.is_some() {
+                self.error(
+                    inner.line,
+                    format!(
+                        "unexpected block `{}` in {ctx}: expected one oidc block",
+                        inner.kind
+                    ),
+                );
+                continue;
+            }
+            let ctx = format!("{ctx}: oidc");
+            self.only_attrs(inner, &ctx, &["issuer", "audience", "jwks_file", "claims"]);
+            let issuer = self.string(inner, "issuer", &ctx);
+            let audience = self.string(inner, "audience", &ctx);
+            let jwks_file = self.string(inner, "jwks_file", &ctx);
+            let mut claims = Vec::new();
+            match attr(inner, "claims").map(|a| (&a.value, a.line)) {
+                None => {}
+                Some((Literal::Map(entries), line)) => {
+                    for (k, v) in entries {
+                        match v {
+                            Literal::String(v) => claims.push((k.clone(), v.clone())),
+                            other => self.error(
+                                line,
+                                format!("{ctx}: claim `{k}` must be a string, not {}", other.kind()),
+                            ),
+                        }
+                    }
+                }
+                Some((other, line)) => self.error(
+                    line,
+                    format!("{ctx}: claims must be a map such as {{ repository = \"acme/infra\" }}, not {}", other.kind()),
+                ),
+            }
+            match (issuer, audience, jwks_file) {
+                (Some(issuer), Some(audience), Some(jwks)) => {
+                    service.oidc = Some(Oidc {
+                        issuer,
+                        audience,
+                        jwks_file: self.base.join(jwks),
+                        claims,
+                    })
+                }
+                _ => self.error(
+                    inner.line,
+                    format!("{ctx} needs issuer, audience and jwks_file"),
+                ),
+            }
+        }
+        service
+    }
+
+    fn duration(&mut self, block: &Block, key: &str, ctx: &str) -> Option<Duration> {
+        let a = attr(block, key)?;
+        let text = self.string(block, key, ctx)?;
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(problem) => {
+                self.error(a.line, format!("{ctx}: {key} {problem}"));
+                None
+            }
+        }
     }
 
     fn only_attrs(&mut self, block: &Block, ctx: &str, allowed: &[&str]) {
@@ -626,6 +845,45 @@ fn principal_name_ok(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+}
+
+/// A duration such as "90s", "30m", "2h", "1d" or "1h30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut any = false;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => {
+                return Err(format!(
+                    "\"{text}\" has an unknown unit `{c}`: use s, m, h or d, e.g. \"24h\""
+                ))
+            }
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("\"{text}\" needs a number before `{c}`, e.g. \"24h\""))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("\"{text}\" is out of range"))?;
+        digits.clear();
+        any = true;
+    }
+    if !digits.is_empty() || !any || total == 0 {
+        return Err(format!(
+            "\"{text}\" is not a duration: write e.g. \"30m\", \"24h\" or \"1h30m\""
+        ));
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// A size in bytes: a number, or a string such as "16MiB", "500KB", "1GiB".

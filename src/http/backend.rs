@@ -12,48 +12,23 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
 
+use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
-use crate::audit::{self, Outcome, Record};
+use crate::audit::Record;
+use crate::changes::{self, ChangeId};
 use crate::config::Environment;
-use crate::identity::{self, Principal};
+use crate::identity::{Caller, Principal};
 use crate::lock::{self, LockInfo, Unlock};
 use crate::policy::{refusal, Action, Decision, RequestContext};
 use crate::state::{self, Document, StateName, Write};
-use crate::store::environment::NewVersion;
+use crate::store::environment::{HeldLock, NewVersion};
 use crate::store::{EnvStore, Tx};
 
 /// Lock bodies are small; anything bigger is not terraform talking.
 const LOCK_BODY_LIMIT: u64 = 64 * 1024;
-
-/// A successful answer, and whether its audit record was already committed with its effect.
-struct Reply {
-    status: StatusCode,
-    body: Option<(&'static str, Vec<u8>)>,
-    audited: bool,
-}
-
-impl Reply {
-    /// 200 with a JSON body, recorded with its effect.
-    fn ok(body: Vec<u8>) -> Reply {
-        Reply {
-            status: StatusCode::OK,
-            body: Some(("application/json", body)),
-            audited: true,
-        }
-    }
-
-    /// 200 without a body, recorded with its effect.
-    fn done() -> Reply {
-        Reply {
-            status: StatusCode::OK,
-            body: None,
-            audited: true,
-        }
-    }
-}
 
 /// `/v1/state/{env}/{*name}`: every method of the protocol.
 pub async fn state(
@@ -65,9 +40,7 @@ pub async fn state(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut record = Record::new(action_of(&method));
-    record.source = Some(peer.ip().to_string());
-    record.user_agent = header_str(&headers, header::USER_AGENT).map(str::to_string);
+    let mut record = new_record(action_of(&method), peer, &headers);
     record.environment = Some(env.clone());
     record.state = Some(name.clone());
     let request = Incoming {
@@ -91,8 +64,7 @@ pub async fn nameless(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let mut record = Record::new(action_of(&method));
-    record.source = Some(peer.ip().to_string());
+    let mut record = new_record(action_of(&method), peer, &headers);
     record.environment = Some(env);
     let result = async {
         authenticate(&app, &mut record, &headers).await?;
@@ -117,17 +89,29 @@ struct Incoming {
 /// One authenticated request against one state.
 struct Call<'a> {
     app: &'a App,
-    principal: Principal,
+    caller: Caller,
     env: &'a Environment,
     store: &'a EnvStore,
     name: StateName,
     peer: SocketAddr,
+    /// The `?change=` of the backend address, in a protected environment.
+    change: Option<String>,
+}
+
+/// What allows a write in a protected environment.
+enum Grant {
+    Change(i64),
+    Breakglass,
 }
 
 impl Call<'_> {
+    fn principal(&self) -> &Principal {
+        &self.caller.principal
+    }
+
     fn decide(&self, action: Action, operation: &str) -> Decision {
         self.app.policy.decide(
-            &self.principal,
+            self.principal(),
             action,
             &self.env.name,
             &RequestContext {
@@ -155,64 +139,100 @@ impl Call<'_> {
     }
 
     fn refusal(&self, action: Action) -> String {
-        refusal::sentence(&self.principal, action, self.env)
+        refusal::sentence(self.principal(), action, self.env)
+    }
+
+    /// In a protected environment, what allows this writer to write now: an open break-glass
+    /// grant, or the approved, unexpired, unused change named by `?change=`, from an allowed
+    /// branch. The error names the missing step.
+    async fn protected_grant(&self, tx: &mut Tx<'_>, record: &mut Record) -> Result<Grant, String> {
+        let env = self.env;
+        if let Some(bg) = tx
+            .open_breakglass_for(&self.principal().to_string())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let id = breakglass_id(&env.name, bg.number);
+            record.breakglass = Some(id.clone());
+            record.reason = Some(format!(
+                "break-glass {id} until {}: {}",
+                bg.expires_at, bg.reason
+            ));
+            return Ok(Grant::Breakglass);
+        }
+        let Some(text) = &self.change else {
+            return Err(format!(
+                "no change request named: add ?change=ID to the backend address (approved changes: `bulkhead change list --env {}`)",
+                env.name
+            ));
+        };
+        record.change = Some(text.clone());
+        let id = ChangeId::parse(text).ok_or_else(|| {
+            format!(
+                "`{text}` is not a change id (they look like {}-12)",
+                env.name
+            )
+        })?;
+        if id.environment != env.name {
+            return Err(format!(
+                "change {text} is for environment {}, not {}",
+                id.environment, env.name
+            ));
+        }
+        let required = env.approval.as_ref().map_or(1, |a| a.required);
+        let change = tx
+            .change(&env.name, required, id.number)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("there is no change {text}"))?;
+        if let Some(problem) = change.unusable(&env.name, self.name.as_str(), chrono::Utc::now()) {
+            return Err(problem);
+        }
+        if let Some(pipeline) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
+            let allowed = pipeline.branches.join(", ");
+            match &self.caller.branch {
+                None => {
+                    return Err(format!(
+                        "{} is applied only from branch {allowed}, and these credentials prove no branch: the pipeline must authenticate with its CI provider's OIDC token",
+                        env.name
+                    ))
+                }
+                Some(branch) if !pipeline.branches.contains(branch) => {
+                    return Err(format!(
+                        "branch {branch} may not apply {} (allowed: {allowed})",
+                        env.name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Grant::Change(id.number))
     }
 }
 
-async fn authenticate(
-    app: &App,
-    record: &mut Record,
-    headers: &HeaderMap,
-) -> Result<Principal, ApiError> {
-    let principal = identity::authenticate(
-        &app.config,
-        &app.stores.system,
-        header_str(headers, header::AUTHORIZATION),
-    )
-    .await
-    .map_err(|e| match e {
-        identity::AuthError::Store(e) => ApiError::from(e),
-        other => ApiError::Unauthenticated(other.to_string()),
-    })?;
-    record.principal = Some(principal.to_string());
-    Ok(principal)
+pub fn breakglass_id(env: &str, number: i64) -> String {
+    format!("{env}-bg{number}")
 }
 
 async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
-    let principal = authenticate(app, record, &req.headers).await?;
-    let (Some(env), Some(store)) = (
-        app.config.environment(&req.env),
-        app.stores.environment(&req.env),
-    ) else {
-        let known: Vec<&str> = app
-            .config
-            .environments
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
-        return Err(ApiError::NotFound(format!(
-            "there is no environment `{}`: known environments are {}",
-            req.env,
-            known.join(", ")
-        )));
-    };
+    let caller = authenticate(app, record, &req.headers).await?;
+    let (env, store) = app.environment(&req.env)?;
     let name = StateName::parse(&req.name).map_err(ApiError::BadRequest)?;
+    let query: Query<HashMap<String, String>> = Query::try_from_uri(&req.uri)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
+    let mut query = query.0;
     let call = Call {
         app,
-        principal,
+        caller,
         env,
         store,
         name,
         peer: req.peer,
+        change: query.remove("change"),
     };
     match req.method.as_str() {
         "GET" => get(&call, record).await,
-        "POST" | "PUT" => {
-            let query: Query<HashMap<String, String>> = Query::try_from_uri(&req.uri)
-                .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
-            let lock_id = query.0.get("ID").cloned();
-            post(&call, record, lock_id, &req.headers, req.body).await
-        }
+        "POST" | "PUT" => post(&call, record, query.remove("ID"), &req.headers, req.body).await,
         "DELETE" => delete(&call, record).await,
         "LOCK" => {
             let body = read_body(&req.headers, req.body, LOCK_BODY_LIMIT).await?;
@@ -253,13 +273,15 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     record.lock_id = Some(info.id.clone());
     let decision = call.decide(Action::StateLock, &info.operation);
     record.policy = Some(decision.explanation());
-    let principal = call.principal.to_string();
+    let principal = call.principal().to_string();
     let state = call.name.as_str();
 
-    if !decision.allowed {
-        // A reader's plan: granted, but it blocks nobody and nothing can be written under it.
+    // A plan by a reader, or a plan for a change not yet proposed in a protected environment:
+    // granted, but it blocks nobody and nothing can be written under it.
+    let planning_only = !decision.allowed || (call.env.protected() && call.change.is_none());
+    if info.operation == lock::PLAN && planning_only {
         let read = call.decide(Action::StateRead, &info.operation);
-        if info.operation == lock::PLAN && read.allowed {
+        if read.allowed {
             record.policy = Some(read.explanation());
             record.reason =
                 Some("read-only plan lock: blocks no writer; writes under it are refused".into());
@@ -268,6 +290,8 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
             commit_with_record(tx, record, StatusCode::OK).await?;
             return Ok(Reply::ok(body.to_vec()));
         }
+    }
+    if !decision.allowed {
         let sentence = call.refusal(Action::StateLock);
         return Err(ApiError::Locked(Box::new(LockInfo::refusal(
             &sentence,
@@ -276,11 +300,28 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     }
 
     let mut tx = call.store.begin().await?;
+    let grant = if call.env.protected() {
+        match call.protected_grant(&mut tx, record).await {
+            Ok(grant) => Some(grant),
+            Err(problem) => {
+                let sentence = refusal::missing_step(call.principal(), call.env, &problem);
+                return Err(ApiError::Locked(Box::new(LockInfo::refusal(
+                    &sentence,
+                    &info.operation,
+                ))));
+            }
+        }
+    } else {
+        None
+    };
     match tx.held_lock(state).await? {
         None => {
             let text = String::from_utf8_lossy(body);
             tx.insert_lock(state, &info.id, &principal, &info.operation, &text)
-                .await?
+                .await?;
+            if let Some(Grant::Change(number)) = grant {
+                tx.set_lock_change(state, number).await?;
+            }
         }
         // A retried LOCK (the client retries on connection errors): grant it again.
         Some(held) if held.lock_id == info.id && held.principal == principal => {
@@ -292,8 +333,38 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     Ok(Reply::ok(body.to_vec()))
 }
 
+/// Releases `held`; a change it was taken for is used up when something was written under it.
+async fn release(
+    tx: &mut Tx<'_>,
+    call: &Call<'_>,
+    record: &mut Record,
+    held: &HeldLock,
+) -> Result<(), ApiError> {
+    let state = call.name.as_str();
+    if let Some(number) = held.change_number {
+        let id = ChangeId {
+            environment: call.env.name.clone(),
+            number,
+        };
+        record.change = Some(id.to_string());
+        if let Some(version) = tx.version_under_lock(state, &held.lock_id).await? {
+            tx.close_change(
+                number,
+                changes::Status::Applied,
+                &held.principal,
+                None,
+                Some(version),
+            )
+            .await?;
+            record.reason = Some(format!("change {id} applied as version {version}"));
+        }
+    }
+    tx.release_lock(state).await?;
+    Ok(())
+}
+
 async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply, ApiError> {
-    let principal = call.principal.to_string();
+    let principal = call.principal().to_string();
     let state = call.name.as_str();
     match Unlock::parse(body).map_err(ApiError::BadRequest)? {
         Unlock::Own(info) => {
@@ -308,7 +379,7 @@ async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Rep
                         call.require(record, Action::StateForceUnlock, &held.operation)?;
                         record.reason = Some(format!("released the lock of {}", held.principal));
                     }
-                    tx.release_lock(state).await?;
+                    release(&mut tx, call, record, &held).await?;
                 }
                 held => match tx.read_lock(&info.id).await? {
                     Some(read) if read.state == state && read.principal == principal => {
@@ -340,7 +411,7 @@ async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Rep
                     }
                     record.lock_id = Some(held.lock_id.clone());
                     record.reason = Some(format!("force-unlocked the lock of {}", held.principal));
-                    tx.release_lock(state).await?;
+                    release(&mut tx, call, record, &held).await?;
                 }
                 None => record.reason = Some("no lock was held".into()),
             }
@@ -357,7 +428,7 @@ async fn post(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Reply, ApiError> {
-    let principal = call.principal.to_string();
+    let principal = call.principal().to_string();
     let state = call.name.as_str();
     record.lock_id = lock_id.clone();
     // Authorize before reading what may be a large body.
@@ -366,9 +437,21 @@ async fn post(
     let doc = Document::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let mut tx = call.store.begin().await?;
+    // In a protected environment, an unlocked write (terraform -lock=false) must carry its
+    // own grant, and a write under a lock carries the grant the lock was taken with.
+    let mut unlocked_change = None;
     let operation = match (tx.held_lock(state).await?, &lock_id) {
         (Some(held), Some(id)) if held.lock_id == *id && held.principal == principal => {
             call.require(record, Action::StateWrite, &held.operation)?;
+            if let Some(number) = held.change_number {
+                record.change = Some(
+                    ChangeId {
+                        environment: call.env.name.clone(),
+                        number,
+                    }
+                    .to_string(),
+                );
+            }
             Some(held.operation)
         }
         (Some(held), _) => return Err(ApiError::Locked(Box::new(LockInfo::holder(&held)))),
@@ -381,7 +464,22 @@ async fn post(
             return Err(ApiError::Conflict(problem));
         }
         // terraform -lock=false: an unlocked write by a writer.
-        (None, None) => None,
+        (None, None) => {
+            if call.env.protected() {
+                match call.protected_grant(&mut tx, record).await {
+                    Ok(Grant::Change(number)) => unlocked_change = Some(number),
+                    Ok(Grant::Breakglass) => {}
+                    Err(problem) => {
+                        return Err(ApiError::Forbidden(refusal::missing_step(
+                            call.principal(),
+                            call.env,
+                            &problem,
+                        )))
+                    }
+                }
+            }
+            None
+        }
     };
     let op = operation.as_deref().unwrap_or("");
     let current = tx.latest_version(state).await?;
@@ -424,6 +522,16 @@ async fn post(
             content: Some(&bytes),
         })
         .await?;
+    if let Some(number) = unlocked_change {
+        tx.close_change(
+            number,
+            changes::Status::Applied,
+            &principal,
+            None,
+            Some(version),
+        )
+        .await?;
+    }
     record.version = Some(version);
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::done())
@@ -445,7 +553,7 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
                     sha256: "",
                     serial: None,
                     lineage: None,
-                    principal: &call.principal.to_string(),
+                    principal: &call.principal().to_string(),
                     operation: None,
                     lock_id: None,
                     forced: false,
@@ -463,113 +571,6 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::done())
-}
-
-/// Records the request as allowed inside `tx` and commits both; the record failing to write
-/// rolls the effect back.
-async fn commit_with_record(
-    mut tx: Tx<'_>,
-    record: &mut Record,
-    status: StatusCode,
-) -> Result<(), ApiError> {
-    record.decision = Outcome::Allow;
-    record.status = Some(status.as_u16());
-    if let Err(e) = audit::append(tx.conn(), record).await {
-        tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-        return Err(ApiError::AuditUnavailable);
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Records the outcome (unless the effect's transaction already did) and answers.
-async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiError>) -> Response {
-    let (response, audited) = match result {
-        Ok(reply) => {
-            record.decision = Outcome::Allow;
-            record.status = Some(reply.status.as_u16());
-            let mut response = reply.status.into_response();
-            if let Some((content_type, body)) = reply.body {
-                response =
-                    (reply.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
-            }
-            (response, reply.audited)
-        }
-        Err(err) => {
-            record.decision = match err {
-                ApiError::Internal(_) | ApiError::AuditUnavailable => Outcome::Error,
-                _ => Outcome::Deny,
-            };
-            record.status = Some(err.status().as_u16());
-            record.reason = Some(err.reason());
-            let already = matches!(err, ApiError::AuditUnavailable);
-            (err.into_response(), already)
-        }
-    };
-    tracing::info!(
-        principal = record.principal.as_deref().unwrap_or("-"),
-        action = %record.action,
-        environment = record.environment.as_deref().unwrap_or("-"),
-        state = record.state.as_deref().unwrap_or("-"),
-        decision = record.decision.as_str(),
-        status = record.status.unwrap_or(0),
-        "state request"
-    );
-    if !audited {
-        if let Err(e) = super::record(app, &record).await {
-            tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-            return ApiError::AuditUnavailable.into_response();
-        }
-    }
-    response
-}
-
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
-    let too_large = |size: Option<u64>| {
-        ApiError::TooLarge(match size {
-            Some(size) => state::Refusal::TooLarge {
-                size: size as usize,
-                limit,
-            }
-            .to_string(),
-            None => format!(
-                "the body is over this environment's limit of {limit} bytes (max_state_size)"
-            ),
-        })
-    };
-    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(declared));
-    }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| too_large(None))?;
-    check_content_md5(headers, &bytes)?;
-    Ok(bytes)
-}
-
-/// Terraform sends `Content-MD5` with every body; a mismatch means the body was damaged on
-/// the way, and nothing may be stored from it.
-fn check_content_md5(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    use base64::Engine;
-    use md5::{Digest, Md5};
-    let Some(sent) = headers.get("content-md5") else {
-        return Ok(());
-    };
-    let expected = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
-    if sent.as_bytes() == expected.as_bytes() {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(
-            "the body does not match its Content-MD5 header: it was damaged in transit; nothing was stored".into(),
-        ))
-    }
-}
-
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn action_of(method: &Method) -> &'static str {

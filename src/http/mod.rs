@@ -1,7 +1,9 @@
 //! The HTTP server: the router, the application state it shares, and serving on a socket the
 //! caller has already bound (so tests bind port 0 and know the address before anything runs).
 
+mod audited;
 pub mod backend;
+pub mod changes;
 mod error;
 
 use std::future::Future;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
@@ -19,14 +21,16 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 pub use error::ApiError;
 
 use crate::audit::{self, Record};
-use crate::config::Config;
+use crate::config::{Config, Environment};
+use crate::identity::oidc::{OidcError, OidcVerifier};
 use crate::policy::{Policy, PolicyError};
-use crate::store::{StoreError, Stores};
+use crate::store::{EnvStore, StoreError, Stores};
 
 /// Everything a request needs, built once at start.
 pub struct App {
     pub config: Config,
     pub policy: Policy,
+    pub oidc: OidcVerifier,
     pub stores: Stores,
 }
 
@@ -34,6 +38,8 @@ pub struct App {
 pub enum StartError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot load the TLS certificate {cert} or key {key}: {source}")]
@@ -50,12 +56,35 @@ impl App {
     /// Compiles the policies and opens every database.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
         let policy = Policy::compile(&config)?;
+        let oidc = OidcVerifier::load(&config)?;
         let stores = Stores::open(&config).await?;
         Ok(Arc::new(App {
             config,
             policy,
+            oidc,
             stores,
         }))
+    }
+}
+
+impl App {
+    /// An environment of the config with its store, or a 404 naming the known ones.
+    pub fn environment(&self, name: &str) -> Result<(&Environment, &EnvStore), ApiError> {
+        match (self.config.environment(name), self.stores.environment(name)) {
+            (Some(env), Some(store)) => Ok((env, store)),
+            _ => {
+                let known: Vec<&str> = self
+                    .config
+                    .environments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect();
+                Err(ApiError::NotFound(format!(
+                    "there is no environment `{name}`: known environments are {}",
+                    known.join(", ")
+                )))
+            }
+        }
     }
 }
 
@@ -65,6 +94,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/state/{env}", any(backend::nameless))
         .route("/v1/state/{env}/", any(backend::nameless))
         .route("/v1/state/{env}/{*name}", any(backend::state))
+        .route("/v1/changes", get(changes::list).post(changes::create))
+        .route("/v1/changes/{id}", get(changes::show))
+        .route("/v1/changes/{id}/{verb}", post(changes::decide))
+        .route("/v1/breakglass", post(changes::open_breakglass))
+        .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -5,6 +5,7 @@
 //! clear: tokens are stored as hashes, compared in constant time, and never logged.
 
 pub mod credentials;
+pub mod oidc;
 pub mod token;
 
 use std::fmt;
@@ -28,11 +29,11 @@ impl Principal {
                 .then(|| Principal::User(name.into())),
             Some(("service", name)) => config
                 .services
-                .contains(name)
+                .contains_key(name)
                 .then(|| Principal::Service(name.into())),
             Some(_) => None,
             None if config.users.contains(text) => Some(Principal::User(text.into())),
-            None if config.services.contains(text) => Some(Principal::Service(text.into())),
+            None if config.services.contains_key(text) => Some(Principal::Service(text.into())),
             None => None,
         }
     }
@@ -65,17 +66,36 @@ pub enum AuthError {
     WrongPrincipal(String),
     #[error("`{0}` is no longer in the config: its tokens are void")]
     UnknownPrincipal(String),
+    #[error("OIDC token refused: {0}")]
+    Jwt(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 
-/// Authenticates the `Authorization` header value of a request.
+/// An authenticated caller and what its credentials proved beyond its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The branch a pipeline runs on, from a verified OIDC token only.
+    pub branch: Option<String>,
+}
+
+/// Authenticates the `Authorization` header value of a request: a bulkhead token, or an
+/// OIDC ID token from a CI provider that a service trusts.
 pub async fn authenticate(
     config: &Config,
     tokens: &crate::store::SystemStore,
+    oidc: &oidc::OidcVerifier,
     authorization: Option<&str>,
-) -> Result<Principal, AuthError> {
+) -> Result<Caller, AuthError> {
     let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
+    if creds.secret.split('.').count() == 3 && !creds.secret.starts_with("bh_") {
+        let verified = oidc.verify(creds.username.as_deref(), &creds.secret)?;
+        return Ok(Caller {
+            principal: Principal::Service(verified.service),
+            branch: verified.branch,
+        });
+    }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
     let row = tokens
         .token(presented.id())
@@ -91,5 +111,8 @@ pub async fn authenticate(
             return Err(AuthError::WrongPrincipal(username));
         }
     }
-    Ok(principal)
+    Ok(Caller {
+        principal,
+        branch: None,
+    })
 }

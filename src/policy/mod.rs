@@ -33,7 +33,7 @@ namespace Bulkhead {
   };
   action "state:read", "state:write", "state:lock", "state:unlock", "state:force-unlock",
          "state:force-write", "state:delete", "state:rollback", "change:create",
-         "change:approve", "audit:read", "admin"
+         "change:approve", "breakglass:open", "audit:read", "admin"
     appliesTo { principal: [User, Service], resource: [Environment], context: RequestContext };
 }
 "#;
@@ -48,10 +48,13 @@ pub enum Action {
     StateForceUnlock,
     StateForceWrite,
     StateDelete,
+    ChangeCreate,
+    ChangeApprove,
+    BreakglassOpen,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 10] = [
         Action::StateRead,
         Action::StateWrite,
         Action::StateLock,
@@ -59,6 +62,9 @@ impl Action {
         Action::StateForceUnlock,
         Action::StateForceWrite,
         Action::StateDelete,
+        Action::ChangeCreate,
+        Action::ChangeApprove,
+        Action::BreakglassOpen,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -74,6 +80,9 @@ impl Action {
             Action::StateForceUnlock => "state:force-unlock",
             Action::StateForceWrite => "state:force-write",
             Action::StateDelete => "state:delete",
+            Action::ChangeCreate => "change:create",
+            Action::ChangeApprove => "change:approve",
+            Action::BreakglassOpen => "breakglass:open",
         }
     }
 
@@ -243,13 +252,19 @@ fn generated_policies(config: &Config) -> Vec<(String, String)> {
     use Action::*;
     let mut out = Vec::new();
     for env in &config.environments {
-        let grants: [(&str, &[Subject], &[Action]); 6] = [
-            ("owner", std::slice::from_ref(&env.owner), &[StateRead]),
-            ("read", &env.read, &[StateRead]),
+        let approvers = env.approval.as_ref().map_or(&[][..], |a| &a.approvers[..]);
+        let breakglass = env.breakglass.as_ref().map_or(&[][..], |b| &b.allowed[..]);
+        let grants: [(&str, &[Subject], &[Action]); 8] = [
+            (
+                "owner",
+                std::slice::from_ref(&env.owner),
+                &[StateRead, ChangeCreate],
+            ),
+            ("read", &env.read, &[StateRead, ChangeCreate]),
             (
                 "write",
                 &env.write,
-                &[StateRead, StateWrite, StateLock, StateUnlock],
+                &[StateRead, StateWrite, StateLock, StateUnlock, ChangeCreate],
             ),
             (
                 "force_unlock",
@@ -258,6 +273,12 @@ fn generated_policies(config: &Config) -> Vec<(String, String)> {
             ),
             ("force_write", &env.force_write, &[StateForceWrite]),
             ("delete", &env.delete, &[StateDelete]),
+            ("approval.approvers", approvers, &[StateRead, ChangeApprove]),
+            (
+                "breakglass.allowed",
+                breakglass,
+                &[StateRead, BreakglassOpen],
+            ),
         ];
         for (attr, subjects, actions) in grants {
             let actions = actions
@@ -338,7 +359,7 @@ fn entities(config: &Config) -> Result<Vec<Entity>, PolicyError> {
         let teams = config.teams_of(user).map(|t| uid("Team", t)).collect();
         out.push(Entity::new_no_attrs(uid("User", user), teams));
     }
-    for service in &config.services {
+    for service in config.services.keys() {
         out.push(Entity::new_no_attrs(
             uid("Service", service),
             HashSet::new(),

@@ -6,6 +6,15 @@ use crate::identity::Principal;
 
 use super::Action;
 
+/// The sentence for a write a protected environment refuses because a step of the change
+/// process is missing: `problem` names the step.
+pub fn missing_step(principal: &Principal, env: &Environment, problem: &str) -> String {
+    format!(
+        "{principal} may not write {} (owner: {}) now: {problem}",
+        env.name, env.owner
+    )
+}
+
 /// `alice may not write prod (owner: team:platform): prod changes are applied by ...`.
 pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> String {
     let name = &env.name;
@@ -19,6 +28,11 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
             "write",
             if env.write.is_empty() {
                 format!("nobody writes {name} under the environment's rules; ask {owner}")
+            } else if env.protected() {
+                format!(
+                    "{name} changes go through an approved change request applied by {}: propose yours with `bulkhead change create --env {name}` (`terraform plan` works here to preview)",
+                    list(&env.write)
+                )
             } else {
                 format!(
                     "{name} changes are applied by {}; commit yours for review and let that pipeline apply it (`terraform plan` works here to preview)",
@@ -43,6 +57,24 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
         Action::StateDelete => (
             "delete states in",
             format!("ask {}", list_or_owner(&env.delete, owner)),
+        ),
+        Action::ChangeCreate => (
+            "propose changes to",
+            format!("ask {owner} for read access to {name}"),
+        ),
+        Action::ChangeApprove => (
+            "approve changes to",
+            match &env.approval {
+                Some(a) => format!("approvals come from {}", list(&a.approvers)),
+                None => format!("{name} takes no approvals: it is not protected"),
+            },
+        ),
+        Action::BreakglassOpen => (
+            "break the glass in",
+            match &env.breakglass {
+                Some(b) => format!("only {} may; in an emergency, call them", list(&b.allowed)),
+                None => format!("{name} has no break-glass procedure; ask {owner}"),
+            },
         ),
     };
     format!("{principal} may not {verb} {name} (owner: {owner}): {advice}")
@@ -81,6 +113,9 @@ mod tests {
             delete: vec![],
             storage: None,
             max_state_size: 1,
+            approval: None,
+            pipeline: None,
+            breakglass: None,
         };
         let s = sentence(&Principal::User("alice".into()), Action::StateLock, &env);
         assert!(

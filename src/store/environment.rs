@@ -50,6 +50,8 @@ pub struct HeldLock {
     /// The client's LockInfo, as it sent it.
     pub info: String,
     pub created_at: String,
+    /// The change request the lock was taken for (protected environments).
+    pub change_number: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -117,7 +119,7 @@ async fn held_lock(
     state: &str,
 ) -> Result<Option<HeldLock>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT lock_id, principal, operation, info, created_at FROM locks WHERE state = ?",
+        "SELECT lock_id, principal, operation, info, created_at, change_number FROM locks WHERE state = ?",
     )
     .bind(state)
     .fetch_optional(conn)

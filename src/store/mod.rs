@@ -7,6 +7,7 @@
 //! name no known environment. This module stores and fetches; it decides nothing: callers
 //! check permissions and write rules before they write.
 
+pub mod changes;
 pub mod environment;
 pub mod system;
 

@@ -183,7 +183,7 @@ async fn serve_announces_its_address_answers_and_never_logs_tokens() {
     child.start_kill().unwrap();
     let out = child.wait_with_output().await.unwrap();
     let log = stderr(&out);
-    assert!(log.contains("state request"), "{log}");
+    assert!(log.contains("state:write"), "{log}");
     assert!(
         !log.contains(token) && !log.contains("bh_wrong"),
         "a token reached the log:\n{log}"

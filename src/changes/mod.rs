@@ -1,0 +1,261 @@
+//! Change requests to protected environments: proposed with a plan, approved by others than
+//! their author, applied once by the pipeline. This module holds the rules (pure); storage is
+//! in `store::changes`, the HTTP API in `http::changes`.
+
+pub mod plan;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use plan::PlanSummary;
+
+/// `<environment>-<number>`, e.g. `prod-12`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeId {
+    pub environment: String,
+    pub number: i64,
+}
+
+impl ChangeId {
+    pub fn parse(text: &str) -> Option<ChangeId> {
+        let (env, n) = text.rsplit_once('-')?;
+        let number = n.parse().ok().filter(|n| *n > 0)?;
+        (!env.is_empty()).then(|| ChangeId {
+            environment: env.to_string(),
+            number,
+        })
+    }
+}
+
+impl fmt::Display for ChangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.environment, self.number)
+    }
+}
+
+/// A change's stored status; approval is computed from its approvals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Rejected,
+    Cancelled,
+    Applied,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
+            Status::Applied => "applied",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Open,
+            Status::Rejected,
+            Status::Cancelled,
+            Status::Applied,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub approver: String,
+    pub approved_at: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub id: String,
+    pub environment: String,
+    pub state: String,
+    pub title: String,
+    pub author: String,
+    pub created_at: String,
+    pub plan_sha256: String,
+    pub summary: PlanSummary,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub status: Status,
+    pub approvals: Vec<Approval>,
+    /// Approvals the environment requires.
+    pub required: u32,
+    /// Computed when the change is read: `approved`, `pending`, `expired`, or the status.
+    pub readiness: String,
+    pub closed_at: Option<String>,
+    pub closed_by: Option<String>,
+    pub reason: Option<String>,
+    pub applied_version: Option<i64>,
+}
+
+/// Whether a change may be applied now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Approved,
+    Pending { have: usize, need: u32 },
+    Expired { at: String },
+    Closed(Status),
+}
+
+impl Readiness {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Readiness::Approved => "approved",
+            Readiness::Pending { .. } => "pending",
+            Readiness::Expired { .. } => "expired",
+            Readiness::Closed(s) => s.as_str(),
+        }
+    }
+}
+
+impl Change {
+    pub fn readiness(&self, now: DateTime<Utc>) -> Readiness {
+        if self.status != Status::Open {
+            return Readiness::Closed(self.status);
+        }
+        let now = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let valid = self.approvals.iter().filter(|a| a.expires_at > now).count();
+        if valid >= self.required as usize {
+            Readiness::Approved
+        } else if self.approvals.len() >= self.required as usize {
+            let mut ends: Vec<&String> = self.approvals.iter().map(|a| &a.expires_at).collect();
+            ends.sort();
+            Readiness::Expired {
+                at: ends.last().map(|s| s.to_string()).unwrap_or_default(),
+            }
+        } else {
+            Readiness::Pending {
+                have: valid,
+                need: self.required,
+            }
+        }
+    }
+
+    /// Why this change cannot be applied to `environment`/`state` now, if it cannot.
+    pub fn unusable(&self, environment: &str, state: &str, now: DateTime<Utc>) -> Option<String> {
+        let id = &self.id;
+        if self.environment != environment {
+            return Some(format!(
+                "change {id} is for environment {}, not {environment}",
+                self.environment
+            ));
+        }
+        if self.state != state {
+            return Some(format!(
+                "change {id} is for state {}, not {state}",
+                self.state
+            ));
+        }
+        match self.readiness(now) {
+            Readiness::Approved => None,
+            Readiness::Pending { have, need } => Some(format!(
+                "change {id} is not approved yet ({have} of {need} approvals): ask an approver to run `bulkhead change approve {id}`"
+            )),
+            Readiness::Expired { at } => Some(format!(
+                "change {id}'s approvals expired at {at}: ask for a fresh approval"
+            )),
+            Readiness::Closed(Status::Applied) => Some(format!(
+                "change {id} was already applied{}: a change is used once; create a new one",
+                self.applied_version
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default()
+            )),
+            Readiness::Closed(status) => Some(format!(
+                "change {id} was {}: create a new one",
+                status.as_str()
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(approvals: &[&str], required: u32) -> Change {
+        Change {
+            id: "prod-1".into(),
+            environment: "prod".into(),
+            state: "net".into(),
+            title: String::new(),
+            author: "user:alice".into(),
+            created_at: String::new(),
+            plan_sha256: String::new(),
+            summary: PlanSummary::default(),
+            branch: None,
+            commit: None,
+            status: Status::Open,
+            approvals: approvals
+                .iter()
+                .enumerate()
+                .map(|(i, exp)| Approval {
+                    approver: format!("user:{i}"),
+                    approved_at: String::new(),
+                    expires_at: exp.to_string(),
+                })
+                .collect(),
+            required,
+            readiness: String::new(),
+            closed_at: None,
+            closed_by: None,
+            reason: None,
+            applied_version: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn ids() {
+        let id = ChangeId::parse("prod-eu-12").unwrap();
+        assert_eq!((id.environment.as_str(), id.number), ("prod-eu", 12));
+        assert_eq!(id.to_string(), "prod-eu-12");
+        assert!(
+            ChangeId::parse("prod").is_none()
+                && ChangeId::parse("-1").is_none()
+                && ChangeId::parse("prod-0").is_none()
+        );
+    }
+
+    #[test]
+    fn readiness_counts_unexpired_approvals() {
+        let later = "2026-06-02T00:00:00.000000Z";
+        let earlier = "2026-06-01T00:00:00.000000Z";
+        assert_eq!(change(&[later], 1).readiness(now()), Readiness::Approved);
+        assert_eq!(
+            change(&[later], 2).readiness(now()),
+            Readiness::Pending { have: 1, need: 2 }
+        );
+        assert!(matches!(
+            change(&[earlier], 1).readiness(now()),
+            Readiness::Expired { .. }
+        ));
+        let mut applied = change(&[later], 1);
+        applied.status = Status::Applied;
+        assert!(applied
+            .unusable("prod", "net", now())
+            .unwrap()
+            .contains("already applied"));
+        assert!(change(&[later], 1)
+            .unusable("dev", "net", now())
+            .unwrap()
+            .contains("for environment prod"));
+        assert!(change(&[later], 1)
+            .unusable("prod", "db", now())
+            .unwrap()
+            .contains("for state net"));
+        assert_eq!(change(&[later], 1).unusable("prod", "net", now()), None);
+    }
+}

@@ -1,0 +1,425 @@
+//! The change-request API (`/v1/changes`) and break-glass grants (`/v1/breakglass`).
+//!
+//! A change is proposed with the JSON of a saved plan, approved by approvers other than its
+//! author, and used once by the pipeline (see `backend`, which enforces it at LOCK). Every
+//! call is recorded in the environment's audit chain, refusals included.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
+use super::{ApiError, App};
+use crate::audit::Record;
+use crate::changes::{plan, Change, ChangeId, Status};
+use crate::config::{parse_duration, Environment};
+use crate::identity::Caller;
+use crate::policy::{refusal, Action, RequestContext};
+use crate::state::{sha256_hex, StateName};
+use crate::store::changes::{Breakglass, NewChange};
+use crate::store::EnvStore;
+
+/// Plans are bigger than states; this is a sanity limit, not a policy.
+const PLAN_LIMIT: u64 = 256 * 1024 * 1024;
+
+fn json_reply(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+    audited: bool,
+) -> Result<Reply, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Reply {
+        status,
+        body: Some(("application/json", body)),
+        audited,
+    })
+}
+
+/// Authorizes `action` in `env` for the caller, or refuses with the sentence.
+fn require(
+    app: &App,
+    caller: &Caller,
+    record: &mut Record,
+    action: Action,
+    env: &Environment,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    let decision = app.policy.decide(
+        &caller.principal,
+        action,
+        &env.name,
+        &RequestContext {
+            state: record.state.as_deref().unwrap_or(""),
+            operation: "",
+            source_ip: Some(peer.ip()),
+        },
+    );
+    record.policy = Some(decision.explanation());
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(refusal::sentence(
+            &caller.principal,
+            action,
+            env,
+        )))
+    }
+}
+
+fn required(env: &Environment) -> u32 {
+    env.approval.as_ref().map_or(1, |a| a.required)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateParams {
+    environment: String,
+    state: String,
+    title: Option<String>,
+    branch: Option<String>,
+    commit: Option<String>,
+}
+
+/// `POST /v1/changes?environment=&state=[&title=&branch=&commit=]` with the plan JSON as body.
+pub async fn create(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<CreateParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut record = new_record(Action::ChangeCreate.as_str(), peer, &headers);
+    record.environment = Some(params.environment.clone());
+    record.state = Some(params.state.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (env, store) = app.environment(&params.environment)?;
+        require(&app, &caller, &mut record, Action::ChangeCreate, env, peer)?;
+        if !env.protected() {
+            return Err(ApiError::BadRequest(format!(
+                "{} is not protected (it has no approval block): its writers apply changes directly",
+                env.name
+            )));
+        }
+        let state = StateName::parse(&params.state).map_err(ApiError::BadRequest)?;
+        let bytes = read_body(&headers, body, PLAN_LIMIT).await?;
+        let summary = plan::summarize(&bytes).map_err(|e| ApiError::BadRequest(format!("the plan was not stored: {e}")))?;
+        let author = caller.principal.to_string();
+        let title = params.title.unwrap_or_default();
+        let mut tx = store.begin().await?;
+        let number = tx
+            .insert_change(NewChange {
+                state: state.as_str(),
+                title: title.trim(),
+                author: &author,
+                plan_sha256: &sha256_hex(&bytes),
+                summary: &summary,
+                branch: params.branch.as_deref(),
+                commit: params.commit.as_deref(),
+            })
+            .await?;
+        let change = tx.change(&env.name, required(env), number).await?;
+        record.change = change.as_ref().map(|c| c.id.clone());
+        commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
+        json_reply(StatusCode::CREATED, &change, true)
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    environment: Option<String>,
+    status: Option<String>,
+}
+
+/// An open break-glass grant as listed.
+#[derive(serde::Serialize)]
+struct OpenGrant {
+    id: String,
+    environment: String,
+    #[serde(flatten)]
+    grant: Breakglass,
+}
+
+/// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
+/// every environment the caller may read.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> Response {
+    let mut record = new_record("change:list", peer, &headers);
+    record.environment = params.environment.clone();
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let status = match params.status.as_deref() {
+            None => None,
+            Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "status `{s}`: use open, applied, rejected or cancelled"
+                ))
+            })?),
+        };
+        let envs: Vec<(&Environment, &EnvStore)> = match &params.environment {
+            Some(name) => {
+                let (env, store) = app.environment(name)?;
+                require(&app, &caller, &mut record, Action::StateRead, env, peer)?;
+                vec![(env, store)]
+            }
+            None => app
+                .config
+                .environments
+                .iter()
+                .filter(|env| {
+                    let ctx = RequestContext {
+                        state: "",
+                        operation: "",
+                        source_ip: Some(peer.ip()),
+                    };
+                    app.policy
+                        .decide(&caller.principal, Action::StateRead, &env.name, &ctx)
+                        .allowed
+                })
+                .filter_map(|env| Some((env, app.stores.environment(&env.name)?)))
+                .collect(),
+        };
+        let mut changes: Vec<Change> = Vec::new();
+        let mut breakglass = Vec::new();
+        for (env, store) in envs {
+            changes.extend(store.changes(&env.name, required(env), status).await?);
+            for grant in store.open_breakglass().await? {
+                breakglass.push(OpenGrant {
+                    id: super::backend::breakglass_id(&env.name, grant.number),
+                    environment: env.name.clone(),
+                    grant,
+                });
+            }
+        }
+        json_reply(
+            StatusCode::OK,
+            &serde_json::json!({ "changes": changes, "breakglass": breakglass }),
+            false,
+        )
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+/// Resolves a change id to its environment and store.
+fn change_env<'a>(
+    app: &'a App,
+    text: &str,
+) -> Result<(ChangeId, &'a Environment, &'a EnvStore), ApiError> {
+    let id = ChangeId::parse(text).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "`{text}` is not a change id (they look like prod-12)"
+        ))
+    })?;
+    let (env, store) = app.environment(&id.environment)?;
+    Ok((id, env, store))
+}
+
+/// `GET /v1/changes/{id}`.
+pub async fn show(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut record = new_record("change:read", peer, &headers);
+    record.change = Some(id.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (cid, env, store) = change_env(&app, &id)?;
+        record.environment = Some(env.name.clone());
+        require(&app, &caller, &mut record, Action::StateRead, env, peer)?;
+        let change = store
+            .change(&env.name, required(env), cid.number)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no change {id}")))?;
+        json_reply(StatusCode::OK, &change, false)
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DecideParams {
+    reason: Option<String>,
+}
+
+/// `POST /v1/changes/{id}/approve|reject|cancel[?reason=]`.
+pub async fn decide(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, verb)): Path<(String, String)>,
+    Query(params): Query<DecideParams>,
+    headers: HeaderMap,
+) -> Response {
+    let mut record = new_record(&format!("change:{verb}"), peer, &headers);
+    record.change = Some(id.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (cid, env, store) = change_env(&app, &id)?;
+        record.environment = Some(env.name.clone());
+        let me = caller.principal.to_string();
+        let mut tx = store.begin().await?;
+        let change = tx
+            .change(&env.name, required(env), cid.number)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no change {id}")))?;
+        record.state = Some(change.state.clone());
+        match verb.as_str() {
+            "approve" => require(&app, &caller, &mut record, Action::ChangeApprove, env, peer)?,
+            "reject" => require(&app, &caller, &mut record, Action::ChangeApprove, env, peer)?,
+            "cancel" if change.author == me => {}
+            "cancel" => require(&app, &caller, &mut record, Action::ChangeApprove, env, peer)?,
+            other => return Err(ApiError::NotFound(format!("`{other}`: a change can be approved, rejected or cancelled"))),
+        }
+        if change.status != Status::Open {
+            return Err(ApiError::Conflict(format!("change {id} is {} already", change.status.as_str())));
+        }
+        match verb.as_str() {
+            "approve" => {
+                if change.author == me {
+                    return Err(ApiError::Forbidden(format!(
+                        "{me} may not approve change {id}: its author can never approve it; ask another approver"
+                    )));
+                }
+                let expires = env.approval.as_ref().map_or(std::time::Duration::from_secs(86400), |a| a.expires);
+                let expires_at = chrono::Utc::now()
+                    + chrono::Duration::from_std(expires).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let expires_at = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                tx.approve(cid.number, &me, &expires_at).await?;
+                record.reason = Some(format!("approval valid until {expires_at}"));
+            }
+            "reject" => tx.close_change(cid.number, Status::Rejected, &me, params.reason.as_deref(), None).await?,
+            _ => tx.close_change(cid.number, Status::Cancelled, &me, params.reason.as_deref(), None).await?,
+        }
+        if record.reason.is_none() {
+            record.reason = params.reason.clone();
+        }
+        let change = tx.change(&env.name, required(env), cid.number).await?;
+        commit_with_record(tx, &mut record, StatusCode::OK).await?;
+        json_reply(StatusCode::OK, &change, true)
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BreakglassParams {
+    environment: String,
+    ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BreakglassBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/breakglass?environment=&ttl=` with `{"reason": "..."}`: time-boxed write without
+/// a change request, loudly recorded.
+pub async fn open_breakglass(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<BreakglassParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut record = new_record("breakglass:open", peer, &headers);
+    record.environment = Some(params.environment.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (env, store) = app.environment(&params.environment)?;
+        require(&app, &caller, &mut record, Action::BreakglassOpen, env, peer)?;
+        let Some(rules) = &env.breakglass else {
+            return Err(ApiError::BadRequest(format!("{} has no breakglass block", env.name)));
+        };
+        let bytes = read_body(&headers, body, 64 * 1024).await?;
+        let reason = serde_json::from_slice::<BreakglassBody>(&bytes)
+            .ok()
+            .and_then(|b| b.reason)
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| ApiError::BadRequest("a reason is mandatory: say what is broken and why the change process cannot wait".into()))?;
+        let ttl = match &params.ttl {
+            None => rules.max_ttl,
+            Some(t) => parse_duration(t).map_err(|e| ApiError::BadRequest(format!("ttl {e}")))?,
+        };
+        if ttl > rules.max_ttl {
+            return Err(ApiError::BadRequest(format!(
+                "ttl {} is longer than {}'s max_ttl of {}s",
+                params.ttl.as_deref().unwrap_or(""),
+                env.name,
+                rules.max_ttl.as_secs()
+            )));
+        }
+        let expires_at = chrono::Utc::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let expires_at = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let me = caller.principal.to_string();
+        let mut tx = store.begin().await?;
+        let number = tx.insert_breakglass(&me, &reason, &expires_at).await?;
+        let id = super::backend::breakglass_id(&env.name, number);
+        let grant = tx.breakglass(number).await?;
+        tracing::warn!(breakglass = %id, principal = %me, environment = %env.name, %expires_at, "BREAK-GLASS OPENED");
+        record.breakglass = Some(id.clone());
+        record.reason = Some(format!("break-glass opened until {expires_at}: {reason}"));
+        commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
+        json_reply(
+            StatusCode::CREATED,
+            &grant.map(|grant| OpenGrant { id, environment: env.name.clone(), grant }),
+            true,
+        )
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+/// `POST /v1/breakglass/{id}/close`: ends a grant early (its opener, or whoever may open one).
+pub async fn close_breakglass(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut record = new_record("breakglass:close", peer, &headers);
+    record.breakglass = Some(id.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let not_an_id = || {
+            ApiError::NotFound(format!(
+                "`{id}` is not a break-glass id (they look like prod-bg3)"
+            ))
+        };
+        let (env_name, n) = id.rsplit_once("-bg").ok_or_else(not_an_id)?;
+        let number: i64 = n.parse().map_err(|_| not_an_id())?;
+        let (env, store) = app.environment(env_name)?;
+        record.environment = Some(env.name.clone());
+        let me = caller.principal.to_string();
+        let mut tx = store.begin().await?;
+        let grant = tx.breakglass(number).await?.ok_or_else(not_an_id)?;
+        if grant.principal != me {
+            require(
+                &app,
+                &caller,
+                &mut record,
+                Action::BreakglassOpen,
+                env,
+                peer,
+            )?;
+        }
+        tx.close_breakglass(number, &me).await?;
+        record.reason = Some(format!("break-glass of {} closed", grant.principal));
+        commit_with_record(tx, &mut record, StatusCode::OK).await?;
+        Ok(Reply::done())
+    }
+    .await;
+    finish(&app, record, result).await
+}

@@ -1,0 +1,311 @@
+//! Change requests, approvals and break-glass grants in an environment's database.
+
+use sqlx::{FromRow, SqliteConnection};
+
+use super::{now, EnvStore, StoreError, Tx};
+use crate::changes::{Approval, Change, ChangeId, PlanSummary, Status};
+
+#[derive(FromRow)]
+struct ChangeRow {
+    number: i64,
+    state: String,
+    title: String,
+    author: String,
+    created_at: String,
+    plan_sha256: String,
+    summary: String,
+    branch: Option<String>,
+    commit_sha: Option<String>,
+    status: String,
+    closed_at: Option<String>,
+    closed_by: Option<String>,
+    reason: Option<String>,
+    applied_version: Option<i64>,
+}
+
+/// A new change, as proposed.
+pub struct NewChange<'a> {
+    pub state: &'a str,
+    pub title: &'a str,
+    pub author: &'a str,
+    pub plan_sha256: &'a str,
+    pub summary: &'a PlanSummary,
+    pub branch: Option<&'a str>,
+    pub commit: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize, serde::Deserialize)]
+pub struct Breakglass {
+    pub number: i64,
+    pub principal: String,
+    pub reason: String,
+    pub opened_at: String,
+    pub expires_at: String,
+    pub closed_at: Option<String>,
+    pub closed_by: Option<String>,
+}
+
+const CHANGE_COLUMNS: &str = "number, state, title, author, created_at, plan_sha256, summary, \
+     branch, commit_sha, status, closed_at, closed_by, reason, applied_version";
+
+async fn load(
+    conn: &mut SqliteConnection,
+    environment: &str,
+    required: u32,
+    row: ChangeRow,
+) -> Result<Change, StoreError> {
+    let approvals: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT approver, approved_at, expires_at FROM approvals WHERE change_number = ? ORDER BY approved_at",
+    )
+    .bind(row.number)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut change = Change {
+        id: ChangeId {
+            environment: environment.to_string(),
+            number: row.number,
+        }
+        .to_string(),
+        environment: environment.to_string(),
+        state: row.state,
+        title: row.title,
+        author: row.author,
+        created_at: row.created_at,
+        plan_sha256: row.plan_sha256,
+        summary: serde_json::from_str(&row.summary).unwrap_or_default(),
+        branch: row.branch,
+        commit: row.commit_sha,
+        status: Status::parse(&row.status).unwrap_or(Status::Cancelled),
+        approvals: approvals
+            .into_iter()
+            .map(|(approver, approved_at, expires_at)| Approval {
+                approver,
+                approved_at,
+                expires_at,
+            })
+            .collect(),
+        required,
+        readiness: String::new(),
+        closed_at: row.closed_at,
+        closed_by: row.closed_by,
+        reason: row.reason,
+        applied_version: row.applied_version,
+    };
+    change.readiness = change.readiness(chrono::Utc::now()).label().to_string();
+    Ok(change)
+}
+
+async fn fetch_change(
+    conn: &mut SqliteConnection,
+    environment: &str,
+    required: u32,
+    number: i64,
+) -> Result<Option<Change>, StoreError> {
+    let row: Option<ChangeRow> = sqlx::query_as(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM changes WHERE number = ?"
+    ))
+    .bind(number)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(Some(load(conn, environment, required, row).await?)),
+        None => Ok(None),
+    }
+}
+
+impl EnvStore {
+    /// Every change of this environment, newest first, optionally only those with `status`.
+    pub async fn changes(
+        &self,
+        environment: &str,
+        required: u32,
+        status: Option<Status>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let rows: Vec<ChangeRow> = sqlx::query_as(&format!(
+            "SELECT {CHANGE_COLUMNS} FROM changes WHERE (?1 IS NULL OR status = ?1) ORDER BY number DESC"
+        ))
+        .bind(status.map(Status::as_str))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(load(&mut conn, environment, required, row).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn change(
+        &self,
+        environment: &str,
+        required: u32,
+        number: i64,
+    ) -> Result<Option<Change>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        fetch_change(&mut conn, environment, required, number).await
+    }
+
+    /// Open break-glass grants (not closed, not expired).
+    pub async fn open_breakglass(&self) -> Result<Vec<Breakglass>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        open_breakglass(&mut conn, None).await
+    }
+}
+
+async fn open_breakglass(
+    conn: &mut SqliteConnection,
+    principal: Option<&str>,
+) -> Result<Vec<Breakglass>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass \
+         WHERE closed_at IS NULL AND expires_at > ? AND (?2 IS NULL OR principal = ?2) ORDER BY number",
+    )
+    .bind(now())
+    .bind(principal)
+    .fetch_all(conn)
+    .await?)
+}
+
+impl Tx<'_> {
+    pub async fn insert_change(&mut self, c: NewChange<'_>) -> Result<i64, StoreError> {
+        let summary = serde_json::to_string(c.summary).unwrap_or_default();
+        let (number,): (i64,) = sqlx::query_as(
+            "INSERT INTO changes (state, title, author, created_at, plan_sha256, summary, branch, commit_sha) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING number",
+        )
+        .bind(c.state)
+        .bind(c.title)
+        .bind(c.author)
+        .bind(now())
+        .bind(c.plan_sha256)
+        .bind(summary)
+        .bind(c.branch)
+        .bind(c.commit)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(number)
+    }
+
+    pub async fn change(
+        &mut self,
+        environment: &str,
+        required: u32,
+        number: i64,
+    ) -> Result<Option<Change>, StoreError> {
+        fetch_change(self.conn(), environment, required, number).await
+    }
+
+    /// Adds (or renews) an approval.
+    pub async fn approve(
+        &mut self,
+        number: i64,
+        approver: &str,
+        expires_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO approvals (change_number, approver, approved_at, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (change_number, approver) DO UPDATE SET approved_at = excluded.approved_at, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(number)
+        .bind(approver)
+        .bind(now())
+        .bind(expires_at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Closes an open change as rejected, cancelled or applied.
+    pub async fn close_change(
+        &mut self,
+        number: i64,
+        status: Status,
+        by: &str,
+        reason: Option<&str>,
+        applied_version: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE changes SET status = ?, closed_at = ?, closed_by = ?, reason = ?, applied_version = ? \
+             WHERE number = ? AND status = 'open'",
+        )
+        .bind(status.as_str())
+        .bind(now())
+        .bind(by)
+        .bind(reason)
+        .bind(applied_version)
+        .bind(number)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Notes the change a held lock was taken for.
+    pub async fn set_lock_change(&mut self, state: &str, number: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE locks SET change_number = ? WHERE state = ?")
+            .bind(number)
+            .bind(state)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The newest version written under `lock_id`, if any.
+    pub async fn version_under_lock(
+        &mut self,
+        state: &str,
+        lock_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (v,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM versions WHERE state = ? AND lock_id = ?")
+                .bind(state)
+                .bind(lock_id)
+                .fetch_one(self.conn())
+                .await?;
+        Ok(v)
+    }
+
+    pub async fn open_breakglass_for(
+        &mut self,
+        principal: &str,
+    ) -> Result<Option<Breakglass>, StoreError> {
+        Ok(open_breakglass(self.conn(), Some(principal)).await?.pop())
+    }
+
+    pub async fn insert_breakglass(
+        &mut self,
+        principal: &str,
+        reason: &str,
+        expires_at: &str,
+    ) -> Result<i64, StoreError> {
+        let (number,): (i64,) = sqlx::query_as(
+            "INSERT INTO breakglass (principal, reason, opened_at, expires_at) VALUES (?, ?, ?, ?) RETURNING number",
+        )
+        .bind(principal)
+        .bind(reason)
+        .bind(now())
+        .bind(expires_at)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(number)
+    }
+
+    pub async fn breakglass(&mut self, number: i64) -> Result<Option<Breakglass>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass WHERE number = ?",
+        )
+        .bind(number)
+        .fetch_optional(self.conn())
+        .await?)
+    }
+
+    pub async fn close_breakglass(&mut self, number: i64, by: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE breakglass SET closed_at = ?, closed_by = ? WHERE number = ? AND closed_at IS NULL")
+            .bind(now())
+            .bind(by)
+            .bind(number)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+}
