@@ -12,11 +12,13 @@
 //! - [`store`]: the databases (one per environment, one for the server).
 //! - [`audit`]: the hash-chained audit log.
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
+//! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
 
 pub mod audit;
 pub mod changes;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod identity;

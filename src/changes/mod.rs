@@ -98,6 +98,25 @@ pub struct Change {
     pub applied_version: Option<i64>,
 }
 
+/// An open break-glass grant, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakglassGrant {
+    /// `<environment>-bg<number>`, e.g. `prod-bg3`.
+    pub id: String,
+    pub environment: String,
+    pub principal: String,
+    pub reason: String,
+    pub opened_at: String,
+    pub expires_at: String,
+}
+
+/// What `GET /v1/changes` answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Listing {
+    pub changes: Vec<Change>,
+    pub breakglass: Vec<BreakglassGrant>,
+}
+
 /// Whether a change may be applied now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {

@@ -2,6 +2,7 @@
 //! code; `main` prints errors and exits.
 
 mod audit;
+mod change;
 mod policy;
 mod serve;
 mod token;
@@ -40,6 +41,12 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Propose, review and approve changes to protected environments.
+    #[command(subcommand)]
+    Change(change::ChangeCommand),
+    /// Emergency write access without a change request, time-boxed and loudly recorded.
+    #[command(subcommand)]
+    Breakglass(change::BreakglassCommand),
     /// Explain authorization decisions; print the Cedar schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -109,6 +116,8 @@ impl Cli {
             Command::Token(cmd) => cmd.run().await,
             Command::Audit(cmd) => cmd.run().await,
             Command::Policy(cmd) => cmd.run().await,
+            Command::Change(cmd) => cmd.run().await,
+            Command::Breakglass(cmd) => cmd.run().await,
         }
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{plan, Change, ChangeId, Status};
+use crate::changes::{plan, BreakglassGrant, ChangeId, Listing, Status};
 use crate::config::{parse_duration, Environment};
 use crate::identity::Caller;
 use crate::policy::{refusal, Action, RequestContext};
@@ -137,13 +137,15 @@ pub struct ListParams {
     status: Option<String>,
 }
 
-/// An open break-glass grant as listed.
-#[derive(serde::Serialize)]
-struct OpenGrant {
-    id: String,
-    environment: String,
-    #[serde(flatten)]
-    grant: Breakglass,
+fn grant(env: &Environment, row: Breakglass) -> BreakglassGrant {
+    BreakglassGrant {
+        id: super::backend::breakglass_id(&env.name, row.number),
+        environment: env.name.clone(),
+        principal: row.principal,
+        reason: row.reason,
+        opened_at: row.opened_at,
+        expires_at: row.expires_at,
+    }
 }
 
 /// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
@@ -189,23 +191,16 @@ pub async fn list(
                 .filter_map(|env| Some((env, app.stores.environment(&env.name)?)))
                 .collect(),
         };
-        let mut changes: Vec<Change> = Vec::new();
-        let mut breakglass = Vec::new();
+        let mut listing = Listing::default();
         for (env, store) in envs {
-            changes.extend(store.changes(&env.name, required(env), status).await?);
-            for grant in store.open_breakglass().await? {
-                breakglass.push(OpenGrant {
-                    id: super::backend::breakglass_id(&env.name, grant.number),
-                    environment: env.name.clone(),
-                    grant,
-                });
+            listing
+                .changes
+                .extend(store.changes(&env.name, required(env), status).await?);
+            for row in store.open_breakglass().await? {
+                listing.breakglass.push(grant(env, row));
             }
         }
-        json_reply(
-            StatusCode::OK,
-            &serde_json::json!({ "changes": changes, "breakglass": breakglass }),
-            false,
-        )
+        json_reply(StatusCode::OK, &listing, false)
     }
     .await;
     finish(&app, record, result).await
@@ -367,14 +362,14 @@ pub async fn open_breakglass(
         let mut tx = store.begin().await?;
         let number = tx.insert_breakglass(&me, &reason, &expires_at).await?;
         let id = super::backend::breakglass_id(&env.name, number);
-        let grant = tx.breakglass(number).await?;
+        let opened = tx.breakglass(number).await?;
         tracing::warn!(breakglass = %id, principal = %me, environment = %env.name, %expires_at, "BREAK-GLASS OPENED");
         record.breakglass = Some(id.clone());
         record.reason = Some(format!("break-glass opened until {expires_at}: {reason}"));
         commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
         json_reply(
             StatusCode::CREATED,
-            &grant.map(|grant| OpenGrant { id, environment: env.name.clone(), grant }),
+            &opened.map(|row| grant(env, row)),
             true,
         )
     }

@@ -45,7 +45,15 @@ environment "prod" {
 }
 "#;
 
-pub const PRINCIPALS: &[&str] = &["alice", "bob", "pat", "eve", "ci-staging", "ci-prod"];
+pub const PRINCIPALS: &[&str] = &[
+    "alice",
+    "bob",
+    "pat",
+    "quinn",
+    "eve",
+    "ci-staging",
+    "ci-prod",
+];
 
 pub struct TestApp {
     pub addr: SocketAddr,

@@ -1,0 +1,344 @@
+//! `bulkhead change create|list|show|approve|reject|cancel` and `bulkhead breakglass
+//! open|close`: clients of a running server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, Format};
+use crate::changes::{Change, Listing};
+use crate::client::{Client, ClientError, NewChange};
+
+/// Where the server is and who is asking.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's address.
+    #[arg(long, env = "BULKHEAD_ADDR", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Your bulkhead token (or a CI provider's OIDC token, for a pipeline).
+    #[arg(long, env = "BULKHEAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Result<Client, CliError> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "no token: pass --token or set BULKHEAD_TOKEN (see `bulkhead token create`)".into(),
+            )
+        })?;
+        Ok(Client::new(&self.server, token))
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::Failed(e.into())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangeCommand {
+    /// Propose a change to a protected environment; prints its id alone on stdout.
+    ///
+    /// The plan is the JSON of a saved plan:
+    ///   terraform plan -out plan.tfplan && terraform show -json plan.tfplan > plan.json
+    /// Once approved, the pipeline applies it with `?change=<id>` on the backend address.
+    Create(CreateArgs),
+    /// List changes (and open break-glass grants) of the environments you may read.
+    List(ListArgs),
+    /// Show a change as a reviewer reads it: what it adds, changes and destroys.
+    Show(IdArgs),
+    /// Approve a change (approvers only; never your own).
+    Approve(IdArgs),
+    /// Reject a change.
+    Reject(ReasonArgs),
+    /// Withdraw a change (its author, or an approver).
+    Cancel(ReasonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The protected environment.
+    #[arg(long)]
+    env: String,
+    /// The state the plan was made against (the NAME of /v1/state/ENV/NAME).
+    #[arg(long)]
+    state: String,
+    /// The plan JSON (`terraform show -json plan.tfplan`).
+    #[arg(long)]
+    plan: PathBuf,
+    #[arg(long)]
+    title: Option<String>,
+    /// The branch the change comes from.
+    #[arg(long)]
+    branch: Option<String>,
+    /// The commit the plan was made from.
+    #[arg(long)]
+    commit: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    env: Option<String>,
+    /// open, applied, rejected or cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The change id, e.g. prod-12.
+    id: String,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonArgs {
+    /// The change id, e.g. prod-12.
+    id: String,
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl ChangeCommand {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self {
+            ChangeCommand::Create(args) => {
+                let plan = std::fs::read(&args.plan).map_err(|e| {
+                    CliError::Usage(format!("cannot read the plan {}: {e}", args.plan.display()))
+                })?;
+                let new = NewChange {
+                    environment: &args.env,
+                    state: &args.state,
+                    title: args.title.as_deref(),
+                    branch: args.branch.as_deref(),
+                    commit: args.commit.as_deref(),
+                };
+                let change = args.server.client()?.create_change(&new, plan).await?;
+                println!("{}", change.id);
+                let (add, chg, destroy) = change.summary.counts();
+                eprintln!(
+                    "Change {} proposed: {add} to add, {chg} to change, {destroy} to destroy. It needs {} approval(s): bulkhead change approve {}",
+                    change.id, change.required, change.id
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::List(args) => {
+                let listing = args
+                    .server
+                    .client()?
+                    .changes(args.env.as_deref(), args.status.as_deref())
+                    .await?;
+                match args.format {
+                    Format::Json => print_json(&listing)?,
+                    Format::Human => print_listing(&listing),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::Show(args) => {
+                let change = args.server.client()?.change(&args.id).await?;
+                match args.format {
+                    Format::Json => print_json(&change)?,
+                    Format::Human => print!("{}", review(&change)),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::Approve(args) => {
+                let change = args
+                    .server
+                    .client()?
+                    .decide(&args.id, "approve", None)
+                    .await?;
+                match args.format {
+                    Format::Json => print_json(&change)?,
+                    Format::Human => println!("{}: {}", change.id, readiness_line(&change)),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::Reject(args) => decide(args, "reject").await,
+            ChangeCommand::Cancel(args) => decide(args, "cancel").await,
+        }
+    }
+}
+
+async fn decide(args: ReasonArgs, verb: &str) -> Result<ExitCode, CliError> {
+    let change = args
+        .server
+        .client()?
+        .decide(&args.id, verb, args.reason.as_deref())
+        .await?;
+    println!("{}: {}", change.id, change.status.as_str());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.into()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn readiness_line(c: &Change) -> String {
+    let valid = c.approvals.len();
+    match c.readiness.as_str() {
+        "approved" => format!("approved ({valid} of {} approvals)", c.required),
+        "pending" => format!("waiting for approval ({} required)", c.required),
+        "expired" => "approvals expired: ask for a fresh approval".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn print_listing(listing: &Listing) {
+    for bg in &listing.breakglass {
+        println!(
+            "!! BREAK-GLASS OPEN {} in {} by {} until {}: {}",
+            bg.id, bg.environment, bg.principal, bg.expires_at, bg.reason
+        );
+    }
+    println!(
+        "{:<14} {:<10} {:<12} {:<20} {:<22} TITLE",
+        "ID", "STATUS", "STATE", "AUTHOR", "PLAN (+/~/-)"
+    );
+    for c in &listing.changes {
+        let (add, chg, destroy) = c.summary.counts();
+        println!(
+            "{:<14} {:<10} {:<12} {:<20} {:<22} {}",
+            c.id,
+            c.readiness,
+            c.state,
+            c.author,
+            format!("{add}/{chg}/{destroy}"),
+            c.title
+        );
+    }
+}
+
+/// A change as a reviewer wants to read it; destruction stands out.
+pub fn review(c: &Change) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let title = if c.title.is_empty() {
+        "(no title)"
+    } else {
+        &c.title
+    };
+    line(format!("Change {}: {title}", c.id));
+    line(format!(
+        "  environment  {}  (state {})",
+        c.environment, c.state
+    ));
+    line(format!("  author       {}  at {}", c.author, c.created_at));
+    if c.branch.is_some() || c.commit.is_some() {
+        line(format!(
+            "  source       branch {}  commit {}",
+            c.branch.as_deref().unwrap_or("-"),
+            c.commit.as_deref().unwrap_or("-")
+        ));
+    }
+    line(format!("  plan sha256  {}", c.plan_sha256));
+    line(format!("  status       {}", readiness_line(c)));
+    for a in &c.approvals {
+        line(format!(
+            "  approved by  {} at {} (valid until {})",
+            a.approver, a.approved_at, a.expires_at
+        ));
+    }
+    let (add, chg, destroy) = c.summary.counts();
+    line(String::new());
+    line(format!(
+        "Plan: {add} to add, {chg} to change, {destroy} to destroy."
+    ));
+    for a in &c.summary.add {
+        line(format!("  + {a}"));
+    }
+    for a in &c.summary.change {
+        line(format!("  ~ {a}"));
+    }
+    for a in &c.summary.replace {
+        line(format!("  -/+ {a}   (DESTROYED, then created again)"));
+    }
+    for a in &c.summary.destroy {
+        line(format!("  - {a}   (DESTROYED)"));
+    }
+    if c.summary.destroys_anything() {
+        line(String::new());
+        line(format!(
+            "!! WARNING: this change DESTROYS {} resource(s). Read the list above before approving.",
+            c.summary.destroy.len() + c.summary.replace.len()
+        ));
+    }
+    out
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BreakglassCommand {
+    /// Take time-boxed write access to an environment without a change request, for an
+    /// emergency. A reason is mandatory; everything done under it is marked in the audit log.
+    /// Prints the grant's id alone on stdout.
+    Open(OpenArgs),
+    /// End a break-glass grant before it expires.
+    Close(CloseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    #[arg(long)]
+    env: String,
+    /// What is broken, and why the change process cannot wait.
+    #[arg(long)]
+    reason: String,
+    /// How long, e.g. 30m or 1h (at most the environment's max_ttl; default: that maximum).
+    #[arg(long)]
+    ttl: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// The grant's id, e.g. prod-bg3.
+    id: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl BreakglassCommand {
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self {
+            BreakglassCommand::Open(args) => {
+                let grant = args
+                    .server
+                    .client()?
+                    .open_breakglass(&args.env, &args.reason, args.ttl.as_deref())
+                    .await?;
+                println!("{}", grant.id);
+                eprintln!(
+                    "BREAK-GLASS {} is open: {} may write {} until {}. Every action is recorded as break-glass. Close it when done: bulkhead breakglass close {}",
+                    grant.id, grant.principal, grant.environment, grant.expires_at, grant.id
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            BreakglassCommand::Close(args) => {
+                args.server.client()?.close_breakglass(&args.id).await?;
+                eprintln!("Break-glass {} closed.", args.id);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A typed client of bulkhead's HTTP API, used by the command line and the tests.
+
+use serde::de::DeserializeOwned;
+
+use crate::changes::{BreakglassGrant, Change, Listing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach bulkhead at {base}: {source} (set --server or BULKHEAD_ADDR)")]
+    Connect {
+        base: String,
+        source: reqwest::Error,
+    },
+    /// The server answered with a refusal; `message` is its sentence.
+    #[error("{message} (HTTP {status})")]
+    Refused { status: u16, message: String },
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the server's address, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str, token: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                base: self.base.clone(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let message = resp.text().await.unwrap_or_default().trim().to_string();
+        Err(ClientError::Refused { status, message })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Proposes a change with the JSON of a saved plan (`terraform show -json plan.tfplan`).
+    pub async fn create_change(
+        &self,
+        new: &NewChange<'_>,
+        plan: Vec<u8>,
+    ) -> Result<Change, ClientError> {
+        let mut query = vec![("environment", new.environment), ("state", new.state)];
+        query.extend(new.title.map(|t| ("title", t)));
+        query.extend(new.branch.map(|b| ("branch", b)));
+        query.extend(new.commit.map(|c| ("commit", c)));
+        let req = self
+            .http
+            .post(self.url("/v1/changes"))
+            .query(&query)
+            .header("Content-Type", "application/json")
+            .body(plan);
+        self.json(req).await
+    }
+
+    pub async fn changes(
+        &self,
+        environment: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Listing, ClientError> {
+        let mut query = Vec::new();
+        query.extend(environment.map(|e| ("environment", e)));
+        query.extend(status.map(|s| ("status", s)));
+        self.json(self.http.get(self.url("/v1/changes")).query(&query))
+            .await
+    }
+
+    pub async fn change(&self, id: &str) -> Result<Change, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/changes/{id}"))))
+            .await
+    }
+
+    /// `verb` is approve, reject or cancel.
+    pub async fn decide(
+        &self,
+        id: &str,
+        verb: &str,
+        reason: Option<&str>,
+    ) -> Result<Change, ClientError> {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/v1/changes/{id}/{verb}")));
+        if let Some(reason) = reason {
+            req = req.query(&[("reason", reason)]);
+        }
+        self.json(req).await
+    }
+
+    pub async fn open_breakglass(
+        &self,
+        environment: &str,
+        reason: &str,
+        ttl: Option<&str>,
+    ) -> Result<BreakglassGrant, ClientError> {
+        let mut query = vec![("environment", environment)];
+        query.extend(ttl.map(|t| ("ttl", t)));
+        let req = self
+            .http
+            .post(self.url("/v1/breakglass"))
+            .query(&query)
+            .json(&serde_json::json!({ "reason": reason }));
+        self.json(req).await
+    }
+
+    pub async fn close_breakglass(&self, id: &str) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/v1/breakglass/{id}/close"))),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// What a new change names besides its plan.
+pub struct NewChange<'a> {
+    pub environment: &'a str,
+    pub state: &'a str,
+    pub title: Option<&'a str>,
+    pub branch: Option<&'a str>,
+    pub commit: Option<&'a str>,
+}
