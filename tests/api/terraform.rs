@@ -116,9 +116,15 @@ impl Workspace {
         password: Option<&str>,
         args: &[&str],
     ) -> tokio::process::Command {
+        // Flags must come before positional arguments: -no-color goes before the first flag.
+        let mut args: Vec<&str> = args.to_vec();
+        let at = args
+            .iter()
+            .position(|a| a.starts_with('-'))
+            .unwrap_or(args.len());
+        args.insert(at, "-no-color");
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(args)
-            .arg("-no-color")
+        cmd.args(&args)
             .current_dir(&self.dir)
             .env("TF_HTTP_USERNAME", who)
             .env("TF_HTTP_PASSWORD", password.unwrap_or_else(|| t.token(who)))
@@ -472,4 +478,115 @@ async fn init_migrate_state_moves_a_local_state_in_and_another_lineage_over_it_n
     assert_eq!(versions.len(), 2);
     assert!(versions[1].forced);
     assert_eq!(versions[1].principal, "user:pat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_road_with_terraform_a_real_plan_and_the_pipelines_oidc_token() {
+    let bin = terraform_or_skip!();
+    let p = crate::changes::spawn_protected("24h").await;
+    let t = &p.t;
+    let cli = |who: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .current_dir(t.dir.path())
+            .env("BULKHEAD_ADDR", t.base())
+            .env("BULKHEAD_TOKEN", t.token(who))
+            .output()
+            .unwrap()
+    };
+
+    // A developer plans prod (reading is allowed) and proposes the plan.
+    let dev = Workspace::new(&bin, t, "prod-alice", "prod/network");
+    dev.ok(t, "alice", &["init", "-input=false"]).await;
+    dev.ok(t, "alice", &["plan", "-out", "plan.tfplan"]).await;
+    let shown = dev.ok(t, "alice", &["show", "-json", "plan.tfplan"]).await;
+    std::fs::write(dev.dir.join("plan.json"), &shown.stdout).unwrap();
+    let plan = dev.dir.join("plan.json").display().to_string();
+    let created = cli(
+        "alice",
+        &[
+            "change",
+            "create",
+            "--env",
+            "prod",
+            "--state",
+            "network",
+            "--plan",
+            &plan,
+            "--title",
+            "first data",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let id = String::from_utf8(created.stdout).unwrap();
+    let id = id.strip_suffix('\n').unwrap().to_string();
+    assert_eq!(id, "prod-1");
+    let review = cli("bob", &["change", "show", &id]);
+    let review = String::from_utf8_lossy(&review.stdout).to_string();
+    assert!(
+        review.contains("Plan: 1 to add, 0 to change, 0 to destroy.")
+            && review.contains("+ terraform_data.a"),
+        "{review}"
+    );
+
+    // The developer cannot apply it; the author cannot approve it; the owner can.
+    let apply = dev.run(t, "alice", &["apply", "-auto-approve"]).await;
+    assert!(!apply.status.success());
+    assert!(
+        folded(&text(&apply)).contains(
+            "prod changes go through an approved change request applied by service:ci-prod"
+        ),
+        "{}",
+        text(&apply)
+    );
+    let own = cli("alice", &["change", "approve", &id]);
+    assert_eq!(own.status.code(), Some(1));
+    assert!(cli("pat", &["change", "approve", &id]).status.success());
+
+    // The pipeline, with its OIDC token from main, applies exactly that change, once.
+    let jwt = p.issuer.token("main", |_| {});
+    let ci = Workspace::new(&bin, t, "prod-ci", &format!("prod/network?change={id}"));
+    let init = ci
+        .command(t, "ci-prod", Some(&jwt), &["init", "-input=false"])
+        .output()
+        .await
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    let applied = ci
+        .command(t, "ci-prod", Some(&jwt), &["apply", "-auto-approve"])
+        .output()
+        .await
+        .unwrap();
+    assert!(applied.status.success(), "{}", text(&applied));
+    let versions = t.versions("prod", "network").await;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].principal, "service:ci-prod");
+    let listed = cli("bob", &["change", "list", "--env", "prod"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("prod-1         applied"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+
+    let again = ci
+        .command(
+            t,
+            "ci-prod",
+            Some(&jwt),
+            &["apply", "-auto-approve", "-var", "v=two"],
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        folded(&text(&again)).contains("change prod-1 was already applied (version 1)"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(t.versions("prod", "network").await.len(), 1);
 }
