@@ -10,7 +10,18 @@ team "platform" { members = ["pat"] }
 team "app"      { members = ["alice", "bob"] }
 
 service "ci-staging" {}
-service "ci-prod" {}              # tokens: bulkhead token create service:ci-prod
+
+# The production pipeline. It may use a static token (bulkhead token create service:ci-prod),
+# or prove itself with its CI provider's OIDC ID token, which is what lets `pipeline.branches`
+# below see the branch:
+#
+#   oidc {
+#     issuer    = "https://token.actions.githubusercontent.com"
+#     audience  = "bulkhead"
+#     jwks_file = "github-jwks.json"          # the provider's published keys
+#     claims    = { repository = "acme/infra" }
+#   }
+service "ci-prod" {}
 
 environment "dev" {
   owner = "team:app"
@@ -32,4 +43,19 @@ environment "prod" {
   read           = ["team:app", "team:platform"]
   write          = ["service:ci-prod"]
   max_state_size = "64MiB"
+
+  # Protected: every write needs a change request approved by the owner (never its author),
+  # named by the pipeline as ?change=<id> on the backend address, and used once.
+  approval {
+    required = 1
+    expires  = "24h"
+  }
+  # With an oidc block on the service: apply only from these branches.
+  # pipeline { branches = ["main"] }
+
+  # Emergencies: time-boxed write without a change, with a mandatory reason, loudly recorded.
+  breakglass {
+    allowed = ["user:pat"]
+    max_ttl = "2h"
+  }
 }

@@ -999,6 +999,72 @@ environment "dev" { read = ["team:a"] }
     }
 
     #[test]
+    fn protection_blocks_and_oidc() {
+        let text = r#"
+team "platform" { members = ["pat"] }
+service "ci-prod" {
+  oidc {
+    issuer    = "https://token.actions.githubusercontent.com"
+    audience  = "bulkhead"
+    jwks_file = "jwks.json"
+    claims    = { repository = "acme/infra" }
+  }
+}
+environment "prod" {
+  owner = "team:platform"
+  write = ["service:ci-prod"]
+  approval {
+    required = 2
+    expires  = "1h30m"
+  }
+  pipeline { branches = ["main"] }
+  breakglass { allowed = ["user:pat"] }
+}
+"#;
+        let c = Config::parse(Path::new("etc/b.hcl"), text).unwrap();
+        let prod = c.environment("prod").unwrap();
+        assert!(prod.protected());
+        let approval = prod.approval.as_ref().unwrap();
+        assert_eq!(approval.required, 2);
+        assert_eq!(approval.approvers, vec![Subject::Team("platform".into())]);
+        assert_eq!(approval.expires, Duration::from_secs(5400));
+        assert_eq!(prod.pipeline.as_ref().unwrap().branches, vec!["main"]);
+        assert_eq!(
+            prod.breakglass.as_ref().unwrap().max_ttl,
+            Duration::from_secs(7200)
+        );
+        let oidc = c.services["ci-prod"].oidc.as_ref().unwrap();
+        assert_eq!(oidc.jwks_file, Path::new("etc/jwks.json"));
+        assert_eq!(
+            oidc.claims,
+            vec![("repository".to_string(), "acme/infra".to_string())]
+        );
+
+        let e = errors(
+            &text
+                .replace("required = 2", "required = 0")
+                .replace("\"1h30m\"", "\"soon\""),
+        );
+        assert!(e.contains("required must be a whole number"), "{e}");
+        assert!(e.contains("expires \"soon\""), "{e}");
+        let e = errors(&text.replace(
+            "breakglass { allowed = [\"user:pat\"] }",
+            "breakglass { allowed = [] }",
+        ));
+        assert!(e.contains("must name who may break the glass"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        for bad in ["", "10", "h", "1w", "0s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size(&Literal::String("16MiB".into())), Ok(16 << 20));
         assert_eq!(parse_size(&Literal::Number(100.0)), Ok(100));
