@@ -175,13 +175,7 @@ impl TestApp {
         id: &str,
         operation: &str,
     ) -> reqwest::Response {
-        self.call(
-            "LOCK",
-            path,
-            who,
-            Some(lock_info(id, operation).into_bytes()),
-        )
-        .await
+        self.lock_call("LOCK", path, who, id, operation).await
     }
 
     pub async fn unlock(
@@ -191,13 +185,19 @@ impl TestApp {
         id: &str,
         operation: &str,
     ) -> reqwest::Response {
-        self.call(
-            "UNLOCK",
-            path,
-            who,
-            Some(lock_info(id, operation).into_bytes()),
-        )
-        .await
+        self.lock_call("UNLOCK", path, who, id, operation).await
+    }
+
+    async fn lock_call(
+        &self,
+        method: &str,
+        path: &str,
+        who: &str,
+        id: &str,
+        operation: &str,
+    ) -> reqwest::Response {
+        let body = lock_info(id, operation).into_bytes();
+        self.call(method, path, who, Some(body)).await
     }
 
     pub async fn post(
@@ -245,6 +245,16 @@ impl TestApp {
         rows.iter()
             .map(|r| serde_json::from_str(&r.record).expect("record"))
             .collect()
+    }
+
+    /// The newest audit record of an environment that matches `pred`.
+    pub async fn newest_audit(&self, env: &str, pred: impl Fn(&Record) -> bool) -> Record {
+        self.audit(Some(env))
+            .await
+            .into_iter()
+            .rev()
+            .find(|r| pred(r))
+            .expect("a matching audit record")
     }
 
     /// The newest audit record of an environment.

@@ -234,12 +234,8 @@ async fn pipeline_applies_prod_and_a_developer_may_plan_it_but_apply_fails_at_th
     assert_eq!(t.versions("prod", "network").await.len(), before.len());
     assert_eq!(t.stored("prod", "network").await, stored);
     let refusal = t
-        .audit(Some("prod"))
-        .await
-        .into_iter()
-        .rev()
-        .find(|r| r.decision == bulkhead::audit::Outcome::Deny)
-        .unwrap();
+        .newest_audit("prod", |r| r.decision == bulkhead::audit::Outcome::Deny)
+        .await;
     assert_eq!(
         (refusal.action.as_str(), refusal.status),
         ("state:lock", Some(423))
@@ -338,12 +334,10 @@ async fn a_staging_state_pushed_to_the_prod_address_is_refused_and_prod_is_uncha
         before
     );
     let write = t
-        .audit(Some("prod"))
-        .await
-        .into_iter()
-        .rev()
-        .find(|r| r.action == "state:write" && r.status == Some(409))
-        .expect("the refused push is recorded");
+        .newest_audit("prod", |r| {
+            r.action == "state:write" && r.status == Some(409)
+        })
+        .await;
     assert!(write
         .reason
         .unwrap()
@@ -467,6 +461,15 @@ async fn init_migrate_state_moves_a_local_state_in_and_another_lineage_over_it_n
         .await;
     assert!(!refused.status.success(), "{}", text(&refused));
     assert_eq!(t.versions("dev", "migrated").await.len(), 1);
+    let write = t
+        .newest_audit("dev", |r| {
+            r.action == "state:write" && r.status == Some(409)
+        })
+        .await;
+    assert!(write
+        .reason
+        .unwrap()
+        .contains("forcing it needs state:force-write in dev"));
     other
         .ok(
             &t,
