@@ -177,8 +177,7 @@ pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64,
             .await?;
     let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
-    let json = serde_json::to_string(record)
-        .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+    let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let hash = link(seq, &prev_hash, &json);
     sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)")
         .bind(seq)

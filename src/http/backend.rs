@@ -18,7 +18,7 @@ use axum::response::Response;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{self, ChangeId};
+use crate::changes::{self, Change, ChangeId};
 use crate::config::Environment;
 use crate::identity::{Caller, Principal};
 use crate::lock::{self, LockInfo, Unlock};
@@ -175,13 +175,16 @@ impl Call<'_> {
 
     /// In a protected environment, what allows this writer to write now: an open break-glass
     /// grant, or the approved, unexpired, unused change named by `?change=`, from an allowed
-    /// branch. The error names the missing step.
-    async fn protected_grant(&self, tx: &mut Tx<'_>, record: &mut Record) -> Result<Grant, String> {
+    /// branch. The inner error names the missing step.
+    async fn protected_grant(
+        &self,
+        tx: &mut Tx<'_>,
+        record: &mut Record,
+    ) -> Result<Result<Grant, String>, ApiError> {
         let env = self.env;
         if let Some(bg) = tx
             .open_breakglass_for(&self.principal().to_string())
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         {
             let id = breakglass_id(&env.name, bg.number);
             record.breakglass = Some(id.clone());
@@ -189,15 +192,27 @@ impl Call<'_> {
                 "break-glass {id} until {}: {}",
                 bg.expires_at, bg.reason
             ));
-            return Ok(Grant::Breakglass);
+            return Ok(Ok(Grant::Breakglass));
         }
         let Some(text) = &self.change else {
-            return Err(format!(
+            return Ok(Err(format!(
                 "no change request named: add ?change=ID to the backend address (approved changes: `bulkhead change list --env {}`)",
                 env.name
-            ));
+            )));
         };
         record.change = Some(text.clone());
+        let required = env.approval.as_ref().map_or(1, |a| a.required);
+        let change = match ChangeId::parse(text).filter(|id| id.environment == env.name) {
+            Some(id) => tx.change(&env.name, required, id.number).await?,
+            None => None,
+        };
+        Ok(self.check_change(text, change))
+    }
+
+    /// Why the change named `text` (as found, if found) cannot be applied here by this
+    /// caller, or the grant it gives.
+    fn check_change(&self, text: &str, change: Option<Change>) -> Result<Grant, String> {
+        let env = self.env;
         let id = ChangeId::parse(text).ok_or_else(|| {
             format!(
                 "`{text}` is not a change id (they look like {}-12)",
@@ -210,12 +225,7 @@ impl Call<'_> {
                 id.environment, env.name
             ));
         }
-        let required = env.approval.as_ref().map_or(1, |a| a.required);
-        let change = tx
-            .change(&env.name, required, id.number)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("there is no change {text}"))?;
+        let change = change.ok_or_else(|| format!("there is no change {text}"))?;
         if let Some(problem) = change.unusable(&env.name, self.name.as_str(), chrono::Utc::now()) {
             return Err(problem);
         }
@@ -335,7 +345,7 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
 
     let mut tx = call.store.begin().await?;
     let grant = if call.env.protected() {
-        match call.protected_grant(&mut tx, record).await {
+        match call.protected_grant(&mut tx, record).await? {
             Ok(grant) => Some(grant),
             Err(problem) => {
                 let sentence = refusal::missing_step(call.principal(), call.env, &problem);
@@ -501,7 +511,7 @@ async fn post(
         // terraform -lock=false: an unlocked write by a writer.
         (None, None) => {
             if call.env.protected() {
-                match call.protected_grant(&mut tx, record).await {
+                match call.protected_grant(&mut tx, record).await? {
                     Ok(Grant::Change(number)) => unlocked_change = Some(number),
                     Ok(Grant::Breakglass) => {}
                     Err(problem) => {

@@ -72,10 +72,13 @@ async fn load(
         author: row.author,
         created_at: row.created_at,
         plan_sha256: row.plan_sha256,
-        summary: serde_json::from_str(&row.summary).unwrap_or_default(),
+        summary: serde_json::from_str(&row.summary)
+            .map_err(|e| StoreError::Corrupt(format!("change {}: summary: {e}", row.number)))?,
         branch: row.branch,
         commit: row.commit_sha,
-        status: Status::parse(&row.status).unwrap_or(Status::Cancelled),
+        status: Status::parse(&row.status).ok_or_else(|| {
+            StoreError::Corrupt(format!("change {}: status `{}`", row.number, row.status))
+        })?,
         approvals: approvals
             .into_iter()
             .map(|(approver, approved_at, expires_at)| Approval {
@@ -168,7 +171,8 @@ async fn open_breakglass(
 
 impl Tx<'_> {
     pub async fn insert_change(&mut self, c: NewChange<'_>) -> Result<i64, StoreError> {
-        let summary = serde_json::to_string(c.summary).unwrap_or_default();
+        let summary =
+            serde_json::to_string(c.summary).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (number,): (i64,) = sqlx::query_as(
             "INSERT INTO changes (state, title, author, created_at, plan_sha256, summary, branch, commit_sha) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING number",

@@ -47,6 +47,9 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A stored value that cannot be read back, or encoded for storage.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// Checks a `storage` URL from the config without connecting.
