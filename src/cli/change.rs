@@ -342,3 +342,53 @@ impl BreakglassCommand {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::{PlanSummary, Status};
+
+    #[test]
+    fn destruction_stands_out_in_a_review() {
+        let change = Change {
+            id: "prod-7".into(),
+            environment: "prod".into(),
+            state: "network".into(),
+            title: "shrink".into(),
+            author: "user:alice".into(),
+            created_at: "2026-11-27T10:00:00Z".into(),
+            plan_sha256: "ab".into(),
+            summary: PlanSummary {
+                terraform_version: None,
+                add: vec!["aws_subnet.b".into()],
+                change: vec![],
+                replace: vec!["aws_vpc.main".into()],
+                destroy: vec!["aws_subnet.a".into()],
+            },
+            branch: None,
+            commit: None,
+            status: Status::Open,
+            approvals: vec![],
+            required: 1,
+            readiness: "pending".into(),
+            closed_at: None,
+            closed_by: None,
+            reason: None,
+            applied_version: None,
+        };
+        let text = review(&change);
+        assert!(
+            text.contains("Plan: 2 to add, 0 to change, 2 to destroy."),
+            "{text}"
+        );
+        assert!(text.contains("  - aws_subnet.a   (DESTROYED)"), "{text}");
+        assert!(
+            text.contains("-/+ aws_vpc.main   (DESTROYED, then created again)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("!! WARNING: this change DESTROYS 2 resource(s)"),
+            "{text}"
+        );
+    }
+}

@@ -580,3 +580,40 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
     );
     assert_eq!(p.t.versions("prod", "network").await.len(), 1);
 }
+
+#[tokio::test]
+async fn break_glass_ends_by_itself() {
+    let p = spawn_protected("24h").await;
+    p.client("pat")
+        .open_breakglass("prod", "database is down", Some("1s"))
+        .await
+        .unwrap();
+    assert_status(
+        &p.t.lock("prod/network", "pat", "P1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &p.t.unlock("prod/network", "pat", "P1", "OperationTypeApply")
+            .await,
+        StatusCode::OK,
+    );
+    // Waiting for the clock: the grant lasts one second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(p
+        .client("bob")
+        .changes(None, None)
+        .await
+        .unwrap()
+        .breakglass
+        .is_empty());
+    let sentence = refusal(
+        p.t.lock("prod/network", "pat", "P2", "OperationTypeApply")
+            .await,
+    )
+    .await;
+    assert!(
+        sentence.contains("user:pat may not write prod"),
+        "{sentence}"
+    );
+}
