@@ -6,7 +6,7 @@ server {
   data_dir = "bulkhead-data"     # relative to this file
 }
 
-team "platform" { members = ["pat"] }
+team "platform" { members = ["pat", "quinn"] }
 team "app"      { members = ["alice", "bob"] }
 
 service "ci-staging" {}

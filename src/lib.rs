@@ -7,6 +7,8 @@
 //! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
 //!   sentence a refused person reads.
 //! - [`changes`]: change requests, their plans and approvals.
+//! - [`ownership`]: which environment a repository path belongs to.
+//! - [`checks`]: `bulkhead check`, one file per check.
 //! - [`state`]: state names, state documents and the rules a write must pass.
 //! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
 //! - [`store`]: the databases (one per environment, one for the server).
@@ -17,12 +19,14 @@
 
 pub mod audit;
 pub mod changes;
+pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod lock;
+pub mod ownership;
 pub mod policy;
 pub mod state;
 pub mod store;

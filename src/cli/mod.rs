@@ -3,6 +3,7 @@
 
 mod audit;
 mod change;
+mod check;
 mod policy;
 mod serve;
 mod token;
@@ -47,6 +48,10 @@ pub enum Command {
     /// Emergency write access without a change request, time-boxed and loudly recorded.
     #[command(subcommand)]
     Breakglass(change::BreakglassCommand),
+    /// Check a config (and a Terraform repository) for missing boundaries; exit 1 on errors.
+    Check(check::CheckArgs),
+    /// Print a CODEOWNERS file from the environments' paths and owners.
+    Codeowners(check::CodeownersArgs),
     /// Explain authorization decisions; print the Cedar schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -117,6 +122,8 @@ impl Cli {
             Command::Audit(cmd) => cmd.run().await,
             Command::Policy(cmd) => cmd.run().await,
             Command::Change(cmd) => cmd.run().await,
+            Command::Check(args) => args.run().await,
+            Command::Codeowners(args) => args.run().await,
             Command::Breakglass(cmd) => cmd.run().await,
         }
     }

@@ -56,15 +56,27 @@ pub struct Block {
     pub blocks: Vec<Block>,
 }
 
-/// Parses `text` into a root block (kind and labels empty). Syntax errors and non-literal
-/// expressions are reported as diagnostics; nothing is returned unless the whole file reads.
-pub fn parse(text: &str) -> Result<Block, Vec<Diagnostic>> {
-    let body = hcl::edit::parser::parse_body(text).map_err(|err| {
+/// Parses Terraform code leniently: attributes whose values are not literals (variables,
+/// references, functions) are left out instead of refused.
+pub fn parse_terraform(text: &str) -> Result<Block, Vec<Diagnostic>> {
+    let body = parse_syntax(text)?;
+    let mut ignored = Vec::new();
+    Ok(read_body(&body, String::new(), Vec::new(), 1, &LineIndex::new(text), &mut ignored))
+}
+
+fn parse_syntax(text: &str) -> Result<Body, Vec<Diagnostic>> {
+    hcl::edit::parser::parse_body(text).map_err(|err| {
         vec![Diagnostic {
             line: Some(err.location().line()),
             message: format!("syntax error: {}", err.message()),
         }]
-    })?;
+    })
+}
+
+/// Parses `text` into a root block (kind and labels empty). Syntax errors and non-literal
+/// expressions are reported as diagnostics; nothing is returned unless the whole file reads.
+pub fn parse(text: &str) -> Result<Block, Vec<Diagnostic>> {
+    let body = parse_syntax(text)?;
     let lines = LineIndex::new(text);
     let mut diags = Vec::new();
     let root = read_body(&body, String::new(), Vec::new(), 1, &lines, &mut diags);
@@ -150,7 +162,27 @@ fn literal(expr: &Expression) -> Result<Literal, String> {
             Literal::Map(entries)
         }
         Expression::Parenthesis(inner) => literal(inner.inner())?,
-        Expression::StringTemplate(_) | Expression::HeredocTemplate(_) => {
+        // `jsonencode({...})` of a literal, as Terraform IAM policies are often written.
+        Expression::FuncCall(call)
+            if call.name.namespace.is_empty() && call.name.name.as_str() == "jsonencode" =>
+        {
+            match call.args.iter().collect::<Vec<_>>().as_slice() {
+                [arg] => literal(arg)?,
+                _ => return Err("jsonencode takes one argument".into()),
+            }
+        }
+        // A heredoc without interpolation is a plain string.
+        Expression::HeredocTemplate(heredoc) => {
+            let mut text = String::new();
+            for element in heredoc.template.iter() {
+                match element {
+                    hcl::edit::template::Element::Literal(l) => text.push_str(l.as_str()),
+                    _ => return Err("string interpolation (`${...}`) is not supported: write the value out".into()),
+                }
+            }
+            Literal::String(text)
+        }
+        Expression::StringTemplate(_) => {
             return Err(
                 "string interpolation (`${...}`) is not supported: write the value out".into(),
             )

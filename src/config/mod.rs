@@ -4,7 +4,7 @@
 //! named in a list exists, names are unique and well formed, every environment has an owner.
 //! This module reads files; it never opens a database or a socket.
 
-mod hcl;
+pub mod hcl;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -96,6 +96,8 @@ pub struct Config {
     /// Declared users and every team member.
     pub users: BTreeSet<String>,
     pub services: BTreeMap<String, Service>,
+    /// Code-host handles (`@acme/platform`) of teams and users, for CODEOWNERS.
+    pub handles: BTreeMap<Subject, String>,
     /// In the order of the file.
     pub environments: Vec<Environment>,
     /// Extra Cedar policy files, resolved against the config's folder.
@@ -157,6 +159,8 @@ pub struct Tls {
 #[derive(Debug, Clone)]
 pub struct Environment {
     pub name: String,
+    /// Where the environment block starts in the config file.
+    pub line: usize,
     pub owner: Subject,
     pub paths: Vec<String>,
     pub read: Vec<Subject>,
@@ -272,6 +276,7 @@ impl Validator {
         let mut teams = BTreeMap::new();
         let mut users = BTreeSet::new();
         let mut services = BTreeMap::new();
+        let mut handles = BTreeMap::new();
         let mut environments: Vec<(Environment, Vec<Named>)> = Vec::new();
         let mut team_members: Vec<(String, usize)> = Vec::new();
         let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -299,7 +304,10 @@ impl Validator {
                 }
                 "team" => {
                     self.check_name(block.line, "team", &name, principal_name_ok);
-                    self.only_attrs(block, &format!("team \"{name}\""), &["members"]);
+                    self.only_attrs(block, &format!("team \"{name}\""), &["members", "handle"]);
+                    if let Some(h) = self.string(block, "handle", &format!("team \"{name}\"")) {
+                        handles.insert(Subject::Team(name.clone()), h);
+                    }
                     let members: Vec<String> = self
                         .string_list(block, "members", &format!("team \"{name}\""))
                         .into_iter()
@@ -313,7 +321,10 @@ impl Validator {
                 }
                 "user" => {
                     self.check_name(block.line, "user", &name, principal_name_ok);
-                    self.only_attrs(block, &format!("user \"{name}\""), &[]);
+                    self.only_attrs(block, &format!("user \"{name}\""), &["handle"]);
+                    if let Some(h) = self.string(block, "handle", &format!("user \"{name}\"")) {
+                        handles.insert(Subject::User(name.clone()), h);
+                    }
                     users.insert(name);
                 }
                 "service" => {
@@ -367,6 +378,7 @@ impl Validator {
             teams,
             users,
             services,
+            handles,
             environments: Vec::new(),
             policy_files,
         };
@@ -562,6 +574,7 @@ impl Validator {
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
+            line: block.line,
             owner,
             paths,
             read,

@@ -104,6 +104,7 @@ mod tests {
     fn names_principal_action_environment_owner_and_the_way_forward() {
         let env = Environment {
             name: "prod".into(),
+            line: 1,
             owner: Subject::Team("platform".into()),
             paths: vec![],
             read: vec![],
