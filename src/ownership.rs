@@ -101,6 +101,9 @@ environment "prod" {
         assert_eq!(o.environment_of("envs/prod/main.tf"), Some("prod"));
         assert_eq!(o.environment_of("modules/x/y.prod.tf"), Some("prod"));
         assert_eq!(o.environment_of("modules/x/main.tf"), None);
-        assert_eq!(o.all_environments_of("envs/prod/main.tf"), vec!["dev", "prod"]);
+        assert_eq!(
+            o.all_environments_of("envs/prod/main.tf"),
+            vec!["dev", "prod"]
+        );
     }
 }

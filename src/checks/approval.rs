@@ -27,7 +27,10 @@ pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
         if !approval.approvers.contains(&env.owner) {
             out.push(finding(
                 "approvers-without-owner",
-                format!("the owner {} is not among {}'s approvers", env.owner, env.name),
+                format!(
+                    "the owner {} is not among {}'s approvers",
+                    env.owner, env.name
+                ),
                 format!("add \"{}\" to approval.approvers", env.owner),
             ));
         }
@@ -37,7 +40,11 @@ pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
             .flat_map(|s| -> Vec<&str> {
                 match s {
                     Subject::User(u) => vec![u.as_str()],
-                    Subject::Team(t) => config.teams.get(t).map(|m| m.iter().map(String::as_str).collect()).unwrap_or_default(),
+                    Subject::Team(t) => config
+                        .teams
+                        .get(t)
+                        .map(|m| m.iter().map(String::as_str).collect())
+                        .unwrap_or_default(),
                     Subject::Service(_) => vec![],
                 }
             })

@@ -31,7 +31,8 @@ struct Backend<'a> {
 pub fn check(config: &Config, scanned: &Scanned, out: &mut Vec<Finding>) -> Result<(), CheckError> {
     let ownership = Ownership::new(config).map_err(CheckError::Usage)?;
     let production = |env: Option<&str>| {
-        env.and_then(|e| config.environment(e)).is_some_and(is_production)
+        env.and_then(|e| config.environment(e))
+            .is_some_and(is_production)
     };
     let mut found: Vec<Backend> = Vec::new();
     for file in &scanned.files {
@@ -103,9 +104,17 @@ pub fn check(config: &Config, scanned: &Scanned, out: &mut Vec<Finding>) -> Resu
     }
     for (location, users) in by_location {
         let Some(first) = users.first() else { continue };
-        for b in users.iter().skip(1).filter(|b| b.environment != first.environment) {
+        for b in users
+            .iter()
+            .skip(1)
+            .filter(|b| b.environment != first.environment)
+        {
             let (id, message) = if production(first.environment) != production(b.environment) {
-                let (nonprod, prod) = if production(b.environment) { (first, b) } else { (b, first) };
+                let (nonprod, prod) = if production(b.environment) {
+                    (first, b)
+                } else {
+                    (b, first)
+                };
                 (
                     "nonprod-backend-points-at-production",
                     format!(
@@ -142,7 +151,12 @@ pub fn check(config: &Config, scanned: &Scanned, out: &mut Vec<Finding>) -> Resu
 }
 
 fn missing_lock(kind: &str, backend: &Block) -> Option<String> {
-    let locks = |attr: &str| backend.attrs.iter().any(|a| a.name == attr && a.value != crate::config::hcl::Literal::Bool(false));
+    let locks = |attr: &str| {
+        backend
+            .attrs
+            .iter()
+            .any(|a| a.name == attr && a.value != crate::config::hcl::Literal::Bool(false))
+    };
     match kind {
         "s3" if !locks("use_lockfile") && !locks("dynamodb_table") => {
             Some("the s3 backend does not lock: two applies can write the state at once".into())
@@ -175,7 +189,9 @@ fn location(kind: &str, b: &Block, dir: &str) -> String {
         "s3" => format!(
             "s3://{}/{}{}",
             s("bucket"),
-            string(b, "workspace_key_prefix").map(|p| format!("{p}/")).unwrap_or_default(),
+            string(b, "workspace_key_prefix")
+                .map(|p| format!("{p}/"))
+                .unwrap_or_default(),
             s("key")
         ),
         "http" => format!("http:{}", s("address").split('?').next().unwrap_or("")),
@@ -191,9 +207,16 @@ fn location(kind: &str, b: &Block, dir: &str) -> String {
             s("container_name"),
             s("key")
         ),
-        "local" => format!("local:{dir}/{}", string(b, "path").unwrap_or("terraform.tfstate")),
+        "local" => format!(
+            "local:{dir}/{}",
+            string(b, "path").unwrap_or("terraform.tfstate")
+        ),
         other => {
-            let mut attrs: Vec<String> = b.attrs.iter().map(|a| format!("{}={:?}", a.name, a.value)).collect();
+            let mut attrs: Vec<String> = b
+                .attrs
+                .iter()
+                .map(|a| format!("{}={:?}", a.name, a.value))
+                .collect();
             attrs.sort();
             format!("{other}:{}", attrs.join(","))
         }

@@ -59,7 +59,9 @@ pub fn check(config: &Config, scanned: &Scanned, out: &mut Vec<Finding>) {
 /// IAM's decision: some Allow matches and no Deny matches.
 pub fn allowed(statements: &[Statement], action: &str, resource: &str) -> bool {
     let matches = |s: &&Statement| {
-        s.actions.iter().any(|a| wildcard(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()))
+        s.actions
+            .iter()
+            .any(|a| wildcard(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()))
             && s.resources.iter().any(|r| wildcard(r, resource))
     };
     let mut applicable = statements.iter().filter(matches);
@@ -99,9 +101,20 @@ pub fn wildcard(pattern: &str, text: &str) -> bool {
 fn probes(statements: &[Statement], prod: &[&str]) -> Vec<String> {
     let mut buckets: Vec<String> = Vec::new();
     for r in statements.iter().flat_map(|s| &s.resources) {
-        if let Some(rest) = r.strip_prefix("arn:aws:s3:::").or(if r == "*" { Some("*") } else { None }) {
-            let bucket = rest.split('/').next().unwrap_or("*").replace(['*', '?'], "x");
-            let bucket = if bucket.is_empty() { "x".to_string() } else { bucket };
+        if let Some(rest) =
+            r.strip_prefix("arn:aws:s3:::")
+                .or(if r == "*" { Some("*") } else { None })
+        {
+            let bucket = rest
+                .split('/')
+                .next()
+                .unwrap_or("*")
+                .replace(['*', '?'], "x");
+            let bucket = if bucket.is_empty() {
+                "x".to_string()
+            } else {
+                bucket
+            };
             if !buckets.contains(&bucket) {
                 buckets.push(bucket);
             }
@@ -109,7 +122,10 @@ fn probes(statements: &[Statement], prod: &[&str]) -> Vec<String> {
     }
     buckets
         .iter()
-        .flat_map(|b| prod.iter().map(move |p| format!("arn:aws:s3:::{b}/env:/{p}/terraform.tfstate")))
+        .flat_map(|b| {
+            prod.iter()
+                .map(move |p| format!("arn:aws:s3:::{b}/env:/{p}/terraform.tfstate"))
+        })
         .collect()
 }
 
@@ -131,10 +147,21 @@ fn documents(file: &TfFile) -> Vec<(String, usize, Vec<Statement>)> {
     }
     for resource in blocks(&file.root, "resource") {
         let kind = resource.labels.first().map(String::as_str).unwrap_or("");
-        if !matches!(kind, "aws_iam_policy" | "aws_iam_role_policy" | "aws_iam_user_policy" | "aws_iam_group_policy") {
+        if !matches!(
+            kind,
+            "aws_iam_policy"
+                | "aws_iam_role_policy"
+                | "aws_iam_user_policy"
+                | "aws_iam_group_policy"
+        ) {
             continue;
         }
-        let json = match resource.attrs.iter().find(|a| a.name == "policy").map(|a| &a.value) {
+        let json = match resource
+            .attrs
+            .iter()
+            .find(|a| a.name == "policy")
+            .map(|a| &a.value)
+        {
             Some(Literal::String(text)) => serde_json::from_str(text).ok(),
             Some(value) => Some(to_json(value)),
             None => None,
@@ -147,11 +174,20 @@ fn documents(file: &TfFile) -> Vec<(String, usize, Vec<Statement>)> {
 }
 
 fn label(block: &Block) -> String {
-    format!("{}.{}", block.labels.first().map(String::as_str).unwrap_or(""), block.labels.get(1).map(String::as_str).unwrap_or(""))
+    format!(
+        "{}.{}",
+        block.labels.first().map(String::as_str).unwrap_or(""),
+        block.labels.get(1).map(String::as_str).unwrap_or("")
+    )
 }
 
 fn strings(block: &Block, name: &str) -> Vec<String> {
-    match block.attrs.iter().find(|a| a.name == name).map(|a| &a.value) {
+    match block
+        .attrs
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| &a.value)
+    {
         Some(Literal::List(items)) => items
             .iter()
             .filter_map(|i| match i {
@@ -170,7 +206,11 @@ fn to_json(value: &Literal) -> serde_json::Value {
         Literal::Number(n) => serde_json::json!(n),
         Literal::Bool(b) => (*b).into(),
         Literal::List(items) => items.iter().map(to_json).collect(),
-        Literal::Map(entries) => entries.iter().map(|(k, v)| (k.clone(), to_json(v))).collect::<serde_json::Map<_, _>>().into(),
+        Literal::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
     }
 }
 
@@ -178,7 +218,10 @@ fn json_statements(policy: &serde_json::Value) -> Vec<Statement> {
     let list = |v: Option<&serde_json::Value>| -> Vec<String> {
         match v {
             Some(serde_json::Value::String(s)) => vec![s.clone()],
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -212,9 +255,18 @@ mod tests {
     #[test]
     fn wildcards() {
         assert!(wildcard("s3:*", "s3:putobject"));
-        assert!(wildcard("arn:aws:s3:::b/env:/*", "arn:aws:s3:::b/env:/prod/x"));
-        assert!(wildcard("arn:aws:s3:::b/env:/pro?/*", "arn:aws:s3:::b/env:/prod/x"));
-        assert!(!wildcard("arn:aws:s3:::b/env:/dev/*", "arn:aws:s3:::b/env:/prod/x"));
+        assert!(wildcard(
+            "arn:aws:s3:::b/env:/*",
+            "arn:aws:s3:::b/env:/prod/x"
+        ));
+        assert!(wildcard(
+            "arn:aws:s3:::b/env:/pro?/*",
+            "arn:aws:s3:::b/env:/prod/x"
+        ));
+        assert!(!wildcard(
+            "arn:aws:s3:::b/env:/dev/*",
+            "arn:aws:s3:::b/env:/prod/x"
+        ));
         assert!(wildcard("*", ""));
     }
 
@@ -222,9 +274,21 @@ mod tests {
     fn explicit_deny_wins() {
         let prod = "arn:aws:s3:::b/env:/prod/terraform.tfstate";
         let allow_all = st(true, &["s3:*"], &["arn:aws:s3:::b/*"]);
-        let deny_prod = st(false, &["s3:PutObject", "s3:DeleteObject"], &["arn:aws:s3:::b/env:/prod/*"]);
+        let deny_prod = st(
+            false,
+            &["s3:PutObject", "s3:DeleteObject"],
+            &["arn:aws:s3:::b/env:/prod/*"],
+        );
         assert!(allowed(&[allow_all.clone()], "s3:PutObject", prod));
-        assert!(!allowed(&[allow_all.clone(), deny_prod], "s3:PutObject", prod));
-        assert!(!allowed(&[st(true, &["s3:GetObject"], &["*"])], "s3:PutObject", prod));
+        assert!(!allowed(
+            &[allow_all.clone(), deny_prod],
+            "s3:PutObject",
+            prod
+        ));
+        assert!(!allowed(
+            &[st(true, &["s3:GetObject"], &["*"])],
+            "s3:PutObject",
+            prod
+        ));
     }
 }

@@ -6,8 +6,8 @@ mod approval;
 mod backends;
 mod iam;
 mod paths;
-pub mod report;
 mod repo;
+pub mod report;
 mod stores;
 mod writers;
 
@@ -38,26 +38,65 @@ pub struct Finding {
 /// What each finding id means, for people and for SARIF's rule list.
 pub const RULES: &[(&str, &str)] = &[
     ("config-invalid", "The bulkhead config is invalid."),
-    ("owner-missing", "Every environment has an owner, and the owner exists."),
-    ("production-store-shared", "Production has a state store of its own."),
-    ("human-writes-production", "No person can write or lock production state."),
-    ("production-unapproved", "Production changes require approval."),
-    ("approvers-without-owner", "The owner is among production's approvers."),
-    ("approvers-too-few", "A change's author is never the only possible approver."),
-    ("unmapped-directory", "Every Terraform directory belongs to an environment."),
-    ("doubly-mapped-directory", "No Terraform directory belongs to two environments."),
-    ("backend-shared", "Environments do not share a backend location."),
+    (
+        "owner-missing",
+        "Every environment has an owner, and the owner exists.",
+    ),
+    (
+        "production-store-shared",
+        "Production has a state store of its own.",
+    ),
+    (
+        "human-writes-production",
+        "No person can write or lock production state.",
+    ),
+    (
+        "production-unapproved",
+        "Production changes require approval.",
+    ),
+    (
+        "approvers-without-owner",
+        "The owner is among production's approvers.",
+    ),
+    (
+        "approvers-too-few",
+        "A change's author is never the only possible approver.",
+    ),
+    (
+        "unmapped-directory",
+        "Every Terraform directory belongs to an environment.",
+    ),
+    (
+        "doubly-mapped-directory",
+        "No Terraform directory belongs to two environments.",
+    ),
+    (
+        "backend-shared",
+        "Environments do not share a backend location.",
+    ),
     ("backend-without-locking", "State backends lock."),
-    ("backend-credentials", "No credentials are written in backend blocks."),
-    ("nonprod-backend-points-at-production", "Only production directories use production's backend."),
-    ("iam-allows-production-state-write", "No IAM policy lets anything write production state without a matching Deny."),
+    (
+        "backend-credentials",
+        "No credentials are written in backend blocks.",
+    ),
+    (
+        "nonprod-backend-points-at-production",
+        "Only production directories use production's backend.",
+    ),
+    (
+        "iam-allows-production-state-write",
+        "No IAM policy lets anything write production state without a matching Deny.",
+    ),
     ("repo-unreadable", "A Terraform file could not be read."),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Usage(String),
 }

@@ -18,18 +18,25 @@ pub fn check(config: &Config, scanned: &Scanned, out: &mut Vec<Finding>) -> Resu
         });
     }
     for (dir, files) in &scanned.dirs {
-        let Some(first) = files.first().map(|i| &scanned.files[*i]) else { continue };
+        let Some(first) = files.first().map(|i| &scanned.files[*i]) else {
+            continue;
+        };
         let envs = ownership.all_environments_of(&first.path);
         let (id, message, fix) = match envs.as_slice() {
             [_] => continue,
             [] => (
                 "unmapped-directory",
                 format!("Terraform directory {dir} belongs to no environment"),
-                format!("add a pattern covering {dir}/ to the `paths` of the environment it deploys"),
+                format!(
+                    "add a pattern covering {dir}/ to the `paths` of the environment it deploys"
+                ),
             ),
             many => (
                 "doubly-mapped-directory",
-                format!("Terraform directory {dir} is claimed by several environments: {}", many.join(", ")),
+                format!(
+                    "Terraform directory {dir} is claimed by several environments: {}",
+                    many.join(", ")
+                ),
                 "make the environments' `paths` patterns disjoint".to_string(),
             ),
         };

@@ -28,7 +28,10 @@ impl TfFile {
 
 pub fn scan(repo: &Path) -> Result<Scanned, CheckError> {
     if !repo.is_dir() {
-        return Err(CheckError::Usage(format!("--repo {}: not a directory", repo.display())));
+        return Err(CheckError::Usage(format!(
+            "--repo {}: not a directory",
+            repo.display()
+        )));
     }
     let mut scanned = Scanned {
         files: Vec::new(),
@@ -44,7 +47,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Scanned) -> Result<(), CheckError> {
         path: dir.to_path_buf(),
         source: e,
     };
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(read)?.collect::<Result<_, _>>().map_err(read)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
@@ -70,12 +76,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Scanned) -> Result<(), CheckError> {
             match hcl::parse_terraform(&text) {
                 Ok(root) => {
                     let file = TfFile { path: rel, root };
-                    out.dirs.entry(file.dir().to_string()).or_default().push(out.files.len());
+                    out.dirs
+                        .entry(file.dir().to_string())
+                        .or_default()
+                        .push(out.files.len());
                     out.files.push(file);
                 }
                 Err(diags) => {
                     let d = diags.into_iter().next();
-                    out.unreadable.push((rel, d.as_ref().and_then(|d| d.line), d.map(|d| d.message).unwrap_or_default()));
+                    out.unreadable.push((
+                        rel,
+                        d.as_ref().and_then(|d| d.line),
+                        d.map(|d| d.message).unwrap_or_default(),
+                    ));
                 }
             }
         }
@@ -85,7 +98,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Scanned) -> Result<(), CheckError> {
 
 /// The string value of an attribute, if it is a literal string.
 pub fn string<'a>(block: &'a Block, name: &str) -> Option<&'a str> {
-    match block.attrs.iter().find(|a| a.name == name).map(|a| &a.value) {
+    match block
+        .attrs
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| &a.value)
+    {
         Some(Literal::String(s)) => Some(s),
         _ => None,
     }

@@ -14,9 +14,15 @@ pub fn human(findings: &[Finding]) -> String {
             Severity::Error => "ERROR",
             Severity::Warning => "warning",
         };
-        out.push_str(&format!("{severity:<8} {:<38} {at}\n         {}\n         fix: {}\n", f.id, f.message, f.fix));
+        out.push_str(&format!(
+            "{severity:<8} {:<38} {at}\n         {}\n         fix: {}\n",
+            f.id, f.message, f.fix
+        ));
     }
-    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     let warnings = findings.len() - errors;
     out.push_str(&if findings.is_empty() {
         "No findings: every check passed.\n".to_string()

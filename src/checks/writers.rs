@@ -6,7 +6,11 @@ use crate::config::Config;
 use crate::identity::Principal;
 use crate::policy::{Action, Policy, RequestContext};
 
-const WRITING: [Action; 3] = [Action::StateWrite, Action::StateLock, Action::StateForceWrite];
+const WRITING: [Action; 3] = [
+    Action::StateWrite,
+    Action::StateLock,
+    Action::StateForceWrite,
+];
 
 pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) -> Result<(), CheckError> {
     let policy = Policy::compile(config).map_err(|e| CheckError::Usage(e.to_string()))?;

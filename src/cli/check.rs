@@ -31,10 +31,11 @@ pub struct CheckArgs {
 
 impl CheckArgs {
     pub async fn run(self) -> Result<ExitCode, CliError> {
-        let findings = checks::run(&self.config.config, self.repo.as_deref()).map_err(|e| match e {
-            CheckError::Usage(m) => CliError::Usage(m),
-            other => CliError::Usage(other.to_string()),
-        })?;
+        let findings =
+            checks::run(&self.config.config, self.repo.as_deref()).map_err(|e| match e {
+                CheckError::Usage(m) => CliError::Usage(m),
+                other => CliError::Usage(other.to_string()),
+            })?;
         let text = match self.format {
             CheckFormat::Human => report::human(&findings),
             CheckFormat::Json => json(&findings)?,
@@ -45,7 +46,11 @@ impl CheckArgs {
             println!();
         }
         let failed = findings.iter().any(|f| f.severity == Severity::Error);
-        Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
     }
 }
 
@@ -81,7 +86,10 @@ impl CodeownersArgs {
                 );
                 format!("@{name}")
             });
-            out.push_str(&format!("\n# environment {} (owner {})\n", env.name, env.owner));
+            out.push_str(&format!(
+                "\n# environment {} (owner {})\n",
+                env.name, env.owner
+            ));
             for path in &env.paths {
                 out.push_str(&format!("{path} {handle}\n"));
             }

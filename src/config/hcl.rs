@@ -61,7 +61,14 @@ pub struct Block {
 pub fn parse_terraform(text: &str) -> Result<Block, Vec<Diagnostic>> {
     let body = parse_syntax(text)?;
     let mut ignored = Vec::new();
-    Ok(read_body(&body, String::new(), Vec::new(), 1, &LineIndex::new(text), &mut ignored))
+    Ok(read_body(
+        &body,
+        String::new(),
+        Vec::new(),
+        1,
+        &LineIndex::new(text),
+        &mut ignored,
+    ))
 }
 
 fn parse_syntax(text: &str) -> Result<Body, Vec<Diagnostic>> {
@@ -177,7 +184,12 @@ fn literal(expr: &Expression) -> Result<Literal, String> {
             for element in heredoc.template.iter() {
                 match element {
                     hcl::edit::template::Element::Literal(l) => text.push_str(l.as_str()),
-                    _ => return Err("string interpolation (`${...}`) is not supported: write the value out".into()),
+                    _ => {
+                        return Err(
+                            "string interpolation (`${...}`) is not supported: write the value out"
+                                .into(),
+                        )
+                    }
                 }
             }
             Literal::String(text)
