@@ -5,6 +5,7 @@ mod audit;
 mod change;
 mod check;
 mod policy;
+mod review;
 mod serve;
 mod token;
 
@@ -50,6 +51,9 @@ pub enum Command {
     Breakglass(change::BreakglassCommand),
     /// Check a config (and a Terraform repository) for missing boundaries; exit 1 on errors.
     Check(check::CheckArgs),
+    /// Which environments a git diff touches and whose approval each still needs; exit 1 when
+    /// one is missing.
+    Review(review::ReviewArgs),
     /// Print a CODEOWNERS file from the environments' paths and owners.
     Codeowners(check::CodeownersArgs),
     /// Explain authorization decisions; print the Cedar schema.
@@ -124,6 +128,7 @@ impl Cli {
             Command::Change(cmd) => cmd.run().await,
             Command::Check(args) => args.run().await,
             Command::Codeowners(args) => args.run().await,
+            Command::Review(args) => args.run().await,
             Command::Breakglass(cmd) => cmd.run().await,
         }
     }

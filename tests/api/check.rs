@@ -280,3 +280,116 @@ fn codeowners_maps_paths_to_owner_handles() {
     assert!(text.contains("\nenvs/prod/ @acme/platform\n"), "{text}");
     assert!(text.contains("\nenvs/dev/ @acme/app\n"), "{text}");
 }
+
+/// A git repository whose base commit holds the good fixture (config at the root), and whose
+/// head changes a prod and a dev file and tries to make alice prod's owner.
+fn review_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(GOOD).join("repo"), dir.path());
+    std::fs::copy(
+        Path::new(GOOD).join("bulkhead.hcl"),
+        dir.path().join("bulkhead.hcl"),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "base"]);
+    git(&["tag", "base"]);
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(path, text.replace(from, to)).unwrap();
+    };
+    edit("envs/prod/main.tf", "10.1.0.0/16", "10.2.0.0/16");
+    edit("envs/dev/main.tf", "10.0.0.0/16", "10.3.0.0/16");
+    edit(
+        "bulkhead.hcl",
+        "  owner = \"team:platform\"\n  paths = [\"envs/prod/\"]",
+        "  owner = \"user:alice\"\n  paths = [\"envs/prod/\"]",
+    );
+    git(&["commit", "-qam", "head"]);
+    dir
+}
+
+fn review(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["review", "--base", "base", "--head", "HEAD"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn review_names_the_environments_touched_and_the_approvals_missing() {
+    let dir = review_repo();
+    let (code, out) = review(dir.path(), &["--author", "alice"]);
+    assert_eq!(code, Some(1), "{out}");
+    // Owners come from the base revision: the change cannot make alice prod's owner.
+    assert!(
+        out.contains("prod (owner team:platform): MISSING: team:platform has not approved"),
+        "{out}"
+    );
+    assert!(out.contains("dev (owner team:app): MISSING"), "{out}");
+    assert!(out.contains("no environment: bulkhead.hcl"), "{out}");
+
+    let (code, out) = review(dir.path(), &["--author", "alice", "--approved-by", "alice"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("only the author approved; team:platform must approve"),
+        "{out}"
+    );
+
+    let (code, out) = review(dir.path(), &["--author", "bob", "--approved-by", "alice"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("dev (owner team:app): approved by user:alice"),
+        "{out}"
+    );
+
+    let (code, out) = review(
+        dir.path(),
+        &[
+            "--author",
+            "alice",
+            "--approved-by",
+            "pat,bob",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["approved"], true);
+    assert_eq!(json["environments"][1]["environment"], "prod");
+    assert_eq!(json["environments"][1]["files"][0], "envs/prod/main.tf");
+}
