@@ -64,13 +64,8 @@ pub fn allowed(statements: &[Statement], action: &str, resource: &str) -> bool {
             .any(|a| wildcard(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()))
             && s.resources.iter().any(|r| wildcard(r, resource))
     };
-    let mut applicable = statements.iter().filter(matches);
-    let (mut allow, mut deny) = (false, false);
-    for s in applicable.by_ref() {
-        allow |= s.allow;
-        deny |= !s.allow;
-    }
-    allow && !deny
+    let applicable: Vec<&Statement> = statements.iter().filter(matches).collect();
+    applicable.iter().any(|s| s.allow) && !applicable.iter().any(|s| !s.allow)
 }
 
 /// IAM wildcards: `*` any run of characters, `?` any one.
@@ -279,7 +274,11 @@ mod tests {
             &["s3:PutObject", "s3:DeleteObject"],
             &["arn:aws:s3:::b/env:/prod/*"],
         );
-        assert!(allowed(&[allow_all.clone()], "s3:PutObject", prod));
+        assert!(allowed(
+            std::slice::from_ref(&allow_all),
+            "s3:PutObject",
+            prod
+        ));
         assert!(!allowed(
             &[allow_all.clone(), deny_prod],
             "s3:PutObject",
