@@ -10,6 +10,7 @@
 //! - [`ownership`]: which environment a repository path belongs to.
 //! - [`checks`]: `bulkhead check`, one file per check.
 //! - [`state`]: state names, state documents and the rules a write must pass.
+//! - [`history`]: what changed between two state versions.
 //! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
 //! - [`store`]: the databases (one per environment, one for the server).
 //! - [`audit`]: the hash-chained audit log.
@@ -23,6 +24,7 @@ pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod lock;

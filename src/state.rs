@@ -174,6 +174,7 @@ mod tests {
             forced: false,
             deleted: false,
             created_at: String::new(),
+            change_number: None,
         }
     }
 

@@ -485,9 +485,11 @@ async fn post(
     // In a protected environment, an unlocked write (terraform -lock=false) must carry its
     // own grant, and a write under a lock carries the grant the lock was taken with.
     let mut unlocked_change = None;
+    let mut lock_change = None;
     let operation = match (tx.held_lock(state).await?, &lock_id) {
         (Some(held), Some(id)) if held.lock_id == *id && held.principal == principal => {
             call.require_write(record, &held.operation).await?;
+            lock_change = held.change_number;
             if let Some(number) = held.change_number {
                 record.change = Some(
                     ChangeId {
@@ -564,6 +566,7 @@ async fn post(
             operation: operation.as_deref(),
             lock_id: lock_id.as_deref(),
             forced,
+            change_number: lock_change.or(unlocked_change),
             content: Some(&bytes),
         })
         .await?;
@@ -602,6 +605,7 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
                     operation: None,
                     lock_id: None,
                     forced: false,
+                    change_number: None,
                     content: None,
                 })
                 .await?;

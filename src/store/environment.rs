@@ -25,6 +25,8 @@ pub struct VersionMeta {
     pub forced: bool,
     pub deleted: bool,
     pub created_at: String,
+    /// The change request it was written under, in a protected environment.
+    pub change_number: Option<i64>,
 }
 
 /// A version about to be written.
@@ -37,6 +39,7 @@ pub struct NewVersion<'a> {
     pub operation: Option<&'a str>,
     pub lock_id: Option<&'a str>,
     pub forced: bool,
+    pub change_number: Option<i64>,
     /// `None` records a deletion.
     pub content: Option<&'a [u8]>,
 }
@@ -62,7 +65,7 @@ pub struct ReadLock {
 }
 
 const META_COLUMNS: &str = "state, version, sha256, serial, lineage, size, principal, operation, \
-                            lock_id, forced, deleted, created_at";
+                            lock_id, forced, deleted, created_at, change_number";
 
 impl EnvStore {
     pub(super) fn new(pool: sqlx::SqlitePool) -> Self {
@@ -95,6 +98,38 @@ impl EnvStore {
         .fetch_optional(self.db.pool())
         .await?;
         Ok(row.and_then(|r| Some((r.meta, r.content?))))
+    }
+
+    /// One version with its content (`None` for a deletion's content).
+    pub async fn version(
+        &self,
+        state: &str,
+        version: i64,
+    ) -> Result<Option<(VersionMeta, Option<Vec<u8>>)>, StoreError> {
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            meta: VersionMeta,
+            content: Option<Vec<u8>>,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? AND version = ?"
+        ))
+        .bind(state)
+        .bind(version)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| (r.meta, r.content)))
+    }
+
+    /// The names of every state, with their newest version, and the locks held.
+    pub async fn states(&self) -> Result<Vec<VersionMeta>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {META_COLUMNS} FROM versions v WHERE version = \
+             (SELECT MAX(version) FROM versions w WHERE w.state = v.state) ORDER BY state"
+        ))
+        .fetch_all(self.db.pool())
+        .await?)
     }
 
     /// Every version of a state, oldest first, without content.
@@ -146,8 +181,8 @@ impl Tx<'_> {
                 .await?;
         sqlx::query(
             "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
-             operation, lock_id, forced, deleted, created_at, content) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             operation, lock_id, forced, deleted, created_at, content, change_number) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(v.state)
         .bind(next)
@@ -162,6 +197,7 @@ impl Tx<'_> {
         .bind(v.content.is_none())
         .bind(now())
         .bind(v.content)
+        .bind(v.change_number)
         .execute(self.conn())
         .await?;
         Ok(next)

@@ -1,0 +1,160 @@
+//! What changed between two state versions, resource by resource: addresses added, removed and
+//! changed, and which attributes changed, with sensitive values masked. Pure.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One changed attribute; values are JSON text, or `(sensitive)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeChange {
+    pub name: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub address: String,
+    pub attributes: Vec<AttributeChange>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<Changed>,
+    /// False when either side is not a readable Terraform state (an encrypted OpenTofu state).
+    pub comparable: bool,
+}
+
+const MASK: &str = "(sensitive)";
+
+struct Instance {
+    attributes: serde_json::Map<String, serde_json::Value>,
+    sensitive: Vec<String>,
+}
+
+/// Resource instances of a state by address; `None` when the content is not a readable state.
+fn instances(content: Option<&[u8]>) -> Option<BTreeMap<String, Instance>> {
+    let Some(content) = content else {
+        return Some(BTreeMap::new()); // no state (or a deletion): nothing
+    };
+    let state: serde_json::Value = serde_json::from_slice(content).ok()?;
+    let resources = state.get("resources")?.as_array()?;
+    let mut out = BTreeMap::new();
+    for r in resources {
+        let text = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let mut base = String::new();
+        if !text("module").is_empty() {
+            base.push_str(text("module"));
+            base.push('.');
+        }
+        if text("mode") == "data" {
+            base.push_str("data.");
+        }
+        base.push_str(&format!("{}.{}", text("type"), text("name")));
+        for i in r.get("instances").and_then(|v| v.as_array()).into_iter().flatten() {
+            let address = match i.get("index_key") {
+                Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
+                Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),
+                _ => base.clone(),
+            };
+            let attributes = i
+                .get("attributes")
+                .and_then(|a| a.as_object())
+                .cloned()
+                .unwrap_or_default();
+            // Paths such as [{"type":"get_attr","value":"password"}]: the first step names the
+            // top-level attribute to mask.
+            let sensitive = i
+                .get("sensitive_attributes")
+                .and_then(|s| s.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|path| path.as_array()?.first()?.get("value")?.as_str().map(str::to_string))
+                .collect();
+            out.insert(address, Instance { attributes, sensitive });
+        }
+    }
+    Some(out)
+}
+
+/// Compares two state contents (`None`: no state).
+pub fn diff(before: Option<&[u8]>, after: Option<&[u8]>) -> Diff {
+    let (Some(a), Some(b)) = (instances(before), instances(after)) else {
+        return Diff::default();
+    };
+    let mut d = Diff {
+        comparable: true,
+        ..Diff::default()
+    };
+    for (address, new) in &b {
+        let Some(old) = a.get(address) else {
+            d.added.push(address.clone());
+            continue;
+        };
+        let mut names: Vec<&String> = old.attributes.keys().chain(new.attributes.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut attributes = Vec::new();
+        for name in names {
+            let (x, y) = (old.attributes.get(name), new.attributes.get(name));
+            if x == y {
+                continue;
+            }
+            let masked = old.sensitive.contains(name) || new.sensitive.contains(name);
+            let show = |v: Option<&serde_json::Value>| v.map(|v| if masked { MASK.to_string() } else { v.to_string() });
+            attributes.push(AttributeChange {
+                name: name.clone(),
+                before: show(x),
+                after: show(y),
+            });
+        }
+        if !attributes.is_empty() {
+            d.changed.push(Changed {
+                address: address.clone(),
+                attributes,
+            });
+        }
+    }
+    d.removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(resources: &str) -> Vec<u8> {
+        format!(r#"{{"version":4,"serial":1,"lineage":"L","resources":[{resources}]}}"#).into_bytes()
+    }
+
+    const DB: &str = r#"{"mode":"managed","type":"aws_db_instance","name":"main","instances":[{"attributes":{"size":"small","password":"hunter2"},"sensitive_attributes":[[{"type":"get_attr","value":"password"}]]}]}"#;
+
+    #[test]
+    fn resources_added_removed_and_changed_with_secrets_masked() {
+        let a = state(&format!(r#"{DB},{{"mode":"managed","type":"terraform_data","name":"x","instances":[{{"index_key":0,"attributes":{{}}}}]}}"#));
+        let b = state(&DB.replace("small", "large").replace("hunter2", "swordfish").replace(r#""name":"main""#, r#""name":"main","module":"module.db""#));
+        let d = diff(Some(&a), Some(&b));
+        assert!(d.comparable);
+        assert_eq!(d.added, vec!["module.db.aws_db_instance.main"]);
+        assert_eq!(d.removed, vec!["aws_db_instance.main", "terraform_data.x[0]"]);
+
+        let b = state(&DB.replace("small", "large").replace("hunter2", "swordfish"));
+        let d = diff(Some(&state(DB)), Some(&b));
+        assert_eq!(d.changed.len(), 1);
+        let attrs = &d.changed[0].attributes;
+        assert_eq!(attrs[0], AttributeChange { name: "password".into(), before: Some(MASK.into()), after: Some(MASK.into()) });
+        assert_eq!(attrs[1], AttributeChange { name: "size".into(), before: Some("\"small\"".into()), after: Some("\"large\"".into()) });
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("hunter2") && !text.contains("swordfish"));
+    }
+
+    #[test]
+    fn encrypted_states_are_not_comparable() {
+        let enc = br#"{"serial":1,"lineage":"L","encrypted_data":"eA=="}"#;
+        assert!(!diff(Some(enc), Some(&state(DB))).comparable);
+        assert_eq!(diff(None, Some(&state(DB))).added, vec!["aws_db_instance.main"]);
+    }
+}
