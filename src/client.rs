@@ -3,6 +3,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::changes::{BreakglassGrant, Change, Listing};
+use crate::history::{Diff, EnvironmentStatus, HistoryEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -141,6 +142,59 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+}
+
+impl Client {
+    fn history_url(&self, address: &str) -> String {
+        self.url(&format!("/v1/history/{address}"))
+    }
+
+    /// The versions of `env/name`, oldest first.
+    pub async fn history(&self, address: &str) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.json(self.http.get(self.history_url(address))).await
+    }
+
+    /// The content of one version.
+    pub async fn version(&self, address: &str, version: i64) -> Result<Vec<u8>, ClientError> {
+        let req = self
+            .http
+            .get(self.history_url(address))
+            .query(&[("version", version)]);
+        let resp = self.send(req).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn diff(&self, address: &str, from: i64, to: i64) -> Result<Diff, ClientError> {
+        let req = self
+            .http
+            .get(self.history_url(address))
+            .query(&[("from", from), ("to", to)]);
+        self.json(req).await
+    }
+
+    /// Writes version `to` again as the newest version; returns the server's answer.
+    pub async fn rollback(
+        &self,
+        address: &str,
+        to: i64,
+        change: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut req = self
+            .http
+            .post(self.history_url(address))
+            .query(&[("rollback_to", to)]);
+        if let Some(change) = change {
+            req = req.query(&[("change", change)]);
+        }
+        self.json(req).await
+    }
+
+    pub async fn status(&self) -> Result<Vec<EnvironmentStatus>, ClientError> {
+        self.json(self.http.get(self.url("/v1/status"))).await
     }
 }
 

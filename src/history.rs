@@ -1,9 +1,13 @@
-//! What changed between two state versions, resource by resource: addresses added, removed and
-//! changed, and which attributes changed, with sensitive values masked. Pure.
+//! Who changed what: the history of a state, what changed between two versions resource by
+//! resource (addresses added, removed and changed, which attributes, sensitive values masked),
+//! and the status of environments. Pure: the types and the comparison, no storage.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::changes::BreakglassGrant;
+use crate::store::environment::VersionMeta;
 
 /// One changed attribute; values are JSON text, or `(sensitive)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +58,12 @@ fn instances(content: Option<&[u8]>) -> Option<BTreeMap<String, Instance>> {
             base.push_str("data.");
         }
         base.push_str(&format!("{}.{}", text("type"), text("name")));
-        for i in r.get("instances").and_then(|v| v.as_array()).into_iter().flatten() {
+        for i in r
+            .get("instances")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
             let address = match i.get("index_key") {
                 Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
                 Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),
@@ -72,9 +81,21 @@ fn instances(content: Option<&[u8]>) -> Option<BTreeMap<String, Instance>> {
                 .and_then(|s| s.as_array())
                 .into_iter()
                 .flatten()
-                .filter_map(|path| path.as_array()?.first()?.get("value")?.as_str().map(str::to_string))
+                .filter_map(|path| {
+                    path.as_array()?
+                        .first()?
+                        .get("value")?
+                        .as_str()
+                        .map(str::to_string)
+                })
                 .collect();
-            out.insert(address, Instance { attributes, sensitive });
+            out.insert(
+                address,
+                Instance {
+                    attributes,
+                    sensitive,
+                },
+            );
         }
     }
     Some(out)
@@ -104,7 +125,15 @@ pub fn diff(before: Option<&[u8]>, after: Option<&[u8]>) -> Diff {
                 continue;
             }
             let masked = old.sensitive.contains(name) || new.sensitive.contains(name);
-            let show = |v: Option<&serde_json::Value>| v.map(|v| if masked { MASK.to_string() } else { v.to_string() });
+            let show = |v: Option<&serde_json::Value>| {
+                v.map(|v| {
+                    if masked {
+                        MASK.to_string()
+                    } else {
+                        v.to_string()
+                    }
+                })
+            };
             attributes.push(AttributeChange {
                 name: name.clone(),
                 before: show(x),
@@ -122,31 +151,100 @@ pub fn diff(before: Option<&[u8]>, after: Option<&[u8]>) -> Diff {
     d
 }
 
+/// One version in a history listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(flatten)]
+    pub meta: VersionMeta,
+    /// `<env>-<n>`, when written under a change request.
+    pub change: Option<String>,
+    /// Resource instances added, changed and removed against the version before.
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+/// A state in the status listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateStatus {
+    pub name: String,
+    pub version: i64,
+    pub serial: Option<i64>,
+    pub principal: String,
+    pub updated_at: String,
+    pub deleted: bool,
+    /// Who holds its lock, since when, for which operation.
+    pub lock: Option<LockStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockStatus {
+    pub id: String,
+    pub principal: String,
+    pub operation: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    pub environment: String,
+    pub owner: String,
+    pub protected: bool,
+    pub states: Vec<StateStatus>,
+    pub pending_changes: Vec<String>,
+    pub approved_changes: Vec<String>,
+    pub breakglass: Vec<BreakglassGrant>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn state(resources: &str) -> Vec<u8> {
-        format!(r#"{{"version":4,"serial":1,"lineage":"L","resources":[{resources}]}}"#).into_bytes()
+        format!(r#"{{"version":4,"serial":1,"lineage":"L","resources":[{resources}]}}"#)
+            .into_bytes()
     }
 
     const DB: &str = r#"{"mode":"managed","type":"aws_db_instance","name":"main","instances":[{"attributes":{"size":"small","password":"hunter2"},"sensitive_attributes":[[{"type":"get_attr","value":"password"}]]}]}"#;
 
     #[test]
     fn resources_added_removed_and_changed_with_secrets_masked() {
-        let a = state(&format!(r#"{DB},{{"mode":"managed","type":"terraform_data","name":"x","instances":[{{"index_key":0,"attributes":{{}}}}]}}"#));
-        let b = state(&DB.replace("small", "large").replace("hunter2", "swordfish").replace(r#""name":"main""#, r#""name":"main","module":"module.db""#));
+        let a = state(&format!(
+            r#"{DB},{{"mode":"managed","type":"terraform_data","name":"x","instances":[{{"index_key":0,"attributes":{{}}}}]}}"#
+        ));
+        let b = state(
+            &DB.replace("small", "large")
+                .replace("hunter2", "swordfish")
+                .replace(r#""name":"main""#, r#""name":"main","module":"module.db""#),
+        );
         let d = diff(Some(&a), Some(&b));
         assert!(d.comparable);
         assert_eq!(d.added, vec!["module.db.aws_db_instance.main"]);
-        assert_eq!(d.removed, vec!["aws_db_instance.main", "terraform_data.x[0]"]);
+        assert_eq!(
+            d.removed,
+            vec!["aws_db_instance.main", "terraform_data.x[0]"]
+        );
 
         let b = state(&DB.replace("small", "large").replace("hunter2", "swordfish"));
         let d = diff(Some(&state(DB)), Some(&b));
         assert_eq!(d.changed.len(), 1);
         let attrs = &d.changed[0].attributes;
-        assert_eq!(attrs[0], AttributeChange { name: "password".into(), before: Some(MASK.into()), after: Some(MASK.into()) });
-        assert_eq!(attrs[1], AttributeChange { name: "size".into(), before: Some("\"small\"".into()), after: Some("\"large\"".into()) });
+        assert_eq!(
+            attrs[0],
+            AttributeChange {
+                name: "password".into(),
+                before: Some(MASK.into()),
+                after: Some(MASK.into())
+            }
+        );
+        assert_eq!(
+            attrs[1],
+            AttributeChange {
+                name: "size".into(),
+                before: Some("\"small\"".into()),
+                after: Some("\"large\"".into())
+            }
+        );
         let text = serde_json::to_string(&d).unwrap();
         assert!(!text.contains("hunter2") && !text.contains("swordfish"));
     }
@@ -155,6 +253,9 @@ mod tests {
     fn encrypted_states_are_not_comparable() {
         let enc = br#"{"serial":1,"lineage":"L","encrypted_data":"eA=="}"#;
         assert!(!diff(Some(enc), Some(&state(DB))).comparable);
-        assert_eq!(diff(None, Some(&state(DB))).added, vec!["aws_db_instance.main"]);
+        assert_eq!(
+            diff(None, Some(&state(DB))).added,
+            vec!["aws_db_instance.main"]
+        );
     }
 }

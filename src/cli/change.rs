@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, Format};
+use super::{print_json, CliError, Format};
 use crate::changes::{Change, Listing};
 use crate::client::{Client, ClientError, NewChange};
 
@@ -22,7 +22,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client, CliError> {
+    pub(super) fn client(&self) -> Result<Client, CliError> {
         let token = self.token.as_deref().ok_or_else(|| {
             CliError::Usage(
                 "no token: pass --token or set BULKHEAD_TOKEN (see `bulkhead token create`)".into(),
@@ -183,12 +183,6 @@ async fn decide(args: ReasonArgs, verb: &str) -> Result<ExitCode, CliError> {
         .await?;
     println!("{}: {}", change.id, change.status.as_str());
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.into()))?;
-    println!("{text}");
-    Ok(())
 }
 
 fn readiness_line(c: &Change) -> String {

@@ -7,6 +7,7 @@ mod check;
 mod policy;
 mod review;
 mod serve;
+mod state;
 mod token;
 
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ pub enum Command {
     /// Emergency write access without a change request, time-boxed and loudly recorded.
     #[command(subcommand)]
     Breakglass(change::BreakglassCommand),
+    /// History, content, differences and rollback of a state.
+    #[command(subcommand)]
+    State(state::StateCommand),
+    /// Each environment's owner, states, locks, changes and break-glass grants.
+    Status(state::StatusArgs),
     /// Check a config (and a Terraform repository) for missing boundaries; exit 1 on errors.
     Check(check::CheckArgs),
     /// Which environments a git diff touches and whose approval each still needs; exit 1 when
@@ -129,9 +135,18 @@ impl Cli {
             Command::Check(args) => args.run().await,
             Command::Codeowners(args) => args.run().await,
             Command::Review(args) => args.run().await,
+            Command::State(cmd) => cmd.run().await,
+            Command::Status(args) => args.run().await,
             Command::Breakglass(cmd) => cmd.run().await,
         }
     }
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.into()))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Who runs a local admin command, as the audit log names them.

@@ -87,29 +87,29 @@ struct Incoming {
 }
 
 /// One authenticated request against one state.
-struct Call<'a> {
-    app: &'a App,
-    caller: Caller,
-    env: &'a Environment,
-    store: &'a EnvStore,
-    name: StateName,
-    peer: SocketAddr,
+pub(super) struct Call<'a> {
+    pub(super) app: &'a App,
+    pub(super) caller: Caller,
+    pub(super) env: &'a Environment,
+    pub(super) store: &'a EnvStore,
+    pub(super) name: StateName,
+    pub(super) peer: SocketAddr,
     /// The `?change=` of the backend address, in a protected environment.
-    change: Option<String>,
+    pub(super) change: Option<String>,
 }
 
 /// What allows a write in a protected environment.
-enum Grant {
+pub(super) enum Grant {
     Change(i64),
     Breakglass,
 }
 
 impl Call<'_> {
-    fn principal(&self) -> &Principal {
+    pub(super) fn principal(&self) -> &Principal {
         &self.caller.principal
     }
 
-    fn decide(&self, action: Action, operation: &str) -> Decision {
+    pub(super) fn decide(&self, action: Action, operation: &str) -> Decision {
         self.app.policy.decide(
             self.principal(),
             action,
@@ -123,7 +123,7 @@ impl Call<'_> {
     }
 
     /// Decides, records the deciding policies, and refuses with the sentence when denied.
-    fn require(
+    pub(super) fn require(
         &self,
         record: &mut Record,
         action: Action,
@@ -139,7 +139,7 @@ impl Call<'_> {
     }
 
     /// Whether the caller holds an open break-glass grant here; names it in the record.
-    async fn breakglass(&self, record: &mut Record) -> Result<bool, ApiError> {
+    pub(super) async fn breakglass(&self, record: &mut Record) -> Result<bool, ApiError> {
         if self.env.breakglass.is_none() {
             return Ok(false);
         }
@@ -161,22 +161,27 @@ impl Call<'_> {
         })
     }
 
-    /// Write permission: by policy, or under an open break-glass grant.
-    async fn require_write(&self, record: &mut Record, operation: &str) -> Result<(), ApiError> {
-        match self.require(record, Action::StateWrite, operation) {
+    /// A writing permission: by policy, or under an open break-glass grant.
+    pub(super) async fn require_writing(
+        &self,
+        record: &mut Record,
+        action: Action,
+        operation: &str,
+    ) -> Result<(), ApiError> {
+        match self.require(record, action, operation) {
             Err(refused) if !self.breakglass(record).await? => Err(refused),
             _ => Ok(()),
         }
     }
 
-    fn refusal(&self, action: Action) -> String {
+    pub(super) fn refusal(&self, action: Action) -> String {
         refusal::sentence(self.principal(), action, self.env)
     }
 
     /// In a protected environment, what allows this writer to write now: an open break-glass
     /// grant, or the approved, unexpired, unused change named by `?change=`, from an allowed
     /// branch. The inner error names the missing step.
-    async fn protected_grant(
+    pub(super) async fn protected_grant(
         &self,
         tx: &mut Tx<'_>,
         record: &mut Record,
@@ -477,7 +482,7 @@ async fn post(
     let state = call.name.as_str();
     record.lock_id = lock_id.clone();
     // Authorize before reading what may be a large body.
-    call.require_write(record, "").await?;
+    call.require_writing(record, Action::StateWrite, "").await?;
     let bytes = read_body(headers, body, call.env.max_state_size).await?;
     let doc = Document::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
@@ -488,7 +493,8 @@ async fn post(
     let mut lock_change = None;
     let operation = match (tx.held_lock(state).await?, &lock_id) {
         (Some(held), Some(id)) if held.lock_id == *id && held.principal == principal => {
-            call.require_write(record, &held.operation).await?;
+            call.require_writing(record, Action::StateWrite, &held.operation)
+                .await?;
             lock_change = held.change_number;
             if let Some(number) = held.change_number {
                 record.change = Some(

@@ -5,6 +5,7 @@ mod audited;
 pub mod backend;
 pub mod changes;
 mod error;
+pub mod history;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -97,6 +98,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/changes", get(changes::list).post(changes::create))
         .route("/v1/changes/{id}", get(changes::show))
         .route("/v1/changes/{id}/{verb}", post(changes::decide))
+        .route(
+            "/v1/history/{env}/{*name}",
+            get(history::history).post(history::history),
+        )
+        .route("/v1/status", get(history::status))
         .route("/v1/breakglass", post(changes::open_breakglass))
         .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
         .fallback(|| async {

@@ -48,13 +48,14 @@ pub enum Action {
     StateForceUnlock,
     StateForceWrite,
     StateDelete,
+    StateRollback,
     ChangeCreate,
     ChangeApprove,
     BreakglassOpen,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::StateRead,
         Action::StateWrite,
         Action::StateLock,
@@ -62,6 +63,7 @@ impl Action {
         Action::StateForceUnlock,
         Action::StateForceWrite,
         Action::StateDelete,
+        Action::StateRollback,
         Action::ChangeCreate,
         Action::ChangeApprove,
         Action::BreakglassOpen,
@@ -80,6 +82,7 @@ impl Action {
             Action::StateForceUnlock => "state:force-unlock",
             Action::StateForceWrite => "state:force-write",
             Action::StateDelete => "state:delete",
+            Action::StateRollback => "state:rollback",
             Action::ChangeCreate => "change:create",
             Action::ChangeApprove => "change:approve",
             Action::BreakglassOpen => "breakglass:open",
@@ -264,7 +267,14 @@ fn generated_policies(config: &Config) -> Vec<(String, String)> {
             (
                 "write",
                 &env.write,
-                &[StateRead, StateWrite, StateLock, StateUnlock, ChangeCreate],
+                &[
+                    StateRead,
+                    StateWrite,
+                    StateLock,
+                    StateUnlock,
+                    StateRollback,
+                    ChangeCreate,
+                ],
             ),
             (
                 "force_unlock",

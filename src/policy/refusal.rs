@@ -58,6 +58,14 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
             "delete states in",
             format!("ask {}", list_or_owner(&env.delete, owner)),
         ),
+        Action::StateRollback => (
+            "roll back states in",
+            if env.write.is_empty() {
+                format!("ask {owner}")
+            } else {
+                format!("rollbacks are writes: {} may roll back", list(&env.write))
+            },
+        ),
         Action::ChangeCreate => (
             "propose changes to",
             format!("ask {owner} for read access to {name}"),

@@ -11,7 +11,7 @@ pub struct EnvStore {
 }
 
 /// What is known of a stored version, without its content.
-#[derive(Debug, Clone, FromRow, serde::Serialize)]
+#[derive(Debug, Clone, FromRow, serde::Serialize, serde::Deserialize)]
 pub struct VersionMeta {
     pub state: String,
     pub version: i64,

@@ -4,5 +4,6 @@ mod changes;
 mod check;
 mod cli;
 mod helpers;
+mod history;
 mod protocol;
 mod terraform;

@@ -1,0 +1,309 @@
+//! Who changed what, and how to undo it: a state's versions, their content and differences,
+//! rollback (`/v1/history/{env}/{name...}`), and the status of every environment
+//! (`/v1/status`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::audited::{authenticate, commit_with_record, finish, new_record, Reply};
+use super::backend::{breakglass_id, Call, Grant};
+use super::{ApiError, App};
+use crate::audit::Record;
+use crate::changes::{self, BreakglassGrant, ChangeId};
+use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
+use crate::lock::LockInfo;
+use crate::policy::{refusal, Action, RequestContext};
+use crate::state::{Document, StateName};
+use crate::store::environment::{NewVersion, VersionMeta};
+
+fn json_reply(value: &impl Serialize, audited: bool) -> Result<Reply, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: Some(("application/json", body)),
+        audited,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    /// The content of this version.
+    version: Option<i64>,
+    /// A diff from this version...
+    from: Option<i64>,
+    /// ...to this one.
+    to: Option<i64>,
+    /// POST: write this version's content as a new version.
+    rollback_to: Option<i64>,
+    /// The change request a rollback in a protected environment is for.
+    change: Option<String>,
+}
+
+/// `GET /v1/history/{env}/{name}[?version=N | ?from=A&to=B]`, `POST ...?rollback_to=N[&change=ID]`.
+pub async fn history(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((env, name)): Path<(String, String)>,
+    Query(params): Query<HistoryParams>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let action = match (&method, &params) {
+        (&Method::POST, _) => Action::StateRollback.as_str(),
+        (_, p) if p.version.is_some() => Action::StateRead.as_str(),
+        (_, p) if p.from.is_some() || p.to.is_some() => "state:diff",
+        _ => "state:history",
+    };
+    let mut record = new_record(action, peer, &headers);
+    record.environment = Some(env.clone());
+    record.state = Some(name.clone());
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (env, store) = app.environment(&env)?;
+        let name = StateName::parse(&name).map_err(ApiError::BadRequest)?;
+        let call = Call {
+            app: &app,
+            caller,
+            env,
+            store,
+            name,
+            peer,
+            change: params.change.clone(),
+        };
+        if method == Method::POST {
+            let to = params
+                .rollback_to
+                .ok_or_else(|| ApiError::BadRequest("POST needs ?rollback_to=VERSION".into()))?;
+            return rollback(&call, &mut record, to).await;
+        }
+        call.require(&mut record, Action::StateRead, "")?;
+        let state = call.name.as_str();
+        if let Some(n) = params.version {
+            let (meta, content) = version(&call, n).await?;
+            record.version = Some(meta.version);
+            let content = content.ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "version {n} of {state} records a deletion: it has no content"
+                ))
+            })?;
+            return Ok(Reply {
+                audited: false,
+                ..Reply::ok(content)
+            });
+        }
+        if params.from.is_some() || params.to.is_some() {
+            let (Some(a), Some(b)) = (params.from, params.to) else {
+                return Err(ApiError::BadRequest(
+                    "a diff needs both ?from=A and ?to=B".into(),
+                ));
+            };
+            let (_, before) = version(&call, a).await?;
+            let (_, after) = version(&call, b).await?;
+            let diff: Diff = history::diff(before.as_deref(), after.as_deref());
+            return json_reply(&diff, false);
+        }
+        let mut entries = Vec::new();
+        let mut previous: Option<Vec<u8>> = None;
+        for meta in store.history(state).await? {
+            let content = store
+                .version(state, meta.version)
+                .await?
+                .and_then(|(_, c)| c);
+            let d = history::diff(previous.as_deref(), content.as_deref());
+            entries.push(HistoryEntry {
+                change: meta.change_number.map(|number| {
+                    ChangeId {
+                        environment: env.name.clone(),
+                        number,
+                    }
+                    .to_string()
+                }),
+                meta,
+                added: d.added.len(),
+                changed: d.changed.len(),
+                removed: d.removed.len(),
+            });
+            previous = content;
+        }
+        json_reply(&entries, false)
+    }
+    .await;
+    finish(&app, record, result).await
+}
+
+async fn version(call: &Call<'_>, n: i64) -> Result<(VersionMeta, Option<Vec<u8>>), ApiError> {
+    call.store
+        .version(call.name.as_str(), n)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{} has no version {n}", call.name.as_str())))
+}
+
+/// Writes version `to`'s content as a new version, its serial raised above the current one so
+/// that terraform accepts it. History is never rewritten.
+async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply, ApiError> {
+    call.require_writing(record, Action::StateRollback, "rollback")
+        .await?;
+    let state = call.name.as_str();
+    let (target, content) = version(call, to).await?;
+    let content = content.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "version {to} of {state} records a deletion: there is nothing to roll back to"
+        ))
+    })?;
+    let mut tx = call.store.begin().await?;
+    if let Some(held) = tx.held_lock(state).await? {
+        return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))));
+    }
+    let grant = if call.env.protected() {
+        match call.protected_grant(&mut tx, record).await? {
+            Ok(grant) => Some(grant),
+            Err(problem) => {
+                return Err(ApiError::Forbidden(refusal::missing_step(
+                    call.principal(),
+                    call.env,
+                    &problem,
+                )))
+            }
+        }
+    } else {
+        None
+    };
+    let current = tx.latest_version(state).await?.filter(|c| !c.deleted);
+    let serial = current
+        .as_ref()
+        .and_then(|c| c.serial)
+        .map(|s| s + 1)
+        .or(target.serial)
+        .unwrap_or(0);
+    let content = with_serial(&content, serial).map_err(ApiError::Internal)?;
+    let doc = Document::parse(&content).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let change_number = match grant {
+        Some(Grant::Change(n)) => Some(n),
+        _ => None,
+    };
+    let principal = call.principal().to_string();
+    let version = tx
+        .append_version(NewVersion {
+            state,
+            sha256: &doc.sha256,
+            serial: Some(doc.serial),
+            lineage: Some(&doc.lineage),
+            principal: &principal,
+            operation: Some("rollback"),
+            lock_id: None,
+            forced: false,
+            change_number,
+            content: Some(&content),
+        })
+        .await?;
+    if let Some(number) = change_number {
+        tx.close_change(
+            number,
+            changes::Status::Applied,
+            &principal,
+            None,
+            Some(version),
+        )
+        .await?;
+    }
+    record.version = Some(version);
+    record.reason = Some(format!("rolled back to version {to} (serial {serial})"));
+    commit_with_record(tx, record, StatusCode::OK).await?;
+    json_reply(
+        &serde_json::json!({ "version": version, "rolled_back_to": to, "serial": serial }),
+        true,
+    )
+}
+
+/// The same document with another `serial`, its other fields (and their order) untouched.
+fn with_serial(content: &[u8], serial: i64) -> Result<Vec<u8>, String> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(content).map_err(|e| format!("stored version is not JSON: {e}"))?;
+    let object = doc
+        .as_object_mut()
+        .ok_or("stored version is not a JSON object")?;
+    object.insert("serial".into(), serial.into());
+    serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())
+}
+
+/// `GET /v1/status`: every environment the caller may read.
+pub async fn status(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let mut record = new_record("status:read", peer, &headers);
+    let result = async {
+        let caller = authenticate(&app, &mut record, &headers).await?;
+        let ctx = RequestContext {
+            state: "",
+            operation: "",
+            source_ip: Some(peer.ip()),
+        };
+        let mut out = Vec::new();
+        for env in &app.config.environments {
+            if !app
+                .policy
+                .decide(&caller.principal, Action::StateRead, &env.name, &ctx)
+                .allowed
+            {
+                continue;
+            }
+            let (_, store) = app.environment(&env.name)?;
+            let mut states = Vec::new();
+            for meta in store.states().await? {
+                let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
+                    id: l.lock_id,
+                    principal: l.principal,
+                    operation: l.operation,
+                    since: l.created_at,
+                });
+                states.push(StateStatus {
+                    name: meta.state,
+                    version: meta.version,
+                    serial: meta.serial,
+                    principal: meta.principal,
+                    updated_at: meta.created_at,
+                    deleted: meta.deleted,
+                    lock,
+                });
+            }
+            let required = env.approval.as_ref().map_or(1, |a| a.required);
+            let open = store
+                .changes(&env.name, required, Some(changes::Status::Open))
+                .await?;
+            let (approved, pending): (Vec<_>, Vec<_>) =
+                open.into_iter().partition(|c| c.readiness == "approved");
+            let breakglass = store
+                .open_breakglass()
+                .await?
+                .into_iter()
+                .map(|g| BreakglassGrant {
+                    id: breakglass_id(&env.name, g.number),
+                    environment: env.name.clone(),
+                    principal: g.principal,
+                    reason: g.reason,
+                    opened_at: g.opened_at,
+                    expires_at: g.expires_at,
+                })
+                .collect();
+            out.push(EnvironmentStatus {
+                environment: env.name.clone(),
+                owner: env.owner.to_string(),
+                protected: env.protected(),
+                states,
+                pending_changes: pending.into_iter().map(|c| c.id).collect(),
+                approved_changes: approved.into_iter().map(|c| c.id).collect(),
+                breakglass,
+            });
+        }
+        json_reply(&out, false)
+    }
+    .await;
+    finish(&app, record, result).await
+}
