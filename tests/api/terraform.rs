@@ -593,3 +593,29 @@ async fn the_change_road_with_terraform_a_real_plan_and_the_pipelines_oidc_token
     );
     assert_eq!(t.versions("prod", "network").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_makes_terraform_see_the_earlier_state() {
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let ws = Workspace::new(&bin, &t, "dev", "dev/app");
+    ws.ok(&t, "alice", &["init", "-input=false"]).await;
+    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=one"]).await;
+    let first = t.versions("dev", "app").await.last().unwrap().version;
+    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=two"]).await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["state", "rollback", "dev/app", "--to", &first.to_string()])
+        .env("BULKHEAD_ADDR", t.base())
+        .env("BULKHEAD_TOKEN", t.token("bob"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let back = ws.ok(&t, "alice", &["plan", "-detailed-exitcode", "-var", "v=one"]).await;
+    assert!(text(&back).contains("No changes."), "{}", text(&back));
+    let forward = ws.run(&t, "alice", &["plan", "-detailed-exitcode", "-var", "v=two"]).await;
+    assert_eq!(forward.status.code(), Some(2), "{}", text(&forward));
+    assert!(text(&forward).contains("\"one\" -> \"two\""), "{}", text(&forward));
+}
