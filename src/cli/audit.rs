@@ -25,6 +25,12 @@ pub struct LogArgs {
     /// Only this environment (`server` for requests outside any environment).
     #[arg(long)]
     env: Option<String>,
+    /// Only this state (its name within the environment).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only records naming this change request, e.g. prod-12.
+    #[arg(long)]
+    change: Option<String>,
     /// Only this principal, e.g. user:alice.
     #[arg(long)]
     principal: Option<String>,
@@ -34,10 +40,10 @@ pub struct LogArgs {
     /// Only this decision: allow, deny or error.
     #[arg(long)]
     decision: Option<String>,
-    /// Only records at or after this time (RFC 3339, e.g. 2026-11-27T10:00:00Z).
+    /// Only records at or after this time: RFC 3339 (2026-11-27T10:00:00Z) or an age (1h, 30m, 2d).
     #[arg(long)]
     since: Option<String>,
-    /// Only records before this time (RFC 3339).
+    /// Only records before this time: RFC 3339 or an age.
     #[arg(long)]
     until: Option<String>,
     #[arg(long, value_enum, default_value_t)]
@@ -65,22 +71,27 @@ async fn open(config: &ConfigArg) -> Result<Stores, CliError> {
     Ok(Stores::open(&config.load()?).await?)
 }
 
+/// A time argument: RFC 3339, or an age before now such as `1h`.
 fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliError> {
-    value
-        .as_deref()
-        .map(|v| {
-            chrono::DateTime::parse_from_rfc3339(v)
-                .map(|t| {
-                    t.with_timezone(&chrono::Utc)
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                })
-                .map_err(|e| {
-                    CliError::Usage(format!(
-                        "--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z"
-                    ))
-                })
-        })
-        .transpose()
+    let Some(v) = value.as_deref() else {
+        return Ok(None);
+    };
+    let age = crate::config::parse_duration(v)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok());
+    let time = match age {
+        Some(age) => chrono::Utc::now() - age,
+        None => chrono::DateTime::parse_from_rfc3339(v)
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z or 1h"
+                ))
+            })?
+            .with_timezone(&chrono::Utc),
+    };
+    Ok(Some(
+        time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    ))
 }
 
 impl LogArgs {
@@ -115,6 +126,14 @@ impl LogArgs {
                     .as_ref()
                     .is_none_or(|p| record.principal.as_ref() == Some(p))
                     && self.action.as_ref().is_none_or(|a| record.action == *a)
+                    && self
+                        .state
+                        .as_ref()
+                        .is_none_or(|s| record.state.as_ref() == Some(s))
+                    && self
+                        .change
+                        .as_ref()
+                        .is_none_or(|c| record.change.as_ref() == Some(c))
                     && self
                         .decision
                         .as_ref()

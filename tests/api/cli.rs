@@ -253,6 +253,27 @@ async fn audit_verify_detects_an_edited_record_and_audit_log_filters() {
         ],
     );
     assert_eq!(stdout(&by_env).lines().count(), 1);
+    let recent = bulkhead(
+        dir,
+        &[
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--since",
+            "1h",
+            "--state",
+            "net",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(stdout(&recent).lines().count(), 1, "{}", stdout(&recent));
+    let future = bulkhead(
+        dir,
+        &["audit", "log", "--config", "bulkhead.hcl", "--until", "1h"],
+    );
+    assert_eq!(stdout(&future).lines().count(), 0);
     let bad = bulkhead(
         dir,
         &[

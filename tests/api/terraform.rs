@@ -600,9 +600,11 @@ async fn rolling_back_makes_terraform_see_the_earlier_state() {
     let t = spawn_app().await;
     let ws = Workspace::new(&bin, &t, "dev", "dev/app");
     ws.ok(&t, "alice", &["init", "-input=false"]).await;
-    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=one"]).await;
+    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=one"])
+        .await;
     let first = t.versions("dev", "app").await.last().unwrap().version;
-    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=two"]).await;
+    ws.ok(&t, "alice", &["apply", "-auto-approve", "-var", "v=two"])
+        .await;
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["state", "rollback", "dev/app", "--to", &first.to_string()])
@@ -611,11 +613,31 @@ async fn rolling_back_makes_terraform_see_the_earlier_state() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let back = ws.ok(&t, "alice", &["plan", "-detailed-exitcode", "-var", "v=one"]).await;
+    let back = ws
+        .ok(
+            &t,
+            "alice",
+            &["plan", "-detailed-exitcode", "-var", "v=one"],
+        )
+        .await;
     assert!(text(&back).contains("No changes."), "{}", text(&back));
-    let forward = ws.run(&t, "alice", &["plan", "-detailed-exitcode", "-var", "v=two"]).await;
+    let forward = ws
+        .run(
+            &t,
+            "alice",
+            &["plan", "-detailed-exitcode", "-var", "v=two"],
+        )
+        .await;
     assert_eq!(forward.status.code(), Some(2), "{}", text(&forward));
-    assert!(text(&forward).contains("\"one\" -> \"two\""), "{}", text(&forward));
+    assert!(
+        text(&forward).contains("\"one\" -> \"two\""),
+        "{}",
+        text(&forward)
+    );
 }
