@@ -18,7 +18,7 @@ use axum::response::Response;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{self, Change, ChangeId};
+use crate::changes::{Change, ChangeId};
 use crate::config::Environment;
 use crate::identity::{Caller, Principal};
 use crate::lock::{self, LockInfo, Unlock};
@@ -397,14 +397,7 @@ async fn release(
         };
         record.change = Some(id.to_string());
         if let Some(version) = tx.version_under_lock(state, &held.lock_id).await? {
-            tx.close_change(
-                number,
-                changes::Status::Applied,
-                &held.principal,
-                None,
-                Some(version),
-            )
-            .await?;
+            tx.mark_applied(number, &held.principal, version).await?;
             record.reason = Some(format!("change {id} applied as version {version}"));
         }
     }
@@ -577,14 +570,7 @@ async fn post(
         })
         .await?;
     if let Some(number) = unlocked_change {
-        tx.close_change(
-            number,
-            changes::Status::Applied,
-            &principal,
-            None,
-            Some(version),
-        )
-        .await?;
+        tx.mark_applied(number, &principal, version).await?;
     }
     record.version = Some(version);
     commit_with_record(tx, record, StatusCode::OK).await?;

@@ -202,14 +202,7 @@ async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply
         })
         .await?;
     if let Some(number) = change_number {
-        tx.close_change(
-            number,
-            changes::Status::Applied,
-            &principal,
-            None,
-            Some(version),
-        )
-        .await?;
+        tx.mark_applied(number, &principal, version).await?;
     }
     record.version = Some(version);
     record.reason = Some(format!("rolled back to version {to} (serial {serial})"));

@@ -244,6 +244,17 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Marks a change used up by the version it wrote.
+    pub async fn mark_applied(
+        &mut self,
+        number: i64,
+        by: &str,
+        version: i64,
+    ) -> Result<(), StoreError> {
+        self.close_change(number, Status::Applied, by, None, Some(version))
+            .await
+    }
+
     /// Notes the change a held lock was taken for.
     pub async fn set_lock_change(&mut self, state: &str, number: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE locks SET change_number = ? WHERE state = ?")

@@ -64,6 +64,14 @@ pub struct ReadLock {
     pub principal: String,
 }
 
+/// A version's facts and its content, as one row.
+#[derive(FromRow)]
+struct WithContent {
+    #[sqlx(flatten)]
+    meta: VersionMeta,
+    content: Option<Vec<u8>>,
+}
+
 const META_COLUMNS: &str = "state, version, sha256, serial, lineage, size, principal, operation, \
                             lock_id, forced, deleted, created_at, change_number";
 
@@ -84,13 +92,7 @@ impl EnvStore {
         &self,
         state: &str,
     ) -> Result<Option<(VersionMeta, Vec<u8>)>, StoreError> {
-        #[derive(FromRow)]
-        struct Row {
-            #[sqlx(flatten)]
-            meta: VersionMeta,
-            content: Option<Vec<u8>>,
-        }
-        let row: Option<Row> = sqlx::query_as(&format!(
+        let row: Option<WithContent> = sqlx::query_as(&format!(
             "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? \
              ORDER BY version DESC LIMIT 1"
         ))
@@ -106,13 +108,7 @@ impl EnvStore {
         state: &str,
         version: i64,
     ) -> Result<Option<(VersionMeta, Option<Vec<u8>>)>, StoreError> {
-        #[derive(FromRow)]
-        struct Row {
-            #[sqlx(flatten)]
-            meta: VersionMeta,
-            content: Option<Vec<u8>>,
-        }
-        let row: Option<Row> = sqlx::query_as(&format!(
+        let row: Option<WithContent> = sqlx::query_as(&format!(
             "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? AND version = ?"
         ))
         .bind(state)
