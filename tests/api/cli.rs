@@ -389,3 +389,33 @@ fn policy_explain_names_the_deciding_policy() {
     let schema = bulkhead(dir.path(), &["policy", "schema"]);
     assert!(stdout(&schema).contains("namespace Bulkhead"));
 }
+
+#[test]
+fn policy_matrix_lists_who_may_do_what_where() {
+    let (dir, _) = with_config(CONFIG);
+    let out = bulkhead(
+        dir.path(),
+        &[
+            "policy",
+            "matrix",
+            "--config",
+            "bulkhead.hcl",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        m["prod"]["state:write"],
+        serde_json::json!(["service:ci-prod"])
+    );
+    assert_eq!(
+        m["dev"]["state:force-write"],
+        serde_json::json!(["user:pat"])
+    );
+    assert!(m["prod"]["state:read"]
+        .as_array()
+        .unwrap()
+        .contains(&"user:alice".into()));
+}
