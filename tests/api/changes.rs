@@ -159,6 +159,18 @@ impl Protected {
             .unwrap()
     }
 
+    /// The pipeline's apply of `change`: lock, write `state`, unlock, each answered 200.
+    pub async fn ci_apply(&self, change: &str, jwt: &str, lock_id: &str, state: Vec<u8>) {
+        let path = format!("prod/network?change={change}");
+        assert_status(&self.ci_lock(&path, jwt, lock_id).await, StatusCode::OK);
+        let post = self
+            .ci("POST", &format!("{path}&ID={lock_id}"), jwt, state)
+            .await;
+        assert_status(&post, StatusCode::OK);
+        let unlock = lock_info(lock_id, "OperationTypeApply").into_bytes();
+        assert_status(&self.ci("UNLOCK", &path, jwt, unlock).await, StatusCode::OK);
+    }
+
     pub async fn ci_lock(&self, path: &str, jwt: &str, id: &str) -> reqwest::Response {
         self.ci(
             "LOCK",
@@ -191,28 +203,7 @@ async fn the_full_road_applies_once() {
     let approved = p.client("pat").decide(&id, "approve", None).await.unwrap();
     assert_eq!(approved.readiness, "approved");
 
-    let path = format!("prod/network?change={id}");
-    assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
-    assert_status(
-        &p.ci(
-            "POST",
-            &format!("{path}&ID=L1"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &p.ci(
-            "UNLOCK",
-            &path,
-            &main,
-            lock_info("L1", "OperationTypeApply").into_bytes(),
-        )
-        .await,
-        StatusCode::OK,
-    );
+    p.ci_apply(&id, &main, "L1", state_doc(1, "P", "")).await;
     let change = p.client("bob").change(&id).await.unwrap();
     assert_eq!(
         (change.readiness.as_str(), change.applied_version),
@@ -232,6 +223,7 @@ async fn the_full_road_applies_once() {
     );
 
     // Used once: the same change again is refused at the lock.
+    let path = format!("prod/network?change={id}");
     let again = refusal(p.ci_lock(&path, &main, "L2").await).await;
     assert!(
         again.contains("change prod-1 was already applied (version 1)"),

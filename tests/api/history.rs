@@ -174,51 +174,10 @@ async fn rollback_in_a_protected_environment_needs_an_approved_change() {
     let p = spawn_protected("24h").await;
     let main = p.issuer.token("main", |_| {});
     let id = p.approved("network").await;
-    let path = format!("prod/network?change={id}");
-    assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
-    assert_status(
-        &p.ci(
-            "POST",
-            &format!("{path}&ID=L1"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &p.ci(
-            "UNLOCK",
-            &path,
-            &main,
-            lock_info("L1", "OperationTypeApply").into_bytes(),
-        )
-        .await,
-        StatusCode::OK,
-    );
+    p.ci_apply(&id, &main, "L1", state_doc(1, "P", "")).await;
     let second = p.approved("network").await;
-    let path = format!("prod/network?change={second}");
-    assert_status(&p.ci_lock(&path, &main, "L2").await, StatusCode::OK);
-    assert_status(
-        &p.ci(
-            "POST",
-            &format!("{path}&ID=L2"),
-            &main,
-            state_doc(2, "P", r#","x":1"#),
-        )
-        .await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &p.ci(
-            "UNLOCK",
-            &path,
-            &main,
-            lock_info("L2", "OperationTypeApply").into_bytes(),
-        )
-        .await,
-        StatusCode::OK,
-    );
+    p.ci_apply(&second, &main, "L2", state_doc(2, "P", r#","x":1"#))
+        .await;
 
     let ci = Client::new(&p.t.base(), &main);
     let refused = ci
