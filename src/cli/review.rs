@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 use clap::Args;
 use serde::Serialize;
 
-use super::{CliError, Format};
+use super::{print_json, CliError, Format};
 use crate::config::{Config, Subject};
 use crate::ownership::Ownership;
 
@@ -131,10 +131,7 @@ impl ReviewArgs {
         match self.format {
             Format::Json => {
                 let value = serde_json::json!({ "environments": reviews, "unowned": unowned, "approved": !failed });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).map_err(|e| CliError::Failed(e.into()))?
-                );
+                print_json(&value)?;
             }
             Format::Human => {
                 for r in &reviews {

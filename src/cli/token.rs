@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::{local_operator, CliError, ConfigArg, Format};
+use super::{local_operator, print_json, CliError, ConfigArg, Format};
 use crate::audit::{Outcome, Record};
 use crate::identity::{token, Principal};
 
@@ -78,10 +78,7 @@ impl TokenCommand {
                     .await
                     .context("cannot read tokens")?;
                 match args.format {
-                    Format::Json => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&tokens).context("cannot encode tokens")?
-                    ),
+                    Format::Json => print_json(&tokens)?,
                     Format::Human => {
                         println!(
                             "{:<16}  {:<24}  {:<27}  REVOKED",
