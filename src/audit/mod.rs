@@ -197,6 +197,16 @@ pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64,
     Ok(seq)
 }
 
+/// The records after position `seq`, in order.
+pub async fn read_after(pool: &sqlx::SqlitePool, seq: i64) -> Result<Vec<Stored>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit WHERE seq > ? ORDER BY seq")
+            .bind(seq)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// Reads a whole chain and its head.
 pub async fn read_chain(
     pool: &sqlx::SqlitePool,

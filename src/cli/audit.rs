@@ -1,6 +1,8 @@
 //! `bulkhead audit log|verify`: read and check every audit chain (the server's and each
 //! environment's), run on the server's host against its data directory.
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -48,6 +50,9 @@ pub struct LogArgs {
     until: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Keep printing new records as they are written (Ctrl-C to stop).
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -106,69 +111,90 @@ impl LogArgs {
         let since = time_arg("since", &self.since)?;
         let until = time_arg("until", &self.until)?;
         let stores = open(&self.config).await?;
-        let mut records: Vec<(String, Record)> = Vec::new();
+        // The newest position read in each chain.
+        let mut read: HashMap<String, i64> = HashMap::new();
+        loop {
+            let records = self.next(&stores, &mut read, &since, &until).await?;
+            for r in &records {
+                self.print(r)?;
+            }
+            if !self.follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The matching records after those already read, oldest first.
+    async fn next(
+        &self,
+        stores: &Stores,
+        read: &mut HashMap<String, i64>,
+        since: &Option<String>,
+        until: &Option<String>,
+    ) -> Result<Vec<Record>, CliError> {
+        let mut records = Vec::new();
         for (chain, db) in stores.chains() {
             if self.env.as_ref().is_some_and(|e| *e != chain) {
                 continue;
             }
-            let (rows, _) = audit::read_chain(db.pool())
+            let after = read.get(&chain).copied().unwrap_or(0);
+            let rows = audit::read_after(db.pool(), after)
                 .await
                 .context("cannot read the audit log")?;
             for row in rows {
+                read.insert(chain.clone(), row.seq);
                 let record: Record = serde_json::from_str(&row.record).with_context(|| {
                     format!(
                         "{chain}: audit record {} is not readable (run `bulkhead audit verify`)",
                         row.seq
                     )
                 })?;
-                let keep = self
-                    .principal
-                    .as_ref()
-                    .is_none_or(|p| record.principal.as_ref() == Some(p))
-                    && self.action.as_ref().is_none_or(|a| record.action == *a)
-                    && self
-                        .state
-                        .as_ref()
-                        .is_none_or(|s| record.state.as_ref() == Some(s))
-                    && self
-                        .change
-                        .as_ref()
-                        .is_none_or(|c| record.change.as_ref() == Some(c))
-                    && self
-                        .decision
-                        .as_ref()
-                        .is_none_or(|d| record.decision.as_str() == d)
-                    && since.as_ref().is_none_or(|s| record.time >= *s)
-                    && until.as_ref().is_none_or(|u| record.time < *u);
-                if keep {
-                    records.push((chain.clone(), record));
+                if self.keeps(&record, since, until) {
+                    records.push(record);
                 }
             }
         }
-        records.sort_by(|a, b| a.1.time.cmp(&b.1.time));
-        for (_, r) in &records {
-            match self.format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string(r).context("cannot encode a record")?
-                ),
-                Format::Human => println!(
-                    "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}",
-                    r.time,
-                    r.environment.as_deref().unwrap_or("-"),
-                    r.principal.as_deref().unwrap_or("-"),
-                    r.action,
-                    r.decision.as_str(),
-                    r.status.map_or("-".to_string(), |s| s.to_string()),
-                    r.state.as_deref().unwrap_or(""),
-                    r.version.map_or(String::new(), |v| format!(" v{v}")),
-                    r.reason
-                        .as_deref()
-                        .map_or(String::new(), |why| format!("  ({why})")),
-                ),
-            }
+        records.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(records)
+    }
+
+    fn keeps(&self, r: &Record, since: &Option<String>, until: &Option<String>) -> bool {
+        let is = |want: &Option<String>, got: Option<&str>| {
+            want.as_deref().is_none_or(|w| Some(w) == got)
+        };
+        is(&self.principal, r.principal.as_deref())
+            && is(&self.action, Some(&r.action))
+            && is(&self.state, r.state.as_deref())
+            && is(&self.change, r.change.as_deref())
+            && is(&self.decision, Some(r.decision.as_str()))
+            && since.as_ref().is_none_or(|s| r.time >= *s)
+            && until.as_ref().is_none_or(|u| r.time < *u)
+    }
+
+    fn print(&self, r: &Record) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string(r).context("cannot encode a record")?
+            ),
+            Format::Human => println!(
+                "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}",
+                r.time,
+                r.environment.as_deref().unwrap_or("-"),
+                r.principal.as_deref().unwrap_or("-"),
+                r.action,
+                r.decision.as_str(),
+                r.status.map_or("-".to_string(), |s| s.to_string()),
+                r.state.as_deref().unwrap_or(""),
+                r.version.map_or(String::new(), |v| format!(" v{v}")),
+                r.reason
+                    .as_deref()
+                    .map_or(String::new(), |why| format!("  ({why})")),
+            ),
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     }
 }
 

@@ -419,3 +419,54 @@ fn policy_matrix_lists_who_may_do_what_where() {
         .unwrap()
         .contains(&"user:alice".into()));
 }
+
+#[tokio::test]
+async fn audit_log_follow_prints_new_records_as_they_are_written() {
+    let t = spawn_app().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--env",
+            "dev",
+            "--follow",
+            "--format",
+            "json",
+        ])
+        .current_dir(t.dir.path())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(
+        t.call("GET", "dev/first", "alice", None).await.status(),
+        204
+    );
+    assert_eq!(next_record(&mut lines).await["state"], "first");
+    // Written after the follower printed the first: only following can show it.
+    assert_eq!(
+        t.call("GET", "dev/second", "alice", None).await.status(),
+        204
+    );
+    let second = next_record(&mut lines).await;
+    assert_eq!(
+        (second["state"].as_str(), second["action"].as_str()),
+        (Some("second"), Some("state:read"))
+    );
+    child.kill().await.unwrap();
+}
+
+/// The next JSON line of a follower; bounded, since it polls every second.
+async fn next_record(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a record within 20 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
