@@ -184,6 +184,11 @@ impl Environment {
     pub fn protected(&self) -> bool {
         self.approval.is_some()
     }
+
+    /// How many approvals make a change approved (1 where the environment sets none).
+    pub fn required_approvals(&self) -> u32 {
+        self.approval.as_ref().map_or(1, |a| a.required)
+    }
 }
 
 impl Config {

@@ -28,6 +28,20 @@ impl Reply {
         }
     }
 
+    /// A JSON body with `status`.
+    pub fn json(
+        status: StatusCode,
+        value: &impl serde::Serialize,
+        audited: bool,
+    ) -> Result<Reply, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Reply {
+            status,
+            body: Some(("application/json", body)),
+            audited,
+        })
+    }
+
     /// 200 without a body, recorded with its effect.
     pub fn done() -> Reply {
         Reply {

@@ -206,9 +206,11 @@ impl Call<'_> {
             )));
         };
         record.change = Some(text.clone());
-        let required = env.approval.as_ref().map_or(1, |a| a.required);
         let change = match ChangeId::parse(text).filter(|id| id.environment == env.name) {
-            Some(id) => tx.change(&env.name, required, id.number).await?,
+            Some(id) => {
+                tx.change(&env.name, env.required_approvals(), id.number)
+                    .await?
+            }
             None => None,
         };
         Ok(self.check_change(text, change))

@@ -27,19 +27,6 @@ use crate::store::EnvStore;
 /// Plans are bigger than states; this is a sanity limit, not a policy.
 const PLAN_LIMIT: u64 = 256 * 1024 * 1024;
 
-fn json_reply(
-    status: StatusCode,
-    value: &impl serde::Serialize,
-    audited: bool,
-) -> Result<Reply, ApiError> {
-    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Reply {
-        status,
-        body: Some(("application/json", body)),
-        audited,
-    })
-}
-
 /// Authorizes `action` in `env` for the caller, or refuses with the sentence.
 fn require(
     app: &App,
@@ -69,10 +56,6 @@ fn require(
             env,
         )))
     }
-}
-
-fn required(env: &Environment) -> u32 {
-    env.approval.as_ref().map_or(1, |a| a.required)
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,10 +105,10 @@ pub async fn create(
                 commit: params.commit.as_deref(),
             })
             .await?;
-        let change = tx.change(&env.name, required(env), number).await?;
+        let change = tx.change(&env.name, env.required_approvals(), number).await?;
         record.change = change.as_ref().map(|c| c.id.clone());
         commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
-        json_reply(StatusCode::CREATED, &change, true)
+        Reply::json(StatusCode::CREATED, &change, true)
     }
     .await;
     finish(&app, record, result).await
@@ -137,7 +120,8 @@ pub struct ListParams {
     status: Option<String>,
 }
 
-fn grant(env: &Environment, row: Breakglass) -> BreakglassGrant {
+/// An open break-glass row as listed.
+pub(super) fn grant(env: &Environment, row: Breakglass) -> BreakglassGrant {
     BreakglassGrant {
         id: super::backend::breakglass_id(&env.name, row.number),
         environment: env.name.clone(),
@@ -193,14 +177,16 @@ pub async fn list(
         };
         let mut listing = Listing::default();
         for (env, store) in envs {
-            listing
-                .changes
-                .extend(store.changes(&env.name, required(env), status).await?);
+            listing.changes.extend(
+                store
+                    .changes(&env.name, env.required_approvals(), status)
+                    .await?,
+            );
             for row in store.open_breakglass().await? {
                 listing.breakglass.push(grant(env, row));
             }
         }
-        json_reply(StatusCode::OK, &listing, false)
+        Reply::json(StatusCode::OK, &listing, false)
     }
     .await;
     finish(&app, record, result).await
@@ -235,10 +221,10 @@ pub async fn show(
         record.environment = Some(env.name.clone());
         require(&app, &caller, &mut record, Action::StateRead, env, peer)?;
         let change = store
-            .change(&env.name, required(env), cid.number)
+            .change(&env.name, env.required_approvals(), cid.number)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("there is no change {id}")))?;
-        json_reply(StatusCode::OK, &change, false)
+        Reply::json(StatusCode::OK, &change, false)
     }
     .await;
     finish(&app, record, result).await
@@ -266,7 +252,7 @@ pub async fn decide(
         let me = caller.principal.to_string();
         let mut tx = store.begin().await?;
         let change = tx
-            .change(&env.name, required(env), cid.number)
+            .change(&env.name, env.required_approvals(), cid.number)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("there is no change {id}")))?;
         record.state = Some(change.state.clone());
@@ -300,9 +286,9 @@ pub async fn decide(
         if record.reason.is_none() {
             record.reason = params.reason.clone();
         }
-        let change = tx.change(&env.name, required(env), cid.number).await?;
+        let change = tx.change(&env.name, env.required_approvals(), cid.number).await?;
         commit_with_record(tx, &mut record, StatusCode::OK).await?;
-        json_reply(StatusCode::OK, &change, true)
+        Reply::json(StatusCode::OK, &change, true)
     }
     .await;
     finish(&app, record, result).await
@@ -367,7 +353,7 @@ pub async fn open_breakglass(
         record.breakglass = Some(id.clone());
         record.reason = Some(format!("break-glass opened until {expires_at}: {reason}"));
         commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
-        json_reply(
+        Reply::json(
             StatusCode::CREATED,
             &opened.map(|row| grant(env, row)),
             true,

@@ -8,27 +8,18 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::audited::{authenticate, commit_with_record, finish, new_record, Reply};
-use super::backend::{breakglass_id, Call, Grant};
+use super::backend::{Call, Grant};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{self, BreakglassGrant, ChangeId};
+use crate::changes::{self, ChangeId};
 use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
 use crate::lock::LockInfo;
 use crate::policy::{refusal, Action, RequestContext};
 use crate::state::{Document, StateName};
 use crate::store::environment::{NewVersion, VersionMeta};
-
-fn json_reply(value: &impl Serialize, audited: bool) -> Result<Reply, ApiError> {
-    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Reply {
-        status: StatusCode::OK,
-        body: Some(("application/json", body)),
-        audited,
-    })
-}
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryParams {
@@ -105,7 +96,7 @@ pub async fn history(
             let (_, before) = version(&call, a).await?;
             let (_, after) = version(&call, b).await?;
             let diff: Diff = history::diff(before.as_deref(), after.as_deref());
-            return json_reply(&diff, false);
+            return Reply::json(StatusCode::OK, &diff, false);
         }
         let mut entries = Vec::new();
         let mut previous: Option<Vec<u8>> = None;
@@ -130,7 +121,7 @@ pub async fn history(
             });
             previous = content;
         }
-        json_reply(&entries, false)
+        Reply::json(StatusCode::OK, &entries, false)
     }
     .await;
     finish(&app, record, result).await
@@ -207,7 +198,8 @@ async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply
     record.version = Some(version);
     record.reason = Some(format!("rolled back to version {to} (serial {serial})"));
     commit_with_record(tx, record, StatusCode::OK).await?;
-    json_reply(
+    Reply::json(
+        StatusCode::OK,
         &serde_json::json!({ "version": version, "rolled_back_to": to, "serial": serial }),
         true,
     )
@@ -266,9 +258,12 @@ pub async fn status(
                     lock,
                 });
             }
-            let required = env.approval.as_ref().map_or(1, |a| a.required);
             let open = store
-                .changes(&env.name, required, Some(changes::Status::Open))
+                .changes(
+                    &env.name,
+                    env.required_approvals(),
+                    Some(changes::Status::Open),
+                )
                 .await?;
             let (approved, pending): (Vec<_>, Vec<_>) =
                 open.into_iter().partition(|c| c.readiness == "approved");
@@ -276,14 +271,7 @@ pub async fn status(
                 .open_breakglass()
                 .await?
                 .into_iter()
-                .map(|g| BreakglassGrant {
-                    id: breakglass_id(&env.name, g.number),
-                    environment: env.name.clone(),
-                    principal: g.principal,
-                    reason: g.reason,
-                    opened_at: g.opened_at,
-                    expires_at: g.expires_at,
-                })
+                .map(|row| super::changes::grant(env, row))
                 .collect();
             out.push(EnvironmentStatus {
                 environment: env.name.clone(),
@@ -295,7 +283,7 @@ pub async fn status(
                 breakglass,
             });
         }
-        json_reply(&out, false)
+        Reply::json(StatusCode::OK, &out, false)
     }
     .await;
     finish(&app, record, result).await
