@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
+use sqlx::{AnyConnection, AnyPool};
 
 use crate::store::StoreError;
 
@@ -170,7 +170,7 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
 
 /// Appends a record to the chain of the database `conn` belongs to, inside the caller's
 /// transaction; returns its position.
-pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64, StoreError> {
+pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *conn)
@@ -179,7 +179,7 @@ pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64,
     let seq = prev_seq + 1;
     let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let hash = link(seq, &prev_hash, &json);
-    sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES ($1, $2, $3, $4)")
         .bind(seq)
         .bind(&json)
         .bind(&prev_hash)
@@ -187,7 +187,7 @@ pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64,
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) \
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
          ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
     )
     .bind(seq)
@@ -198,18 +198,20 @@ pub async fn append(conn: &mut SqliteConnection, record: &Record) -> Result<i64,
 }
 
 /// The records after position `seq`, in order.
-pub async fn read_after(pool: &sqlx::SqlitePool, seq: i64) -> Result<Vec<Stored>, StoreError> {
+pub async fn read_after(pool: &AnyPool, seq: i64) -> Result<Vec<Stored>, StoreError> {
     Ok(
-        sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit WHERE seq > ? ORDER BY seq")
-            .bind(seq)
-            .fetch_all(pool)
-            .await?,
+        sqlx::query_as(
+            "SELECT seq, record, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(seq)
+        .fetch_all(pool)
+        .await?,
     )
 }
 
 /// Reads a whole chain and its head.
 pub async fn read_chain(
-    pool: &sqlx::SqlitePool,
+    pool: &AnyPool,
 ) -> Result<(Vec<Stored>, Option<(i64, String)>), StoreError> {
     let rows = sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit ORDER BY seq")
         .fetch_all(pool)

@@ -147,6 +147,10 @@ pub struct Breakglass {
 pub struct Server {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// Where tokens and the server's own audit chain live, and the default for environments
+    /// without storage of their own when it is PostgreSQL; `None` means SQLite files under
+    /// the data directory.
+    pub storage: Option<String>,
     pub tls: Option<Tls>,
 }
 
@@ -171,7 +175,8 @@ pub struct Environment {
     pub force_write: Vec<Subject>,
     /// Who may delete a state (default: the owner).
     pub delete: Vec<Subject>,
-    /// A database URL of its own; `None` means a SQLite file under the data directory.
+    /// A database URL of its own; `None` means the server's PostgreSQL, when it has one, or
+    /// else a SQLite file under the data directory.
     pub storage: Option<String>,
     pub max_state_size: u64,
     pub approval: Option<Approval>,
@@ -378,6 +383,7 @@ impl Validator {
             server: server.unwrap_or_else(|| Server {
                 listen: "127.0.0.1:8080".into(),
                 data_dir: self.base.join("bulkhead-data"),
+                storage: None,
                 tls: None,
             }),
             teams,
@@ -443,7 +449,7 @@ impl Validator {
     }
 
     fn server(&mut self, block: &Block) -> Server {
-        self.only_attrs(block, "server", &["listen", "data_dir"]);
+        self.only_attrs(block, "server", &["listen", "data_dir", "storage"]);
         let listen = self
             .string(block, "listen", "server")
             .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -457,6 +463,12 @@ impl Validator {
         let data_dir = self
             .string(block, "data_dir", "server")
             .unwrap_or_else(|| "bulkhead-data".into());
+        let storage = self.string(block, "storage", "server");
+        if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
+            if let Err(problem) = crate::store::check_url(url) {
+                self.error(a.line, format!("server: storage: {problem}"));
+            }
+        }
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -485,6 +497,7 @@ impl Validator {
         Server {
             listen,
             data_dir: self.base.join(data_dir),
+            storage,
             tls,
         }
     }

@@ -1,6 +1,6 @@
 //! Change requests, approvals and break-glass grants in an environment's database.
 
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::{AnyConnection, FromRow};
 
 use super::{now, EnvStore, StoreError, Tx};
 use crate::changes::{Approval, Change, ChangeId, PlanSummary, Status};
@@ -49,13 +49,13 @@ const CHANGE_COLUMNS: &str = "number, state, title, author, created_at, plan_sha
      branch, commit_sha, status, closed_at, closed_by, reason, applied_version";
 
 async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     environment: &str,
     required: u32,
     row: ChangeRow,
 ) -> Result<Change, StoreError> {
     let approvals: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT approver, approved_at, expires_at FROM approvals WHERE change_number = ? ORDER BY approved_at",
+        "SELECT approver, approved_at, expires_at FROM approvals WHERE change_number = $1 ORDER BY approved_at",
     )
     .bind(row.number)
     .fetch_all(&mut *conn)
@@ -99,13 +99,13 @@ async fn load(
 }
 
 async fn fetch_change(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     environment: &str,
     required: u32,
     number: i64,
 ) -> Result<Option<Change>, StoreError> {
     let row: Option<ChangeRow> = sqlx::query_as(&format!(
-        "SELECT {CHANGE_COLUMNS} FROM changes WHERE number = ?"
+        "SELECT {CHANGE_COLUMNS} FROM changes WHERE number = $1"
     ))
     .bind(number)
     .fetch_optional(&mut *conn)
@@ -126,7 +126,7 @@ impl EnvStore {
     ) -> Result<Vec<Change>, StoreError> {
         let mut conn = self.db.pool().acquire().await?;
         let rows: Vec<ChangeRow> = sqlx::query_as(&format!(
-            "SELECT {CHANGE_COLUMNS} FROM changes WHERE (?1 IS NULL OR status = ?1) ORDER BY number DESC"
+            "SELECT {CHANGE_COLUMNS} FROM changes WHERE ($1 IS NULL OR status = $1) ORDER BY number DESC"
         ))
         .bind(status.map(Status::as_str))
         .fetch_all(&mut *conn)
@@ -156,12 +156,12 @@ impl EnvStore {
 }
 
 async fn open_breakglass(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     principal: Option<&str>,
 ) -> Result<Vec<Breakglass>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass \
-         WHERE closed_at IS NULL AND expires_at > ? AND (?2 IS NULL OR principal = ?2) ORDER BY number",
+         WHERE closed_at IS NULL AND expires_at > $1 AND ($2 IS NULL OR principal = $2) ORDER BY number",
     )
     .bind(now())
     .bind(principal)
@@ -175,7 +175,7 @@ impl Tx<'_> {
             serde_json::to_string(c.summary).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (number,): (i64,) = sqlx::query_as(
             "INSERT INTO changes (state, title, author, created_at, plan_sha256, summary, branch, commit_sha) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING number",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING number",
         )
         .bind(c.state)
         .bind(c.title)
@@ -207,7 +207,7 @@ impl Tx<'_> {
         expires_at: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO approvals (change_number, approver, approved_at, expires_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO approvals (change_number, approver, approved_at, expires_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (change_number, approver) DO UPDATE SET approved_at = excluded.approved_at, \
              expires_at = excluded.expires_at",
         )
@@ -230,8 +230,8 @@ impl Tx<'_> {
         applied_version: Option<i64>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE changes SET status = ?, closed_at = ?, closed_by = ?, reason = ?, applied_version = ? \
-             WHERE number = ? AND status = 'open'",
+            "UPDATE changes SET status = $1, closed_at = $2, closed_by = $3, reason = $4, applied_version = $5 \
+             WHERE number = $6 AND status = 'open'",
         )
         .bind(status.as_str())
         .bind(now())
@@ -257,7 +257,7 @@ impl Tx<'_> {
 
     /// Notes the change a held lock was taken for.
     pub async fn set_lock_change(&mut self, state: &str, number: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE locks SET change_number = ? WHERE state = ?")
+        sqlx::query("UPDATE locks SET change_number = $1 WHERE state = $2")
             .bind(number)
             .bind(state)
             .execute(self.conn())
@@ -272,7 +272,7 @@ impl Tx<'_> {
         lock_id: &str,
     ) -> Result<Option<i64>, StoreError> {
         let (v,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(version) FROM versions WHERE state = ? AND lock_id = ?")
+            sqlx::query_as("SELECT MAX(version) FROM versions WHERE state = $1 AND lock_id = $2")
                 .bind(state)
                 .bind(lock_id)
                 .fetch_one(self.conn())
@@ -294,7 +294,7 @@ impl Tx<'_> {
         expires_at: &str,
     ) -> Result<i64, StoreError> {
         let (number,): (i64,) = sqlx::query_as(
-            "INSERT INTO breakglass (principal, reason, opened_at, expires_at) VALUES (?, ?, ?, ?) RETURNING number",
+            "INSERT INTO breakglass (principal, reason, opened_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING number",
         )
         .bind(principal)
         .bind(reason)
@@ -307,7 +307,7 @@ impl Tx<'_> {
 
     pub async fn breakglass(&mut self, number: i64) -> Result<Option<Breakglass>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass WHERE number = ?",
+            "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass WHERE number = $1",
         )
         .bind(number)
         .fetch_optional(self.conn())
@@ -315,7 +315,7 @@ impl Tx<'_> {
     }
 
     pub async fn close_breakglass(&mut self, number: i64, by: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE breakglass SET closed_at = ?, closed_by = ? WHERE number = ? AND closed_at IS NULL")
+        sqlx::query("UPDATE breakglass SET closed_at = $1, closed_by = $2 WHERE number = $3 AND closed_at IS NULL")
             .bind(now())
             .bind(by)
             .bind(number)

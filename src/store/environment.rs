@@ -2,7 +2,8 @@
 //! non-blocking plan locks of readers. Write methods take the caller's transaction so that a
 //! version and its audit record commit together.
 
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
 use super::{now, Serialized, StoreError, Tx};
 
@@ -11,7 +12,7 @@ pub struct EnvStore {
 }
 
 /// What is known of a stored version, without its content.
-#[derive(Debug, Clone, FromRow, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VersionMeta {
     pub state: String,
     pub version: i64,
@@ -27,6 +28,28 @@ pub struct VersionMeta {
     pub created_at: String,
     /// The change request it was written under, in a protected environment.
     pub change_number: Option<i64>,
+}
+
+impl FromRow<'_, AnyRow> for VersionMeta {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        // The flags are stored as integers: the type both database kinds read back alike.
+        let flag = |column: &str| row.try_get::<i64, _>(column).map(|n| n != 0);
+        Ok(VersionMeta {
+            state: row.try_get("state")?,
+            version: row.try_get("version")?,
+            sha256: row.try_get("sha256")?,
+            serial: row.try_get("serial")?,
+            lineage: row.try_get("lineage")?,
+            size: row.try_get("size")?,
+            principal: row.try_get("principal")?,
+            operation: row.try_get("operation")?,
+            lock_id: row.try_get("lock_id")?,
+            forced: flag("forced")?,
+            deleted: flag("deleted")?,
+            created_at: row.try_get("created_at")?,
+            change_number: row.try_get("change_number")?,
+        })
+    }
 }
 
 /// A version about to be written.
@@ -76,12 +99,6 @@ const META_COLUMNS: &str = "state, version, sha256, serial, lineage, size, princ
                             lock_id, forced, deleted, created_at, change_number";
 
 impl EnvStore {
-    pub(super) fn new(pool: sqlx::SqlitePool) -> Self {
-        EnvStore {
-            db: Serialized::new(pool),
-        }
-    }
-
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         self.db.begin().await
     }
@@ -93,7 +110,7 @@ impl EnvStore {
         state: &str,
     ) -> Result<Option<(VersionMeta, Vec<u8>)>, StoreError> {
         let row: Option<WithContent> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? \
+            "SELECT {META_COLUMNS}, content FROM versions WHERE state = $1 \
              ORDER BY version DESC LIMIT 1"
         ))
         .bind(state)
@@ -109,7 +126,7 @@ impl EnvStore {
         version: i64,
     ) -> Result<Option<(VersionMeta, Option<Vec<u8>>)>, StoreError> {
         let row: Option<WithContent> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS}, content FROM versions WHERE state = ? AND version = ?"
+            "SELECT {META_COLUMNS}, content FROM versions WHERE state = $1 AND version = $2"
         ))
         .bind(state)
         .bind(version)
@@ -131,7 +148,7 @@ impl EnvStore {
     /// Every version of a state, oldest first, without content.
     pub async fn history(&self, state: &str) -> Result<Vec<VersionMeta>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions WHERE state = ? ORDER BY version"
+            "SELECT {META_COLUMNS} FROM versions WHERE state = $1 ORDER BY version"
         ))
         .bind(state)
         .fetch_all(self.db.pool())
@@ -146,11 +163,11 @@ impl EnvStore {
 }
 
 async fn held_lock(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     state: &str,
 ) -> Result<Option<HeldLock>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT lock_id, principal, operation, info, created_at, change_number FROM locks WHERE state = ?",
+        "SELECT lock_id, principal, operation, info, created_at, change_number FROM locks WHERE state = $1",
     )
     .bind(state)
     .fetch_optional(conn)
@@ -161,7 +178,7 @@ impl Tx<'_> {
     /// The newest version of a state, deletions included.
     pub async fn latest_version(&mut self, state: &str) -> Result<Option<VersionMeta>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions WHERE state = ? ORDER BY version DESC LIMIT 1"
+            "SELECT {META_COLUMNS} FROM versions WHERE state = $1 ORDER BY version DESC LIMIT 1"
         ))
         .bind(state)
         .fetch_optional(self.conn())
@@ -171,14 +188,14 @@ impl Tx<'_> {
     /// Appends a version and returns its number.
     pub async fn append_version(&mut self, v: NewVersion<'_>) -> Result<i64, StoreError> {
         let (next,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE state = ?")
+            sqlx::query_as("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE state = $1")
                 .bind(v.state)
                 .fetch_one(self.conn())
                 .await?;
         sqlx::query(
             "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
              operation, lock_id, forced, deleted, created_at, content, change_number) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(v.state)
         .bind(next)
@@ -189,8 +206,8 @@ impl Tx<'_> {
         .bind(v.principal)
         .bind(v.operation)
         .bind(v.lock_id)
-        .bind(v.forced)
-        .bind(v.content.is_none())
+        .bind(i64::from(v.forced))
+        .bind(i64::from(v.content.is_none()))
         .bind(now())
         .bind(v.content)
         .bind(v.change_number)
@@ -213,7 +230,7 @@ impl Tx<'_> {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO locks (state, lock_id, principal, operation, info, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(state)
         .bind(lock_id)
@@ -227,7 +244,7 @@ impl Tx<'_> {
     }
 
     pub async fn release_lock(&mut self, state: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM locks WHERE state = ?")
+        sqlx::query("DELETE FROM locks WHERE state = $1")
             .bind(state)
             .execute(self.conn())
             .await?;
@@ -236,7 +253,7 @@ impl Tx<'_> {
 
     pub async fn read_lock(&mut self, lock_id: &str) -> Result<Option<ReadLock>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT lock_id, state, principal FROM read_locks WHERE lock_id = ?")
+            sqlx::query_as("SELECT lock_id, state, principal FROM read_locks WHERE lock_id = $1")
                 .bind(lock_id)
                 .fetch_optional(self.conn())
                 .await?,
@@ -253,13 +270,14 @@ impl Tx<'_> {
     ) -> Result<(), StoreError> {
         let cutoff = (chrono::Utc::now() - chrono::Duration::days(1))
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        sqlx::query("DELETE FROM read_locks WHERE created_at < ?")
+        sqlx::query("DELETE FROM read_locks WHERE created_at < $1")
             .bind(cutoff)
             .execute(self.conn())
             .await?;
         sqlx::query(
-            "INSERT OR REPLACE INTO read_locks (lock_id, state, principal, created_at) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO read_locks (lock_id, state, principal, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (lock_id) DO UPDATE SET state = excluded.state, \
+             principal = excluded.principal, created_at = excluded.created_at",
         )
         .bind(lock_id)
         .bind(state)
@@ -271,7 +289,7 @@ impl Tx<'_> {
     }
 
     pub async fn release_read_lock(&mut self, lock_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM read_locks WHERE lock_id = ?")
+        sqlx::query("DELETE FROM read_locks WHERE lock_id = $1")
             .bind(lock_id)
             .execute(self.conn())
             .await?;

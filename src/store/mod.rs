@@ -1,11 +1,16 @@
 //! Storage: where states, locks, tokens and audit records live.
 //!
 //! Each environment has a database of its own (by default a SQLite file under the data
-//! directory, so production's file is separate from everyone else's), holding its state
-//! versions, its locks and its audit chain; a state write and its audit record commit in one
-//! transaction. The server-wide database holds tokens and the audit chain of requests that
-//! name no known environment. This module stores and fetches; it decides nothing: callers
-//! check permissions and write rules before they write.
+//! directory, so production's file is separate from everyone else's; or a schema of its own in
+//! PostgreSQL), holding its state versions, its locks and its audit chain; a state write and its
+//! audit record commit in one transaction. The server-wide database holds tokens and the audit
+//! chain of requests that name no known environment. This module stores and fetches; it
+//! decides nothing: callers check permissions and write rules before they write.
+//!
+//! Both database kinds run the same SQL through sqlx's `Any` driver (`$N` placeholders, which
+//! SQLite accepts too); each kind has its own migrations, and [`Serialized`] makes writes to
+//! one environment happen one at a time on either: `BEGIN IMMEDIATE` on SQLite, a transaction
+//! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
 
 pub mod changes;
 pub mod environment;
@@ -14,19 +19,22 @@ pub mod system;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::Config;
 pub use environment::EnvStore;
 pub use system::SystemStore;
 
-static ENVIRONMENT_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite/environment");
-static SYSTEM_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite/system");
+static SQLITE_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/sqlite/environment");
+static SQLITE_SYSTEM: Migrator = sqlx::migrate!("migrations/sqlite/system");
+static POSTGRES_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/postgres/environment");
+static POSTGRES_SYSTEM: Migrator = sqlx::migrate!("migrations/postgres/system");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,32 +60,122 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Which kind of database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    fn of(url: &str) -> Option<Kind> {
+        if url.starts_with("sqlite:") {
+            Some(Kind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Kind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
 /// Checks a `storage` URL from the config without connecting.
 pub fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("sqlite:") {
-        return Ok(());
+    match Kind::of(url) {
+        Some(_) => AnyConnectOptions::from_str(url)
+            .map(|_| ())
+            .map_err(|e| format!("`{}` cannot be read: {e}", redact(url))),
+        None => Err(format!(
+            "`{}` is not a database URL: use sqlite:PATH or postgres://USER@HOST/DATABASE, or leave storage unset for a file under the data directory",
+            redact(url)
+        )),
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err("PostgreSQL storage is not available in this version; use a sqlite: URL or leave storage unset".into());
+}
+
+/// A database URL as it may be shown: without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
-    Err(format!(
-        "`{url}` is not a database URL: use sqlite:PATH, or leave storage unset for a file under the data directory"
-    ))
+}
+
+/// Where one database is.
+enum Location {
+    /// A SQLite file under the data directory.
+    File(PathBuf),
+    /// A URL from the config; for PostgreSQL, with the schema that holds this database's tables.
+    Url { url: String, schema: String },
+}
+
+impl Location {
+    fn kind(&self) -> Kind {
+        match self {
+            Location::File(_) => Kind::Sqlite,
+            Location::Url { url, .. } => Kind::of(url).unwrap_or(Kind::Sqlite),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Location::File(path) => path.display().to_string(),
+            Location::Url { url, schema } => match self.kind() {
+                Kind::Sqlite => url.clone(),
+                Kind::Postgres => format!("{} (schema {schema})", redact(url)),
+            },
+        }
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(path).map_err(|source| StoreError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn system_location(config: &Config) -> Location {
+    match &config.server.storage {
+        Some(url) => Location::Url {
+            url: url.clone(),
+            schema: "bulkhead".into(),
+        },
+        None => Location::File(config.server.data_dir.join("bulkhead.db")),
+    }
+}
+
+fn environment_location(config: &Config, env: &crate::config::Environment) -> Location {
+    let schema = format!("bulkhead_env_{}", env.name);
+    let server_postgres = config
+        .server
+        .storage
+        .as_ref()
+        .filter(|url| Kind::of(url) == Some(Kind::Postgres));
+    match (&env.storage, server_postgres) {
+        (Some(url), _) | (None, Some(url)) => Location::Url {
+            url: url.clone(),
+            schema,
+        },
+        (None, None) => Location::File(environment_file(&config.server.data_dir, &env.name)),
+    }
 }
 
 /// Opens only the server-wide database (tokens), for commands that need nothing else.
 pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
-    let data_dir = &config.server.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
-    let pool = open_sqlite(
-        &SqliteUrl::File(data_dir.join("bulkhead.db")),
-        &SYSTEM_MIGRATIONS,
-    )
-    .await?;
-    Ok(SystemStore::new(pool))
+    create_dir(&config.server.data_dir)?;
+    let db = open(&system_location(config), &SQLITE_SYSTEM, &POSTGRES_SYSTEM).await?;
+    Ok(SystemStore { db })
 }
 
 /// Every database the server uses, opened and migrated.
@@ -88,22 +186,13 @@ pub struct Stores {
 
 impl Stores {
     pub async fn open(config: &Config) -> Result<Stores, StoreError> {
-        let data_dir = &config.server.data_dir;
-        std::fs::create_dir_all(data_dir.join("environments")).map_err(|source| {
-            StoreError::DataDir {
-                path: data_dir.clone(),
-                source,
-            }
-        })?;
+        create_dir(&config.server.data_dir.join("environments"))?;
         let system = open_system(config).await?;
         let mut environments = HashMap::new();
         for env in &config.environments {
-            let location = match &env.storage {
-                Some(url) => SqliteUrl::Url(url.clone()),
-                None => SqliteUrl::File(environment_file(data_dir, &env.name)),
-            };
-            let pool = open_sqlite(&location, &ENVIRONMENT_MIGRATIONS).await?;
-            environments.insert(env.name.clone(), EnvStore::new(pool));
+            let location = environment_location(config, env);
+            let db = open(&location, &SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT).await?;
+            environments.insert(env.name.clone(), EnvStore { db });
         }
         Ok(Stores {
             system,
@@ -137,39 +226,70 @@ impl Stores {
     }
 }
 
-enum SqliteUrl {
-    File(PathBuf),
-    Url(String),
-}
-
-async fn open_sqlite(location: &SqliteUrl, migrator: &Migrator) -> Result<SqlitePool, StoreError> {
-    let (options, name) = match location {
-        SqliteUrl::File(path) => (
-            SqliteConnectOptions::new().filename(path),
-            path.display().to_string(),
-        ),
-        SqliteUrl::Url(url) => (
-            SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Open {
-                location: url.clone(),
-                source,
-            })?,
-            url.clone(),
-        ),
+/// Opens a database of either kind and applies its migrations.
+async fn open(
+    location: &Location,
+    sqlite: &'static Migrator,
+    postgres: &'static Migrator,
+) -> Result<Serialized, StoreError> {
+    sqlx::any::install_default_drivers();
+    let name = location.describe();
+    let opened = |source| StoreError::Open {
+        location: name.clone(),
+        source,
     };
-    let options = options
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
+    let kind = location.kind();
+    let (options, schema) = match location {
+        Location::File(path) => {
+            let url = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .to_url_lossy();
+            (AnyConnectOptions::from_url(&url).map_err(opened)?, None)
+        }
+        Location::Url { url, schema } => {
+            let mut url = url.clone();
+            if kind == Kind::Sqlite && !url.contains("mode=") {
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+            let options = AnyConnectOptions::from_str(&url).map_err(opened)?;
+            (options, (kind == Kind::Postgres).then(|| schema.clone()))
+        }
+    };
+    if let Some(schema) = &schema {
+        create_schema(&options, schema).await.map_err(opened)?;
+    }
+    let session = match &schema {
+        // Every connection works in this database's own schema.
+        Some(schema) => format!("SET search_path TO {}", quote(schema)),
+        // WAL lets readers go on while a write commits; FULL makes a commit durable.
+        None => "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON"
+            .to_string(),
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(match kind {
+            Kind::Sqlite => 4,
+            Kind::Postgres => 16,
+        })
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                conn.execute(session.as_str()).await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
-        .map_err(|source| StoreError::Open {
-            location: name.clone(),
-            source,
-        })?;
+        .map_err(opened)?;
+    let migrator = match kind {
+        Kind::Sqlite => sqlite,
+        Kind::Postgres => postgres,
+    };
     migrator
         .run(&pool)
         .await
@@ -177,41 +297,92 @@ async fn open_sqlite(location: &SqliteUrl, migrator: &Migrator) -> Result<Sqlite
             location: name,
             source,
         })?;
-    Ok(pool)
+    Ok(Serialized::new(pool, kind, schema.as_deref()))
 }
 
-/// A database whose writes run one at a time: each write transaction starts with
-/// `BEGIN IMMEDIATE` (so it cannot fail half-way on a lock upgrade when another process, such as
-/// the CLI, writes too) and holds an in-process mutex (so this server's own writers queue
-/// fairly instead of spinning on SQLite's busy handler).
+/// Creates a PostgreSQL schema unless it exists; two instances starting at once may race on
+/// it, so the second's failure is forgiven when the schema is there after all.
+async fn create_schema(options: &AnyConnectOptions, schema: &str) -> Result<(), sqlx::Error> {
+    let mut conn = options.connect().await?;
+    let created = conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)).as_str())
+        .await;
+    if let Err(e) = created {
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await?;
+        if exists.is_none() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A quoted SQL identifier.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// A database whose writes run one at a time.
+///
+/// On SQLite each write transaction starts with `BEGIN IMMEDIATE` (so it cannot fail half-way
+/// on a lock upgrade when another process, such as the CLI, writes too). On PostgreSQL it
+/// takes a transaction-scoped advisory lock named after the schema, so writers on every
+/// server instance sharing the database queue on it: a lock check and the grant that follows
+/// it cannot interleave with another instance's. Either way an in-process mutex makes this
+/// server's own writers queue fairly instead of spinning.
 pub struct Serialized {
-    pool: SqlitePool,
+    pool: AnyPool,
+    kind: Kind,
+    /// The advisory lock key on PostgreSQL.
+    writer_key: i64,
     writer: Mutex<()>,
 }
 
 impl Serialized {
-    fn new(pool: SqlitePool) -> Self {
+    fn new(pool: AnyPool, kind: Kind, schema: Option<&str>) -> Self {
+        let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest[..8]);
         Serialized {
             pool,
+            kind,
+            writer_key: i64::from_be_bytes(key),
             writer: Mutex::new(()),
         }
     }
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         let guard = self.writer.lock().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = match self.kind {
+            Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Kind::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(self.writer_key)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        };
         Ok(Tx { _guard: guard, tx })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx<'a> {
     _guard: MutexGuard<'a, ()>,
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Any>,
 }
 
 impl Tx<'_> {
@@ -220,7 +391,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn conn(&mut self) -> &mut SqliteConnection {
+    pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 }
@@ -233,4 +404,23 @@ pub fn now() -> String {
 /// Where an environment without a `storage` URL keeps its database.
 pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {
     data_dir.join("environments").join(format!("{env}.db"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_passwords_hidden() {
+        assert!(check_url("sqlite:prod.db").is_ok());
+        assert!(check_url("postgres://bulkhead@db/bulkhead").is_ok());
+        assert!(check_url("mysql://db/x").is_err());
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert!(!check_url("nonsense://u:secret@db")
+            .unwrap_err()
+            .contains("secret"));
+    }
 }

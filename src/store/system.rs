@@ -21,12 +21,6 @@ pub struct TokenRow {
 }
 
 impl SystemStore {
-    pub(super) fn new(pool: sqlx::SqlitePool) -> Self {
-        SystemStore {
-            db: Serialized::new(pool),
-        }
-    }
-
     /// Stores a token's hash and its audit record, together.
     pub async fn insert_token(
         &self,
@@ -36,7 +30,7 @@ impl SystemStore {
         record: &Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin().await?;
-        sqlx::query("INSERT INTO tokens (id, principal, hash, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO tokens (id, principal, hash, created_at) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(principal)
             .bind(hash)
@@ -49,7 +43,7 @@ impl SystemStore {
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT id, principal, hash, created_at, revoked_at FROM tokens WHERE id = ?",
+            "SELECT id, principal, hash, created_at, revoked_at FROM tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.db.pool())
@@ -69,7 +63,7 @@ impl SystemStore {
     pub async fn revoke_token(&self, id: &str, record: &Record) -> Result<bool, StoreError> {
         let mut tx = self.db.begin().await?;
         let done =
-            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now())
                 .bind(id)
                 .execute(tx.conn())

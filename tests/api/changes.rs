@@ -60,7 +60,9 @@ fn sign(pem: &str, claims: &serde_json::Value) -> String {
 pub fn protected_config(jwks: &str, expires: &str) -> String {
     format!(
         r#"
-server {{ data_dir = "data" }}
+server {{
+  data_dir = "data"
+}}
 team "platform" {{ members = ["pat", "quinn"] }}
 team "app"      {{ members = ["alice", "bob"] }}
 service "ci-prod" {{

@@ -28,7 +28,7 @@ fn stderr(o: &Output) -> String {
 fn with_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bulkhead.hcl");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, with_test_storage(text)).unwrap();
     (dir, path)
 }
 
@@ -40,9 +40,10 @@ fn an_invalid_config_stops_the_server_with_exit_2_naming_file_and_line() {
     ));
     let out = bulkhead(dir.path(), &["serve", "--config", "bulkhead.hcl"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let line = CONFIG
+    let line = std::fs::read_to_string(dir.path().join("bulkhead.hcl"))
+        .unwrap()
         .lines()
-        .position(|l| l.contains(r#"write = ["service:ci-prod"]"#))
+        .position(|l| l.contains(r#"write = ["service:ci-production"]"#))
         .unwrap()
         + 1;
     let want = format!("bulkhead.hcl:{line}: environment \"prod\": unknown principal service:ci-production in `write`");
@@ -77,9 +78,8 @@ fn token_create_prints_the_token_alone_and_stores_only_its_hash() {
     let (id, secret) = token.strip_prefix("bh_").unwrap().split_once('_').unwrap();
     assert_eq!((id.len(), secret.len()), (16, 64));
 
-    let stored = std::fs::read(dir.path().join("data/bulkhead.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("data/bulkhead.db-wal")).unwrap_or_default();
-    for bytes in [&stored, &wal] {
+    let stored = stored_tokens(dir.path());
+    for bytes in &stored {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the secret is stored in clear"
@@ -288,10 +288,10 @@ async fn audit_verify_detects_an_edited_record_and_audit_log_filters() {
     assert_eq!(bad.status.code(), Some(2));
 
     // Someone with access to the file rewrites the refusal as an allow.
-    let db = env_db(&t.data_dir(), "prod");
-    exec_sql(&db, "DROP TRIGGER audit_no_update").await;
+    allow_audit_tampering(dir, "prod").await;
     exec_sql(
-        &db,
+        dir,
+        "prod",
         "UPDATE audit SET record = replace(record, '\"deny\"', '\"allow\"') WHERE seq = 1",
     )
     .await;
@@ -319,9 +319,8 @@ async fn audit_verify_detects_deleted_records() {
             200
         );
     }
-    let db = env_db(&t.data_dir(), "dev");
-    exec_sql(&db, "DROP TRIGGER audit_no_delete").await;
-    exec_sql(&db, "DELETE FROM audit WHERE seq = 3").await;
+    allow_audit_tampering(t.dir.path(), "dev").await;
+    exec_sql(t.dir.path(), "dev", "DELETE FROM audit WHERE seq = 3").await;
     let out = bulkhead(
         t.dir.path(),
         &["audit", "verify", "--config", "bulkhead.hcl"],

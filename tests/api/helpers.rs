@@ -79,7 +79,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(config_text: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("bulkhead.hcl");
-    std::fs::write(&config_path, config_text).expect("write config");
+    std::fs::write(&config_path, with_test_storage(config_text)).expect("write config");
     let config = Config::load(&config_path).expect("test config is valid");
     let app = App::open(config).await.expect("server opens");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -261,26 +261,151 @@ impl TestApp {
     pub async fn last_audit(&self, env: &str) -> Record {
         self.audit(Some(env)).await.pop().expect("an audit record")
     }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
 }
 
 pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
     assert_eq!(resp.status(), want, "unexpected status for {}", resp.url());
 }
 
-pub fn env_db(data_dir: &Path, env: &str) -> PathBuf {
-    bulkhead::store::environment_file(data_dir, env)
+/// With this set to a PostgreSQL URL, every test's server keeps its data on that server, in a
+/// database of the test's own, instead of SQLite files: the same tests, the other storage.
+const POSTGRES_VAR: &str = "BULKHEAD_TEST_POSTGRES";
+
+fn postgres_admin_url() -> Option<String> {
+    std::env::var(POSTGRES_VAR).ok().filter(|v| !v.is_empty())
 }
 
-/// Runs one statement on a SQLite file through a separate connection.
-pub async fn exec_sql(path: &std::path::Path, sql: &str) {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
-    conn.close().await.unwrap();
+/// Whether this run keeps test data on PostgreSQL.
+pub fn on_postgres() -> bool {
+    postgres_admin_url().is_some()
+}
+
+/// A test's config as written to disk: on PostgreSQL runs, with `storage` pointing the
+/// server block at a fresh database.
+pub fn with_test_storage(config_text: &str) -> String {
+    let Some(admin) = postgres_admin_url() else {
+        return config_text.to_string();
+    };
+    let marker = "data_dir = \"data\"";
+    if !config_text.contains(marker) {
+        return config_text.to_string();
+    }
+    let url = fresh_database(&admin);
+    config_text.replacen(marker, &format!("{marker}\n  storage  = \"{url}\""), 1)
+}
+
+/// Creates an empty database on the test PostgreSQL server and returns its URL. Runs on a
+/// thread of its own so that sync and async tests alike can call it.
+fn fresh_database(admin: &str) -> String {
+    let admin = admin.to_string();
+    on_own_runtime(async move {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_VAR}={admin}: cannot connect: {e}"));
+        let name = format!("bulkhead_test_{:016x}", rand::random::<u64>());
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create a test database");
+        let mut url = reqwest::Url::parse(&admin).expect("a PostgreSQL URL");
+        url.set_path(&name);
+        url.to_string()
+    })
+}
+
+/// Runs a future to completion on a thread and runtime of its own, so that sync tests and
+/// async tests alike can wait for it.
+pub fn on_own_runtime<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("the future completed")
+}
+
+/// Everything stored about tokens, as bytes, to search for secrets: the SQLite files, or the
+/// rows of the tokens table on PostgreSQL.
+pub fn stored_tokens(config_dir: &Path) -> Vec<Vec<u8>> {
+    let config = Config::load(&config_dir.join("bulkhead.hcl")).expect("test config");
+    match config.server.storage {
+        Some(url) => on_own_runtime(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let (rows,): (Option<String>,) =
+                sqlx::query_as("SELECT string_agg(t::text, ',') FROM bulkhead.tokens t")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            vec![rows.expect("tokens are stored").into_bytes()]
+        }),
+        None => {
+            let db = config.server.data_dir.join("bulkhead.db");
+            let wal = config.server.data_dir.join("bulkhead.db-wal");
+            vec![
+                std::fs::read(db).unwrap(),
+                std::fs::read(wal).unwrap_or_default(),
+            ]
+        }
+    }
+}
+
+/// Runs SQL on an environment's database (`server` for the server's own) through a
+/// connection of its own, as someone with direct access to the database would.
+pub async fn exec_sql(config_dir: &Path, env: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    let config = Config::load(&config_dir.join("bulkhead.hcl")).expect("test config");
+    match &config.server.storage {
+        Some(url) => {
+            let schema = if env == "server" {
+                "bulkhead".to_string()
+            } else {
+                format!("bulkhead_env_{env}")
+            };
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            conn.execute(format!("SET search_path TO \"{schema}\"; {sql}").as_str())
+                .await
+                .unwrap();
+        }
+        None => {
+            let path = if env == "server" {
+                config.server.data_dir.join("bulkhead.db")
+            } else {
+                bulkhead::store::environment_file(&config.server.data_dir, env)
+            };
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .unwrap();
+            conn.execute(sql).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+}
+
+/// Lifts the append-only guard of an environment's audit table, as someone with direct access
+/// to the database could.
+pub async fn allow_audit_tampering(config_dir: &Path, env: &str) {
+    let sql = if on_postgres() {
+        "ALTER TABLE audit DISABLE TRIGGER audit_append_only"
+    } else {
+        "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete"
+    };
+    exec_sql(config_dir, env, sql).await;
+}
+
+/// Makes every new audit record of an environment fail to be written, as a full disk would.
+pub async fn break_audit_writes(config_dir: &Path, env: &str) {
+    let sql = if on_postgres() {
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail_audit()"
+    } else {
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    };
+    exec_sql(config_dir, env, sql).await;
 }

@@ -509,8 +509,7 @@ async fn when_the_audit_record_cannot_be_written_the_request_is_refused() {
         StatusCode::OK,
     );
     // Break the dev chain from outside, as a full disk or a broken file would.
-    let db = env_db(&t.data_dir(), "dev");
-    exec_sql(&db, "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").await;
+    break_audit_writes(t.dir.path(), "dev").await;
     let r = t
         .post("dev/app", "alice", None, state_doc(2, "L", ""))
         .await;

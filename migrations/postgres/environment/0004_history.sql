@@ -1,0 +1,7 @@
+-- Audit queries by field without parsing every record: indexed generated columns.
+ALTER TABLE audit ADD COLUMN state TEXT GENERATED ALWAYS AS (record::jsonb ->> 'state') STORED;
+ALTER TABLE audit ADD COLUMN principal TEXT GENERATED ALWAYS AS (record::jsonb ->> 'principal') STORED;
+ALTER TABLE audit ADD COLUMN change TEXT GENERATED ALWAYS AS (record::jsonb ->> 'change') STORED;
+CREATE INDEX audit_by_state ON audit (state, seq);
+CREATE INDEX audit_by_principal ON audit (principal, seq);
+CREATE INDEX audit_by_change ON audit (change, seq);
