@@ -131,27 +131,11 @@ async fn serve_announces_its_address_answers_and_never_logs_tokens() {
         &["token", "create", "alice", "--config", "bulkhead.hcl"],
     ));
     let token = token.trim();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args([
-            "serve",
-            "--config",
-            "bulkhead.hcl",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .env("BULKHEAD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let base = first
-        .strip_prefix("bulkhead listening on ")
-        .unwrap()
-        .to_string();
+    let Served {
+        mut child,
+        base,
+        log,
+    } = serve_process(dir.path()).await;
 
     let client = reqwest::Client::new();
     assert_eq!(
@@ -181,8 +165,8 @@ async fn serve_announces_its_address_answers_and_never_logs_tokens() {
     assert_eq!(r.status(), 401);
 
     child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let log = stderr(&out);
+    child.wait().await.unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("state:write"), "{log}");
     assert!(
         !log.contains(token) && !log.contains("bh_wrong"),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use bulkhead::audit::{self, Record};
@@ -111,6 +112,50 @@ pub async fn spawn_app_with(config_text: &str) -> TestApp {
     }
 }
 
+/// A `bulkhead serve` process, killed when dropped.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// Its base URL.
+    pub base: String,
+    /// Where its log (stderr) goes.
+    pub log: PathBuf,
+}
+
+/// Starts `bulkhead serve --config bulkhead.hcl` in `dir` on a free port, logging at debug
+/// level to a file of its own, and returns once it listens.
+pub async fn serve_process(dir: &Path) -> Served {
+    use tokio::io::AsyncBufReadExt;
+    let log = dir.join(format!("serve-{:08x}.log", rand::random::<u32>()));
+    let log_file = std::fs::File::create(&log).expect("create the log file");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir)
+        .env("BULKHEAD_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bulkhead serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .expect("read stdout")
+        .expect("bulkhead serve announces its address");
+    let base = first
+        .strip_prefix("bulkhead listening on ")
+        .expect("the address line")
+        .to_string();
+    Served { child, base, log }
+}
+
 /// A LockInfo as terraform 1.11 sends it.
 pub fn lock_info(id: &str, operation: &str) -> String {
     serde_json::json!({
@@ -142,6 +187,12 @@ impl TestApp {
         format!("{}/v1/state/{path}", self.base())
     }
 
+    /// Starts `bulkhead serve` as a process of its own on this app's config (so on the same
+    /// storage).
+    pub async fn serve_process(&self) -> Served {
+        serve_process(self.dir.path()).await
+    }
+
     pub fn token(&self, who: &str) -> &str {
         self.tokens
             .get(who)
@@ -157,8 +208,22 @@ impl TestApp {
         who: &str,
         body: Option<Vec<u8>>,
     ) -> reqwest::Response {
+        self.call_on(&self.base(), method, path, who, body).await
+    }
+
+    /// [`TestApp::call`] to another server instance sharing this one's storage.
+    pub async fn call_on(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        who: &str,
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Response {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.client.request(method, self.url(path));
+        let mut req = self
+            .client
+            .request(method, format!("{base}/v1/state/{path}"));
         if !who.is_empty() {
             req = req.basic_auth(who, Some(self.token(who)));
         }

@@ -5,5 +5,6 @@ mod check;
 mod cli;
 mod helpers;
 mod history;
+mod instances;
 mod protocol;
 mod terraform;

@@ -1,0 +1,175 @@
+//! Several server instances on one storage (PostgreSQL in the PostgreSQL run, the same SQLite
+//! files otherwise) answer as one: exclusive locks, linear versions, nothing half-written
+//! when an instance dies mid-request.
+
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::*;
+
+const CLIENTS: usize = 32;
+const ROUNDS: usize = 6;
+
+/// What one client saw of one granted lock.
+struct Hold {
+    granted: Instant,
+    released: Instant,
+    wrote: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
+    let t = std::sync::Arc::new(spawn_app().await);
+    let other = t.serve_process().await;
+    let bases = [t.base(), other.base.clone()];
+
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let t = t.clone();
+        let base = bases[client % 2].clone();
+        clients.push(tokio::spawn(async move {
+            let who = if client % 3 == 0 { "bob" } else { "alice" };
+            let mut holds = Vec::new();
+            for round in 0..ROUNDS {
+                let id = format!("c{client}-r{round}");
+                let lock = lock_info(&id, "OperationTypeApply").into_bytes();
+                let r = t
+                    .call_on(&base, "LOCK", "dev/race", who, Some(lock.clone()))
+                    .await;
+                match r.status().as_u16() {
+                    423 => {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    200 => {}
+                    other => panic!("LOCK answered {other}: {}", r.text().await.unwrap()),
+                }
+                let granted = Instant::now();
+                // Read, then write the next serial: a second holder would read the same one.
+                let current = t.call_on(&base, "GET", "dev/race", who, None).await;
+                let serial = match current.status().as_u16() {
+                    204 => 0,
+                    200 => {
+                        let doc: serde_json::Value = current.json().await.unwrap();
+                        doc["serial"].as_i64().unwrap()
+                    }
+                    other => panic!("GET answered {other}"),
+                };
+                let write = t
+                    .call_on(
+                        &base,
+                        "POST",
+                        &format!("dev/race?ID={id}"),
+                        who,
+                        Some(state_doc(serial + 1, "race", "")),
+                    )
+                    .await;
+                let wrote = write.status() == 200;
+                assert!(
+                    wrote || write.status() == 409,
+                    "POST answered {}",
+                    write.status()
+                );
+                let released = Instant::now();
+                let r = t
+                    .call_on(&base, "UNLOCK", "dev/race", who, Some(lock))
+                    .await;
+                assert_eq!(r.status(), 200, "UNLOCK of a held lock");
+                holds.push(Hold {
+                    granted,
+                    released,
+                    wrote,
+                });
+            }
+            holds
+        }));
+    }
+    let mut holds = Vec::new();
+    for c in clients {
+        holds.extend(c.await.expect("client finished"));
+    }
+
+    // Zero double grants: no two holds overlap.
+    holds.sort_by_key(|h| h.granted);
+    for pair in holds.windows(2) {
+        assert!(
+            pair[1].granted >= pair[0].released,
+            "two clients held the lock at once"
+        );
+    }
+    let writes = holds.iter().filter(|h| h.wrote).count();
+    assert!(writes > 0, "no client ever got the lock");
+    assert_eq!(writes, holds.len(), "every holder's write was accepted");
+
+    // Zero lost or duplicated versions: 1..=writes, each serial one more than the last.
+    let versions = t.versions("dev", "race").await;
+    assert_eq!(versions.len(), writes);
+    for (i, v) in versions.iter().enumerate() {
+        assert_eq!(v.version, i as i64 + 1);
+        assert_eq!(v.serial, Some(i as i64 + 1));
+    }
+    assert!(t
+        .app
+        .stores
+        .environment("dev")
+        .unwrap()
+        .held_lock("race")
+        .await
+        .unwrap()
+        .is_none());
+    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify", "--config", "bulkhead.hcl"])
+        .current_dir(t.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_write_leaves_nothing_half_written() {
+    let t = spawn_app().await;
+    assert_eq!(
+        t.post("dev/big", "alice", None, state_doc(1, "L", ""))
+            .await
+            .status(),
+        200
+    );
+    let mut other = t.serve_process().await;
+
+    // Half of a 1 MB write reaches the other instance; then it dies.
+    let body = state_doc(2, "L", &format!(",\"pad\":\"{}\"", "x".repeat(1 << 20)));
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("alice:{}", t.token("alice")),
+    );
+    let addr = other.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/state/dev/big HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body[..body.len() / 2]).await.unwrap();
+    socket.flush().await.unwrap();
+    other.child.start_kill().unwrap();
+    other.child.wait().await.unwrap();
+
+    let versions = t.versions("dev", "big").await;
+    assert_eq!(versions.len(), 1, "the interrupted write left no version");
+    assert_eq!(t.stored("dev", "big").await, Some(state_doc(1, "L", "")));
+    // The surviving instance goes on writing.
+    assert_eq!(
+        t.post("dev/big", "alice", None, state_doc(2, "L", ""))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(t.versions("dev", "big").await.len(), 2);
+}
