@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::changes::BreakglassGrant;
 use crate::store::environment::VersionMeta;
@@ -39,6 +40,90 @@ struct Instance {
     sensitive: Vec<String>,
 }
 
+/// A resource's address without an instance key: `module.net.aws_vpc.main`, `data.x.y`.
+fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String {
+    let mut base = String::new();
+    if !module.is_empty() {
+        base.push_str(module);
+        base.push('.');
+    }
+    if mode == "data" {
+        base.push_str("data.");
+    }
+    base.push_str(&format!("{kind}.{name}"));
+    base
+}
+
+/// An instance's address: its resource's, with `[0]` or `["key"]` when it has a key.
+fn instance_address(base: &str, index_key: Option<&serde_json::Value>) -> String {
+    match index_key {
+        Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
+        Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),
+        _ => base.to_string(),
+    }
+}
+
+/// A state's resource instances, each address with a digest of its attributes, as stored with
+/// every version when it is written; `None` when the content is not a readable state (an
+/// encrypted OpenTofu state). Reads the document without building it in memory: attribute
+/// values are hashed where they lie in the input.
+pub fn fingerprint(content: &[u8]) -> Option<String> {
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    struct State<'a> {
+        #[serde(borrow)]
+        resources: Vec<Resource<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Resource<'a> {
+        #[serde(borrow, default)]
+        module: Cow<'a, str>,
+        #[serde(borrow, default)]
+        mode: Cow<'a, str>,
+        #[serde(borrow, rename = "type")]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        instances: Vec<Inst<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Inst<'a> {
+        #[serde(default)]
+        index_key: Option<serde_json::Value>,
+        #[serde(borrow, default)]
+        attributes: Option<&'a RawValue>,
+    }
+    let state: State = serde_json::from_slice(content).ok()?;
+    let mut out = BTreeMap::new();
+    for r in &state.resources {
+        let base = resource_address(&r.module, &r.mode, &r.kind, &r.name);
+        for i in &r.instances {
+            let attributes = i.attributes.map_or("", |a| a.get());
+            let digest = sha2::Sha256::digest(attributes.as_bytes());
+            out.insert(
+                instance_address(&base, i.index_key.as_ref()),
+                hex::encode(&digest[..8]),
+            );
+        }
+    }
+    serde_json::to_string(&out).ok()
+}
+
+/// How many instances were added, changed and removed between two fingerprints.
+pub fn count_changes(before: &str, after: &str) -> Option<(usize, usize, usize)> {
+    let parse = |text: &str| serde_json::from_str::<BTreeMap<String, String>>(text).ok();
+    let (before, after) = (parse(before)?, parse(after)?);
+    let added = after.keys().filter(|k| !before.contains_key(*k)).count();
+    let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
+    let changed = after
+        .iter()
+        .filter(|(k, v)| before.get(*k).is_some_and(|old| old != *v))
+        .count();
+    Some((added, changed, removed))
+}
+
 /// Resource instances of a state by address; `None` when the content is not a readable state.
 fn instances(content: Option<&[u8]>) -> Option<BTreeMap<String, Instance>> {
     let Some(content) = content else {
@@ -49,26 +134,14 @@ fn instances(content: Option<&[u8]>) -> Option<BTreeMap<String, Instance>> {
     let mut out = BTreeMap::new();
     for r in resources {
         let text = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        let mut base = String::new();
-        if !text("module").is_empty() {
-            base.push_str(text("module"));
-            base.push('.');
-        }
-        if text("mode") == "data" {
-            base.push_str("data.");
-        }
-        base.push_str(&format!("{}.{}", text("type"), text("name")));
+        let base = resource_address(text("module"), text("mode"), text("type"), text("name"));
         for i in r
             .get("instances")
             .and_then(|v| v.as_array())
             .into_iter()
             .flatten()
         {
-            let address = match i.get("index_key") {
-                Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
-                Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),
-                _ => base.clone(),
-            };
+            let address = instance_address(&base, i.get("index_key"));
             let attributes = i
                 .get("attributes")
                 .and_then(|a| a.as_object())
@@ -257,5 +330,21 @@ mod tests {
             diff(None, Some(&state(DB))).added,
             vec!["aws_db_instance.main"]
         );
+    }
+
+    #[test]
+    fn fingerprints_count_what_diff_finds() {
+        let x = r#"{"mode":"managed","type":"terraform_data","name":"x","instances":[{"index_key":"k","attributes":{}}]}"#;
+        let a = state(&format!("{DB},{x}"));
+        let b = state(&DB.replace("small", "large"));
+        let (fa, fb) = (fingerprint(&a).unwrap(), fingerprint(&b).unwrap());
+        assert!(fa.contains(r#""terraform_data.x[\"k\"]""#), "{fa}");
+        assert!(!fa.contains("hunter2"), "a fingerprint holds digests only");
+        assert_eq!(count_changes(&fa, &fb), Some((0, 1, 1)));
+        assert_eq!(count_changes("{}", &fa), Some((2, 0, 0)));
+        let d = diff(Some(&a), Some(&b));
+        assert_eq!((d.added.len(), d.changed.len(), d.removed.len()), (0, 1, 1));
+        let enc = br#"{"serial":1,"lineage":"L","encrypted_data":"eA=="}"#;
+        assert_eq!(fingerprint(enc), None);
     }
 }

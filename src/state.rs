@@ -175,6 +175,7 @@ mod tests {
             deleted: false,
             created_at: String::new(),
             change_number: None,
+            resources: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 
 use super::{ApiError, App};
 use crate::audit::{self, Outcome, Record};
@@ -14,16 +15,16 @@ use crate::store::Tx;
 /// A successful answer, and whether its audit record was already committed with its effect.
 pub struct Reply {
     pub status: StatusCode,
-    pub body: Option<(&'static str, Vec<u8>)>,
+    pub body: Option<(&'static str, Body)>,
     pub audited: bool,
 }
 
 impl Reply {
     /// 200 with a JSON body, recorded with its effect.
-    pub fn ok(body: Vec<u8>) -> Reply {
+    pub fn ok(body: impl Into<Body>) -> Reply {
         Reply {
             status: StatusCode::OK,
-            body: Some(("application/json", body)),
+            body: Some(("application/json", body.into())),
             audited: true,
         }
     }
@@ -37,7 +38,7 @@ impl Reply {
         let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Reply {
             status,
-            body: Some(("application/json", body)),
+            body: Some(("application/json", body.into())),
             audited,
         })
     }
@@ -158,11 +159,20 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Ve
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(declared));
     }
+    // One buffer of the declared size, filled frame by frame: a large state is held once.
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| too_large(None))?;
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large(None));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
     check_content_md5(headers, &bytes)?;
     Ok(bytes)
 }

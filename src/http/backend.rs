@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+
+use crate::store::environment::ContentStream;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -298,12 +300,17 @@ async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, 
 
 async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
     call.require(record, Action::StateRead, "")?;
-    match call.store.latest_content(call.name.as_str()).await? {
-        Some((meta, content)) => {
+    match call.store.latest_stream(call.name.as_str()).await? {
+        // Streamed chunk by chunk; the declared length lets the client tell a cut-off body.
+        Some((meta, chunks)) => {
             record.version = Some(meta.version);
+            let body = ContentBody {
+                chunks,
+                remaining: u64::try_from(meta.size).unwrap_or(0),
+            };
             Ok(Reply {
                 audited: false,
-                ..Reply::ok(content)
+                ..Reply::ok(Body::new(body))
             })
         }
         // No state yet. 204 rather than 404, so that "no state" never looks like "no such
@@ -313,6 +320,41 @@ async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
             body: None,
             audited: false,
         }),
+    }
+}
+
+/// A state's content as a response body: its chunks as they are read from the store, with the
+/// length known up front, so that the response carries `Content-Length` and a client can tell
+/// a cut-off body from a whole one.
+struct ContentBody {
+    chunks: ContentStream,
+    remaining: u64,
+}
+
+impl http_body::Body for ContentBody {
+    type Data = axum::body::Bytes;
+    type Error = crate::store::StoreError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use futures_util::StreamExt;
+        self.chunks.poll_next_unpin(cx).map(|next| match next {
+            Some(Ok(chunk)) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Some(Ok(http_body::Frame::data(chunk.into())))
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot read a state's content; the response is cut off");
+                Some(Err(e))
+            }
+            None => None,
+        })
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 

@@ -99,13 +99,25 @@ pub async fn history(
             return Reply::json(StatusCode::OK, &diff, false);
         }
         let mut entries = Vec::new();
-        let mut previous: Option<Vec<u8>> = None;
+        // Each version's instances, compared with the one before; `None` when unreadable.
+        let no_state = || Some("{}".to_string());
+        let mut previous = no_state();
         for meta in store.history(state).await? {
-            let content = store
-                .version(state, meta.version)
-                .await?
-                .and_then(|(_, c)| c);
-            let d = history::diff(previous.as_deref(), content.as_deref());
+            let current = match (&meta.resources, meta.deleted) {
+                (_, true) => no_state(),
+                (Some(taken), _) => Some(taken.clone()),
+                // Written before fingerprints were taken at write time.
+                (None, false) => store
+                    .version(state, meta.version)
+                    .await?
+                    .and_then(|(_, content)| content)
+                    .and_then(|content| history::fingerprint(&content)),
+            };
+            let (added, changed, removed) = match (&previous, &current) {
+                (Some(before), Some(after)) => history::count_changes(before, after),
+                _ => None,
+            }
+            .unwrap_or_default();
             entries.push(HistoryEntry {
                 change: meta.change_number.map(|number| {
                     ChangeId {
@@ -115,11 +127,11 @@ pub async fn history(
                     .to_string()
                 }),
                 meta,
-                added: d.added.len(),
-                changed: d.changed.len(),
-                removed: d.removed.len(),
+                added,
+                changed,
+                removed,
             });
-            previous = content;
+            previous = current;
         }
         Reply::json(StatusCode::OK, &entries, false)
     }

@@ -1,7 +1,11 @@
 //! One environment's database: state versions (append-only), the lock of each state, and the
 //! non-blocking plan locks of readers. Write methods take the caller's transaction so that a
 //! version and its audit record commit together.
+//!
+//! A version's content is stored in chunks of at most [`CHUNK_SIZE`] bytes and can be read
+//! back as a stream of them, so a 100 MB state is served without a copy of it in memory.
 
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -28,6 +32,10 @@ pub struct VersionMeta {
     pub created_at: String,
     /// The change request it was written under, in a protected environment.
     pub change_number: Option<i64>,
+    /// Its resource instances, taken when it was written ([`crate::history::fingerprint`]);
+    /// `None` for versions written before they were taken, and contents that are not states.
+    #[serde(skip)]
+    pub resources: Option<String>,
 }
 
 impl FromRow<'_, AnyRow> for VersionMeta {
@@ -48,6 +56,7 @@ impl FromRow<'_, AnyRow> for VersionMeta {
             deleted: flag("deleted")?,
             created_at: row.try_get("created_at")?,
             change_number: row.try_get("change_number")?,
+            resources: row.try_get("resources")?,
         })
     }
 }
@@ -87,20 +96,64 @@ pub struct ReadLock {
     pub principal: String,
 }
 
-/// A version's facts and its content, as one row.
+/// The most content one stored chunk holds.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// A version's content, chunk by chunk.
+pub type ContentStream = BoxStream<'static, Result<Vec<u8>, StoreError>>;
+
+/// A version's facts and the start of its content, as one row.
 #[derive(FromRow)]
-struct WithContent {
+struct WithFirstChunk {
     #[sqlx(flatten)]
     meta: VersionMeta,
+    /// The whole content of a version written before contents were chunked, else its first
+    /// chunk; `None` for a deletion.
     content: Option<Vec<u8>>,
 }
 
-const META_COLUMNS: &str = "state, version, sha256, serial, lineage, size, principal, operation, \
-                            lock_id, forced, deleted, created_at, change_number";
+macro_rules! meta_columns {
+    () => {
+        "v.state, v.version, v.sha256, v.serial, v.lineage, v.size, v.principal, v.operation, \
+         v.lock_id, v.forced, v.deleted, v.created_at, v.change_number, v.resources"
+    };
+}
+
+const META_COLUMNS: &str = meta_columns!();
+
+const WITH_FIRST_CHUNK: &str = concat!(
+    "SELECT ",
+    meta_columns!(),
+    ", COALESCE(v.content, c.data) AS content FROM versions v LEFT JOIN content_chunks c \
+     ON c.state = v.state AND c.version = v.version AND c.seq = 0"
+);
 
 impl EnvStore {
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         self.db.begin().await
+    }
+
+    /// The newest version of a state with its content, as a stream of chunks; `None` when there
+    /// is none or the newest records a deletion.
+    pub async fn latest_stream(
+        &self,
+        state: &str,
+    ) -> Result<Option<(VersionMeta, ContentStream)>, StoreError> {
+        let row: Option<WithFirstChunk> = sqlx::query_as(&format!(
+            "{WITH_FIRST_CHUNK} WHERE v.state = $1 ORDER BY v.version DESC LIMIT 1"
+        ))
+        .bind(state)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(WithFirstChunk {
+            meta,
+            content: Some(first),
+        }) = row
+        else {
+            return Ok(None);
+        };
+        let stream = self.rest(&meta, first);
+        Ok(Some((meta, stream)))
     }
 
     /// The newest version of a state with its content; `None` when there is none or the newest
@@ -109,14 +162,13 @@ impl EnvStore {
         &self,
         state: &str,
     ) -> Result<Option<(VersionMeta, Vec<u8>)>, StoreError> {
-        let row: Option<WithContent> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS}, content FROM versions WHERE state = $1 \
-             ORDER BY version DESC LIMIT 1"
-        ))
-        .bind(state)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.and_then(|r| Some((r.meta, r.content?))))
+        match self.latest_stream(state).await? {
+            Some((meta, chunks)) => {
+                let content = collect(meta.size, chunks).await?;
+                Ok(Some((meta, content)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// One version with its content (`None` for a deletion's content).
@@ -125,21 +177,62 @@ impl EnvStore {
         state: &str,
         version: i64,
     ) -> Result<Option<(VersionMeta, Option<Vec<u8>>)>, StoreError> {
-        let row: Option<WithContent> = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS}, content FROM versions WHERE state = $1 AND version = $2"
+        let row: Option<WithFirstChunk> = sqlx::query_as(&format!(
+            "{WITH_FIRST_CHUNK} WHERE v.state = $1 AND v.version = $2"
         ))
         .bind(state)
         .bind(version)
         .fetch_optional(self.db.pool())
         .await?;
-        Ok(row.map(|r| (r.meta, r.content)))
+        let Some(WithFirstChunk { meta, content }) = row else {
+            return Ok(None);
+        };
+        let content = match content {
+            Some(first) => Some(collect(meta.size, self.rest(&meta, first)).await?),
+            None => None,
+        };
+        Ok(Some((meta, content)))
+    }
+
+    /// A version's content from its first chunk on: the chunks after it are read one at a time
+    /// as the stream is polled, until `size` bytes have come.
+    fn rest(&self, meta: &VersionMeta, first: Vec<u8>) -> ContentStream {
+        let pool = self.db.pool().clone();
+        let (state, version, size) = (meta.state.clone(), meta.version, meta.size);
+        let received = first.len() as i64;
+        let rest = stream::try_unfold((1i64, received), move |(seq, received)| {
+            let (pool, state) = (pool.clone(), state.clone());
+            async move {
+                if received >= size {
+                    return Ok(None);
+                }
+                let chunk: Option<(Vec<u8>,)> = sqlx::query_as(
+                        "SELECT data FROM content_chunks WHERE state = $1 AND version = $2 AND seq = $3",
+                    )
+                    .bind(&state)
+                    .bind(version)
+                    .bind(seq)
+                    .fetch_optional(&pool)
+                    .await?;
+                match chunk {
+                    Some((data,)) if !data.is_empty() => {
+                        let received = received + data.len() as i64;
+                        Ok(Some((data, (seq + 1, received))))
+                    }
+                    _ => Err(StoreError::Corrupt(format!(
+                        "{state} version {version}: content chunk {seq} is missing"
+                    ))),
+                }
+            }
+        });
+        stream::once(async move { Ok(first) }).chain(rest).boxed()
     }
 
     /// The names of every state, with their newest version, and the locks held.
     pub async fn states(&self) -> Result<Vec<VersionMeta>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions v WHERE version = \
-             (SELECT MAX(version) FROM versions w WHERE w.state = v.state) ORDER BY state"
+            "SELECT {META_COLUMNS} FROM versions v WHERE v.version = \
+             (SELECT MAX(version) FROM versions w WHERE w.state = v.state) ORDER BY v.state"
         ))
         .fetch_all(self.db.pool())
         .await?)
@@ -148,7 +241,7 @@ impl EnvStore {
     /// Every version of a state, oldest first, without content.
     pub async fn history(&self, state: &str) -> Result<Vec<VersionMeta>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions WHERE state = $1 ORDER BY version"
+            "SELECT {META_COLUMNS} FROM versions v WHERE v.state = $1 ORDER BY v.version"
         ))
         .bind(state)
         .fetch_all(self.db.pool())
@@ -174,11 +267,20 @@ async fn held_lock(
     .await?)
 }
 
+/// A whole content from its stream of chunks.
+async fn collect(size: i64, mut chunks: ContentStream) -> Result<Vec<u8>, StoreError> {
+    let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = chunks.try_next().await? {
+        content.extend_from_slice(&chunk);
+    }
+    Ok(content)
+}
+
 impl Tx<'_> {
     /// The newest version of a state, deletions included.
     pub async fn latest_version(&mut self, state: &str) -> Result<Option<VersionMeta>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions WHERE state = $1 ORDER BY version DESC LIMIT 1"
+            "SELECT {META_COLUMNS} FROM versions v WHERE v.state = $1 ORDER BY v.version DESC LIMIT 1"
         ))
         .bind(state)
         .fetch_optional(self.conn())
@@ -194,7 +296,7 @@ impl Tx<'_> {
                 .await?;
         sqlx::query(
             "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
-             operation, lock_id, forced, deleted, created_at, content, change_number) \
+             operation, lock_id, forced, deleted, created_at, change_number, resources) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(v.state)
@@ -209,10 +311,27 @@ impl Tx<'_> {
         .bind(i64::from(v.forced))
         .bind(i64::from(v.content.is_none()))
         .bind(now())
-        .bind(v.content)
         .bind(v.change_number)
+        .bind(v.content.and_then(crate::history::fingerprint))
         .execute(self.conn())
         .await?;
+        if let Some(content) = v.content {
+            // An empty content is one empty chunk, so that every version but a deletion has one.
+            let chunks = content
+                .chunks(CHUNK_SIZE)
+                .chain((content.is_empty()).then_some(content));
+            for (seq, chunk) in chunks.enumerate() {
+                sqlx::query(
+                    "INSERT INTO content_chunks (state, version, seq, data) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(v.state)
+                .bind(next)
+                .bind(seq as i64)
+                .bind(chunk)
+                .execute(self.conn())
+                .await?;
+            }
+        }
         Ok(next)
     }
 

@@ -585,3 +585,31 @@ async fn a_body_damaged_in_transit_is_refused() {
     assert_status(&r, StatusCode::BAD_REQUEST);
     assert!(t.versions("dev", "app").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_large_state_round_trips_in_chunks_with_its_length() {
+    let t = spawn_app().await;
+    // Over two storage chunks, with a multi-byte character across a chunk boundary.
+    let pad = "é".repeat(1_300_000);
+    let doc = state_doc(1, "L", &format!(",\"pad\":\"{pad}\""));
+    assert!(doc.len() > 2 * (1 << 20));
+    assert_status(
+        &t.post("staging/big", "pat", None, doc.clone()).await,
+        StatusCode::OK,
+    );
+    let r = t.call("GET", "staging/big", "alice", None).await;
+    assert_status(&r, StatusCode::OK);
+    assert_eq!(r.content_length(), Some(doc.len() as u64));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &doc[..]);
+    let versions = t.versions("staging", "big").await;
+    assert_eq!(versions[0].size, doc.len() as i64);
+    assert_eq!(t.stored("staging", "big").await, Some(doc));
+    // A small version after it reads back whole, nothing of the big one mixed in.
+    let small = state_doc(2, "L", "");
+    assert_status(
+        &t.post("staging/big", "pat", None, small.clone()).await,
+        StatusCode::OK,
+    );
+    let r = t.call("GET", "staging/big", "alice", None).await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &small[..]);
+}
