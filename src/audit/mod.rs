@@ -197,16 +197,74 @@ pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, St
     Ok(seq)
 }
 
-/// The records after position `seq`, in order.
-pub async fn read_after(pool: &AnyPool, seq: i64) -> Result<Vec<Stored>, StoreError> {
-    Ok(
-        sqlx::query_as(
-            "SELECT seq, record, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq",
-        )
-        .bind(seq)
-        .fetch_all(pool)
-        .await?,
-    )
+/// Which records of a chain to read: every field set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub state: Option<String>,
+    pub principal: Option<String>,
+    pub change: Option<String>,
+    pub action: Option<String>,
+    pub decision: Option<String>,
+    /// At or after this time (RFC 3339, as records store it).
+    pub since: Option<String>,
+    /// Before this time.
+    pub until: Option<String>,
+    /// Only records after this position.
+    pub after: i64,
+    /// Only records up to this position.
+    pub through: Option<i64>,
+    /// Only the newest this many.
+    pub last: Option<i64>,
+}
+
+/// The records of a chain that match, oldest first. Each field is an indexed column of the
+/// audit table (generated from the record), so the newest hundred records of a chain of
+/// millions are found without reading the rest.
+pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreError> {
+    let mut conditions = vec!["seq > $1".to_string()];
+    if let Some(through) = filter.through {
+        conditions.push(format!("seq <= {through}"));
+    }
+    let mut values = Vec::new();
+    for (column, op, value) in [
+        ("state", "=", &filter.state),
+        ("principal", "=", &filter.principal),
+        ("change", "=", &filter.change),
+        ("action", "=", &filter.action),
+        ("decision", "=", &filter.decision),
+        ("at", ">=", &filter.since),
+        ("at", "<", &filter.until),
+    ] {
+        if let Some(value) = value {
+            values.push(value.as_str());
+            conditions.push(format!("{column} {op} ${}", values.len() + 1));
+        }
+    }
+    let (order, limit) = match filter.last {
+        Some(n) => ("DESC", format!(" LIMIT {}", n.max(0))),
+        None => ("", String::new()),
+    };
+    let sql = format!(
+        "SELECT seq, record, prev_hash, hash FROM audit WHERE {} ORDER BY seq {order}{limit}",
+        conditions.join(" AND ")
+    );
+    let mut query = sqlx::query_as(&sql).bind(filter.after);
+    for value in values {
+        query = query.bind(value);
+    }
+    let mut rows: Vec<Stored> = query.fetch_all(pool).await?;
+    if filter.last.is_some() {
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+/// The position of a chain's newest record (0 when it has none).
+pub async fn newest_position(pool: &AnyPool) -> Result<i64, StoreError> {
+    let (seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM audit")
+        .fetch_one(pool)
+        .await?;
+    Ok(seq.unwrap_or(0))
 }
 
 /// Reads a whole chain and its head.

@@ -48,6 +48,9 @@ pub struct LogArgs {
     /// Only records before this time: RFC 3339 or an age.
     #[arg(long)]
     until: Option<String>,
+    /// Only the newest N matching records (of each chain, then of all together).
+    #[arg(long, value_name = "N")]
+    last: Option<u32>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     /// Keep printing new records as they are written (Ctrl-C to stop).
@@ -108,69 +111,88 @@ impl LogArgs {
                 )));
             }
         }
-        let since = time_arg("since", &self.since)?;
-        let until = time_arg("until", &self.until)?;
+        let filter = audit::Filter {
+            state: self.state.clone(),
+            principal: self.principal.clone(),
+            change: self.change.clone(),
+            action: self.action.clone(),
+            decision: self.decision.clone(),
+            since: time_arg("since", &self.since)?,
+            until: time_arg("until", &self.until)?,
+            after: 0,
+            through: None,
+            last: self.last.map(i64::from),
+        };
         let stores = open(&self.config).await?;
+        if let Some(env) = &self.env {
+            if !stores.chains().iter().any(|(chain, _)| chain == env) {
+                return Err(CliError::Usage(format!(
+                    "--env {env}: no such environment in the config (`server` names the server's own chain)"
+                )));
+            }
+        }
         // The newest position read in each chain.
         let mut read: HashMap<String, i64> = HashMap::new();
+        let mut last = filter.last;
         loop {
-            let records = self.next(&stores, &mut read, &since, &until).await?;
+            let records = self.next(&stores, &mut read, &filter, last).await?;
             for r in &records {
                 self.print(r)?;
             }
             if !self.follow {
                 return Ok(ExitCode::SUCCESS);
             }
+            // Following: after the first look back, every new record.
+            last = None;
             let _ = std::io::stdout().flush();
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
 
-    /// The matching records after those already read, oldest first.
+    /// The matching records after those already read, oldest first; with `last`, only the
+    /// newest that many.
     async fn next(
         &self,
         stores: &Stores,
         read: &mut HashMap<String, i64>,
-        since: &Option<String>,
-        until: &Option<String>,
+        filter: &audit::Filter,
+        last: Option<i64>,
     ) -> Result<Vec<Record>, CliError> {
         let mut records = Vec::new();
         for (chain, db) in stores.chains() {
             if self.env.as_ref().is_some_and(|e| *e != chain) {
                 continue;
             }
-            let after = read.get(&chain).copied().unwrap_or(0);
-            let rows = audit::read_after(db.pool(), after)
+            // Up to the newest record now; the next look starts after it, matched or not.
+            let newest = audit::newest_position(db.pool())
+                .await
+                .context("cannot read the audit log")?;
+            let filter = audit::Filter {
+                after: read.get(&chain).copied().unwrap_or(0),
+                through: Some(newest),
+                last,
+                ..filter.clone()
+            };
+            read.insert(chain.clone(), newest);
+            let rows = audit::query(db.pool(), &filter)
                 .await
                 .context("cannot read the audit log")?;
             for row in rows {
-                read.insert(chain.clone(), row.seq);
                 let record: Record = serde_json::from_str(&row.record).with_context(|| {
                     format!(
                         "{chain}: audit record {} is not readable (run `bulkhead audit verify`)",
                         row.seq
                     )
                 })?;
-                if self.keeps(&record, since, until) {
-                    records.push(record);
-                }
+                records.push(record);
             }
         }
         records.sort_by(|a, b| a.time.cmp(&b.time));
+        if let Some(n) = last {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            records.drain(..records.len().saturating_sub(n));
+        }
         Ok(records)
-    }
-
-    fn keeps(&self, r: &Record, since: &Option<String>, until: &Option<String>) -> bool {
-        let is = |want: &Option<String>, got: Option<&str>| {
-            want.as_deref().is_none_or(|w| Some(w) == got)
-        };
-        is(&self.principal, r.principal.as_deref())
-            && is(&self.action, Some(&r.action))
-            && is(&self.state, r.state.as_deref())
-            && is(&self.change, r.change.as_deref())
-            && is(&self.decision, Some(r.decision.as_str()))
-            && since.as_ref().is_none_or(|s| r.time >= *s)
-            && until.as_ref().is_none_or(|u| r.time < *u)
     }
 
     fn print(&self, r: &Record) -> Result<(), CliError> {

@@ -453,3 +453,61 @@ async fn next_record(
         .unwrap();
     serde_json::from_str(&line).unwrap()
 }
+
+#[tokio::test]
+async fn audit_log_last_shows_the_newest_records_in_order() {
+    let t = spawn_app().await;
+    for serial in 1..=5 {
+        let r = t
+            .post("dev/app", "alice", None, state_doc(serial, "L", ""))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(t.call("GET", "dev/other", "bob", None).await.status(), 204);
+    let log = |args: &[&str]| {
+        let mut all = vec![
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--format",
+            "json",
+        ];
+        all.extend_from_slice(args);
+        bulkhead(t.dir.path(), &all)
+    };
+    let versions = |out: &Output| -> Vec<i64> {
+        stdout(out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["version"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let last = log(&["--env", "dev", "--action", "state:write", "--last", "2"]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert_eq!(versions(&last), vec![4, 5]);
+    let by_state = log(&[
+        "--env",
+        "dev",
+        "--state",
+        "app",
+        "--principal",
+        "user:alice",
+        "--last",
+        "3",
+    ]);
+    assert_eq!(versions(&by_state), vec![3, 4, 5]);
+    let newest = log(&["--last", "1"]);
+    let newest: serde_json::Value = serde_json::from_str(stdout(&newest).trim()).unwrap();
+    assert_eq!(newest["state"], "other");
+    let unknown = log(&["--env", "nosuch"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("--env nosuch"),
+        "{}",
+        stderr(&unknown)
+    );
+}
