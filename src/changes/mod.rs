@@ -7,6 +7,8 @@ pub mod plan;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+
+use crate::config::Environment;
 use serde::{Deserialize, Serialize};
 
 pub use plan::PlanSummary;
@@ -195,6 +197,60 @@ impl Change {
             )),
         }
     }
+}
+
+/// The step a write to a protected environment still misses when it names no change.
+pub fn no_change_named(environment: &str) -> String {
+    format!(
+        "no change request named: add ?change=ID to the backend address (approved changes: `bulkhead change list --env {environment}`)"
+    )
+}
+
+/// Whether the change named `text` (`change`: as found in the environment's store) lets a
+/// write to `state` go ahead for a caller whose verified branch is `branch`: the change's
+/// number, or the missing step in words. The server's refusals and `bulkhead policy explain`
+/// both come from here.
+pub fn check_grant(
+    env: &Environment,
+    state: &str,
+    text: &str,
+    change: Option<&Change>,
+    branch: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<i64, String> {
+    let id = ChangeId::parse(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not a change id (they look like {}-12)",
+            env.name
+        )
+    })?;
+    if id.environment != env.name {
+        return Err(format!(
+            "change {text} is for environment {}, not {}",
+            id.environment, env.name
+        ));
+    }
+    let change = change.ok_or_else(|| format!("there is no change {text}"))?;
+    if let Some(problem) = change.unusable(&env.name, state, now) {
+        return Err(problem);
+    }
+    if let Some(pipeline) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
+        let allowed = pipeline.branches.join(", ");
+        match branch {
+            None => return Err(format!(
+                "{} is applied only from branch {allowed}, and these credentials prove no branch: the pipeline must authenticate with its CI provider's OIDC token",
+                env.name
+            )),
+            Some(branch) if !pipeline.branches.iter().any(|b| b == branch) => {
+                return Err(format!(
+                    "branch {branch} may not apply {} (allowed: {allowed})",
+                    env.name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(id.number)
 }
 
 #[cfg(test)]

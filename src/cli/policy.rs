@@ -5,14 +5,21 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{CliError, ConfigArg, Format};
+use crate::changes::{self, Change, ChangeId};
+use crate::config::{Config, Environment};
 use crate::identity::Principal;
 use crate::policy::{refusal, Action, Policy, RequestContext, SCHEMA};
+use crate::store::Stores;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Decide one request and say which policy decided it; exit 1 when it is denied.
+    /// Decide one request, say which policy decided it and what would change the answer; exit
+    /// 1 when it is denied. In a protected environment a write also needs an approved change
+    /// (--change, read from the environment's database) and an allowed branch (--branch).
     ///
-    /// Example: bulkhead policy explain --principal alice --action state:write --env prod
+    /// Examples:
+    ///   bulkhead policy explain --principal alice --action state:write --env prod
+    ///   bulkhead policy explain --principal ci-prod --action state:write --env prod --change prod-3 --branch main
     Explain(ExplainArgs),
     /// For every environment, which principals may do which action: the table a security
     /// review asks for, decided by the compiled policies (custom ones included).
@@ -97,12 +104,18 @@ pub struct ExplainArgs {
     /// In which environment.
     #[arg(long)]
     env: String,
-    /// The state name the policies see.
-    #[arg(long, default_value = "default")]
-    state: String,
+    /// The state name the policies see (default: the change's state, else `default`).
+    #[arg(long)]
+    state: Option<String>,
     /// The lock operation the policies see, e.g. OperationTypeApply or state-push.
     #[arg(long, default_value = "")]
     operation: String,
+    /// The change request the request names (`?change=` on the backend address), e.g. prod-3.
+    #[arg(long)]
+    change: Option<String>,
+    /// The branch the caller's OIDC token proves, e.g. main.
+    #[arg(long)]
+    branch: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -139,17 +152,68 @@ impl PolicyCommand {
             ))
         })?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
-        let decision = policy.decide(
+        let change = match &args.change {
+            Some(text) => find_change(&config, env, text).await?,
+            None => None,
+        };
+        let state = args
+            .state
+            .clone()
+            .or_else(|| change.as_ref().map(|c| c.state.clone()))
+            .unwrap_or_else(|| "default".into());
+        let ctx = RequestContext {
+            state: &state,
+            operation: &args.operation,
+            source_ip: None,
+        };
+        let decision = policy.decide(&principal, action, &env.name, &ctx);
+        // A write the policies allow in a protected environment still needs its change.
+        let needs_change = env.protected()
+            && matches!(
+                action,
+                Action::StateWrite | Action::StateLock | Action::StateRollback
+            )
+            && args.operation != "OperationTypePlan";
+        let process = (decision.allowed && needs_change).then(|| match &args.change {
+            None => Err(changes::no_change_named(&env.name)),
+            Some(text) => changes::check_grant(
+                env,
+                &state,
+                text,
+                change.as_ref(),
+                args.branch.as_deref(),
+                chrono::Utc::now(),
+            ),
+        });
+        let allowed = decision.allowed && !matches!(process, Some(Err(_)));
+        let sentence = match &process {
+            _ if !decision.allowed => Some(refusal::sentence(&principal, action, env)),
+            Some(Err(problem)) => Some(refusal::missing_step(&principal, env, problem)),
+            _ => None,
+        };
+        let mut decided_by = decision.explanation();
+        if let Some(Err(_)) = &process {
+            decided_by.push_str(&format!("; then {}'s change process refused it", env.name));
+        }
+        if let Some(Ok(number)) = &process {
+            decided_by.push_str(&format!(
+                "; change {}-{number} is approved and unused",
+                env.name
+            ));
+            if let Some(branch) = &args.branch {
+                decided_by.push_str(&format!(", from allowed branch {branch}"));
+            }
+        }
+        let would = would_change(
+            &config,
+            &policy,
             &principal,
             action,
-            &env.name,
-            &RequestContext {
-                state: &args.state,
-                operation: &args.operation,
-                source_ip: None,
-            },
+            env,
+            &ctx,
+            allowed,
+            needs_change,
         );
-        let sentence = (!decision.allowed).then(|| refusal::sentence(&principal, action, env));
         match args.format {
             Format::Json => println!(
                 "{}",
@@ -157,28 +221,141 @@ impl PolicyCommand {
                     "principal": principal.to_string(),
                     "action": action.as_str(),
                     "environment": env.name,
-                    "allowed": decision.allowed,
+                    "state": state,
+                    "change": args.change,
+                    "branch": args.branch,
+                    "allowed": allowed,
                     "policies": decision.policies,
                     "errors": decision.errors,
+                    "decided_by": decided_by,
                     "refusal": sentence,
+                    "would_change_the_answer": would,
                 })
             ),
             Format::Human => {
-                let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
+                let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
-                println!("decided by: {}", decision.explanation());
+                println!("decided by: {decided_by}");
                 for e in &decision.errors {
                     println!("policy error: {e}");
                 }
-                if let Some(s) = sentence {
+                if let Some(s) = &sentence {
                     println!("the refused caller reads: {s}");
+                }
+                if !would.is_empty() {
+                    println!("what would change the answer:");
+                    for w in &would {
+                        println!("  - {w}");
+                    }
                 }
             }
         }
-        Ok(if decision.allowed {
+        Ok(if allowed {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         })
     }
+}
+
+/// The change `text` names, read from its environment's database; `None` when there is none
+/// (the explanation then says so, as the server would).
+async fn find_change(
+    config: &Config,
+    env: &Environment,
+    text: &str,
+) -> Result<Option<Change>, CliError> {
+    let Some(id) = ChangeId::parse(text).filter(|id| id.environment == env.name) else {
+        return Ok(None);
+    };
+    let stores = Stores::open(config).await?;
+    let Some(store) = stores.environment(&env.name) else {
+        return Ok(None);
+    };
+    Ok(store
+        .change(&env.name, env.required_approvals(), id.number)
+        .await?)
+}
+
+/// What would turn the answer around, in words: who else the policies allow, and the steps of
+/// the change process.
+#[allow(clippy::too_many_arguments)]
+fn would_change(
+    config: &Config,
+    policy: &Policy,
+    principal: &Principal,
+    action: Action,
+    env: &Environment,
+    ctx: &RequestContext<'_>,
+    allowed: bool,
+    needs_change: bool,
+) -> Vec<String> {
+    let others: Vec<String> = config
+        .users
+        .iter()
+        .map(|u| Principal::User(u.clone()))
+        .chain(
+            config
+                .services
+                .keys()
+                .map(|s| Principal::Service(s.clone())),
+        )
+        .filter(|p| p != principal && policy.decide(p, action, &env.name, ctx).allowed)
+        .map(|p| p.to_string())
+        .collect();
+    let mut out = Vec::new();
+    let own = policy.decide(principal, action, &env.name, ctx);
+    if !own.allowed {
+        out.push(match others.is_empty() {
+            true => format!(
+                "nobody may {} in {} under the current policies; ask {}",
+                action.as_str(),
+                env.name,
+                env.owner
+            ),
+            false => format!(
+                "being one of {}: the policies allow them",
+                others.join(", ")
+            ),
+        });
+        if let Some(bg) = env
+            .breakglass
+            .as_ref()
+            .filter(|_| needs_change || action == Action::StateWrite)
+        {
+            let allowed: Vec<String> = bg.allowed.iter().map(ToString::to_string).collect();
+            out.push(format!(
+                "in an emergency, a break-glass grant (`bulkhead breakglass open --env {}`), which only {} may open, for themselves",
+                env.name,
+                allowed.join(", ")
+            ));
+        }
+        return out;
+    }
+    if needs_change {
+        if allowed {
+            out.push(
+                "naming a change that is not approved, already applied, or for another state"
+                    .into(),
+            );
+        } else {
+            out.push(format!(
+                "naming an approved, unused change for this state (`bulkhead change list --env {}`)",
+                env.name
+            ));
+        }
+        if let Some(p) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
+            out.push(format!(
+                "the branch proved by the caller's OIDC token: only {} may apply",
+                p.branches.join(", ")
+            ));
+        }
+    }
+    if allowed {
+        out.push(format!(
+            "{principal} no longer matching {}",
+            own.policies.join(", ")
+        ));
+    }
+    out
 }

@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-
-use crate::store::environment::ContentStream;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -20,13 +18,13 @@ use axum::response::Response;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{Change, ChangeId};
+use crate::changes::{self, ChangeId};
 use crate::config::Environment;
 use crate::identity::{Caller, Principal};
 use crate::lock::{self, LockInfo, Unlock};
 use crate::policy::{refusal, Action, Decision, RequestContext};
 use crate::state::{self, Document, StateName, Write};
-use crate::store::environment::{HeldLock, NewVersion};
+use crate::store::environment::{ContentStream, HeldLock, NewVersion};
 use crate::store::{EnvStore, Tx};
 
 /// Lock bodies are small; anything bigger is not terraform talking.
@@ -202,10 +200,7 @@ impl Call<'_> {
             return Ok(Ok(Grant::Breakglass));
         }
         let Some(text) = &self.change else {
-            return Ok(Err(format!(
-                "no change request named: add ?change=ID to the backend address (approved changes: `bulkhead change list --env {}`)",
-                env.name
-            )));
+            return Ok(Err(changes::no_change_named(&env.name)));
         };
         record.change = Some(text.clone());
         let change = match ChangeId::parse(text).filter(|id| id.environment == env.name) {
@@ -215,48 +210,15 @@ impl Call<'_> {
             }
             None => None,
         };
-        Ok(self.check_change(text, change))
-    }
-
-    /// Why the change named `text` (as found, if found) cannot be applied here by this
-    /// caller, or the grant it gives.
-    fn check_change(&self, text: &str, change: Option<Change>) -> Result<Grant, String> {
-        let env = self.env;
-        let id = ChangeId::parse(text).ok_or_else(|| {
-            format!(
-                "`{text}` is not a change id (they look like {}-12)",
-                env.name
-            )
-        })?;
-        if id.environment != env.name {
-            return Err(format!(
-                "change {text} is for environment {}, not {}",
-                id.environment, env.name
-            ));
-        }
-        let change = change.ok_or_else(|| format!("there is no change {text}"))?;
-        if let Some(problem) = change.unusable(&env.name, self.name.as_str(), chrono::Utc::now()) {
-            return Err(problem);
-        }
-        if let Some(pipeline) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
-            let allowed = pipeline.branches.join(", ");
-            match &self.caller.branch {
-                None => {
-                    return Err(format!(
-                        "{} is applied only from branch {allowed}, and these credentials prove no branch: the pipeline must authenticate with its CI provider's OIDC token",
-                        env.name
-                    ))
-                }
-                Some(branch) if !pipeline.branches.contains(branch) => {
-                    return Err(format!(
-                        "branch {branch} may not apply {} (allowed: {allowed})",
-                        env.name
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(Grant::Change(id.number))
+        Ok(changes::check_grant(
+            env,
+            self.name.as_str(),
+            text,
+            change.as_ref(),
+            self.caller.branch.as_deref(),
+            chrono::Utc::now(),
+        )
+        .map(Grant::Change))
     }
 }
 

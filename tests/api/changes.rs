@@ -611,3 +611,61 @@ async fn break_glass_ends_by_itself() {
         "{sentence}"
     );
 }
+
+#[tokio::test]
+async fn policy_explain_gives_the_servers_answer_for_a_change_and_branch() {
+    let p = spawn_protected("24h").await;
+    let approved = p.approved("network").await;
+    let feature = p.issuer.token("feature-x", |_| {});
+    let path = format!("prod/network?change={approved}");
+    let server_says = refusal(p.ci_lock(&path, &feature, "L").await).await;
+    let explain = |branch: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args([
+                "policy",
+                "explain",
+                "--config",
+                "bulkhead.hcl",
+                "--principal",
+                "ci-prod",
+                "--action",
+                "state:lock",
+                "--operation",
+                "OperationTypeApply",
+                "--env",
+                "prod",
+                "--change",
+                &approved,
+                "--branch",
+                branch,
+            ])
+            .current_dir(p.t.dir.path())
+            .output()
+    };
+    let out = explain("feature-x").await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("the refused caller reads: {server_says}\n")),
+        "{text}\nthe server said: {server_says}"
+    );
+    assert!(text.contains("only main may apply"), "{text}");
+
+    let out = explain("main").await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("ALLOW: service:ci-prod state:lock in prod"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{approved} is approved and unused, from allowed branch main"
+        )),
+        "{text}"
+    );
+    // Explaining changed nothing: the change is still there to be applied.
+    let main = p.issuer.token("main", |_| {});
+    p.ci_apply(&approved, &main, "L2", state_doc(1, "P", ""))
+        .await;
+}

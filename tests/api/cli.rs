@@ -369,6 +369,11 @@ fn policy_explain_names_the_deciding_policy() {
     assert_eq!(deny.status.code(), Some(1));
     assert!(stdout(&deny).contains("default deny"));
     assert!(stdout(&deny).contains("user:alice may not write prod (owner: team:platform)"));
+    assert!(
+        stdout(&deny).contains("what would change the answer:\n  - being one of service:ci-prod"),
+        "{}",
+        stdout(&deny)
+    );
     let schema = bulkhead(dir.path(), &["policy", "schema"]);
     assert!(stdout(&schema).contains("namespace Bulkhead"));
 }
