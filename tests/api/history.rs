@@ -52,6 +52,27 @@ async fn history_show_and_diff_name_who_changed_what_with_secrets_masked() {
         rows,
         vec![(1, "user:alice", 1, 0, 0), (2, "user:bob", 1, 1, 0)]
     );
+    // Versions stored without fingerprints (written by an older bulkhead) are counted from
+    // their contents, with the same result.
+    let unguard = if on_postgres() {
+        "ALTER TABLE versions DISABLE TRIGGER versions_append_only; "
+    } else {
+        "DROP TRIGGER versions_no_update; "
+    };
+    exec_sql(
+        t.dir.path(),
+        "dev",
+        &format!("{unguard}UPDATE versions SET resources = NULL"),
+    )
+    .await;
+    let counted: Vec<_> = alice
+        .history("dev/app")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.added, e.changed, e.removed))
+        .collect();
+    assert_eq!(counted, vec![(1, 0, 0), (1, 1, 0)]);
 
     let diff = alice.diff("dev/app", 1, 2).await.unwrap();
     assert_eq!(diff.added, vec!["terraform_data.cache"]);
