@@ -21,7 +21,7 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 pub use error::ApiError;
 
-use crate::audit::{self, Record};
+use crate::audit::Record;
 use crate::config::{Config, Environment};
 use crate::identity::oidc::{OidcError, OidcVerifier};
 use crate::policy::{Policy, PolicyError};
@@ -114,16 +114,13 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Appends a record to the chain of its environment (or the server's) in a transaction of
-/// its own.
+/// Appends a record to the chain of its environment (or the server's), committed with the
+/// records of concurrent requests.
 pub async fn record(app: &App, record: &Record) -> Result<(), StoreError> {
-    let mut tx = app
-        .stores
+    app.stores
         .audit_store(record.environment.as_deref())
-        .begin()
-        .await?;
-    audit::append(tx.conn(), record).await?;
-    tx.commit().await
+        .append_record(record)
+        .await
 }
 
 /// `GET /healthz`: 200 when every database answers.

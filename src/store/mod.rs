@@ -19,14 +19,16 @@ pub mod system;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, MutexGuard};
 
+use crate::audit::{self, Record};
 use crate::config::Config;
 pub use environment::EnvStore;
 pub use system::SystemStore;
@@ -58,6 +60,9 @@ pub enum StoreError {
     /// A stored value that cannot be read back, or encoded for storage.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A group commit of audit records failed.
+    #[error("the audit records could not be committed: {0}")]
+    Batch(String),
 }
 
 /// Which kind of database a URL names.
@@ -338,8 +343,16 @@ pub struct Serialized {
     kind: Kind,
     /// The advisory lock key on PostgreSQL.
     writer_key: i64,
-    writer: Mutex<()>,
+    writer: Arc<Mutex<()>>,
+    /// Audit records waiting for the next group commit ([`Serialized::append_record`]).
+    queue: Arc<std::sync::Mutex<Vec<Queued>>>,
 }
+
+/// A record waiting to be appended, and who waits for the outcome.
+type Queued = (Record, oneshot::Sender<Result<(), String>>);
+
+/// The most records one group commit appends.
+const GROUP_COMMIT_MAX: usize = 256;
 
 impl Serialized {
     fn new(pool: AnyPool, kind: Kind, schema: Option<&str>) -> Self {
@@ -350,24 +363,60 @@ impl Serialized {
             pool,
             kind,
             writer_key: i64::from_be_bytes(key),
-            writer: Mutex::new(()),
+            writer: Arc::new(Mutex::new(())),
+            queue: Arc::default(),
         }
     }
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         let guard = self.writer.lock().await;
-        let tx = match self.kind {
-            Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Kind::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(self.writer_key)
-                    .execute(&mut *tx)
-                    .await?;
-                tx
-            }
-        };
+        let tx = begin(&self.pool, self.kind, self.writer_key).await?;
         Ok(Tx { _guard: guard, tx })
+    }
+
+    /// Appends an audit record in a transaction of its own, together with the records other
+    /// requests append at the same moment (group commit): many records, one commit and one
+    /// flush to disk. Returns once the record is committed; an error means it was not.
+    ///
+    /// Whoever gets the writer lock commits everything queued by then, in a task of its own
+    /// (so a request that goes away cannot cut a commit short), and answers every waiter
+    /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
+    pub async fn append_record(&self, record: &Record) -> Result<(), StoreError> {
+        let (sender, answer) = oneshot::channel();
+        lock_queue(&self.queue).push((record.clone(), sender));
+        let guard = self.writer.clone().lock_owned().await;
+        let batch: Vec<Queued> = {
+            let mut queue = lock_queue(&self.queue);
+            let n = queue.len().min(GROUP_COMMIT_MAX);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            drop(guard);
+        } else {
+            let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
+            tokio::spawn(async move {
+                let outcome = async {
+                    let mut tx = begin(&pool, kind, key).await?;
+                    for (record, _) in &batch {
+                        audit::append(&mut tx, record).await?;
+                    }
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(())
+                }
+                .await
+                .map_err(|e| e.to_string());
+                for (_, waiter) in batch {
+                    let _ = waiter.send(outcome.clone());
+                }
+                drop(guard);
+            });
+        }
+        match answer.await {
+            Ok(outcome) => outcome.map_err(StoreError::Batch),
+            Err(_) => Err(StoreError::Batch(
+                "the commit that held the record stopped".into(),
+            )),
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -377,6 +426,31 @@ impl Serialized {
     pub fn kind(&self) -> Kind {
         self.kind
     }
+}
+
+fn lock_queue(queue: &std::sync::Mutex<Vec<Queued>>) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+    // The queue is only pushed to and drained; a panic elsewhere cannot leave it half-changed.
+    queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer
+/// lock).
+async fn begin(
+    pool: &AnyPool,
+    kind: Kind,
+    writer_key: i64,
+) -> Result<Transaction<'static, Any>, StoreError> {
+    Ok(match kind {
+        Kind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Kind::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(writer_key)
+                .execute(&mut *tx)
+                .await?;
+            tx
+        }
+    })
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls everything back.
