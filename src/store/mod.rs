@@ -430,7 +430,9 @@ impl Serialized {
 
 fn lock_queue(queue: &std::sync::Mutex<Vec<Queued>>) -> std::sync::MutexGuard<'_, Vec<Queued>> {
     // The queue is only pushed to and drained; a panic elsewhere cannot leave it half-changed.
-    queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer
