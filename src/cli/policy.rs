@@ -8,7 +8,7 @@ use super::{CliError, ConfigArg, Format};
 use crate::changes::{self, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::Principal;
-use crate::policy::{refusal, Action, Policy, RequestContext, SCHEMA};
+use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
 use crate::store::Stores;
 
 #[derive(Debug, Subcommand)]
@@ -40,17 +40,7 @@ impl MatrixArgs {
     async fn run(self) -> Result<ExitCode, CliError> {
         let config = self.config.load()?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
-        let principals: Vec<Principal> = config
-            .users
-            .iter()
-            .map(|u| Principal::User(u.clone()))
-            .chain(
-                config
-                    .services
-                    .keys()
-                    .map(|s| Principal::Service(s.clone())),
-            )
-            .collect();
+        let principals = Principal::all(&config);
         let ctx = RequestContext {
             state: "",
             operation: "",
@@ -204,16 +194,13 @@ impl PolicyCommand {
                 decided_by.push_str(&format!(", from allowed branch {branch}"));
             }
         }
-        let would = would_change(
-            &config,
-            &policy,
-            &principal,
+        let asked = Asked {
+            principal: &principal,
             action,
             env,
-            &ctx,
-            allowed,
-            needs_change,
-        );
+            ctx: &ctx,
+        };
+        let would = asked.would_change(&config, &policy, &decision, allowed, needs_change);
         match args.format {
             Format::Json => println!(
                 "{}",
@@ -277,85 +264,90 @@ async fn find_change(
         .await?)
 }
 
-/// What would turn the answer around, in words: who else the policies allow, and the steps of
-/// the change process.
-#[allow(clippy::too_many_arguments)]
-fn would_change(
-    config: &Config,
-    policy: &Policy,
-    principal: &Principal,
+/// One request put to the policies.
+struct Asked<'a> {
+    principal: &'a Principal,
     action: Action,
-    env: &Environment,
-    ctx: &RequestContext<'_>,
-    allowed: bool,
-    needs_change: bool,
-) -> Vec<String> {
-    let others: Vec<String> = config
-        .users
-        .iter()
-        .map(|u| Principal::User(u.clone()))
-        .chain(
-            config
-                .services
-                .keys()
-                .map(|s| Principal::Service(s.clone())),
-        )
-        .filter(|p| p != principal && policy.decide(p, action, &env.name, ctx).allowed)
-        .map(|p| p.to_string())
-        .collect();
-    let mut out = Vec::new();
-    let own = policy.decide(principal, action, &env.name, ctx);
-    if !own.allowed {
-        out.push(match others.is_empty() {
-            true => format!(
-                "nobody may {} in {} under the current policies; ask {}",
-                action.as_str(),
-                env.name,
-                env.owner
-            ),
-            false => format!(
-                "being one of {}: the policies allow them",
-                others.join(", ")
-            ),
-        });
-        if let Some(bg) = env
-            .breakglass
-            .as_ref()
-            .filter(|_| needs_change || action == Action::StateWrite)
-        {
-            let allowed: Vec<String> = bg.allowed.iter().map(ToString::to_string).collect();
-            out.push(format!(
+    env: &'a Environment,
+    ctx: &'a RequestContext<'a>,
+}
+
+impl Asked<'_> {
+    /// What would turn the answer around, in words: who else the policies allow, and the
+    /// steps of the change process. `own` is the policies' decision for the principal asked.
+    fn would_change(
+        &self,
+        config: &Config,
+        policy: &Policy,
+        own: &Decision,
+        allowed: bool,
+        needs_change: bool,
+    ) -> Vec<String> {
+        let Asked {
+            principal,
+            action,
+            env,
+            ctx,
+        } = *self;
+        let mut out = Vec::new();
+        if !own.allowed {
+            let others: Vec<String> = Principal::all(config)
+                .into_iter()
+                .filter(|p| p != principal && policy.decide(p, action, &env.name, ctx).allowed)
+                .map(|p| p.to_string())
+                .collect();
+            out.push(if others.is_empty() {
+                format!(
+                    "nobody may {} in {} under the current policies; ask {}",
+                    action.as_str(),
+                    env.name,
+                    env.owner
+                )
+            } else {
+                format!(
+                    "being one of {}: the policies allow them",
+                    others.join(", ")
+                )
+            });
+            if let Some(bg) = env
+                .breakglass
+                .as_ref()
+                .filter(|_| needs_change || action == Action::StateWrite)
+            {
+                let allowed: Vec<String> = bg.allowed.iter().map(ToString::to_string).collect();
+                out.push(format!(
                 "in an emergency, a break-glass grant (`bulkhead breakglass open --env {}`), which only {} may open, for themselves",
                 env.name,
                 allowed.join(", ")
             ));
+            }
+            return out;
         }
-        return out;
-    }
-    if needs_change {
-        if allowed {
-            out.push(
-                "naming a change that is not approved, already applied, or for another state"
-                    .into(),
-            );
-        } else {
-            out.push(format!(
+        if needs_change {
+            if allowed {
+                out.push(
+                    "naming a change that is not approved, already applied, or for another state"
+                        .into(),
+                );
+            } else {
+                out.push(format!(
                 "naming an approved, unused change for this state (`bulkhead change list --env {}`)",
                 env.name
             ));
+            }
+            if let Some(p) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
+                out.push(format!(
+                    "the branch proved by the caller's OIDC token: only {} may apply",
+                    p.branches.join(", ")
+                ));
+            }
         }
-        if let Some(p) = env.pipeline.as_ref().filter(|p| !p.branches.is_empty()) {
+        if allowed {
             out.push(format!(
-                "the branch proved by the caller's OIDC token: only {} may apply",
-                p.branches.join(", ")
+                "{principal} no longer matching {}",
+                own.policies.join(", ")
             ));
         }
+        out
     }
-    if allowed {
-        out.push(format!(
-            "{principal} no longer matching {}",
-            own.policies.join(", ")
-        ));
-    }
-    out
 }

@@ -38,6 +38,16 @@ impl Principal {
         }
     }
 
+    /// Every user and service of the config, users first.
+    pub fn all(config: &Config) -> Vec<Principal> {
+        let users = config.users.iter().map(|u| Principal::User(u.clone()));
+        let services = config
+            .services
+            .keys()
+            .map(|s| Principal::Service(s.clone()));
+        users.chain(services).collect()
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Principal::User(n) | Principal::Service(n) => n,
