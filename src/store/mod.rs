@@ -370,7 +370,14 @@ impl Serialized {
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         let guard = self.writer.lock().await;
-        let tx = begin(&self.pool, self.kind, self.writer_key).await?;
+        // Begun in a task of its own: a request that goes away while BEGIN is under way would
+        // otherwise leave a transaction open on a pooled connection, holding the database's
+        // write lock for good. The task always ends with a transaction value, whose drop
+        // rolls back.
+        let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
+        let tx = tokio::spawn(async move { begin(&pool, kind, key).await })
+            .await
+            .map_err(|e| StoreError::Batch(format!("beginning a transaction failed: {e}")))??;
         Ok(Tx { _guard: guard, tx })
     }
 

@@ -173,3 +173,65 @@ async fn an_instance_killed_mid_write_leaves_nothing_half_written() {
     );
     assert_eq!(t.versions("dev", "big").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_cut_off_mid_flight_leave_the_server_working() {
+    let t = std::sync::Arc::new(spawn_app().await);
+    // Clients that hang up after a few hundred microseconds, at every point of a request.
+    let mut clients = Vec::new();
+    for client in 0..16u64 {
+        let t = t.clone();
+        clients.push(tokio::spawn(async move {
+            let impatient = reqwest::Client::new();
+            for round in 0..40u64 {
+                let wait = std::time::Duration::from_micros((client * 37 + round * 101) % 3000);
+                let path = format!("dev/cut-{}", client % 4);
+                let id = format!("c{client}-{round}");
+                for (method, url, body) in [
+                    (
+                        "LOCK",
+                        t.url(&path),
+                        lock_info(&id, "OperationTypeApply").into_bytes(),
+                    ),
+                    (
+                        "POST",
+                        t.url(&format!("{path}?ID={id}")),
+                        state_doc(round as i64, "L", ""),
+                    ),
+                    (
+                        "UNLOCK",
+                        t.url(&path),
+                        lock_info(&id, "OperationTypeApply").into_bytes(),
+                    ),
+                ] {
+                    let _ = impatient
+                        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+                        .basic_auth("alice", Some(t.token("alice")))
+                        .body(body)
+                        .timeout(wait)
+                        .send()
+                        .await;
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    // Every kind of request still works, promptly.
+    let patient = async {
+        let r = t
+            .post("dev/after", "alice", None, state_doc(1, "L", ""))
+            .await;
+        assert_status(&r, reqwest::StatusCode::OK);
+        let r = t
+            .lock("dev/after", "alice", "A", "OperationTypeApply")
+            .await;
+        assert_status(&r, reqwest::StatusCode::OK);
+        let r = t.call("GET", "dev/after", "alice", None).await;
+        assert_status(&r, reqwest::StatusCode::OK);
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), patient)
+        .await
+        .expect("the server answers after clients hung up mid-request");
+}
