@@ -10,13 +10,14 @@ pub mod refusal;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
-use crate::config::{Config, Subject};
+use crate::config::{Config, Environment, Subject};
 use crate::identity::Principal;
 
 /// The Cedar schema custom policies are validated against.
@@ -137,32 +138,44 @@ pub enum PolicyError {
     Internal(String),
 }
 
-/// The compiled policies, the entities they speak of, and the schema.
+/// The compiled policies and the entities they speak of.
+///
+/// Each environment gets a policy set of its own (its generated policies and every custom
+/// one), so a decision evaluates the policies that can apply to it rather than every
+/// environment's.
 pub struct Policy {
-    schema: Schema,
-    policies: PolicySet,
+    by_environment: HashMap<String, PolicySet>,
+    /// The custom policies alone: all that can apply to an environment not in the config.
+    custom: PolicySet,
     entities: Entities,
+    authorizer: Authorizer,
 }
 
 impl Policy {
     pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
         let internal = |e: &dyn std::fmt::Display| PolicyError::Internal(e.to_string());
         let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| internal(&e))?;
-        let mut policies = PolicySet::new();
-        for (id, text) in generated_policies(config) {
-            let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
-                .map_err(|e| internal(&format!("{id}: {e}")))?;
-            policies.add(policy).map_err(|e| internal(&e))?;
-        }
+        let mut custom = PolicySet::new();
         for path in &config.policy_files {
-            add_policy_file(&mut policies, &schema, path)?;
+            add_policy_file(&mut custom, &schema, path)?;
+        }
+        let mut by_environment = HashMap::new();
+        for env in &config.environments {
+            let mut policies = custom.clone();
+            for (id, text) in generated_policies(env) {
+                let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
+                    .map_err(|e| internal(&format!("{id}: {e}")))?;
+                policies.add(policy).map_err(|e| internal(&e))?;
+            }
+            by_environment.insert(env.name.clone(), policies);
         }
         let entities =
             Entities::from_entities(entities(config)?, Some(&schema)).map_err(|e| internal(&e))?;
         Ok(Policy {
-            schema,
-            policies,
+            by_environment,
+            custom,
             entities,
+            authorizer: Authorizer::new(),
         })
     }
 
@@ -178,30 +191,40 @@ impl Policy {
             policies: Vec::new(),
             errors: vec![error],
         };
-        let action_uid = action.uid();
+        // Built from typed values, so neither needs checking against the schema again: the
+        // policies were validated against it when they were compiled.
         let ip = context
             .source_ip
             .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
-        let context = serde_json::json!({
-            "state": context.state,
-            "operation": context.operation,
-            "source_ip": { "__extn": { "fn": "ip", "arg": ip } },
-        });
-        let context = match Context::from_json_value(context, Some((&self.schema, &action_uid))) {
+        let context = Context::from_pairs([
+            (
+                "state".to_string(),
+                RestrictedExpression::new_string(context.state.to_string()),
+            ),
+            (
+                "operation".to_string(),
+                RestrictedExpression::new_string(context.operation.to_string()),
+            ),
+            ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
+        ]);
+        let context = match context {
             Ok(c) => c,
             Err(e) => return deny(format!("request context: {e}")),
         };
         let request = match Request::new(
             principal_uid(principal),
-            action_uid,
+            action.uid(),
             uid("Environment", environment),
             context,
-            Some(&self.schema),
+            None,
         ) {
             Ok(r) => r,
             Err(e) => return deny(format!("request: {e}")),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &self.entities);
+        let policies = self.by_environment.get(environment).unwrap_or(&self.custom);
+        let response = self
+            .authorizer
+            .is_authorized(&request, policies, &self.entities);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
@@ -220,13 +243,23 @@ impl Policy {
     }
 }
 
+/// The entity types of SCHEMA, parsed once.
+static ENTITY_TYPES: LazyLock<HashMap<&'static str, cedar_policy::EntityTypeName>> =
+    LazyLock::new(|| {
+        ["User", "Team", "Service", "Environment", "Action"]
+            .into_iter()
+            .filter_map(|kind| {
+                let name = cedar_policy::EntityTypeName::from_str(&format!("Bulkhead::{kind}"));
+                name.ok().map(|name| (kind, name))
+            })
+            .collect()
+    });
+
 fn uid(kind: &str, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        // The type names are the fixed ones of SCHEMA; the id may be any string.
-        cedar_policy::EntityTypeName::from_str(&format!("Bulkhead::{kind}"))
-            .unwrap_or_else(|_| unreachable!("fixed entity type names parse")),
-        cedar_policy::EntityId::new(id),
-    )
+    let Some(name) = ENTITY_TYPES.get(kind) else {
+        unreachable!("uid() is called with the entity types of SCHEMA only, not {kind}")
+    };
+    EntityUid::from_type_name_and_id(name.clone(), cedar_policy::EntityId::new(id))
 }
 
 fn principal_uid(p: &Principal) -> EntityUid {
@@ -249,63 +282,61 @@ fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// The policies the environment blocks stand for, each with an id that says where it came from:
-/// `<environment>.<attribute>.<subject>`, e.g. `prod.write.service:ci-prod`.
-fn generated_policies(config: &Config) -> Vec<(String, String)> {
+/// The policies an environment block stands for, each with an id that says where it came
+/// from: `<environment>.<attribute>.<subject>`, e.g. `prod.write.service:ci-prod`.
+fn generated_policies(env: &Environment) -> Vec<(String, String)> {
     use Action::*;
     let mut out = Vec::new();
-    for env in &config.environments {
-        let approvers = env.approval.as_ref().map_or(&[][..], |a| &a.approvers[..]);
-        let breakglass = env.breakglass.as_ref().map_or(&[][..], |b| &b.allowed[..]);
-        let grants: [(&str, &[Subject], &[Action]); 8] = [
-            (
-                "owner",
-                std::slice::from_ref(&env.owner),
-                &[StateRead, ChangeCreate],
-            ),
-            ("read", &env.read, &[StateRead, ChangeCreate]),
-            (
-                "write",
-                &env.write,
-                &[
-                    StateRead,
-                    StateWrite,
-                    StateLock,
-                    StateUnlock,
-                    StateRollback,
-                    ChangeCreate,
-                ],
-            ),
-            (
-                "force_unlock",
-                &env.force_unlock,
-                &[StateUnlock, StateForceUnlock],
-            ),
-            ("force_write", &env.force_write, &[StateForceWrite]),
-            ("delete", &env.delete, &[StateDelete]),
-            ("approval.approvers", approvers, &[StateRead, ChangeApprove]),
-            (
-                "breakglass.allowed",
-                breakglass,
-                &[StateRead, BreakglassOpen],
-            ),
-        ];
-        for (attr, subjects, actions) in grants {
-            let actions = actions
-                .iter()
-                .map(|a| format!("Bulkhead::Action::{}", quote(a.as_str())))
-                .collect::<Vec<_>>()
-                .join(", ");
-            for subject in subjects {
-                out.push((
-                    format!("{}.{attr}.{subject}", env.name),
-                    format!(
-                        "permit(principal in {}, action in [{actions}], resource == Bulkhead::Environment::{});",
-                        subject_ref(subject),
-                        quote(&env.name)
-                    ),
-                ));
-            }
+    let approvers = env.approval.as_ref().map_or(&[][..], |a| &a.approvers[..]);
+    let breakglass = env.breakglass.as_ref().map_or(&[][..], |b| &b.allowed[..]);
+    let grants: [(&str, &[Subject], &[Action]); 8] = [
+        (
+            "owner",
+            std::slice::from_ref(&env.owner),
+            &[StateRead, ChangeCreate],
+        ),
+        ("read", &env.read, &[StateRead, ChangeCreate]),
+        (
+            "write",
+            &env.write,
+            &[
+                StateRead,
+                StateWrite,
+                StateLock,
+                StateUnlock,
+                StateRollback,
+                ChangeCreate,
+            ],
+        ),
+        (
+            "force_unlock",
+            &env.force_unlock,
+            &[StateUnlock, StateForceUnlock],
+        ),
+        ("force_write", &env.force_write, &[StateForceWrite]),
+        ("delete", &env.delete, &[StateDelete]),
+        ("approval.approvers", approvers, &[StateRead, ChangeApprove]),
+        (
+            "breakglass.allowed",
+            breakglass,
+            &[StateRead, BreakglassOpen],
+        ),
+    ];
+    for (attr, subjects, actions) in grants {
+        let actions = actions
+            .iter()
+            .map(|a| format!("Bulkhead::Action::{}", quote(a.as_str())))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for subject in subjects {
+            out.push((
+                format!("{}.{attr}.{subject}", env.name),
+                format!(
+                    "permit(principal in {}, action in [{actions}], resource == Bulkhead::Environment::{});",
+                    subject_ref(subject),
+                    quote(&env.name)
+                ),
+            ));
         }
     }
     out
