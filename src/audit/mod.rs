@@ -171,27 +171,48 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
 /// Appends a record to the chain of the database `conn` belongs to, inside the caller's
 /// transaction; returns its position.
 pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, StoreError> {
+    append_all(conn, std::slice::from_ref(record)).await
+}
+
+/// Appends records in order, inside the caller's transaction, in three statements however
+/// many they are; returns the position of the last.
+pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
-    let seq = prev_seq + 1;
-    let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let hash = link(seq, &prev_hash, &json);
-    sqlx::query("INSERT INTO audit (seq, record, prev_hash, hash) VALUES ($1, $2, $3, $4)")
-        .bind(seq)
-        .bind(&json)
-        .bind(&prev_hash)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+    if records.is_empty() {
+        return Ok(seq);
+    }
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        seq += 1;
+        let hash = link(seq, &prev, &json);
+        rows.push((seq, json, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let n = i * 4;
+            format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO audit (seq, record, prev_hash, hash) VALUES {}",
+        values.join(", ")
+    );
+    let mut insert = sqlx::query(&sql);
+    for (seq, json, prev_hash, hash) in &rows {
+        insert = insert.bind(seq).bind(json).bind(prev_hash).bind(hash);
+    }
+    insert.execute(&mut *conn).await?;
     sqlx::query(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
          ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
     )
     .bind(seq)
-    .bind(&hash)
+    .bind(&prev)
     .execute(&mut *conn)
     .await?;
     Ok(seq)

@@ -401,18 +401,17 @@ impl Serialized {
             drop(guard);
         } else {
             let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
+            let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
             tokio::spawn(async move {
                 let outcome = async {
                     let mut tx = begin(&pool, kind, key).await?;
-                    for (record, _) in &batch {
-                        audit::append(&mut tx, record).await?;
-                    }
+                    audit::append_all(&mut tx, &records).await?;
                     tx.commit().await?;
                     Ok::<_, StoreError>(())
                 }
                 .await
                 .map_err(|e| e.to_string());
-                for (_, waiter) in batch {
+                for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }
                 drop(guard);
