@@ -4,6 +4,9 @@
 server {
   listen   = "127.0.0.1:8080"
   data_dir = "bulkhead-data"     # relative to this file
+  # Several instances behind a load balancer share one PostgreSQL (tokens, and a schema per
+  # environment without storage of its own):
+  # storage = "postgres://bulkhead@db/bulkhead"
 }
 
 team "platform" { members = ["pat", "quinn"] }

@@ -2,13 +2,19 @@
 
 use super::{is_production, Finding, Severity};
 use crate::config::Config;
+use crate::store;
 
 pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
     for env in config.environments.iter().filter(|e| is_production(e)) {
-        // Without `storage`, each environment has its own file: separate by construction.
-        let Some(url) = &env.storage else { continue };
+        // In a file of its own (no `storage`, no server PostgreSQL): separate by construction.
+        // In a shared database, each environment has a schema of its own, but one set of
+        // credentials reaches them all.
+        let Some(url) = store::environment_url(config, env) else {
+            continue;
+        };
+        let url = store::redact(url);
         for other in config.environments.iter().filter(|o| o.name != env.name) {
-            if other.storage.as_deref() == Some(url.as_str()) {
+            if store::environment_url(config, other).map(store::redact) == Some(url.clone()) {
                 out.push(Finding {
                     id: "production-store-shared",
                     severity: Severity::Error,
@@ -19,7 +25,7 @@ pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
                         env.name, other.name
                     ),
                     fix: format!(
-                        "give {} a storage of its own, or remove `storage` so it gets its own file",
+                        "give {} a `storage` database of its own (reachable only with credentials other environments do not have), or, on SQLite, remove `storage` so it gets its own file",
                         env.name
                     ),
                 });

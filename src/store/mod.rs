@@ -29,7 +29,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::{self, Record};
-use crate::config::Config;
+use crate::config::{Config, Environment};
 pub use environment::EnvStore;
 pub use system::SystemStore;
 
@@ -63,6 +63,9 @@ pub enum StoreError {
     /// A group commit of audit records failed.
     #[error("the audit records could not be committed: {0}")]
     Batch(String),
+    /// A task doing database work stopped before it finished.
+    #[error("database work stopped before it finished: {0}")]
+    Task(String),
 }
 
 /// Which kind of database a URL names.
@@ -160,19 +163,23 @@ fn system_location(config: &Config) -> Location {
     }
 }
 
-fn environment_location(config: &Config, env: &crate::config::Environment) -> Location {
-    let schema = format!("bulkhead_env_{}", env.name);
-    let server_postgres = config
+/// The database URL an environment's data lives in: its own `storage`, or else the server's
+/// PostgreSQL; `None` for a SQLite file of its own under the data directory.
+pub fn environment_url<'a>(config: &'a Config, env: &'a Environment) -> Option<&'a str> {
+    env.storage.as_deref().or(config
         .server
         .storage
-        .as_ref()
-        .filter(|url| Kind::of(url) == Some(Kind::Postgres));
-    match (&env.storage, server_postgres) {
-        (Some(url), _) | (None, Some(url)) => Location::Url {
-            url: url.clone(),
-            schema,
+        .as_deref()
+        .filter(|url| Kind::of(url) == Some(Kind::Postgres)))
+}
+
+fn environment_location(config: &Config, env: &Environment) -> Location {
+    match environment_url(config, env) {
+        Some(url) => Location::Url {
+            url: url.to_string(),
+            schema: format!("bulkhead_env_{}", env.name),
         },
-        (None, None) => Location::File(environment_file(&config.server.data_dir, &env.name)),
+        None => Location::File(environment_file(&config.server.data_dir, &env.name)),
     }
 }
 
@@ -377,7 +384,7 @@ impl Serialized {
         let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
         let tx = tokio::spawn(async move { begin(&pool, kind, key).await })
             .await
-            .map_err(|e| StoreError::Batch(format!("beginning a transaction failed: {e}")))??;
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(Tx { _guard: guard, tx })
     }
 
@@ -427,10 +434,6 @@ impl Serialized {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
     }
 }
 

@@ -127,6 +127,32 @@ fn production_sharing_its_store() {
 }
 
 #[test]
+fn production_in_the_servers_shared_postgresql() {
+    only(
+        &[(
+            CONFIG,
+            "service \"ci-prod\" {}",
+            "server {\n  storage = \"postgres://bulkhead:secret@db/bulkhead\"\n}\nservice \"ci-prod\" {}",
+        )],
+        "production-store-shared",
+    );
+    // Its own database on the same server: separate credentials, separate store.
+    let (code, ids) = findings(&[
+        (
+            CONFIG,
+            "service \"ci-prod\" {}",
+            "server {\n  storage = \"postgres://bulkhead:secret@db/bulkhead\"\n}\nservice \"ci-prod\" {}",
+        ),
+        (
+            CONFIG,
+            "  paths = [\"envs/prod/\"]",
+            "  paths = [\"envs/prod/\"]\n  storage = \"postgres://prod@db-prod/prod\"",
+        ),
+    ]);
+    assert_eq!((code, ids), (Some(0), vec![]));
+}
+
+#[test]
 fn a_person_who_can_write_production() {
     let (code, ids) = findings(&[(
         CONFIG,
