@@ -6,8 +6,8 @@
 //!
 //! BENCH_AUDIT_RECORDS (default 1000000) records in the `prod` chain, BENCH_AUDIT_ROUNDS
 //! (default 9) timed rounds per query; BENCH_POSTGRES_URL puts the chain on PostgreSQL.
-//! Filling the chain goes through the same append as the server (hash chain and all), in
-//! transactions of 10000 records.
+//! Filling the chain goes through the same append as the server's group commit (hash chain
+//! and all), in transactions of 1000 records.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,30 +64,34 @@ environment "prod" {{
     let prod = stores.environment("prod").expect("prod");
 
     let fill = Instant::now();
-    let batch = 10_000;
+    let batch = 1_000;
     let mut written = 0;
     while written < records {
+        let end = (written + batch).min(records);
+        let batch: Vec<Record> = (written..end)
+            .map(|i| {
+                let mut r = Record::new(if i % 4 == 0 {
+                    "state:write"
+                } else {
+                    "state:read"
+                });
+                r.principal = Some(format!("user:u{}", i % 20));
+                r.environment = Some("prod".into());
+                r.state = Some(format!("app/s{}", i % 50));
+                r.decision = if i % 10 == 0 {
+                    Outcome::Deny
+                } else {
+                    Outcome::Allow
+                };
+                r.status = Some(200);
+                r.source = Some("10.0.0.1".into());
+                r
+            })
+            .collect();
         let mut tx = prod.begin().await.expect("begin");
-        for i in written..(written + batch).min(records) {
-            let mut r = Record::new(if i % 4 == 0 {
-                "state:write"
-            } else {
-                "state:read"
-            });
-            r.principal = Some(format!("user:u{}", i % 20));
-            r.environment = Some("prod".into());
-            r.state = Some(format!("app/s{}", i % 50));
-            r.decision = if i % 10 == 0 {
-                Outcome::Deny
-            } else {
-                Outcome::Allow
-            };
-            r.status = Some(200);
-            r.source = Some("10.0.0.1".into());
-            audit::append(tx.conn(), &r).await.expect("append");
-        }
+        audit::append_all(tx.conn(), &batch).await.expect("append");
         tx.commit().await.expect("commit");
-        written = (written + batch).min(records);
+        written = end;
     }
     let fill = fill.elapsed();
     let pool = stores.chains()[1].1.pool().clone();
