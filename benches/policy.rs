@@ -53,17 +53,7 @@ fn main() {
 
     // The mix: every declared principal plus one unknown, every action, every environment
     // plus one that does not exist.
-    let mut principals: Vec<Principal> = config
-        .users
-        .iter()
-        .map(|u| Principal::User(u.clone()))
-        .collect();
-    principals.extend(
-        config
-            .services
-            .keys()
-            .map(|s| Principal::Service(s.clone())),
-    );
+    let mut principals = Principal::all(&config);
     principals.push(Principal::User("mallory".into()));
     let mut environments: Vec<String> =
         config.environments.iter().map(|e| e.name.clone()).collect();

@@ -111,7 +111,7 @@ impl LogArgs {
                 )));
             }
         }
-        let filter = audit::Filter {
+        let mut filter = audit::Filter {
             state: self.state.clone(),
             principal: self.principal.clone(),
             change: self.change.clone(),
@@ -133,9 +133,8 @@ impl LogArgs {
         }
         // The newest position read in each chain.
         let mut read: HashMap<String, i64> = HashMap::new();
-        let mut last = filter.last;
         loop {
-            let records = self.next(&stores, &mut read, &filter, last).await?;
+            let records = self.next(&stores, &mut read, &filter).await?;
             for r in &records {
                 self.print(r)?;
             }
@@ -143,20 +142,19 @@ impl LogArgs {
                 return Ok(ExitCode::SUCCESS);
             }
             // Following: after the first look back, every new record.
-            last = None;
+            filter.last = None;
             let _ = std::io::stdout().flush();
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
 
-    /// The matching records after those already read, oldest first; with `last`, only the
-    /// newest that many.
+    /// The matching records after those already read, oldest first; with `filter.last`, only
+    /// the newest that many.
     async fn next(
         &self,
         stores: &Stores,
         read: &mut HashMap<String, i64>,
         filter: &audit::Filter,
-        last: Option<i64>,
     ) -> Result<Vec<Record>, CliError> {
         let mut records = Vec::new();
         for (chain, db) in stores.chains() {
@@ -167,14 +165,13 @@ impl LogArgs {
             let newest = audit::newest_position(db.pool())
                 .await
                 .context("cannot read the audit log")?;
-            let filter = audit::Filter {
+            let chain_filter = audit::Filter {
                 after: read.get(&chain).copied().unwrap_or(0),
                 through: Some(newest),
-                last,
                 ..filter.clone()
             };
             read.insert(chain.clone(), newest);
-            let rows = audit::query(db.pool(), &filter)
+            let rows = audit::query(db.pool(), &chain_filter)
                 .await
                 .context("cannot read the audit log")?;
             for row in rows {
@@ -188,7 +185,7 @@ impl LogArgs {
             }
         }
         records.sort_by(|a, b| a.time.cmp(&b.time));
-        if let Some(n) = last {
+        if let Some(n) = filter.last {
             let n = usize::try_from(n).unwrap_or(usize::MAX);
             records.drain(..records.len().saturating_sub(n));
         }
