@@ -2,9 +2,9 @@
 //!
 //! Each record's hash covers its position, the previous record's hash and the record itself,
 //! and the chain's head (newest position and hash) is kept beside it; so an edited, deleted,
-//! reordered or cut-off record breaks verification. The chain functions ([`link`],
-//! [`verify_chain`]) are pure; [`append`] writes inside the caller's transaction, so a state
-//! write and its record commit together or not at all.
+//! reordered or cut-off record breaks verification (a trigger keeps the head with the newest
+//! record). The chain functions ([`link`], [`verify_chain`]) are pure; [`append`] writes inside
+//! the caller's transaction, so a state write and its record commit together or not at all.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -168,22 +168,53 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
     }
 }
 
+/// A chain's newest record: its position and hash (0 and [`GENESIS`] before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// The head of the chain of the database `conn` belongs to.
+pub async fn head(conn: &mut AnyConnection) -> Result<Head, StoreError> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match head {
+        Some((seq, hash)) => Head { seq, hash },
+        None => Head {
+            seq: 0,
+            hash: GENESIS.to_string(),
+        },
+    })
+}
+
 /// Appends a record to the chain of the database `conn` belongs to, inside the caller's
 /// transaction; returns its position.
 pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, StoreError> {
     append_all(conn, std::slice::from_ref(record)).await
 }
 
-/// Appends records in order, inside the caller's transaction, in three statements however
-/// many they are; returns the position of the last.
+/// Appends records in order, inside the caller's transaction; returns the position of the last.
 pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<i64, StoreError> {
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+    let head = head(conn).await?;
+    Ok(insert_after(conn, &head, records).await?.seq)
+}
+
+/// Appends records in order after `head`, in one statement however many they are, and returns
+/// the new head. The table's trigger moves the stored head along. When the chain has grown
+/// past `head` meanwhile, the first position is taken and the statement fails on the primary
+/// key, writing nothing; so a caller that remembers the head between appends needs no read
+/// of it, and cannot fork the chain.
+pub async fn insert_after(
+    conn: &mut AnyConnection,
+    head: &Head,
+    records: &[Record],
+) -> Result<Head, StoreError> {
+    let (mut seq, mut prev) = (head.seq, head.hash.clone());
     if records.is_empty() {
-        return Ok(seq);
+        return Ok(head.clone());
     }
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
@@ -207,15 +238,7 @@ pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<
         insert = insert.bind(seq).bind(json).bind(prev_hash).bind(hash);
     }
     insert.execute(&mut *conn).await?;
-    sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(seq)
-    .bind(&prev)
-    .execute(&mut *conn)
-    .await?;
-    Ok(seq)
+    Ok(Head { seq, hash: prev })
 }
 
 /// Which records of a chain to read: every field set must match.

@@ -152,6 +152,27 @@ pub struct Server {
     /// the data directory.
     pub storage: Option<String>,
     pub tls: Option<Tls>,
+    /// How long a token looked up in the database is trusted without looking again: a token
+    /// revoked elsewhere (another instance, `bulkhead token revoke`) stops working within this
+    /// time. Zero looks every request's token up.
+    pub token_cache: Duration,
+    pub audit_sync: AuditSync,
+}
+
+/// The default of `server { token_cache }`.
+pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
+
+/// Which audit records are on disk before their request is answered (`server { audit_sync }`).
+/// Every record is committed before the answer, and a record that cannot be written refuses
+/// its request, either way; this is only about when the disk is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditSync {
+    /// Records of writes (state, locks, changes, tokens) go to disk with their effect; records
+    /// of reads and refusals are flushed within a second, so a crash of the machine (not of
+    /// bulkhead) can lose the last second of them. The default.
+    Writes,
+    /// Every record goes to disk before its answer.
+    All,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +406,8 @@ impl Validator {
                 data_dir: self.base.join("bulkhead-data"),
                 storage: None,
                 tls: None,
+                token_cache: TOKEN_CACHE,
+                audit_sync: AuditSync::Writes,
             }),
             teams,
             users,
@@ -449,7 +472,11 @@ impl Validator {
     }
 
     fn server(&mut self, block: &Block) -> Server {
-        self.only_attrs(block, "server", &["listen", "data_dir", "storage"]);
+        self.only_attrs(
+            block,
+            "server",
+            &["listen", "data_dir", "storage", "token_cache", "audit_sync"],
+        );
         let listen = self
             .string(block, "listen", "server")
             .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -469,6 +496,25 @@ impl Validator {
                 self.error(a.line, format!("server: storage: {problem}"));
             }
         }
+        let token_cache = match self.string(block, "token_cache", "server") {
+            Some(text) if text.trim() == "0s" || text.trim() == "0" => Duration::ZERO,
+            Some(_) => self
+                .duration(block, "token_cache", "server")
+                .unwrap_or(TOKEN_CACHE),
+            None => TOKEN_CACHE,
+        };
+        let audit_sync = match self.string(block, "audit_sync", "server").as_deref() {
+            None | Some("writes") => AuditSync::Writes,
+            Some("all") => AuditSync::All,
+            Some(other) => {
+                let line = attr(block, "audit_sync").map_or(block.line, |a| a.line);
+                self.error(
+                    line,
+                    format!("server: audit_sync = \"{other}\" is not known: use \"writes\" (records of reads and refusals reach the disk within a second) or \"all\" (every record before its answer)"),
+                );
+                AuditSync::Writes
+            }
+        };
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -499,6 +545,8 @@ impl Validator {
             data_dir: self.base.join(data_dir),
             storage,
             tls,
+            token_cache,
+            audit_sync,
         }
     }
 

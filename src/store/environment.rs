@@ -5,14 +5,53 @@
 //! A version's content is stored in chunks of at most [`CHUNK_SIZE`] bytes and can be read
 //! back as a stream of them, so a 100 MB state is served without a copy of it in memory.
 
+use std::collections::HashMap;
+
+use axum::body::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
+use sqlx::{Any, FromRow, Row};
 
-use super::{now, Serialized, StoreError, Tx};
+use super::{lock_ignoring_poison, now, Serialized, StoreError, Tx};
 
 pub struct EnvStore {
     pub(super) db: Serialized,
+    pub(super) recent: RecentContents,
+}
+
+/// The content of each state's newest version lately read, when it fits in one chunk.
+/// Versions never change, so a content read once can be served again from memory: only which
+/// version is the newest is asked of the database each time. At most
+/// [`RECENT_CONTENTS_MAX`] bytes in all; past that, everything is dropped and refilled.
+#[derive(Default)]
+pub(super) struct RecentContents {
+    states: std::sync::Mutex<(HashMap<String, (i64, Bytes)>, usize)>,
+}
+
+/// The most content bytes [`RecentContents`] holds.
+const RECENT_CONTENTS_MAX: usize = 64 << 20;
+
+impl RecentContents {
+    fn get(&self, state: &str, version: i64) -> Option<Bytes> {
+        let states = lock_ignoring_poison(&self.states);
+        match states.0.get(state) {
+            Some((v, content)) if *v == version => Some(content.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, state: &str, version: i64, content: Bytes) {
+        let mut guard = lock_ignoring_poison(&self.states);
+        let (states, total) = &mut *guard;
+        if *total + content.len() > RECENT_CONTENTS_MAX {
+            states.clear();
+            *total = 0;
+        }
+        *total += content.len();
+        if let Some((_, old)) = states.insert(state.to_string(), (version, content)) {
+            *total -= old.len();
+        }
+    }
 }
 
 /// What is known of a stored version, without its content.
@@ -100,7 +139,7 @@ pub struct ReadLock {
 pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// A version's content, chunk by chunk.
-pub type ContentStream = BoxStream<'static, Result<Vec<u8>, StoreError>>;
+pub type ContentStream = BoxStream<'static, Result<Bytes, StoreError>>;
 
 /// A version's facts and the start of its content, as one row.
 #[derive(FromRow)]
@@ -139,19 +178,34 @@ impl EnvStore {
         &self,
         state: &str,
     ) -> Result<Option<(VersionMeta, ContentStream)>, StoreError> {
-        let row: Option<WithFirstChunk> = sqlx::query_as(&format!(
-            "{WITH_FIRST_CHUNK} WHERE v.state = $1 ORDER BY v.version DESC LIMIT 1"
-        ))
-        .bind(state)
-        .fetch_optional(self.db.pool())
-        .await?;
-        let Some(WithFirstChunk {
-            meta,
-            content: Some(first),
-        }) = row
+        let Some(meta) = latest_version(self.db.pool(), state)
+            .await?
+            .filter(|meta| !meta.deleted)
         else {
             return Ok(None);
         };
+        if let Some(content) = self.recent.get(state, meta.version) {
+            return Ok(Some((meta, stream::once(async { Ok(content) }).boxed())));
+        }
+        let first: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+            "SELECT COALESCE(v.content, c.data) FROM versions v LEFT JOIN content_chunks c \
+             ON c.state = v.state AND c.version = v.version AND c.seq = 0 \
+             WHERE v.state = $1 AND v.version = $2",
+        )
+        .bind(state)
+        .bind(meta.version)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some((Some(first),)) = first else {
+            return Err(StoreError::Corrupt(format!(
+                "{state} version {}: its content is missing",
+                meta.version
+            )));
+        };
+        let first = Bytes::from(first);
+        if first.len() as i64 == meta.size && first.len() <= CHUNK_SIZE {
+            self.recent.keep(state, meta.version, first.clone());
+        }
         let stream = self.rest(&meta, first);
         Ok(Some((meta, stream)))
     }
@@ -188,7 +242,7 @@ impl EnvStore {
             return Ok(None);
         };
         let content = match content {
-            Some(first) => Some(collect(meta.size, self.rest(&meta, first)).await?),
+            Some(first) => Some(collect(meta.size, self.rest(&meta, first.into())).await?),
             None => None,
         };
         Ok(Some((meta, content)))
@@ -196,7 +250,7 @@ impl EnvStore {
 
     /// A version's content from its first chunk on: the chunks after it are read one at a time
     /// as the stream is polled, until `size` bytes have come.
-    fn rest(&self, meta: &VersionMeta, first: Vec<u8>) -> ContentStream {
+    fn rest(&self, meta: &VersionMeta, first: Bytes) -> ContentStream {
         let pool = self.db.pool().clone();
         let (state, version, size) = (meta.state.clone(), meta.version, meta.size);
         let received = first.len() as i64;
@@ -217,7 +271,7 @@ impl EnvStore {
                 match chunk {
                     Some((data,)) if !data.is_empty() => {
                         let received = received + data.len() as i64;
-                        Ok(Some((data, (seq + 1, received))))
+                        Ok(Some((Bytes::from(data), (seq + 1, received))))
                     }
                     _ => Err(StoreError::Corrupt(format!(
                         "{state} version {version}: content chunk {seq} is missing"
@@ -276,15 +330,23 @@ async fn collect(size: i64, mut chunks: ContentStream) -> Result<Vec<u8>, StoreE
     Ok(content)
 }
 
+/// The newest version of a state, deletions included.
+async fn latest_version<'c>(
+    db: impl sqlx::Executor<'c, Database = Any>,
+    state: &str,
+) -> Result<Option<VersionMeta>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {META_COLUMNS} FROM versions v WHERE v.state = $1 ORDER BY v.version DESC LIMIT 1"
+    ))
+    .bind(state)
+    .fetch_optional(db)
+    .await?)
+}
+
 impl Tx<'_> {
     /// The newest version of a state, deletions included.
     pub async fn latest_version(&mut self, state: &str) -> Result<Option<VersionMeta>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM versions v WHERE v.state = $1 ORDER BY v.version DESC LIMIT 1"
-        ))
-        .bind(state)
-        .fetch_optional(self.conn())
-        .await?)
+        latest_version(self.conn(), state).await
     }
 
     /// Appends a version and returns its number.

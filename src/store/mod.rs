@@ -19,6 +19,7 @@ pub mod system;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -29,7 +30,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::{self, Record};
-use crate::config::{Config, Environment};
+use crate::config::{AuditSync, Config, Environment};
 pub use environment::EnvStore;
 pub use system::SystemStore;
 
@@ -186,8 +187,17 @@ fn environment_location(config: &Config, env: &Environment) -> Location {
 /// Opens only the server-wide database (tokens), for commands that need nothing else.
 pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
     create_dir(&config.server.data_dir)?;
-    let db = open(&system_location(config), &SQLITE_SYSTEM, &POSTGRES_SYSTEM).await?;
-    Ok(SystemStore { db })
+    let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
+    let db = open(
+        &system_location(config),
+        migrations,
+        config.server.audit_sync,
+    )
+    .await?;
+    Ok(SystemStore {
+        db,
+        recent: system::RecentTokens::new(config.server.token_cache),
+    })
 }
 
 /// Every database the server uses, opened and migrated.
@@ -203,8 +213,10 @@ impl Stores {
         let mut environments = HashMap::new();
         for env in &config.environments {
             let location = environment_location(config, env);
-            let db = open(&location, &SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT).await?;
-            environments.insert(env.name.clone(), EnvStore { db });
+            let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
+            let db = open(&location, migrations, config.server.audit_sync).await?;
+            let recent = Default::default();
+            environments.insert(env.name.clone(), EnvStore { db, recent });
         }
         Ok(Stores {
             system,
@@ -238,11 +250,11 @@ impl Stores {
     }
 }
 
-/// Opens a database of either kind and applies its migrations.
+/// Opens a database of either kind and applies its migrations (SQLite's, PostgreSQL's).
 async fn open(
     location: &Location,
-    sqlite: &'static Migrator,
-    postgres: &'static Migrator,
+    (sqlite, postgres): (&'static Migrator, &'static Migrator),
+    sync: AuditSync,
 ) -> Result<Serialized, StoreError> {
     sqlx::any::install_default_drivers();
     let name = location.describe();
@@ -283,21 +295,28 @@ async fn open(
                  PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON"
             .to_string(),
     };
-    let pool = AnyPoolOptions::new()
-        .max_connections(match kind {
+    let pool = pool_options(
+        match kind {
             Kind::Sqlite => 4,
             Kind::Postgres => 16,
-        })
-        .after_connect(move |conn, _| {
-            let session = session.clone();
-            Box::pin(async move {
-                conn.execute(session.as_str()).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .map_err(opened)?;
+        },
+        session.clone(),
+    )
+    .connect_with(options.clone())
+    .await
+    .map_err(opened)?;
+    // Group commits of records that need not reach the disk before their answer use a
+    // connection of their own, which commits without waiting for the flush.
+    let records = match sync {
+        AuditSync::All => None,
+        AuditSync::Writes => {
+            let relaxed = match kind {
+                Kind::Sqlite => "; PRAGMA synchronous = NORMAL",
+                Kind::Postgres => "; SET synchronous_commit = off",
+            };
+            Some(pool_options(1, session + relaxed).connect_lazy_with(options))
+        }
+    };
     let migrator = match kind {
         Kind::Sqlite => sqlite,
         Kind::Postgres => postgres,
@@ -309,7 +328,20 @@ async fn open(
             location: name,
             source,
         })?;
-    Ok(Serialized::new(pool, kind, schema.as_deref()))
+    Ok(Serialized::new(pool, records, kind, schema.as_deref()))
+}
+
+/// A pool whose every connection first runs `session`.
+fn pool_options(max_connections: u32, session: String) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                conn.execute(session.as_str()).await?;
+                Ok(())
+            })
+        })
 }
 
 /// Creates a PostgreSQL schema unless it exists; two instances starting at once may race on
@@ -347,12 +379,23 @@ fn quote(identifier: &str) -> String {
 /// server's own writers queue fairly instead of spinning.
 pub struct Serialized {
     pool: AnyPool,
+    /// Where group commits go: with `audit_sync = "writes"`, a connection that does not wait
+    /// for the disk (on SQLite, [`Serialized::flush_soon`] flushes within [`FLUSH_WITHIN`]);
+    /// else the pool itself.
+    records: AnyPool,
+    /// A flush of `records` is scheduled.
+    flush_due: Arc<AtomicBool>,
+    relaxed: bool,
     kind: Kind,
     /// The advisory lock key on PostgreSQL.
     writer_key: i64,
     writer: Arc<Mutex<()>>,
     /// Audit records waiting for the next group commit ([`Serialized::append_record`]).
     queue: Arc<std::sync::Mutex<Vec<Queued>>>,
+    /// The audit chain's head after this server's last group commit; forgotten when a write
+    /// transaction begins (it may append too). Another process appending meanwhile makes the
+    /// next commit fail on the primary key, and it is read again.
+    head: Arc<std::sync::Mutex<Option<audit::Head>>>,
 }
 
 /// A record waiting to be appended, and who waits for the outcome.
@@ -362,21 +405,26 @@ type Queued = (Record, oneshot::Sender<Result<(), String>>);
 const GROUP_COMMIT_MAX: usize = 256;
 
 impl Serialized {
-    fn new(pool: AnyPool, kind: Kind, schema: Option<&str>) -> Self {
+    fn new(pool: AnyPool, records: Option<AnyPool>, kind: Kind, schema: Option<&str>) -> Self {
         let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest[..8]);
         Serialized {
+            relaxed: records.is_some(),
+            records: records.unwrap_or_else(|| pool.clone()),
+            flush_due: Arc::default(),
             pool,
             kind,
             writer_key: i64::from_be_bytes(key),
             writer: Arc::new(Mutex::new(())),
             queue: Arc::default(),
+            head: Arc::default(),
         }
     }
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         let guard = self.writer.lock().await;
+        lock_ignoring_poison(&self.head).take();
         // Begun in a task of its own: a request that goes away while BEGIN is under way would
         // otherwise leave a transaction open on a pooled connection, holding the database's
         // write lock for good. The task always ends with a transaction value, whose drop
@@ -397,27 +445,33 @@ impl Serialized {
     /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
     pub async fn append_record(&self, record: &Record) -> Result<(), StoreError> {
         let (sender, answer) = oneshot::channel();
-        lock_queue(&self.queue).push((record.clone(), sender));
+        lock_ignoring_poison(&self.queue).push((record.clone(), sender));
         let guard = self.writer.clone().lock_owned().await;
         let batch: Vec<Queued> = {
-            let mut queue = lock_queue(&self.queue);
+            let mut queue = lock_ignoring_poison(&self.queue);
             let n = queue.len().min(GROUP_COMMIT_MAX);
             queue.drain(..n).collect()
         };
         if batch.is_empty() {
             drop(guard);
         } else {
-            let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
+            let (pool, kind, key) = (self.records.clone(), self.kind, self.writer_key);
+            let flush = self.flush_soon();
+            let head = self.head.clone();
             let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
             tokio::spawn(async move {
-                let outcome = async {
-                    let mut tx = begin(&pool, kind, key).await?;
-                    audit::append_all(&mut tx, &records).await?;
-                    tx.commit().await?;
-                    Ok::<_, StoreError>(())
+                let known = lock_ignoring_poison(&head).take();
+                let mut outcome = commit_batch(&pool, kind, key, known.as_ref(), &records).await;
+                if outcome.is_err() && known.is_some() {
+                    // Someone else appended since: read the head and try once more.
+                    outcome = commit_batch(&pool, kind, key, None, &records).await;
                 }
-                .await
-                .map_err(|e| e.to_string());
+                let outcome = outcome
+                    .map(|new_head| *lock_ignoring_poison(&head) = Some(new_head))
+                    .map_err(|e| e.to_string());
+                if let (Ok(()), Some(flush)) = (&outcome, flush) {
+                    flush();
+                }
                 for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }
@@ -435,13 +489,69 @@ impl Serialized {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// On SQLite with relaxed group commits: what makes sure the records committed so far
+    /// reach the disk within [`FLUSH_WITHIN`], by a checkpoint (which flushes the write-ahead
+    /// log first). PostgreSQL's WAL writer does the same by itself.
+    fn flush_soon(&self) -> Option<impl FnOnce() + Send + 'static> {
+        if !self.relaxed || self.kind != Kind::Sqlite {
+            return None;
+        }
+        let (records, due) = (self.records.clone(), self.flush_due.clone());
+        Some(move || {
+            if due.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(FLUSH_WITHIN).await;
+                due.store(false, Ordering::SeqCst);
+                let flushed = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&records)
+                    .await;
+                if let Err(e) = flushed {
+                    tracing::error!(error = %e, "cannot flush the audit log to disk");
+                }
+            });
+        })
+    }
 }
 
-fn lock_queue(queue: &std::sync::Mutex<Vec<Queued>>) -> std::sync::MutexGuard<'_, Vec<Queued>> {
-    // The queue is only pushed to and drained; a panic elsewhere cannot leave it half-changed.
-    queue
+/// How soon a relaxed group commit reaches the disk.
+const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A std mutex whose holders only replace, push or drain whole values: a panic elsewhere
+/// cannot leave what it guards half-changed, so a poisoned lock is used as it is.
+fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    value
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Appends a group commit's records after `head` (read first when unknown); returns the new
+/// head. On SQLite, with the head known, the append is a single statement, a transaction by
+/// itself: SQLite's write lock keeps any other writer's transaction from interleaving with it,
+/// and the primary key refuses it if the chain grew meanwhile. Otherwise it is a serialized
+/// transaction, so that it cannot slip between another writer's read of the head and its
+/// append.
+async fn commit_batch(
+    pool: &AnyPool,
+    kind: Kind,
+    writer_key: i64,
+    head: Option<&audit::Head>,
+    records: &[Record],
+) -> Result<audit::Head, StoreError> {
+    if let (Kind::Sqlite, Some(head)) = (kind, head) {
+        let mut conn = pool.acquire().await?;
+        return audit::insert_after(&mut conn, head, records).await;
+    }
+    let mut tx = begin(pool, kind, writer_key).await?;
+    let head = match head {
+        Some(head) => head.clone(),
+        None => audit::head(&mut tx).await?,
+    };
+    let new_head = audit::insert_after(&mut tx, &head, records).await?;
+    tx.commit().await?;
+    Ok(new_head)
 }
 
 /// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer

@@ -1,13 +1,61 @@
 //! The server-wide database: API tokens (only their hashes) and the audit chain of requests
 //! that name no known environment.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use sqlx::FromRow;
 
-use super::{now, Serialized, StoreError};
+use super::{lock_ignoring_poison, now, Serialized, StoreError};
 use crate::audit::{self, Record};
 
 pub struct SystemStore {
     pub(super) db: Serialized,
+    pub(super) recent: RecentTokens,
+}
+
+/// Token rows read lately, so that a request's token costs no database round trip: a row is
+/// kept for `ttl` (`server { token_cache }`). A token revoked through this store is forgotten
+/// at once; one revoked by another process stops working within `ttl`.
+pub(super) struct RecentTokens {
+    ttl: Duration,
+    rows: std::sync::Mutex<HashMap<String, (TokenRow, Instant)>>,
+}
+
+/// The most token rows kept; past it, rows no longer fresh are dropped, then all.
+const RECENT_TOKENS_MAX: usize = 10_000;
+
+impl RecentTokens {
+    pub(super) fn new(ttl: Duration) -> RecentTokens {
+        RecentTokens {
+            ttl,
+            rows: std::sync::Mutex::default(),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<TokenRow> {
+        let rows = lock_ignoring_poison(&self.rows);
+        let (row, read_at) = rows.get(id)?;
+        (read_at.elapsed() < self.ttl).then(|| row.clone())
+    }
+
+    fn keep(&self, row: &TokenRow) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut rows = lock_ignoring_poison(&self.rows);
+        if rows.len() >= RECENT_TOKENS_MAX {
+            rows.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
+            if rows.len() >= RECENT_TOKENS_MAX {
+                rows.clear();
+            }
+        }
+        rows.insert(row.id.clone(), (row.clone(), Instant::now()));
+    }
+
+    fn forget(&self, id: &str) {
+        lock_ignoring_poison(&self.rows).remove(id);
+    }
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
@@ -41,13 +89,21 @@ impl SystemStore {
         tx.commit().await
     }
 
+    /// The token with this id, as read within the last `server { token_cache }`.
     pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as(
+        if let Some(row) = self.recent.get(id) {
+            return Ok(Some(row));
+        }
+        let row: Option<TokenRow> = sqlx::query_as(
             "SELECT id, principal, hash, created_at, revoked_at FROM tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.db.pool())
-        .await?)
+        .await?;
+        if let Some(row) = &row {
+            self.recent.keep(row);
+        }
+        Ok(row)
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
@@ -73,6 +129,7 @@ impl SystemStore {
         if done {
             audit::append(tx.conn(), record).await?;
             tx.commit().await?;
+            self.recent.forget(id);
         }
         Ok(done)
     }
