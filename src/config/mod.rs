@@ -1043,6 +1043,27 @@ environment "prod" {
     }
 
     #[test]
+    fn server_token_cache_and_audit_sync() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.token_cache, TOKEN_CACHE);
+        assert_eq!(c.server.audit_sync, AuditSync::Writes);
+        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &set("data_dir = \"data\"\n  token_cache = \"0s\"\n  audit_sync = \"all\""),
+        )
+        .unwrap();
+        assert_eq!(c.server.token_cache, Duration::ZERO);
+        assert_eq!(c.server.audit_sync, AuditSync::All);
+        let e = errors(&set("audit_sync = \"never\"\n  token_cache = \"soon\""));
+        assert!(
+            e.contains("b.hcl:4: server: audit_sync = \"never\" is not known"),
+            "{e}"
+        );
+        assert!(e.contains("b.hcl:5: server: token_cache"), "{e}");
+    }
+
+    #[test]
     fn unknown_principal_names_file_and_line() {
         let text = GOOD.replace("\"service:ci-prod\"]", "\"service:ci-stage\"]");
         let e = errors(&text);

@@ -87,6 +87,61 @@ async fn a_revoked_token_no_longer_works() {
     );
 }
 
+/// Revokes a token as another process does (`bulkhead token revoke`): behind the server's back.
+async fn revoke_elsewhere(t: &TestApp, who: &str) {
+    let id = &t.token(who)[3..19];
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["token", "revoke", id, "--config", "bulkhead.hcl"])
+        .current_dir(t.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test]
+async fn with_no_token_cache_a_token_revoked_elsewhere_fails_at_once() {
+    let t = spawn_app_with(&CONFIG.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\n  token_cache = \"0s\"",
+    ))
+    .await;
+    let get = || t.call("GET", "dev/app", "alice", None);
+    assert_status(&get().await, StatusCode::NO_CONTENT);
+    revoke_elsewhere(&t, "alice").await;
+    assert_status(&get().await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_token_revoked_elsewhere_fails_once_the_token_cache_time_is_over() {
+    let t = spawn_app_with(&CONFIG.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\n  token_cache = \"1s\"",
+    ))
+    .await;
+    let get = || t.call("GET", "dev/app", "alice", None);
+    assert_status(&get().await, StatusCode::NO_CONTENT);
+    revoke_elsewhere(&t, "alice").await;
+    let revoked_at = std::time::Instant::now();
+    loop {
+        let status = get().await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(10),
+            "the revoked token still works 10 s later, with token_cache = \"1s\""
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Other tokens were not affected.
+    assert_status(
+        &t.call("GET", "dev/app", "bob", None).await,
+        StatusCode::NO_CONTENT,
+    );
+}
+
 #[tokio::test]
 async fn unknown_environment_is_404_and_recorded_in_the_server_chain() {
     let t = spawn_app().await;
