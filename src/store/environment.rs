@@ -178,7 +178,10 @@ impl EnvStore {
         &self,
         state: &str,
     ) -> Result<Option<(VersionMeta, ContentStream)>, StoreError> {
-        let Some(meta) = latest_version(self.db.pool(), state)
+        let Some(meta) = self
+            .db
+            .lookups()
+            .run(async |conn| latest_version(conn, state).await)
             .await?
             .filter(|meta| !meta.deleted)
         else {

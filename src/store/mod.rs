@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::{self, Record};
@@ -295,27 +295,33 @@ async fn open(
                  PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON"
             .to_string(),
     };
-    let pool = pool_options(
-        match kind {
+    let pool_session = session.clone();
+    let pool = AnyPoolOptions::new()
+        .max_connections(match kind {
             Kind::Sqlite => 4,
             Kind::Postgres => 16,
-        },
-        session.clone(),
-    )
-    .connect_with(options.clone())
-    .await
-    .map_err(opened)?;
-    // Group commits of records that need not reach the disk before their answer use a
-    // connection of their own, which commits without waiting for the flush.
-    let records = match sync {
-        AuditSync::All => None,
-        AuditSync::Writes => {
-            let relaxed = match kind {
-                Kind::Sqlite => "; PRAGMA synchronous = NORMAL",
-                Kind::Postgres => "; SET synchronous_commit = off",
-            };
-            Some(pool_options(1, session + relaxed).connect_lazy_with(options))
-        }
+        })
+        // sqlx tests every connection when it is returned to the pool anyway; testing it again
+        // when it is taken out is a second round trip per query, which only a server that may
+        // have gone away meanwhile warrants.
+        .test_before_acquire(kind == Kind::Postgres)
+        .after_connect(move |conn, _| {
+            let session = pool_session.clone();
+            Box::pin(async move {
+                conn.execute(session.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await
+        .map_err(opened)?;
+    // Group commits have a connection of their own; with audit_sync = "writes", one that
+    // commits without waiting for the disk.
+    let relaxed = sync == AuditSync::Writes;
+    let records_session = match (relaxed, kind) {
+        (false, _) => session.clone(),
+        (true, Kind::Sqlite) => format!("{session}; PRAGMA synchronous = NORMAL"),
+        (true, Kind::Postgres) => format!("{session}; SET synchronous_commit = off"),
     };
     let migrator = match kind {
         Kind::Sqlite => sqlite,
@@ -328,20 +334,65 @@ async fn open(
             location: name,
             source,
         })?;
-    Ok(Serialized::new(pool, records, kind, schema.as_deref()))
+    let dedicated = |session| Dedicated {
+        options: options.clone(),
+        session,
+        conn: Mutex::default(),
+    };
+    let lookups = dedicated(session);
+    let records = dedicated(records_session);
+    Ok(Serialized::new(
+        pool,
+        Connections {
+            lookups,
+            records,
+            relaxed,
+        },
+        kind,
+        schema.as_deref(),
+    ))
 }
 
-/// A pool whose every connection first runs `session`.
-fn pool_options(max_connections: u32, session: String) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(max_connections)
-        .after_connect(move |conn, _| {
-            let session = session.clone();
-            Box::pin(async move {
-                conn.execute(session.as_str()).await?;
-                Ok(())
-            })
-        })
+/// A connection of its own, outside the pool (which tests a connection with a round trip
+/// each time it is returned), for short work that runs one at a time anyway. It is opened on
+/// first use, and again after a failure.
+pub(super) struct Dedicated {
+    options: AnyConnectOptions,
+    session: String,
+    conn: Mutex<Option<AnyConnection>>,
+}
+
+impl Dedicated {
+    /// Runs `work` on the connection, waiting for whoever uses it now.
+    pub(super) async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.conn.lock().await;
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => {
+                let mut conn = self.options.connect().await?;
+                conn.execute(self.session.as_str()).await?;
+                slot.insert(conn)
+            }
+        };
+        let done = work(conn).await;
+        if done.is_err() {
+            *slot = None;
+        }
+        done
+    }
+}
+
+/// The dedicated connections of one database.
+struct Connections {
+    /// For the hot reads of every request (the newest version of a state).
+    lookups: Dedicated,
+    /// For group commits of audit records.
+    records: Dedicated,
+    /// `records` commits without waiting for the disk (`audit_sync = "writes"`).
+    relaxed: bool,
 }
 
 /// Creates a PostgreSQL schema unless it exists; two instances starting at once may race on
@@ -379,13 +430,11 @@ fn quote(identifier: &str) -> String {
 /// server's own writers queue fairly instead of spinning.
 pub struct Serialized {
     pool: AnyPool,
-    /// Where group commits go: with `audit_sync = "writes"`, a connection that does not wait
-    /// for the disk (on SQLite, [`Serialized::flush_soon`] flushes within [`FLUSH_WITHIN`]);
-    /// else the pool itself.
-    records: AnyPool,
+    /// Where group commits go; when relaxed, on SQLite, [`Serialized::flush_soon`] makes them
+    /// reach the disk within [`FLUSH_WITHIN`].
+    connections: Arc<Connections>,
     /// A flush of `records` is scheduled.
     flush_due: Arc<AtomicBool>,
-    relaxed: bool,
     kind: Kind,
     /// The advisory lock key on PostgreSQL.
     writer_key: i64,
@@ -405,13 +454,12 @@ type Queued = (Record, oneshot::Sender<Result<(), String>>);
 const GROUP_COMMIT_MAX: usize = 256;
 
 impl Serialized {
-    fn new(pool: AnyPool, records: Option<AnyPool>, kind: Kind, schema: Option<&str>) -> Self {
+    fn new(pool: AnyPool, connections: Connections, kind: Kind, schema: Option<&str>) -> Self {
         let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest[..8]);
         Serialized {
-            relaxed: records.is_some(),
-            records: records.unwrap_or_else(|| pool.clone()),
+            connections: Arc::new(connections),
             flush_due: Arc::default(),
             pool,
             kind,
@@ -455,17 +503,25 @@ impl Serialized {
         if batch.is_empty() {
             drop(guard);
         } else {
-            let (pool, kind, key) = (self.records.clone(), self.kind, self.writer_key);
+            let (connections, kind, key) = (self.connections.clone(), self.kind, self.writer_key);
             let flush = self.flush_soon();
             let head = self.head.clone();
             let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
             tokio::spawn(async move {
                 let known = lock_ignoring_poison(&head).take();
-                let mut outcome = commit_batch(&pool, kind, key, known.as_ref(), &records).await;
-                if outcome.is_err() && known.is_some() {
-                    // Someone else appended since: read the head and try once more.
-                    outcome = commit_batch(&pool, kind, key, None, &records).await;
-                }
+                let outcome = connections
+                    .records
+                    .run(async |conn| {
+                        let first = commit_batch(conn, kind, key, known.as_ref(), &records).await;
+                        match first {
+                            // Someone else appended since: read the head and try once more.
+                            Err(_) if known.is_some() => {
+                                commit_batch(conn, kind, key, None, &records).await
+                            }
+                            first => first,
+                        }
+                    })
+                    .await;
                 let outcome = outcome
                     .map(|new_head| *lock_ignoring_poison(&head) = Some(new_head))
                     .map_err(|e| e.to_string());
@@ -490,14 +546,19 @@ impl Serialized {
         &self.pool
     }
 
+    /// The connection for the reads every request makes.
+    pub(super) fn lookups(&self) -> &Dedicated {
+        &self.connections.lookups
+    }
+
     /// On SQLite with relaxed group commits: what makes sure the records committed so far
     /// reach the disk within [`FLUSH_WITHIN`], by a checkpoint (which flushes the write-ahead
     /// log first). PostgreSQL's WAL writer does the same by itself.
     fn flush_soon(&self) -> Option<impl FnOnce() + Send + 'static> {
-        if !self.relaxed || self.kind != Kind::Sqlite {
+        if !self.connections.relaxed || self.kind != Kind::Sqlite {
             return None;
         }
-        let (records, due) = (self.records.clone(), self.flush_due.clone());
+        let (connections, due) = (self.connections.clone(), self.flush_due.clone());
         Some(move || {
             if due.swap(true, Ordering::SeqCst) {
                 return;
@@ -505,8 +566,9 @@ impl Serialized {
             tokio::spawn(async move {
                 tokio::time::sleep(FLUSH_WITHIN).await;
                 due.store(false, Ordering::SeqCst);
-                let flushed = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&records)
+                let flushed = connections
+                    .records
+                    .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
                     .await;
                 if let Err(e) = flushed {
                     tracing::error!(error = %e, "cannot flush the audit log to disk");
@@ -534,17 +596,20 @@ fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard
 /// transaction, so that it cannot slip between another writer's read of the head and its
 /// append.
 async fn commit_batch(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     kind: Kind,
     writer_key: i64,
     head: Option<&audit::Head>,
     records: &[Record],
 ) -> Result<audit::Head, StoreError> {
     if let (Kind::Sqlite, Some(head)) = (kind, head) {
-        let mut conn = pool.acquire().await?;
-        return audit::insert_after(&mut conn, head, records).await;
+        return audit::insert_after(conn, head, records).await;
     }
-    let mut tx = begin(pool, kind, writer_key).await?;
+    let mut tx = match kind {
+        Kind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+        Kind::Postgres => conn.begin().await?,
+    };
+    take_writer_lock(&mut tx, kind, writer_key).await?;
     let head = match head {
         Some(head) => head.clone(),
         None => audit::head(&mut tx).await?,
@@ -561,17 +626,28 @@ async fn begin(
     kind: Kind,
     writer_key: i64,
 ) -> Result<Transaction<'static, Any>, StoreError> {
-    Ok(match kind {
+    let mut tx = match kind {
         Kind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Kind::Postgres => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(writer_key)
-                .execute(&mut *tx)
-                .await?;
-            tx
-        }
-    })
+        Kind::Postgres => pool.begin().await?,
+    };
+    take_writer_lock(&mut tx, kind, writer_key).await?;
+    Ok(tx)
+}
+
+/// On PostgreSQL, the transaction advisory lock that serializes writers across instances
+/// (SQLite's `BEGIN IMMEDIATE` did the same already).
+async fn take_writer_lock(
+    conn: &mut AnyConnection,
+    kind: Kind,
+    writer_key: i64,
+) -> Result<(), StoreError> {
+    if kind == Kind::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(writer_key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls everything back.
