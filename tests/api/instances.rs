@@ -235,3 +235,53 @@ async fn requests_cut_off_mid_flight_leave_the_server_working() {
         .await
         .expect("the server answers after clients hung up mid-request");
 }
+
+/// What an instance keeps between requests (the audit chain's head, a state's newest content,
+/// token rows) never hides what another instance wrote meanwhile: each read below follows a
+/// write, and a record, by the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_instance_remembers_never_hides_another_instances_writes() {
+    let t = spawn_app().await;
+    let other = t.serve_process().await;
+    let bases = [t.base(), other.base.clone()];
+    for serial in 1..=4 {
+        let doc = state_doc(serial, "L", "");
+        let writer = &bases[serial as usize % 2];
+        let r = t
+            .call_on(writer, "POST", "dev/app", "alice", Some(doc.clone()))
+            .await;
+        assert_eq!(r.status().as_u16(), 200, "POST on {writer}");
+        for base in &bases {
+            let r = t.call_on(base, "GET", "dev/app", "alice", None).await;
+            assert_eq!(r.status().as_u16(), 200, "GET on {base}");
+            assert_eq!(
+                r.bytes().await.unwrap().to_vec(),
+                doc,
+                "serial {serial}: {base} served an older version"
+            );
+        }
+    }
+    let reads: Vec<_> = t
+        .audit(Some("dev"))
+        .await
+        .into_iter()
+        .filter(|r| r.action == "state:read")
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(
+        reads,
+        [1, 1, 2, 2, 3, 3, 4, 4].map(Some),
+        "every read is recorded once, naming the version it served"
+    );
+    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify", "--config", "bulkhead.hcl"])
+        .current_dir(t.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

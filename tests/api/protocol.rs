@@ -668,3 +668,28 @@ async fn a_large_state_round_trips_in_chunks_with_its_length() {
     let r = t.call("GET", "staging/big", "alice", None).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &small[..]);
 }
+
+#[tokio::test]
+async fn with_audit_sync_all_reads_and_refusals_are_recorded_alike() {
+    let t = spawn_app_with(&CONFIG.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\n  audit_sync = \"all\"",
+    ))
+    .await;
+    assert_status(
+        &t.call("GET", "dev/app", "alice", None).await,
+        StatusCode::NO_CONTENT,
+    );
+    assert_status(
+        &t.call("GET", "dev/app", "", None).await,
+        StatusCode::UNAUTHORIZED,
+    );
+    let statuses: Vec<_> = t
+        .audit(Some("dev"))
+        .await
+        .iter()
+        .filter(|r| r.action == "state:read")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [Some(204), Some(401)]);
+}
