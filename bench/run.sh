@@ -10,7 +10,9 @@
 #     Targets: bulkhead within 1.10x of local, and faster than the pg backend.
 #  2. Server throughput on loopback with wrk at 1, 8 and 64 connections (threads: min(conns,
 #     2)): an authenticated, authorized, audited GET of a 100 KB state from bulkhead; the same
-#     file as a static file from nginx (the baseline; target: bulkhead >= 0.5x its req/s); and
+#     file as a static file from nginx (the baseline; target: bulkhead >= 0.5x its req/s); the
+#     same GET from a bulkhead with `audit_sync = "all"` (every record flushed before its
+#     answer; the default flushes the records of reads within a second); and
 #     LOCK -> POST -> UNLOCK cycles on bulkhead, one state per connection (wrk runs one thread
 #     per connection there, so each connection's Lua state drives its own cycle).
 #  3. Cedar policy decisions per second and per-decision latency (benches/policy.rs, built
@@ -37,7 +39,7 @@
 #                       bulkhead's storage URL
 #   BENCH_RESOURCES     resources per apply (200)      BENCH_CONNECTIONS  "1 8 64"
 #   BENCH_POLICY_CALLS  decide() calls per round (20000), BENCH_POLICY_ROUNDS (5)
-#   BENCH_SKIP          words among: apply pg bulkhead-pg throughput lock policy
+#   BENCH_SKIP          words among: apply pg bulkhead-pg throughput sync-all lock policy
 #   BULKHEAD_LOG        the server's log filter (default: the server's own default, info)
 #   BENCH_KEEP=1        keep the temporary directories (logs, configs, data) for a look after
 #
@@ -160,13 +162,16 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------------------------------------
 # bulkhead servers.
 declare -A server_url server_error
-# start_bulkhead NAME STORAGE_URL_OR_EMPTY: writes a config under $work/NAME and starts
-# `bulkhead serve` on a free port; sets server_url[NAME] or server_error[NAME].
+# start_bulkhead NAME STORAGE_URL_OR_EMPTY [SERVER_ATTRIBUTE]: writes a config under $work/NAME
+# and starts `bulkhead serve` on a free port; sets server_url[NAME] or server_error[NAME].
 start_bulkhead() {
-  local name=$1 storage=$2 dir="$work/$1" pid
+  local name=$1 storage=$2 extra=${3:-} dir="$work/$1" pid
   mkdir -p "$dir"
   {
-    echo 'server { data_dir = "data" }'
+    echo 'server {'
+    echo '  data_dir = "data"'
+    [ -n "$extra" ] && echo "  $extra"
+    echo '}'
     echo 'team "app" { members = ["bench"] }'
     echo 'environment "dev" {'
     echo '  owner = "team:app"'
@@ -568,6 +573,7 @@ metric() {   # CASE CONNS METRIC [median|sum|list]
 }
 
 throughput_done=
+bh_all=
 if ! skipped throughput || ! skipped lock; then
   mkdir -p "$work/load" "$work/www" "$work/nginx/tmp"
   make_state "$work/www/state.json"
@@ -588,6 +594,20 @@ if ! skipped throughput || ! skipped lock; then
     [ "$code" = 200 ] || { echo "POST of the 100 KB state answered $code: $(head -c 300 "$work/post.out")" >&2; exit 1; }
     curl -sS --max-time 60 -u "bench:$bulkhead_token" "$bh/v1/state/dev/get-100k" -o "$work/get.out"
     cmp -s "$work/get.out" "$work/www/state.json" || { echo "GET did not return the state POSTed" >&2; exit 1; }
+
+    # The same server with every audit record flushed to disk before its answer.
+    if ! skipped throughput && ! skipped sync-all; then
+      log "starting bulkhead (SQLite, audit_sync = \"all\")"
+      if start_bulkhead bulkhead-all "" 'audit_sync = "all"' && make_token bulkhead-all; then
+        bh_all=${server_url[bulkhead-all]}
+        # The same token name for both servers: get.lua sends one Authorization header.
+        curl -sS --max-time 60 -o /dev/null -u "bench:$token" -X POST -H 'Content-Type: application/json' \
+          --data-binary "@$work/www/state.json" "$bh_all/v1/state/dev/get-100k"
+        BENCH_BASIC_ALL=$(printf 'bench:%s' "$token" | base64 -w0)
+      else
+        failures+=("throughput: bulkhead (audit_sync = all) did not start: ${server_error[bulkhead-all]:-token create failed}")
+      fi
+    fi
 
     # nginx serving the same file.
     nginx_port=$(free_port)
@@ -630,6 +650,7 @@ NGINX
     log "warm-up"
     run_wrk warmup 8 2 "$work/get.lua" "$bh/v1/state/dev/get-100k"
     run_wrk warmup 8 2 "$work/get.lua" "$ngx/state.json"
+    [ -n "$bh_all" ] && BENCH_BASIC=$BENCH_BASIC_ALL run_wrk warmup 8 2 "$work/get.lua" "$bh_all/v1/state/dev/get-100k"
     rm -f "$work"/load/warmup-*
     for r in $(seq "$load_runs"); do
       for c in $connections; do
@@ -638,6 +659,10 @@ NGINX
           log "wrk run $r of $load_runs, $c connections: GET bulkhead, GET nginx"
           run_wrk bulkhead-get "$c" "$t" "$work/get.lua" "$bh/v1/state/dev/get-100k"
           run_wrk nginx-get "$c" "$t" "$work/get.lua" "$ngx/state.json"
+          if [ -n "$bh_all" ]; then
+            BENCH_BASIC=$BENCH_BASIC_ALL run_wrk bulkhead-get-all "$c" "$t" "$work/get.lua" \
+              "$bh_all/v1/state/dev/get-100k"
+          fi
         fi
         if ! skipped lock; then
           log "wrk run $r of $load_runs, $c connections: LOCK/POST/UNLOCK cycles"
@@ -727,8 +752,14 @@ if [ -n "$throughput_done" ]; then
   printf '  %-34s %6s %11s %10s %10s %8s %7s   %s\n' case conns "req/s" "p50 (ms)" "p99 (ms)" non-2xx errors ""
   for c in $connections; do
     if ! skipped throughput; then
-      for case in bulkhead-get nginx-get; do
-        name=$([ "$case" = bulkhead-get ] && echo "bulkhead GET (auth+policy+audit)" || echo "nginx static GET (baseline)")
+      cases="bulkhead-get nginx-get"
+      [ -n "$bh_all" ] && cases="$cases bulkhead-get-all"
+      for case in $cases; do
+        case $case in
+          bulkhead-get) name="bulkhead GET (auth+policy+audit)" ;;
+          nginx-get) name="nginx static GET (baseline)" ;;
+          bulkhead-get-all) name='bulkhead GET, audit_sync = "all"' ;;
+        esac
         note=
         bytes=$(metric "$case" "$c" bytes)
         dead=$(dead_runs "$case" "$c")
@@ -747,6 +778,9 @@ if [ -n "$throughput_done" ]; then
       n=$(metric nginx-get "$c" rps)
       printf '  %-34s %6s %11s %10s %10s %8s %7s   %s\n' "bulkhead / nginx req/s" "$c" "$(ratio "$b" "$n")" "" "" "" "" \
         "target >= 0.5x: $(verdict "$b" "$n" 'a >= 0.5 * b')"
+      if [ -n "$bh_all" ]; then
+        printf '  %-34s %6s %11s\n' 'audit_sync = "all" / nginx req/s' "$c" "$(ratio "$(metric bulkhead-get-all "$c" rps)" "$n")"
+      fi
     fi
     if ! skipped lock; then
       note="cycles/s; requests/s $(fmt_n "$(metric cycle "$c" rps)")"

@@ -7,6 +7,12 @@ server {
   # Several instances behind a load balancer share one PostgreSQL (tokens, and a schema per
   # environment without storage of its own):
   # storage = "postgres://bulkhead@db/bulkhead"
+  # How long a looked-up token is trusted before it is looked up again (a revocation made
+  # elsewhere takes effect within it); "0s" looks it up on every request:
+  # token_cache = "5s"
+  # When audit records reach the disk: "writes" (records of writes before their answer, of
+  # reads and refusals within a second) or "all" (every record before its answer):
+  # audit_sync = "writes"
 }
 
 team "platform" { members = ["pat", "quinn"] }
