@@ -8,6 +8,7 @@
 pub mod refusal;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -101,7 +102,7 @@ pub struct RequestContext<'a> {
     pub state: &'a str,
     /// The lock operation (`OperationTypeApply`, `state-push`, ...) or empty.
     pub operation: &'a str,
-    pub source_ip: Option<std::net::IpAddr>,
+    pub source_ip: Option<IpAddr>,
 }
 
 /// An authorization decision and the policies that made it.
@@ -149,7 +150,13 @@ pub struct Policy {
     custom: PolicySet,
     entities: Entities,
     authorizer: Authorizer,
+    /// The `ip(...)` value of each client address seen lately: building one parses the
+    /// extension's name, which costs more than the rest of a request's context.
+    source_ips: std::sync::Mutex<HashMap<IpAddr, RestrictedExpression>>,
 }
+
+/// The most client addresses [`Policy`] keeps the `ip(...)` value of; past it, it starts over.
+const SOURCE_IPS_MAX: usize = 4096;
 
 impl Policy {
     pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
@@ -176,7 +183,26 @@ impl Policy {
             custom,
             entities,
             authorizer: Authorizer::new(),
+            source_ips: std::sync::Mutex::default(),
         })
+    }
+
+    /// The context value of a client address.
+    fn source_ip(&self, ip: IpAddr) -> RestrictedExpression {
+        // Only whole values are inserted: a poisoned map is still a consistent one.
+        let mut known = self
+            .source_ips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(value) = known.get(&ip) {
+            return value.clone();
+        }
+        if known.len() >= SOURCE_IPS_MAX {
+            known.clear();
+        }
+        let value = RestrictedExpression::new_ip(ip.to_string());
+        known.insert(ip, value.clone());
+        value
     }
 
     pub fn decide(
@@ -193,9 +219,7 @@ impl Policy {
         };
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
-        let ip = context
-            .source_ip
-            .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
+        let ip = self.source_ip(context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])));
         let context = Context::from_pairs([
             (
                 "state".to_string(),
@@ -205,7 +229,7 @@ impl Policy {
                 "operation".to_string(),
                 RestrictedExpression::new_string(context.operation.to_string()),
             ),
-            ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
+            ("source_ip".to_string(), ip),
         ]);
         let context = match context {
             Ok(c) => c,
@@ -514,5 +538,34 @@ environment "prod" {
         c.policy_files = vec![bad];
         let e = Policy::compile(&c).err().unwrap().to_string();
         assert!(e.contains("bad.cedar"), "{e}");
+    }
+
+    #[test]
+    fn a_custom_policy_sees_each_requests_own_source_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let office = dir.path().join("office.cedar");
+        std::fs::write(
+            &office,
+            "@id(\"office-only\")\nforbid(principal, action, resource == Bulkhead::Environment::\"dev\") unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) };",
+        )
+        .unwrap();
+        let mut c = config();
+        c.policy_files = vec![office];
+        let p = Policy::compile(&c).unwrap();
+        let alice = Principal::User("alice".into());
+        let from = |ip: [u8; 4]| RequestContext {
+            source_ip: Some(IpAddr::from(ip)),
+            ..ctx()
+        };
+        // Alternately, so that an address remembered for one request is not used for another.
+        for _ in 0..2 {
+            assert!(
+                p.decide(&alice, Action::StateRead, "dev", &from([10, 1, 2, 3]))
+                    .allowed
+            );
+            let d = p.decide(&alice, Action::StateRead, "dev", &from([192, 0, 2, 1]));
+            assert!(!d.allowed);
+            assert_eq!(d.policies, vec!["office-only"]);
+        }
     }
 }
