@@ -305,7 +305,7 @@ impl http_body::Body for ContentBody {
         self.chunks.poll_next_unpin(cx).map(|next| match next {
             Some(Ok(chunk)) => {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
-                Some(Ok(http_body::Frame::data(chunk.into())))
+                Some(Ok(http_body::Frame::data(chunk)))
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot read a state's content; the response is cut off");

@@ -25,7 +25,14 @@ pub struct EnvStore {
 /// [`RECENT_CONTENTS_MAX`] bytes in all; past that, everything is dropped and refilled.
 #[derive(Default)]
 pub(super) struct RecentContents {
-    states: std::sync::Mutex<(HashMap<String, (i64, Bytes)>, usize)>,
+    kept: std::sync::Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    /// By state: the version and its content.
+    states: HashMap<String, (i64, Bytes)>,
+    bytes: usize,
 }
 
 /// The most content bytes [`RecentContents`] holds.
@@ -33,23 +40,21 @@ const RECENT_CONTENTS_MAX: usize = 64 << 20;
 
 impl RecentContents {
     fn get(&self, state: &str, version: i64) -> Option<Bytes> {
-        let states = lock_ignoring_poison(&self.states);
-        match states.0.get(state) {
+        let kept = lock_ignoring_poison(&self.kept);
+        match kept.states.get(state) {
             Some((v, content)) if *v == version => Some(content.clone()),
             _ => None,
         }
     }
 
     fn keep(&self, state: &str, version: i64, content: Bytes) {
-        let mut guard = lock_ignoring_poison(&self.states);
-        let (states, total) = &mut *guard;
-        if *total + content.len() > RECENT_CONTENTS_MAX {
-            states.clear();
-            *total = 0;
+        let mut kept = lock_ignoring_poison(&self.kept);
+        if kept.bytes + content.len() > RECENT_CONTENTS_MAX {
+            *kept = Kept::default();
         }
-        *total += content.len();
-        if let Some((_, old)) = states.insert(state.to_string(), (version, content)) {
-            *total -= old.len();
+        kept.bytes += content.len();
+        if let Some((_, old)) = kept.states.insert(state.to_string(), (version, content)) {
+            kept.bytes -= old.len();
         }
     }
 }
