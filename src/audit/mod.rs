@@ -210,7 +210,7 @@ pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<
 pub async fn insert_after(
     conn: &mut AnyConnection,
     head: &Head,
-    records: &[Record],
+    records: &[impl std::borrow::Borrow<Record>],
 ) -> Result<Head, StoreError> {
     let (mut seq, mut prev) = (head.seq, head.hash.clone());
     if records.is_empty() {
@@ -218,7 +218,8 @@ pub async fn insert_after(
     }
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(record.borrow())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         seq += 1;
         let hash = link(seq, &prev, &json);
         rows.push((seq, json, std::mem::replace(&mut prev, hash.clone()), hash));

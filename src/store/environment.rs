@@ -12,17 +12,20 @@ use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::any::AnyRow;
 use sqlx::{Any, FromRow, Row};
 
-use super::{lock_ignoring_poison, now, Serialized, StoreError, Tx};
+use super::{lock_ignoring_poison, now, Epoch, Serialized, StoreError, Tx};
+use crate::audit::Record;
 
 pub struct EnvStore {
     pub(super) db: Serialized,
     pub(super) recent: RecentContents,
 }
 
-/// The content of each state's newest version lately read, when it fits in one chunk.
-/// Versions never change, so a content read once can be served again from memory: only which
-/// version is the newest is asked of the database each time. At most
-/// [`RECENT_CONTENTS_MAX`] bytes in all; past that, everything is dropped and refilled.
+/// Each state's newest version lately read, with its content when that fits in one chunk, and
+/// the epoch it was read in ([`super::group_commit`]). Versions never change, so a content
+/// read once can be served again from memory; and while the epoch lasts, the version is
+/// still the newest, which the read's record proves when it commits
+/// ([`EnvStore::append_read`]). At most [`RECENT_CONTENTS_MAX`] bytes in all; past that,
+/// everything is dropped and refilled.
 #[derive(Default)]
 pub(super) struct RecentContents {
     kept: std::sync::Mutex<Kept>,
@@ -30,31 +33,34 @@ pub(super) struct RecentContents {
 
 #[derive(Default)]
 struct Kept {
-    /// By state: the version and its content.
-    states: HashMap<String, (i64, Bytes)>,
+    states: HashMap<String, Newest>,
     bytes: usize,
+}
+
+#[derive(Clone)]
+struct Newest {
+    meta: VersionMeta,
+    content: Bytes,
+    read_in: Option<Epoch>,
 }
 
 /// The most content bytes [`RecentContents`] holds.
 const RECENT_CONTENTS_MAX: usize = 64 << 20;
 
 impl RecentContents {
-    fn get(&self, state: &str, version: i64) -> Option<Bytes> {
-        let kept = lock_ignoring_poison(&self.kept);
-        match kept.states.get(state) {
-            Some((v, content)) if *v == version => Some(content.clone()),
-            _ => None,
-        }
+    fn get(&self, state: &str) -> Option<Newest> {
+        lock_ignoring_poison(&self.kept).states.get(state).cloned()
     }
 
-    fn keep(&self, state: &str, version: i64, content: Bytes) {
+    fn keep(&self, newest: Newest) {
         let mut kept = lock_ignoring_poison(&self.kept);
-        if kept.bytes + content.len() > RECENT_CONTENTS_MAX {
+        if kept.bytes + newest.content.len() > RECENT_CONTENTS_MAX {
             *kept = Kept::default();
         }
-        kept.bytes += content.len();
-        if let Some((_, old)) = kept.states.insert(state.to_string(), (version, content)) {
-            kept.bytes -= old.len();
+        kept.bytes += newest.content.len();
+        let state = newest.meta.state.clone();
+        if let Some(old) = kept.states.insert(state, newest) {
+            kept.bytes -= old.content.len();
         }
     }
 }
@@ -177,12 +183,29 @@ impl EnvStore {
         self.db.begin().await
     }
 
+    /// The newest version of a state and its content as read earlier in the epoch now under
+    /// way, and that epoch: its read may be answered from memory, provided its record is
+    /// appended with [`EnvStore::append_read`] in that epoch.
+    pub fn remembered_latest(&self, state: &str) -> Option<(VersionMeta, Bytes, Epoch)> {
+        let epoch = self.db.epoch()?;
+        let kept = self.recent.get(state)?;
+        (kept.read_in == Some(epoch)).then_some((kept.meta, kept.content, epoch))
+    }
+
+    /// Appends the record of a read answered from memory, in a group commit, only if nothing
+    /// was written here since `epoch` began; `Ok(false)`, with nothing stored, otherwise.
+    pub async fn append_read(&self, record: &Record, epoch: Epoch) -> Result<bool, StoreError> {
+        self.db.append_record_in(record, Some(epoch)).await
+    }
+
     /// The newest version of a state with its content, as a stream of chunks; `None` when there
     /// is none or the newest records a deletion.
     pub async fn latest_stream(
         &self,
         state: &str,
     ) -> Result<Option<(VersionMeta, ContentStream)>, StoreError> {
+        // Taken before the lookup: what the lookup finds is at least as new as the epoch.
+        let read_in = self.db.epoch();
         let Some(meta) = self
             .db
             .lookups()
@@ -192,7 +215,16 @@ impl EnvStore {
         else {
             return Ok(None);
         };
-        if let Some(content) = self.recent.get(state, meta.version) {
+        if let Some(kept) = self
+            .recent
+            .get(state)
+            .filter(|k| k.meta.version == meta.version)
+        {
+            self.recent.keep(Newest {
+                read_in,
+                ..kept.clone()
+            });
+            let content = kept.content;
             return Ok(Some((meta, stream::once(async { Ok(content) }).boxed())));
         }
         let first: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
@@ -212,7 +244,11 @@ impl EnvStore {
         };
         let first = Bytes::from(first);
         if first.len() as i64 == meta.size && first.len() <= CHUNK_SIZE {
-            self.recent.keep(state, meta.version, first.clone());
+            self.recent.keep(Newest {
+                meta: meta.clone(),
+                content: first.clone(),
+                read_in,
+            });
         }
         let stream = self.rest(&meta, first);
         Ok(Some((meta, stream)))

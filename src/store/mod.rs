@@ -14,24 +14,26 @@
 
 pub mod changes;
 pub mod environment;
+mod group_commit;
 pub mod system;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
-use tokio::sync::{oneshot, Mutex, MutexGuard};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 
-use crate::audit::{self, Record};
+use crate::audit::Record;
 use crate::config::{AuditSync, Config, Environment};
 pub use environment::EnvStore;
+pub use group_commit::Epoch;
+use group_commit::GroupCommit;
 pub use system::SystemStore;
 
 static SQLITE_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/sqlite/environment");
@@ -430,28 +432,13 @@ fn quote(identifier: &str) -> String {
 /// server's own writers queue fairly instead of spinning.
 pub struct Serialized {
     pool: AnyPool,
-    /// Where group commits go; when relaxed, on SQLite, [`Serialized::flush_soon`] makes them
-    /// reach the disk within [`FLUSH_WITHIN`].
     connections: Arc<Connections>,
-    /// A flush of `records` is scheduled.
-    flush_due: Arc<AtomicBool>,
     kind: Kind,
     /// The advisory lock key on PostgreSQL.
     writer_key: i64,
     writer: Arc<Mutex<()>>,
-    /// Audit records waiting for the next group commit ([`Serialized::append_record`]).
-    queue: Arc<std::sync::Mutex<Vec<Queued>>>,
-    /// The audit chain's head after this server's last group commit; forgotten when a write
-    /// transaction begins (it may append too). Another process appending meanwhile makes the
-    /// next commit fail on the primary key, and it is read again.
-    head: Arc<std::sync::Mutex<Option<audit::Head>>>,
+    commits: Arc<GroupCommit>,
 }
-
-/// A record waiting to be appended, and who waits for the outcome.
-type Queued = (Record, oneshot::Sender<Result<(), String>>);
-
-/// The most records one group commit appends.
-const GROUP_COMMIT_MAX: usize = 256;
 
 impl Serialized {
     fn new(pool: AnyPool, connections: Connections, kind: Kind, schema: Option<&str>) -> Self {
@@ -460,19 +447,17 @@ impl Serialized {
         key.copy_from_slice(&digest[..8]);
         Serialized {
             connections: Arc::new(connections),
-            flush_due: Arc::default(),
             pool,
             kind,
             writer_key: i64::from_be_bytes(key),
             writer: Arc::new(Mutex::new(())),
-            queue: Arc::default(),
-            head: Arc::default(),
+            commits: Arc::default(),
         }
     }
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         let guard = self.writer.lock().await;
-        lock_ignoring_poison(&self.head).take();
+        self.commits.forget();
         // Begun in a task of its own: a request that goes away while BEGIN is under way would
         // otherwise leave a transaction open on a pooled connection, holding the database's
         // write lock for good. The task always ends with a transaction value, whose drop
@@ -487,59 +472,44 @@ impl Serialized {
     /// Appends an audit record in a transaction of its own, together with the records other
     /// requests append at the same moment (group commit): many records, one commit and one
     /// flush to disk. Returns once the record is committed; an error means it was not.
+    pub async fn append_record(&self, record: &Record) -> Result<(), StoreError> {
+        self.append_record_in(record, None).await.map(drop)
+    }
+
+    /// [`Serialized::append_record`], but with `only_in`, only if nothing was written to this
+    /// database since that epoch began: `Ok(false)` (and nothing stored) otherwise.
     ///
     /// Whoever gets the writer lock commits everything queued by then, in a task of its own
     /// (so a request that goes away cannot cut a commit short), and answers every waiter
     /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
-    pub async fn append_record(&self, record: &Record) -> Result<(), StoreError> {
-        let (sender, answer) = oneshot::channel();
-        lock_ignoring_poison(&self.queue).push((record.clone(), sender));
+    pub async fn append_record_in(
+        &self,
+        record: &Record,
+        only_in: Option<Epoch>,
+    ) -> Result<bool, StoreError> {
+        let outcome = self.commits.enqueue(record, only_in);
         let guard = self.writer.clone().lock_owned().await;
-        let batch: Vec<Queued> = {
-            let mut queue = lock_ignoring_poison(&self.queue);
-            let n = queue.len().min(GROUP_COMMIT_MAX);
-            queue.drain(..n).collect()
+        let commits = self.commits.clone();
+        let target = group_commit::Target {
+            connections: self.connections.clone(),
+            kind: self.kind,
+            writer_key: self.writer_key,
         };
-        if batch.is_empty() {
+        tokio::spawn(async move {
+            commits.commit_queued(&target).await;
             drop(guard);
-        } else {
-            let (connections, kind, key) = (self.connections.clone(), self.kind, self.writer_key);
-            let flush = self.flush_soon();
-            let head = self.head.clone();
-            let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
-            tokio::spawn(async move {
-                let known = lock_ignoring_poison(&head).take();
-                let outcome = connections
-                    .records
-                    .run(async |conn| {
-                        let first = commit_batch(conn, kind, key, known.as_ref(), &records).await;
-                        match first {
-                            // Someone else appended since: read the head and try once more.
-                            Err(_) if known.is_some() => {
-                                commit_batch(conn, kind, key, None, &records).await
-                            }
-                            first => first,
-                        }
-                    })
-                    .await;
-                let outcome = outcome
-                    .map(|new_head| *lock_ignoring_poison(&head) = Some(new_head))
-                    .map_err(|e| e.to_string());
-                if let (Ok(()), Some(flush)) = (&outcome, flush) {
-                    flush();
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(outcome.clone());
-                }
-                drop(guard);
-            });
-        }
-        match answer.await {
+        });
+        match outcome.await {
             Ok(outcome) => outcome.map_err(StoreError::Batch),
             Err(_) => Err(StoreError::Batch(
                 "the commit that held the record stopped".into(),
             )),
         }
+    }
+
+    /// The epoch now, if one is under way: see [`group_commit`].
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.commits.epoch()
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -550,36 +520,7 @@ impl Serialized {
     pub(super) fn lookups(&self) -> &Dedicated {
         &self.connections.lookups
     }
-
-    /// On SQLite with relaxed group commits: what makes sure the records committed so far
-    /// reach the disk within [`FLUSH_WITHIN`], by a checkpoint (which flushes the write-ahead
-    /// log first). PostgreSQL's WAL writer does the same by itself.
-    fn flush_soon(&self) -> Option<impl FnOnce() + Send + 'static> {
-        if !self.connections.relaxed || self.kind != Kind::Sqlite {
-            return None;
-        }
-        let (connections, due) = (self.connections.clone(), self.flush_due.clone());
-        Some(move || {
-            if due.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            tokio::spawn(async move {
-                tokio::time::sleep(FLUSH_WITHIN).await;
-                due.store(false, Ordering::SeqCst);
-                let flushed = connections
-                    .records
-                    .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
-                    .await;
-                if let Err(e) = flushed {
-                    tracing::error!(error = %e, "cannot flush the audit log to disk");
-                }
-            });
-        })
-    }
 }
-
-/// How soon a relaxed group commit reaches the disk.
-const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A std mutex whose holders only replace, push or drain whole values: a panic elsewhere
 /// cannot leave what it guards half-changed, so a poisoned lock is used as it is.
@@ -587,36 +528,6 @@ fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard
     value
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Appends a group commit's records after `head` (read first when unknown); returns the new
-/// head. On SQLite, with the head known, the append is a single statement, a transaction by
-/// itself: SQLite's write lock keeps any other writer's transaction from interleaving with it,
-/// and the primary key refuses it if the chain grew meanwhile. Otherwise it is a serialized
-/// transaction, so that it cannot slip between another writer's read of the head and its
-/// append.
-async fn commit_batch(
-    conn: &mut AnyConnection,
-    kind: Kind,
-    writer_key: i64,
-    head: Option<&audit::Head>,
-    records: &[Record],
-) -> Result<audit::Head, StoreError> {
-    if let (Kind::Sqlite, Some(head)) = (kind, head) {
-        return audit::insert_after(conn, head, records).await;
-    }
-    let mut tx = match kind {
-        Kind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-        Kind::Postgres => conn.begin().await?,
-    };
-    take_writer_lock(&mut tx, kind, writer_key).await?;
-    let head = match head {
-        Some(head) => head.clone(),
-        None => audit::head(&mut tx).await?,
-    };
-    let new_head = audit::insert_after(&mut tx, &head, records).await?;
-    tx.commit().await?;
-    Ok(new_head)
 }
 
 /// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer
@@ -636,7 +547,7 @@ async fn begin(
 
 /// On PostgreSQL, the transaction advisory lock that serializes writers across instances
 /// (SQLite's `BEGIN IMMEDIATE` did the same already).
-async fn take_writer_lock(
+pub(super) async fn take_writer_lock(
     conn: &mut AnyConnection,
     kind: Kind,
     writer_key: i64,

@@ -285,3 +285,38 @@ async fn what_an_instance_remembers_never_hides_another_instances_writes() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// Repeated reads of an unchanged state are answered from memory; once another instance has
+/// written, the next read finds out when its record is refused as stale, and serves the new
+/// version, recording only the read it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_memory_gives_way_to_another_instances_write() {
+    let t = spawn_app().await;
+    let other = t.serve_process().await;
+    let (v1, v2) = (state_doc(1, "L", ""), state_doc(2, "L", ""));
+    assert_eq!(
+        t.post("dev/app", "alice", None, v1.clone()).await.status(),
+        200
+    );
+    for _ in 0..3 {
+        let r = t.call("GET", "dev/app", "alice", None).await;
+        assert_eq!(r.bytes().await.unwrap().to_vec(), v1);
+    }
+    let r = t
+        .call_on(&other.base, "POST", "dev/app", "bob", Some(v2.clone()))
+        .await;
+    assert_eq!(r.status().as_u16(), 200);
+    for _ in 0..2 {
+        let r = t.call("GET", "dev/app", "alice", None).await;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.bytes().await.unwrap().to_vec(), v2, "an older version was served");
+    }
+    let reads: Vec<_> = t
+        .audit(Some("dev"))
+        .await
+        .into_iter()
+        .filter(|r| r.action == "state:read")
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(reads, [1, 1, 1, 2, 2].map(Some));
+}

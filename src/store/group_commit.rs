@@ -1,0 +1,208 @@
+//! Group commit of audit records that are written alone (reads, refusals): the records that
+//! arrive together are appended in one statement and one commit, and each request is answered
+//! once its own record is committed.
+//!
+//! Between commits this server remembers the chain's head, so an append needs no read of it;
+//! the primary key refuses an append after a head that is no longer the newest. While the head
+//! stays known, every append to the chain was one of these group commits: nothing else was
+//! written, because every write (here or in another process) appends its record in its own
+//! transaction. That is what lets a read be answered from memory: its record is committed
+//! only if nothing was written since what it read was read ([`Epoch`]), and refused as stale
+//! otherwise, before anything of it is stored.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sqlx::{AnyConnection, Connection, Executor};
+use tokio::sync::oneshot;
+
+use super::{lock_ignoring_poison, take_writer_lock, Connections, Kind, StoreError};
+use crate::audit::{self, Record};
+
+/// A span of time in which nothing was written to a database but this server's group commits
+/// of records: it ends when a write transaction begins here, and when an append finds the
+/// chain grown by someone else.
+pub type Epoch = u64;
+
+/// What a database's group commits share.
+#[derive(Default)]
+pub(super) struct GroupCommit {
+    queue: std::sync::Mutex<Vec<Queued>>,
+    known: std::sync::Mutex<Known>,
+    /// A flush of relaxed commits is scheduled.
+    flush_due: AtomicBool,
+}
+
+#[derive(Default)]
+struct Known {
+    /// The head after this server's last group commit, while nothing else may have appended.
+    head: Option<audit::Head>,
+    epoch: Epoch,
+}
+
+/// A record waiting to be appended: the epoch it may only be committed in, if any, and who
+/// waits for the outcome (committed, or refused as stale).
+struct Queued {
+    record: Record,
+    only_in: Option<Epoch>,
+    answer: oneshot::Sender<Result<bool, String>>,
+}
+
+/// The most records one group commit appends.
+const MAX_RECORDS: usize = 256;
+
+/// How soon a relaxed group commit reaches the disk.
+const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What a group commit works with.
+pub(super) struct Target {
+    pub connections: Arc<Connections>,
+    pub kind: Kind,
+    pub writer_key: i64,
+}
+
+impl GroupCommit {
+    /// The current epoch, when the head is known (otherwise nothing read now can be vouched
+    /// for by the next commit).
+    pub fn epoch(&self) -> Option<Epoch> {
+        let known = lock_ignoring_poison(&self.known);
+        known.head.as_ref().map(|_| known.epoch)
+    }
+
+    /// A write transaction begins: it may append, and write anything.
+    pub fn forget(&self) {
+        let mut known = lock_ignoring_poison(&self.known);
+        known.head = None;
+        known.epoch += 1;
+    }
+
+    pub fn enqueue(
+        &self,
+        record: &Record,
+        only_in: Option<Epoch>,
+    ) -> oneshot::Receiver<Result<bool, String>> {
+        let (answer, outcome) = oneshot::channel();
+        lock_ignoring_poison(&self.queue).push(Queued {
+            record: record.clone(),
+            only_in,
+            answer,
+        });
+        outcome
+    }
+
+    /// Appends everything queued (the caller holds the writer lock).
+    pub async fn commit_queued(self: Arc<Self>, target: &Target) {
+        let batch: Vec<Queued> = {
+            let mut queue = lock_ignoring_poison(&self.queue);
+            let n = queue.len().min(MAX_RECORDS);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (head, epoch) = {
+            let mut known = lock_ignoring_poison(&self.known);
+            (known.head.take(), known.epoch)
+        };
+        let (mut batch, stale): (Vec<Queued>, Vec<Queued>) = batch
+            .into_iter()
+            .partition(|q| q.only_in.is_none() || (head.is_some() && q.only_in == Some(epoch)));
+        answer(stale, Ok(false));
+        let mut outcome = Err(String::new());
+        if let Some(head) = &head {
+            outcome = commit(target, Some(head), &batch).await.map(Some);
+        }
+        let relearned = outcome.is_err();
+        if relearned {
+            // Someone else appended since, or the head is unknown: what was read in this
+            // epoch may be out of date, and the head must be read again.
+            let (keep, stale): (Vec<Queued>, Vec<Queued>) =
+                batch.into_iter().partition(|q| q.only_in.is_none());
+            answer(stale, Ok(false));
+            batch = keep;
+            outcome = if batch.is_empty() {
+                Ok(None)
+            } else {
+                commit(target, None, &batch).await.map(Some)
+            };
+        }
+        {
+            let mut known = lock_ignoring_poison(&self.known);
+            if relearned {
+                known.epoch += 1;
+            }
+            known.head = outcome.clone().ok().flatten();
+        }
+        if outcome.is_ok() && !batch.is_empty() {
+            self.flush_soon(target);
+        }
+        answer(batch, outcome.map(|_| true));
+    }
+
+    /// On SQLite with relaxed commits: makes sure the records committed so far reach the disk
+    /// within [`FLUSH_WITHIN`], by a checkpoint (which flushes the write-ahead log first).
+    /// PostgreSQL's WAL writer does the same by itself.
+    fn flush_soon(self: &Arc<Self>, target: &Target) {
+        if !target.connections.relaxed
+            || target.kind != Kind::Sqlite
+            || self.flush_due.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let (this, connections) = (self.clone(), target.connections.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_WITHIN).await;
+            this.flush_due.store(false, Ordering::SeqCst);
+            let flushed = connections
+                .records
+                .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
+                .await;
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "cannot flush the audit log to disk");
+            }
+        });
+    }
+}
+
+fn answer(batch: Vec<Queued>, outcome: Result<bool, String>) {
+    for queued in batch {
+        let _ = queued.answer.send(outcome.clone());
+    }
+}
+
+/// Appends records after `head` (read first when unknown) on the records connection; returns
+/// the new head. On SQLite, with the head known, the append is a single statement, a
+/// transaction by itself: SQLite's write lock keeps any other writer's transaction from
+/// interleaving with it, and the primary key refuses it if the chain grew meanwhile.
+/// Otherwise it is a serialized transaction, so that it cannot slip between another writer's
+/// read of the head and its append.
+async fn commit(
+    target: &Target,
+    head: Option<&audit::Head>,
+    batch: &[Queued],
+) -> Result<audit::Head, String> {
+    let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
+    let (kind, key) = (target.kind, target.writer_key);
+    target
+        .connections
+        .records
+        .run(async |conn: &mut AnyConnection| {
+            if let (Kind::Sqlite, Some(head)) = (kind, head) {
+                return audit::insert_after(conn, head, &records).await;
+            }
+            let mut tx = match kind {
+                Kind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+                Kind::Postgres => conn.begin().await?,
+            };
+            take_writer_lock(&mut tx, kind, key).await?;
+            let head = match head {
+                Some(head) => head.clone(),
+                None => audit::head(&mut tx).await?,
+            };
+            let new_head = audit::insert_after(&mut tx, &head, &records).await?;
+            tx.commit().await?;
+            Ok(new_head)
+        })
+        .await
+        .map_err(|e: StoreError| e.to_string())
+}
