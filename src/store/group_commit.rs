@@ -76,6 +76,10 @@ impl GroupCommit {
         known.epoch += 1;
     }
 
+    pub fn has_queued(&self) -> bool {
+        !lock_ignoring_poison(&self.queue).is_empty()
+    }
+
     pub fn enqueue(
         &self,
         record: &Record,

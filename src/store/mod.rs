@@ -482,23 +482,26 @@ impl Serialized {
     /// Whoever gets the writer lock commits everything queued by then, in a task of its own
     /// (so a request that goes away cannot cut a commit short), and answers every waiter
     /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
-    pub async fn append_record_in(
+    pub(super) async fn append_record_in(
         &self,
         record: &Record,
         only_in: Option<Epoch>,
     ) -> Result<bool, StoreError> {
         let outcome = self.commits.enqueue(record, only_in);
         let guard = self.writer.clone().lock_owned().await;
-        let commits = self.commits.clone();
-        let target = group_commit::Target {
-            connections: self.connections.clone(),
-            kind: self.kind,
-            writer_key: self.writer_key,
-        };
-        tokio::spawn(async move {
-            commits.commit_queued(&target).await;
-            drop(guard);
-        });
+        // Nothing queued: an earlier commit took this record, and answered it.
+        if self.commits.has_queued() {
+            let commits = self.commits.clone();
+            let target = group_commit::Target {
+                connections: self.connections.clone(),
+                kind: self.kind,
+                writer_key: self.writer_key,
+            };
+            tokio::spawn(async move {
+                commits.commit_queued(&target).await;
+                drop(guard);
+            });
+        }
         match outcome.await {
             Ok(outcome) => outcome.map_err(StoreError::Batch),
             Err(_) => Err(StoreError::Batch(
@@ -508,7 +511,7 @@ impl Serialized {
     }
 
     /// The epoch now, if one is under way: see [`group_commit`].
-    pub fn epoch(&self) -> Option<Epoch> {
+    pub(super) fn epoch(&self) -> Option<Epoch> {
         self.commits.epoch()
     }
 

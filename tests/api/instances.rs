@@ -309,7 +309,11 @@ async fn a_read_from_memory_gives_way_to_another_instances_write() {
     for _ in 0..2 {
         let r = t.call("GET", "dev/app", "alice", None).await;
         assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(r.bytes().await.unwrap().to_vec(), v2, "an older version was served");
+        assert_eq!(
+            r.bytes().await.unwrap().to_vec(),
+            v2,
+            "an older version was served"
+        );
     }
     let reads: Vec<_> = t
         .audit(Some("dev"))
