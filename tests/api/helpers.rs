@@ -73,6 +73,29 @@ impl Drop for TestApp {
     }
 }
 
+/// [`CONFIG`] with more lines in its `server` block.
+pub fn config_with_server(lines: &str) -> String {
+    CONFIG.replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = \"data\"\n  {lines}"),
+    )
+}
+
+/// Runs `bulkhead audit verify` on the config in `dir` and asserts every chain is intact.
+pub async fn assert_audit_verifies(dir: &Path) {
+    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify", "--config", "bulkhead.hcl"])
+        .current_dir(dir)
+        .output()
+        .await
+        .expect("run bulkhead audit verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(CONFIG).await
 }

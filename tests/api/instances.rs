@@ -118,17 +118,7 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
         .await
         .unwrap()
         .is_none());
-    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["audit", "verify", "--config", "bulkhead.hcl"])
-        .current_dir(t.dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_audit_verifies(t.dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,17 +263,7 @@ async fn what_an_instance_remembers_never_hides_another_instances_writes() {
         [1, 1, 2, 2, 3, 3, 4, 4].map(Some),
         "every read is recorded once, naming the version it served"
     );
-    let verify = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["audit", "verify", "--config", "bulkhead.hcl"])
-        .current_dir(t.dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_audit_verifies(t.dir.path()).await;
 }
 
 /// Repeated reads of an unchanged state are answered from memory; once another instance has

@@ -101,11 +101,7 @@ async fn revoke_elsewhere(t: &TestApp, who: &str) {
 
 #[tokio::test]
 async fn with_no_token_cache_a_token_revoked_elsewhere_fails_at_once() {
-    let t = spawn_app_with(&CONFIG.replace(
-        "data_dir = \"data\"",
-        "data_dir = \"data\"\n  token_cache = \"0s\"",
-    ))
-    .await;
+    let t = spawn_app_with(&config_with_server("token_cache = \"0s\"")).await;
     let get = || t.call("GET", "dev/app", "alice", None);
     assert_status(&get().await, StatusCode::NO_CONTENT);
     revoke_elsewhere(&t, "alice").await;
@@ -114,11 +110,7 @@ async fn with_no_token_cache_a_token_revoked_elsewhere_fails_at_once() {
 
 #[tokio::test]
 async fn a_token_revoked_elsewhere_fails_once_the_token_cache_time_is_over() {
-    let t = spawn_app_with(&CONFIG.replace(
-        "data_dir = \"data\"",
-        "data_dir = \"data\"\n  token_cache = \"1s\"",
-    ))
-    .await;
+    let t = spawn_app_with(&config_with_server("token_cache = \"1s\"")).await;
     let get = || t.call("GET", "dev/app", "alice", None);
     assert_status(&get().await, StatusCode::NO_CONTENT);
     revoke_elsewhere(&t, "alice").await;
@@ -671,11 +663,7 @@ async fn a_large_state_round_trips_in_chunks_with_its_length() {
 
 #[tokio::test]
 async fn with_audit_sync_all_reads_and_refusals_are_recorded_alike() {
-    let t = spawn_app_with(&CONFIG.replace(
-        "data_dir = \"data\"",
-        "data_dir = \"data\"\n  audit_sync = \"all\"",
-    ))
-    .await;
+    let t = spawn_app_with(&config_with_server("audit_sync = \"all\"")).await;
     assert_status(
         &t.call("GET", "dev/app", "alice", None).await,
         StatusCode::NO_CONTENT,
