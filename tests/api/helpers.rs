@@ -335,6 +335,16 @@ impl TestApp {
             .collect()
     }
 
+    /// The version each recorded `state:read` of an environment names, oldest first.
+    pub async fn read_versions(&self, env: &str) -> Vec<Option<i64>> {
+        self.audit(Some(env))
+            .await
+            .into_iter()
+            .filter(|r| r.action == "state:read")
+            .map(|r| r.version)
+            .collect()
+    }
+
     /// The newest audit record of an environment that matches `pred`.
     pub async fn newest_audit(&self, env: &str, pred: impl Fn(&Record) -> bool) -> Record {
         self.audit(Some(env))

@@ -251,15 +251,8 @@ async fn what_an_instance_remembers_never_hides_another_instances_writes() {
             );
         }
     }
-    let reads: Vec<_> = t
-        .audit(Some("dev"))
-        .await
-        .into_iter()
-        .filter(|r| r.action == "state:read")
-        .map(|r| r.version)
-        .collect();
     assert_eq!(
-        reads,
+        t.read_versions("dev").await,
         [1, 1, 2, 2, 3, 3, 4, 4].map(Some),
         "every read is recorded once, naming the version it served"
     );
@@ -295,12 +288,5 @@ async fn a_read_from_memory_gives_way_to_another_instances_write() {
             "an older version was served"
         );
     }
-    let reads: Vec<_> = t
-        .audit(Some("dev"))
-        .await
-        .into_iter()
-        .filter(|r| r.action == "state:read")
-        .map(|r| r.version)
-        .collect();
-    assert_eq!(reads, [1, 1, 1, 2, 2].map(Some));
+    assert_eq!(t.read_versions("dev").await, [1, 1, 1, 2, 2].map(Some));
 }
