@@ -161,6 +161,8 @@ pub struct Server {
 
 /// The default of `server { token_cache }`.
 pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
+/// The most `server { token_cache }` may be.
+const TOKEN_CACHE_MAX: Duration = Duration::from_secs(3600);
 
 /// Which audit records are on disk before their request is answered (`server { audit_sync }`).
 /// Every record is committed before the answer, and a record that cannot be written refuses
@@ -498,9 +500,18 @@ impl Validator {
         }
         let token_cache = match self.string(block, "token_cache", "server") {
             Some(text) if text.trim() == "0s" || text.trim() == "0" => Duration::ZERO,
-            Some(_) => self
-                .duration(block, "token_cache", "server")
-                .unwrap_or(TOKEN_CACHE),
+            Some(text) => match self.duration(block, "token_cache", "server") {
+                Some(d) if d > TOKEN_CACHE_MAX => {
+                    let line = attr(block, "token_cache").map_or(block.line, |a| a.line);
+                    self.error(
+                        line,
+                        format!("server: token_cache = \"{text}\" would let a revoked token work that long: use at most \"1h\" (default \"5s\")"),
+                    );
+                    TOKEN_CACHE
+                }
+                Some(d) => d,
+                None => TOKEN_CACHE,
+            },
             None => TOKEN_CACHE,
         };
         let audit_sync = match self.string(block, "audit_sync", "server").as_deref() {
@@ -1061,6 +1072,13 @@ environment "prod" {
             "{e}"
         );
         assert!(e.contains("b.hcl:5: server: token_cache"), "{e}");
+        let e = errors(&set("token_cache = \"2h\""));
+        assert!(
+            e.contains(
+                "b.hcl:4: server: token_cache = \"2h\" would let a revoked token work that long"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

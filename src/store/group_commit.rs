@@ -112,24 +112,27 @@ impl GroupCommit {
             .into_iter()
             .partition(|q| q.only_in.is_none() || (head.is_some() && q.only_in == Some(epoch)));
         answer(stale, Ok(false));
-        let mut outcome = Err(String::new());
-        if let Some(head) = &head {
-            outcome = commit(target, Some(head), &batch).await.map(Some);
-        }
-        let relearned = outcome.is_err();
-        if relearned {
-            // Someone else appended since, or the head is unknown: what was read in this
-            // epoch may be out of date, and the head must be read again.
-            let (keep, stale): (Vec<Queued>, Vec<Queued>) =
-                batch.into_iter().partition(|q| q.only_in.is_none());
-            answer(stale, Ok(false));
-            batch = keep;
-            outcome = if batch.is_empty() {
-                Ok(None)
-            } else {
-                commit(target, None, &batch).await.map(Some)
-            };
-        }
+        let fast = match &head {
+            Some(head) => commit(target, Some(head), &batch).await.ok(),
+            None => None,
+        };
+        let relearned = fast.is_none();
+        let outcome = match fast {
+            Some(new_head) => Ok(Some(new_head)),
+            None => {
+                // Someone else appended since, or the head is unknown: what was read in this
+                // epoch may be out of date, and the head must be read again.
+                let (keep, stale): (Vec<Queued>, Vec<Queued>) =
+                    batch.into_iter().partition(|q| q.only_in.is_none());
+                answer(stale, Ok(false));
+                batch = keep;
+                if batch.is_empty() {
+                    Ok(None)
+                } else {
+                    commit(target, None, &batch).await.map(Some)
+                }
+            }
+        };
         {
             let mut known = lock_ignoring_poison(&self.known);
             if relearned {
