@@ -380,8 +380,12 @@ impl Dedicated {
             }
         };
         let done = work(conn).await;
-        if done.is_err() {
-            *slot = None;
+        // A statement the database refused (a taken position, say) leaves the connection as it
+        // was; any other failure may not have.
+        if let Err(e) = &done {
+            if !matches!(e, StoreError::Database(sqlx::Error::Database(_))) {
+                *slot = None;
+            }
         }
         done
     }
