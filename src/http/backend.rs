@@ -264,8 +264,8 @@ async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
     call.require(record, Action::StateRead, "")?;
     // From memory, when nothing can have been written since the newest version was read: the
     // record, naming the version served, is committed only if so.
-    if let Some((meta, content, epoch)) = call.store.remembered_latest(call.name.as_str()) {
-        record.version = Some(meta.version);
+    if let Some((version, content, epoch)) = call.store.remembered_latest(call.name.as_str()) {
+        record.version = Some(version);
         record.decision = Outcome::Allow;
         record.status = Some(StatusCode::OK.as_u16());
         match call.store.append_read(record, epoch).await {

@@ -39,7 +39,7 @@ struct Kept {
 
 #[derive(Clone)]
 struct Newest {
-    meta: VersionMeta,
+    version: i64,
     content: Bytes,
     read_in: Option<Epoch>,
 }
@@ -52,14 +52,13 @@ impl RecentContents {
         lock_ignoring_poison(&self.kept).states.get(state).cloned()
     }
 
-    fn keep(&self, newest: Newest) {
+    fn keep(&self, state: &str, newest: Newest) {
         let mut kept = lock_ignoring_poison(&self.kept);
         if kept.bytes + newest.content.len() > RECENT_CONTENTS_MAX {
             *kept = Kept::default();
         }
         kept.bytes += newest.content.len();
-        let state = newest.meta.state.clone();
-        if let Some(old) = kept.states.insert(state, newest) {
+        if let Some(old) = kept.states.insert(state.to_string(), newest) {
             kept.bytes -= old.content.len();
         }
     }
@@ -186,10 +185,11 @@ impl EnvStore {
     /// The newest version of a state and its content as read earlier in the epoch now under
     /// way, and that epoch: its read may be answered from memory, provided its record is
     /// appended with [`EnvStore::append_read`] in that epoch.
-    pub fn remembered_latest(&self, state: &str) -> Option<(VersionMeta, Bytes, Epoch)> {
+    /// Returns the version number, its content and the epoch.
+    pub fn remembered_latest(&self, state: &str) -> Option<(i64, Bytes, Epoch)> {
         let epoch = self.db.epoch()?;
         let kept = self.recent.get(state)?;
-        (kept.read_in == Some(epoch)).then_some((kept.meta, kept.content, epoch))
+        (kept.read_in == Some(epoch)).then_some((kept.version, kept.content, epoch))
     }
 
     /// Appends the record of a read answered from memory, in a group commit, only if nothing
@@ -215,15 +215,14 @@ impl EnvStore {
         else {
             return Ok(None);
         };
-        if let Some(kept) = self
-            .recent
-            .get(state)
-            .filter(|k| k.meta.version == meta.version)
-        {
-            self.recent.keep(Newest {
-                read_in,
-                ..kept.clone()
-            });
+        if let Some(kept) = self.recent.get(state).filter(|k| k.version == meta.version) {
+            self.recent.keep(
+                state,
+                Newest {
+                    read_in,
+                    ..kept.clone()
+                },
+            );
             let content = kept.content;
             return Ok(Some((meta, stream::once(async { Ok(content) }).boxed())));
         }
@@ -244,11 +243,14 @@ impl EnvStore {
         };
         let first = Bytes::from(first);
         if first.len() as i64 == meta.size && first.len() <= CHUNK_SIZE {
-            self.recent.keep(Newest {
-                meta: meta.clone(),
-                content: first.clone(),
-                read_in,
-            });
+            self.recent.keep(
+                state,
+                Newest {
+                    version: meta.version,
+                    content: first.clone(),
+                    read_in,
+                },
+            );
         }
         let stream = self.rest(&meta, first);
         Ok(Some((meta, stream)))
