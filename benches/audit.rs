@@ -16,13 +16,9 @@ use bulkhead::audit::{self, Filter, Outcome, Record};
 use bulkhead::config::Config;
 use bulkhead::store::Stores;
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
+mod common;
+
+use common::env_number;
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();

@@ -19,13 +19,9 @@ use bulkhead::config::Config;
 use bulkhead::identity::Principal;
 use bulkhead::policy::{Action, Policy, RequestContext};
 
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
+mod common;
+
+use common::env_number;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
