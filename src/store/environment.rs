@@ -523,3 +523,76 @@ impl Tx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, Executor, SqliteConnection};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{environment_file, Stores};
+
+    /// This server's own group commit writes nothing but records: a read that arrives while
+    /// one is under way is still answered from memory, and its record still commits.
+    #[tokio::test]
+    async fn a_read_during_a_group_commit_is_answered_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{ data_dir = {:?} }}\nteam \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        let env = stores.environment("dev").unwrap();
+        let mut tx = env.begin().await.unwrap();
+        tx.append_version(NewVersion {
+            state: "app",
+            sha256: "0",
+            serial: Some(1),
+            lineage: Some("l"),
+            principal: "user:alice",
+            operation: None,
+            lock_id: None,
+            forced: false,
+            change_number: None,
+            content: Some(b"{}"),
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // A first record learns the chain's head; a read after it starts the epoch's memory.
+        env.db
+            .append_record(&Record::new("state:read"))
+            .await
+            .unwrap();
+        env.latest_content("app").await.unwrap().unwrap();
+        let (_, _, epoch) = env.remembered_latest("app").unwrap();
+
+        // Another connection holds SQLite's write lock, so the next group commit stays under
+        // way until it lets go.
+        let file = environment_file(&config.server.data_dir, "dev");
+        let mut other = SqliteConnection::connect(&format!("sqlite:{}", file.display()))
+            .await
+            .unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let record = Record::new("state:read");
+        let read = env.append_read(&record, epoch);
+        let meanwhile = async {
+            // Until a commit has taken the record from the queue (and holds the writer lock).
+            while env.db.commits.has_queued() || env.db.writer.try_lock().is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let remembered = env.remembered_latest("app").map(|(version, ..)| version);
+            other.execute("ROLLBACK").await.unwrap();
+            remembered
+        };
+        let (appended, remembered) = tokio::join!(read, meanwhile);
+        assert_eq!(
+            remembered,
+            Some(1),
+            "not answered from memory during a commit"
+        );
+        assert!(appended.unwrap(), "the read's record was refused as stale");
+    }
+}

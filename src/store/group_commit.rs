@@ -104,9 +104,12 @@ impl GroupCommit {
         if batch.is_empty() {
             return;
         }
+        // The head stays known while this commit is under way: nothing but this commit can
+        // append (the caller holds the writer lock), so reads meanwhile are still answered
+        // from memory. If the commit finds the chain grown by someone else, the epoch ends.
         let (head, epoch) = {
-            let mut known = lock_ignoring_poison(&self.known);
-            (known.head.take(), known.epoch)
+            let known = lock_ignoring_poison(&self.known);
+            (known.head.clone(), known.epoch)
         };
         let (mut batch, stale): (Vec<Queued>, Vec<Queued>) = batch
             .into_iter()
