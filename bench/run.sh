@@ -15,10 +15,11 @@
 #     answer; the default flushes the records of reads within a second); and
 #     LOCK -> POST -> UNLOCK cycles on bulkhead, one state per connection (wrk runs one thread
 #     per connection there, so each connection's Lua state drives its own cycle).
-#  3. Cedar policy decisions per second and per-decision latency (benches/policy.rs, built
-#     with `cargo bench --bench policy --no-run` before anything is measured, then run; that
-#     build also refreshes target/release/bulkhead. If the current source does not build, the
-#     newest earlier build of the bench is run and the table says so).
+#  3. Cedar policy decisions per second and per-decision latency, evaluated each time and
+#     remembered (benches/policy.rs, built with `cargo bench --bench policy --no-run` before
+#     anything is measured, then run; that build also refreshes target/release/bulkhead. If
+#     the current source does not build, the newest earlier build of the bench is run and the
+#     table says so).
 #
 # With the defaults it takes about 4 minutes, plus any build (about 8 minutes from scratch on
 # 2 cores). nginx keeps its access log, as bulkhead keeps its request log; wrk runs with
@@ -38,7 +39,7 @@
 #                       pg conn_str (add ?sslmode=disable if the server has no TLS) and as
 #                       bulkhead's storage URL
 #   BENCH_RESOURCES     resources per apply (200)      BENCH_CONNECTIONS  "1 8 64"
-#   BENCH_POLICY_CALLS  decide() calls per round (20000), BENCH_POLICY_ROUNDS (5)
+#   BENCH_POLICY_CALLS  calls per round and kind (20000), BENCH_POLICY_ROUNDS (5)
 #   BENCH_SKIP          words among: apply pg bulkhead-pg throughput sync-all lock policy
 #   BULKHEAD_LOG        the server's log filter (default: the server's own default, info)
 #   BENCH_KEEP=1        keep the temporary directories (logs, configs, data) for a look after
@@ -680,7 +681,7 @@ fi
 policy_line='' policy_human=''
 if ! skipped policy; then
   if [ -n "$policy_exe" ]; then
-    log "policy: $policy_rounds rounds of $policy_calls decide() calls"
+    log "policy: $policy_rounds rounds of $policy_calls calls, evaluated and remembered"
     if (cd "$root" && BENCH_POLICY_CALLS=$policy_calls BENCH_POLICY_ROUNDS=$policy_rounds "$policy_exe" --bench) >"$work/policy.out" 2>&1; then
       policy_line=$(grep '^RESULT policy' "$work/policy.out" | tail -1 || true)
       policy_human=$(grep '^policy: .*compiled' "$work/policy.out" | sed 's/^policy: //' || true)
@@ -809,11 +810,13 @@ fi
 
 if ! skipped policy; then
   echo
-  echo "3. Cedar policy: Policy::decide() (benches/policy.rs), median of $policy_rounds rounds of $policy_calls calls"
+  echo "3. Cedar policy (benches/policy.rs), median of $policy_rounds rounds of $policy_calls calls"
   if [ -n "$policy_line" ]; then
     printf '  %-34s %11s %10s %10s\n' "" "decisions/s" "p50 (us)" "p99 (us)"
-    printf '  %-34s %11s %10s %10s\n' "decide(), mixed allow/deny" "$(field decisions_per_s "$policy_line")" \
+    printf '  %-34s %11s %10s %10s\n' "evaluate(), mixed allow/deny" "$(field decisions_per_s "$policy_line")" \
       "$(field p50_us "$policy_line")" "$(field p99_us "$policy_line")"
+    printf '  %-34s %11s %10s %10s\n' "decide(), the same, remembered" "$(field remembered_per_s "$policy_line")" \
+      "$(field remembered_p50_us "$policy_line")" "$(field remembered_p99_us "$policy_line")"
     echo "  ($policy_human)"
     [ -n "$policy_note" ] && echo "  NOTE: $policy_note"
   else

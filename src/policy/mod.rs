@@ -152,11 +152,58 @@ pub struct Policy {
     authorizer: Authorizer,
     /// The `ip(...)` value of each client address seen lately: building one parses the
     /// extension's name, which costs more than the rest of a request's context.
-    source_ips: std::sync::Mutex<HashMap<IpAddr, RestrictedExpression>>,
+    source_ips: Memo<IpAddr, RestrictedExpression>,
+    /// The decisions made lately. A decision depends on nothing but what it was asked (the
+    /// policies and entities never change after compiling), and a client repeats the same
+    /// requests: terraform reads and locks the same states, from the same address.
+    decided: Memo<Asked, Decision>,
 }
 
-/// The most client addresses [`Policy`] keeps the `ip(...)` value of; past it, it starts over.
-const SOURCE_IPS_MAX: usize = 4096;
+/// Everything a decision depends on besides the compiled policies.
+#[derive(PartialEq, Eq, Hash)]
+struct Asked {
+    principal: Principal,
+    action: Action,
+    environment: String,
+    state: String,
+    operation: String,
+    source_ip: IpAddr,
+}
+
+/// Values worked out before, at most [`Memo::MAX`]; past that, it starts over.
+struct Memo<K, V> {
+    kept: std::sync::Mutex<HashMap<K, V>>,
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> Memo<K, V> {
+    const MAX: usize = 4096;
+
+    fn new() -> Self {
+        Memo {
+            kept: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The value kept for `key`, or the one `work_out` gives (outside the lock), then kept.
+    fn get_or(&self, key: K, work_out: impl FnOnce(&K) -> V) -> V {
+        // Only whole values are inserted: a poisoned map is still a consistent one.
+        let kept = || {
+            self.kept
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(value) = kept().get(&key) {
+            return value.clone();
+        }
+        let value = work_out(&key);
+        let mut kept = kept();
+        if kept.len() >= Self::MAX {
+            kept.clear();
+        }
+        kept.insert(key, value.clone());
+        value
+    }
+}
 
 impl Policy {
     pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
@@ -183,29 +230,33 @@ impl Policy {
             custom,
             entities,
             authorizer: Authorizer::new(),
-            source_ips: std::sync::Mutex::default(),
+            source_ips: Memo::new(),
+            decided: Memo::new(),
         })
     }
 
-    /// The context value of a client address.
-    fn source_ip(&self, ip: IpAddr) -> RestrictedExpression {
-        // Only whole values are inserted: a poisoned map is still a consistent one.
-        let mut known = self
-            .source_ips
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(value) = known.get(&ip) {
-            return value.clone();
-        }
-        if known.len() >= SOURCE_IPS_MAX {
-            known.clear();
-        }
-        let value = RestrictedExpression::new_ip(ip.to_string());
-        known.insert(ip, value.clone());
-        value
+    /// The decision on a request: the one made lately on the very same request, if any.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        environment: &str,
+        context: &RequestContext<'_>,
+    ) -> Decision {
+        let asked = Asked {
+            principal: principal.clone(),
+            action,
+            environment: environment.to_string(),
+            state: context.state.to_string(),
+            operation: context.operation.to_string(),
+            source_ip: context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        };
+        let evaluate = |_: &Asked| self.evaluate(principal, action, environment, context);
+        self.decided.get_or(asked, evaluate)
     }
 
-    pub fn decide(
+    /// The decision of the policies, evaluated now: what [`Policy::decide`] remembers.
+    pub fn evaluate(
         &self,
         principal: &Principal,
         action: Action,
@@ -219,7 +270,6 @@ impl Policy {
         };
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
-        let ip = self.source_ip(context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])));
         let context = Context::from_pairs([
             (
                 "state".to_string(),
@@ -229,7 +279,13 @@ impl Policy {
                 "operation".to_string(),
                 RestrictedExpression::new_string(context.operation.to_string()),
             ),
-            ("source_ip".to_string(), ip),
+            (
+                "source_ip".to_string(),
+                self.source_ips.get_or(
+                    context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                    |ip| RestrictedExpression::new_ip(ip.to_string()),
+                ),
+            ),
         ]);
         let context = match context {
             Ok(c) => c,
@@ -566,6 +622,44 @@ environment "prod" {
             let d = p.decide(&alice, Action::StateRead, "dev", &from([192, 0, 2, 1]));
             assert!(!d.allowed);
             assert_eq!(d.policies, vec!["office-only"]);
+        }
+    }
+
+    #[test]
+    fn a_remembered_decision_is_used_only_for_the_very_same_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let frozen = dir.path().join("frozen.cedar");
+        std::fs::write(
+            &frozen,
+            "@id(\"frozen\")\nforbid(principal, action == Bulkhead::Action::\"state:write\", resource) when { context.state == \"frozen\" && context.operation == \"state-push\" };",
+        )
+        .unwrap();
+        let mut c = config();
+        c.policy_files = vec![frozen];
+        let p = Policy::compile(&c).unwrap();
+        let alice = Principal::User("alice".into());
+        let bob = Principal::User("bob".into());
+        let asked = |state, operation| RequestContext {
+            state,
+            operation,
+            ..ctx()
+        };
+        // Each request twice in a row and the others in between, so that a decision taken
+        // from memory would show wherever one of its inputs were left out of what is kept.
+        for _ in 0..2 {
+            for (who, state, operation, allowed) in [
+                (&alice, "frozen", "state-push", false),
+                (&alice, "frozen", "", true),
+                (&alice, "app", "state-push", true),
+                (&bob, "app", "state-push", false),
+            ] {
+                for _ in 0..2 {
+                    let d = p.decide(who, Action::StateWrite, "dev", &asked(state, operation));
+                    assert_eq!(d.allowed, allowed, "{who:?} {state} {operation:?}");
+                }
+            }
+            assert!(!p.decide(&alice, Action::StateWrite, "prod", &ctx()).allowed);
+            assert!(p.decide(&alice, Action::StateRead, "prod", &ctx()).allowed);
         }
     }
 }
