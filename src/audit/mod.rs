@@ -212,34 +212,66 @@ pub async fn insert_after(
     head: &Head,
     records: &[impl std::borrow::Borrow<Record>],
 ) -> Result<Head, StoreError> {
-    let (mut seq, mut prev) = (head.seq, head.hash.clone());
-    if records.is_empty() {
-        return Ok(head.clone());
+    let (rows, new_head) = chain_rows(head, records)?;
+    if rows.is_empty() {
+        return Ok(new_head);
     }
+    let sql = insert_statement(rows.len());
+    let mut insert = sqlx::query(&sql);
+    for row in &rows {
+        insert = insert
+            .bind(row.seq)
+            .bind(&row.record)
+            .bind(&row.prev_hash)
+            .bind(&row.hash);
+    }
+    insert.execute(&mut *conn).await?;
+    Ok(new_head)
+}
+
+/// One row of the audit table, as [`insert_statement`] binds it.
+pub struct Row {
+    pub seq: i64,
+    pub record: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The rows that append `records` in order after `head`, and the head they leave.
+pub fn chain_rows(
+    head: &Head,
+    records: &[impl std::borrow::Borrow<Record>],
+) -> Result<(Vec<Row>, Head), StoreError> {
+    let (mut seq, mut prev) = (head.seq, head.hash.clone());
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
         let json = serde_json::to_string(record.borrow())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         seq += 1;
         let hash = link(seq, &prev, &json);
-        rows.push((seq, json, std::mem::replace(&mut prev, hash.clone()), hash));
+        rows.push(Row {
+            seq,
+            record: json,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
     }
-    let values: Vec<String> = (0..rows.len())
+    Ok((rows, Head { seq, hash: prev }))
+}
+
+/// The statement that inserts `rows` rows: numbered parameters (`$1`, `$2`, ...), four per
+/// row, in the order of [`Row`]'s fields.
+pub fn insert_statement(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
         .map(|i| {
             let n = i * 4;
             format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
         })
         .collect();
-    let sql = format!(
+    format!(
         "INSERT INTO audit (seq, record, prev_hash, hash) VALUES {}",
         values.join(", ")
-    );
-    let mut insert = sqlx::query(&sql);
-    for (seq, json, prev_hash, hash) in &rows {
-        insert = insert.bind(seq).bind(json).bind(prev_hash).bind(hash);
-    }
-    insert.execute(&mut *conn).await?;
-    Ok(Head { seq, hash: prev })
+    )
 }
 
 /// Which records of a chain to read: every field set must match.

@@ -526,19 +526,25 @@ impl Tx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
     use sqlx::{Connection, Executor, SqliteConnection};
 
     use super::*;
     use crate::config::Config;
     use crate::store::{environment_file, Stores};
 
-    /// This server's own group commit writes nothing but records: a read that arrives while
-    /// one is under way is still answered from memory, and its record still commits.
-    #[tokio::test]
-    async fn a_read_during_a_group_commit_is_answered_from_memory() {
+    /// A SQLite environment `dev` whose state `app` has one version, read once in the epoch
+    /// now under way (so a read of it may be answered from memory); `server_lines` go into the
+    /// server block. Also a connection of its own to the database, holding its write lock.
+    async fn dev_with_one_version(
+        server_lines: &str,
+    ) -> (tempfile::TempDir, Stores, Epoch, SqliteConnection) {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "server {{ data_dir = {:?} }}\nteam \"app\" {{ members = [\"alice\"] }}\n\
+            "server {{\n  data_dir = {:?}\n  {server_lines}\n}}\n\
+             team \"app\" {{ members = [\"alice\"] }}\n\
              environment \"dev\" {{ owner = \"team:app\" }}\n",
             dir.path()
         );
@@ -568,21 +574,33 @@ mod tests {
             .unwrap();
         env.latest_content("app").await.unwrap().unwrap();
         let (_, _, epoch) = env.remembered_latest("app").unwrap();
-
-        // Another connection holds SQLite's write lock, so the next group commit stays under
-        // way until it lets go.
         let file = environment_file(&config.server.data_dir, "dev");
         let mut other = SqliteConnection::connect(&format!("sqlite:{}", file.display()))
             .await
             .unwrap();
         other.execute("BEGIN IMMEDIATE").await.unwrap();
+        (dir, stores, epoch, other)
+    }
+
+    /// Until a group commit has taken everything queued (and holds the writer lock).
+    async fn commit_under_way(env: &EnvStore) {
+        while env.db.commits.has_queued() || env.db.writer.try_lock().is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// This server's own group commit writes nothing but records: a read that arrives while
+    /// one is under way is still answered from memory, and its record still commits. On
+    /// sqlx's connection (`audit_sync = "all"`), whose append waits for another connection's
+    /// write lock, so that the commit can be held under way.
+    #[tokio::test]
+    async fn a_read_during_a_group_commit_is_answered_from_memory() {
+        let (_dir, stores, epoch, mut other) = dev_with_one_version("audit_sync = \"all\"").await;
+        let env = stores.environment("dev").unwrap();
         let record = Record::new("state:read");
         let read = env.append_read(&record, epoch);
         let meanwhile = async {
-            // Until a commit has taken the record from the queue (and holds the writer lock).
-            while env.db.commits.has_queued() || env.db.writer.try_lock().is_ok() {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            commit_under_way(env).await;
             let remembered = env.remembered_latest("app").map(|(version, ..)| version);
             other.execute("ROLLBACK").await.unwrap();
             remembered
@@ -594,5 +612,49 @@ mod tests {
             "not answered from memory during a commit"
         );
         assert!(appended.unwrap(), "the read's record was refused as stale");
+    }
+
+    /// The SQLite appender never waits on an async thread: when another connection holds the
+    /// write lock it fails at once, and the group commit goes the ordinary way, which waits
+    /// for the lock. Meeting another writer ends the epoch, so a read answered from memory
+    /// gives way (nothing of it stored); a record of its own is committed once the lock is
+    /// let go, and not before.
+    #[tokio::test]
+    async fn an_append_that_meets_another_writer_waits_off_the_async_threads() {
+        let (_dir, stores, epoch, mut other) = dev_with_one_version("").await;
+        let env = stores.environment("dev").unwrap();
+        let count = async || -> i64 {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit")
+                .fetch_one(env.db.pool())
+                .await
+                .unwrap();
+            n
+        };
+        let before = count().await;
+        let released = AtomicBool::new(false);
+        let (from_memory, record) = (Record::new("state:read"), Record::new("state:lock"));
+        let appends = async {
+            let read = env.append_read(&from_memory, epoch).await.unwrap();
+            let own = env.db.append_record(&record).await;
+            (read, own, released.load(Ordering::SeqCst))
+        };
+        let meanwhile = async {
+            commit_under_way(env).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            released.store(true, Ordering::SeqCst);
+            other.execute("ROLLBACK").await.unwrap();
+        };
+        let ((read, own, after_release), ()) = tokio::join!(appends, meanwhile);
+        assert!(!read, "a read from memory was recorded past another writer");
+        own.unwrap();
+        assert!(
+            after_release,
+            "answered while another connection held the write lock"
+        );
+        assert_eq!(
+            count().await,
+            before + 1,
+            "only the record of its own is stored"
+        );
     }
 }

@@ -59,6 +59,8 @@ pub(super) struct Target {
     pub connections: Arc<Connections>,
     pub kind: Kind,
     pub writer_key: i64,
+    /// This server's lock on writing to the database.
+    pub writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl GroupCommit {
@@ -160,8 +162,13 @@ impl GroupCommit {
             return;
         }
         let (this, connections) = (self.clone(), target.connections.clone());
+        let writer = target.writer.clone();
         tokio::spawn(async move {
             tokio::time::sleep(FLUSH_WITHIN).await;
+            // With nothing appended meanwhile: a checkpoint beside appends on another
+            // connection never catches up with them, and the write-ahead log would grow
+            // without end.
+            let _writing = writer.lock().await;
             this.flush_due.store(false, Ordering::SeqCst);
             let flushed = connections
                 .records
@@ -180,9 +187,9 @@ fn answer(batch: Vec<Queued>, outcome: Result<bool, String>) {
     }
 }
 
-/// Appends records after `head` (read first when unknown) on the records connection; returns
-/// the new head. On SQLite, with the head known, the append is a single statement, a
-/// transaction by itself: SQLite's write lock keeps any other writer's transaction from
+/// Appends records after `head` (read first when unknown) on the records connection, or the
+/// SQLite appender; returns the new head. On SQLite, with the head known, the append is a
+/// single statement, a transaction by itself: SQLite's write lock keeps any other writer's transaction from
 /// interleaving with it, and the primary key refuses it if the chain grew meanwhile.
 /// Otherwise it is a serialized transaction, so that it cannot slip between another writer's
 /// read of the head and its append.
@@ -192,6 +199,11 @@ async fn commit(
     batch: &[Queued],
 ) -> Result<audit::Head, String> {
     let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
+    if let (Some(appender), Some(head)) = (&target.connections.appender, head) {
+        return appender
+            .insert_after(head, &records)
+            .map_err(|e| e.to_string());
+    }
     let (kind, key) = (target.kind, target.writer_key);
     target
         .connections

@@ -11,10 +11,13 @@
 //! SQLite accepts too); each kind has its own migrations, and [`Serialized`] makes writes to
 //! one environment happen one at a time on either: `BEGIN IMMEDIATE` on SQLite, a transaction
 //! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
+//! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
+//! on the calling thread, through rusqlite ([`sqlite_appender`]).
 
 pub mod changes;
 pub mod environment;
 mod group_commit;
+mod sqlite_appender;
 pub mod system;
 
 use std::collections::HashMap;
@@ -34,6 +37,7 @@ use crate::config::{AuditSync, Config, Environment};
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
 use group_commit::GroupCommit;
+use sqlite_appender::SqliteAppender;
 pub use system::SystemStore;
 
 static SQLITE_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/sqlite/environment");
@@ -58,8 +62,15 @@ pub enum StoreError {
         location: String,
         source: sqlx::migrate::MigrateError,
     },
+    #[error("cannot open the database {location}: {source}")]
+    OpenSqlite {
+        location: String,
+        source: rusqlite::Error,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A stored value that cannot be read back, or encoded for storage.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
@@ -343,11 +354,35 @@ async fn open(
     };
     let lookups = dedicated(session);
     let records = dedicated(records_session);
+    // Where records are flushed later, group commits on a SQLite file are made on the calling
+    // thread (see `sqlite_appender`); an in-memory database has no file to share.
+    let appender = match (relaxed, location) {
+        (true, Location::File(path)) => Some(path.clone()),
+        (true, Location::Url { url, .. }) if kind == Kind::Sqlite => {
+            SqliteConnectOptions::from_str(url)
+                .ok()
+                .map(|options| options.get_filename().to_path_buf())
+                .filter(|path| path.is_file())
+        }
+        _ => None,
+    };
+    let appender = match appender {
+        Some(path) => {
+            Some(
+                SqliteAppender::open(&path).map_err(|source| StoreError::OpenSqlite {
+                    location: location.describe(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
     Ok(Serialized::new(
         pool,
         Connections {
             lookups,
             records,
+            appender,
             relaxed,
         },
         kind,
@@ -397,6 +432,8 @@ struct Connections {
     lookups: Dedicated,
     /// For group commits of audit records.
     records: Dedicated,
+    /// For group commits of audit records on SQLite, when they are flushed later.
+    appender: Option<SqliteAppender>,
     /// `records` commits without waiting for the disk (`audit_sync = "writes"`).
     relaxed: bool,
 }
@@ -500,6 +537,7 @@ impl Serialized {
                 connections: self.connections.clone(),
                 kind: self.kind,
                 writer_key: self.writer_key,
+                writer: self.writer.clone(),
             };
             tokio::spawn(async move {
                 commits.commit_queued(&target).await;
