@@ -12,7 +12,7 @@
 //! one environment happen one at a time on either: `BEGIN IMMEDIATE` on SQLite, a transaction
 //! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
 //! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
-//! on the calling thread, through rusqlite ([`sqlite_appender`]).
+//! on the calling thread, through rusqlite (`sqlite_appender`).
 
 pub mod changes;
 pub mod environment;
