@@ -614,6 +614,24 @@ mod tests {
         assert!(appended.unwrap(), "the read's record was refused as stale");
     }
 
+    /// Relaxed group commits are flushed every so many, not only every so often: the flush
+    /// is what lets SQLite's write-ahead log start over, and each commit adds a few pages.
+    #[tokio::test]
+    async fn the_write_ahead_log_stays_small_under_a_stream_of_appends() {
+        let (dir, stores, _, mut other) = dev_with_one_version("").await;
+        other.execute("ROLLBACK").await.unwrap();
+        let env = stores.environment("dev").unwrap();
+        for _ in 0..3000 {
+            env.db
+                .append_record(&Record::new("state:read"))
+                .await
+                .unwrap();
+        }
+        let wal = dir.path().join("environments").join("dev.db-wal");
+        let size = std::fs::metadata(&wal).unwrap().len();
+        assert!(size < 8 << 20, "{} is {size} bytes", wal.display());
+    }
+
     /// The SQLite appender never waits on an async thread: when another connection holds the
     /// write lock it fails at once, and the group commit goes the ordinary way, which waits
     /// for the lock. Meeting another writer ends the epoch, so a read answered from memory

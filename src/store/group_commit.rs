@@ -10,7 +10,7 @@
 //! only if nothing was written since what it read was read ([`Epoch`]), and refused as stale
 //! otherwise, before anything of it is stored.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::{AnyConnection, Connection, Executor};
@@ -31,6 +31,10 @@ pub(super) struct GroupCommit {
     known: std::sync::Mutex<Known>,
     /// A flush of relaxed commits is scheduled.
     flush_due: AtomicBool,
+    /// Relaxed commits since the last flush.
+    unflushed: AtomicUsize,
+    /// Brings the scheduled flush forward.
+    flush_now: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -53,6 +57,11 @@ const MAX_RECORDS: usize = 256;
 
 /// How soon a relaxed group commit reaches the disk.
 const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How many relaxed group commits bring the flush forward: each adds a few pages to the
+/// write-ahead log, and the flush is what lets it start over, so this bounds its size (to a
+/// few megabytes, as SQLite's own automatic checkpoint would) and the disk writes of a flush.
+const FLUSH_AFTER: usize = 128;
 
 /// What a group commit works with.
 pub(super) struct Target {
@@ -152,24 +161,32 @@ impl GroupCommit {
     }
 
     /// On SQLite with relaxed commits: makes sure the records committed so far reach the disk
-    /// within [`FLUSH_WITHIN`], by a checkpoint (which flushes the write-ahead log first).
-    /// PostgreSQL's WAL writer does the same by itself.
+    /// within [`FLUSH_WITHIN`], or after [`FLUSH_AFTER`] commits, by a checkpoint (which
+    /// flushes the write-ahead log first). PostgreSQL's WAL writer does the same by itself.
+    /// Called by a group commit, holding the writer lock.
     fn flush_soon(self: &Arc<Self>, target: &Target) {
-        if !target.connections.relaxed
-            || target.kind != Kind::Sqlite
-            || self.flush_due.swap(true, Ordering::SeqCst)
-        {
+        if !target.connections.relaxed || target.kind != Kind::Sqlite {
+            return;
+        }
+        if self.unflushed.fetch_add(1, Ordering::SeqCst) + 1 == FLUSH_AFTER {
+            self.flush_now.notify_one();
+        }
+        if self.flush_due.swap(true, Ordering::SeqCst) {
             return;
         }
         let (this, connections) = (self.clone(), target.connections.clone());
         let writer = target.writer.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(FLUSH_WITHIN).await;
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_WITHIN) => {}
+                () = this.flush_now.notified() => {}
+            }
             // With nothing appended meanwhile: a checkpoint beside appends on another
             // connection never catches up with them, and the write-ahead log would grow
             // without end.
             let _writing = writer.lock().await;
             this.flush_due.store(false, Ordering::SeqCst);
+            this.unflushed.store(0, Ordering::SeqCst);
             let flushed = connections
                 .records
                 .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
