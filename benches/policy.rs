@@ -93,26 +93,25 @@ fn main() {
         }
     }
     let ip = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
-    let decide = |i: usize| {
+    let request = |i: usize| {
         let (p, a, e) = mix[i % mix.len()];
         let ctx = RequestContext {
             state: "envs/network",
             operation: operations[i % operations.len()],
             source_ip: ip,
         };
+        (p, a, e, ctx)
+    };
+    let decide = |i: usize| {
+        let (p, a, e, ctx) = request(i);
         policy.decide(p, a, e, &ctx)
+    };
+    let evaluate = |i: usize| {
+        let (p, a, e, ctx) = request(i);
+        policy.evaluate(p, a, e, &ctx)
     };
 
     let allowed = (0..mix.len()).filter(|&i| decide(i).allowed).count();
-    let evaluate = |i: usize| {
-        let (p, a, e) = mix[i % mix.len()];
-        let ctx = RequestContext {
-            state: "envs/network",
-            operation: operations[i % operations.len()],
-            source_ip: ip,
-        };
-        policy.evaluate(p, a, e, &ctx)
-    };
     let (rate, p50, p99) = time_rounds(rounds, calls, evaluate);
     let (kept_rate, kept_p50, kept_p99) = time_rounds(rounds, calls, decide);
     println!(

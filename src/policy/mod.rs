@@ -526,6 +526,16 @@ environment "prod" {
         .unwrap()
     }
 
+    /// The test config compiled with one custom policy file, `name`, holding `text`.
+    fn compiled_with(name: &str, text: &str) -> Result<Policy, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut c = config();
+        c.policy_files = vec![path];
+        Policy::compile(&c)
+    }
+
     fn ctx() -> RequestContext<'static> {
         RequestContext {
             state: "network",
@@ -566,16 +576,11 @@ environment "prod" {
 
     #[test]
     fn custom_policies_are_validated_and_can_forbid() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("freeze.cedar");
-        std::fs::write(
-            &good,
+        let p = compiled_with(
+            "freeze.cedar",
             "@id(\"freeze-prod\")\nforbid(principal, action == Bulkhead::Action::\"state:write\", resource == Bulkhead::Environment::\"prod\");",
         )
         .unwrap();
-        let mut c = config();
-        c.policy_files = vec![good];
-        let p = Policy::compile(&c).unwrap();
         let d = p.decide(
             &Principal::Service("ci-prod".into()),
             Action::StateWrite,
@@ -585,29 +590,23 @@ environment "prod" {
         assert!(!d.allowed);
         assert_eq!(d.policies, vec!["freeze-prod"]);
 
-        let bad = dir.path().join("bad.cedar");
-        std::fs::write(
-            &bad,
+        let e = compiled_with(
+            "bad.cedar",
             "permit(principal == Bulkhead::Robot::\"x\", action, resource);",
         )
-        .unwrap();
-        c.policy_files = vec![bad];
-        let e = Policy::compile(&c).err().unwrap().to_string();
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("bad.cedar"), "{e}");
     }
 
     #[test]
     fn a_custom_policy_sees_each_requests_own_source_address() {
-        let dir = tempfile::tempdir().unwrap();
-        let office = dir.path().join("office.cedar");
-        std::fs::write(
-            &office,
+        let p = compiled_with(
+            "office.cedar",
             "@id(\"office-only\")\nforbid(principal, action, resource == Bulkhead::Environment::\"dev\") unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) };",
         )
         .unwrap();
-        let mut c = config();
-        c.policy_files = vec![office];
-        let p = Policy::compile(&c).unwrap();
         let alice = Principal::User("alice".into());
         let from = |ip: [u8; 4]| RequestContext {
             source_ip: Some(IpAddr::from(ip)),
@@ -627,16 +626,11 @@ environment "prod" {
 
     #[test]
     fn a_remembered_decision_is_used_only_for_the_very_same_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let frozen = dir.path().join("frozen.cedar");
-        std::fs::write(
-            &frozen,
+        let p = compiled_with(
+            "frozen.cedar",
             "@id(\"frozen\")\nforbid(principal, action == Bulkhead::Action::\"state:write\", resource) when { context.state == \"frozen\" && context.operation == \"state-push\" };",
         )
         .unwrap();
-        let mut c = config();
-        c.policy_files = vec![frozen];
-        let p = Policy::compile(&c).unwrap();
         let alice = Principal::User("alice".into());
         let bob = Principal::User("bob".into());
         let asked = |state, operation| RequestContext {

@@ -30,7 +30,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::Record;
 use crate::config::{AuditSync, Config, Environment};
@@ -528,8 +528,14 @@ impl Serialized {
         record: &Record,
         only_in: Option<Epoch>,
     ) -> Result<bool, StoreError> {
-        let outcome = self.commits.enqueue(record, only_in);
-        let guard = self.writer.clone().lock_owned().await;
+        let mut outcome = self.commits.enqueue(record, only_in);
+        // Answered by a commit that took this record before this request had the writer lock,
+        // or the lock, for a commit of its own.
+        let guard = tokio::select! {
+            biased;
+            answered = &mut outcome => return Self::answered(answered),
+            guard = self.writer.clone().lock_owned() => guard,
+        };
         // Nothing queued: an earlier commit took this record, and answered it.
         if self.commits.has_queued() {
             let commits = self.commits.clone();
@@ -544,7 +550,13 @@ impl Serialized {
                 drop(guard);
             });
         }
-        match outcome.await {
+        Self::answered(outcome.await)
+    }
+
+    fn answered(
+        outcome: Result<Result<bool, String>, oneshot::error::RecvError>,
+    ) -> Result<bool, StoreError> {
+        match outcome {
             Ok(outcome) => outcome.map_err(StoreError::Batch),
             Err(_) => Err(StoreError::Batch(
                 "the commit that held the record stopped".into(),
