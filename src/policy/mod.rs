@@ -105,6 +105,13 @@ pub struct RequestContext<'a> {
     pub source_ip: Option<IpAddr>,
 }
 
+impl RequestContext<'_> {
+    /// The client's address; 0.0.0.0 when there is none.
+    fn address(&self) -> IpAddr {
+        self.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+}
+
 /// An authorization decision and the policies that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -185,7 +192,7 @@ impl<K: Eq + std::hash::Hash, V: Clone> Memo<K, V> {
     }
 
     /// The value kept for `key`, or the one `work_out` gives (outside the lock), then kept.
-    fn get_or(&self, key: K, work_out: impl FnOnce(&K) -> V) -> V {
+    fn get_or(&self, key: K, work_out: impl FnOnce() -> V) -> V {
         // Only whole values are inserted: a poisoned map is still a consistent one.
         let kept = || {
             self.kept
@@ -195,7 +202,7 @@ impl<K: Eq + std::hash::Hash, V: Clone> Memo<K, V> {
         if let Some(value) = kept().get(&key) {
             return value.clone();
         }
-        let value = work_out(&key);
+        let value = work_out();
         let mut kept = kept();
         if kept.len() >= Self::MAX {
             kept.clear();
@@ -249,9 +256,9 @@ impl Policy {
             environment: environment.to_string(),
             state: context.state.to_string(),
             operation: context.operation.to_string(),
-            source_ip: context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            source_ip: context.address(),
         };
-        let evaluate = |_: &Asked| self.evaluate(principal, action, environment, context);
+        let evaluate = || self.evaluate(principal, action, environment, context);
         self.decided.get_or(asked, evaluate)
     }
 
@@ -270,6 +277,7 @@ impl Policy {
         };
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
+        let address = context.address();
         let context = Context::from_pairs([
             (
                 "state".to_string(),
@@ -281,10 +289,9 @@ impl Policy {
             ),
             (
                 "source_ip".to_string(),
-                self.source_ips.get_or(
-                    context.source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                    |ip| RestrictedExpression::new_ip(ip.to_string()),
-                ),
+                self.source_ips.get_or(address, || {
+                    RestrictedExpression::new_ip(address.to_string())
+                }),
             ),
         ]);
         let context = match context {

@@ -204,12 +204,12 @@ fn answer(batch: Vec<Queued>, outcome: Result<bool, String>) {
     }
 }
 
-/// Appends records after `head` (read first when unknown) on the records connection, or the
-/// SQLite appender; returns the new head. On SQLite, with the head known, the append is a
-/// single statement, a transaction by itself: SQLite's write lock keeps any other writer's transaction from
-/// interleaving with it, and the primary key refuses it if the chain grew meanwhile.
-/// Otherwise it is a serialized transaction, so that it cannot slip between another writer's
-/// read of the head and its append.
+/// Appends records after `head` (read first when unknown) on the SQLite appender, if any, or
+/// the records connection; returns the new head. On SQLite, with the head known, the append is
+/// a single statement, a transaction by itself: SQLite's write lock keeps any other writer's
+/// transaction from interleaving with it, and the primary key refuses it if the chain grew
+/// meanwhile. Otherwise it is a serialized transaction, so that it cannot slip between another
+/// writer's read of the head and its append.
 async fn commit(
     target: &Target,
     head: Option<&audit::Head>,

@@ -366,17 +366,13 @@ async fn open(
         }
         _ => None,
     };
-    let appender = match appender {
-        Some(path) => {
-            Some(
-                SqliteAppender::open(&path).map_err(|source| StoreError::OpenSqlite {
-                    location: location.describe(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
+    let appender = appender
+        .map(|path| SqliteAppender::open(&path))
+        .transpose()
+        .map_err(|source| StoreError::OpenSqlite {
+            location: location.describe(),
+            source,
+        })?;
     Ok(Serialized::new(
         pool,
         Connections {
