@@ -115,7 +115,7 @@ fn main() {
     let (rate, p50, p99) = time_rounds(rounds, calls, evaluate);
     let (kept_rate, kept_p50, kept_p99) = time_rounds(rounds, calls, decide);
     println!(
-        "policy: {} environments compiled in {:.1} ms; mix of {} requests ({} allowed, {} denied); {} rounds x {} decide() calls",
+        "policy: {} environments compiled in {:.1} ms; mix of {} requests ({} allowed, {} denied); {} rounds x {} calls of each",
         config.environments.len(),
         compile.as_secs_f64() * 1000.0,
         mix.len(),
