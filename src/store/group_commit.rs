@@ -162,7 +162,8 @@ impl GroupCommit {
 
     /// On SQLite with relaxed commits: makes sure the records committed so far reach the disk
     /// within [`FLUSH_WITHIN`], or after [`FLUSH_AFTER`] commits, by a checkpoint (which
-    /// flushes the write-ahead log first). PostgreSQL's WAL writer does the same by itself.
+    /// flushes the write-ahead log first, as this does before it takes the writer lock).
+    /// PostgreSQL's WAL writer does the same by itself.
     /// Called by a group commit, holding the writer lock.
     fn flush_soon(self: &Arc<Self>, target: &Target) {
         if !target.connections.relaxed || target.kind != Kind::Sqlite {
@@ -180,6 +181,15 @@ impl GroupCommit {
             tokio::select! {
                 () = tokio::time::sleep(FLUSH_WITHIN) => {}
                 () = this.flush_now.notified() => {}
+            }
+            // Most of the log reaches the disk first, while appends go on, so that the
+            // checkpoint below, which holds them off, has little left to flush. Whatever fails
+            // here fails again there, and is reported.
+            if let Some(wal) = connections.appender.as_ref().map(|a| a.wal.clone()) {
+                let flushed = tokio::task::spawn_blocking(move || {
+                    std::fs::File::open(&wal).and_then(|log| log.sync_data())
+                });
+                let _ = flushed.await;
             }
             // With nothing appended meanwhile: a checkpoint beside appends on another
             // connection never catches up with them, and the write-ahead log would grow

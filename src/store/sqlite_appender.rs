@@ -11,7 +11,7 @@
 //! it never waits for the disk: it is only used where records are flushed later
 //! (`audit_sync = "writes"`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, ToSql};
@@ -21,6 +21,8 @@ use crate::audit::{self, Head, Record};
 
 pub(super) struct SqliteAppender {
     conn: std::sync::Mutex<Connection>,
+    /// The database's write-ahead log, which the group commit's flush syncs first.
+    pub wal: PathBuf,
 }
 
 /// Prepared statements kept: one per batch size, and batches are mostly small.
@@ -39,8 +41,11 @@ impl SqliteAppender {
             "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = ON",
         )?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
         Ok(SqliteAppender {
             conn: std::sync::Mutex::new(conn),
+            wal: PathBuf::from(wal),
         })
     }
 
