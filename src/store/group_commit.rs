@@ -63,6 +63,11 @@ const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// few megabytes, as SQLite's own automatic checkpoint would) and the disk writes of a flush.
 const FLUSH_AFTER: usize = 128;
 
+/// How many relaxed group commits may wait for a flush that is late (its sync of the log is
+/// slow, on a busy disk) before the next commit makes the flush itself, holding off appends:
+/// the write-ahead log stays bounded however slow the disk.
+const FLUSH_AT_MOST_AFTER: usize = 2 * FLUSH_AFTER;
+
 /// What a group commit works with.
 pub(super) struct Target {
     pub connections: Arc<Connections>,
@@ -114,6 +119,9 @@ impl GroupCommit {
         };
         if batch.is_empty() {
             return;
+        }
+        if self.unflushed.load(Ordering::SeqCst) >= FLUSH_AT_MOST_AFTER {
+            self.flush(&target.connections).await;
         }
         // The head stays known while this commit is under way: nothing but this commit can
         // append (the caller holds the writer lock), so reads meanwhile are still answered
@@ -196,15 +204,33 @@ impl GroupCommit {
             // without end.
             let _writing = writer.lock().await;
             this.flush_due.store(false, Ordering::SeqCst);
-            this.unflushed.store(0, Ordering::SeqCst);
-            let flushed = connections
-                .records
-                .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
-                .await;
-            if let Err(e) = flushed {
-                tracing::error!(error = %e, "cannot flush the audit log to disk");
-            }
+            this.flush(&connections).await;
         });
+    }
+
+    /// The checkpoint that flushes relaxed commits (the caller holds the writer lock).
+    async fn flush(&self, connections: &Connections) {
+        self.unflushed.store(0, Ordering::SeqCst);
+        let flushed = connections
+            .records
+            .run(async |conn| Ok(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await?))
+            .await;
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "cannot flush the audit log to disk");
+        }
+    }
+}
+
+#[cfg(test)]
+impl GroupCommit {
+    /// As if a flush were scheduled that does not come: the one scheduled already, if any, is
+    /// made now, and the relaxed commits that follow schedule none.
+    pub async fn hold_off_the_flush(&self) {
+        while self.flush_due.load(Ordering::SeqCst) {
+            self.flush_now.notify_one();
+            tokio::task::yield_now().await;
+        }
+        self.flush_due.store(true, Ordering::SeqCst);
     }
 }
 
