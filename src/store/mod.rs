@@ -542,6 +542,10 @@ impl Serialized {
                 writer: self.writer.clone(),
             };
             tokio::spawn(async move {
+                // The tasks already runnable go first: requests that have just arrived queue
+                // their records, and this commit takes them too, where they would otherwise
+                // wait for the next one. Fewer, bigger commits under load, and no timer.
+                tokio::task::yield_now().await;
                 commits.commit_queued(&target).await;
                 drop(guard);
             });
