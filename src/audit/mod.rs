@@ -5,6 +5,10 @@
 //! reordered or cut-off record breaks verification (a trigger keeps the head with the newest
 //! record). The chain functions ([`link`], [`verify_chain`]) are pure; [`append`] writes inside
 //! the caller's transaction, so a state write and its record commit together or not at all.
+//!
+//! Queries find records by their fields through the audit index, a table kept beside the
+//! chain and brought up to date every [`INDEX_EVERY`] records ([`index`]), and read the few
+//! records past it from the chain. The hashes do not cover it, so [`verify_fields`] checks it.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -199,7 +203,11 @@ pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, St
 /// Appends records in order, inside the caller's transaction; returns the position of the last.
 pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<i64, StoreError> {
     let head = head(conn).await?;
-    Ok(insert_after(conn, &head, records).await?.seq)
+    let new_head = insert_after(conn, &head, records).await?;
+    if index_due(head.seq, new_head.seq) {
+        index(conn).await?;
+    }
+    Ok(new_head.seq)
 }
 
 /// Appends records in order after `head`, in one statement however many they are, and returns
@@ -216,26 +224,63 @@ pub async fn insert_after(
     if rows.is_empty() {
         return Ok(new_head);
     }
-    let sql = insert_statement(rows.len());
+    let sql = insert_statement(rows.len(), conn.backend_name() != "SQLite");
     let mut insert = sqlx::query(&sql);
     for row in &rows {
         insert = insert
             .bind(row.seq)
             .bind(&row.record)
             .bind(&row.prev_hash)
-            .bind(&row.hash);
+            .bind(&row.hash)
+            .bind(&row.fields.state)
+            .bind(&row.fields.principal)
+            .bind(&row.fields.change)
+            .bind(&row.fields.action)
+            .bind(&row.fields.decision)
+            .bind(&row.fields.at);
     }
     insert.execute(&mut *conn).await?;
     Ok(new_head)
 }
 
-/// One row of the audit table, as [`insert_statement`] binds it.
+/// One row of the audit table, as [`insert_statement`] binds it: the record and its place in
+/// the chain (what verification covers), and the record's fields that queries filter on, as
+/// columns of their own, so that neither queries nor indexing parse records.
 pub struct Row {
     pub seq: i64,
     pub record: String,
     pub prev_hash: String,
     pub hash: String,
+    pub fields: Fields,
 }
+
+/// A record's fields that audit queries filter on, as columns of the chain and of the audit
+/// index.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Fields {
+    pub state: Option<String>,
+    pub principal: Option<String>,
+    pub change: Option<String>,
+    pub action: Option<String>,
+    pub decision: Option<String>,
+    pub at: Option<String>,
+}
+
+impl Fields {
+    pub fn of(record: &Record) -> Fields {
+        Fields {
+            state: record.state.clone(),
+            principal: record.principal.clone(),
+            change: record.change.clone(),
+            action: Some(record.action.clone()),
+            decision: Some(record.decision.as_str().to_string()),
+            at: Some(record.time.clone()),
+        }
+    }
+}
+
+/// The values a [`Row`] has per row of the statement.
+const ROW_VALUES: usize = 10;
 
 /// The rows that append `records` in order after `head`, and the head they leave.
 pub fn chain_rows(
@@ -245,8 +290,8 @@ pub fn chain_rows(
     let (mut seq, mut prev) = (head.seq, head.hash.clone());
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
-        let json = serde_json::to_string(record.borrow())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let record = record.borrow();
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         seq += 1;
         let hash = link(seq, &prev, &json);
         rows.push(Row {
@@ -254,22 +299,34 @@ pub fn chain_rows(
             record: json,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
+            fields: Fields::of(record),
         });
     }
     Ok((rows, Head { seq, hash: prev }))
 }
 
-/// The statement that inserts `rows` rows: numbered parameters (`$1`, `$2`, ...), four per
-/// row, in the order of [`Row`]'s fields.
-pub fn insert_statement(rows: usize) -> String {
+/// The statement that inserts `rows` rows, ten values per row in the order of [`Row`]'s
+/// fields: numbered parameters (`$1`, `$2`, ...) for PostgreSQL; `?` for SQLite, which binds
+/// them in order, where it would look each numbered one up by name, in a time that grows with
+/// their number (appending a thousand records at once took seven times as long).
+pub fn insert_statement(rows: usize, numbered: bool) -> String {
     let values: Vec<String> = (0..rows)
         .map(|i| {
-            let n = i * 4;
-            format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+            let first = i * ROW_VALUES + 1;
+            let params: Vec<String> = (first..first + ROW_VALUES)
+                .map(|p| {
+                    if numbered {
+                        format!("${p}")
+                    } else {
+                        "?".into()
+                    }
+                })
+                .collect();
+            format!("({})", params.join(", "))
         })
         .collect();
     format!(
-        "INSERT INTO audit (seq, record, prev_hash, hash) VALUES {}",
+        "INSERT INTO audit (seq, record, prev_hash, hash, {FIELD_COLUMNS}) VALUES {}",
         values.join(", ")
     )
 }
@@ -294,38 +351,98 @@ pub struct Filter {
     pub last: Option<i64>,
 }
 
-/// The records of a chain that match, oldest first. Each field is an indexed column of the
-/// audit table (generated from the record), so the newest hundred records of a chain of
-/// millions are found without reading the rest.
+impl Filter {
+    /// The fields to match, as (column, operator, value): columns of the audit index, and of
+    /// the chain too.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &'static str, &Option<String>)> {
+        [
+            ("state", "=", &self.state),
+            ("principal", "=", &self.principal),
+            ("change", "=", &self.change),
+            ("action", "=", &self.action),
+            ("decision", "=", &self.decision),
+            ("at", ">=", &self.since),
+            ("at", "<", &self.until),
+        ]
+        .into_iter()
+    }
+}
+
+/// How often the audit index is brought up to date: whoever appends a record at a multiple of
+/// this position indexes every record not yet indexed.
+pub const INDEX_EVERY: i64 = 256;
+
+/// Whether appending the records after position `before` up to `after` should bring the index
+/// up to date.
+pub fn index_due(before: i64, after: i64) -> bool {
+    before.div_euclid(INDEX_EVERY) != after.div_euclid(INDEX_EVERY)
+}
+
+/// The fields audit queries filter on: columns of the audit index, and of the chain too.
+const FIELD_COLUMNS: &str = "state, principal, change, action, decision, at";
+
+/// Brings the audit index (the table audit queries find records by) up to date with the chain.
+/// The index is kept apart from the chain, and filled every [`INDEX_EVERY`] records, so that
+/// appending records writes no index pages; queries read the records not yet indexed from the
+/// chain itself. Records indexed already by another writer meanwhile are left alone, so the
+/// index always holds every record up to its newest.
+pub async fn index(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO audit_index (seq, {FIELD_COLUMNS}) SELECT seq, {FIELD_COLUMNS} FROM audit \
+         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM audit_index) \
+         ON CONFLICT (seq) DO NOTHING"
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The records of a chain that match, oldest first. The records are found by their fields
+/// in the audit index, and among the few not yet indexed, so the newest hundred records of a
+/// chain of millions are found without reading the rest.
 pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreError> {
-    let mut conditions = vec!["seq > $1".to_string()];
-    if let Some(through) = filter.through {
-        conditions.push(format!("seq <= {through}"));
-    }
-    let mut values = Vec::new();
-    for (column, op, value) in [
-        ("state", "=", &filter.state),
-        ("principal", "=", &filter.principal),
-        ("change", "=", &filter.change),
-        ("action", "=", &filter.action),
-        ("decision", "=", &filter.decision),
-        ("at", ">=", &filter.since),
-        ("at", "<", &filter.until),
-    ] {
-        if let Some(value) = value {
-            values.push(value.as_str());
-            conditions.push(format!("{column} {op} ${}", values.len() + 1));
+    // Conditions on the columns of `table` (the index's, or the chain's own), for the records
+    // after position `after`.
+    let conditions = |table: &str, after: i64| {
+        let mut conditions = vec![format!("{table}.seq > {after}")];
+        if let Some(through) = filter.through {
+            conditions.push(format!("{table}.seq <= {through}"));
         }
-    }
+        let mut n = 0;
+        for (column, op, value) in filter.fields() {
+            if value.is_some() {
+                n += 1;
+                conditions.push(format!("{table}.{column} {op} ${n}"));
+            }
+        }
+        conditions.join(" AND ")
+    };
     let (order, limit) = match filter.last {
         Some(n) => ("DESC", format!(" LIMIT {}", n.max(0))),
         None => ("", String::new()),
     };
-    let sql = format!(
-        "SELECT seq, record, prev_hash, hash FROM audit WHERE {} ORDER BY seq {order}{limit}",
-        conditions.join(" AND ")
-    );
-    let mut query = sqlx::query_as(&sql).bind(filter.after);
+    let values: Vec<&str> = filter.fields().filter_map(|(.., v)| v.as_deref()).collect();
+    let sql = if values.is_empty() {
+        format!(
+            "SELECT seq, record, prev_hash, hash FROM audit a WHERE {} ORDER BY seq {order}{limit}",
+            conditions("a", filter.after)
+        )
+    } else {
+        // The index holds every record up to here, and indexing meanwhile only adds past it.
+        let (indexed,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM audit_index")
+            .fetch_one(pool)
+            .await?;
+        format!(
+            "SELECT i.seq AS seq, a.record, a.prev_hash, a.hash \
+             FROM audit_index i JOIN audit a ON a.seq = i.seq WHERE {} AND i.seq <= {indexed} \
+             UNION ALL \
+             SELECT a.seq, a.record, a.prev_hash, a.hash FROM audit a WHERE {} \
+             ORDER BY seq {order}{limit}",
+            conditions("i", filter.after),
+            conditions("a", filter.after.max(indexed))
+        )
+    };
+    let mut query = sqlx::query_as(&sql);
     for value in values {
         query = query.bind(value);
     }
@@ -355,6 +472,56 @@ pub async fn read_chain(
         .fetch_optional(pool)
         .await?;
     Ok((rows, head))
+}
+
+/// Each record's fields, oldest first, as audit queries find them: in the audit index, and in
+/// the chain's own columns past it.
+pub async fn read_fields(pool: &AnyPool) -> Result<Vec<(i64, Fields)>, StoreError> {
+    let rows: Vec<Found> = sqlx::query_as(&format!(
+        "SELECT seq, {FIELD_COLUMNS} FROM audit_index \
+         UNION ALL \
+         SELECT seq, {FIELD_COLUMNS} FROM audit \
+         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM audit_index) \
+         ORDER BY seq"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|f| (f.seq, f.fields)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct Found {
+    seq: i64,
+    #[sqlx(flatten)]
+    fields: Fields,
+}
+
+/// Verifies that audit queries find each record of an intact chain by its own fields (the
+/// index and the chain's columns are not covered by the hashes): an edited index could hide
+/// records from queries.
+pub fn verify_fields(rows: &[Stored], found: &[(i64, Fields)]) -> Result<(), Broken> {
+    let mut found = found.iter();
+    for row in rows {
+        let broken = |problem: &str| Broken {
+            seq: row.seq,
+            problem: format!("{problem}: audit queries would not find it as it is"),
+        };
+        let Some((_, fields)) = found.next().filter(|(seq, _)| *seq == row.seq) else {
+            return Err(broken("it is missing from the audit index"));
+        };
+        let record: Record =
+            serde_json::from_str(&row.record).map_err(|_| broken("it is not a readable record"))?;
+        if *fields != Fields::of(&record) {
+            return Err(broken("the fields audit queries find it by were edited"));
+        }
+    }
+    match found.next() {
+        Some((seq, _)) => Err(Broken {
+            seq: *seq,
+            problem: "the audit index has a record the chain does not".into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +555,53 @@ mod tests {
         let rows = chain(4);
         assert_eq!(verify_chain(&rows, head(&rows)), Ok(4));
         assert_eq!(verify_chain(&[], None), Ok(0));
+    }
+
+    /// A chain of real records, and their fields as queries would find them.
+    fn chain_with_fields(n: usize) -> (Vec<Stored>, Vec<(i64, Fields)>) {
+        let records: Vec<Record> = (0..n)
+            .map(|i| {
+                let mut r = Record::new("state:read");
+                r.state = Some(format!("s{i}"));
+                r
+            })
+            .collect();
+        let genesis = Head {
+            seq: 0,
+            hash: GENESIS.into(),
+        };
+        let (rows, _) = chain_rows(&genesis, &records).unwrap();
+        rows.into_iter()
+            .map(|row| {
+                let stored = Stored {
+                    seq: row.seq,
+                    record: row.record,
+                    prev_hash: row.prev_hash,
+                    hash: row.hash,
+                };
+                (stored, (row.seq, row.fields))
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn what_queries_find_records_by_is_verified() {
+        let (rows, found) = chain_with_fields(4);
+        assert_eq!(verify_fields(&rows, &found), Ok(()));
+
+        let mut edited = found.clone();
+        edited[2].1.principal = Some("user:carol".into());
+        assert_eq!(verify_fields(&rows, &edited).unwrap_err().seq, 3);
+
+        let mut missing = found.clone();
+        missing.remove(1);
+        let broken = verify_fields(&rows, &missing).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert!(broken.problem.contains("missing"), "{}", broken.problem);
+
+        let mut extra = found.clone();
+        extra.push((5, found[0].1.clone()));
+        assert_eq!(verify_fields(&rows, &extra).unwrap_err().seq, 5);
     }
 
     #[test]

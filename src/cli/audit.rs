@@ -226,7 +226,11 @@ impl VerifyArgs {
             let (rows, head) = audit::read_chain(db.pool())
                 .await
                 .context("cannot read the audit log")?;
-            let result = audit::verify_chain(&rows, head);
+            let found = audit::read_fields(db.pool())
+                .await
+                .context("cannot read the audit index")?;
+            let result = audit::verify_chain(&rows, head)
+                .and_then(|n| audit::verify_fields(&rows, &found).map(|()| n));
             broken |= result.is_err();
             match self.format {
                 Format::Human => match &result {

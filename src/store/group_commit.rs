@@ -165,7 +165,14 @@ impl GroupCommit {
         if outcome.is_ok() && !batch.is_empty() {
             self.flush_soon(target);
         }
+        let index_due = match &outcome {
+            Ok(Some(new_head)) => audit::index_due(new_head.seq - batch.len() as i64, new_head.seq),
+            _ => false,
+        };
         answer(batch, outcome.map(|_| true));
+        if index_due {
+            index(&target.connections).await;
+        }
     }
 
     /// On SQLite with relaxed commits: makes sure the records committed so far reach the disk
@@ -231,6 +238,16 @@ impl GroupCommit {
             tokio::task::yield_now().await;
         }
         self.flush_due.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Brings the audit index up to date, after a group commit (the caller holds the writer
+/// lock). Should it fail, the records are indexed next time, and found from the chain itself
+/// meanwhile.
+async fn index(connections: &Connections) {
+    let indexed = connections.records.run(audit::index).await;
+    if let Err(e) = indexed {
+        tracing::error!(error = %e, "cannot index the audit log");
     }
 }
 

@@ -59,7 +59,7 @@ impl SqliteAppender {
         }
         // Statements run whole or not at all: a poisoned connection is still a consistent one.
         let conn = lock_ignoring_poison(&self.conn);
-        let mut insert = conn.prepare_cached(&audit::insert_statement(rows.len()))?;
+        let mut insert = conn.prepare_cached(&audit::insert_statement(rows.len(), false))?;
         let values: Vec<&dyn ToSql> = rows
             .iter()
             .flat_map(|row| {
@@ -68,6 +68,12 @@ impl SqliteAppender {
                     &row.record,
                     &row.prev_hash,
                     &row.hash,
+                    &row.fields.state,
+                    &row.fields.principal,
+                    &row.fields.change,
+                    &row.fields.action,
+                    &row.fields.decision,
+                    &row.fields.at,
                 ]
             })
             .collect();

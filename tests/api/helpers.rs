@@ -485,13 +485,15 @@ pub async fn exec_sql(config_dir: &Path, env: &str, sql: &str) {
     }
 }
 
-/// Lifts the append-only guard of an environment's audit table, as someone with direct access
-/// to the database could.
+/// Lifts the append-only guards of an environment's audit table and audit index, as someone
+/// with direct access to the database could.
 pub async fn allow_audit_tampering(config_dir: &Path, env: &str) {
     let sql = if on_postgres() {
-        "ALTER TABLE audit DISABLE TRIGGER audit_append_only"
+        "ALTER TABLE audit DISABLE TRIGGER audit_append_only; \
+         ALTER TABLE audit_index DISABLE TRIGGER audit_index_append_only"
     } else {
-        "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete"
+        "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete; \
+         DROP TRIGGER audit_index_no_update; DROP TRIGGER audit_index_no_delete"
     };
     exec_sql(config_dir, env, sql).await;
 }
