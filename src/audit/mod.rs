@@ -398,9 +398,10 @@ pub async fn index(conn: &mut AnyConnection) -> Result<(), StoreError> {
 }
 
 /// The records of a chain that match, oldest first. The records are found by their fields
-/// in the audit index, and among the few not yet indexed, so the newest hundred records of a
-/// chain of millions are found without reading the rest.
+/// in the audit index, and among the few past it, so the newest hundred records of a chain of
+/// millions are found without reading the rest.
 pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreError> {
+    let values: Vec<&str> = filter.fields().filter_map(|(.., v)| v.as_deref()).collect();
     // Conditions on the columns of `table` (the index's, or the chain's own), for the records
     // after position `after`.
     let conditions = |table: &str, after: i64| {
@@ -421,32 +422,54 @@ pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, Store
         Some(n) => ("DESC", format!(" LIMIT {}", n.max(0))),
         None => ("", String::new()),
     };
-    let values: Vec<&str> = filter.fields().filter_map(|(.., v)| v.as_deref()).collect();
-    let sql = if values.is_empty() {
+    let conn = &mut *pool.acquire().await?;
+    let fetch = async |conn: &mut AnyConnection, sql: String| -> Result<Vec<Stored>, StoreError> {
+        let mut query = sqlx::query_as(&sql);
+        for value in &values {
+            query = query.bind(*value);
+        }
+        Ok(query.fetch_all(conn).await?)
+    };
+    let from_chain = |after: i64| {
         format!(
             "SELECT seq, record, prev_hash, hash FROM audit a WHERE {} ORDER BY seq {order}{limit}",
-            conditions("a", filter.after)
-        )
-    } else {
-        // The index holds every record up to here, and indexing meanwhile only adds past it.
-        let (indexed,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM audit_index")
-            .fetch_one(pool)
-            .await?;
-        format!(
-            "SELECT i.seq AS seq, a.record, a.prev_hash, a.hash \
-             FROM audit_index i JOIN audit a ON a.seq = i.seq WHERE {} AND i.seq <= {indexed} \
-             UNION ALL \
-             SELECT a.seq, a.record, a.prev_hash, a.hash FROM audit a WHERE {} \
-             ORDER BY seq {order}{limit}",
-            conditions("i", filter.after),
-            conditions("a", filter.after.max(indexed))
+            conditions("a", after)
         )
     };
-    let mut query = sqlx::query_as(&sql);
-    for value in values {
-        query = query.bind(value);
-    }
-    let mut rows: Vec<Stored> = query.fetch_all(pool).await?;
+    // Newest first with a limit, oldest first without.
+    let mut rows = if values.is_empty() {
+        fetch(conn, from_chain(filter.after)).await?
+    } else {
+        // The index holds every record up to `indexed`, and indexing meanwhile only adds past
+        // it: the records past it are read from the chain, and are newer than all the rest.
+        let (indexed,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM audit_index")
+            .fetch_one(&mut *conn)
+            .await?;
+        let newer = fetch(conn, from_chain(filter.after.max(indexed))).await?;
+        let older = fetch(
+            conn,
+            format!(
+                "SELECT i.seq AS seq, a.record, a.prev_hash, a.hash \
+                 FROM audit_index i JOIN audit a ON a.seq = i.seq \
+                 WHERE {} AND i.seq <= {indexed} ORDER BY i.seq {order}{limit}",
+                conditions("i", filter.after)
+            ),
+        )
+        .await?;
+        match filter.last {
+            Some(n) => {
+                let mut rows = newer;
+                rows.extend(older);
+                rows.truncate(usize::try_from(n).unwrap_or(0));
+                rows
+            }
+            None => {
+                let mut rows = older;
+                rows.extend(newer);
+                rows
+            }
+        }
+    };
     if filter.last.is_some() {
         rows.reverse();
     }
