@@ -527,15 +527,19 @@ pub fn verify_fields(rows: &[Stored], found: &[(i64, Fields)]) -> Result<(), Bro
     for row in rows {
         let broken = |problem: &str| Broken {
             seq: row.seq,
-            problem: format!("{problem}: audit queries would not find it as it is"),
+            problem: problem.into(),
         };
         let Some((_, fields)) = found.next().filter(|(seq, _)| *seq == row.seq) else {
-            return Err(broken("it is missing from the audit index"));
+            return Err(broken(
+                "it is missing from the audit index: audit queries would miss it",
+            ));
         };
         let record: Record =
             serde_json::from_str(&row.record).map_err(|_| broken("it is not a readable record"))?;
         if *fields != Fields::of(&record) {
-            return Err(broken("the fields audit queries find it by were edited"));
+            return Err(broken(
+                "the fields audit queries find it by were edited: they would miss it, or find it where it does not belong",
+            ));
         }
     }
     match found.next() {
