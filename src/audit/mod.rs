@@ -381,6 +381,9 @@ pub fn index_due(before: i64, after: i64) -> bool {
 /// The fields audit queries filter on: columns of the audit index, and of the chain too.
 const FIELD_COLUMNS: &str = "state, principal, change, action, decision, at";
 
+/// The position of the newest record in the audit index, which holds every record up to it.
+const INDEXED_THROUGH: &str = "SELECT COALESCE(MAX(seq), 0) FROM audit_index";
+
 /// Brings the audit index (the table audit queries find records by) up to date with the chain.
 /// The index is kept apart from the chain, and filled every [`INDEX_EVERY`] records, so that
 /// appending records writes no index pages; queries read the records not yet indexed from the
@@ -389,7 +392,7 @@ const FIELD_COLUMNS: &str = "state, principal, change, action, decision, at";
 pub async fn index(conn: &mut AnyConnection) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO audit_index (seq, {FIELD_COLUMNS}) SELECT seq, {FIELD_COLUMNS} FROM audit \
-         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM audit_index) \
+         WHERE seq > ({INDEXED_THROUGH}) \
          ON CONFLICT (seq) DO NOTHING"
     ))
     .execute(conn)
@@ -442,7 +445,7 @@ pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, Store
     } else {
         // The index holds every record up to `indexed`, and indexing meanwhile only adds past
         // it: the records past it are read from the chain, and are newer than all the rest.
-        let (indexed,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM audit_index")
+        let (indexed,): (i64,) = sqlx::query_as(INDEXED_THROUGH)
             .fetch_one(&mut *conn)
             .await?;
         let newer = fetch(conn, from_chain(filter.after.max(indexed))).await?;
@@ -504,7 +507,7 @@ pub async fn read_fields(pool: &AnyPool) -> Result<Vec<(i64, Fields)>, StoreErro
         "SELECT seq, {FIELD_COLUMNS} FROM audit_index \
          UNION ALL \
          SELECT seq, {FIELD_COLUMNS} FROM audit \
-         WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM audit_index) \
+         WHERE seq > ({INDEXED_THROUGH}) \
          ORDER BY seq"
     ))
     .fetch_all(pool)
