@@ -11,7 +11,8 @@
 //! - [`checks`]: `bulkhead check`, one file per check.
 //! - [`state`]: state names, state documents and the rules a write must pass.
 //! - [`history`]: what changed between two state versions.
-//! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
+//! - [`lock`]: terraform's LockInfo, what LOCK/UNLOCK bodies mean, and who holds a lock.
+//! - [`verdict`]: the one decision on whether a request may change a state.
 //! - [`store`]: the databases (one per environment, one for the server).
 //! - [`audit`]: the hash-chained audit log.
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
@@ -32,3 +33,4 @@ pub mod ownership;
 pub mod policy;
 pub mod state;
 pub mod store;
+pub mod verdict;

@@ -8,7 +8,38 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::environment::HeldLock;
+/// The lock a state is held under, and the identity that took it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HeldLock {
+    pub lock_id: String,
+    pub principal: String,
+    /// The branch the holder's credentials proved (a verified OIDC token), if any.
+    pub branch: Option<String>,
+    /// The OIDC subject of the holder's credentials, if any.
+    pub subject: Option<String>,
+    pub operation: String,
+    /// The client's LockInfo, as it sent it.
+    pub info: String,
+    pub created_at: String,
+    /// The change request the lock was taken for (protected environments).
+    pub change_number: Option<i64>,
+}
+
+impl HeldLock {
+    /// Whether `caller` is the very identity that took this lock: the same principal, and the
+    /// same branch and OIDC subject proved. A lock ID is no secret (readers see it), so it
+    /// never carries authority of its own.
+    pub fn taken_by(&self, caller: &crate::identity::Caller) -> bool {
+        self.principal == caller.principal.to_string()
+            && self.branch == caller.branch
+            && self.subject == caller.subject
+    }
+
+    /// The holder as a person reads it.
+    pub fn holder(&self) -> String {
+        crate::identity::describe(&self.principal, self.branch.as_deref())
+    }
+}
 
 /// Terraform's `statemgr.LockInfo`, field for field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +155,8 @@ mod tests {
         HeldLock {
             lock_id: "abc".into(),
             principal: "user:alice".into(),
+            branch: None,
+            subject: None,
             operation: "OperationTypeApply".into(),
             info: r#"{"ID":"abc","Operation":"OperationTypeApply","Who":"root@laptop","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":"","Info":""}"#.into(),
             created_at: "2026-01-01T00:00:01Z".into(),

@@ -67,11 +67,13 @@ impl Document {
         let clear: Clear = serde_json::from_slice(bytes)
             .map_err(|e| Refusal::Invalid(format!("the state is not a JSON object: {e}")))?;
         let serial = match clear.serial {
-            Some(serde_json::Value::Number(n)) => n.as_i64().filter(|s| *s >= 0),
+            Some(serde_json::Value::Number(n)) => n.as_i64().filter(|s| (0..=MAX_SERIAL).contains(s)),
             _ => None,
         }
         .ok_or_else(|| {
-            Refusal::Invalid("the state has no valid `serial` (a whole number ≥ 0)".into())
+            Refusal::Invalid(format!(
+                "the state has no valid `serial` (a whole number from 0 to {MAX_SERIAL})"
+            ))
         })?;
         let lineage = match clear.lineage {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s,
@@ -84,6 +86,11 @@ impl Document {
         })
     }
 }
+
+/// The highest serial a state may carry: 2^53, past which JSON readers lose its precision.
+/// Terraform raises the serial by one a write, so no real state comes near it; one that does
+/// leaves no room for the versions (and rollbacks) that must follow it.
+pub const MAX_SERIAL: i64 = 1 << 53;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

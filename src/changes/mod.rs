@@ -21,6 +21,13 @@ pub struct ChangeId {
 }
 
 impl ChangeId {
+    pub fn new(environment: &str, number: i64) -> ChangeId {
+        ChangeId {
+            environment: environment.to_string(),
+            number,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<ChangeId> {
         let (env, n) = text.rsplit_once('-')?;
         let number = n.parse().ok().filter(|n| *n > 0)?;
@@ -98,6 +105,11 @@ pub struct Change {
     pub closed_by: Option<String>,
     pub reason: Option<String>,
     pub applied_version: Option<i64>,
+}
+
+/// `<environment>-bg<number>`, e.g. `prod-bg3`: a break-glass grant's id.
+pub fn breakglass_id(environment: &str, number: i64) -> String {
+    format!("{environment}-bg{number}")
 }
 
 /// An open break-glass grant, as listed.

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{CliError, ConfigArg, Format};
-use crate::changes::{self, Change, ChangeId};
+use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
-use crate::identity::Principal;
+use crate::identity::{Caller, Principal};
+use crate::lock::HeldLock;
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
 use crate::store::Stores;
+use crate::verdict::{self, Ask, Effect, Facts};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -142,9 +144,12 @@ impl PolicyCommand {
             ))
         })?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
-        let change = match &args.change {
-            Some(text) => find_change(&config, env, text).await?,
-            None => None,
+        // What the server reads from the environment's database: the change named, and the
+        // caller's open break-glass grant.
+        let (change, breakglass) = if args.change.is_some() || env.breakglass.is_some() {
+            recorded(&config, env, &principal, args.change.as_deref()).await?
+        } else {
+            (None, None)
         };
         let state = args
             .state
@@ -157,43 +162,78 @@ impl PolicyCommand {
             source_ip: None,
         };
         let decision = policy.decide(&principal, action, &env.name, &ctx);
-        // A write the policies allow in a protected environment still needs its change.
+        let caller = Caller {
+            principal: principal.clone(),
+            branch: args.branch.clone(),
+            subject: None,
+        };
+        // Releasing a lock is asked of one the caller took; force-unlocking, of another's.
+        let held = match action {
+            Action::StateUnlock => Some(hypothetical_lock(&caller, &args.operation)),
+            Action::StateForceUnlock => Some(hypothetical_lock(
+                &Caller {
+                    principal: Principal::User("someone-else".into()),
+                    branch: None,
+                    subject: None,
+                },
+                &args.operation,
+            )),
+            _ => None,
+        };
+        let ask = match action {
+            Action::StateLock => Some(Ask::Lock {
+                id: "explain",
+                operation: &args.operation,
+            }),
+            Action::StateWrite => Some(Ask::Write {
+                lock_id: None,
+                past: None,
+            }),
+            Action::StateUnlock => Some(Ask::Unlock { id: "explain" }),
+            Action::StateForceUnlock => Some(Ask::ForceUnlock { id: None }),
+            Action::StateDelete => Some(Ask::Delete),
+            Action::StateRollback => Some(Ask::Rollback { past: None }),
+            _ => None,
+        };
+        let verdict = ask.map(|ask| {
+            verdict::decide(
+                ask,
+                &Facts {
+                    policy: &policy,
+                    env,
+                    state: &state,
+                    caller: &caller,
+                    source_ip: None,
+                    held: held.as_ref(),
+                    own_read_lock: false,
+                    breakglass: breakglass.as_ref(),
+                    named: args.change.as_deref().map(|text| (text, change.as_ref())),
+                    lock_change: None,
+                    now: chrono::Utc::now(),
+                },
+            )
+        });
+        // The verdict when the request changes a state; the policies alone otherwise.
+        let (allowed, decided_by, sentence, note) = match &verdict {
+            Some(v) => (
+                v.allowed(),
+                v.decided_by.clone(),
+                v.outcome.as_ref().err().map(|r| r.sentence().to_string()),
+                v.reason.clone().filter(|_| v.allowed()),
+            ),
+            None => (
+                decision.allowed,
+                decision.explanation(),
+                (!decision.allowed).then(|| refusal::sentence(&principal, action, env)),
+                None,
+            ),
+        };
         let needs_change = env.protected()
             && matches!(
                 action,
-                Action::StateWrite | Action::StateLock | Action::StateRollback
+                Action::StateWrite | Action::StateLock | Action::StateRollback | Action::StateDelete
             )
-            && args.operation != "OperationTypePlan";
-        let process = (decision.allowed && needs_change).then(|| match &args.change {
-            None => Err(changes::no_change_named(&env.name)),
-            Some(text) => changes::check_grant(
-                env,
-                &state,
-                text,
-                change.as_ref(),
-                args.branch.as_deref(),
-                chrono::Utc::now(),
-            ),
-        });
-        let allowed = decision.allowed && !matches!(process, Some(Err(_)));
-        let sentence = match &process {
-            _ if !decision.allowed => Some(refusal::sentence(&principal, action, env)),
-            Some(Err(problem)) => Some(refusal::missing_step(&principal, env, problem)),
-            _ => None,
-        };
-        let mut decided_by = decision.explanation();
-        if let Some(Err(_)) = &process {
-            decided_by.push_str(&format!("; then {}'s change process refused it", env.name));
-        }
-        if let Some(Ok(number)) = &process {
-            decided_by.push_str(&format!(
-                "; change {}-{number} is approved and unused",
-                env.name
-            ));
-            if let Some(branch) = &args.branch {
-                decided_by.push_str(&format!(", from allowed branch {branch}"));
-            }
-        }
+            && !matches!(verdict.as_ref().map(|v| &v.outcome), Some(Ok(Effect::ReadLock)));
         let asked = Asked {
             principal: &principal,
             action,
@@ -212,6 +252,7 @@ impl PolicyCommand {
                     "change": args.change,
                     "branch": args.branch,
                     "allowed": allowed,
+                    "note": note,
                     "policies": decision.policies,
                     "errors": decision.errors,
                     "decided_by": decided_by,
@@ -223,6 +264,9 @@ impl PolicyCommand {
                 let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
                 println!("decided by: {decided_by}");
+                if let Some(note) = &note {
+                    println!("note: {note}");
+                }
                 for e in &decision.errors {
                     println!("policy error: {e}");
                 }
@@ -245,23 +289,49 @@ impl PolicyCommand {
     }
 }
 
-/// The change `text` names, read from its environment's database; `None` when there is none
-/// (the explanation then says so, as the server would).
-async fn find_change(
+/// What the server would read from the environment's database: the change `text` names
+/// (`None` when there is none: the explanation then says so, as the server would), and the
+/// principal's open break-glass grant.
+async fn recorded(
     config: &Config,
     env: &Environment,
-    text: &str,
-) -> Result<Option<Change>, CliError> {
-    let Some(id) = ChangeId::parse(text).filter(|id| id.environment == env.name) else {
-        return Ok(None);
-    };
+    principal: &Principal,
+    text: Option<&str>,
+) -> Result<(Option<Change>, Option<BreakglassGrant>), CliError> {
     let stores = Stores::open(config).await?;
     let Some(store) = stores.environment(&env.name) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    Ok(store
-        .change(&env.name, env.required_approvals(), id.number)
-        .await?)
+    let change = match text.and_then(ChangeId::parse) {
+        Some(id) if id.environment == env.name => {
+            store
+                .change(&env.name, env.required_approvals(), id.number)
+                .await?
+        }
+        _ => None,
+    };
+    let me = principal.to_string();
+    let breakglass = store
+        .open_breakglass()
+        .await?
+        .into_iter()
+        .find(|row| row.principal == me)
+        .map(|row| row.grant(&env.name));
+    Ok((change, breakglass))
+}
+
+/// A lock as `caller` would have taken it, for the questions that release one.
+fn hypothetical_lock(caller: &Caller, operation: &str) -> HeldLock {
+    HeldLock {
+        lock_id: "explain".into(),
+        principal: caller.principal.to_string(),
+        branch: caller.branch.clone(),
+        subject: caller.subject.clone(),
+        operation: operation.to_string(),
+        info: String::new(),
+        created_at: crate::store::now(),
+        change_number: None,
+    }
 }
 
 /// One request put to the policies.

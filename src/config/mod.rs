@@ -128,7 +128,13 @@ pub struct Approval {
     pub approvers: Vec<Subject>,
     /// How long an approval stays valid.
     pub expires: Duration,
+    /// How long the lock an approved change was applied under may authorize writes: past it,
+    /// writes under that lock are refused (a stuck or stolen apply cannot write for ever).
+    pub apply_window: Duration,
 }
+
+/// The default of `approval { apply_window }`.
+pub const APPLY_WINDOW: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -717,7 +723,11 @@ impl Validator {
             let inner_ctx = format!("{ctx}: {}", inner.kind);
             match inner.kind.as_str() {
                 "approval" => {
-                    self.only_attrs(inner, &inner_ctx, &["required", "approvers", "expires"]);
+                    self.only_attrs(
+                        inner,
+                        &inner_ctx,
+                        &["required", "approvers", "expires", "apply_window"],
+                    );
                     let required = match attr(inner, "required") {
                         None => 1,
                         Some(Attr {
@@ -738,10 +748,14 @@ impl Validator {
                     let expires = self
                         .duration(inner, "expires", &inner_ctx)
                         .unwrap_or(Duration::from_secs(24 * 3600));
+                    let apply_window = self
+                        .duration(inner, "apply_window", &inner_ctx)
+                        .unwrap_or(APPLY_WINDOW);
                     approval = Some(Approval {
                         required,
                         approvers,
                         expires,
+                        apply_window,
                     });
                 }
                 "pipeline" => {
@@ -1132,8 +1146,9 @@ environment "prod" {
   owner = "team:platform"
   write = ["service:ci-prod"]
   approval {
-    required = 2
-    expires  = "1h30m"
+    required     = 2
+    expires      = "1h30m"
+    apply_window = "3h"
   }
   pipeline { branches = ["main"] }
   breakglass { allowed = ["user:pat"] }
@@ -1146,6 +1161,7 @@ environment "prod" {
         assert_eq!(approval.required, 2);
         assert_eq!(approval.approvers, vec![Subject::Team("platform".into())]);
         assert_eq!(approval.expires, Duration::from_secs(5400));
+        assert_eq!(approval.apply_window, Duration::from_secs(3 * 3600));
         assert_eq!(prod.pipeline.as_ref().unwrap().branches, vec!["main"]);
         assert_eq!(
             prod.breakglass.as_ref().unwrap().max_ttl,
@@ -1160,7 +1176,7 @@ environment "prod" {
 
         let e = errors(
             &text
-                .replace("required = 2", "required = 0")
+                .replace("required     = 2", "required     = 0")
                 .replace("\"1h30m\"", "\"soon\""),
         );
         assert!(e.contains("required must be a whole number"), "{e}");

@@ -18,14 +18,15 @@ use axum::response::Response;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
-use crate::changes::{self, ChangeId};
+use crate::changes::{self, BreakglassGrant, Change, ChangeId};
 use crate::config::Environment;
 use crate::identity::{Caller, Principal};
-use crate::lock::{self, LockInfo, Unlock};
+use crate::lock::{HeldLock, LockInfo, Unlock};
 use crate::policy::{refusal, Action, Decision, RequestContext};
 use crate::state::{self, Document, StateName, Write};
-use crate::store::environment::{ContentStream, HeldLock, NewVersion};
+use crate::store::environment::{ContentStream, NewLock, NewVersion};
 use crate::store::{EnvStore, Tx};
+use crate::verdict::{self, Ask, Effect, Facts};
 
 /// Lock bodies are small; anything bigger is not terraform talking.
 const LOCK_BODY_LIMIT: u64 = 64 * 1024;
@@ -98,10 +99,13 @@ pub(super) struct Call<'a> {
     pub(super) change: Option<String>,
 }
 
-/// What allows a write in a protected environment.
-pub(super) enum Grant {
-    Change(i64),
-    Breakglass,
+/// The facts of a verdict, as read inside the transaction that carries out its effect.
+pub(super) struct Gathered {
+    pub(super) held: Option<HeldLock>,
+    own_read_lock: bool,
+    breakglass: Option<BreakglassGrant>,
+    named: Option<Change>,
+    lock_change: Option<Change>,
 }
 
 impl Call<'_> {
@@ -122,7 +126,8 @@ impl Call<'_> {
         )
     }
 
-    /// Decides, records the deciding policies, and refuses with the sentence when denied.
+    /// Decides a request that changes nothing, records the deciding policies, and refuses
+    /// with the sentence when denied.
     pub(super) fn require(
         &self,
         record: &mut Record,
@@ -134,96 +139,105 @@ impl Call<'_> {
         if decision.allowed {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(self.refusal(action)))
+            Err(ApiError::Forbidden(refusal::sentence(
+                self.principal(),
+                action,
+                self.env,
+            )))
         }
     }
 
-    /// Whether the caller holds an open break-glass grant here; names it in the record.
-    pub(super) async fn breakglass(&self, record: &mut Record) -> Result<bool, ApiError> {
-        if self.env.breakglass.is_none() {
-            return Ok(false);
-        }
-        let me = self.principal().to_string();
-        let grant = self
-            .store
-            .open_breakglass()
-            .await?
-            .into_iter()
-            .find(|g| g.principal == me);
-        Ok(match grant {
-            Some(g) => {
-                let id = breakglass_id(&self.env.name, g.number);
-                record.policy = Some(format!("break-glass {id}"));
-                record.breakglass = Some(id);
-                true
-            }
-            None => false,
-        })
-    }
-
-    /// A writing permission: by policy, or under an open break-glass grant.
-    pub(super) async fn require_writing(
-        &self,
-        record: &mut Record,
-        action: Action,
-        operation: &str,
-    ) -> Result<(), ApiError> {
-        match self.require(record, action, operation) {
-            Err(refused) if !self.breakglass(record).await? => Err(refused),
-            _ => Ok(()),
-        }
-    }
-
-    pub(super) fn refusal(&self, action: Action) -> String {
-        refusal::sentence(self.principal(), action, self.env)
-    }
-
-    /// In a protected environment, what allows this writer to write now: an open break-glass
-    /// grant, or the approved, unexpired, unused change named by `?change=`, from an allowed
-    /// branch. The inner error names the missing step.
-    pub(super) async fn protected_grant(
+    /// Reads, inside `tx`, what the verdict on a request depends on; `lock_id` is the lock
+    /// the request names.
+    pub(super) async fn gather(
         &self,
         tx: &mut Tx<'_>,
-        record: &mut Record,
-    ) -> Result<Result<Grant, String>, ApiError> {
+        lock_id: Option<&str>,
+    ) -> Result<Gathered, ApiError> {
         let env = self.env;
-        if let Some(bg) = tx
-            .open_breakglass_for(&self.principal().to_string())
-            .await?
-        {
-            let id = breakglass_id(&env.name, bg.number);
-            record.breakglass = Some(id.clone());
-            record.reason = Some(format!(
-                "break-glass {id} until {}: {}",
-                bg.expires_at, bg.reason
-            ));
-            return Ok(Ok(Grant::Breakglass));
-        }
-        let Some(text) = &self.change else {
-            return Ok(Err(changes::no_change_named(&env.name)));
+        let state = self.name.as_str();
+        let me = self.principal().to_string();
+        let held = tx.held_lock(state).await?;
+        let own_read_lock = match lock_id {
+            Some(id) => tx
+                .read_lock(id)
+                .await?
+                .is_some_and(|r| r.state == state && r.principal == me),
+            None => false,
         };
-        record.change = Some(text.clone());
-        let change = match ChangeId::parse(text).filter(|id| id.environment == env.name) {
-            Some(id) => {
+        let breakglass = match env.breakglass {
+            Some(_) => tx
+                .open_breakglass_for(&me)
+                .await?
+                .map(|row| row.grant(&env.name)),
+            None => None,
+        };
+        let named = match self.change.as_deref().and_then(ChangeId::parse) {
+            Some(id) if id.environment == env.name => {
                 tx.change(&env.name, env.required_approvals(), id.number)
+                    .await?
+            }
+            _ => None,
+        };
+        let lock_change = match held.as_ref().and_then(|h| h.change_number) {
+            Some(number) => {
+                tx.change(&env.name, env.required_approvals(), number)
                     .await?
             }
             None => None,
         };
-        Ok(changes::check_grant(
-            env,
-            self.name.as_str(),
-            text,
-            change.as_ref(),
-            self.caller.branch.as_deref(),
-            chrono::Utc::now(),
-        )
-        .map(Grant::Change))
+        Ok(Gathered {
+            held,
+            own_read_lock,
+            breakglass,
+            named,
+            lock_change,
+        })
     }
-}
 
-pub fn breakglass_id(env: &str, number: i64) -> String {
-    format!("{env}-bg{number}")
+    /// The verdict on `ask` from what was gathered, rendered into the record; the effect to
+    /// carry out, or the refusal to answer.
+    pub(super) fn judge(
+        &self,
+        record: &mut Record,
+        gathered: &Gathered,
+        ask: Ask<'_>,
+    ) -> Result<Effect, ApiError> {
+        let facts = Facts {
+            policy: &self.app.policy,
+            env: self.env,
+            state: self.name.as_str(),
+            caller: &self.caller,
+            source_ip: Some(self.peer.ip()),
+            held: gathered.held.as_ref(),
+            own_read_lock: gathered.own_read_lock,
+            breakglass: gathered.breakglass.as_ref(),
+            named: self
+                .change
+                .as_deref()
+                .map(|text| (text, gathered.named.as_ref())),
+            lock_change: gathered.lock_change.as_ref(),
+            now: chrono::Utc::now(),
+        };
+        let verdict = verdict::decide(ask, &facts);
+        record.action = verdict.action.as_str().into();
+        record.policy = Some(verdict.decided_by);
+        record.reason = verdict.reason;
+        record.breakglass = verdict.breakglass;
+        record.change = verdict.change.or(record.change.take());
+        record.forced = verdict.forced;
+        verdict.outcome.map_err(ApiError::from)
+    }
+
+    /// Gathers the facts in a transaction of its own and judges `ask`, before a body is read:
+    /// a refused writer's body is never read. The verdict that counts is taken again, with
+    /// the body, in the transaction that writes.
+    async fn judge_early(&self, record: &mut Record, ask: Ask<'_>, lock_id: Option<&str>) -> Result<(), ApiError> {
+        let mut tx = self.store.begin().await?;
+        let gathered = self.gather(&mut tx, lock_id).await?;
+        drop(tx);
+        self.judge(record, &gathered, ask).map(|_| ())
+    }
 }
 
 async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
@@ -339,86 +353,62 @@ impl http_body::Body for ContentBody {
 async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply, ApiError> {
     let info = LockInfo::parse_lock(body).map_err(ApiError::BadRequest)?;
     record.lock_id = Some(info.id.clone());
-    let mut decision = call.decide(Action::StateLock, &info.operation);
-    record.policy = Some(decision.explanation());
-    if !decision.allowed && call.breakglass(record).await? {
-        decision.allowed = true;
-    }
     let principal = call.principal().to_string();
     let state = call.name.as_str();
-
-    // A plan by a reader, or a plan for a change not yet proposed in a protected environment:
-    // granted, but it blocks nobody and nothing can be written under it.
-    let planning_only = !decision.allowed || (call.env.protected() && call.change.is_none());
-    if info.operation == lock::PLAN && planning_only {
-        let read = call.decide(Action::StateRead, &info.operation);
-        if read.allowed {
-            record.policy = Some(read.explanation());
-            record.reason =
-                Some("read-only plan lock: blocks no writer; writes under it are refused".into());
-            let mut tx = call.store.begin().await?;
-            tx.insert_read_lock(state, &info.id, &principal).await?;
-            commit_with_record(tx, record, StatusCode::OK).await?;
-            return Ok(Reply::ok(body.to_vec()));
-        }
-    }
-    if !decision.allowed {
-        let sentence = call.refusal(Action::StateLock);
-        return Err(ApiError::Locked(Box::new(LockInfo::refusal(
-            &sentence,
-            &info.operation,
-        ))));
-    }
-
     let mut tx = call.store.begin().await?;
-    let grant = if call.env.protected() {
-        match call.protected_grant(&mut tx, record).await? {
-            Ok(grant) => Some(grant),
-            Err(problem) => {
-                let sentence = refusal::missing_step(call.principal(), call.env, &problem);
-                return Err(ApiError::Locked(Box::new(LockInfo::refusal(
-                    &sentence,
-                    &info.operation,
-                ))));
-            }
-        }
-    } else {
-        None
+    let gathered = call.gather(&mut tx, None).await?;
+    let ask = Ask::Lock {
+        id: &info.id,
+        operation: &info.operation,
     };
-    match tx.held_lock(state).await? {
-        None => {
+    match call.judge(record, &gathered, ask)? {
+        Effect::ReadLock => tx.insert_read_lock(state, &info.id, &principal).await?,
+        Effect::TakeLock { change } => {
             let text = String::from_utf8_lossy(body);
-            tx.insert_lock(state, &info.id, &principal, &info.operation, &text)
-                .await?;
-            if let Some(Grant::Change(number)) = grant {
-                tx.set_lock_change(state, number).await?;
-            }
+            let lock = NewLock {
+                lock_id: &info.id,
+                principal: &principal,
+                branch: call.caller.branch.as_deref(),
+                subject: call.caller.subject.as_deref(),
+                operation: &info.operation,
+                info: &text,
+                change_number: change,
+            };
+            tx.insert_lock(state, &lock).await?;
         }
-        // A retried LOCK (the client retries on connection errors): grant it again.
-        Some(held) if held.lock_id == info.id && held.principal == principal => {
-            record.reason = Some("lock already held by the caller under this ID".into());
-        }
-        Some(held) => return Err(ApiError::Locked(Box::new(LockInfo::holder(&held)))),
+        Effect::LockRetried => {}
+        other => return Err(unexpected(other)),
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::ok(body.to_vec()))
 }
 
-/// Releases `held`; a change it was taken for is used up when something was written under it.
+/// An effect the verdict does not give for the request asked: a fault of the server.
+fn unexpected(effect: Effect) -> ApiError {
+    ApiError::Internal(format!("the verdict gave an effect of another request: {effect:?}"))
+}
+
+/// Releases `held`; a change it was taken for, still open, is used up when something was
+/// written for it under the lock.
 async fn release(
     tx: &mut Tx<'_>,
     call: &Call<'_>,
     record: &mut Record,
-    held: &HeldLock,
+    gathered: &Gathered,
 ) -> Result<(), ApiError> {
+    let Some(held) = &gathered.held else {
+        return Ok(());
+    };
     let state = call.name.as_str();
-    if let Some(number) = held.change_number {
-        let id = ChangeId {
-            environment: call.env.name.clone(),
-            number,
-        };
+    record.lock_id = Some(held.lock_id.clone());
+    let open = gathered
+        .lock_change
+        .as_ref()
+        .is_some_and(|c| c.status == changes::Status::Open);
+    if let Some(number) = held.change_number.filter(|_| open) {
+        let id = ChangeId::new(&call.env.name, number);
         record.change = Some(id.to_string());
-        if let Some(version) = tx.version_under_lock(state, &held.lock_id).await? {
+        if let Some(version) = tx.version_under_lock(state, &held.lock_id, number).await? {
             tx.mark_applied(number, &held.principal, version).await?;
             record.reason = Some(format!("change {id} applied as version {version}"));
         }
@@ -428,61 +418,25 @@ async fn release(
 }
 
 async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply, ApiError> {
-    let principal = call.principal().to_string();
-    let state = call.name.as_str();
-    match Unlock::parse(body).map_err(ApiError::BadRequest)? {
-        Unlock::Own(info) => {
-            record.lock_id = Some(info.id.clone());
-            let mut tx = call.store.begin().await?;
-            match tx.held_lock(state).await? {
-                Some(held) if held.lock_id == info.id => {
-                    if held.principal == principal {
-                        // Whoever was granted a lock may always release it.
-                        record.policy = Some("lock holder".into());
-                    } else {
-                        record.action = Action::StateForceUnlock.as_str().into();
-                        call.require(record, Action::StateForceUnlock, &held.operation)?;
-                        record.reason = Some(format!("released the lock of {}", held.principal));
-                    }
-                    release(&mut tx, call, record, &held).await?;
-                }
-                held => match tx.read_lock(&info.id).await? {
-                    Some(read) if read.state == state && read.principal == principal => {
-                        record.reason = Some("released a read-only plan lock".into());
-                        tx.release_read_lock(&info.id).await?;
-                    }
-                    _ => match held {
-                        Some(held) => {
-                            return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))))
-                        }
-                        None => record.reason = Some("no lock was held under this ID".into()),
-                    },
-                },
+    let request = Unlock::parse(body).map_err(ApiError::BadRequest)?;
+    let (ask, named) = match &request {
+        Unlock::Own(info) => (Ask::Unlock { id: &info.id }, Some(info.id.as_str())),
+        Unlock::Force(id) => (Ask::ForceUnlock { id: id.as_deref() }, id.as_deref()),
+    };
+    record.lock_id = named.map(str::to_string);
+    let mut tx = call.store.begin().await?;
+    let gathered = call.gather(&mut tx, named).await?;
+    match call.judge(record, &gathered, ask)? {
+        Effect::Release => release(&mut tx, call, record, &gathered).await?,
+        Effect::ReleaseReadLock => {
+            if let Some(id) = named {
+                tx.release_read_lock(id).await?;
             }
-            commit_with_record(tx, record, StatusCode::OK).await?;
         }
-        Unlock::Force(id) => {
-            record.action = Action::StateForceUnlock.as_str().into();
-            record.lock_id = id.clone();
-            call.require(record, Action::StateForceUnlock, "")?;
-            let mut tx = call.store.begin().await?;
-            match tx.held_lock(state).await? {
-                Some(held) => {
-                    if let Some(id) = id.filter(|id| !lock::names(&held, id)) {
-                        return Err(ApiError::Conflict(format!(
-                            "lock {id} is not the lock held: {}",
-                            LockInfo::holder(&held).id
-                        )));
-                    }
-                    record.lock_id = Some(held.lock_id.clone());
-                    record.reason = Some(format!("force-unlocked the lock of {}", held.principal));
-                    release(&mut tx, call, record, &held).await?;
-                }
-                None => record.reason = Some("no lock was held".into()),
-            }
-            commit_with_record(tx, record, StatusCode::OK).await?;
-        }
+        Effect::NothingHeld => {}
+        other => return Err(unexpected(other)),
     }
+    commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::done())
 }
 
@@ -496,87 +450,34 @@ async fn post(
     let principal = call.principal().to_string();
     let state = call.name.as_str();
     record.lock_id = lock_id.clone();
-    // Authorize before reading what may be a large body.
-    call.require_writing(record, Action::StateWrite, "").await?;
+    let lock_id = lock_id.as_deref();
+    call.judge_early(record, Ask::Write { lock_id, past: None }, lock_id)
+        .await?;
     let bytes = read_body(headers, body, call.env.max_state_size).await?;
     let doc = Document::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let mut tx = call.store.begin().await?;
-    // In a protected environment, an unlocked write (terraform -lock=false) must carry its
-    // own grant, and a write under a lock carries the grant the lock was taken with.
-    let mut unlocked_change = None;
-    let mut lock_change = None;
-    let operation = match (tx.held_lock(state).await?, &lock_id) {
-        (Some(held), Some(id)) if held.lock_id == *id && held.principal == principal => {
-            call.require_writing(record, Action::StateWrite, &held.operation)
-                .await?;
-            lock_change = held.change_number;
-            if let Some(number) = held.change_number {
-                record.change = Some(
-                    ChangeId {
-                        environment: call.env.name.clone(),
-                        number,
-                    }
-                    .to_string(),
-                );
-            }
-            Some(held.operation)
-        }
-        (Some(held), _) => return Err(ApiError::Locked(Box::new(LockInfo::holder(&held)))),
-        (None, Some(id)) => {
-            let problem = if tx.read_lock(id).await?.is_some() {
-                format!("lock {id} is a read-only plan lock: nothing can be written under it")
-            } else {
-                format!("lock {id} is not held (released or force-unlocked meanwhile): nothing was written; run terraform again")
-            };
-            return Err(ApiError::Conflict(problem));
-        }
-        // terraform -lock=false: an unlocked write by a writer.
-        (None, None) => {
-            if call.env.protected() {
-                match call.protected_grant(&mut tx, record).await? {
-                    Ok(Grant::Change(number)) => unlocked_change = Some(number),
-                    Ok(Grant::Breakglass) => {}
-                    Err(problem) => {
-                        return Err(ApiError::Forbidden(refusal::missing_step(
-                            call.principal(),
-                            call.env,
-                            &problem,
-                        )))
-                    }
-                }
-            }
-            None
-        }
-    };
-    let op = operation.as_deref().unwrap_or("");
+    let gathered = call.gather(&mut tx, lock_id).await?;
     let current = tx.latest_version(state).await?;
-    let forced = match state::check_write(current.as_ref(), &doc) {
-        Ok(Write::Unchanged) => {
-            record.version = current.map(|c| c.version);
-            record.reason = Some("identical to the current version: nothing stored".into());
-            commit_with_record(tx, record, StatusCode::OK).await?;
-            return Ok(Reply::done());
-        }
-        Ok(Write::Append) => false,
-        Err(refused) => {
-            let force = call.decide(Action::StateForceWrite, op);
-            if !(refused.forceable() && force.allowed) {
-                return Err(ApiError::Conflict(format!(
-                    "{refused}; forcing it needs state:force-write in {}",
-                    call.env.name
-                )));
-            }
-            record.policy = Some(format!(
-                "{}; {}",
-                record.policy.take().unwrap_or_default(),
-                force.explanation()
-            ));
-            record.reason = Some(format!("forced past: {refused}"));
-            record.forced = true;
-            true
-        }
+    let checked = state::check_write(current.as_ref(), &doc);
+    let ask = Ask::Write {
+        lock_id,
+        past: checked.as_ref().err(),
     };
+    let Effect::Write { change, use_up } = call.judge(record, &gathered, ask)? else {
+        return Err(ApiError::Internal("the verdict on a write gave another effect".into()));
+    };
+    if let Ok(Write::Unchanged) = checked {
+        record.version = current.map(|c| c.version);
+        record.reason = Some("identical to the current version: nothing stored".into());
+        commit_with_record(tx, record, StatusCode::OK).await?;
+        return Ok(Reply::done());
+    }
+    let operation = gathered
+        .held
+        .as_ref()
+        .filter(|h| lock_id == Some(h.lock_id.as_str()))
+        .map(|h| h.operation.as_str());
     let version = tx
         .append_version(NewVersion {
             state,
@@ -584,14 +485,14 @@ async fn post(
             serial: Some(doc.serial),
             lineage: Some(&doc.lineage),
             principal: &principal,
-            operation: operation.as_deref(),
-            lock_id: lock_id.as_deref(),
-            forced,
-            change_number: lock_change.or(unlocked_change),
+            operation,
+            lock_id,
+            forced: record.forced,
+            change_number: change,
             content: Some(&bytes),
         })
         .await?;
-    if let Some(number) = unlocked_change {
+    if let Some(number) = change.filter(|_| use_up) {
         tx.mark_applied(number, &principal, version).await?;
     }
     record.version = Some(version);
@@ -600,12 +501,13 @@ async fn post(
 }
 
 async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
-    call.require(record, Action::StateDelete, "")?;
     let state = call.name.as_str();
+    let principal = call.principal().to_string();
     let mut tx = call.store.begin().await?;
-    if let Some(held) = tx.held_lock(state).await? {
-        return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))));
-    }
+    let gathered = call.gather(&mut tx, None).await?;
+    let Effect::Delete { change } = call.judge(record, &gathered, Ask::Delete)? else {
+        return Err(ApiError::Internal("the verdict on a delete gave another effect".into()));
+    };
     match tx.latest_version(state).await? {
         Some(current) if !current.deleted => {
             // A deletion is a version too: the history stays and can be restored.
@@ -615,14 +517,17 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
                     sha256: "",
                     serial: None,
                     lineage: None,
-                    principal: &call.principal().to_string(),
+                    principal: &principal,
                     operation: None,
                     lock_id: None,
                     forced: false,
-                    change_number: None,
+                    change_number: change,
                     content: None,
                 })
                 .await?;
+            if let Some(number) = change {
+                tx.mark_applied(number, &principal, version).await?;
+            }
             record.version = Some(version);
         }
         _ => {

@@ -16,12 +16,12 @@ use serde::Deserialize;
 use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::changes::{plan, BreakglassGrant, ChangeId, Listing, Status};
+use crate::changes::{plan, ChangeId, Listing, Status};
 use crate::config::{parse_duration, Environment};
 use crate::identity::Caller;
 use crate::policy::{refusal, Action, RequestContext};
 use crate::state::{sha256_hex, StateName};
-use crate::store::changes::{Breakglass, NewChange};
+use crate::store::changes::NewChange;
 use crate::store::EnvStore;
 
 /// Plans are bigger than states; this is a sanity limit, not a policy.
@@ -120,18 +120,6 @@ pub struct ListParams {
     status: Option<String>,
 }
 
-/// An open break-glass row as listed.
-pub(super) fn grant(env: &Environment, row: Breakglass) -> BreakglassGrant {
-    BreakglassGrant {
-        id: super::backend::breakglass_id(&env.name, row.number),
-        environment: env.name.clone(),
-        principal: row.principal,
-        reason: row.reason,
-        opened_at: row.opened_at,
-        expires_at: row.expires_at,
-    }
-}
-
 /// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
 /// every environment the caller may read.
 pub async fn list(
@@ -183,7 +171,7 @@ pub async fn list(
                     .await?,
             );
             for row in store.open_breakglass().await? {
-                listing.breakglass.push(grant(env, row));
+                listing.breakglass.push(row.grant(&env.name));
             }
         }
         Reply::json(StatusCode::OK, &listing, false)
@@ -280,8 +268,25 @@ pub async fn decide(
                 tx.approve(cid.number, &me, &expires_at).await?;
                 record.reason = Some(format!("approval valid until {expires_at}"));
             }
-            "reject" => tx.close_change(cid.number, Status::Rejected, &me, params.reason.as_deref(), None).await?,
-            _ => tx.close_change(cid.number, Status::Cancelled, &me, params.reason.as_deref(), None).await?,
+            verb => {
+                let status = if verb == "reject" { Status::Rejected } else { Status::Cancelled };
+                // Closing a change ends the grant of an apply under way; once the apply has
+                // written under it, the change is being applied, and it stays what it is.
+                if let Some((state, held)) = tx.lock_for_change(cid.number).await? {
+                    if let Some(version) = tx.version_under_lock(&state, &held.lock_id, cid.number).await? {
+                        return Err(ApiError::Conflict(format!(
+                            "change {id} cannot be {}: its apply under lock {} has written version {version} of {state} already, and the change is applied when that lock is released; to undo it, roll back through a new change",
+                            status.as_str(), held.lock_id
+                        )));
+                    }
+                    record.reason = Some(format!(
+                        "{}; the apply holding lock {} on {state} may write nothing more",
+                        params.reason.as_deref().unwrap_or(status.as_str()),
+                        held.lock_id
+                    ));
+                }
+                tx.close_change(cid.number, status, &me, params.reason.as_deref(), None).await?
+            }
         }
         if record.reason.is_none() {
             record.reason = params.reason.clone();
@@ -347,7 +352,7 @@ pub async fn open_breakglass(
         let me = caller.principal.to_string();
         let mut tx = store.begin().await?;
         let number = tx.insert_breakglass(&me, &reason, &expires_at).await?;
-        let id = super::backend::breakglass_id(&env.name, number);
+        let id = crate::changes::breakglass_id(&env.name, number);
         let opened = tx.breakglass(number).await?;
         tracing::warn!(breakglass = %id, principal = %me, environment = %env.name, %expires_at, "BREAK-GLASS OPENED");
         record.breakglass = Some(id.clone());
@@ -355,7 +360,7 @@ pub async fn open_breakglass(
         commit_with_record(tx, &mut record, StatusCode::CREATED).await?;
         Reply::json(
             StatusCode::CREATED,
-            &opened.map(|row| grant(env, row)),
+            &opened.map(|row| row.grant(&env.name)),
             true,
         )
     }

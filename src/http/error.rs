@@ -44,6 +44,17 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::verdict::Refusal> for ApiError {
+    fn from(refusal: crate::verdict::Refusal) -> Self {
+        use crate::verdict::Refusal;
+        match refusal {
+            Refusal::Forbidden(sentence) => ApiError::Forbidden(sentence),
+            Refusal::Locked(info) => ApiError::Locked(info),
+            Refusal::Conflict(sentence) => ApiError::Conflict(sentence),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

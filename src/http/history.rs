@@ -11,14 +11,14 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::audited::{authenticate, commit_with_record, finish, new_record, Reply};
-use super::backend::{Call, Grant};
+use super::backend::Call;
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{self, ChangeId};
 use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
-use crate::lock::LockInfo;
-use crate::policy::{refusal, Action, RequestContext};
-use crate::state::{Document, StateName};
+use crate::policy::{Action, RequestContext};
+use crate::state::{self, Document, StateName};
+use crate::verdict::{Ask, Effect};
 use crate::store::environment::{NewVersion, VersionMeta};
 
 #[derive(Debug, Deserialize)]
@@ -149,9 +149,12 @@ async fn version(call: &Call<'_>, n: i64) -> Result<(VersionMeta, Option<Vec<u8>
 /// Writes version `to`'s content as a new version, its serial raised above the current one so
 /// that terraform accepts it. History is never rewritten.
 async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply, ApiError> {
-    call.require_writing(record, Action::StateRollback, "rollback")
-        .await?;
     let state = call.name.as_str();
+    // Judged before the version is read, so that a refused caller reads no content.
+    let mut tx = call.store.begin().await?;
+    let gathered = call.gather(&mut tx, None).await?;
+    drop(tx);
+    call.judge(record, &gathered, Ask::Rollback { past: None })?;
     let (target, content) = version(call, to).await?;
     let content = content.ok_or_else(|| {
         ApiError::NotFound(format!(
@@ -159,36 +162,31 @@ async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply
         ))
     })?;
     let mut tx = call.store.begin().await?;
-    if let Some(held) = tx.held_lock(state).await? {
-        return Err(ApiError::Locked(Box::new(LockInfo::holder(&held))));
-    }
-    let grant = if call.env.protected() {
-        match call.protected_grant(&mut tx, record).await? {
-            Ok(grant) => Some(grant),
-            Err(problem) => {
-                return Err(ApiError::Forbidden(refusal::missing_step(
-                    call.principal(),
-                    call.env,
-                    &problem,
-                )))
-            }
-        }
-    } else {
-        None
-    };
+    let gathered = call.gather(&mut tx, None).await?;
     let current = tx.latest_version(state).await?.filter(|c| !c.deleted);
-    let serial = current
-        .as_ref()
-        .and_then(|c| c.serial)
-        .map(|s| s + 1)
-        .or(target.serial)
-        .unwrap_or(0);
-    let content = with_serial(&content, serial).map_err(ApiError::Internal)?;
-    let doc = Document::parse(&content).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let change_number = match grant {
-        Some(Grant::Change(n)) => Some(n),
+    // Rolling back across lineages replaces one state by another: a forced write.
+    let past = match (current.as_ref().and_then(|c| c.lineage.clone()), &target.lineage) {
+        (Some(current), Some(sent)) if current != *sent => Some(state::Refusal::Lineage {
+            current,
+            sent: sent.clone(),
+        }),
         _ => None,
     };
+    let Effect::Rollback { change } =
+        call.judge(record, &gathered, Ask::Rollback { past: past.as_ref() })?
+    else {
+        return Err(ApiError::Internal("the verdict on a rollback gave another effect".into()));
+    };
+    let serial = match current.as_ref().and_then(|c| c.serial) {
+        Some(serial) => serial.checked_add(1).filter(|s| *s <= state::MAX_SERIAL).ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "the current serial of {state} is {serial}, the highest a state may have: nothing can follow it, not even a rollback"
+            ))
+        })?,
+        None => target.serial.unwrap_or(0),
+    };
+    let content = with_serial(&content, serial).map_err(ApiError::Internal)?;
+    let doc = Document::parse(&content).map_err(|e| ApiError::Internal(e.to_string()))?;
     let principal = call.principal().to_string();
     let version = tx
         .append_version(NewVersion {
@@ -199,16 +197,20 @@ async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply
             principal: &principal,
             operation: Some("rollback"),
             lock_id: None,
-            forced: false,
-            change_number,
+            forced: record.forced,
+            change_number: change,
             content: Some(&content),
         })
         .await?;
-    if let Some(number) = change_number {
+    if let Some(number) = change {
         tx.mark_applied(number, &principal, version).await?;
     }
     record.version = Some(version);
-    record.reason = Some(format!("rolled back to version {to} (serial {serial})"));
+    let forced = record.reason.take().filter(|_| record.forced);
+    record.reason = Some(match forced {
+        Some(forced) => format!("rolled back to version {to} (serial {serial}); {forced}"),
+        None => format!("rolled back to version {to} (serial {serial})"),
+    });
     commit_with_record(tx, record, StatusCode::OK).await?;
     Reply::json(
         StatusCode::OK,
@@ -283,7 +285,7 @@ pub async fn status(
                 .open_breakglass()
                 .await?
                 .into_iter()
-                .map(|row| super::changes::grant(env, row))
+                .map(|row| row.grant(&env.name))
                 .collect();
             out.push(EnvironmentStatus {
                 environment: env.name.clone(),

@@ -88,6 +88,32 @@ pub struct Caller {
     pub principal: Principal,
     /// The branch a pipeline runs on, from a verified OIDC token only.
     pub branch: Option<String>,
+    /// The `sub` claim of a verified OIDC token: which workflow of which repository it is.
+    pub subject: Option<String>,
+}
+
+impl Caller {
+    /// The caller as a person reads it: `service:ci-prod (branch main)`.
+    pub fn describe(&self) -> String {
+        describe(&self.principal.to_string(), self.branch.as_deref())
+    }
+}
+
+/// An identity as a person reads it: the principal, and the branch its credentials proved.
+pub fn describe(principal: &str, branch: Option<&str>) -> String {
+    match branch {
+        Some(branch) => format!("{principal} (branch {branch})"),
+        None => principal.to_string(),
+    }
+}
+
+/// [`describe`], saying so when no branch was proved: for telling two identities of one
+/// principal apart.
+pub fn describe_proved(principal: &str, branch: Option<&str>) -> String {
+    match branch {
+        Some(_) => describe(principal, branch),
+        None => format!("{principal} (no branch proved)"),
+    }
 }
 
 /// Authenticates the `Authorization` header value of a request: a bulkhead token, or an
@@ -104,6 +130,7 @@ pub async fn authenticate(
         return Ok(Caller {
             principal: Principal::Service(verified.service),
             branch: verified.branch,
+            subject: None,
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
@@ -124,5 +151,6 @@ pub async fn authenticate(
     Ok(Caller {
         principal,
         branch: None,
+        subject: None,
     })
 }

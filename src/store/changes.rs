@@ -3,7 +3,8 @@
 use sqlx::{AnyConnection, FromRow};
 
 use super::{now, EnvStore, StoreError, Tx};
-use crate::changes::{Approval, Change, ChangeId, PlanSummary, Status};
+use crate::changes::{Approval, BreakglassGrant, Change, ChangeId, PlanSummary, Status};
+use crate::lock::HeldLock;
 
 #[derive(FromRow)]
 struct ChangeRow {
@@ -43,6 +44,20 @@ pub struct Breakglass {
     pub expires_at: String,
     pub closed_at: Option<String>,
     pub closed_by: Option<String>,
+}
+
+impl Breakglass {
+    /// The grant as listed, with its id in `environment`.
+    pub fn grant(self, environment: &str) -> BreakglassGrant {
+        BreakglassGrant {
+            id: crate::changes::breakglass_id(environment, self.number),
+            environment: environment.to_string(),
+            principal: self.principal,
+            reason: self.reason,
+            opened_at: self.opened_at,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 const CHANGE_COLUMNS: &str = "number, state, title, author, created_at, plan_sha256, summary, \
@@ -255,28 +270,43 @@ impl Tx<'_> {
             .await
     }
 
-    /// Notes the change a held lock was taken for.
-    pub async fn set_lock_change(&mut self, state: &str, number: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE locks SET change_number = $1 WHERE state = $2")
-            .bind(number)
-            .bind(state)
-            .execute(self.conn())
-            .await?;
-        Ok(())
+    /// The lock held for change `number`'s apply, if any.
+    pub async fn lock_for_change(
+        &mut self,
+        number: i64,
+    ) -> Result<Option<(String, HeldLock)>, StoreError> {
+        #[derive(FromRow)]
+        struct Row {
+            state: String,
+            #[sqlx(flatten)]
+            held: HeldLock,
+        }
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT state, lock_id, principal, branch, subject, operation, info, created_at, \
+             change_number FROM locks WHERE change_number = $1",
+        )
+        .bind(number)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.map(|r| (r.state, r.held)))
     }
 
-    /// The newest version written under `lock_id`, if any.
+    /// The newest version written for change `number` under `lock_id`, if any.
     pub async fn version_under_lock(
         &mut self,
         state: &str,
         lock_id: &str,
+        number: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let (v,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(version) FROM versions WHERE state = $1 AND lock_id = $2")
-                .bind(state)
-                .bind(lock_id)
-                .fetch_one(self.conn())
-                .await?;
+        let (v,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(version) FROM versions WHERE state = $1 AND lock_id = $2 \
+             AND change_number = $3",
+        )
+        .bind(state)
+        .bind(lock_id)
+        .bind(number)
+        .fetch_one(self.conn())
+        .await?;
         Ok(v)
     }
 

@@ -125,16 +125,17 @@ pub struct NewVersion<'a> {
     pub content: Option<&'a [u8]>,
 }
 
-/// The lock a state is held under.
-#[derive(Debug, Clone, FromRow)]
-pub struct HeldLock {
-    pub lock_id: String,
-    pub principal: String,
-    pub operation: String,
+pub use crate::lock::HeldLock;
+
+/// A lock about to be taken, and the identity taking it.
+pub struct NewLock<'a> {
+    pub lock_id: &'a str,
+    pub principal: &'a str,
+    pub branch: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub operation: &'a str,
     /// The client's LockInfo, as it sent it.
-    pub info: String,
-    pub created_at: String,
-    /// The change request the lock was taken for (protected environments).
+    pub info: &'a str,
     pub change_number: Option<i64>,
 }
 
@@ -360,7 +361,8 @@ async fn held_lock(
     state: &str,
 ) -> Result<Option<HeldLock>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT lock_id, principal, operation, info, created_at, change_number FROM locks WHERE state = $1",
+        "SELECT lock_id, principal, branch, subject, operation, info, created_at, change_number \
+         FROM locks WHERE state = $1",
     )
     .bind(state)
     .fetch_optional(conn)
@@ -447,24 +449,22 @@ impl Tx<'_> {
         held_lock(self.conn(), state).await
     }
 
-    pub async fn insert_lock(
-        &mut self,
-        state: &str,
-        lock_id: &str,
-        principal: &str,
-        operation: &str,
-        info: &str,
-    ) -> Result<(), StoreError> {
+    /// Takes the lock of `state` for the identity in `lock`, which names the change it is
+    /// taken for, if any.
+    pub async fn insert_lock(&mut self, state: &str, lock: &NewLock<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO locks (state, lock_id, principal, operation, info, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO locks (state, lock_id, principal, branch, subject, operation, info, \
+             created_at, change_number) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(state)
-        .bind(lock_id)
-        .bind(principal)
-        .bind(operation)
-        .bind(info)
+        .bind(lock.lock_id)
+        .bind(lock.principal)
+        .bind(lock.branch)
+        .bind(lock.subject)
+        .bind(lock.operation)
+        .bind(lock.info)
         .bind(now())
+        .bind(lock.change_number)
         .execute(self.conn())
         .await?;
         Ok(())

@@ -1,0 +1,575 @@
+//! Write authority: the one verdict on whether a request may change a state — LOCK, a write
+//! (POST/PUT), UNLOCK, force-unlock, DELETE and rollback.
+//!
+//! Pure. The caller gathers the [`Facts`] (the lock held and the identity that took it, the
+//! change named or the lock was taken for, the caller's break-glass grant) inside the
+//! transaction that carries out the effect, and asks [`decide`] on *every* request: authority is
+//! never inherited from an earlier request, and a lock ID (which readers see) grants nothing.
+//! The server's answer, the audit record's `policy` and `reason`, and `bulkhead policy
+//! explain` all render the [`Verdict`] this returns, so they cannot disagree.
+
+use chrono::{DateTime, Utc};
+
+use crate::changes::{self, BreakglassGrant, Change, ChangeId, Status};
+use crate::config::Environment;
+use crate::identity::{self, Caller};
+use crate::lock::{self, HeldLock, LockInfo};
+use crate::policy::{refusal, Action, Decision, Policy, RequestContext};
+use crate::state;
+
+/// What a request asks to do to a state.
+#[derive(Debug, Clone, Copy)]
+pub enum Ask<'a> {
+    /// LOCK with this LockInfo ID and operation.
+    Lock { id: &'a str, operation: &'a str },
+    /// A write (POST/PUT), under the lock `lock_id` names (`?ID=`) or unlocked
+    /// (`-lock=false`); `past` is the write rule it breaks, if any, which only
+    /// `state:force-write` may push past.
+    Write {
+        lock_id: Option<&'a str>,
+        past: Option<&'a state::Refusal>,
+    },
+    /// UNLOCK with the LockInfo the lock was taken with.
+    Unlock { id: &'a str },
+    /// `terraform force-unlock` (no body) or OpenTofu's (an ID alone).
+    ForceUnlock { id: Option<&'a str> },
+    Delete,
+    /// Write an earlier version again; `past` as for a write (another lineage).
+    Rollback { past: Option<&'a state::Refusal> },
+}
+
+/// Everything a verdict depends on, gathered by the caller.
+pub struct Facts<'a> {
+    pub policy: &'a Policy,
+    pub env: &'a Environment,
+    pub state: &'a str,
+    pub caller: &'a Caller,
+    pub source_ip: Option<std::net::IpAddr>,
+    /// The lock the state is held under now.
+    pub held: Option<&'a HeldLock>,
+    /// Whether the lock ID the request names is a reader's plan lock of the caller on this
+    /// state.
+    pub own_read_lock: bool,
+    /// The caller's open break-glass grant in this environment, if it has one.
+    pub breakglass: Option<&'a BreakglassGrant>,
+    /// `?change=` as sent, and the change it names when that is one of this environment's.
+    pub named: Option<(&'a str, Option<&'a Change>)>,
+    /// The change the held lock was taken for, as it stands now.
+    pub lock_change: Option<&'a Change>,
+    pub now: DateTime<Utc>,
+}
+
+/// What an allowed request does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Take the lock, for this change (protected environments).
+    TakeLock { change: Option<i64> },
+    /// The caller's own lock, asked for again (clients retry): nothing to do.
+    LockRetried,
+    /// A reader's plan lock: granted, blocking nobody; nothing can be written under it.
+    ReadLock,
+    /// Store the content, for this change; `use_up` when the write itself is the apply
+    /// (an unlocked write), not a lock that is used up when released.
+    Write { change: Option<i64>, use_up: bool },
+    /// Release the held lock (a change applied under it is used up).
+    Release,
+    /// Release the caller's plan lock.
+    ReleaseReadLock,
+    /// Nothing was held: nothing to release.
+    NothingHeld,
+    /// Record a deletion, for this change.
+    Delete { change: Option<i64> },
+    /// Write the earlier version again, for this change.
+    Rollback { change: Option<i64> },
+}
+
+/// How a refusal is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403 with the sentence.
+    Forbidden(String),
+    /// 423 with a LockInfo whose ID is the sentence (what terraform shows of a refused lock), or
+    /// that names the holder.
+    Locked(Box<LockInfo>),
+    /// 409: a rule of the state refused it.
+    Conflict(String),
+}
+
+impl Refusal {
+    pub fn sentence(&self) -> &str {
+        match self {
+            Refusal::Forbidden(s) | Refusal::Conflict(s) => s,
+            Refusal::Locked(info) => &info.id,
+        }
+    }
+}
+
+/// The verdict on one request, and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The action decided: a release of another identity's lock is a force-unlock.
+    pub action: Action,
+    pub outcome: Result<Effect, Refusal>,
+    /// The rules that decided, in the audit record's `policy`: policy ids, `lock holder`,
+    /// `break-glass prod-bg2`, the change process.
+    pub decided_by: String,
+    /// What was notable, in the audit record's `reason` (a refusal's sentence goes there too).
+    pub reason: Option<String>,
+    /// The break-glass grant it was allowed under.
+    pub breakglass: Option<String>,
+    /// The change it was named for or acted under.
+    pub change: Option<String>,
+    /// Allowed past a write rule with `state:force-write`.
+    pub forced: bool,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// What lets a write into a protected environment go ahead.
+enum Grant {
+    Change(i64),
+    Breakglass,
+}
+
+/// The verdict on `ask`, from `facts`.
+pub fn decide(ask: Ask<'_>, facts: &Facts<'_>) -> Verdict {
+    let mut judge = Judge {
+        f: facts,
+        v: Verdict {
+            action: action_of(ask),
+            outcome: Ok(Effect::NothingHeld),
+            decided_by: String::new(),
+            reason: None,
+            breakglass: None,
+            change: None,
+            forced: false,
+        },
+    };
+    let outcome = match ask {
+        Ask::Lock { id, operation } => judge.lock(id, operation),
+        Ask::Write { lock_id, past } => judge.write(lock_id, past),
+        Ask::Unlock { id } => judge.unlock(id),
+        Ask::ForceUnlock { id } => judge.force_unlock(id),
+        Ask::Delete => judge.delete(),
+        Ask::Rollback { past } => judge.rollback(past),
+    };
+    let mut v = judge.v;
+    if let Err(refused) = &outcome {
+        v.reason = Some(refused.sentence().to_string());
+    }
+    v.outcome = outcome;
+    v
+}
+
+fn action_of(ask: Ask<'_>) -> Action {
+    match ask {
+        Ask::Lock { .. } => Action::StateLock,
+        Ask::Write { .. } => Action::StateWrite,
+        Ask::Unlock { .. } => Action::StateUnlock,
+        Ask::ForceUnlock { .. } => Action::StateForceUnlock,
+        Ask::Delete => Action::StateDelete,
+        Ask::Rollback { .. } => Action::StateRollback,
+    }
+}
+
+struct Judge<'f, 'a> {
+    f: &'f Facts<'a>,
+    v: Verdict,
+}
+
+type Outcome = Result<Effect, Refusal>;
+
+impl Judge<'_, '_> {
+    fn policy(&self, action: Action, operation: &str) -> Decision {
+        self.f.policy.decide(
+            &self.f.caller.principal,
+            action,
+            &self.f.env.name,
+            &RequestContext {
+                state: self.f.state,
+                operation,
+                source_ip: self.f.source_ip,
+            },
+        )
+    }
+
+    /// The policies' decision on `action`, recorded; an open break-glass grant stands in for
+    /// a writing permission the policies refuse.
+    fn writer(&mut self, action: Action, operation: &str) -> bool {
+        let decision = self.policy(action, operation);
+        self.v.decided_by = decision.explanation();
+        if decision.allowed {
+            return true;
+        }
+        match self.breakglass() {
+            Some(id) => {
+                self.v.decided_by = format!("break-glass {id}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The caller's open break-glass grant, named in the verdict.
+    fn breakglass(&mut self) -> Option<String> {
+        self.f.env.breakglass.as_ref()?;
+        let grant = self.f.breakglass?;
+        self.v.breakglass = Some(grant.id.clone());
+        Some(grant.id.clone())
+    }
+
+    fn sentence(&self, action: Action) -> String {
+        refusal::sentence(&self.f.caller.principal, action, self.f.env)
+    }
+
+    fn missing_step(&self, problem: &str) -> String {
+        refusal::missing_step(&self.f.caller.principal, self.f.env, problem)
+    }
+
+    fn refused_lock(&self, sentence: &str, operation: &str) -> Refusal {
+        Refusal::Locked(Box::new(LockInfo::refusal(sentence, operation)))
+    }
+
+    fn held_by_another(held: &HeldLock) -> Refusal {
+        Refusal::Locked(Box::new(LockInfo::holder(held)))
+    }
+
+    /// Whether the caller holds an open break-glass grant here; names it in the verdict.
+    fn under_breakglass(&mut self) -> bool {
+        let f = self.f;
+        let Some(grant) = f.breakglass.filter(|_| f.env.breakglass.is_some()) else {
+            return false;
+        };
+        self.v.breakglass = Some(grant.id.clone());
+        self.v.reason = Some(format!(
+            "break-glass {} until {}: {}",
+            grant.id, grant.expires_at, grant.reason
+        ));
+        true
+    }
+
+    /// In a protected environment, what lets a new write go ahead now: an open break-glass
+    /// grant, or the approved, unexpired, unused change `?change=` names, from an allowed
+    /// branch. The error names the missing step.
+    fn protected_grant(&mut self) -> Result<Grant, String> {
+        let f = self.f;
+        if self.under_breakglass() {
+            return Ok(Grant::Breakglass);
+        }
+        let Some((text, change)) = f.named else {
+            return Err(changes::no_change_named(&f.env.name));
+        };
+        self.v.change = Some(text.to_string());
+        changes::check_grant(
+            f.env,
+            f.state,
+            text,
+            change,
+            f.caller.branch.as_deref(),
+            f.now,
+        )
+        .map(Grant::Change)
+    }
+
+    /// The grant of a protected environment for a new write, or the refusal naming the step.
+    fn require_grant(&mut self) -> Result<Option<i64>, String> {
+        if !self.f.env.protected() {
+            return Ok(None);
+        }
+        let grant = self.protected_grant()?;
+        let f = self.f;
+        if let Grant::Change(number) = grant {
+            self.v.decided_by.push_str(&format!(
+                "; change {} is approved and unused",
+                ChangeId::new(&f.env.name, number)
+            ));
+            if let Some(branch) = &f.caller.branch {
+                self.v
+                    .decided_by
+                    .push_str(&format!(", from allowed branch {branch}"));
+            }
+            return Ok(Some(number));
+        }
+        Ok(None)
+    }
+
+    fn lock(&mut self, id: &str, operation: &str) -> Outcome {
+        let f = self.f;
+        let writer = self.writer(Action::StateLock, operation);
+        // A plan by a reader, or a plan for a change not yet proposed in a protected
+        // environment: granted, but it blocks nobody and nothing can be written under it.
+        let planning_only = !writer || (f.env.protected() && f.named.is_none());
+        if operation == lock::PLAN && planning_only {
+            let read = self.policy(Action::StateRead, operation);
+            if read.allowed {
+                self.v.decided_by = read.explanation();
+                self.v.breakglass = None;
+                self.v.reason =
+                    Some("read-only plan lock: blocks no writer; writes under it are refused".into());
+                return Ok(Effect::ReadLock);
+            }
+        }
+        if !writer {
+            return Err(self.refused_lock(&self.sentence(Action::StateLock), operation));
+        }
+        let change = match self.require_grant() {
+            Ok(change) => change,
+            Err(problem) => return Err(self.refused_lock(&self.missing_step(&problem), operation)),
+        };
+        match f.held {
+            None => Ok(Effect::TakeLock { change }),
+            Some(held) if held.lock_id == id && held.taken_by(f.caller) => {
+                self.v.reason = Some("lock already held by the caller under this ID".into());
+                Ok(Effect::LockRetried)
+            }
+            Some(held) => Err(Self::held_by_another(held)),
+        }
+    }
+
+    fn write(&mut self, lock_id: Option<&str>, past: Option<&state::Refusal>) -> Outcome {
+        let f = self.f;
+        let under = f.held.filter(|h| lock_id == Some(h.lock_id.as_str()));
+        let operation = under.map_or("", |h| h.operation.as_str());
+        if !self.writer(Action::StateWrite, operation) {
+            return Err(Refusal::Forbidden(self.sentence(Action::StateWrite)));
+        }
+        let effect = match (f.held, lock_id) {
+            (Some(held), Some(_)) if under.is_some() => {
+                if held.principal != f.caller.principal.to_string() {
+                    return Err(Self::held_by_another(held));
+                }
+                if !held.taken_by(f.caller) {
+                    return Err(Refusal::Forbidden(format!(
+                        "{} may not write under lock {}: it was taken by {}, and a write under a lock must come from the very identity that took it (same branch, same OIDC subject); take a lock of your own",
+                        identity::describe_proved(&f.caller.principal.to_string(), f.caller.branch.as_deref()),
+                        held.lock_id,
+                        identity::describe_proved(&held.principal, held.branch.as_deref()),
+                    )));
+                }
+                self.v.decided_by = format!("lock holder; {}", self.v.decided_by);
+                let change = self.authority_under(held)?;
+                Effect::Write {
+                    change,
+                    use_up: false,
+                }
+            }
+            (Some(held), _) => return Err(Self::held_by_another(held)),
+            (None, Some(id)) => {
+                return Err(Refusal::Conflict(if f.own_read_lock {
+                    format!("lock {id} is a read-only plan lock: nothing can be written under it")
+                } else {
+                    format!("lock {id} is not held (released or force-unlocked meanwhile): nothing was written; run terraform again")
+                }))
+            }
+            // terraform -lock=false: the write carries its own grant, used up at once.
+            (None, None) => match self.require_grant() {
+                Ok(change) => Effect::Write {
+                    change,
+                    use_up: change.is_some(),
+                },
+                Err(problem) => return Err(Refusal::Forbidden(self.missing_step(&problem))),
+            },
+        };
+        self.force(past, operation)?;
+        Ok(effect)
+    }
+
+    /// In a protected environment, what still lets the holder of `held` write under it: an
+    /// open break-glass grant, or the change the lock was taken for while that change is open
+    /// and within its apply window. Returns the change.
+    fn authority_under(&mut self, held: &HeldLock) -> Result<Option<i64>, Refusal> {
+        let f = self.f;
+        if !f.env.protected() {
+            return Ok(None);
+        }
+        let Some(number) = held.change_number else {
+            if self.under_breakglass() {
+                return Ok(None);
+            }
+            return Err(Refusal::Forbidden(self.missing_step(&format!(
+                "lock {} was taken under a break-glass grant that has ended: release it, and apply through a change request",
+                held.lock_id
+            ))));
+        };
+        let id = ChangeId::new(&f.env.name, number);
+        self.v.change = Some(id.to_string());
+        let problem = match f.lock_change.map(|c| c.status) {
+            Some(Status::Open) => match apply_window_end(f.env, held) {
+                Some(end) if f.now > end => Some(format!(
+                    "the apply window of change {id} ended at {} ({} after lock {} was taken): release the lock and apply again under a fresh approval",
+                    end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    window_text(f.env),
+                    held.lock_id
+                )),
+                _ => None,
+            },
+            Some(status) => Some(format!(
+                "change {id} was {} while its apply held lock {}: nothing more may be written under it; release the lock and create a new change",
+                status.as_str(),
+                held.lock_id
+            )),
+            None => Some(format!("there is no change {id}")),
+        };
+        match problem {
+            None => {
+                self.v
+                    .decided_by
+                    .push_str(&format!("; change {id} open, within its apply window"));
+                Ok(Some(number))
+            }
+            // Versions written under the grant carry no change the change does not cover.
+            Some(_) if self.under_breakglass() => Ok(None),
+            Some(problem) => Err(Refusal::Forbidden(self.missing_step(&problem))),
+        }
+    }
+
+    /// Pushing past a write rule needs `state:force-write` and a rule that may be pushed past.
+    fn force(&mut self, past: Option<&state::Refusal>, operation: &str) -> Result<(), Refusal> {
+        let Some(refused) = past else { return Ok(()) };
+        let force = self.policy(Action::StateForceWrite, operation);
+        if !(refused.forceable() && force.allowed) {
+            return Err(Refusal::Conflict(format!(
+                "{refused}; forcing it needs state:force-write in {}",
+                self.f.env.name
+            )));
+        }
+        self.v.decided_by = format!("{}; {}", self.v.decided_by, force.explanation());
+        self.v.reason = Some(format!("forced past: {refused}"));
+        self.v.forced = true;
+        Ok(())
+    }
+
+    fn unlock(&mut self, id: &str) -> Outcome {
+        let f = self.f;
+        match f.held {
+            Some(held) if held.lock_id == id => {
+                if held.taken_by(f.caller) {
+                    // The holder releases its own lock while it still may write here.
+                    if !self.writer(Action::StateUnlock, &held.operation) {
+                        return Err(Refusal::Forbidden(format!(
+                            "{} no longer may write {}: ask {} to force-unlock lock {}",
+                            f.caller.describe(),
+                            f.env.name,
+                            force_unlockers(f.env),
+                            held.lock_id
+                        )));
+                    }
+                    self.v.decided_by = format!("lock holder; {}", self.v.decided_by);
+                    return Ok(Effect::Release);
+                }
+                // Another identity presenting the lock's ID: that is a force-unlock.
+                self.v.action = Action::StateForceUnlock;
+                let decision = self.policy(Action::StateForceUnlock, &held.operation);
+                self.v.decided_by = decision.explanation();
+                if !decision.allowed {
+                    return Err(Refusal::Forbidden(format!(
+                        "lock {} was taken by {}, not {}: releasing it is a force-unlock; {}",
+                        held.lock_id,
+                        held.holder(),
+                        f.caller.describe(),
+                        self.sentence(Action::StateForceUnlock)
+                    )));
+                }
+                self.v.reason = Some(format!("released the lock of {}", held.holder()));
+                Ok(Effect::Release)
+            }
+            _ if f.own_read_lock => {
+                self.v.decided_by = "plan lock holder".into();
+                self.v.reason = Some("released a read-only plan lock".into());
+                Ok(Effect::ReleaseReadLock)
+            }
+            Some(held) => Err(Self::held_by_another(held)),
+            None => {
+                self.v.decided_by = "nothing held".into();
+                self.v.reason = Some("no lock was held under this ID".into());
+                Ok(Effect::NothingHeld)
+            }
+        }
+    }
+
+    fn force_unlock(&mut self, id: Option<&str>) -> Outcome {
+        let decision = self.policy(Action::StateForceUnlock, "");
+        self.v.decided_by = decision.explanation();
+        if !decision.allowed {
+            return Err(Refusal::Forbidden(self.sentence(Action::StateForceUnlock)));
+        }
+        match self.f.held {
+            Some(held) => {
+                if let Some(id) = id.filter(|id| !lock::names(held, id)) {
+                    return Err(Refusal::Conflict(format!(
+                        "lock {id} is not the lock held: {}",
+                        LockInfo::holder(held).id
+                    )));
+                }
+                self.v.reason = Some(format!("force-unlocked the lock of {}", held.holder()));
+                Ok(Effect::Release)
+            }
+            None => {
+                self.v.reason = Some("no lock was held".into());
+                Ok(Effect::NothingHeld)
+            }
+        }
+    }
+
+    fn delete(&mut self) -> Outcome {
+        let decision = self.policy(Action::StateDelete, "");
+        self.v.decided_by = decision.explanation();
+        if !decision.allowed {
+            return Err(Refusal::Forbidden(self.sentence(Action::StateDelete)));
+        }
+        if let Some(held) = self.f.held {
+            return Err(Self::held_by_another(held));
+        }
+        match self.require_grant() {
+            Ok(change) => Ok(Effect::Delete { change }),
+            Err(problem) => Err(Refusal::Forbidden(self.missing_step(&problem))),
+        }
+    }
+
+    fn rollback(&mut self, past: Option<&state::Refusal>) -> Outcome {
+        if !self.writer(Action::StateRollback, "rollback") {
+            return Err(Refusal::Forbidden(self.sentence(Action::StateRollback)));
+        }
+        if let Some(held) = self.f.held {
+            return Err(Self::held_by_another(held));
+        }
+        let change = match self.require_grant() {
+            Ok(change) => change,
+            Err(problem) => return Err(Refusal::Forbidden(self.missing_step(&problem))),
+        };
+        self.force(past, "rollback")?;
+        Ok(Effect::Rollback { change })
+    }
+}
+
+/// When the writes of a change's apply under `held` must end.
+pub fn apply_window_end(env: &Environment, held: &HeldLock) -> Option<DateTime<Utc>> {
+    let window = env.approval.as_ref()?.apply_window;
+    let taken = DateTime::parse_from_rfc3339(&held.created_at).ok()?;
+    Some(taken.with_timezone(&Utc) + chrono::Duration::from_std(window).ok()?)
+}
+
+fn window_text(env: &Environment) -> String {
+    let secs = env.approval.as_ref().map_or(0, |a| a.apply_window.as_secs());
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (h, 0, 0) if h > 0 => format!("{h}h"),
+        (0, m, 0) if m > 0 => format!("{m}m"),
+        _ => format!("{secs}s"),
+    }
+}
+
+fn force_unlockers(env: &Environment) -> String {
+    if env.force_unlock.is_empty() {
+        env.owner.to_string()
+    } else {
+        env.force_unlock
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
