@@ -67,7 +67,9 @@ impl Document {
         let clear: Clear = serde_json::from_slice(bytes)
             .map_err(|e| Refusal::Invalid(format!("the state is not a JSON object: {e}")))?;
         let serial = match clear.serial {
-            Some(serde_json::Value::Number(n)) => n.as_i64().filter(|s| (0..=MAX_SERIAL).contains(s)),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_i64().filter(|s| (0..=MAX_SERIAL).contains(s))
+            }
             _ => None,
         }
         .ok_or_else(|| {

@@ -21,7 +21,10 @@ use crate::state;
 #[derive(Debug, Clone, Copy)]
 pub enum Ask<'a> {
     /// LOCK with this LockInfo ID and operation.
-    Lock { id: &'a str, operation: &'a str },
+    Lock {
+        id: &'a str,
+        operation: &'a str,
+    },
     /// A write (POST/PUT), under the lock `lock_id` names (`?ID=`) or unlocked
     /// (`-lock=false`); `past` is the write rule it breaks, if any, which only
     /// `state:force-write` may push past.
@@ -30,12 +33,18 @@ pub enum Ask<'a> {
         past: Option<&'a state::Refusal>,
     },
     /// UNLOCK with the LockInfo the lock was taken with.
-    Unlock { id: &'a str },
+    Unlock {
+        id: &'a str,
+    },
     /// `terraform force-unlock` (no body) or OpenTofu's (an ID alone).
-    ForceUnlock { id: Option<&'a str> },
+    ForceUnlock {
+        id: Option<&'a str>,
+    },
     Delete,
     /// Write an earlier version again; `past` as for a write (another lineage).
-    Rollback { past: Option<&'a state::Refusal> },
+    Rollback {
+        past: Option<&'a state::Refusal>,
+    },
 }
 
 /// Everything a verdict depends on, gathered by the caller.
@@ -308,8 +317,9 @@ impl Judge<'_, '_> {
             if read.allowed {
                 self.v.decided_by = read.explanation();
                 self.v.breakglass = None;
-                self.v.reason =
-                    Some("read-only plan lock: blocks no writer; writes under it are refused".into());
+                self.v.reason = Some(
+                    "read-only plan lock: blocks no writer; writes under it are refused".into(),
+                );
                 return Ok(Effect::ReadLock);
             }
         }
@@ -343,12 +353,15 @@ impl Judge<'_, '_> {
                     return Err(Self::held_by_another(held));
                 }
                 if !held.taken_by(f.caller) {
-                    return Err(Refusal::Forbidden(format!(
-                        "{} may not write under lock {}: it was taken by {}, and a write under a lock must come from the very identity that took it (same branch, same OIDC subject); take a lock of your own",
-                        identity::describe_proved(&f.caller.principal.to_string(), f.caller.branch.as_deref()),
+                    return Err(Refusal::Forbidden(self.missing_step(&format!(
+                        "lock {} was taken by {}, and these credentials are {}: a write under a lock must come from the very identity that took it (same branch, same OIDC subject); take a lock of your own",
                         held.lock_id,
                         identity::describe_proved(&held.principal, held.branch.as_deref()),
-                    )));
+                        identity::describe_proved(
+                            &f.caller.principal.to_string(),
+                            f.caller.branch.as_deref()
+                        ),
+                    ))));
                 }
                 self.v.decided_by = format!("lock holder; {}", self.v.decided_by);
                 let change = self.authority_under(held)?;
@@ -554,7 +567,10 @@ pub fn apply_window_end(env: &Environment, held: &HeldLock) -> Option<DateTime<U
 }
 
 fn window_text(env: &Environment) -> String {
-    let secs = env.approval.as_ref().map_or(0, |a| a.apply_window.as_secs());
+    let secs = env
+        .approval
+        .as_ref()
+        .map_or(0, |a| a.apply_window.as_secs());
     match (secs / 3600, secs % 3600 / 60, secs % 60) {
         (h, 0, 0) if h > 0 => format!("{h}h"),
         (0, m, 0) if m > 0 => format!("{m}m"),

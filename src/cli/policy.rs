@@ -231,9 +231,15 @@ impl PolicyCommand {
         let needs_change = env.protected()
             && matches!(
                 action,
-                Action::StateWrite | Action::StateLock | Action::StateRollback | Action::StateDelete
+                Action::StateWrite
+                    | Action::StateLock
+                    | Action::StateRollback
+                    | Action::StateDelete
             )
-            && !matches!(verdict.as_ref().map(|v| &v.outcome), Some(Ok(Effect::ReadLock)));
+            && !matches!(
+                verdict.as_ref().map(|v| &v.outcome),
+                Some(Ok(Effect::ReadLock))
+            );
         let asked = Asked {
             principal: &principal,
             action,

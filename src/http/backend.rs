@@ -232,7 +232,12 @@ impl Call<'_> {
     /// Gathers the facts in a transaction of its own and judges `ask`, before a body is read:
     /// a refused writer's body is never read. The verdict that counts is taken again, with
     /// the body, in the transaction that writes.
-    async fn judge_early(&self, record: &mut Record, ask: Ask<'_>, lock_id: Option<&str>) -> Result<(), ApiError> {
+    async fn judge_early(
+        &self,
+        record: &mut Record,
+        ask: Ask<'_>,
+        lock_id: Option<&str>,
+    ) -> Result<(), ApiError> {
         let mut tx = self.store.begin().await?;
         let gathered = self.gather(&mut tx, lock_id).await?;
         drop(tx);
@@ -385,7 +390,9 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
 
 /// An effect the verdict does not give for the request asked: a fault of the server.
 fn unexpected(effect: Effect) -> ApiError {
-    ApiError::Internal(format!("the verdict gave an effect of another request: {effect:?}"))
+    ApiError::Internal(format!(
+        "the verdict gave an effect of another request: {effect:?}"
+    ))
 }
 
 /// Releases `held`; a change it was taken for, still open, is used up when something was
@@ -451,8 +458,15 @@ async fn post(
     let state = call.name.as_str();
     record.lock_id = lock_id.clone();
     let lock_id = lock_id.as_deref();
-    call.judge_early(record, Ask::Write { lock_id, past: None }, lock_id)
-        .await?;
+    call.judge_early(
+        record,
+        Ask::Write {
+            lock_id,
+            past: None,
+        },
+        lock_id,
+    )
+    .await?;
     let bytes = read_body(headers, body, call.env.max_state_size).await?;
     let doc = Document::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
@@ -465,7 +479,9 @@ async fn post(
         past: checked.as_ref().err(),
     };
     let Effect::Write { change, use_up } = call.judge(record, &gathered, ask)? else {
-        return Err(ApiError::Internal("the verdict on a write gave another effect".into()));
+        return Err(ApiError::Internal(
+            "the verdict on a write gave another effect".into(),
+        ));
     };
     if let Ok(Write::Unchanged) = checked {
         record.version = current.map(|c| c.version);
@@ -506,7 +522,9 @@ async fn delete(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError>
     let mut tx = call.store.begin().await?;
     let gathered = call.gather(&mut tx, None).await?;
     let Effect::Delete { change } = call.judge(record, &gathered, Ask::Delete)? else {
-        return Err(ApiError::Internal("the verdict on a delete gave another effect".into()));
+        return Err(ApiError::Internal(
+            "the verdict on a delete gave another effect".into(),
+        ));
     };
     match tx.latest_version(state).await? {
         Some(current) if !current.deleted => {

@@ -18,8 +18,8 @@ use crate::changes::{self, ChangeId};
 use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
 use crate::policy::{Action, RequestContext};
 use crate::state::{self, Document, StateName};
-use crate::verdict::{Ask, Effect};
 use crate::store::environment::{NewVersion, VersionMeta};
+use crate::verdict::{Ask, Effect};
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryParams {
@@ -165,17 +165,27 @@ async fn rollback(call: &Call<'_>, record: &mut Record, to: i64) -> Result<Reply
     let gathered = call.gather(&mut tx, None).await?;
     let current = tx.latest_version(state).await?.filter(|c| !c.deleted);
     // Rolling back across lineages replaces one state by another: a forced write.
-    let past = match (current.as_ref().and_then(|c| c.lineage.clone()), &target.lineage) {
+    let past = match (
+        current.as_ref().and_then(|c| c.lineage.clone()),
+        &target.lineage,
+    ) {
         (Some(current), Some(sent)) if current != *sent => Some(state::Refusal::Lineage {
             current,
             sent: sent.clone(),
         }),
         _ => None,
     };
-    let Effect::Rollback { change } =
-        call.judge(record, &gathered, Ask::Rollback { past: past.as_ref() })?
+    let Effect::Rollback { change } = call.judge(
+        record,
+        &gathered,
+        Ask::Rollback {
+            past: past.as_ref(),
+        },
+    )?
     else {
-        return Err(ApiError::Internal("the verdict on a rollback gave another effect".into()));
+        return Err(ApiError::Internal(
+            "the verdict on a rollback gave another effect".into(),
+        ));
     };
     let serial = match current.as_ref().and_then(|c| c.serial) {
         Some(serial) => serial.checked_add(1).filter(|s| *s <= state::MAX_SERIAL).ok_or_else(|| {

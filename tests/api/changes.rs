@@ -185,7 +185,7 @@ impl Protected {
 }
 
 /// The ID of a refused LOCK: the sentence terraform shows.
-async fn refusal(resp: reqwest::Response) -> String {
+pub async fn refusal(resp: reqwest::Response) -> String {
     assert_status(&resp, StatusCode::LOCKED);
     let info: serde_json::Value = resp.json().await.unwrap();
     info["ID"].as_str().unwrap().to_string()
