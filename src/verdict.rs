@@ -589,3 +589,143 @@ fn force_unlockers(env: &Environment) -> String {
             .join(" or ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::identity::Principal;
+
+    const CONFIG: &str = r#"
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice"] }
+service "ci-prod" {}
+environment "prod" {
+  owner = "team:platform"
+  read  = ["team:app", "team:platform"]
+  write = ["service:ci-prod"]
+  approval { required = 1 }
+}
+"#;
+
+    fn ci(branch: &str) -> Caller {
+        Caller {
+            principal: Principal::Service("ci-prod".into()),
+            branch: Some(branch.into()),
+            subject: Some(format!("repo:acme/infra:ref:refs/heads/{branch}")),
+        }
+    }
+
+    fn held_by(caller: &Caller, taken: DateTime<Utc>) -> HeldLock {
+        HeldLock {
+            lock_id: "L".into(),
+            principal: caller.principal.to_string(),
+            branch: caller.branch.clone(),
+            subject: caller.subject.clone(),
+            operation: "OperationTypeApply".into(),
+            info: String::new(),
+            created_at: taken.to_rfc3339(),
+            change_number: Some(1),
+        }
+    }
+
+    fn change(status: Status) -> Change {
+        Change {
+            id: "prod-1".into(),
+            environment: "prod".into(),
+            state: "network".into(),
+            title: String::new(),
+            author: "user:alice".into(),
+            created_at: String::new(),
+            plan_sha256: String::new(),
+            summary: Default::default(),
+            branch: None,
+            commit: None,
+            status,
+            approvals: Vec::new(),
+            required: 1,
+            readiness: String::new(),
+            closed_at: None,
+            closed_by: None,
+            reason: None,
+            applied_version: None,
+        }
+    }
+
+    /// The verdict on a write under lock L, held by `holder` since `taken`, for `caller`.
+    fn write_under_lock(
+        caller: &Caller,
+        holder: &Caller,
+        status: Status,
+        taken: DateTime<Utc>,
+    ) -> Verdict {
+        let config = Config::parse(std::path::Path::new("b.hcl"), CONFIG).unwrap();
+        let policy = Policy::compile(&config).unwrap();
+        let held = held_by(holder, taken);
+        let change = change(status);
+        let facts = Facts {
+            policy: &policy,
+            env: config.environment("prod").unwrap(),
+            state: "network",
+            caller,
+            source_ip: None,
+            held: Some(&held),
+            own_read_lock: false,
+            breakglass: None,
+            named: None,
+            lock_change: Some(&change),
+            now: Utc::now(),
+        };
+        decide(
+            Ask::Write {
+                lock_id: Some("L"),
+                past: None,
+            },
+            &facts,
+        )
+    }
+
+    #[test]
+    fn a_write_under_a_lock_needs_the_identity_that_took_it() {
+        let now = Utc::now();
+        let main = ci("main");
+        let allowed = write_under_lock(&main, &main, Status::Open, now);
+        assert_eq!(
+            allowed.outcome,
+            Ok(Effect::Write {
+                change: Some(1),
+                use_up: false
+            })
+        );
+        assert!(allowed
+            .decided_by
+            .starts_with("lock holder; prod.write.service:ci-prod"));
+        let refused = write_under_lock(&ci("feature-x"), &main, Status::Open, now);
+        let sentence = refused.outcome.unwrap_err();
+        assert!(sentence
+            .sentence()
+            .contains("lock L was taken by service:ci-prod (branch main)"));
+        let static_token = Caller {
+            branch: None,
+            subject: None,
+            ..main.clone()
+        };
+        assert!(!write_under_lock(&static_token, &main, Status::Open, now).allowed());
+    }
+
+    #[test]
+    fn a_closed_change_or_an_old_lock_ends_the_grant() {
+        let main = ci("main");
+        for status in [Status::Rejected, Status::Cancelled, Status::Applied] {
+            let v = write_under_lock(&main, &main, status, Utc::now());
+            assert!(!v.allowed(), "{status:?}");
+            assert!(v.reason.unwrap().contains(status.as_str()));
+        }
+        let old = Utc::now() - chrono::Duration::hours(2);
+        let v = write_under_lock(&main, &main, Status::Open, old);
+        assert!(v
+            .reason
+            .unwrap()
+            .contains("the apply window of change prod-1 ended"));
+    }
+}
