@@ -7,6 +7,16 @@ use reqwest::StatusCode;
 use crate::changes::{refusal, spawn_protected, Protected};
 use crate::helpers::*;
 
+/// An apply under way: `network`'s approved change, locked as `lock_id` by the main branch's
+/// pipeline. Returns the change, the pipeline's token and the backend path naming the change.
+async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, String) {
+    let change = p.approved("network").await;
+    let main = p.issuer.token("main", |_| {});
+    let path = format!("prod/network?change={change}");
+    assert_status(&p.ci_lock(&path, &main, lock_id).await, StatusCode::OK);
+    (change, main, path)
+}
+
 /// What an attack could have changed: the state's versions, its lock, and the changes.
 async fn snapshot(p: &Protected, state: &str) -> (Vec<String>, Option<String>, String) {
     let versions =
@@ -32,11 +42,8 @@ async fn snapshot(p: &Protected, state: &str) -> (Vec<String>, Option<String>, S
 #[tokio::test]
 async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() {
     let p = spawn_protected("24h").await;
-    let change = p.approved("network").await;
-    let main = p.issuer.token("main", |_| {});
+    let (change, main, path) = apply_under_way(&p, "MAIN").await;
     let feature = p.issuer.token("feature-x", |_| {});
-    let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, "MAIN").await, StatusCode::OK);
     let before = snapshot(&p, "network").await;
 
     // The feature branch's token of the same service, and its static token, present the lock
@@ -149,10 +156,7 @@ async fn delete_in_a_protected_environment_needs_a_change() {
 #[tokio::test]
 async fn a_change_rejected_during_its_apply_ends_the_grant() {
     let p = spawn_protected("24h").await;
-    let change = p.approved("network").await;
-    let main = p.issuer.token("main", |_| {});
-    let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, "L").await, StatusCode::OK);
+    let (change, main, path) = apply_under_way(&p, "L").await;
     p.client("pat")
         .decide(&change, "reject", Some("wrong window"))
         .await
@@ -187,10 +191,7 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
 #[tokio::test]
 async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     let p = spawn_protected("24h").await;
-    let change = p.approved("network").await;
-    let main = p.issuer.token("main", |_| {});
-    let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, "L").await, StatusCode::OK);
+    let (change, main, path) = apply_under_way(&p, "L").await;
     let post = p
         .ci(
             "POST",
@@ -226,11 +227,8 @@ async fn a_change_whose_apply_has_written_cannot_be_rejected() {
 #[tokio::test]
 async fn a_changes_lock_authorizes_writes_for_its_apply_window_only() {
     let p = spawn_protected("24h").await;
-    let change = p.approved("network").await;
-    let main = p.issuer.token("main", |_| {});
-    let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, "L").await, StatusCode::OK);
-    // The lock was taken two hours ago, past the default window of one hour.
+    let (change, main, path) = apply_under_way(&p, "L").await;
+    // The lock was taken long ago, past the default window of one hour.
     exec_sql(
         p.t.dir.path(),
         "prod",
@@ -248,7 +246,7 @@ async fn a_changes_lock_authorizes_writes_for_its_apply_window_only() {
         .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
-    assert!(text.contains("the apply window of change prod-1 ended at 2020-01-01T01:00:00Z (1h after lock L was taken)"), "{text}");
+    assert!(text.contains(&format!("the apply window of change {change} ended at 2020-01-01T01:00:00Z (1h after lock L was taken)")), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
 }
 
