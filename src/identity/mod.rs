@@ -88,6 +88,9 @@ pub struct Caller {
     pub principal: Principal,
     /// The branch a pipeline runs on, from a verified OIDC token only.
     pub branch: Option<String>,
+    /// The verified `sub` of an OIDC token (the CI provider's name for the workflow run's
+    /// identity); `None` for a bulkhead token.
+    pub subject: Option<String>,
 }
 
 /// Authenticates the `Authorization` header value of a request: a bulkhead token, or an
@@ -100,10 +103,13 @@ pub async fn authenticate(
 ) -> Result<Caller, AuthError> {
     let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
     if creds.secret.split('.').count() == 3 && !creds.secret.starts_with("bh_") {
-        let verified = oidc.verify(creds.username.as_deref(), &creds.secret)?;
+        let verified = oidc
+            .verify(creds.username.as_deref(), &creds.secret)
+            .await?;
         return Ok(Caller {
             principal: Principal::Service(verified.service),
             branch: verified.branch,
+            subject: verified.subject,
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
@@ -124,5 +130,6 @@ pub async fn authenticate(
     Ok(Caller {
         principal,
         branch: None,
+        subject: None,
     })
 }
