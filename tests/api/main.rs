@@ -6,5 +6,6 @@ mod cli;
 mod helpers;
 mod history;
 mod instances;
+mod oidc;
 mod protocol;
 mod terraform;

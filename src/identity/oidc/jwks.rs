@@ -255,7 +255,8 @@ impl Remote {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| chain(&e))?;
+            // The URL is in the sentence already.
+            .map_err(|e| chain(&e.without_url()))?;
         if !response.status().is_success() {
             return Err(format!("the server answered {}", response.status()));
         }
@@ -267,7 +268,11 @@ impl Remote {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| chain(&e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| chain(&e.without_url()))?
+        {
             if body.len() + chunk.len() > MAX_SIZE {
                 return Err(too_large());
             }

@@ -65,7 +65,7 @@ pub enum OidcError {
 }
 
 /// How far one service got with a token; the furthest is the reason the caller reads.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Keys,
     Signature,
@@ -77,6 +77,10 @@ struct Failure {
     stage: Stage,
     why: String,
 }
+
+/// How relevant a service's refusal is: first whether the token (read unverified) carries
+/// the claims the service requires, so was likely meant for it; then how far it got.
+type Relevance = (bool, Stage);
 
 impl Failure {
     fn at(stage: Stage, why: String) -> Failure {
@@ -176,27 +180,36 @@ impl OidcVerifier {
         }
         // The issuer is read unverified only to choose whose keys to try; each service's
         // verification checks it again.
-        let issuer = unverified_issuer(jwt).ok_or_else(|| {
-            refuse("the token names no issuer (iss): it cannot be from a CI provider".into())
-        })?;
-        let mut best: Option<Failure> = None;
+        let unverified = unverified_claims(jwt);
+        let issuer = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                refuse("the token names no issuer (iss): it cannot be from a CI provider".into())
+            })?;
+        let mut best: Option<(Relevance, Failure)> = None;
         for t in named.iter().filter(|t| t.config.issuer == issuer) {
             match self.verify_for(t, &header, jwt).await {
                 Ok(verified) => return Ok(verified),
                 Err(failure) => {
-                    if best.as_ref().is_none_or(|b| failure.stage > b.stage) {
-                        best = Some(failure);
+                    let meant =
+                        t.config.claims.iter().all(|(name, want)| {
+                            claim_text(&unverified, name).as_ref() == Some(want)
+                        });
+                    let relevance = (meant, failure.stage);
+                    if best.as_ref().is_none_or(|(b, _)| relevance > *b) {
+                        best = Some((relevance, failure));
                     }
                 }
             }
         }
         Err(refuse(match best {
-            Some(failure) => failure.why,
+            Some((_, failure)) => failure.why,
             None => {
                 let services: Vec<&str> = named.iter().map(|t| t.service.as_str()).collect();
                 format!(
                     "issuer {} is not trusted by service {}",
-                    shown(&issuer),
+                    shown(issuer),
                     services.join(", ")
                 )
             }
@@ -295,12 +308,7 @@ fn accept(t: &Trusted, claims: &serde_json::Value) -> Result<Verified, Failure> 
     let now = jsonwebtoken::get_current_timestamp();
     times(claims, now).map_err(|why| Failure::at(Stage::Token, why))?;
     for (name, want) in &t.config.claims {
-        let got = match claims.get(name) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        match got {
+        match claim_text(claims, name) {
             Some(got) if got == *want => {}
             Some(got) => {
                 return Err(Failure::at(
@@ -333,6 +341,15 @@ fn accept(t: &Trusted, claims: &serde_json::Value) -> Result<Verified, Failure> 
     })
 }
 
+/// A claim as the config's text compares it: a string, or a number's decimal digits.
+fn claim_text(claims: &serde_json::Value, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// `nbf` and `iat`, when present, must be numbers no later than `now` (plus [`LEEWAY`]).
 fn times(claims: &serde_json::Value, now: u64) -> Result<(), String> {
     let seconds = |name: &str| match claims.get(name) {
@@ -362,14 +379,16 @@ fn times(claims: &serde_json::Value, now: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The `iss` of a token's payload, unverified.
-fn unverified_issuer(jwt: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+/// A token's payload, unverified (`null` when it is not JSON).
+fn unverified_claims(jwt: &str) -> serde_json::Value {
+    let Some(payload) = jwt.split('.').nth(1) else {
+        return serde_json::Value::Null;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_string)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// Text from a token, quoted with control characters escaped and cut to a readable length.
@@ -563,6 +582,14 @@ mod tests {
         assert_eq!(
             why,
             "claim repository is \"evil/infra\", but ci-a requires \"acme/infra\""
+        );
+        // A refusal by the service the token's claims point to beats one by a service it
+        // was not meant for, however far that one got.
+        let forged = sign(&pem, Some("k1"), |c| c["repository"] = "acme/web".into());
+        let why = refusal(v.verify(None, &forged).await);
+        assert_eq!(
+            why,
+            "the signature does not verify against service ci-c's keys"
         );
         let elsewhere = sign(&pem, Some("k1"), |c| {
             c["iss"] = "https://evil.example".into()
