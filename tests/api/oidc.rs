@@ -539,3 +539,29 @@ async fn a_jwks_url_whose_certificate_is_not_trusted_is_never_read() {
     assert_eq!(jwks_server.hits(), 0, "no request got past TLS");
     assert!(t.versions("prod", "network").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_jwks_ca_file_without_certificates_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::new(Some("k1"));
+    let app_keys = jwks_file(dir.path(), "app.json", &[&key]);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let lines = format!(
+        "jwks_url = \"https://127.0.0.1:9/jwks\"\n    jwks_ca_file = \"{}\"",
+        ca.display()
+    );
+    let path = dir.path().join("bulkhead.hcl");
+    std::fs::write(&path, with_test_storage(&config(&app_keys, &lines))).unwrap();
+    let config = bulkhead::config::Config::load(&path).unwrap();
+    let Err(e) = bulkhead::http::App::open(config).await else {
+        panic!("the server opened with an unusable jwks_ca_file");
+    };
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "service \"ci-prod\": cannot use jwks_ca_file {}: it holds no PEM certificate",
+            ca.display()
+        )
+    );
+}

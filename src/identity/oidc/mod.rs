@@ -62,6 +62,12 @@ pub enum OidcError {
         path: String,
         problem: String,
     },
+    #[error("service \"{service}\": cannot set up fetching {url}: {problem}")]
+    Client {
+        service: String,
+        url: String,
+        problem: String,
+    },
 }
 
 /// How far one service got with a token; the furthest is the reason the caller reads.
@@ -114,15 +120,21 @@ impl OidcVerifier {
                             problem: e.to_string(),
                         })?),
                     };
-                    let remote = Remote::new(name, url, pem.as_deref()).map_err(|problem| {
-                        OidcError::CaFile {
-                            service: name.clone(),
-                            path: ca_file
-                                .as_ref()
-                                .map_or_else(String::new, |p| p.display().to_string()),
-                            problem,
-                        }
-                    })?;
+                    let remote =
+                        Remote::new(name, url, pem.as_deref()).map_err(
+                            |problem| match ca_file {
+                                Some(path) => OidcError::CaFile {
+                                    service: name.clone(),
+                                    path: path.display().to_string(),
+                                    problem,
+                                },
+                                None => OidcError::Client {
+                                    service: name.clone(),
+                                    url: url.clone(),
+                                    problem,
+                                },
+                            },
+                        )?;
                     Keys::Url(remote)
                 }
             };
@@ -152,7 +164,8 @@ impl OidcVerifier {
     /// Verifies `jwt`, presented by `username` (a service name) when given. Every service
     /// that trusts the token's issuer is tried in turn (in name order); the first that
     /// accepts it is the caller. When none does, the refusal names the reason of the service
-    /// that came closest to accepting it.
+    /// whose required claims the token carries, or else of the one that came closest to
+    /// accepting it.
     pub async fn verify(&self, username: Option<&str>, jwt: &str) -> Result<Verified, AuthError> {
         let refuse = |why: String| AuthError::Jwt(why);
         let header = jsonwebtoken::decode_header(jwt).map_err(|e| {
