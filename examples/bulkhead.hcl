@@ -27,8 +27,8 @@ service "ci-staging" {}
 #   oidc {
 #     issuer    = "https://token.actions.githubusercontent.com"
 #     audience  = "bulkhead"
-#     jwks_file = "github-jwks.json"          # the provider's published keys
-#     claims    = { repository = "acme/infra" }
+#     jwks_url  = "https://token.actions.githubusercontent.com/.well-known/jwks"
+#     claims    = { repository = "acme/infra" }   # required: binds the repository
 #   }
 service "ci-prod" {}
 

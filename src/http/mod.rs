@@ -57,7 +57,7 @@ impl App {
     /// Compiles the policies and opens every database.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
         let policy = Policy::compile(&config)?;
-        let oidc = OidcVerifier::load(&config)?;
+        let oidc = OidcVerifier::load(&config).await?;
         let stores = Stores::open(&config).await?;
         Ok(Arc::new(App {
             config,

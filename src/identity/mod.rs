@@ -126,11 +126,13 @@ pub async fn authenticate(
 ) -> Result<Caller, AuthError> {
     let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
     if creds.secret.split('.').count() == 3 && !creds.secret.starts_with("bh_") {
-        let verified = oidc.verify(creds.username.as_deref(), &creds.secret)?;
+        let verified = oidc
+            .verify(creds.username.as_deref(), &creds.secret)
+            .await?;
         return Ok(Caller {
             principal: Principal::Service(verified.service),
             branch: verified.branch,
-            subject: None,
+            subject: verified.subject,
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;

@@ -7,5 +7,6 @@ mod cli;
 mod helpers;
 mod history;
 mod instances;
+mod oidc;
 mod protocol;
 mod terraform;
