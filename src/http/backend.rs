@@ -249,9 +249,7 @@ async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, 
     let caller = authenticate(app, record, &req.headers).await?;
     let (env, store) = app.environment(&req.env)?;
     let name = StateName::parse(&req.name).map_err(ApiError::BadRequest)?;
-    let query: Query<HashMap<String, String>> = Query::try_from_uri(&req.uri)
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
-    let mut query = query.0;
+    let mut query = parameters(&req.uri)?;
     let call = Call {
         app,
         caller,
@@ -277,6 +275,26 @@ async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, 
             "{other} is not part of the state protocol: use GET, POST, DELETE, LOCK or UNLOCK"
         ))),
     }
+}
+
+/// The query of a state request. `change` and `ID` decide what a request may do: named twice,
+/// whatever else reads the address (a proxy, a log, a person) may take the one value and the
+/// verdict the other, so a repeated one is refused.
+fn parameters(uri: &Uri) -> Result<HashMap<String, String>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
+    let mut query = HashMap::new();
+    for (name, value) in pairs {
+        if let Some(decisive) = ["change", "ID"].into_iter().find(|d| *d == name) {
+            if query.contains_key(decisive) {
+                return Err(ApiError::BadRequest(format!(
+                    "the query names `{decisive}` more than once: name it once"
+                )));
+            }
+        }
+        query.insert(name, value);
+    }
+    Ok(query)
 }
 
 async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
