@@ -318,10 +318,8 @@ async fn recorded(
     };
     let me = principal.to_string();
     let breakglass = store
-        .open_breakglass()
+        .open_breakglass_for(&me)
         .await?
-        .into_iter()
-        .find(|row| row.principal == me)
         .map(|row| row.grant(&env.name));
     Ok((change, breakglass))
 }

@@ -168,6 +168,24 @@ impl EnvStore {
         let mut conn = self.db.pool().acquire().await?;
         open_breakglass(&mut conn, None).await
     }
+
+    /// The open grant a request of `principal` acts under (see [`grant_of`]).
+    pub async fn open_breakglass_for(
+        &self,
+        principal: &str,
+    ) -> Result<Option<Breakglass>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        grant_of(&mut conn, principal).await
+    }
+}
+
+/// The open grant a request of `principal` acts under: the newest, when it has several. The
+/// server and `policy explain` both read it from here, so they name the same grant.
+async fn grant_of(
+    conn: &mut AnyConnection,
+    principal: &str,
+) -> Result<Option<Breakglass>, StoreError> {
+    Ok(open_breakglass(conn, Some(principal)).await?.pop())
 }
 
 async fn open_breakglass(
@@ -310,11 +328,12 @@ impl Tx<'_> {
         Ok(v)
     }
 
+    /// The open grant a request of `principal` acts under (see [`grant_of`]).
     pub async fn open_breakglass_for(
         &mut self,
         principal: &str,
     ) -> Result<Option<Breakglass>, StoreError> {
-        Ok(open_breakglass(self.conn(), Some(principal)).await?.pop())
+        grant_of(self.conn(), principal).await
     }
 
     pub async fn insert_breakglass(
