@@ -9,7 +9,7 @@ use crate::helpers::*;
 
 /// An apply under way: `network`'s approved change, locked as `lock_id` by the main branch's
 /// pipeline. Returns the change, the pipeline's token and the backend path naming the change.
-async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, String) {
+pub async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, String) {
     let change = p.approved("network").await;
     let main = p.issuer.token("main", |_| {});
     let path = format!("prod/network?change={change}");
@@ -18,7 +18,7 @@ async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, Strin
 }
 
 /// What an attack could have changed: the state's versions, its lock, and the changes.
-async fn snapshot(p: &Protected, state: &str) -> (Vec<String>, Option<String>, String) {
+pub async fn snapshot(p: &Protected, state: &str) -> (Vec<String>, Option<String>, String) {
     let versions =
         p.t.versions("prod", state)
             .await
