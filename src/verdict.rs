@@ -332,7 +332,14 @@ impl Judge<'_, '_> {
         };
         match f.held {
             None => Ok(Effect::TakeLock { change }),
-            Some(held) if held.lock_id == id && held.taken_by(f.caller) => {
+            // A retry of the same lock for the same change; the holder naming another change
+            // under that ID would have the server record a lock for one change and versions
+            // written for another.
+            Some(held)
+                if held.lock_id == id
+                    && held.taken_by(f.caller)
+                    && held.change_number == change =>
+            {
                 self.v.reason = Some("lock already held by the caller under this ID".into());
                 Ok(Effect::LockRetried)
             }
@@ -412,7 +419,11 @@ impl Judge<'_, '_> {
         self.v.change = Some(id.to_string());
         let problem = match f.lock_change.map(|c| c.status) {
             Some(Status::Open) => match apply_window_end(f.env, held) {
-                Some(end) if f.now > end => Some(format!(
+                Err(()) => Some(format!(
+                    "lock {} records no readable time ({}), so its apply window cannot be told: nothing more may be written under it; release the lock and take a new one",
+                    held.lock_id, held.created_at
+                )),
+                Ok(Some(end)) if f.now > end => Some(format!(
                     "the apply window of change {id} ended at {} ({} after lock {} was taken): release the lock and apply again under a fresh approval",
                     end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     window_text(f.env),
@@ -559,11 +570,20 @@ impl Judge<'_, '_> {
     }
 }
 
-/// When the writes of a change's apply under `held` must end.
-pub fn apply_window_end(env: &Environment, held: &HeldLock) -> Option<DateTime<Utc>> {
-    let window = env.approval.as_ref()?.apply_window;
-    let taken = DateTime::parse_from_rfc3339(&held.created_at).ok()?;
-    Some(taken.with_timezone(&Utc) + chrono::Duration::from_std(window).ok()?)
+/// When the writes of a change's apply under `held` must end (`None`: no approval block, no
+/// window). `Err` when that cannot be told from the lock's time: the window is then over, since
+/// a lock whose age is unknown must not authorize writes for ever.
+fn apply_window_end(env: &Environment, held: &HeldLock) -> Result<Option<DateTime<Utc>>, ()> {
+    let Some(approval) = env.approval.as_ref() else {
+        return Ok(None);
+    };
+    let taken = DateTime::parse_from_rfc3339(&held.created_at).map_err(drop)?;
+    let window = chrono::Duration::from_std(approval.apply_window).map_err(drop)?;
+    taken
+        .with_timezone(&Utc)
+        .checked_add_signed(window)
+        .map(Some)
+        .ok_or(())
 }
 
 fn window_text(env: &Environment) -> String {

@@ -1007,3 +1007,55 @@ async fn policy_explain_names_the_break_glass_grant_the_server_uses() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_holder_relocking_for_another_change_is_refused() {
+    let p = spawn_protected("24h").await;
+    let (first, main, _) = apply_under_way(&p, "L").await;
+    let second = p.approved("network").await;
+    let before = snapshot(&p, "network").await;
+    let other = format!("prod/network?change={second}");
+    let text = refusal(p.ci_lock(&other, &main, "L").await).await;
+    assert!(text.starts_with("L held by service:ci-prod"), "{text}");
+    assert_eq!(snapshot(&p, "network").await, before);
+    // What is written under the lock is for the change it was taken for.
+    let post = p
+        .ci(
+            "POST",
+            &format!("{other}&ID=L"),
+            &main,
+            state_doc(1, "P", ""),
+        )
+        .await;
+    assert_status(&post, StatusCode::OK);
+    let versions = p.t.versions("prod", "network").await;
+    assert_eq!(versions[0].change_number, Some(1));
+    let write =
+        p.t.newest_audit("prod", |r| r.action == "state:write")
+            .await;
+    assert_eq!(write.change.as_deref(), Some(first.as_str()));
+}
+
+#[tokio::test]
+async fn a_lock_whose_time_cannot_be_read_writes_nothing() {
+    let p = spawn_protected("24h").await;
+    let (_, main, path) = apply_under_way(&p, "L").await;
+    exec_sql(
+        p.t.dir.path(),
+        "prod",
+        "UPDATE locks SET created_at = 'yesterday'",
+    )
+    .await;
+    let before = snapshot(&p, "network").await;
+    let post = p
+        .ci(
+            "POST",
+            &format!("{path}&ID=L"),
+            &main,
+            state_doc(1, "P", ""),
+        )
+        .await;
+    let text = sentence(post, StatusCode::FORBIDDEN).await;
+    assert!(text.contains("its apply window cannot be told"), "{text}");
+    assert_eq!(snapshot(&p, "network").await, before);
+}
