@@ -1059,3 +1059,30 @@ async fn a_lock_whose_time_cannot_be_read_writes_nothing() {
     assert!(text.contains("its apply window cannot be told"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
 }
+
+#[tokio::test]
+async fn a_change_whose_apply_holds_the_lock_is_used_by_nothing_else() {
+    let p = spawn_protected("24h").await;
+    let main = p.issuer.token("main", |_| {});
+    let first = p.approved("network").await;
+    p.ci_apply(&first, &main, "L1", state_doc(1, "P", "")).await;
+    let (change, main, path) = apply_under_way(&p, "L").await;
+    let before = snapshot(&p, "network").await;
+    // The very identity that holds the lock, naming its change, without the lock.
+    let write = p.ci("POST", &path, &main, state_doc(2, "P", "")).await;
+    assert_status(&write, StatusCode::LOCKED);
+    let r = rollback(&p, &main, &format!("rollback_to=1&change={change}")).await;
+    assert_status(&r, StatusCode::LOCKED);
+    let grant = p
+        .client("pat")
+        .open_breakglass("prod", "state must go", Some("1h"))
+        .await
+        .unwrap();
+    let r = p.t.call("DELETE", "prod/network", "pat", None).await;
+    assert_status(&r, StatusCode::LOCKED);
+    p.client("pat").close_breakglass(&grant.id).await.unwrap();
+    let after = snapshot(&p, "network").await;
+    assert_eq!((after.0, after.1), (before.0, before.1));
+    let unused = p.client("pat").change(&change).await.unwrap();
+    assert_eq!(unused.readiness, "approved");
+}
