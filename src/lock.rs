@@ -138,13 +138,10 @@ impl Unlock {
     }
 }
 
-/// Whether an ID a client sent back names `held`: the bare ID, or the ID of a 423 body
-/// (which starts with it).
+/// Whether an ID a client sent back names `held`: the bare ID, or the whole ID of its 423
+/// body.
 pub fn names(held: &HeldLock, id: &str) -> bool {
-    id == held.lock_id
-        || id
-            .strip_prefix(held.lock_id.as_str())
-            .is_some_and(|rest| rest.starts_with(' '))
+    id == held.lock_id || id == LockInfo::holder(held).id
 }
 
 #[cfg(test)]
@@ -170,6 +167,7 @@ mod tests {
         assert!(h.id.starts_with("abc held by user:alice"));
         assert_eq!(h.who, "user:alice (client said: root@laptop)");
         assert!(names(&held(), &h.id) && names(&held(), "abc") && !names(&held(), "abcd"));
+        assert!(!names(&held(), "abc xyz"));
     }
 
     #[test]
