@@ -85,7 +85,7 @@ environment "prod" {{
             })
             .collect();
         let mut tx = prod.begin().await.expect("begin");
-        audit::append_all(tx.conn(), &batch).await.expect("append");
+        tx.append_records(&batch).await.expect("append");
         tx.commit().await.expect("commit");
         written = end;
     }

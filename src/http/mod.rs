@@ -151,30 +151,44 @@ pub async fn serve(
         on_shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     let tls = app.config.server.tls.clone();
+    // Checkpoints of every audit chain's head: now, as the chains grow, and once serving ends.
+    let server_config = &app.config.server;
+    let checkpoints = crate::audit::checkpoint::Writers::start(
+        &app.stores,
+        &server_config.checkpoint_dir,
+        server_config.checkpoint_every,
+    )
+    .await;
+    let stores = app.clone();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall terraform's small
     // request/response exchanges by tens of milliseconds each.
     let server = axum_server::from_tcp(listener).handle(handle);
-    match tls {
-        None => {
-            server
-                .acceptor(NoDelayAcceptor::new())
-                .serve(service)
-                .await?
+    let served = async {
+        match tls {
+            None => {
+                server
+                    .acceptor(NoDelayAcceptor::new())
+                    .serve(service)
+                    .await?
+            }
+            Some(tls) => {
+                // One process-wide crypto provider; a second install is harmless and ignored.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .map_err(|source| StartError::Tls {
+                        cert: tls.cert_file.display().to_string(),
+                        key: tls.key_file.display().to_string(),
+                        source,
+                    })?;
+                let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
+                server.acceptor(acceptor).serve(service).await?
+            }
         }
-        Some(tls) => {
-            // One process-wide crypto provider; a second install is harmless and ignored.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                .await
-                .map_err(|source| StartError::Tls {
-                    cert: tls.cert_file.display().to_string(),
-                    key: tls.key_file.display().to_string(),
-                    source,
-                })?;
-            let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
-            server.acceptor(acceptor).serve(service).await?
-        }
-    }
-    Ok(())
+        Ok::<(), StartError>(())
+    };
+    let served = served.await;
+    checkpoints.shutdown(&stores.stores).await;
+    served
 }

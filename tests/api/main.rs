@@ -1,5 +1,6 @@
 //! One integration-test binary: the real server on port 0, real HTTP, real terraform.
 
+mod audit_integrity;
 mod changes;
 mod check;
 mod cli;
