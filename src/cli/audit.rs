@@ -268,7 +268,7 @@ impl VerifyArgs {
                     }),
                 },
             };
-            if let Some(pool) = db.pool.ok() {
+            if let Ok(pool) = db.pool {
                 pool.close().await;
             }
             let mut outcome = verified.outcome;

@@ -1139,6 +1139,36 @@ environment "prod" {
     }
 
     #[test]
+    fn server_audit_key_and_checkpoints() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.audit_key_file, c.server.data_dir.join("audit.key"));
+        assert_eq!(
+            c.server.checkpoint_dir,
+            c.server.data_dir.join("checkpoints")
+        );
+        assert_eq!(c.server.checkpoint_every, CHECKPOINT_EVERY);
+        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &set("audit_key_file = \"/etc/bulkhead/audit.key\"\n  checkpoint_dir = \"/var/log/cp\"\n  checkpoint_every = 50"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.audit_key_file,
+            Path::new("/etc/bulkhead/audit.key")
+        );
+        assert_eq!(c.server.checkpoint_dir, Path::new("/var/log/cp"));
+        assert_eq!(c.server.checkpoint_every, 50);
+        for bad in ["0", "1.5", "\"10\""] {
+            let e = errors(&set(&format!("checkpoint_every = {bad}")));
+            assert!(
+                e.contains("b.hcl:4: server: checkpoint_every must be a whole number"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_principal_names_file_and_line() {
         let text = GOOD.replace("\"service:ci-prod\"]", "\"service:ci-stage\"]");
         let e = errors(&text);
