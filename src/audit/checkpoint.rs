@@ -370,6 +370,52 @@ mod tests {
         assert_eq!(p.seq, 2);
     }
 
+    /// The writers checkpoint a chain each time it has grown by `every` records, beside the
+    /// appends (so the test waits for the file, with a deadline).
+    #[tokio::test]
+    async fn a_chain_is_checkpointed_every_so_many_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n  data_dir = {:?}\n}}\nteam \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = crate::config::Config::parse(&dir.path().join("b.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        let checkpoints = dir.path().join("checkpoints");
+        let writers = Writers::start(&stores, &checkpoints, 3).await;
+        let (_, db) = stores
+            .chains()
+            .into_iter()
+            .find(|(name, _)| name == "dev")
+            .unwrap();
+        for _ in 0..7 {
+            db.append_record(&Record::new("state:read")).await.unwrap();
+        }
+        let read = || {
+            let found = read(&[checkpoints.clone()], &stores.audit_key().checkpoints()).unwrap();
+            found.chains.get("dev").cloned().unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !read().iter().any(|c| c.why == "every" && c.seq >= 6) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", read());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        writers.shutdown(&stores).await;
+        let dev = read();
+        assert_eq!(
+            dev.first().map(|c| (c.why.as_str(), c.seq)),
+            Some(("start", 0))
+        );
+        assert_eq!(
+            dev.last().map(|c| (c.why.as_str(), c.seq)),
+            Some(("shutdown", 7))
+        );
+        assert!(dev
+            .iter()
+            .all(|c| c.why != "every" || c.seq % 3 == 0 || c.seq > 3));
+    }
+
     #[test]
     fn written_checkpoints_are_read_back_and_edits_found() {
         let dir = tempfile::tempdir().unwrap();
