@@ -393,7 +393,11 @@ mod tests {
             db.append_record(&Record::new("state:read")).await.unwrap();
         }
         let read = || {
-            let found = read(&[checkpoints.clone()], &stores.audit_key().checkpoints()).unwrap();
+            let found = read(
+                std::slice::from_ref(&checkpoints),
+                &stores.audit_key().checkpoints(),
+            )
+            .unwrap();
             found.chains.get("dev").cloned().unwrap_or_default()
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
