@@ -634,6 +634,8 @@ pub enum Opened {
 pub enum ChainProblem {
     #[error("its records from before records were keyed do not verify, so they cannot be sealed: {0} (run `bulkhead audit verify`; restore the database from a backup, or move it aside to start a new chain)")]
     Unsealable(Broken),
+    #[error("it asks for records up to {0} to be sealed as written before records were keyed, but this server has checkpointed the chain already, so it was keyed: the database was rewritten (run `bulkhead audit verify`; restore the database from a backup)")]
+    SealAfterKeyed(i64),
     #[error("its newest record (or its seal) was not written with this audit key: the key was replaced or lost (restore it: {KEY_VAR} or server {{ audit_key_file }}), or the record was edited (run `bulkhead audit verify`)", KEY_VAR = key::KEY_VAR)]
     WrongKey,
 }
@@ -641,10 +643,13 @@ pub enum ChainProblem {
 /// Readies a chain for appending, at start: seals the unkeyed part of a chain begun before
 /// records were keyed, once, after verifying it; and checks that the newest record (and the
 /// seal) were made with `key`, so that a replaced or lost key is found before anything is
-/// appended under it. Reads the newest record alone, unless there is a part to seal.
+/// appended under it. Reads the newest record alone, unless there is a part to seal. A chain
+/// this server has `checkpointed` already was keyed: it is never sealed (someone who rewrote
+/// it with plain hashes would otherwise have the rewrite sealed).
 pub async fn open_chain(
     conn: &mut AnyConnection,
     key: &ChainKey,
+    checkpointed: bool,
 ) -> Result<Result<Opened, ChainProblem>, StoreError> {
     let mut opened = Opened::Intact;
     let seal = read_seal(&mut *conn).await?;
@@ -655,6 +660,7 @@ pub async fn open_chain(
             match mac {
                 Some(mac) if *mac == signed => {}
                 Some(_) => return Ok(Err(ChainProblem::WrongKey)),
+                None if checkpointed => return Ok(Err(ChainProblem::SealAfterKeyed(*seq))),
                 None => {
                     let rows: Vec<Stored> = sqlx::query_as(
                         "SELECT seq, record, prev_hash, hash FROM audit WHERE seq <= $1 ORDER BY seq",

@@ -220,7 +220,7 @@ pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
 
 async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore, StoreError> {
     let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
-    let chain = Chain::new(SERVER_CHAIN, key);
+    let chain = Chain::new(SERVER_CHAIN, key, &config.server.checkpoint_dir);
     let db = open(
         &system_location(config),
         chain,
@@ -250,7 +250,7 @@ impl Stores {
         for env in &config.environments {
             let location = environment_location(config, env);
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
-            let chain = Chain::new(&env.name, &key);
+            let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
             let db = open(&location, chain, migrations, config.server.audit_sync).await?;
             let recent = Default::default();
             environments.insert(env.name.clone(), EnvStore { db, recent });
@@ -479,7 +479,7 @@ async fn open(
         })?;
     {
         let conn = &mut *pool.acquire().await?;
-        match audit::open_chain(conn, &chain.key).await? {
+        match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
             Ok(audit::Opened::Intact) => {}
             Ok(audit::Opened::Sealed(n)) => tracing::info!(
                 chain = %chain.name,
@@ -540,14 +540,17 @@ async fn open(
 pub(crate) struct Chain {
     pub name: String,
     pub key: ChainKey,
+    /// This server has written checkpoints of it (to `checkpoint_dir`).
+    checkpointed: bool,
     head: tokio::sync::watch::Sender<Head>,
 }
 
 impl Chain {
-    fn new(name: &str, key: &AuditKey) -> Chain {
+    fn new(name: &str, key: &AuditKey, checkpoint_dir: &Path) -> Chain {
         Chain {
             name: name.to_string(),
             key: key.chain(name),
+            checkpointed: audit::checkpoint::file(checkpoint_dir, name).exists(),
             head: tokio::sync::watch::Sender::new(Head {
                 seq: 0,
                 hash: audit::GENESIS.to_string(),

@@ -560,9 +560,22 @@ async fn a_chain_from_before_keyed_records_is_sealed_at_start() {
         "DROP TABLE audit_seal; DELETE FROM _sqlx_migrations WHERE version = 20",
     )
     .await;
+    assert_broken(dir, "dev", "not brought up to date");
+    // Such a chain, on a server that has checkpointed it (so it was keyed), is a rewrite: the
+    // server does not seal it.
+    let config = Config::load(&dir.join("bulkhead.hcl")).unwrap();
+    let refused = match App::open(config).await {
+        Ok(_) => panic!("the server sealed a chain it had checkpointed"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("checkpointed the chain already"),
+        "{refused}"
+    );
+    // The previous version wrote no checkpoints.
     std::fs::remove_file(data_dir(dir).join("checkpoints/dev.checkpoints")).unwrap();
     let unkeyed = newest(dir, "dev").await.0;
-    assert_broken(dir, "dev", "not brought up to date");
+    assert_broken(dir, "dev", "not sealed yet");
 
     // The old part tampered with before the upgrade: the server will not seal it.
     let mut conn = connect(dir, "dev").await;
