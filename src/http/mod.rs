@@ -137,8 +137,26 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
 }
 
-/// Serves until `shutdown` completes, with TLS when the config has a `tls` block.
+/// Serves until `shutdown` completes, with TLS when the config has a `tls` block, writing
+/// checkpoints of every audit chain's head at start, as the chains grow, and once serving ends.
 pub async fn serve(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let server = &app.config.server;
+    let checkpoints = crate::audit::checkpoint::Writers::start(
+        &app.stores,
+        &server.checkpoint_dir,
+        server.checkpoint_every,
+    )
+    .await;
+    let served = serve_connections(app.clone(), listener, shutdown).await;
+    checkpoints.shutdown(&app.stores).await;
+    served
+}
+
+async fn serve_connections(
     app: Arc<App>,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -151,44 +169,30 @@ pub async fn serve(
         on_shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     let tls = app.config.server.tls.clone();
-    // Checkpoints of every audit chain's head: now, as the chains grow, and once serving ends.
-    let server_config = &app.config.server;
-    let checkpoints = crate::audit::checkpoint::Writers::start(
-        &app.stores,
-        &server_config.checkpoint_dir,
-        server_config.checkpoint_every,
-    )
-    .await;
-    let stores = app.clone();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
     // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall terraform's small
     // request/response exchanges by tens of milliseconds each.
     let server = axum_server::from_tcp(listener).handle(handle);
-    let served = async {
-        match tls {
-            None => {
-                server
-                    .acceptor(NoDelayAcceptor::new())
-                    .serve(service)
-                    .await?
-            }
-            Some(tls) => {
-                // One process-wide crypto provider; a second install is harmless and ignored.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                    .await
-                    .map_err(|source| StartError::Tls {
-                        cert: tls.cert_file.display().to_string(),
-                        key: tls.key_file.display().to_string(),
-                        source,
-                    })?;
-                let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
-                server.acceptor(acceptor).serve(service).await?
-            }
+    match tls {
+        None => {
+            server
+                .acceptor(NoDelayAcceptor::new())
+                .serve(service)
+                .await?
         }
-        Ok::<(), StartError>(())
-    };
-    let served = served.await;
-    checkpoints.shutdown(&stores.stores).await;
-    served
+        Some(tls) => {
+            // One process-wide crypto provider; a second install is harmless and ignored.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                .await
+                .map_err(|source| StartError::Tls {
+                    cert: tls.cert_file.display().to_string(),
+                    key: tls.key_file.display().to_string(),
+                    source,
+                })?;
+            let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
+            server.acceptor(acceptor).serve(service).await?
+        }
+    }
+    Ok(())
 }
