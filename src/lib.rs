@@ -13,7 +13,8 @@
 //! - [`history`]: what changed between two state versions.
 //! - [`lock`]: terraform's LockInfo and what LOCK/UNLOCK bodies mean.
 //! - [`store`]: the databases (one per environment, one for the server).
-//! - [`audit`]: the hash-chained audit log.
+//! - [`audit`]: the audit log, chained with a keyed MAC (its key outside the databases), its
+//!   signed checkpoints, and the verification of a database against it.
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.

@@ -13,6 +13,11 @@
 //! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
 //! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
 //! on the calling thread, through rusqlite (`sqlite_appender`).
+//!
+//! Each database's audit chain is keyed with a key of its own, derived from the audit key
+//! ([`crate::audit::key`]), and readied when the database is opened: the unkeyed part of a chain
+//! from before is sealed, and a chain whose newest record does not match the key stops the
+//! server. Appends tell the chain's checkpoint writer the new head, in memory.
 
 pub mod changes;
 pub mod environment;
