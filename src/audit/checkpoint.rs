@@ -143,10 +143,29 @@ impl Writers {
         let key = stores.audit_key().checkpoints();
         let every = i64::try_from(every).unwrap_or(i64::MAX).max(1);
         let mut tasks = Vec::new();
+        let earlier = match read(&[dir.to_path_buf()], &key) {
+            Ok(found) => found.chains,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the audit checkpoints");
+                HashMap::new()
+            }
+        };
         for (_, db) in stores.chains() {
             let mut heads = db.watch_head();
             let chain = db.chain_name().to_string();
             let head = heads.borrow_and_update().clone();
+            let newest = earlier
+                .get(&chain)
+                .and_then(|c| c.iter().max_by_key(|c| c.seq));
+            if let Some(newest) = newest.filter(|c| c.seq > head.seq) {
+                // Loud, not fatal: restoring a backup looks the same, and is for a person to judge.
+                tracing::error!(
+                    %chain,
+                    newest = head.seq,
+                    checkpointed = newest.seq,
+                    "the audit chain ends before a record this server checkpointed: records were cut off, or an older copy of the database was put in place (run `bulkhead audit verify`)"
+                );
+            }
             write_logged(
                 dir.to_path_buf(),
                 Checkpoint::new(&key, &chain, &head, "start"),

@@ -320,6 +320,12 @@ async fn a_cut_tail_is_found_against_the_checkpoints() {
     assert_eq!(newest(dir, "dev").await, (seq - 2, seq - 2));
     let text = assert_broken(dir, "dev", "records were cut off the end");
     assert!(text.contains(&format!("saw record {seq}")), "{text}");
+    // The server, started again, says so at once.
+    let log = stop(t.serve_process().await).await;
+    assert!(
+        log.contains("the audit chain ends before a record this server checkpointed"),
+        "{log}"
+    );
     // Without the checkpoints, nothing would show it.
     let elsewhere = tempfile::tempdir().unwrap();
     let blind = verify_with(
