@@ -537,6 +537,7 @@ async fn forged_checkpoints_and_a_replaced_key_are_found() {
     let key_file = data_dir(dir).join("audit.key");
     let old = std::fs::read(&key_file).unwrap();
     std::fs::write(&key_file, format!("{}\n", "5a".repeat(32))).unwrap();
+    let before = (newest(dir, "server").await, newest(dir, "dev").await);
     let config = Config::load(&dir.join("bulkhead.hcl")).unwrap();
     let refused = match App::open(config).await {
         Ok(_) => panic!("the server started under another key"),
@@ -603,6 +604,14 @@ async fn a_chain_from_before_keyed_records_is_sealed_at_start() {
     };
     assert!(refused.contains("cannot be sealed"), "{refused}");
     assert!(refused.contains("record 2"), "{refused}");
+    let pending = count(
+        dir,
+        "dev",
+        "SELECT COUNT(*) FROM audit_seal WHERE mac IS NULL",
+    )
+    .await;
+    assert_eq!(pending, 1, "a tampered part was sealed");
+    assert_eq!(newest(dir, "dev").await.0, unkeyed, "records were appended");
     sqlx::query("UPDATE audit SET record = $1 WHERE seq = 2")
         .bind(&record)
         .execute(&mut conn)
