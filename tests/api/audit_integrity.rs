@@ -547,6 +547,8 @@ async fn forged_checkpoints_and_a_replaced_key_are_found() {
         refused.contains("not written with this audit key"),
         "{refused}"
     );
+    let after = (newest(dir, "server").await, newest(dir, "dev").await);
+    assert_eq!(before, after, "records were appended under the wrong key");
     assert_broken(dir, "dev", "record 1: its MAC does not match");
     std::fs::write(&key_file, old).unwrap();
     assert_intact(dir);
