@@ -14,7 +14,8 @@
 //! - [`lock`]: terraform's LockInfo, what LOCK/UNLOCK bodies mean, and who holds a lock.
 //! - [`verdict`]: the one decision on whether a request may change a state.
 //! - [`store`]: the databases (one per environment, one for the server).
-//! - [`audit`]: the hash-chained audit log.
+//! - [`audit`]: the audit log, chained with a keyed MAC (its key outside the databases), its
+//!   signed checkpoints, and the verification of a database against it.
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.

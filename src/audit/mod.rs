@@ -1,18 +1,28 @@
-//! The audit log: one append-only, hash-chained record per request, allowed or refused.
+//! The audit log: one append-only, chained record per request, allowed or refused.
 //!
-//! Each record's hash covers its position, the previous record's hash and the record itself,
-//! and the chain's head (newest position and hash) is kept beside it; so an edited, deleted,
-//! reordered or cut-off record breaks verification (a trigger keeps the head with the newest
-//! record). The chain functions ([`link`], [`verify_chain`]) are pure; [`append`] writes inside
-//! the caller's transaction, so a state write and its record commit together or not at all.
+//! Each record's MAC (HMAC-SHA256 under the chain's key, [`key`], which lives outside the
+//! database) covers its position, the previous record's MAC and the record itself, and the
+//! chain's head (newest position and MAC) is kept beside it; so an edited, deleted, reordered
+//! or re-hashed record breaks verification, and signed [`checkpoint`]s of the head kept outside
+//! the database show a cut tail or an older copy of the database. Chains begun before records
+//! were keyed start with a part linked by plain SHA-256, sealed once at start ([`Seal`]). The
+//! chain functions ([`link`], [`verify_chain`]) are pure; [`append`] writes inside the caller's
+//! transaction, so a state write and its record commit together or not at all.
 //!
 //! Queries find records by their fields through the audit index, a table kept beside the
 //! chain and brought up to date every [`INDEX_EVERY`] records ([`index`]), and read the few
 //! records past it from the chain. The hashes do not cover it, so [`verify_fields`] checks it.
 
+pub mod checkpoint;
+pub mod key;
+pub mod verify;
+
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, AnyPool};
+
+pub use key::{AuditKey, ChainKey};
 
 use crate::store::StoreError;
 
@@ -71,6 +81,10 @@ pub struct Record {
     /// The branch a verified OIDC token proved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// The SHA-256 of the state version the request wrote, so that the chain vouches for the
+    /// content too (filled in by the store when the version and the record commit together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Record {
@@ -93,12 +107,25 @@ impl Record {
             change: None,
             breakglass: None,
             branch: None,
+            sha256: None,
         }
     }
 }
 
-/// The hash of the record at `seq`, chained to `prev`.
-pub fn link(seq: i64, prev: &str, record_json: &str) -> String {
+/// The MAC of the record at `seq`, chained to `prev`, under the chain's key.
+pub fn link(key: &ChainKey, seq: i64, prev: &str, record_json: &str) -> String {
+    let mut h = key.start();
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(record_json.as_bytes());
+    hex::encode(h.finalize().into_bytes())
+}
+
+/// The hash of a record written before records were keyed: the same input, plain SHA-256,
+/// which anyone can compute. Only the sealed part of a chain ([`Seal`]) is linked so.
+pub fn legacy_link(seq: i64, prev: &str, record_json: &str) -> String {
     let mut h = Sha256::new();
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
@@ -106,6 +133,24 @@ pub fn link(seq: i64, prev: &str, record_json: &str) -> String {
     h.update(b"\n");
     h.update(record_json.as_bytes());
     hex::encode(h.finalize())
+}
+
+/// Where the unkeyed part of a chain begun before records were keyed ends: records up to
+/// `seq` are linked with [`legacy_link`], the rest with [`link`]. Stored beside the chain, and
+/// signed ([`seal_mac`]) once the server has verified the unkeyed part, at its first start
+/// with a key; an unsigned seal is one not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Seal {
+    pub seq: i64,
+    pub hash: String,
+    pub mac: Option<String>,
+}
+
+/// The signature of a seal: moving where the keyed part starts needs the key.
+pub fn seal_mac(key: &ChainKey, seq: i64, hash: &str) -> String {
+    let mut h = key.start();
+    h.update(format!("bulkhead audit seal\n{seq}\n{hash}").as_bytes());
+    hex::encode(h.finalize().into_bytes())
 }
 
 /// A stored record with its chain fields.
@@ -125,9 +170,42 @@ pub struct Broken {
     pub problem: String,
 }
 
-/// Verifies rows in order against the head; returns how many records are intact.
-pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usize, Broken> {
-    let mut prev = GENESIS.to_string();
+/// Verifies rows in order against the head, under the chain's key, the part before `seal`
+/// (if any) as plain hashes; returns how many records are intact.
+pub fn verify_chain(
+    key: &ChainKey,
+    rows: &[Stored],
+    head: Option<(i64, String)>,
+    seal: Option<&Seal>,
+) -> Result<usize, Broken> {
+    let broken = |seq: i64, problem: &str| Broken {
+        seq,
+        problem: problem.to_string(),
+    };
+    let sealed = match seal {
+        None => None,
+        Some(Seal { seq, mac: None, .. }) => {
+            return Err(broken(
+                *seq,
+                "the records up to here were written before records were keyed and are not sealed yet: start `bulkhead serve` once, which verifies and seals them",
+            ))
+        }
+        Some(Seal {
+            seq,
+            hash,
+            mac: Some(mac),
+        }) => {
+            if *mac != seal_mac(key, *seq, hash) {
+                return Err(broken(
+                    *seq,
+                    "the mark where keyed records start was edited or forged (it needs the audit key): the records before it could have been rewritten",
+                ));
+            }
+            Some((*seq, hash.as_str()))
+        }
+    };
+    let unkeyed_through = sealed.map_or(0, |(seq, _)| seq);
+    let mut prev = GENESIS;
     for (i, row) in rows.iter().enumerate() {
         let expected_seq = i as i64 + 1;
         if row.seq != expected_seq {
@@ -140,19 +218,45 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
             });
         }
         if row.prev_hash != prev {
-            return Err(Broken {
-                seq: row.seq,
-                problem: "does not follow the record before it: records were deleted or reordered"
-                    .into(),
-            });
+            return Err(broken(
+                row.seq,
+                "does not follow the record before it: records were deleted or reordered",
+            ));
         }
-        if link(row.seq, &row.prev_hash, &row.record) != row.hash {
-            return Err(Broken {
-                seq: row.seq,
-                problem: "its content does not match its hash: the record was edited".into(),
-            });
+        if row.seq > unkeyed_through {
+            if link(key, row.seq, &row.prev_hash, &row.record) != row.hash {
+                let plain = legacy_link(row.seq, &row.prev_hash, &row.record) == row.hash;
+                return Err(broken(
+                    row.seq,
+                    if plain {
+                        "it carries a plain hash, not a MAC under the audit key: it was rewritten by someone without the key, or this database is a copy from before records were keyed"
+                    } else {
+                        "its MAC does not match its content: the record was edited, or the chain was re-hashed without the audit key (or this is another chain's database)"
+                    },
+                ));
+            }
+        } else if legacy_link(row.seq, &row.prev_hash, &row.record) != row.hash {
+            return Err(broken(
+                row.seq,
+                "its content does not match its hash: the record was edited after the unkeyed part of the chain was sealed",
+            ));
         }
-        prev = row.hash.clone();
+        if sealed.is_some_and(|(seq, hash)| seq == row.seq && hash != row.hash) {
+            return Err(broken(
+                row.seq,
+                "it is not the record the chain was sealed at: the unkeyed part was replaced",
+            ));
+        }
+        prev = &row.hash;
+    }
+    if unkeyed_through > rows.len() as i64 {
+        return Err(Broken {
+            seq: rows.len() as i64 + 1,
+            problem: format!(
+                "the chain was sealed at record {unkeyed_through} but has only {}: records were deleted",
+                rows.len()
+            ),
+        });
     }
     let last = rows.last().map(|r| (r.seq, r.hash.clone()));
     match (head, last) {
@@ -165,10 +269,7 @@ pub fn verify_chain(rows: &[Stored], head: Option<(i64, String)>) -> Result<usiz
                 rows.len()
             ),
         }),
-        (None, Some(_)) => Err(Broken {
-            seq: 1,
-            problem: "the chain's head is missing: it was removed".into(),
-        }),
+        (None, Some(_)) => Err(broken(1, "the chain's head is missing: it was removed")),
     }
 }
 
@@ -194,20 +295,28 @@ pub async fn head(conn: &mut AnyConnection) -> Result<Head, StoreError> {
     })
 }
 
-/// Appends a record to the chain of the database `conn` belongs to, inside the caller's
-/// transaction; returns its position.
-pub async fn append(conn: &mut AnyConnection, record: &Record) -> Result<i64, StoreError> {
-    append_all(conn, std::slice::from_ref(record)).await
+/// Appends a record to the chain of the database `conn` belongs to, keyed with that chain's
+/// `key`, inside the caller's transaction; returns the new head.
+pub async fn append(
+    conn: &mut AnyConnection,
+    key: &ChainKey,
+    record: &Record,
+) -> Result<Head, StoreError> {
+    append_all(conn, key, std::slice::from_ref(record)).await
 }
 
-/// Appends records in order, inside the caller's transaction; returns the position of the last.
-pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<i64, StoreError> {
+/// Appends records in order, inside the caller's transaction; returns the new head.
+pub async fn append_all(
+    conn: &mut AnyConnection,
+    key: &ChainKey,
+    records: &[impl std::borrow::Borrow<Record>],
+) -> Result<Head, StoreError> {
     let head = head(conn).await?;
-    let new_head = insert_after(conn, &head, records).await?;
+    let new_head = insert_after(conn, key, &head, records).await?;
     if index_due(head.seq, new_head.seq) {
         index(conn).await?;
     }
-    Ok(new_head.seq)
+    Ok(new_head)
 }
 
 /// Appends records in order after `head`, in one statement however many they are, and returns
@@ -217,10 +326,11 @@ pub async fn append_all(conn: &mut AnyConnection, records: &[Record]) -> Result<
 /// of it, and cannot fork the chain.
 pub async fn insert_after(
     conn: &mut AnyConnection,
+    key: &ChainKey,
     head: &Head,
     records: &[impl std::borrow::Borrow<Record>],
 ) -> Result<Head, StoreError> {
-    let (rows, new_head) = chain_rows(head, records)?;
+    let (rows, new_head) = chain_rows(key, head, records)?;
     if rows.is_empty() {
         return Ok(new_head);
     }
@@ -284,6 +394,7 @@ const ROW_VALUES: usize = 10;
 
 /// The rows that append `records` in order after `head`, and the head they leave.
 pub fn chain_rows(
+    key: &ChainKey,
     head: &Head,
     records: &[impl std::borrow::Borrow<Record>],
 ) -> Result<(Vec<Row>, Head), StoreError> {
@@ -293,7 +404,7 @@ pub fn chain_rows(
         let record = record.borrow();
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         seq += 1;
-        let hash = link(seq, &prev, &json);
+        let hash = link(key, seq, &prev, &json);
         rows.push(Row {
             seq,
             record: json,
@@ -500,6 +611,97 @@ pub async fn read_chain(
     Ok((rows, head))
 }
 
+/// The seal of a chain begun before records were keyed, if it has one.
+pub async fn read_seal(conn: &mut AnyConnection) -> Result<Option<Seal>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT seq, hash, mac FROM audit_seal WHERE id = 1")
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// What opening a chain at start found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Its newest record matches the key (or it has none).
+    Intact,
+    /// Its unkeyed part, this many records, was verified and sealed now.
+    Sealed(i64),
+}
+
+/// Why a chain cannot be appended to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainProblem {
+    #[error("its records from before records were keyed do not verify, so they cannot be sealed: {0} (run `bulkhead audit verify`; restore the database from a backup, or move it aside to start a new chain)")]
+    Unsealable(Broken),
+    #[error("it asks for records up to {0} to be sealed as written before records were keyed, but this server has checkpointed the chain already, so it was keyed: the database was rewritten (run `bulkhead audit verify`; restore the database from a backup)")]
+    SealAfterKeyed(i64),
+    #[error("its newest record (or its seal) was not written with this audit key: the key was replaced or lost (restore it: {KEY_VAR} or server {{ audit_key_file }}), or the record was edited (run `bulkhead audit verify`)", KEY_VAR = key::KEY_VAR)]
+    WrongKey,
+}
+
+/// Readies a chain for appending, at start: seals the unkeyed part of a chain begun before
+/// records were keyed, once, after verifying it; and checks that the newest record (and the
+/// seal) were made with `key`, so that a replaced or lost key is found before anything is
+/// appended under it. Reads the newest record alone, unless there is a part to seal. A chain
+/// this server has `checkpointed` already was keyed: it is never sealed (someone who rewrote
+/// it with plain hashes would otherwise have the rewrite sealed).
+pub async fn open_chain(
+    conn: &mut AnyConnection,
+    key: &ChainKey,
+    checkpointed: bool,
+) -> Result<Result<Opened, ChainProblem>, StoreError> {
+    let mut opened = Opened::Intact;
+    let seal = read_seal(&mut *conn).await?;
+    let unkeyed_through = match &seal {
+        None => 0,
+        Some(Seal { seq, hash, mac }) => {
+            let signed = seal_mac(key, *seq, hash);
+            match mac {
+                Some(mac) if *mac == signed => {}
+                Some(_) => return Ok(Err(ChainProblem::WrongKey)),
+                None if checkpointed => return Ok(Err(ChainProblem::SealAfterKeyed(*seq))),
+                None => {
+                    let rows: Vec<Stored> = sqlx::query_as(
+                        "SELECT seq, record, prev_hash, hash FROM audit WHERE seq <= $1 ORDER BY seq",
+                    )
+                    .bind(seq)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let verified = Seal {
+                        seq: *seq,
+                        hash: hash.clone(),
+                        mac: Some(signed.clone()),
+                    };
+                    let head = Some((*seq, hash.clone()));
+                    if let Err(broken) = verify_chain(key, &rows, head, Some(&verified)) {
+                        return Ok(Err(ChainProblem::Unsealable(broken)));
+                    }
+                    sqlx::query(
+                        "UPDATE audit_seal SET mac = $1, sealed_at = $2 WHERE id = 1 AND mac IS NULL",
+                    )
+                    .bind(&signed)
+                    .bind(crate::store::now())
+                    .execute(&mut *conn)
+                    .await?;
+                    opened = Opened::Sealed(*seq);
+                }
+            }
+            *seq
+        }
+    };
+    let newest: Option<Stored> =
+        sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(row) = newest.filter(|row| row.seq > unkeyed_through) {
+        if link(key, row.seq, &row.prev_hash, &row.record) != row.hash {
+            return Ok(Err(ChainProblem::WrongKey));
+        }
+    }
+    Ok(Ok(opened))
+}
+
 /// Each record's fields, oldest first, as audit queries find them: in the audit index, and in
 /// the chain's own columns past it.
 pub async fn read_fields(pool: &AnyPool) -> Result<Vec<(i64, Fields)>, StoreError> {
@@ -558,12 +760,24 @@ pub fn verify_fields(rows: &[Stored], found: &[(i64, Fields)]) -> Result<(), Bro
 mod tests {
     use super::*;
 
-    fn chain(n: i64) -> Vec<Stored> {
+    fn key() -> ChainKey {
+        AuditKey::from_hex(&"ab".repeat(32), "test")
+            .unwrap()
+            .chain("prod")
+    }
+
+    /// A chain of `n` records, the first `unkeyed` of them linked as before records were keyed.
+    fn chain_from(n: i64, unkeyed: i64) -> Vec<Stored> {
+        let key = key();
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
                 let record = format!("{{\"n\":{seq}}}");
-                let hash = link(seq, &prev, &record);
+                let hash = if seq <= unkeyed {
+                    legacy_link(seq, &prev, &record)
+                } else {
+                    link(&key, seq, &prev, &record)
+                };
                 let row = Stored {
                     seq,
                     record,
@@ -576,15 +790,126 @@ mod tests {
             .collect()
     }
 
+    fn chain(n: i64) -> Vec<Stored> {
+        chain_from(n, 0)
+    }
+
     fn head(rows: &[Stored]) -> Option<(i64, String)> {
         rows.last().map(|r| (r.seq, r.hash.clone()))
+    }
+
+    fn sealed_at(rows: &[Stored], seq: i64) -> Seal {
+        let hash = rows[seq as usize - 1].hash.clone();
+        Seal {
+            seq,
+            mac: Some(seal_mac(&key(), seq, &hash)),
+            hash,
+        }
     }
 
     #[test]
     fn intact_chain_verifies() {
         let rows = chain(4);
-        assert_eq!(verify_chain(&rows, head(&rows)), Ok(4));
-        assert_eq!(verify_chain(&[], None), Ok(0));
+        assert_eq!(verify_chain(&key(), &rows, head(&rows), None), Ok(4));
+        assert_eq!(verify_chain(&key(), &[], None, None), Ok(0));
+    }
+
+    #[test]
+    fn a_chain_verifies_only_under_its_own_key() {
+        let rows = chain(3);
+        let other = AuditKey::from_hex(&"ab".repeat(32), "test")
+            .unwrap()
+            .chain("dev");
+        let broken = verify_chain(&other, &rows, head(&rows), None).unwrap_err();
+        assert_eq!(broken.seq, 1);
+        assert!(
+            broken.problem.contains("MAC does not match"),
+            "{}",
+            broken.problem
+        );
+    }
+
+    /// What someone who can write the database but lacks the key can do: edit a record and
+    /// compute every hash after it again, with plain SHA-256 or any key of their own.
+    #[test]
+    fn a_chain_re_hashed_without_the_key_is_found() {
+        let mut rows = chain(4);
+        rows[1].record = "{\"n\":99}".into();
+        let mut prev = rows[0].hash.clone();
+        for row in &mut rows[1..] {
+            row.prev_hash = prev.clone();
+            row.hash = legacy_link(row.seq, &row.prev_hash, &row.record);
+            prev = row.hash.clone();
+        }
+        let broken = verify_chain(&key(), &rows, head(&rows), None).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert!(broken.problem.contains("plain hash"), "{}", broken.problem);
+
+        let guessed = AuditKey::from_hex(&"cd".repeat(32), "t")
+            .unwrap()
+            .chain("prod");
+        let mut prev = rows[0].hash.clone();
+        for row in &mut rows[1..] {
+            row.prev_hash = prev.clone();
+            row.hash = link(&guessed, row.seq, &row.prev_hash, &row.record);
+            prev = row.hash.clone();
+        }
+        let broken = verify_chain(&key(), &rows, head(&rows), None).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert!(
+            broken.problem.contains("MAC does not match"),
+            "{}",
+            broken.problem
+        );
+    }
+
+    #[test]
+    fn a_sealed_unkeyed_part_verifies_and_its_seal_cannot_be_moved() {
+        let rows = chain_from(5, 3);
+        let seal = sealed_at(&rows, 3);
+        assert_eq!(verify_chain(&key(), &rows, head(&rows), Some(&seal)), Ok(5));
+        // Without the seal, the unkeyed records do not pass for keyed ones.
+        let broken = verify_chain(&key(), &rows, head(&rows), None).unwrap_err();
+        assert_eq!(broken.seq, 1);
+        // Moving the seal forward (to rewrite keyed records as plain ones) needs the key.
+        let moved = Seal {
+            seq: 5,
+            hash: rows[4].hash.clone(),
+            mac: seal.mac.clone(),
+        };
+        let broken = verify_chain(&key(), &rows, head(&rows), Some(&moved)).unwrap_err();
+        assert!(
+            broken.problem.contains("mark where keyed records start"),
+            "{}",
+            broken.problem
+        );
+        // A seal not yet signed by a server start is reported as such.
+        let pending = Seal {
+            mac: None,
+            ..seal.clone()
+        };
+        let broken = verify_chain(&key(), &rows, head(&rows), Some(&pending)).unwrap_err();
+        assert!(
+            broken.problem.contains("not sealed yet"),
+            "{}",
+            broken.problem
+        );
+        // An edit in the unkeyed part after sealing is still found.
+        let mut edited = rows.clone();
+        edited[1].record = "{\"n\":99}".into();
+        assert_eq!(
+            verify_chain(&key(), &edited, head(&edited), Some(&seal))
+                .unwrap_err()
+                .seq,
+            2
+        );
+        // Records before the seal deleted, with the seal kept.
+        let broken = verify_chain(&key(), &[], None, Some(&seal)).unwrap_err();
+        assert!(
+            broken.problem.contains("sealed at record 3"),
+            "{}",
+            broken.problem
+        );
     }
 
     /// A chain of real records, and their fields as queries would find them.
@@ -600,7 +925,7 @@ mod tests {
             seq: 0,
             hash: GENESIS.into(),
         };
-        let (rows, _) = chain_rows(&genesis, &records).unwrap();
+        let (rows, _) = chain_rows(&key(), &genesis, &records).unwrap();
         rows.into_iter()
             .map(|row| {
                 let stored = Stored {
@@ -612,6 +937,12 @@ mod tests {
                 (stored, (row.seq, row.fields))
             })
             .unzip()
+    }
+
+    #[test]
+    fn chain_rows_link_what_verification_checks() {
+        let (rows, _) = chain_with_fields(3);
+        assert_eq!(verify_chain(&key(), &rows, head(&rows), None), Ok(3));
     }
 
     #[test]
@@ -638,27 +969,43 @@ mod tests {
     fn edits_deletions_reorders_and_truncation_are_detected() {
         let rows = chain(4);
         let h = head(&rows);
+        let key = key();
 
         let mut edited = rows.clone();
         edited[1].record = "{\"n\":99}".into();
-        assert_eq!(verify_chain(&edited, h.clone()).unwrap_err().seq, 2);
+        assert_eq!(
+            verify_chain(&key, &edited, h.clone(), None)
+                .unwrap_err()
+                .seq,
+            2
+        );
 
         let mut deleted = rows.clone();
         deleted.remove(2);
-        assert_eq!(verify_chain(&deleted, h.clone()).unwrap_err().seq, 3);
+        assert_eq!(
+            verify_chain(&key, &deleted, h.clone(), None)
+                .unwrap_err()
+                .seq,
+            3
+        );
 
         let mut reordered = rows.clone();
         reordered.swap(1, 2);
-        assert!(verify_chain(&reordered, h.clone()).is_err());
+        assert!(verify_chain(&key, &reordered, h.clone(), None).is_err());
         // Swapped back into sequence order but with their contents exchanged.
         let mut swapped = rows.clone();
         let (a, b) = (swapped[1].record.clone(), swapped[2].record.clone());
         swapped[1].record = b;
         swapped[2].record = a;
-        assert_eq!(verify_chain(&swapped, h.clone()).unwrap_err().seq, 2);
+        assert_eq!(
+            verify_chain(&key, &swapped, h.clone(), None)
+                .unwrap_err()
+                .seq,
+            2
+        );
 
         let truncated = rows[..3].to_vec();
-        assert!(verify_chain(&truncated, h).is_err());
-        assert!(verify_chain(&rows, None).is_err());
+        assert!(verify_chain(&key, &truncated, h, None).is_err());
+        assert!(verify_chain(&key, &rows, None, None).is_err());
     }
 }

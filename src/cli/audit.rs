@@ -3,20 +3,23 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{CliError, ConfigArg, Format};
-use crate::audit::{self, Record};
-use crate::store::Stores;
+use crate::audit::{self, checkpoint, verify, AuditKey, Record};
+use crate::store::{self, Stores};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Show audit records, oldest first, filtered.
     Log(LogArgs),
-    /// Check every chain for edited, deleted, reordered or cut-off records; exit 1 if any is broken.
+    /// Check every chain, read-only, under the audit key and against the checkpoints: edited,
+    /// re-hashed, deleted, cut-off or swapped records, and changes, approvals, grants and state
+    /// versions without the record that created them; exit 1 if any is broken.
     Verify(VerifyArgs),
 }
 
@@ -62,6 +65,10 @@ pub struct LogArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     config: ConfigArg,
+    /// A directory of checkpoints to check the chains against (default: the server's
+    /// `checkpoint_dir`); repeat it for copies kept elsewhere, or other instances' directories.
+    #[arg(long, value_name = "DIR")]
+    checkpoints: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -218,28 +225,85 @@ impl LogArgs {
 }
 
 impl VerifyArgs {
+    /// Verifies every chain's database, read-only, under the audit key, against the
+    /// checkpoints; prints one line per chain, naming its first problem and what it means.
     async fn run(self) -> Result<ExitCode, CliError> {
-        let stores = open(&self.config).await?;
+        let config = self.config.load()?;
+        let key = AuditKey::existing(&config.server.audit_key_file)
+            .map_err(|e| CliError::Failed(e.into()))?;
+        let dirs = if self.checkpoints.is_empty() {
+            vec![config.server.checkpoint_dir.clone()]
+        } else {
+            self.checkpoints.clone()
+        };
+        let found =
+            checkpoint::read(&dirs, &key.checkpoints()).context("cannot read the checkpoints")?;
+        for dir in &found.missing {
+            eprintln!(
+                "note: {} holds no checkpoints: a cut tail, an emptied chain or an older copy of a database cannot be told from an intact one",
+                dir.display()
+            );
+        }
         let mut broken = false;
         let mut report = Vec::new();
-        for (chain, db) in stores.chains() {
-            let (rows, head) = audit::read_chain(db.pool())
+        for db in store::open_read_only(&config).await {
+            let chain = db.chain;
+            let checkpoints = found.chains.get(&chain).map_or(&[][..], Vec::as_slice);
+            let verified = match &db.pool {
+                Ok(pool) => verify::database(
+                    &chain,
+                    pool,
+                    &key.chain(&chain),
+                    checkpoints,
+                    db.environment,
+                )
                 .await
-                .context("cannot read the audit log")?;
-            let found = audit::read_fields(db.pool())
-                .await
-                .context("cannot read the audit index")?;
-            let result = audit::verify_chain(&rows, head)
-                .and_then(|n| audit::verify_fields(&rows, &found).map(|()| n));
-            broken |= result.is_err();
-            match self.format {
-                Format::Human => match &result {
-                    Ok(n) => println!("{chain}: {n} records, chain intact"),
-                    Err(b) => println!("{chain}: BROKEN at {b}"),
+                .with_context(|| format!("cannot read the database of {chain}"))?,
+                Err(e) => verify::Report {
+                    records: 0,
+                    checkpoints: checkpoints.len(),
+                    outcome: Err(verify::Problem {
+                        seq: None,
+                        problem: e.to_string(),
+                    }),
                 },
-                Format::Json => report.push(match &result {
-                    Ok(n) => serde_json::json!({"chain": chain, "intact": true, "records": n}),
-                    Err(b) => serde_json::json!({"chain": chain, "intact": false, "seq": b.seq, "problem": b.problem}),
+            };
+            if let Ok(pool) = db.pool {
+                pool.close().await;
+            }
+            let mut outcome = verified.outcome;
+            if let (Ok(()), Some(bad)) = (&outcome, found.bad.get(&chain).and_then(|b| b.first())) {
+                outcome = Err(verify::Problem {
+                    seq: None,
+                    problem: bad.clone(),
+                });
+            }
+            broken |= outcome.is_err();
+            let unchecked = outcome.is_ok() && verified.records > 0 && checkpoints.is_empty();
+            match self.format {
+                Format::Human => match &outcome {
+                    Ok(()) => println!(
+                        "{chain}: {} records, chain intact{}",
+                        verified.records,
+                        if unchecked {
+                            " (no checkpoint of it: a cut tail cannot be told)".to_string()
+                        } else {
+                            format!(", {} checkpoints match", verified.checkpoints)
+                        }
+                    ),
+                    Err(p @ verify::Problem { seq: Some(_), .. }) => {
+                        println!("{chain}: BROKEN at {p}")
+                    }
+                    Err(p) => println!("{chain}: BROKEN: {p}"),
+                },
+                Format::Json => report.push(match &outcome {
+                    Ok(()) => serde_json::json!({
+                        "chain": chain, "intact": true, "records": verified.records,
+                        "checkpoints": verified.checkpoints,
+                    }),
+                    Err(p) => serde_json::json!({
+                        "chain": chain, "intact": false, "seq": p.seq, "problem": p.problem,
+                    }),
                 }),
             }
         }

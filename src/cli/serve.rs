@@ -44,37 +44,45 @@ impl ServeArgs {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        // Before the address is announced: a SIGTERM from then on takes the graceful path,
+        // which writes the audit checkpoints.
+        let shutdown = shutdown_signal();
         // The one line on stdout: scripts and tests read the address from it.
         println!("bulkhead listening on {scheme}://{addr}");
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, "serving");
-        http::serve(app, listener, shutdown_signal())
+        http::serve(app, listener, shutdown)
             .await
             .map_err(|e| CliError::Failed(e.into()))?;
         Ok(ExitCode::SUCCESS)
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on Ctrl-C or SIGTERM. SIGTERM's handler is installed now, not when first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

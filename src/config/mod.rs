@@ -190,6 +190,22 @@ pub struct Server {
     /// time. Zero looks every request's token up.
     pub token_cache: Duration,
     pub audit_sync: AuditSync,
+    /// Where the key that chains audit records lives (`BULKHEAD_AUDIT_KEY` takes precedence).
+    pub audit_key_file: PathBuf,
+    /// Where signed checkpoints of every audit chain's head are written.
+    pub checkpoint_dir: PathBuf,
+    /// A checkpoint of a chain is written every this many records (and at start and shutdown).
+    pub checkpoint_every: u64,
+}
+
+/// The default of `server { checkpoint_every }`.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+impl Server {
+    /// The audit settings' defaults, under `data_dir`.
+    fn audit_defaults(data_dir: &Path) -> (PathBuf, PathBuf) {
+        (data_dir.join("audit.key"), data_dir.join("checkpoints"))
+    }
 }
 
 /// The default of `server { token_cache }`.
@@ -436,13 +452,20 @@ impl Validator {
 
         let mut config = Config {
             path: path.to_path_buf(),
-            server: server.unwrap_or_else(|| Server {
-                listen: "127.0.0.1:8080".into(),
-                data_dir: self.base.join("bulkhead-data"),
-                storage: None,
-                tls: None,
-                token_cache: TOKEN_CACHE,
-                audit_sync: AuditSync::Writes,
+            server: server.unwrap_or_else(|| {
+                let data_dir = self.base.join("bulkhead-data");
+                let (audit_key_file, checkpoint_dir) = Server::audit_defaults(&data_dir);
+                Server {
+                    listen: "127.0.0.1:8080".into(),
+                    data_dir,
+                    storage: None,
+                    tls: None,
+                    token_cache: TOKEN_CACHE,
+                    audit_sync: AuditSync::Writes,
+                    audit_key_file,
+                    checkpoint_dir,
+                    checkpoint_every: CHECKPOINT_EVERY,
+                }
             }),
             teams,
             users,
@@ -510,7 +533,16 @@ impl Validator {
         self.only_attrs(
             block,
             "server",
-            &["listen", "data_dir", "storage", "token_cache", "audit_sync"],
+            &[
+                "listen",
+                "data_dir",
+                "storage",
+                "token_cache",
+                "audit_sync",
+                "audit_key_file",
+                "checkpoint_dir",
+                "checkpoint_every",
+            ],
         );
         let listen = self
             .string(block, "listen", "server")
@@ -559,6 +591,28 @@ impl Validator {
                 AuditSync::Writes
             }
         };
+        let data_dir = self.base.join(data_dir);
+        let (key_default, checkpoints_default) = Server::audit_defaults(&data_dir);
+        let audit_key_file = self
+            .string(block, "audit_key_file", "server")
+            .map_or(key_default, |p| self.base.join(p));
+        let checkpoint_dir = self
+            .string(block, "checkpoint_dir", "server")
+            .map_or(checkpoints_default, |p| self.base.join(p));
+        let checkpoint_every = match attr(block, "checkpoint_every") {
+            None => CHECKPOINT_EVERY,
+            Some(Attr {
+                value: Literal::Number(n),
+                ..
+            }) if (1.0..=1e9).contains(n) && n.fract() == 0.0 => *n as u64,
+            Some(a) => {
+                self.error(
+                    a.line,
+                    format!("server: checkpoint_every must be a whole number of records from 1 up (default {CHECKPOINT_EVERY})"),
+                );
+                CHECKPOINT_EVERY
+            }
+        };
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -586,11 +640,14 @@ impl Validator {
         }
         Server {
             listen,
-            data_dir: self.base.join(data_dir),
+            data_dir,
             storage,
             tls,
             token_cache,
             audit_sync,
+            audit_key_file,
+            checkpoint_dir,
+            checkpoint_every,
         }
     }
 
@@ -1217,6 +1274,36 @@ environment "prod" {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn server_audit_key_and_checkpoints() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.audit_key_file, c.server.data_dir.join("audit.key"));
+        assert_eq!(
+            c.server.checkpoint_dir,
+            c.server.data_dir.join("checkpoints")
+        );
+        assert_eq!(c.server.checkpoint_every, CHECKPOINT_EVERY);
+        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &set("audit_key_file = \"/etc/bulkhead/audit.key\"\n  checkpoint_dir = \"/var/log/cp\"\n  checkpoint_every = 50"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.audit_key_file,
+            Path::new("/etc/bulkhead/audit.key")
+        );
+        assert_eq!(c.server.checkpoint_dir, Path::new("/var/log/cp"));
+        assert_eq!(c.server.checkpoint_every, 50);
+        for bad in ["0", "1.5", "\"10\""] {
+            let e = errors(&set(&format!("checkpoint_every = {bad}")));
+            assert!(
+                e.contains("b.hcl:4: server: checkpoint_every must be a whole number"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

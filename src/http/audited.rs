@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use super::{ApiError, App};
-use crate::audit::{self, Outcome, Record};
+use crate::audit::{Outcome, Record};
 use crate::identity::{self, Caller};
 use crate::store::Tx;
 
@@ -92,7 +92,7 @@ pub async fn commit_with_record(
 ) -> Result<(), ApiError> {
     record.decision = Outcome::Allow;
     record.status = Some(status.as_u16());
-    if let Err(e) = audit::append(tx.conn(), record).await {
+    if let Err(e) = tx.append_record(record).await {
         tracing::error!(error = %e, "cannot write the audit record; refusing the request");
         return Err(ApiError::AuditUnavailable);
     }

@@ -137,8 +137,26 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
 }
 
-/// Serves until `shutdown` completes, with TLS when the config has a `tls` block.
+/// Serves until `shutdown` completes, with TLS when the config has a `tls` block, writing
+/// checkpoints of every audit chain's head at start, as the chains grow, and once serving ends.
 pub async fn serve(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let server = &app.config.server;
+    let checkpoints = crate::audit::checkpoint::Writers::start(
+        &app.stores,
+        &server.checkpoint_dir,
+        server.checkpoint_every,
+    )
+    .await;
+    let served = serve_connections(app.clone(), listener, shutdown).await;
+    checkpoints.shutdown(&app.stores).await;
+    served
+}
+
+async fn serve_connections(
     app: Arc<App>,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,

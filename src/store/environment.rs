@@ -425,6 +425,8 @@ impl Tx<'_> {
         .bind(v.content.and_then(crate::history::fingerprint))
         .execute(self.conn())
         .await?;
+        self.written
+            .push((v.state.to_string(), next, v.sha256.to_string()));
         if let Some(content) = v.content {
             // An empty content is one empty chunk, so that every version but a deletion has one.
             let chunks = content

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::oneshot;
 
-use super::{lock_ignoring_poison, take_writer_lock, Connections, Kind, StoreError};
+use super::{lock_ignoring_poison, take_writer_lock, Chain, Connections, Kind, StoreError};
 use crate::audit::{self, Record};
 
 /// A span of time in which nothing was written to a database but this server's group commits
@@ -71,6 +71,7 @@ const FLUSH_AT_MOST_AFTER: usize = 2 * FLUSH_AFTER;
 /// What a group commit works with.
 pub(super) struct Target {
     pub connections: Arc<Connections>,
+    pub chain: Arc<Chain>,
     pub kind: Kind,
     pub writer_key: i64,
     /// This server's lock on writing to the database.
@@ -162,8 +163,11 @@ impl GroupCommit {
             }
             known.head = outcome.clone().ok().flatten();
         }
-        if outcome.is_ok() && !batch.is_empty() {
-            self.flush_soon(target);
+        if let Ok(Some(new_head)) = &outcome {
+            if !batch.is_empty() {
+                target.chain.appended(new_head.clone());
+                self.flush_soon(target);
+            }
         }
         let index_due = match &outcome {
             Ok(Some(new_head)) => audit::index_due(new_head.seq - batch.len() as i64, new_head.seq),
@@ -269,9 +273,10 @@ async fn commit(
     batch: &[Queued],
 ) -> Result<audit::Head, String> {
     let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
+    let chain_key = &target.chain.key;
     if let (Some(appender), Some(head)) = (&target.connections.appender, head) {
         return appender
-            .insert_after(head, &records)
+            .insert_after(chain_key, head, &records)
             .map_err(|e| e.to_string());
     }
     let (kind, key) = (target.kind, target.writer_key);
@@ -280,7 +285,7 @@ async fn commit(
         .records
         .run(async |conn: &mut AnyConnection| {
             if let (Kind::Sqlite, Some(head)) = (kind, head) {
-                return audit::insert_after(conn, head, &records).await;
+                return audit::insert_after(conn, chain_key, head, &records).await;
             }
             let mut tx = match kind {
                 Kind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
@@ -291,7 +296,7 @@ async fn commit(
                 Some(head) => head.clone(),
                 None => audit::head(&mut tx).await?,
             };
-            let new_head = audit::insert_after(&mut tx, &head, &records).await?;
+            let new_head = audit::insert_after(&mut tx, chain_key, &head, &records).await?;
             tx.commit().await?;
             Ok(new_head)
         })

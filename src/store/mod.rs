@@ -13,6 +13,11 @@
 //! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
 //! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
 //! on the calling thread, through rusqlite (`sqlite_appender`).
+//!
+//! Each database's audit chain is keyed with a key of its own, derived from the audit key
+//! ([`crate::audit::key`]), and readied when the database is opened: the unkeyed part of a chain
+//! from before is sealed, and a chain whose newest record does not match the key stops the
+//! server. Appends tell the chain's checkpoint writer the new head, in memory.
 
 pub mod changes;
 pub mod environment;
@@ -32,7 +37,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
-use crate::audit::Record;
+use crate::audit::{self, AuditKey, ChainKey, ChainProblem, Head, Record};
 use crate::config::{AuditSync, Config, Environment};
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
@@ -80,6 +85,17 @@ pub enum StoreError {
     /// A task doing database work stopped before it finished.
     #[error("database work stopped before it finished: {0}")]
     Task(String),
+    #[error(transparent)]
+    Key(#[from] audit::key::KeyError),
+    /// An audit chain that cannot be appended to under this key.
+    #[error("the audit chain of {location}: {problem}")]
+    Chain {
+        location: String,
+        problem: ChainProblem,
+    },
+    /// A database that should be there is not (commands that only read never create one).
+    #[error("the database {location} does not exist: it was deleted or moved (restore it from a backup); nothing was created in its place")]
+    Missing { location: String },
 }
 
 /// Which kind of database a URL names.
@@ -197,12 +213,22 @@ fn environment_location(config: &Config, env: &Environment) -> Location {
     }
 }
 
+/// The name of the server-wide database's audit chain.
+pub const SERVER_CHAIN: &str = "server";
+
 /// Opens only the server-wide database (tokens), for commands that need nothing else.
 pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
     create_dir(&config.server.data_dir)?;
+    let key = AuditKey::for_server(&config.server.audit_key_file)?;
+    open_system_with(config, &key).await
+}
+
+async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore, StoreError> {
     let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
+    let chain = Chain::new(SERVER_CHAIN, key, &config.server.checkpoint_dir);
     let db = open(
         &system_location(config),
+        chain,
         migrations,
         config.server.audit_sync,
     )
@@ -217,24 +243,33 @@ pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
 pub struct Stores {
     pub system: SystemStore,
     environments: HashMap<String, EnvStore>,
+    key: AuditKey,
 }
 
 impl Stores {
     pub async fn open(config: &Config) -> Result<Stores, StoreError> {
         create_dir(&config.server.data_dir.join("environments"))?;
-        let system = open_system(config).await?;
+        let key = AuditKey::for_server(&config.server.audit_key_file)?;
+        let system = open_system_with(config, &key).await?;
         let mut environments = HashMap::new();
         for env in &config.environments {
             let location = environment_location(config, env);
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
-            let db = open(&location, migrations, config.server.audit_sync).await?;
+            let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
+            let db = open(&location, chain, migrations, config.server.audit_sync).await?;
             let recent = Default::default();
             environments.insert(env.name.clone(), EnvStore { db, recent });
         }
         Ok(Stores {
             system,
             environments,
+            key,
         })
+    }
+
+    /// The key the chains are keyed with (checkpoints are signed with a key derived from it).
+    pub fn audit_key(&self) -> &AuditKey {
+        &self.key
     }
 
     pub fn environment(&self, name: &str) -> Option<&EnvStore> {
@@ -263,9 +298,109 @@ impl Stores {
     }
 }
 
-/// Opens a database of either kind and applies its migrations (SQLite's, PostgreSQL's).
+/// One audit chain's database, opened for reading only.
+pub struct ReadOnly {
+    /// The chain's name: [`SERVER_CHAIN`] or an environment's.
+    pub chain: String,
+    /// An environment's database (which holds states and changes besides its chain).
+    pub environment: bool,
+    /// The database, or why it cannot be read (one that does not exist is not created).
+    pub pool: Result<AnyPool, StoreError>,
+}
+
+/// Every audit chain's database, the server's first, opened for reading only, as verification
+/// needs them: nothing is created or migrated, and a database that does not exist is an error
+/// naming it.
+pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
+    sqlx::any::install_default_drivers();
+    let mut out = vec![ReadOnly {
+        chain: SERVER_CHAIN.into(),
+        environment: false,
+        pool: open_existing(&system_location(config)).await,
+    }];
+    let mut envs: Vec<&Environment> = config.environments.iter().collect();
+    envs.sort_by(|a, b| a.name.cmp(&b.name));
+    for env in envs {
+        out.push(ReadOnly {
+            chain: env.name.clone(),
+            environment: true,
+            pool: open_existing(&environment_location(config, env)).await,
+        });
+    }
+    out
+}
+
+async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
+    let name = location.describe();
+    let opened = |source| StoreError::Open {
+        location: name.clone(),
+        source,
+    };
+    let missing = || StoreError::Missing {
+        location: name.clone(),
+    };
+    let sqlite_file = |path: &Path| -> Result<AnyConnectOptions, StoreError> {
+        if !path.is_file() {
+            return Err(missing());
+        }
+        let url = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .to_url_lossy();
+        AnyConnectOptions::from_url(&url).map_err(opened)
+    };
+    let (options, schema) = match location {
+        Location::File(path) => (sqlite_file(path)?, None),
+        Location::Url { url, schema } => match location.kind() {
+            Kind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url).map_err(opened)?;
+                (sqlite_file(options.get_filename())?, None)
+            }
+            Kind::Postgres => (
+                AnyConnectOptions::from_str(url).map_err(opened)?,
+                Some(schema.clone()),
+            ),
+        },
+    };
+    if let Some(schema) = &schema {
+        let mut conn = options.connect().await.map_err(opened)?;
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(opened)?;
+        if exists.is_none() {
+            return Err(missing());
+        }
+    }
+    let session = schema.map(|schema| {
+        format!(
+            "SET search_path TO {}; SET default_transaction_read_only = on",
+            quote(&schema)
+        )
+    });
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                if let Some(session) = session {
+                    conn.execute(session.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(opened)
+}
+
+/// Opens a database of either kind, applies its migrations (SQLite's, PostgreSQL's) and readies
+/// its audit chain for appending under the chain's key ([`audit::open_chain`]).
 async fn open(
     location: &Location,
+    chain: Chain,
     (sqlite, postgres): (&'static Migrator, &'static Migrator),
     sync: AuditSync,
 ) -> Result<Serialized, StoreError> {
@@ -344,9 +479,27 @@ async fn open(
         .run(&pool)
         .await
         .map_err(|source| StoreError::Migrate {
-            location: name,
+            location: name.clone(),
             source,
         })?;
+    {
+        let conn = &mut *pool.acquire().await?;
+        match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
+            Ok(audit::Opened::Intact) => {}
+            Ok(audit::Opened::Sealed(n)) => tracing::info!(
+                chain = %chain.name,
+                records = n,
+                "verified and sealed the audit records written before records were keyed"
+            ),
+            Err(problem) => {
+                return Err(StoreError::Chain {
+                    location: name,
+                    problem,
+                })
+            }
+        }
+        chain.appended(audit::head(conn).await?);
+    }
     let dedicated = |session| Dedicated {
         options: options.clone(),
         session,
@@ -381,9 +534,46 @@ async fn open(
             appender,
             relaxed,
         },
+        Arc::new(chain),
         kind,
         schema.as_deref(),
     ))
+}
+
+/// One database's audit chain, as its appenders share it: its name, its key, and the newest
+/// head appended by this server (which checkpoints are written from).
+pub(crate) struct Chain {
+    pub name: String,
+    pub key: ChainKey,
+    /// This server has written checkpoints of it (to `checkpoint_dir`).
+    checkpointed: bool,
+    head: tokio::sync::watch::Sender<Head>,
+}
+
+impl Chain {
+    fn new(name: &str, key: &AuditKey, checkpoint_dir: &Path) -> Chain {
+        Chain {
+            name: name.to_string(),
+            key: key.chain(name),
+            checkpointed: audit::checkpoint::file(checkpoint_dir, name).exists(),
+            head: tokio::sync::watch::Sender::new(Head {
+                seq: 0,
+                hash: audit::GENESIS.to_string(),
+            }),
+        }
+    }
+
+    /// Records committed up to `head`: checkpoint writers waiting for it are woken. Costs a
+    /// short lock, never I/O.
+    pub fn appended(&self, head: Head) {
+        self.head.send_if_modified(|known| {
+            let newer = head.seq > known.seq;
+            if newer {
+                *known = head;
+            }
+            newer
+        });
+    }
 }
 
 /// A connection of its own, outside the pool (which tests a connection with a round trip
@@ -470,6 +660,7 @@ fn quote(identifier: &str) -> String {
 pub struct Serialized {
     pool: AnyPool,
     connections: Arc<Connections>,
+    chain: Arc<Chain>,
     kind: Kind,
     /// The advisory lock key on PostgreSQL.
     writer_key: i64,
@@ -478,12 +669,19 @@ pub struct Serialized {
 }
 
 impl Serialized {
-    fn new(pool: AnyPool, connections: Connections, kind: Kind, schema: Option<&str>) -> Self {
+    fn new(
+        pool: AnyPool,
+        connections: Connections,
+        chain: Arc<Chain>,
+        kind: Kind,
+        schema: Option<&str>,
+    ) -> Self {
         let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
         let mut key = [0u8; 8];
         key.copy_from_slice(&digest[..8]);
         Serialized {
             connections: Arc::new(connections),
+            chain,
             pool,
             kind,
             writer_key: i64::from_be_bytes(key),
@@ -503,7 +701,23 @@ impl Serialized {
         let tx = tokio::spawn(async move { begin(&pool, kind, key).await })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        Ok(Tx { _guard: guard, tx })
+        Ok(Tx {
+            _guard: guard,
+            tx,
+            chain: &self.chain,
+            appended: None,
+            written: Vec::new(),
+        })
+    }
+
+    /// The name of this database's audit chain.
+    pub fn chain_name(&self) -> &str {
+        &self.chain.name
+    }
+
+    /// The newest head of this database's chain that this server has appended, as it changes.
+    pub fn watch_head(&self) -> tokio::sync::watch::Receiver<Head> {
+        self.chain.head.subscribe()
     }
 
     /// Appends an audit record in a transaction of its own, together with the records other
@@ -537,6 +751,7 @@ impl Serialized {
             let commits = self.commits.clone();
             let target = group_commit::Target {
                 connections: self.connections.clone(),
+                chain: self.chain.clone(),
                 kind: self.kind,
                 writer_key: self.writer_key,
                 writer: self.writer.clone(),
@@ -626,11 +841,51 @@ pub(super) async fn take_writer_lock(
 pub struct Tx<'a> {
     _guard: MutexGuard<'a, ()>,
     tx: Transaction<'static, Any>,
+    chain: &'a Chain,
+    /// The chain's head after the records appended in this transaction.
+    appended: Option<Head>,
+    /// The versions written in this transaction: (state, version, sha256).
+    written: Vec<(String, i64, String)>,
 }
 
 impl Tx<'_> {
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        if let Some(head) = self.appended {
+            self.chain.appended(head);
+        }
+        Ok(())
+    }
+
+    /// Appends an audit record to this database's chain, in this transaction. A record naming
+    /// a version written in it carries that version's SHA-256, so the chain vouches for the
+    /// content too.
+    pub async fn append_record(&mut self, record: &Record) -> Result<(), StoreError> {
+        self.append_records(std::slice::from_ref(record)).await
+    }
+
+    /// Appends audit records in order, in this transaction.
+    pub async fn append_records(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let sha256 = |r: &Record| {
+            let (state, version) = (r.state.as_deref()?, r.version?);
+            self.written
+                .iter()
+                .find(|(s, v, sha)| s == state && *v == version && !sha.is_empty())
+                .map(|(.., sha)| sha.clone())
+        };
+        let records: Vec<std::borrow::Cow<'_, Record>> = records
+            .iter()
+            .map(|r| match sha256(r) {
+                Some(sha) if r.sha256.is_none() => {
+                    let mut r = r.clone();
+                    r.sha256 = Some(sha);
+                    std::borrow::Cow::Owned(r)
+                }
+                _ => std::borrow::Cow::Borrowed(r),
+            })
+            .collect();
+        let head = audit::append_all(&mut self.tx, &self.chain.key, &records).await?;
+        self.appended = Some(head);
         Ok(())
     }
 

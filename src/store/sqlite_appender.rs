@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, ToSql};
 
 use super::{lock_ignoring_poison, StoreError};
-use crate::audit::{self, Head, Record};
+use crate::audit::{self, ChainKey, Head, Record};
 
 pub(super) struct SqliteAppender {
     conn: std::sync::Mutex<Connection>,
@@ -52,8 +52,13 @@ impl SqliteAppender {
     /// [`audit::insert_after`], on this connection: one statement, a transaction by itself.
     /// Fails, writing nothing, when the chain has grown past `head` or another writer holds
     /// the database.
-    pub fn insert_after(&self, head: &Head, records: &[&Record]) -> Result<Head, StoreError> {
-        let (rows, new_head) = audit::chain_rows(head, records)?;
+    pub fn insert_after(
+        &self,
+        key: &ChainKey,
+        head: &Head,
+        records: &[&Record],
+    ) -> Result<Head, StoreError> {
+        let (rows, new_head) = audit::chain_rows(key, head, records)?;
         if rows.is_empty() {
             return Ok(new_head);
         }

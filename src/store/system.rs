@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::FromRow;
 
 use super::{lock_ignoring_poison, now, Serialized, StoreError};
-use crate::audit::{self, Record};
+use crate::audit::Record;
 
 pub struct SystemStore {
     pub(super) db: Serialized,
@@ -85,7 +85,7 @@ impl SystemStore {
             .bind(now())
             .execute(tx.conn())
             .await?;
-        audit::append(tx.conn(), record).await?;
+        tx.append_record(record).await?;
         tx.commit().await
     }
 
@@ -127,7 +127,7 @@ impl SystemStore {
                 .rows_affected()
                 == 1;
         if done {
-            audit::append(tx.conn(), record).await?;
+            tx.append_record(record).await?;
             tx.commit().await?;
             self.recent.forget(id);
         }

@@ -282,7 +282,7 @@ async fn audit_verify_detects_an_edited_record_and_audit_log_filters() {
     let broken = bulkhead(dir, &["audit", "verify", "--config", "bulkhead.hcl"]);
     assert_eq!(broken.status.code(), Some(1));
     assert!(
-        stdout(&broken).contains("prod: BROKEN at record 1: its content does not match its hash"),
+        stdout(&broken).contains("prod: BROKEN at record 1: its MAC does not match its content"),
         "{}",
         stdout(&broken)
     );

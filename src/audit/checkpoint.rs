@@ -1,0 +1,469 @@
+//! Signed checkpoints of every audit chain's head, written outside the database: what shows a
+//! cut tail, an emptied chain or an older copy of a database, which the chain alone cannot.
+//!
+//! A checkpoint names a chain, a position, the MAC of the record there, a time and why it was
+//! written (`start`, `every`, `shutdown`), signed with a key derived from the audit key. The
+//! server appends one line per checkpoint to `CHECKPOINT_DIR/CHAIN.checkpoints` (append-only,
+//! flushed to disk) and logs the same line, at start, every `checkpoint_every` records a chain
+//! grows by, and on shutdown. Writers watch each chain's head in memory and write on a blocking
+//! thread of their own: nothing of this runs per request or under a database's writer lock.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hmac::Mac;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::key::CheckpointKey;
+use super::{Broken, Head, Stored};
+use crate::store::Stores;
+
+/// One checkpoint, as a line of a checkpoint file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub chain: String,
+    pub seq: i64,
+    pub mac: String,
+    pub time: String,
+    /// `start`, `every` or `shutdown`.
+    pub why: String,
+    pub sig: String,
+}
+
+impl Checkpoint {
+    /// A checkpoint of `chain` at `head`, signed now.
+    pub fn new(key: &CheckpointKey, chain: &str, head: &Head, why: &str) -> Checkpoint {
+        let mut c = Checkpoint {
+            chain: chain.to_string(),
+            seq: head.seq,
+            mac: head.hash.clone(),
+            time: crate::store::now(),
+            why: why.to_string(),
+            sig: String::new(),
+        };
+        c.sig = c.signature(key);
+        c
+    }
+
+    fn signature(&self, key: &CheckpointKey) -> String {
+        let mut h = key.start();
+        h.update(
+            format!(
+                "bulkhead audit checkpoint 1\n{}\n{}\n{}\n{}\n{}",
+                self.chain, self.seq, self.mac, self.time, self.why
+            )
+            .as_bytes(),
+        );
+        hex::encode(h.finalize().into_bytes())
+    }
+
+    /// Whether it was signed with `key`.
+    pub fn is_signed(&self, key: &CheckpointKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.signature(key)
+            .as_bytes()
+            .ct_eq(self.sig.as_bytes())
+            .into()
+    }
+
+    /// The checkpoint as one line of JSON (without the newline).
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The file a chain's checkpoints are appended to.
+pub fn file(dir: &Path, chain: &str) -> PathBuf {
+    dir.join(format!("{chain}.checkpoints"))
+}
+
+/// Appends a checkpoint to its chain's file in `dir` (created, readable by its owner alone)
+/// and flushes it to disk, then logs it.
+pub fn write(dir: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)?;
+    let path = file(dir, &checkpoint.chain);
+    let new = !path.exists();
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&path)?;
+    let line = checkpoint.line();
+    // One write of the whole line: appends from several writers do not interleave.
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()?;
+    if new {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    tracing::info!(
+        chain = %checkpoint.chain,
+        seq = checkpoint.seq,
+        checkpoint = %line,
+        "audit checkpoint"
+    );
+    Ok(())
+}
+
+/// [`write`] on a blocking thread, failures logged: a checkpoint that cannot be written does
+/// not stop the server, but is an error an operator must see.
+async fn write_logged(dir: PathBuf, checkpoint: Checkpoint) {
+    let chain = checkpoint.chain.clone();
+    let written = tokio::task::spawn_blocking(move || write(&dir, &checkpoint)).await;
+    let problem = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(%chain, error = %problem, "cannot write the audit checkpoint");
+}
+
+/// The server's checkpoint writers, one per chain.
+pub struct Writers {
+    key: CheckpointKey,
+    dir: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Writes a checkpoint of every chain's head now, and starts writing one each time a chain
+    /// has grown by `every` records since its last.
+    pub async fn start(stores: &Stores, dir: &Path, every: u64) -> Writers {
+        let key = stores.audit_key().checkpoints();
+        let every = i64::try_from(every).unwrap_or(i64::MAX).max(1);
+        let mut tasks = Vec::new();
+        let earlier = match read(&[dir.to_path_buf()], &key) {
+            Ok(found) => found.chains,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the audit checkpoints");
+                HashMap::new()
+            }
+        };
+        for (_, db) in stores.chains() {
+            let mut heads = db.watch_head();
+            let chain = db.chain_name().to_string();
+            let head = heads.borrow_and_update().clone();
+            let newest = earlier
+                .get(&chain)
+                .and_then(|c| c.iter().max_by_key(|c| c.seq));
+            if let Some(newest) = newest.filter(|c| c.seq > head.seq) {
+                // Loud, not fatal: restoring a backup looks the same, and is for a person to judge.
+                tracing::error!(
+                    %chain,
+                    newest = head.seq,
+                    checkpointed = newest.seq,
+                    "the audit chain ends before a record this server checkpointed: records were cut off, or an older copy of the database was put in place (run `bulkhead audit verify`)"
+                );
+            }
+            write_logged(
+                dir.to_path_buf(),
+                Checkpoint::new(&key, &chain, &head, "start"),
+            )
+            .await;
+            let (key, dir) = (key.clone(), dir.to_path_buf());
+            tasks.push(tokio::spawn(async move {
+                let mut last = head.seq;
+                while heads.changed().await.is_ok() {
+                    let head = heads.borrow_and_update().clone();
+                    if head.seq - last >= every {
+                        last = head.seq;
+                        let checkpoint = Checkpoint::new(&key, &chain, &head, "every");
+                        write_logged(dir.clone(), checkpoint).await;
+                    }
+                }
+            }));
+        }
+        Writers {
+            key,
+            dir: dir.to_path_buf(),
+            tasks,
+        }
+    }
+
+    /// Stops the writers and writes a checkpoint of every chain's head as the database has it
+    /// (records appended by other instances included), once the server has stopped serving.
+    pub async fn shutdown(self, stores: &Stores) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for (_, db) in stores.chains() {
+            let chain = db.chain_name().to_string();
+            let head = match db.pool().acquire().await {
+                Ok(mut conn) => super::head(&mut conn).await,
+                Err(e) => Err(e.into()),
+            };
+            match head {
+                Ok(head) => {
+                    let checkpoint = Checkpoint::new(&self.key, &chain, &head, "shutdown");
+                    write_logged(self.dir.clone(), checkpoint).await;
+                }
+                Err(e) => {
+                    tracing::error!(%chain, error = %e, "cannot read the audit chain's head for its checkpoint")
+                }
+            }
+        }
+    }
+}
+
+/// The checkpoints found in some directories, by chain, and the lines that are not
+/// checkpoints signed with the key (where, and what is wrong).
+#[derive(Debug, Default)]
+pub struct Found {
+    pub chains: HashMap<String, Vec<Checkpoint>>,
+    pub bad: HashMap<String, Vec<String>>,
+    /// Directories that do not exist.
+    pub missing: Vec<PathBuf>,
+}
+
+/// Reads every `*.checkpoints` file of `dirs`.
+pub fn read(dirs: &[PathBuf], key: &CheckpointKey) -> std::io::Result<Found> {
+    let mut found = Found::default();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                found.missing.push(dir.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let Some(chain) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".checkpoints"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path)?;
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let at = format!("{}:{}", path.display(), i + 1);
+                match serde_json::from_str::<Checkpoint>(line) {
+                    Ok(c) if c.is_signed(key) && c.chain == chain => {
+                        found.chains.entry(chain.clone()).or_default().push(c)
+                    }
+                    Ok(c) if c.is_signed(key) => found.bad.entry(chain.clone()).or_default().push(
+                        format!("{at}: a checkpoint of chain {} in the file of {chain}: the file was edited", c.chain),
+                    ),
+                    Ok(_) => found.bad.entry(chain.clone()).or_default().push(format!(
+                        "{at}: a checkpoint not signed with this server's audit key: it was forged or edited"
+                    )),
+                    Err(_) => found.bad.entry(chain.clone()).or_default().push(format!(
+                        "{at}: not a checkpoint: the file was edited or damaged"
+                    )),
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Verifies a chain whose records verify by their MACs against its checkpoints: every
+/// checkpoint's position must hold the record it saw, so the chain must reach the newest.
+pub fn verify(rows: &[Stored], checkpoints: &[Checkpoint]) -> Result<(), Broken> {
+    let Some(newest) = checkpoints.iter().max_by_key(|c| c.seq) else {
+        return Ok(());
+    };
+    let length = rows.len() as i64;
+    if newest.seq > length {
+        let problem = if length == 0 {
+            format!(
+                "the chain is empty, but the checkpoint of {} saw {} records: every record was deleted, or an empty database was put in its place",
+                newest.time, newest.seq
+            )
+        } else {
+            format!(
+                "the chain ends at record {length}, but the checkpoint of {} saw record {}: records were cut off the end, or an older copy of the database was put in its place",
+                newest.time, newest.seq
+            )
+        };
+        return Err(Broken {
+            seq: length + 1,
+            problem,
+        });
+    }
+    let mut by_seq: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.seq > 0).collect();
+    by_seq.sort_by_key(|c| c.seq);
+    for c in by_seq {
+        let Some(row) = usize::try_from(c.seq - 1).ok().and_then(|i| rows.get(i)) else {
+            continue;
+        };
+        if row.hash != c.mac {
+            return Err(Broken {
+                seq: c.seq,
+                problem: format!(
+                    "it is not the record the checkpoint of {} saw there: the chain was rewritten from here by someone with the audit key, or replaced by another copy",
+                    c.time
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{chain_rows, AuditKey, Record, GENESIS};
+
+    fn key() -> AuditKey {
+        AuditKey::from_hex(&"ef".repeat(32), "test").unwrap()
+    }
+
+    fn rows(n: usize) -> Vec<Stored> {
+        let records: Vec<Record> = (0..n).map(|_| Record::new("state:read")).collect();
+        let genesis = Head {
+            seq: 0,
+            hash: GENESIS.into(),
+        };
+        chain_rows(&key().chain("prod"), &genesis, &records)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|r| Stored {
+                seq: r.seq,
+                record: r.record,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            })
+            .collect()
+    }
+
+    fn at(rows: &[Stored], seq: usize) -> Checkpoint {
+        let head = Head {
+            seq: seq as i64,
+            hash: rows[seq - 1].hash.clone(),
+        };
+        Checkpoint::new(&key().checkpoints(), "prod", &head, "every")
+    }
+
+    #[test]
+    fn checkpoints_are_signed() {
+        let rows = rows(2);
+        let c = at(&rows, 2);
+        assert!(c.is_signed(&key().checkpoints()));
+        let mut moved = c.clone();
+        moved.seq = 1;
+        assert!(!moved.is_signed(&key().checkpoints()));
+        let other = AuditKey::from_hex(&"01".repeat(32), "t").unwrap();
+        assert!(!c.is_signed(&other.checkpoints()));
+    }
+
+    #[test]
+    fn a_cut_emptied_or_replaced_chain_is_found_against_its_checkpoints() {
+        let rows = rows(5);
+        let checkpoints = vec![at(&rows, 2), at(&rows, 4)];
+        assert_eq!(verify(&rows, &checkpoints), Ok(()));
+        assert_eq!(verify(&rows[..4], &checkpoints), Ok(()));
+
+        let cut = verify(&rows[..3], &checkpoints).unwrap_err();
+        assert_eq!(cut.seq, 4);
+        assert!(cut.problem.contains("cut off"), "{}", cut.problem);
+
+        let emptied = verify(&[], &checkpoints).unwrap_err();
+        assert!(
+            emptied.problem.contains("the chain is empty"),
+            "{}",
+            emptied.problem
+        );
+
+        let mut replaced = rows.clone();
+        replaced[1].hash = "00".into();
+        let p = verify(&replaced, &checkpoints).unwrap_err();
+        assert_eq!(p.seq, 2);
+    }
+
+    /// The writers checkpoint a chain each time it has grown by `every` records, beside the
+    /// appends (so the test waits for the file, with a deadline).
+    #[tokio::test]
+    async fn a_chain_is_checkpointed_every_so_many_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n  data_dir = {:?}\n}}\nteam \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = crate::config::Config::parse(&dir.path().join("b.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        let checkpoints = dir.path().join("checkpoints");
+        let writers = Writers::start(&stores, &checkpoints, 3).await;
+        let (_, db) = stores
+            .chains()
+            .into_iter()
+            .find(|(name, _)| name == "dev")
+            .unwrap();
+        for _ in 0..7 {
+            db.append_record(&Record::new("state:read")).await.unwrap();
+        }
+        let read = || {
+            let found = read(
+                std::slice::from_ref(&checkpoints),
+                &stores.audit_key().checkpoints(),
+            )
+            .unwrap();
+            found.chains.get("dev").cloned().unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !read().iter().any(|c| c.why == "every" && c.seq >= 6) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", read());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        writers.shutdown(&stores).await;
+        let dev = read();
+        assert_eq!(
+            dev.first().map(|c| (c.why.as_str(), c.seq)),
+            Some(("start", 0))
+        );
+        assert_eq!(
+            dev.last().map(|c| (c.why.as_str(), c.seq)),
+            Some(("shutdown", 7))
+        );
+        assert!(dev
+            .iter()
+            .all(|c| c.why != "every" || c.seq % 3 == 0 || c.seq > 3));
+    }
+
+    #[test]
+    fn written_checkpoints_are_read_back_and_edits_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = rows(3);
+        write(dir.path(), &at(&rows, 1)).unwrap();
+        write(dir.path(), &at(&rows, 3)).unwrap();
+        let found = read(&[dir.path().to_path_buf()], &key().checkpoints()).unwrap();
+        assert_eq!(found.chains["prod"].len(), 2);
+        assert!(found.bad.is_empty());
+
+        let path = file(dir.path(), "prod");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"seq\":3", "\"seq\":2", 1)).unwrap();
+        let found = read(&[dir.path().to_path_buf()], &key().checkpoints()).unwrap();
+        assert_eq!(found.chains["prod"].len(), 1);
+        assert!(
+            found.bad["prod"][0].contains("not signed"),
+            "{:?}",
+            found.bad
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}
