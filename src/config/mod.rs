@@ -16,6 +16,9 @@ use self::hcl::{Attr, Block, Literal};
 
 /// The default limit on one state document.
 pub const DEFAULT_MAX_STATE_SIZE: u64 = 32 * 1024 * 1024;
+/// The default of `environment { max_plan_size }`: plans carry the state before and after,
+/// so they are larger than states.
+pub const DEFAULT_MAX_PLAN_SIZE: u64 = 64 * 1024 * 1024;
 
 /// A config file that cannot be used, with every problem found in it.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +160,40 @@ pub struct Server {
     /// time. Zero looks every request's token up.
     pub token_cache: Duration,
     pub audit_sync: AuditSync,
+    pub connections: Connections,
 }
+
+/// How long a client may take and how many connections it may hold (`server { header_timeout,
+/// body_timeout, idle_timeout, max_connections }`): what keeps slow or idle clients from
+/// holding the server's sockets, memory and open files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// From a connection's first byte (or the end of its previous request) to the end of a
+    /// request's headers; the TLS handshake gets as long.
+    pub header_timeout: Duration,
+    /// From a request's headers to the last byte of its body.
+    pub body_timeout: Duration,
+    /// How long a connection may move no byte while no request is being handled.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait, unaccepted, until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The longest any of the `server` timeouts may be.
+const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// The most `server { max_connections }` may be.
+const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 
 /// The default of `server { token_cache }`.
 pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
@@ -202,6 +238,8 @@ pub struct Environment {
     /// else a SQLite file under the data directory.
     pub storage: Option<String>,
     pub max_state_size: u64,
+    /// The largest plan (`terraform show -json`) a change may be proposed with.
+    pub max_plan_size: u64,
     pub approval: Option<Approval>,
     pub pipeline: Option<Pipeline>,
     pub breakglass: Option<Breakglass>,
@@ -410,6 +448,7 @@ impl Validator {
                 tls: None,
                 token_cache: TOKEN_CACHE,
                 audit_sync: AuditSync::Writes,
+                connections: Connections::default(),
             }),
             teams,
             users,
@@ -477,7 +516,17 @@ impl Validator {
         self.only_attrs(
             block,
             "server",
-            &["listen", "data_dir", "storage", "token_cache", "audit_sync"],
+            &[
+                "listen",
+                "data_dir",
+                "storage",
+                "token_cache",
+                "audit_sync",
+                "header_timeout",
+                "body_timeout",
+                "idle_timeout",
+                "max_connections",
+            ],
         );
         let listen = self
             .string(block, "listen", "server")
@@ -526,6 +575,7 @@ impl Validator {
                 AuditSync::Writes
             }
         };
+        let connections = self.connections(block);
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -558,6 +608,57 @@ impl Validator {
             tls,
             token_cache,
             audit_sync,
+            connections,
+        }
+    }
+
+    /// The timeouts and connection cap of a `server` block.
+    fn connections(&mut self, block: &Block) -> Connections {
+        let defaults = Connections::default();
+        let mut timeout = |key: &str, default: Duration| match self.duration(block, key, "server") {
+            Some(d) if d > CONNECTION_TIMEOUT_MAX => {
+                let line = attr(block, key).map_or(block.line, |a| a.line);
+                self.error(
+                    line,
+                    format!(
+                        "server: {key} = \"{}s\" would let a stalled client hold a connection that long: use at most \"1h\" (default \"{}s\")",
+                        d.as_secs(),
+                        default.as_secs()
+                    ),
+                );
+                default
+            }
+            Some(d) => d,
+            None => default,
+        };
+        let header_timeout = timeout("header_timeout", defaults.header_timeout);
+        let body_timeout = timeout("body_timeout", defaults.body_timeout);
+        let idle_timeout = timeout("idle_timeout", defaults.idle_timeout);
+        let max_connections = match attr(block, "max_connections") {
+            None => defaults.max_connections,
+            Some(a) => match &a.value {
+                Literal::Number(n)
+                    if *n >= 1.0 && n.fract() == 0.0 && *n <= MAX_CONNECTIONS_MAX as f64 =>
+                {
+                    *n as usize
+                }
+                _ => {
+                    self.error(
+                        a.line,
+                        format!(
+                            "server: max_connections must be a whole number from 1 to {MAX_CONNECTIONS_MAX} (default {})",
+                            defaults.max_connections
+                        ),
+                    );
+                    defaults.max_connections
+                }
+            },
+        };
+        Connections {
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections,
         }
     }
 
@@ -576,6 +677,7 @@ impl Validator {
                 "delete",
                 "storage",
                 "max_state_size",
+                "max_plan_size",
             ],
         );
         let mut named = Vec::new();
@@ -648,6 +750,16 @@ impl Validator {
                 }
             },
         };
+        let max_plan_size = match attr(block, "max_plan_size") {
+            None => DEFAULT_MAX_PLAN_SIZE,
+            Some(a) => match parse_size(&a.value) {
+                Ok(n) => n,
+                Err(problem) => {
+                    self.error(a.line, format!("{ctx}: max_plan_size {problem}"));
+                    DEFAULT_MAX_PLAN_SIZE
+                }
+            },
+        };
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
@@ -661,6 +773,7 @@ impl Validator {
             delete,
             storage,
             max_state_size,
+            max_plan_size,
             approval,
             pipeline,
             breakglass,
@@ -1079,6 +1192,46 @@ environment "prod" {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn server_timeouts_and_connection_cap() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.connections, Connections::default());
+        assert_eq!(
+            c.environment("prod").unwrap().max_plan_size,
+            DEFAULT_MAX_PLAN_SIZE
+        );
+        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &set("header_timeout = \"2s\"\n  body_timeout = \"1m\"\n  idle_timeout = \"30s\"\n  max_connections = 50"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.connections,
+            Connections {
+                header_timeout: Duration::from_secs(2),
+                body_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(30),
+                max_connections: 50,
+            }
+        );
+        let e = errors(&set(
+            "header_timeout = \"0s\"\n  body_timeout = \"2h\"\n  idle_timeout = 30\n  max_connections = 0",
+        ));
+        assert!(e.contains("b.hcl:4: server: header_timeout"), "{e}");
+        assert!(
+            e.contains("b.hcl:5: server: body_timeout = \"7200s\" would let a stalled client hold a connection that long"),
+            "{e}"
+        );
+        assert!(e.contains("b.hcl:6: server: `idle_timeout` must be a string"), "{e}");
+        assert!(
+            e.contains("b.hcl:7: server: max_connections must be a whole number from 1 to"),
+            "{e}"
+        );
+        let e = errors(&GOOD.replace("max_state_size = \"1MiB\"", "max_plan_size = \"lots\""));
+        assert!(e.contains("environment \"prod\": max_plan_size"), "{e}");
     }
 
     #[test]
