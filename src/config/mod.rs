@@ -1225,7 +1225,10 @@ environment "prod" {
             e.contains("b.hcl:5: server: body_timeout = \"7200s\" would let a stalled client hold a connection that long"),
             "{e}"
         );
-        assert!(e.contains("b.hcl:6: server: `idle_timeout` must be a string"), "{e}");
+        assert!(
+            e.contains("b.hcl:6: server: `idle_timeout` must be a string"),
+            "{e}"
+        );
         assert!(
             e.contains("b.hcl:7: server: max_connections must be a whole number from 1 to"),
             "{e}"

@@ -387,7 +387,8 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     };
     match tx.held_lock(state).await? {
         None => {
-            let text = String::from_utf8_lossy(body);
+            // The LockInfo as parsed (bounded), not the body as sent.
+            let text = info.to_json();
             tx.insert_lock(state, &info.id, &principal, &info.operation, &text)
                 .await?;
             if let Some(Grant::Change(number)) = grant {

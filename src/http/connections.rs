@@ -97,7 +97,8 @@ pub async fn serve(
     let listener = TcpListener::from_std(listener)?;
     let max = cap(limits.max_connections);
     let permits = Arc::new(Semaphore::new(max));
-    let tls = tls.map(|config| RustlsAcceptor::new(config).handshake_timeout(limits.header_timeout));
+    let tls =
+        tls.map(|config| RustlsAcceptor::new(config).handshake_timeout(limits.header_timeout));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
