@@ -7,4 +7,5 @@ mod helpers;
 mod history;
 mod instances;
 mod protocol;
+mod resources;
 mod terraform;
