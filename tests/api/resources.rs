@@ -71,7 +71,12 @@ async fn a_connection_that_never_finishes_its_headers_is_closed_after_header_tim
     let sent = sent.expect("the server closes a connection whose headers never end");
     assert!(!sent.contains("200 OK"), "{sent}");
     // The server is not harmed: a whole request on a new connection is answered.
-    let ok = t.client.get(format!("{}/healthz", t.base())).send().await.unwrap();
+    let ok = t
+        .client
+        .get(format!("{}/healthz", t.base()))
+        .send()
+        .await
+        .unwrap();
     assert_status(&ok, StatusCode::OK);
 }
 
@@ -97,7 +102,11 @@ async fn a_body_that_stalls_is_cut_off_with_408_recorded_and_nothing_stored() {
     assert_eq!(record.status, Some(408));
     assert_eq!(record.principal.as_deref(), Some("user:alice"));
     assert!(
-        record.reason.as_deref().unwrap_or("").contains("body_timeout"),
+        record
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("body_timeout"),
         "{record:?}"
     );
     // And the connection goes too, whatever the client does.
@@ -191,13 +200,12 @@ async fn a_plan_over_max_plan_size_is_413_and_nothing_is_stored() {
 
     let listing = p.client("pat").changes(Some("prod"), None).await.unwrap();
     assert!(listing.changes.is_empty(), "{:?}", listing.changes);
-    let creates: Vec<_> = p
-        .t
-        .audit(Some("prod"))
-        .await
-        .into_iter()
-        .filter(|r| r.action == "change:create")
-        .collect();
+    let creates: Vec<_> =
+        p.t.audit(Some("prod"))
+            .await
+            .into_iter()
+            .filter(|r| r.action == "change:create")
+            .collect();
     assert_eq!(creates.len(), 2);
     assert!(creates.iter().all(|r| r.status == Some(413)), "{creates:?}");
 
@@ -292,7 +300,8 @@ async fn an_over_long_lock_id_is_refused_and_long_lock_fields_are_stored_capped(
         StatusCode::OK,
     );
     assert_status(
-        &t.unlock("dev/app", "bob", "b-1", "OperationTypeApply").await,
+        &t.unlock("dev/app", "bob", "b-1", "OperationTypeApply")
+            .await,
         StatusCode::OK,
     );
 
