@@ -39,7 +39,8 @@ use crate::config::Connections;
 /// is found idle, before they are closed.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Open files the server keeps for itself (databases, logs, key files) beside its connections.
+/// Open files the server keeps for itself (databases, logs, key files) beside its connections,
+/// at the least; twice what it has open when it starts serving, where that is more.
 const RESERVED_FILES: u64 = 128;
 
 /// Raises the open-file soft limit to the hard limit and logs the figure; returns the limit
@@ -70,12 +71,16 @@ fn cap(max_connections: usize) -> usize {
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
         return max_connections;
     };
-    let room = usize::try_from(soft.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    // Databases open more connections under load than at start; hence twice.
+    let open_now = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let reserved = RESERVED_FILES.max(2 * open_now);
+    let room = usize::try_from(soft.saturating_sub(reserved).max(1)).unwrap_or(usize::MAX);
     if room < max_connections {
         tracing::warn!(
             max_connections,
             serving = room,
             open_file_limit = soft,
+            reserved,
             "max_connections lowered: the open-file limit leaves room for fewer connections; raise the limit (ulimit -n, LimitNOFILE= in systemd) or lower max_connections"
         );
         room
@@ -118,18 +123,22 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let (tcp, peer) = loop {
+        let accepted = loop {
             tokio::select! {
                 biased;
-                () = &mut shutdown => return finish(stop, permits, max).await,
+                () = &mut shutdown => break None,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => {
                         backoff.reset();
-                        break accepted;
+                        break Some(accepted);
                     }
                     Err(e) => backoff.after(&e).await,
                 },
             }
+        };
+        let Some((tcp, peer)) = accepted else {
+            drop(permit);
+            break;
         };
         let conn = Conn {
             router: router.clone(),
@@ -167,29 +176,49 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(10);
     const MOST: Duration = Duration::from_secs(1);
 
+    /// The wait after one of `delay`: doubled, from [`Self::FIRST`] up to [`Self::MOST`].
+    fn next(delay: Duration) -> Duration {
+        (delay * 2).clamp(Self::FIRST, Self::MOST)
+    }
+
     fn reset(&mut self) {
         self.delay = Duration::ZERO;
     }
 
     async fn after(&mut self, e: &io::Error) {
-        match e.raw_os_error() {
+        match accept_failure(e) {
             // The peer gave up before we took it: nothing to wait for.
-            Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO) => return,
-            Some(code @ (libc::EMFILE | libc::ENFILE)) => {
-                let whose = if code == libc::EMFILE {
-                    "this process's"
-                } else {
-                    "the system's"
-                };
-                tracing::error!(
-                    error = %e,
-                    "too many open files: {whose} open-file limit is reached, so no new connection can be accepted until one closes; raise the limit (ulimit -n, LimitNOFILE= in systemd) or lower server.max_connections"
-                );
-            }
-            _ => tracing::warn!(error = %e, "cannot accept a connection"),
+            None => return,
+            Some(Failure::OutOfFiles(sentence)) => tracing::error!(error = %e, "{sentence}"),
+            Some(Failure::Other) => tracing::warn!(error = %e, "cannot accept a connection"),
         }
-        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MOST);
+        self.delay = Self::next(self.delay);
         tokio::time::sleep(self.delay).await;
+    }
+}
+
+/// What a failed accept means for the accept loop.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The process or the system has no file left for the connection: the sentence for the log.
+    OutOfFiles(String),
+    Other,
+}
+
+fn accept_failure(e: &io::Error) -> Option<Failure> {
+    match e.raw_os_error() {
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EINTR | libc::EPROTO) => None,
+        Some(code @ (libc::EMFILE | libc::ENFILE)) => {
+            let whose = if code == libc::EMFILE {
+                "this process's"
+            } else {
+                "the system's"
+            };
+            Some(Failure::OutOfFiles(format!(
+                "too many open files: {whose} open-file limit is reached, so no new connection is accepted until one closes (the server goes on serving the others); raise the limit (ulimit -n, LimitNOFILE= in systemd) or lower server.max_connections"
+            )))
+        }
+        _ => Some(Failure::Other),
     }
 }
 
@@ -486,5 +515,61 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_files_is_named_and_a_peer_giving_up_is_not_a_failure() {
+        let out = accept_failure(&io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(
+            matches!(&out, Some(Failure::OutOfFiles(s)) if s.starts_with("too many open files: this process's open-file limit")),
+            "{out:?}"
+        );
+        let out = accept_failure(&io::Error::from_raw_os_error(libc::ENFILE));
+        assert!(matches!(&out, Some(Failure::OutOfFiles(s)) if s.contains("the system's")));
+        assert_eq!(
+            accept_failure(&io::Error::from_raw_os_error(libc::ECONNABORTED)),
+            None
+        );
+        assert_eq!(
+            accept_failure(&io::Error::from_raw_os_error(libc::ENOMEM)),
+            Some(Failure::Other)
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_a_second() {
+        let mut delays = vec![Backoff::next(Duration::ZERO)];
+        for _ in 0..10 {
+            delays.push(Backoff::next(*delays.last().unwrap()));
+        }
+        assert_eq!(delays[0], Backoff::FIRST);
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*delays.last().unwrap(), Backoff::MOST);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_deadline_fails_with_body_timed_out() {
+        use http_body_util::BodyExt;
+        let (_sender, body) = {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<http_body::Frame<axum::body::Bytes>, Infallible>,
+            >(1);
+            (tx, http_body_util::StreamBody::new(tokio_stream(rx)))
+        };
+        let mut body = Deadline::new(body, Instant::now() + Duration::from_millis(20));
+        let err = body.frame().await.expect("a frame").expect_err("timed out");
+        assert!(timed_out(err.as_ref()));
+        assert!(body.frame().await.is_none());
+    }
+
+    fn tokio_stream<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }

@@ -386,3 +386,64 @@ async fn a_keep_alive_connection_idle_past_idle_timeout_is_closed() {
         .expect("an idle keep-alive connection is closed");
     assert!(sent.starts_with("HTTP/1.1 200"), "{sent}");
 }
+
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_and_serves_fewer_connections_than_it_allows() {
+    use tokio::io::AsyncBufReadExt;
+    let t = spawn_app().await;
+    let log = t.dir.path().join("serve-limits.log");
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    serve
+        .args([
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(t.dir.path())
+        .env("BULKHEAD_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    // Started with a soft limit of 256 under a hard limit of 512 (the default max_connections,
+    // 1024, does not fit in either).
+    // SAFETY: the closure only makes one system call, which is safe between fork and exec.
+    unsafe {
+        serve.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, 256, 512));
+    }
+    let mut child = serve.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the server announces its address");
+    let base = first
+        .strip_prefix("bulkhead listening on ")
+        .unwrap()
+        .to_string();
+    let health = t
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_status(&health, StatusCode::OK);
+    let text = tokio::time::timeout(NEVER, async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("max_connections lowered") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(text.contains("open-file limit raised"), "{text}");
+    assert!(text.contains("from=256 to=512"), "{text}");
+    assert!(text.contains("max_connections lowered"), "{text}");
+    assert!(text.contains("open_file_limit=512"), "{text}");
+}
