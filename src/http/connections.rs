@@ -153,6 +153,8 @@ pub async fn serve(
             conn.run(tcp, tls).await;
         });
     }
+    // Refuse new connections at once rather than let them wait in the backlog for nothing.
+    drop(listener);
     finish(stop, permits, max).await
 }
 
