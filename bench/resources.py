@@ -105,7 +105,7 @@ environment "prod" {{
         start = time.time()
         try:
             with urllib.request.urlopen(self.base + "/healthz", timeout=timeout) as r:
-                return time.time() - start if r.status == 200 else None
+                return round(time.time() - start, 3) if r.status == 200 else None
         except (urllib.error.URLError, OSError):
             return None
 
@@ -131,29 +131,32 @@ def auth(token):
 
 def write_plan(path, mb):
     """A plan of about `mb` megabytes, shaped as `terraform show -json` prints one: planned
-    values, and resource changes with their before and after."""
-    target = mb << 20
-    per = 1400
-    count = max(1, target // (3 * per))
-    pad = "x" * 400
+    values, and resource changes with their before and after, each a resource's attributes
+    (many small values, as real resources have: tags, rules, flags)."""
 
     def values(i):
-        return {"id": str(i), "input": {"value": pad, "type": "string"}, "triggers": None}
+        return {"id": f"r-{i}", "arn": f"arn:aws:ec2:eu-west-1:123456789012:instance/r-{i}",
+                "enabled": i % 2 == 0, "count": i,
+                "tags": {f"tag{j}": f"value-{j}" for j in range(12)},
+                "rules": [{"port": 8000 + j, "protocol": "tcp", "cidr": "10.0.0.0/16"}
+                          for j in range(4)]}
 
+    one = len(json.dumps(values(0))) * 3 + 200
+    count = max(1, (mb << 20) // one)
     plan = {
         "format_version": "1.2",
         "terraform_version": "1.11.4",
         "planned_values": {
             "root_module": {
                 "resources": [
-                    {"address": f"terraform_data.r[{i}]", "type": "terraform_data",
+                    {"address": f"aws_instance.r[{i}]", "type": "aws_instance",
                      "name": "r", "index": i, "values": values(i)}
                     for i in range(count)
                 ]
             }
         },
         "resource_changes": [
-            {"address": f"terraform_data.r[{i}]", "type": "terraform_data", "name": "r",
+            {"address": f"aws_instance.r[{i}]", "type": "aws_instance", "name": "r",
              "change": {"actions": ["update"], "before": values(i), "after": values(i + 1),
                         "after_unknown": {}, "before_sensitive": {}, "after_sensitive": {}}}
             for i in range(count)

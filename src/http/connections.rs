@@ -6,10 +6,12 @@
 //! axum-server's `serve`: axum-server accepts without limit and retries a failed accept every
 //! 50 ms without a word, so neither the cap nor a named "too many open files" can be added from
 //! outside it. Here a connection is only accepted once a permit of the cap is free: the ones
-//! over it wait in the kernel's backlog, holding no file of ours, and are taken as the header
-//! and idle timeouts close the idle ones. So idle connections can delay `/healthz` by at most
-//! the longer of those timeouts, never indefinitely. The TLS handshake still comes from
-//! axum-server's acceptor, given the header timeout as its own.
+//! over it wait in the kernel's backlog, holding no file of ours, and are taken in arrival
+//! order as the header and idle timeouts close idle ones. So a request that arrives behind
+//! idle connections waits about one header timeout for every `max_connections` of them queued
+//! ahead of it (the listen backlog bounds that queue), never indefinitely; and new idle
+//! connections queue behind it. The TLS handshake still comes from axum-server's acceptor,
+//! given the header timeout as its own.
 
 use std::convert::Infallible;
 use std::future::Future;
