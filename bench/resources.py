@@ -8,7 +8,8 @@ as one table (and the raw figures as JSON lines on stderr):
                     500) that sent part of their headers and stopped; then again after the
                     server's header_timeout (default 10 s) has passed;
   declared_bodies   the same with M connections (default 50) that sent a whole POST
-                    /v1/changes head declaring a 256 MiB body, and no body;
+                    /v1/changes head declaring a 256 MiB body, and no body, against a
+                    server limited to 4 GiB of address space (max_plan_size 512 MiB);
   over_the_cap      200 half-open connections against a server with max_connections = 100:
                     how long /healthz waits (this build only).
 
@@ -40,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Server:
     """A `bulkhead serve` in a directory of its own, with a token for the user `bench`."""
 
-    def __init__(self, binary, server_lines="", env_lines=""):
+    def __init__(self, binary, server_lines="", env_lines="", address_space_gib=None):
         self.dir = tempfile.mkdtemp(prefix="bulkhead-resources-")
         self.binary = binary
         config = os.path.join(self.dir, "bulkhead.hcl")
@@ -64,11 +65,19 @@ environment "prod" {{
             )
         self.out = open(os.path.join(self.dir, "serve.out"), "w+")
         self.log = open(os.path.join(self.dir, "serve.log"), "w")
+        def limit():
+            if address_space_gib:
+                import resource
+
+                size = address_space_gib << 30
+                resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", config, "--listen", "127.0.0.1:0"],
             cwd=self.dir,
             stdout=self.out,
             stderr=self.log,
+            preexec_fn=limit,
         )
         deadline = time.time() + 30
         self.base = None
@@ -90,15 +99,21 @@ environment "prod" {{
         ).strip()
 
     def status(self, key):
-        """A /proc/PID/status figure, in MB."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        """A /proc/PID/status figure, in MB (None once the process is gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return None
 
     def open_files(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return None
 
     def healthz(self, timeout):
         """Seconds until /healthz answered 200, or None."""
@@ -173,7 +188,7 @@ def plan_upload(binary, mb, baseline):
     try:
         path = os.path.join(server.dir, "plan.json")
         size = write_plan(path, mb)
-        before = server.status("VmHWM")
+        before = server.status("VmHWM") or 0
         with open(path, "rb") as f:
             body = f.read()
         req = urllib.request.Request(
@@ -188,7 +203,7 @@ def plan_upload(binary, mb, baseline):
                 code = r.status
         except urllib.error.HTTPError as e:
             code = e.code
-        peak = server.status("VmHWM")
+        peak = server.status("VmHWM") or float("nan")
         return {"plan MB": round(size / 2**20, 1), "status": code,
                 "idle RSS MB": round(before, 1), "peak RSS MB": round(peak, 1),
                 "growth MB": round(peak - before, 1),
@@ -201,15 +216,18 @@ def hold(server, count, payload):
     """`count` connections that each sent `payload` and then nothing."""
     held = []
     for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(payload)
+        try:
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            s.sendall(payload)
+        except OSError:
+            continue
         held.append(s)
     return held
 
 
 def snapshot(server, label, healthz_timeout=5):
-    return {"when": label, "alive": server.alive(), "RSS MB": round(server.status("VmRSS"), 1),
-            "VmSize MB": round(server.status("VmSize"), 1), "open files": server.open_files(),
+    return {"when": label, "alive": server.alive(), "RSS MB": server.status("VmRSS"),
+            "VmSize MB": server.status("VmSize"), "open files": server.open_files(),
             "healthz s": server.healthz(healthz_timeout)}
 
 
@@ -233,8 +251,12 @@ def half_open(binary, count):
     return idle_case(binary, count, b"GET /healthz HTTP/1.1\r\nHost: bench\r\nUser-Agent: slo")
 
 
-def declared_bodies(binary, count):
-    server = Server(binary)
+def declared_bodies(binary, count, baseline):
+    # Under a memory limit, as a container or systemd's MemoryMax= would set one (here the
+    # address space, which counts what is reserved, touched or not). The plan limit is set
+    # above the declared length, so that the bodies are waited for rather than refused.
+    env_lines = "" if baseline else 'max_plan_size = "512MiB"'
+    server = Server(binary, env_lines=env_lines, address_space_gib=4)
     try:
         head = (
             "POST /v1/changes?environment=prod&state=network HTTP/1.1\r\nHost: bench\r\n"
@@ -296,7 +318,7 @@ def main():
         results[name] = {
             "plan": plan_upload(path, args.plan_mb, baseline),
             "half_open": half_open(path, args.connections),
-            "declared": declared_bodies(path, args.declared),
+            "declared": declared_bodies(path, args.declared, baseline),
         }
         if not baseline:
             results[name]["cap"] = over_the_cap(path, 100)
@@ -306,7 +328,8 @@ def main():
           [dict(binary=n, **r["plan"]) for n, r in results.items()])
     table(f"{args.connections} half-open connections (partial headers, then nothing)",
           [dict(binary=n, **row) for n, r in results.items() for row in r["half_open"]])
-    table(f"{args.declared} connections declaring a 256 MiB plan and sending none of it",
+    table(f"{args.declared} connections declaring a 256 MiB plan and sending none of it"
+          " (4 GiB address-space limit)",
           [dict(binary=n, **row) for n, r in results.items() for row in r["declared"]])
     for n, r in results.items():
         if "cap" in r:
