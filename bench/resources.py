@@ -10,6 +10,8 @@ as one table (and the raw figures as JSON lines on stderr):
   declared_bodies   the same with M connections (default 50) that sent a whole POST
                     /v1/changes head declaring a 256 MiB body, and no body, against a
                     server limited to 4 GiB of address space (max_plan_size 512 MiB);
+  open_file_limit   1100 half-open connections against a server whose open-file limit is
+                    1024 (soft and hard): does /healthz answer (within 30 s)?
   over_the_cap      200 half-open connections against a server with max_connections = 100:
                     how long /healthz waits (this build only).
 
@@ -41,7 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Server:
     """A `bulkhead serve` in a directory of its own, with a token for the user `bench`."""
 
-    def __init__(self, binary, server_lines="", env_lines="", address_space_gib=None):
+    def __init__(self, binary, server_lines="", env_lines="", address_space_gib=None,
+                 open_files=None):
         self.dir = tempfile.mkdtemp(prefix="bulkhead-resources-")
         self.binary = binary
         config = os.path.join(self.dir, "bulkhead.hcl")
@@ -66,11 +69,13 @@ environment "prod" {{
         self.out = open(os.path.join(self.dir, "serve.out"), "w+")
         self.log = open(os.path.join(self.dir, "serve.log"), "w")
         def limit():
-            if address_space_gib:
-                import resource
+            import resource
 
+            if address_space_gib:
                 size = address_space_gib << 30
                 resource.setrlimit(resource.RLIMIT_AS, (size, size))
+            if open_files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", config, "--listen", "127.0.0.1:0"],
@@ -289,6 +294,20 @@ def over_the_cap(binary, cap):
         server.stop()
 
 
+def open_file_limit(binary, count):
+    """`count` half-open connections against a server whose open-file limit is 1024 (soft and
+    hard, the usual default): more connections than files."""
+    server = Server(binary, open_files=1024)
+    try:
+        held = hold(server, count, b"GET /healthz HTTP/1.1\r\nHost: bench\r\nUser-Agent: slo")
+        row = snapshot(server, f"{len(held)} open, 1024 files", healthz_timeout=30)
+        for s in held:
+            s.close()
+        return [row]
+    finally:
+        server.stop()
+
+
 def table(title, rows):
     print(f"\n{title}")
     if not rows:
@@ -319,6 +338,7 @@ def main():
             "plan": plan_upload(path, args.plan_mb, baseline),
             "half_open": half_open(path, args.connections),
             "declared": declared_bodies(path, args.declared, baseline),
+            "files": open_file_limit(path, 1100),
         }
         if not baseline:
             results[name]["cap"] = over_the_cap(path, 100)
@@ -331,6 +351,8 @@ def main():
     table(f"{args.declared} connections declaring a 256 MiB plan and sending none of it"
           " (4 GiB address-space limit)",
           [dict(binary=n, **row) for n, r in results.items() for row in r["declared"]])
+    table("1100 half-open connections, open-file limit 1024 (/healthz waited for up to 30 s)",
+          [dict(binary=n, **row) for n, r in results.items() for row in r["files"]])
     for n, r in results.items():
         if "cap" in r:
             table(f"200 half-open connections, max_connections = 100 ({n})", r["cap"])
