@@ -30,14 +30,14 @@ use crate::store::EnvStore;
 const TITLE_LIMIT: usize = 1024;
 /// The longest branch name or commit a change may name, in bytes.
 const REF_LIMIT: usize = 256;
-/// The longest reason a rejection or cancellation may give, in bytes.
+/// The longest reason a rejection, cancellation or break-glass grant may give, in bytes.
 const REASON_LIMIT: usize = 4096;
 
 /// Refuses a text parameter longer than `limit` bytes, with a sentence that says so.
 fn bounded(what: &str, text: Option<&str>, limit: usize) -> Result<(), ApiError> {
     match text {
         Some(text) if text.len() > limit => Err(ApiError::BadRequest(format!(
-            "the {what} is {} bytes, longer than the {limit} bytes a change takes: shorten it; nothing was stored",
+            "the {what} is {} bytes, over the limit of {limit} bytes: shorten it; nothing was stored",
             text.len()
         ))),
         _ => Ok(()),

@@ -239,7 +239,7 @@ async fn over_long_change_texts_are_refused_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, ClientError::Refused { status: 400, message } if message.contains("the title is 2000 bytes, longer than the 1024 bytes a change takes")),
+        matches!(&refused, ClientError::Refused { status: 400, message } if message.contains("the title is 2000 bytes, over the limit of 1024 bytes")),
         "{refused}"
     );
     let listing = p.client("pat").changes(Some("prod"), None).await.unwrap();
