@@ -242,8 +242,31 @@ async fn over_long_change_texts_are_refused_and_nothing_is_stored() {
         matches!(&refused, ClientError::Refused { status: 400, message } if message.contains("the title is 2000 bytes, over the limit of 1024 bytes")),
         "{refused}"
     );
+    // A rejection's reason, and a break-glass reason, likewise.
+    let id = p.propose("alice", "prod", "network").await;
+    let reason = "r".repeat(5000);
+    let refused = p
+        .client("pat")
+        .decide(&id, "reject", Some(&reason))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Refused { status: 400, message } if message.contains("the reason is 5000 bytes, over the limit of 4096 bytes")),
+        "{refused}"
+    );
+    let refused = p
+        .client("pat")
+        .open_breakglass("prod", &reason, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Refused { status: 400, .. }),
+        "{refused}"
+    );
     let listing = p.client("pat").changes(Some("prod"), None).await.unwrap();
-    assert!(listing.changes.is_empty());
+    assert_eq!(listing.changes.len(), 1);
+    assert_eq!(listing.changes[0].status.as_str(), "open");
+    assert!(listing.breakglass.is_empty());
 }
 
 #[tokio::test]
