@@ -64,13 +64,37 @@ pub struct LockInfo {
 /// The operation terraform names when a lock is only for planning.
 pub const PLAN: &str = "OperationTypePlan";
 
+/// The longest lock ID (or operation) a LOCK may name, in bytes. Terraform's IDs are UUIDs
+/// (36 bytes); a longer ID is refused, so that no lock, and no record of one, carries more.
+pub const ID_LIMIT: usize = 1024;
+
 impl LockInfo {
-    /// Parses a LOCK body.
+    /// Parses a LOCK body. The fields that only describe the client (`Who`, `Info`, `Path`,
+    /// `Version`) are kept to [`crate::audit::TEXT_CAP`] bytes each, with a marker, so the
+    /// LockInfo stored with a lock is bounded; an ID or operation over [`ID_LIMIT`] is refused.
     pub fn parse_lock(body: &[u8]) -> Result<LockInfo, String> {
-        let info: LockInfo = serde_json::from_slice(body)
+        let mut info: LockInfo = serde_json::from_slice(body)
             .map_err(|e| format!("the LOCK body is not a terraform LockInfo JSON object: {e}"))?;
         if info.id.trim().is_empty() {
             return Err("the LockInfo has no ID".into());
+        }
+        for (what, text) in [("ID", &info.id), ("Operation", &info.operation)] {
+            if text.len() > ID_LIMIT {
+                return Err(format!(
+                    "the LockInfo's {what} is {} bytes: bulkhead takes at most {ID_LIMIT} (terraform's lock IDs are UUIDs); nothing was locked",
+                    text.len()
+                ));
+            }
+        }
+        for text in [
+            &mut info.who,
+            &mut info.info,
+            &mut info.path,
+            &mut info.version,
+        ] {
+            if text.len() > crate::audit::TEXT_CAP {
+                *text = crate::audit::cap(text, crate::audit::TEXT_CAP).into_owned();
+            }
         }
         Ok(info)
     }
@@ -181,5 +205,27 @@ mod tests {
         assert!(matches!(own, Unlock::Own(i) if i.id == "abc"));
         assert!(Unlock::parse(b"{").is_err());
         assert!(LockInfo::parse_lock(br#"{"ID":""}"#).is_err());
+    }
+
+    #[test]
+    fn lock_bodies_are_bounded() {
+        let long = "x".repeat(64 * 1024);
+        let e = LockInfo::parse_lock(lock_body(&long, "w").as_bytes()).unwrap_err();
+        assert!(
+            e.contains("the LockInfo's ID is 65536 bytes: bulkhead takes at most 1024"),
+            "{e}"
+        );
+        let info = LockInfo::parse_lock(lock_body("abc", &long).as_bytes()).unwrap();
+        assert!(info.who.len() < 1100, "{}", info.who.len());
+        assert!(
+            info.who.ends_with("…(truncated, 65536 bytes)"),
+            "{}",
+            &info.who[1000..]
+        );
+        assert!(info.to_json().len() < 2048);
+    }
+
+    fn lock_body(id: &str, who: &str) -> String {
+        serde_json::json!({"ID": id, "Operation": "OperationTypeApply", "Who": who}).to_string()
     }
 }

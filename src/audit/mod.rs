@@ -112,6 +112,78 @@ impl Record {
     }
 }
 
+/// The most bytes a text field of a record keeps of what a request sent (a User-Agent, a lock
+/// ID, a change id as named); the rest is cut, with a marker saying how long it was, so that
+/// nobody can fill an append-only log with a few large requests.
+pub const TEXT_CAP: usize = 1024;
+/// The most bytes of a record's `reason` and `policy`, sentences that may quote a request.
+pub const SENTENCE_CAP: usize = 4096;
+
+/// `text`, or its first `limit` bytes (cut at a character) and `…(truncated, N bytes)`.
+pub fn cap(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return text.into();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(truncated, {} bytes)", &text[..end], text.len()).into()
+}
+
+impl Record {
+    /// The record as it is written: every text field within [`TEXT_CAP`] or [`SENTENCE_CAP`].
+    /// The one place records are capped; every append goes through it.
+    pub fn capped(&self) -> std::borrow::Cow<'_, Record> {
+        fn field(value: &mut Option<String>, limit: usize) {
+            if let Some(text) = value {
+                if text.len() > limit {
+                    *text = cap(text, limit).into_owned();
+                }
+            }
+        }
+        let long = |v: &Option<String>, limit: usize| v.as_ref().is_some_and(|t| t.len() > limit);
+        let texts = [
+            &self.principal,
+            &self.source,
+            &self.user_agent,
+            &self.environment,
+            &self.state,
+            &self.lock_id,
+            &self.change,
+            &self.breakglass,
+            &self.branch,
+        ];
+        if !texts.iter().any(|v| long(v, TEXT_CAP))
+            && !long(&self.reason, SENTENCE_CAP)
+            && !long(&self.policy, SENTENCE_CAP)
+            && self.action.len() <= TEXT_CAP
+        {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut r = self.clone();
+        for value in [
+            &mut r.principal,
+            &mut r.source,
+            &mut r.user_agent,
+            &mut r.environment,
+            &mut r.state,
+            &mut r.lock_id,
+            &mut r.change,
+            &mut r.breakglass,
+            &mut r.branch,
+        ] {
+            field(value, TEXT_CAP);
+        }
+        field(&mut r.reason, SENTENCE_CAP);
+        field(&mut r.policy, SENTENCE_CAP);
+        if r.action.len() > TEXT_CAP {
+            r.action = cap(&r.action, TEXT_CAP).into_owned();
+        }
+        std::borrow::Cow::Owned(r)
+    }
+}
+
 /// The MAC of the record at `seq`, chained to `prev`, under the chain's key.
 pub fn link(key: &ChainKey, seq: i64, prev: &str, record_json: &str) -> String {
     let mut h = key.start();
@@ -401,7 +473,8 @@ pub fn chain_rows(
     let (mut seq, mut prev) = (head.seq, head.hash.clone());
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
-        let record = record.borrow();
+        let record = record.borrow().capped();
+        let record = record.as_ref();
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         seq += 1;
         let hash = link(key, seq, &prev, &json);
@@ -759,6 +832,43 @@ pub fn verify_fields(rows: &[Stored], found: &[(i64, Fields)]) -> Result<(), Bro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cap_keeps_short_text_and_marks_what_it_cuts() {
+        assert_eq!(cap("curl/8.5", 16), "curl/8.5");
+        assert_eq!(cap("abcdef", 3), "abc…(truncated, 6 bytes)");
+        // Never inside a character.
+        assert_eq!(cap("ééé", 3), "é…(truncated, 6 bytes)");
+    }
+
+    #[test]
+    fn records_are_capped_field_by_field_when_chained() {
+        let mut record = Record::new("state:read");
+        record.user_agent = Some("A".repeat(100 * 1024));
+        record.lock_id = Some("L".repeat(64 * 1024));
+        record.reason = Some("r".repeat(5000));
+        record.source = Some("127.0.0.1".into());
+        let capped = record.capped();
+        let ua = capped.user_agent.as_deref().unwrap();
+        assert!(
+            ua.starts_with(&"A".repeat(TEXT_CAP)) && ua.ends_with("…(truncated, 102400 bytes)")
+        );
+        assert!(capped.lock_id.as_deref().unwrap().len() < TEXT_CAP + 32);
+        assert!(capped.reason.as_deref().unwrap().len() < SENTENCE_CAP + 32);
+        assert_eq!(capped.source.as_deref(), Some("127.0.0.1"));
+        let (rows, _) = chain_rows(
+            &key(),
+            &Head {
+                seq: 0,
+                hash: GENESIS.into(),
+            },
+            &[record],
+        )
+        .unwrap();
+        assert!(rows[0].record.len() < 8 * 1024, "{}", rows[0].record.len());
+        let short = Record::new("state:read");
+        assert!(matches!(short.capped(), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn key() -> ChainKey {
         AuditKey::from_hex(&"ab".repeat(32), "test")

@@ -1,5 +1,9 @@
 //! Reading a plan: the JSON that `terraform show -json plan.tfplan` prints, summarised as a
 //! reviewer reads it. Pure.
+//!
+//! Plans are large (they carry the planned state and every resource's before and after), so
+//! only the parts a summary needs are read into memory: everything else is skipped as it is
+//! parsed, never built into a JSON tree. A plan is held once, as the bytes it came in.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,11 +35,14 @@ impl PlanSummary {
 
 /// Summarises `terraform show -json` output; anything else is refused with the reason.
 pub fn summarize(bytes: &[u8]) -> Result<PlanSummary, String> {
+    use serde::de::IgnoredAny;
+    // Unknown fields (`before`, `after`, `configuration`, ...) are skipped by serde; what is
+    // only checked for presence is read as `IgnoredAny`, which skips it too.
     #[derive(Deserialize)]
     struct Plan {
         format_version: Option<String>,
         terraform_version: Option<String>,
-        planned_values: Option<serde_json::Value>,
+        planned_values: Option<IgnoredAny>,
         #[serde(default)]
         resource_changes: Vec<ResourceChange>,
     }

@@ -30,6 +30,8 @@ impl ServeArgs {
         } else {
             "http"
         };
+        // Before the databases open: every connection and database file is an open file.
+        http::connections::raise_open_file_limit();
         let app = App::open(config).await.map_err(|e| match e {
             StartError::Policy(e) => CliError::Usage(format!(
                 "{e}\nThe policies are invalid: the server did not start."

@@ -16,6 +16,9 @@ use self::hcl::{Attr, Block, Literal};
 
 /// The default limit on one state document.
 pub const DEFAULT_MAX_STATE_SIZE: u64 = 32 * 1024 * 1024;
+/// The default of `environment { max_plan_size }`: plans carry the state before and after,
+/// so they are larger than states.
+pub const DEFAULT_MAX_PLAN_SIZE: u64 = 64 * 1024 * 1024;
 
 /// A config file that cannot be used, with every problem found in it.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,7 @@ pub struct Server {
     /// time. Zero looks every request's token up.
     pub token_cache: Duration,
     pub audit_sync: AuditSync,
+    pub connections: Connections,
     /// Where the key that chains audit records lives (`BULKHEAD_AUDIT_KEY` takes precedence).
     pub audit_key_file: PathBuf,
     /// Where signed checkpoints of every audit chain's head are written.
@@ -207,6 +211,38 @@ impl Server {
         (data_dir.join("audit.key"), data_dir.join("checkpoints"))
     }
 }
+
+/// How long a client may take and how many connections it may hold (`server { header_timeout,
+/// body_timeout, idle_timeout, max_connections }`): what keeps slow or idle clients from
+/// holding the server's sockets, memory and open files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// From a connection's first byte (or the end of its previous request) to the end of a
+    /// request's headers; the TLS handshake gets as long.
+    pub header_timeout: Duration,
+    /// From a request's headers to the last byte of its body.
+    pub body_timeout: Duration,
+    /// How long a connection may move no byte while no request is being handled.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait, unaccepted, until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The longest any of the `server` timeouts may be.
+const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// The most `server { max_connections }` may be.
+const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 
 /// The default of `server { token_cache }`.
 pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
@@ -251,6 +287,8 @@ pub struct Environment {
     /// else a SQLite file under the data directory.
     pub storage: Option<String>,
     pub max_state_size: u64,
+    /// The largest plan (`terraform show -json`) a change may be proposed with.
+    pub max_plan_size: u64,
     pub approval: Option<Approval>,
     pub pipeline: Option<Pipeline>,
     pub breakglass: Option<Breakglass>,
@@ -465,6 +503,7 @@ impl Validator {
                     audit_key_file,
                     checkpoint_dir,
                     checkpoint_every: CHECKPOINT_EVERY,
+                    connections: Connections::default(),
                 }
             }),
             teams,
@@ -542,6 +581,10 @@ impl Validator {
                 "audit_key_file",
                 "checkpoint_dir",
                 "checkpoint_every",
+                "header_timeout",
+                "body_timeout",
+                "idle_timeout",
+                "max_connections",
             ],
         );
         let listen = self
@@ -613,6 +656,7 @@ impl Validator {
                 CHECKPOINT_EVERY
             }
         };
+        let connections = self.connections(block);
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -648,6 +692,57 @@ impl Validator {
             audit_key_file,
             checkpoint_dir,
             checkpoint_every,
+            connections,
+        }
+    }
+
+    /// The timeouts and connection cap of a `server` block.
+    fn connections(&mut self, block: &Block) -> Connections {
+        let defaults = Connections::default();
+        let mut timeout = |key: &str, default: Duration| match self.duration(block, key, "server") {
+            Some(d) if d > CONNECTION_TIMEOUT_MAX => {
+                let line = attr(block, key).map_or(block.line, |a| a.line);
+                self.error(
+                    line,
+                    format!(
+                        "server: {key} = \"{}s\" would let a stalled client hold a connection that long: use at most \"1h\" (default \"{}s\")",
+                        d.as_secs(),
+                        default.as_secs()
+                    ),
+                );
+                default
+            }
+            Some(d) => d,
+            None => default,
+        };
+        let header_timeout = timeout("header_timeout", defaults.header_timeout);
+        let body_timeout = timeout("body_timeout", defaults.body_timeout);
+        let idle_timeout = timeout("idle_timeout", defaults.idle_timeout);
+        let max_connections = match attr(block, "max_connections") {
+            None => defaults.max_connections,
+            Some(a) => match &a.value {
+                Literal::Number(n)
+                    if *n >= 1.0 && n.fract() == 0.0 && *n <= MAX_CONNECTIONS_MAX as f64 =>
+                {
+                    *n as usize
+                }
+                _ => {
+                    self.error(
+                        a.line,
+                        format!(
+                            "server: max_connections must be a whole number from 1 to {MAX_CONNECTIONS_MAX} (default {})",
+                            defaults.max_connections
+                        ),
+                    );
+                    defaults.max_connections
+                }
+            },
+        };
+        Connections {
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections,
         }
     }
 
@@ -666,6 +761,7 @@ impl Validator {
                 "delete",
                 "storage",
                 "max_state_size",
+                "max_plan_size",
             ],
         );
         let mut named = Vec::new();
@@ -738,6 +834,16 @@ impl Validator {
                 }
             },
         };
+        let max_plan_size = match attr(block, "max_plan_size") {
+            None => DEFAULT_MAX_PLAN_SIZE,
+            Some(a) => match parse_size(&a.value) {
+                Ok(n) => n,
+                Err(problem) => {
+                    self.error(a.line, format!("{ctx}: max_plan_size {problem}"));
+                    DEFAULT_MAX_PLAN_SIZE
+                }
+            },
+        };
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
@@ -751,6 +857,7 @@ impl Validator {
             delete,
             storage,
             max_state_size,
+            max_plan_size,
             approval,
             pipeline,
             breakglass,
@@ -1304,6 +1411,49 @@ environment "prod" {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn server_timeouts_and_connection_cap() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.server.connections, Connections::default());
+        assert_eq!(
+            c.environment("prod").unwrap().max_plan_size,
+            DEFAULT_MAX_PLAN_SIZE
+        );
+        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &set("header_timeout = \"2s\"\n  body_timeout = \"1m\"\n  idle_timeout = \"30s\"\n  max_connections = 50"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.connections,
+            Connections {
+                header_timeout: Duration::from_secs(2),
+                body_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(30),
+                max_connections: 50,
+            }
+        );
+        let e = errors(&set(
+            "header_timeout = \"0s\"\n  body_timeout = \"2h\"\n  idle_timeout = 30\n  max_connections = 0",
+        ));
+        assert!(e.contains("b.hcl:4: server: header_timeout"), "{e}");
+        assert!(
+            e.contains("b.hcl:5: server: body_timeout = \"7200s\" would let a stalled client hold a connection that long"),
+            "{e}"
+        );
+        assert!(
+            e.contains("b.hcl:6: server: `idle_timeout` must be a string"),
+            "{e}"
+        );
+        assert!(
+            e.contains("b.hcl:7: server: max_connections must be a whole number from 1 to"),
+            "{e}"
+        );
+        let e = errors(&GOOD.replace("max_state_size = \"1MiB\"", "max_plan_size = \"lots\""));
+        assert!(e.contains("environment \"prod\": max_plan_size"), "{e}");
     }
 
     #[test]

@@ -387,7 +387,8 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     match call.judge(record, &gathered, ask)? {
         Effect::ReadLock => tx.insert_read_lock(state, &info.id, &principal).await?,
         Effect::TakeLock { change } => {
-            let text = String::from_utf8_lossy(body);
+            // The LockInfo as parsed (bounded), not the body as sent.
+            let text = info.to_json();
             let lock = NewLock {
                 lock_id: &info.id,
                 principal: &principal,

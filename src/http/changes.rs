@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
+use super::audited::{
+    authenticate, commit_with_record, finish, new_record, read_body, read_limited, Reply,
+};
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{plan, ChangeId, Listing, Status};
@@ -24,8 +26,23 @@ use crate::state::{sha256_hex, StateName};
 use crate::store::changes::NewChange;
 use crate::store::EnvStore;
 
-/// Plans are bigger than states; this is a sanity limit, not a policy.
-const PLAN_LIMIT: u64 = 256 * 1024 * 1024;
+/// The longest title a change may have, in bytes.
+const TITLE_LIMIT: usize = 1024;
+/// The longest branch name or commit a change may name, in bytes.
+const REF_LIMIT: usize = 256;
+/// The longest reason a rejection, cancellation or break-glass grant may give, in bytes.
+const REASON_LIMIT: usize = 4096;
+
+/// Refuses a text parameter longer than `limit` bytes, with a sentence that says so.
+fn bounded(what: &str, text: Option<&str>, limit: usize) -> Result<(), ApiError> {
+    match text {
+        Some(text) if text.len() > limit => Err(ApiError::BadRequest(format!(
+            "the {what} is {} bytes, over the limit of {limit} bytes: shorten it; nothing was stored",
+            text.len()
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// Authorizes `action` in `env` for the caller, or refuses with the sentence.
 fn require(
@@ -89,8 +106,13 @@ pub async fn create(
             )));
         }
         let state = StateName::parse(&params.state).map_err(ApiError::BadRequest)?;
-        let bytes = read_body(&headers, body, PLAN_LIMIT).await?;
+        bounded("title", params.title.as_deref(), TITLE_LIMIT)?;
+        bounded("branch", params.branch.as_deref(), REF_LIMIT)?;
+        bounded("commit", params.commit.as_deref(), REF_LIMIT)?;
+        let bytes = read_limited(&headers, body, env.max_plan_size, "max_plan_size").await?;
         let summary = plan::summarize(&bytes).map_err(|e| ApiError::BadRequest(format!("the plan was not stored: {e}")))?;
+        let plan_sha256 = sha256_hex(&bytes);
+        drop(bytes);
         let author = caller.principal.to_string();
         let title = params.title.unwrap_or_default();
         let mut tx = store.begin().await?;
@@ -99,7 +121,7 @@ pub async fn create(
                 state: state.as_str(),
                 title: title.trim(),
                 author: &author,
-                plan_sha256: &sha256_hex(&bytes),
+                plan_sha256: &plan_sha256,
                 summary: &summary,
                 branch: params.branch.as_deref(),
                 commit: params.commit.as_deref(),
@@ -251,6 +273,7 @@ pub async fn decide(
             "cancel" => require(&app, &caller, &mut record, Action::ChangeApprove, env, peer)?,
             other => return Err(ApiError::NotFound(format!("`{other}`: a change can be approved, rejected or cancelled"))),
         }
+        bounded("reason", params.reason.as_deref(), REASON_LIMIT)?;
         if change.status != Status::Open {
             return Err(ApiError::Conflict(format!("change {id} is {} already", change.status.as_str())));
         }
@@ -335,6 +358,7 @@ pub async fn open_breakglass(
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty())
             .ok_or_else(|| ApiError::BadRequest("a reason is mandatory: say what is broken and why the change process cannot wait".into()))?;
+        bounded("reason", Some(&reason), REASON_LIMIT)?;
         let ttl = match &params.ttl {
             None => rules.max_ttl,
             Some(t) => parse_duration(t).map_err(|e| ApiError::BadRequest(format!("ttl {e}")))?,

@@ -4,11 +4,11 @@
 mod audited;
 pub mod backend;
 pub mod changes;
+pub mod connections;
 mod error;
 pub mod history;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,8 +16,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get, post};
 use axum::Router;
-use axum_server::accept::NoDelayAcceptor;
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::tls_rustls::RustlsConfig;
 
 pub use error::ApiError;
 
@@ -137,8 +136,9 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
 }
 
-/// Serves until `shutdown` completes, with TLS when the config has a `tls` block, writing
-/// checkpoints of every audit chain's head at start, as the chains grow, and once serving ends.
+/// Serves until `shutdown` completes, with TLS when the config has a `tls` block, and the
+/// connections bounded as `server` says (see [`connections`]), writing checkpoints of every
+/// audit chain's head at start, as the chains grow, and once serving ends.
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
@@ -161,25 +161,9 @@ async fn serve_connections(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    listener.set_nonblocking(true)?;
-    let handle = axum_server::Handle::new();
-    let on_shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    });
-    let tls = app.config.server.tls.clone();
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall terraform's small
-    // request/response exchanges by tens of milliseconds each.
-    let server = axum_server::from_tcp(listener).handle(handle);
-    match tls {
-        None => {
-            server
-                .acceptor(NoDelayAcceptor::new())
-                .serve(service)
-                .await?
-        }
+    let limits = app.config.server.connections;
+    let tls = match app.config.server.tls.clone() {
+        None => None,
         Some(tls) => {
             // One process-wide crypto provider; a second install is harmless and ignored.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -190,9 +174,9 @@ async fn serve_connections(
                     key: tls.key_file.display().to_string(),
                     source,
                 })?;
-            let acceptor = RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new());
-            server.acceptor(acceptor).serve(service).await?
+            Some(config)
         }
-    }
+    };
+    connections::serve(router(app), listener, limits, tls, shutdown).await?;
     Ok(())
 }

@@ -122,6 +122,7 @@ mod tests {
             delete: vec![],
             storage: None,
             max_state_size: 1,
+            max_plan_size: 1,
             approval: None,
             pipeline: None,
             breakglass: None,

@@ -11,4 +11,5 @@ mod history;
 mod instances;
 mod oidc;
 mod protocol;
+mod resources;
 mod terraform;
