@@ -4,12 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, ConfigArg, Format};
+use super::{change_id, CliError, ConfigArg, Format};
 use crate::changes::{self, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::Principal;
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
 use crate::store::Stores;
+use crate::text::printable;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -143,7 +144,7 @@ impl PolicyCommand {
         })?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
         let change = match &args.change {
-            Some(text) => find_change(&config, env, text).await?,
+            Some(text) => find_change(&config, env, change_id(text)?).await?,
             None => None,
         };
         let state = args
@@ -222,17 +223,17 @@ impl PolicyCommand {
             Format::Human => {
                 let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
-                println!("decided by: {decided_by}");
+                println!("decided by: {}", printable(&decided_by));
                 for e in &decision.errors {
-                    println!("policy error: {e}");
+                    println!("policy error: {}", printable(&e.to_string()));
                 }
                 if let Some(s) = &sentence {
-                    println!("the refused caller reads: {s}");
+                    println!("the refused caller reads: {}", printable(s));
                 }
                 if !would.is_empty() {
                     println!("what would change the answer:");
                     for w in &would {
-                        println!("  - {w}");
+                        println!("  - {}", printable(&w.to_string()));
                     }
                 }
             }
@@ -252,7 +253,10 @@ async fn find_change(
     env: &Environment,
     text: &str,
 ) -> Result<Option<Change>, CliError> {
-    let Some(id) = ChangeId::parse(text).filter(|id| id.environment == env.name) else {
+    let Some(id) = ChangeId::parse(text)
+        .ok()
+        .filter(|id| id.environment == env.name)
+    else {
         return Ok(None);
     };
     let stores = Stores::open(config).await?;

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
+use super::audited::{authenticate, commit_with_record, finish, read_body, Reply};
+use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{plan, BreakglassGrant, ChangeId, Listing, Status};
@@ -68,18 +69,20 @@ pub struct CreateParams {
 }
 
 /// `POST /v1/changes?environment=&state=[&title=&branch=&commit=]` with the plan JSON as body.
-pub async fn create(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<CreateParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut record = new_record(Action::ChangeCreate.as_str(), peer, &headers);
-    record.environment = Some(params.environment.clone());
-    record.state = Some(params.state.clone());
+pub async fn create(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
+    let mut record = raw.record(Action::ChangeCreate.as_str());
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let headers = &raw.headers;
+        let params = raw.query::<CreateParams>(
+            "POST /v1/changes takes ?environment=ENV&state=NAME, optionally &title=, &branch= and &commit=",
+        );
+        if let Ok(params) = &params {
+            record.environment = Some(params.environment.clone());
+            record.state = Some(params.state.clone());
+        }
+        let caller = authenticate(&app, &mut record, headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let (env, store) = app.environment(&params.environment)?;
         require(&app, &caller, &mut record, Action::ChangeCreate, env, peer)?;
         if !env.protected() {
@@ -89,7 +92,7 @@ pub async fn create(
             )));
         }
         let state = StateName::parse(&params.state).map_err(ApiError::BadRequest)?;
-        let bytes = read_body(&headers, body, PLAN_LIMIT).await?;
+        let bytes = read_body(headers, body, PLAN_LIMIT).await?;
         let summary = plan::summarize(&bytes).map_err(|e| ApiError::BadRequest(format!("the plan was not stored: {e}")))?;
         let author = caller.principal.to_string();
         let title = params.title.unwrap_or_default();
@@ -134,16 +137,18 @@ pub(super) fn grant(env: &Environment, row: Breakglass) -> BreakglassGrant {
 
 /// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
 /// every environment the caller may read.
-pub async fn list(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<ListParams>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("change:list", peer, &headers);
-    record.environment = params.environment.clone();
+pub async fn list(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("change:list");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let params = raw.query::<ListParams>(
+            "GET /v1/changes takes ?environment=ENV and ?status=STATUS, both optional",
+        );
+        if let Ok(params) = &params {
+            record.environment = params.environment.clone();
+        }
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let status = match params.status.as_deref() {
             None => None,
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -197,27 +202,20 @@ fn change_env<'a>(
     app: &'a App,
     text: &str,
 ) -> Result<(ChangeId, &'a Environment, &'a EnvStore), ApiError> {
-    let id = ChangeId::parse(text).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "`{text}` is not a change id (they look like prod-12)"
-        ))
-    })?;
+    let id = ChangeId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (env, store) = app.environment(&id.environment)?;
     Ok((id, env, store))
 }
 
 /// `GET /v1/changes/{id}`.
-pub async fn show(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("change:read", peer, &headers);
-    record.change = Some(id.clone());
+pub async fn show(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("change:read");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
         let (cid, env, store) = change_env(&app, &id)?;
+        record.change = Some(cid.to_string());
         record.environment = Some(env.name.clone());
         require(&app, &caller, &mut record, Action::StateRead, env, peer)?;
         let change = store
@@ -236,18 +234,24 @@ pub struct DecideParams {
 }
 
 /// `POST /v1/changes/{id}/approve|reject|cancel[?reason=]`.
-pub async fn decide(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((id, verb)): Path<(String, String)>,
-    Query(params): Query<DecideParams>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record(&format!("change:{verb}"), peer, &headers);
-    record.change = Some(id.clone());
+pub async fn decide(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    // The verb is the client's text: only the three known ones name an action.
+    let verb = raw.param("verb").unwrap_or_default();
+    let action = match verb.as_str() {
+        "approve" => "change:approve",
+        "reject" => "change:reject",
+        "cancel" => "change:cancel",
+        _ => "change:decide",
+    };
+    let mut record = raw.record(action);
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
+        let params: DecideParams =
+            raw.query("POST /v1/changes/ID/approve|reject|cancel takes ?reason=TEXT, optionally")?;
         let (cid, env, store) = change_env(&app, &id)?;
+        record.change = Some(cid.to_string());
         record.environment = Some(env.name.clone());
         let me = caller.principal.to_string();
         let mut tx = store.begin().await?;
@@ -307,23 +311,25 @@ pub struct BreakglassBody {
 
 /// `POST /v1/breakglass?environment=&ttl=` with `{"reason": "..."}`: time-boxed write without
 /// a change request, loudly recorded.
-pub async fn open_breakglass(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<BreakglassParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut record = new_record("breakglass:open", peer, &headers);
-    record.environment = Some(params.environment.clone());
+pub async fn open_breakglass(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
+    let mut record = raw.record("breakglass:open");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let headers = &raw.headers;
+        let params = raw.query::<BreakglassParams>(
+            "POST /v1/breakglass takes ?environment=ENV, and ?ttl=DURATION optionally",
+        );
+        if let Ok(params) = &params {
+            record.environment = Some(params.environment.clone());
+        }
+        let caller = authenticate(&app, &mut record, headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let (env, store) = app.environment(&params.environment)?;
         require(&app, &caller, &mut record, Action::BreakglassOpen, env, peer)?;
         let Some(rules) = &env.breakglass else {
             return Err(ApiError::BadRequest(format!("{} has no breakglass block", env.name)));
         };
-        let bytes = read_body(&headers, body, 64 * 1024).await?;
+        let bytes = read_body(headers, body, 64 * 1024).await?;
         let reason = serde_json::from_slice::<BreakglassBody>(&bytes)
             .ok()
             .and_then(|b| b.reason)
@@ -364,16 +370,13 @@ pub async fn open_breakglass(
 }
 
 /// `POST /v1/breakglass/{id}/close`: ends a grant early (its opener, or whoever may open one).
-pub async fn close_breakglass(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("breakglass:close", peer, &headers);
-    record.breakglass = Some(id.clone());
+pub async fn close_breakglass(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("breakglass:close");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
+        record.breakglass = Some(id.clone());
         let not_an_id = || {
             ApiError::NotFound(format!(
                 "`{id}` is not a break-glass id (they look like prod-bg3)"
