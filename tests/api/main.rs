@@ -3,6 +3,7 @@
 mod changes;
 mod check;
 mod cli;
+mod edges;
 mod helpers;
 mod history;
 mod instances;
