@@ -409,7 +409,10 @@ mod tests {
         crafted.title = "ok\u{1b}]0;x\u{7}".into();
         crafted.summary.destroy = vec!["aws_db.a\u{1b}[2J\u{1b}[H\u{202e}".into()];
         let text = review(&crafted);
-        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'), "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text}"
+        );
         assert!(text.contains("Change prod-7: ok\\x1b]0;x\\x07"), "{text}");
         assert!(
             text.contains("  - aws_db.a\\x1b[2J\\x1b[H\\u{202e}   (DESTROYED)"),
