@@ -177,7 +177,9 @@ async fn unreadable_queries_and_paths_are_refused_with_a_sentence_and_recorded()
     assert_status(&resp, StatusCode::BAD_REQUEST);
     let body = resp.text().await.unwrap();
     assert!(
-        body.contains("the query string was not understood (version: invalid digit found in string)"),
+        body.contains(
+            "the query string was not understood (version: invalid digit found in string)"
+        ),
         "{body}"
     );
     let r = t.last_audit("dev").await;
