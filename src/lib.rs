@@ -19,6 +19,7 @@
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
+//! - [`text`]: request and plan text made safe to show at a terminal.
 
 pub mod audit;
 pub mod changes;
@@ -34,4 +35,5 @@ pub mod ownership;
 pub mod policy;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod verdict;

@@ -20,7 +20,11 @@ async fn main() -> ExitCode {
     match cli.run().await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote what servers and files said: shown escaped, line breaks kept.
+            eprintln!(
+                "error: {}",
+                bulkhead::text::printable_lines(&format!("{e:#}"))
+            );
             e.exit_code()
         }
     }

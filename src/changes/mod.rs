@@ -13,11 +13,20 @@ use serde::{Deserialize, Serialize};
 
 pub use plan::PlanSummary;
 
-/// `<environment>-<number>`, e.g. `prod-12`.
+/// `<environment>-<number>`, e.g. `prod-12`: one spelling per change, so that every record of
+/// a change names it alike and a search for `prod-14` finds them all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeId {
     pub environment: String,
     pub number: i64,
+}
+
+/// A change id in another spelling than `<environment>-<number>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a change id: write ENVIRONMENT-NUMBER, the number in decimal without sign, leading zeros or spaces, e.g. {example}")]
+pub struct BadChangeId {
+    text: String,
+    example: String,
 }
 
 impl ChangeId {
@@ -28,10 +37,34 @@ impl ChangeId {
         }
     }
 
-    pub fn parse(text: &str) -> Option<ChangeId> {
-        let (env, n) = text.rsplit_once('-')?;
-        let number = n.parse().ok().filter(|n| *n > 0)?;
-        (!env.is_empty()).then(|| ChangeId {
+    /// The one spelling: an environment name (`[a-z0-9][a-z0-9-]*`), `-`, and a positive
+    /// decimal number without sign or leading zeros. `prod-014`, `prod-+14` and `prod-14 ` are
+    /// refused rather than read as change 14.
+    pub fn parse(text: &str) -> Result<ChangeId, BadChangeId> {
+        let refuse = || {
+            // The id the person probably meant, when it can be told.
+            let example = text
+                .trim()
+                .rsplit_once('-')
+                .filter(|(env, _)| crate::config::environment_name_ok(env))
+                .and_then(|(env, n)| {
+                    let n: i64 = n.trim_start_matches('+').parse().ok()?;
+                    (n > 0).then(|| format!("{env}-{n}"))
+                })
+                .unwrap_or_else(|| "prod-12".to_string());
+            BadChangeId {
+                text: text.to_string(),
+                example,
+            }
+        };
+        let (env, n) = text.rsplit_once('-').ok_or_else(refuse)?;
+        let canonical = n.starts_with(|c: char| matches!(c, '1'..='9'))
+            && n.bytes().all(|b| b.is_ascii_digit());
+        if !canonical || !crate::config::environment_name_ok(env) {
+            return Err(refuse());
+        }
+        let number = n.parse().map_err(|_| refuse())?;
+        Ok(ChangeId {
             environment: env.to_string(),
             number,
         })
@@ -230,12 +263,7 @@ pub fn check_grant(
     branch: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<i64, String> {
-    let id = ChangeId::parse(text).ok_or_else(|| {
-        format!(
-            "`{text}` is not a change id (they look like {}-12)",
-            env.name
-        )
-    })?;
+    let id = ChangeId::parse(text).map_err(|e| e.to_string())?;
     if id.environment != env.name {
         return Err(format!(
             "change {text} is for environment {}, not {}",
@@ -309,11 +337,48 @@ mod tests {
         let id = ChangeId::parse("prod-eu-12").unwrap();
         assert_eq!((id.environment.as_str(), id.number), ("prod-eu", 12));
         assert_eq!(id.to_string(), "prod-eu-12");
-        assert!(
-            ChangeId::parse("prod").is_none()
-                && ChangeId::parse("-1").is_none()
-                && ChangeId::parse("prod-0").is_none()
+        assert_eq!(ChangeId::parse("prod-14").unwrap().number, 14);
+        assert_eq!(
+            ChangeId::parse("p-9223372036854775807").unwrap().number,
+            i64::MAX
         );
+    }
+
+    #[test]
+    fn a_change_id_has_one_spelling() {
+        for text in [
+            "prod",
+            "-1",
+            "prod-0",
+            "prod-014",
+            "prod-+14",
+            "prod-14 ",
+            " prod-14",
+            "prod- 14",
+            "prod-14\n",
+            "Prod-14",
+            "prod-1_4",
+            "prod-١٤",
+            "prod-0x0e",
+            "prod-1e1",
+            "prod-9223372036854775808",
+            "",
+        ] {
+            let refused = ChangeId::parse(text).expect_err(text).to_string();
+            assert!(
+                refused.contains("write ENVIRONMENT-NUMBER")
+                    && refused.contains(&format!("`{text}`")),
+                "{refused}"
+            );
+        }
+        for (alias, meant) in [
+            ("prod-014", "prod-14"),
+            ("prod-+14", "prod-14"),
+            ("prod-14 ", "prod-14"),
+        ] {
+            let refused = ChangeId::parse(alias).unwrap_err().to_string();
+            assert!(refused.ends_with(&format!("e.g. {meant}")), "{refused}");
+        }
     }
 
     #[test]

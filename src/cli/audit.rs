@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::{CliError, ConfigArg, Format};
+use super::{change_id, CliError, ConfigArg, Format};
 use crate::audit::{self, checkpoint, verify, AuditKey, Record};
 use crate::store::{self, Stores};
+use crate::text::printable;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -121,7 +122,12 @@ impl LogArgs {
         let mut filter = audit::Filter {
             state: self.state.clone(),
             principal: self.principal.clone(),
-            change: self.change.clone(),
+            change: self
+                .change
+                .as_deref()
+                .map(change_id)
+                .transpose()?
+                .map(str::to_string),
             action: self.action.clone(),
             decision: self.decision.clone(),
             since: time_arg("since", &self.since)?,
@@ -205,22 +211,38 @@ impl LogArgs {
                 "{}",
                 serde_json::to_string(r).context("cannot encode a record")?
             ),
+            // Most of a record is the client's text: every field is shown escaped.
             Format::Human => println!(
-                "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}",
-                r.time,
-                r.environment.as_deref().unwrap_or("-"),
-                r.principal.as_deref().unwrap_or("-"),
-                r.action,
+                "{}  {:<8} {:<22} {:<20} {:<5} {:>3}  {}{}{}{}",
+                printable(&r.time),
+                printable(r.environment.as_deref().unwrap_or("-")),
+                printable(r.principal.as_deref().unwrap_or("-")),
+                printable(&r.action),
                 r.decision.as_str(),
                 r.status.map_or("-".to_string(), |s| s.to_string()),
-                r.state.as_deref().unwrap_or(""),
+                printable(r.state.as_deref().unwrap_or("")),
                 r.version.map_or(String::new(), |v| format!(" v{v}")),
                 r.reason
                     .as_deref()
-                    .map_or(String::new(), |why| format!("  ({why})")),
+                    .map_or(String::new(), |why| format!("  ({})", printable(why))),
+                from(r),
             ),
         }
         Ok(())
+    }
+}
+
+/// Where a request came from, as a log line ends: `  from 10.0.0.7 "Terraform/1.11.4"`.
+fn from(r: &Record) -> String {
+    match (&r.source, &r.user_agent) {
+        (None, None) => String::new(),
+        (source, agent) => format!(
+            "  from {}{}",
+            printable(source.as_deref().unwrap_or("-")),
+            agent
+                .as_deref()
+                .map_or(String::new(), |a| format!(" \"{}\"", printable(a)))
+        ),
     }
 }
 

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{print_json, CliError, Format};
+use super::{change_id, print_json, CliError, Format};
 use crate::changes::{Change, Listing};
 use crate::client::{Client, ClientError, NewChange};
+use crate::text::printable;
 
 /// Where the server is and who is asking.
 #[derive(Debug, Args)]
@@ -129,11 +130,12 @@ impl ChangeCommand {
                     commit: args.commit.as_deref(),
                 };
                 let change = args.server.client()?.create_change(&new, plan).await?;
-                println!("{}", change.id);
+                let id = printable(&change.id);
+                println!("{id}");
                 let (add, chg, destroy) = change.summary.counts();
                 eprintln!(
-                    "Change {} proposed: {add} to add, {chg} to change, {destroy} to destroy. It needs {} approval(s): bulkhead change approve {}",
-                    change.id, change.required, change.id
+                    "Change {id} proposed: {add} to add, {chg} to change, {destroy} to destroy. It needs {} approval(s): bulkhead change approve {id}",
+                    change.required
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -150,7 +152,7 @@ impl ChangeCommand {
                 Ok(ExitCode::SUCCESS)
             }
             ChangeCommand::Show(args) => {
-                let change = args.server.client()?.change(&args.id).await?;
+                let change = args.server.client()?.change(change_id(&args.id)?).await?;
                 match args.format {
                     Format::Json => print_json(&change)?,
                     Format::Human => print!("{}", review(&change)),
@@ -158,14 +160,15 @@ impl ChangeCommand {
                 Ok(ExitCode::SUCCESS)
             }
             ChangeCommand::Approve(args) => {
-                let change = args
-                    .server
-                    .client()?
-                    .decide(&args.id, "approve", None)
-                    .await?;
+                let id = change_id(&args.id)?;
+                let change = args.server.client()?.decide(id, "approve", None).await?;
                 match args.format {
                     Format::Json => print_json(&change)?,
-                    Format::Human => println!("{}: {}", change.id, readiness_line(&change)),
+                    Format::Human => println!(
+                        "{}: {}",
+                        printable(&change.id),
+                        printable(&readiness_line(&change))
+                    ),
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -176,12 +179,13 @@ impl ChangeCommand {
 }
 
 async fn decide(args: ReasonArgs, verb: &str) -> Result<ExitCode, CliError> {
+    let id = change_id(&args.id)?;
     let change = args
         .server
         .client()?
-        .decide(&args.id, verb, args.reason.as_deref())
+        .decide(id, verb, args.reason.as_deref())
         .await?;
-    println!("{}: {}", change.id, change.status.as_str());
+    println!("{}: {}", printable(&change.id), change.status.as_str());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -199,7 +203,11 @@ fn print_listing(listing: &Listing) {
     for bg in &listing.breakglass {
         println!(
             "!! BREAK-GLASS OPEN {} in {} by {} until {}: {}",
-            bg.id, bg.environment, bg.principal, bg.expires_at, bg.reason
+            printable(&bg.id),
+            printable(&bg.environment),
+            printable(&bg.principal),
+            printable(&bg.expires_at),
+            printable(&bg.reason)
         );
     }
     println!(
@@ -210,47 +218,56 @@ fn print_listing(listing: &Listing) {
         let (add, chg, destroy) = c.summary.counts();
         println!(
             "{:<14} {:<10} {:<12} {:<20} {:<22} {}",
-            c.id,
-            c.readiness,
-            c.state,
-            c.author,
+            printable(&c.id),
+            printable(&c.readiness),
+            printable(&c.state),
+            printable(&c.author),
             format!("{add}/{chg}/{destroy}"),
-            c.title
+            printable(&c.title)
         );
     }
 }
 
-/// A change as a reviewer wants to read it; destruction stands out.
+/// A change as a reviewer wants to read it; destruction stands out. Every text of the
+/// change is escaped: a plan's addresses and title are its author's to choose.
 pub fn review(c: &Change) -> String {
     let mut out = String::new();
     let mut line = |s: String| {
         out.push_str(&s);
         out.push('\n');
     };
+    let p = |s: &str| printable(s).into_owned();
     let title = if c.title.is_empty() {
-        "(no title)"
+        "(no title)".to_string()
     } else {
-        &c.title
+        p(&c.title)
     };
-    line(format!("Change {}: {title}", c.id));
+    line(format!("Change {}: {title}", p(&c.id)));
     line(format!(
         "  environment  {}  (state {})",
-        c.environment, c.state
+        p(&c.environment),
+        p(&c.state)
     ));
-    line(format!("  author       {}  at {}", c.author, c.created_at));
+    line(format!(
+        "  author       {}  at {}",
+        p(&c.author),
+        p(&c.created_at)
+    ));
     if c.branch.is_some() || c.commit.is_some() {
         line(format!(
             "  source       branch {}  commit {}",
-            c.branch.as_deref().unwrap_or("-"),
-            c.commit.as_deref().unwrap_or("-")
+            p(c.branch.as_deref().unwrap_or("-")),
+            p(c.commit.as_deref().unwrap_or("-"))
         ));
     }
-    line(format!("  plan sha256  {}", c.plan_sha256));
-    line(format!("  status       {}", readiness_line(c)));
+    line(format!("  plan sha256  {}", p(&c.plan_sha256)));
+    line(format!("  status       {}", p(&readiness_line(c))));
     for a in &c.approvals {
         line(format!(
             "  approved by  {} at {} (valid until {})",
-            a.approver, a.approved_at, a.expires_at
+            p(&a.approver),
+            p(&a.approved_at),
+            p(&a.expires_at)
         ));
     }
     let (add, chg, destroy) = c.summary.counts();
@@ -259,16 +276,16 @@ pub fn review(c: &Change) -> String {
         "Plan: {add} to add, {chg} to change, {destroy} to destroy."
     ));
     for a in &c.summary.add {
-        line(format!("  + {a}"));
+        line(format!("  + {}", p(a)));
     }
     for a in &c.summary.change {
-        line(format!("  ~ {a}"));
+        line(format!("  ~ {}", p(a)));
     }
     for a in &c.summary.replace {
-        line(format!("  -/+ {a}   (DESTROYED, then created again)"));
+        line(format!("  -/+ {}   (DESTROYED, then created again)", p(a)));
     }
     for a in &c.summary.destroy {
-        line(format!("  - {a}   (DESTROYED)"));
+        line(format!("  - {}   (DESTROYED)", p(a)));
     }
     if c.summary.destroys_anything() {
         line(String::new());
@@ -321,16 +338,19 @@ impl BreakglassCommand {
                     .client()?
                     .open_breakglass(&args.env, &args.reason, args.ttl.as_deref())
                     .await?;
-                println!("{}", grant.id);
+                let id = printable(&grant.id);
+                println!("{id}");
                 eprintln!(
-                    "BREAK-GLASS {} is open: {} may write {} until {}. Every action is recorded as break-glass. Close it when done: bulkhead breakglass close {}",
-                    grant.id, grant.principal, grant.environment, grant.expires_at, grant.id
+                    "BREAK-GLASS {id} is open: {} may write {} until {}. Every action is recorded as break-glass. Close it when done: bulkhead breakglass close {id}",
+                    printable(&grant.principal),
+                    printable(&grant.environment),
+                    printable(&grant.expires_at)
                 );
                 Ok(ExitCode::SUCCESS)
             }
             BreakglassCommand::Close(args) => {
                 args.server.client()?.close_breakglass(&args.id).await?;
-                eprintln!("Break-glass {} closed.", args.id);
+                eprintln!("Break-glass {} closed.", printable(&args.id));
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -382,6 +402,20 @@ mod tests {
         );
         assert!(
             text.contains("!! WARNING: this change DESTROYS 2 resource(s)"),
+            "{text}"
+        );
+
+        let mut crafted = change;
+        crafted.title = "ok\u{1b}]0;x\u{7}".into();
+        crafted.summary.destroy = vec!["aws_db.a\u{1b}[2J\u{1b}[H\u{202e}".into()];
+        let text = review(&crafted);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text}"
+        );
+        assert!(text.contains("Change prod-7: ok\\x1b]0;x\\x07"), "{text}");
+        assert!(
+            text.contains("  - aws_db.a\\x1b[2J\\x1b[H\\u{202e}   (DESTROYED)"),
             "{text}"
         );
     }

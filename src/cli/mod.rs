@@ -1,5 +1,9 @@
 //! The command line: one enum per command group, one `run` per leaf. Commands return an exit
 //! code; `main` prints errors and exits.
+//!
+//! Output for people passes every text that came from a request or a plan (titles, plan
+//! addresses, reasons, user agents, lock operations, names from URLs) through
+//! [`crate::text::printable`], so none can drive the terminal; `--format json` prints exact JSON.
 
 mod audit;
 mod change;
@@ -140,6 +144,13 @@ impl Cli {
             Command::Breakglass(cmd) => cmd.run().await,
         }
     }
+}
+
+/// A change id in its one spelling, or a usage error that gives the right form.
+fn change_id(text: &str) -> Result<&str, CliError> {
+    crate::changes::ChangeId::parse(text)
+        .map(|_| text)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, ConfigArg, Format};
+use super::{change_id, CliError, ConfigArg, Format};
 use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::{Caller, Principal};
 use crate::lock::HeldLock;
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
 use crate::store::Stores;
+use crate::text::printable;
 use crate::verdict::{self, Ask, Effect, Facts};
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +145,9 @@ impl PolicyCommand {
             ))
         })?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
+        if let Some(text) = &args.change {
+            change_id(text)?;
+        }
         // What the server reads from the environment's database: the change named, and the
         // caller's open break-glass grant.
         let (change, breakglass) = if args.change.is_some() || env.breakglass.is_some() {
@@ -269,20 +273,20 @@ impl PolicyCommand {
             Format::Human => {
                 let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
-                println!("decided by: {decided_by}");
+                println!("decided by: {}", printable(&decided_by));
                 if let Some(note) = &note {
-                    println!("note: {note}");
+                    println!("note: {}", printable(note));
                 }
                 for e in &decision.errors {
-                    println!("policy error: {e}");
+                    println!("policy error: {}", printable(&e.to_string()));
                 }
                 if let Some(s) = &sentence {
-                    println!("the refused caller reads: {s}");
+                    println!("the refused caller reads: {}", printable(s));
                 }
                 if !would.is_empty() {
                     println!("what would change the answer:");
                     for w in &would {
-                        println!("  - {w}");
+                        println!("  - {}", printable(&w.to_string()));
                     }
                 }
             }
@@ -308,7 +312,7 @@ async fn recorded(
     let Some(store) = stores.environment(&env.name) else {
         return Ok((None, None));
     };
-    let change = match text.and_then(ChangeId::parse) {
+    let change = match text.and_then(|text| ChangeId::parse(text).ok()) {
         Some(id) if id.environment == env.name => {
             store
                 .change(&env.name, env.required_approvals(), id.number)

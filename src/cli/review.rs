@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{print_json, CliError, Format};
 use crate::config::{Config, Subject};
 use crate::ownership::Ownership;
+use crate::text::printable;
 
 #[derive(Debug, Args)]
 pub struct ReviewArgs {
@@ -139,13 +140,19 @@ impl ReviewArgs {
                         Some(m) => format!("MISSING: {m}"),
                         None => format!("approved by {}", r.approved_by.join(", ")),
                     };
-                    println!("{} (owner {}): {verdict}", r.environment, r.owner);
+                    // File names are a pull request author's to choose.
+                    println!(
+                        "{} (owner {}): {}",
+                        r.environment,
+                        r.owner,
+                        printable(&verdict)
+                    );
                     for f in &r.files {
-                        println!("    {f}");
+                        println!("    {}", printable(f));
                     }
                 }
                 if !unowned.is_empty() {
-                    println!("no environment: {}", unowned.join(", "));
+                    println!("no environment: {}", printable(&unowned.join(", ")));
                 }
                 if reviews.is_empty() {
                     println!("The change touches no environment's paths.");

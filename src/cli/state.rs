@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::change::ServerArgs;
-use super::{print_json, CliError, Format};
+use super::{change_id, print_json, CliError, Format};
 use crate::history::{Diff, EnvironmentStatus, HistoryEntry};
+use crate::text::printable;
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
@@ -119,14 +120,18 @@ impl StateCommand {
             }
             StateCommand::Rollback(args) => {
                 check_address(&args.address)?;
+                let change = args.change.as_deref().map(change_id).transpose()?;
                 let answer = args
                     .server
                     .client()?
-                    .rollback(&args.address, args.to, args.change.as_deref())
+                    .rollback(&args.address, args.to, change)
                     .await?;
                 println!(
                     "{} rolled back to version {}: now version {} (serial {})",
-                    args.address, args.to, answer["version"], answer["serial"]
+                    printable(&args.address),
+                    args.to,
+                    printable(&answer["version"].to_string()),
+                    printable(&answer["serial"].to_string())
                 );
             }
         }
@@ -149,12 +154,12 @@ fn history_table(entries: &[HistoryEntry]) -> String {
         out.push_str(&format!(
             "{:>4}  {:<27}  {:<22}  {:<10}  {:>6}  {:>9}  {:<12}  {what}{}\n",
             m.version,
-            m.created_at,
-            m.principal,
-            e.change.as_deref().unwrap_or("-"),
+            printable(&m.created_at),
+            printable(&m.principal),
+            printable(e.change.as_deref().unwrap_or("-")),
             m.serial.map_or("-".to_string(), |s| s.to_string()),
             m.size,
-            m.operation.as_deref().unwrap_or("-"),
+            printable(m.operation.as_deref().unwrap_or("-")),
             if m.forced { " (forced)" } else { "" }
         ));
     }
@@ -172,21 +177,21 @@ fn diff_text(d: &Diff, from: i64, to: i64) -> String {
         d.removed.len()
     );
     for a in &d.added {
-        out.push_str(&format!("  + {a}\n"));
+        out.push_str(&format!("  + {}\n", printable(a)));
     }
     for c in &d.changed {
-        out.push_str(&format!("  ~ {}\n", c.address));
+        out.push_str(&format!("  ~ {}\n", printable(&c.address)));
         for attr in &c.attributes {
             out.push_str(&format!(
                 "      {}: {} -> {}\n",
-                attr.name,
-                attr.before.as_deref().unwrap_or("(none)"),
-                attr.after.as_deref().unwrap_or("(none)")
+                printable(&attr.name),
+                printable(attr.before.as_deref().unwrap_or("(none)")),
+                printable(attr.after.as_deref().unwrap_or("(none)"))
             ));
         }
     }
     for r in &d.removed {
-        out.push_str(&format!("  - {r}\n"));
+        out.push_str(&format!("  - {}\n", printable(r)));
     }
     out
 }
@@ -217,44 +222,53 @@ fn status_text(envs: &[EnvironmentStatus]) -> String {
     for e in envs {
         out.push_str(&format!(
             "{} (owner {}{})\n",
-            e.environment,
-            e.owner,
+            printable(&e.environment),
+            printable(&e.owner),
             if e.protected { ", protected" } else { "" }
         ));
         for g in &e.breakglass {
             out.push_str(&format!(
                 "  !! BREAK-GLASS {} open for {} until {}: {}\n",
-                g.id, g.principal, g.expires_at, g.reason
+                printable(&g.id),
+                printable(&g.principal),
+                printable(&g.expires_at),
+                printable(&g.reason)
             ));
         }
         if !e.pending_changes.is_empty() {
             out.push_str(&format!(
                 "  changes waiting for approval: {}\n",
-                e.pending_changes.join(", ")
+                printable(&e.pending_changes.join(", "))
             ));
         }
         if !e.approved_changes.is_empty() {
             out.push_str(&format!(
                 "  approved changes to apply: {}\n",
-                e.approved_changes.join(", ")
+                printable(&e.approved_changes.join(", "))
             ));
         }
         for s in &e.states {
             let lock = match &s.lock {
                 Some(l) => format!(
                     "  LOCKED by {} since {} ({})",
-                    l.principal, l.since, l.operation
+                    printable(&l.principal),
+                    printable(&l.since),
+                    printable(&l.operation)
                 ),
                 None => String::new(),
             };
             out.push_str(&format!(
                 "  {:<24} v{:<4} {}{}\n",
-                s.name,
+                printable(&s.name),
                 s.version,
                 if s.deleted {
                     "deleted".to_string()
                 } else {
-                    format!("by {} at {}", s.principal, s.updated_at)
+                    format!(
+                        "by {} at {}",
+                        printable(&s.principal),
+                        printable(&s.updated_at)
+                    )
                 },
                 lock
             ));

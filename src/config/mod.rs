@@ -1212,7 +1212,8 @@ fn attr<'a>(block: &'a Block, key: &str) -> Option<&'a Attr> {
     block.attrs.iter().find(|a| a.name == key)
 }
 
-fn environment_name_ok(name: &str) -> bool {
+/// `[a-z0-9][a-z0-9-]*`: the names an environment may have (and change ids start with).
+pub fn environment_name_ok(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

@@ -53,14 +53,6 @@ impl Reply {
     }
 }
 
-/// A record of a request, before anything about it is known but where it came from.
-pub fn new_record(action: &str, peer: std::net::SocketAddr, headers: &HeaderMap) -> Record {
-    let mut record = Record::new(action);
-    record.source = Some(peer.ip().to_string());
-    record.user_agent = header_str(headers, header::USER_AGENT).map(str::to_string);
-    record
-}
-
 /// Authenticates the request and names the caller in its record.
 pub async fn authenticate(
     app: &App,

@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
-use super::audited::{authenticate, commit_with_record, finish, new_record, read_body, Reply};
+use super::audited::{authenticate, commit_with_record, finish, read_body, Reply};
+use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
 use crate::changes::{self, BreakglassGrant, Change, ChangeId};
@@ -32,43 +33,33 @@ use crate::verdict::{self, Ask, Effect, Facts};
 const LOCK_BODY_LIMIT: u64 = 64 * 1024;
 
 /// `/v1/state/{env}/{*name}`: every method of the protocol.
-pub async fn state(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((env, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut record = new_record(action_of(&method), peer, &headers);
-    record.environment = Some(env.clone());
-    record.state = Some(name.clone());
-    let request = Incoming {
-        peer,
-        env,
-        name,
-        method,
-        uri,
-        headers,
-        body,
-    };
-    let result = handle(&app, &mut record, request).await;
+pub async fn state(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
+    let mut record = raw.record(action_of(&raw.method));
+    let result = async {
+        let (env, name) = (raw.param("env")?, raw.param("name")?);
+        record.environment = Some(env.clone());
+        record.state = Some(name.clone());
+        let request = Incoming {
+            peer: raw.peer()?,
+            env,
+            name,
+            method: raw.method,
+            uri: raw.uri,
+            headers: raw.headers,
+            body,
+        };
+        handle(&app, &mut record, request).await
+    }
+    .await;
     finish(&app, record, result).await
 }
 
 /// `/v1/state/{env}` and `/v1/state/{env}/`: a state address without a name.
-pub async fn nameless(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(env): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record(action_of(&method), peer, &headers);
-    record.environment = Some(env);
+pub async fn nameless(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record(action_of(&raw.method));
     let result = async {
-        authenticate(&app, &mut record, &headers).await?;
+        record.environment = Some(raw.param("env")?);
+        authenticate(&app, &mut record, &raw.headers).await?;
         Err::<Reply, _>(ApiError::BadRequest(
             "the address names no state: use /v1/state/ENVIRONMENT/NAME".into(),
         ))
@@ -172,7 +163,11 @@ impl Call<'_> {
                 .map(|row| row.grant(&env.name)),
             None => None,
         };
-        let named = match self.change.as_deref().and_then(ChangeId::parse) {
+        let named = match self
+            .change
+            .as_deref()
+            .and_then(|text| ChangeId::parse(text).ok())
+        {
             Some(id) if id.environment == env.name => {
                 tx.change(&env.name, env.required_approvals(), id.number)
                     .await?

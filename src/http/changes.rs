@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{
-    authenticate, commit_with_record, finish, new_record, read_body, read_limited, Reply,
-};
+use super::audited::{authenticate, commit_with_record, finish, read_body, read_limited, Reply};
+use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{plan, ChangeId, Listing, Status};
@@ -85,18 +84,20 @@ pub struct CreateParams {
 }
 
 /// `POST /v1/changes?environment=&state=[&title=&branch=&commit=]` with the plan JSON as body.
-pub async fn create(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<CreateParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut record = new_record(Action::ChangeCreate.as_str(), peer, &headers);
-    record.environment = Some(params.environment.clone());
-    record.state = Some(params.state.clone());
+pub async fn create(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
+    let mut record = raw.record(Action::ChangeCreate.as_str());
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let headers = &raw.headers;
+        let params = raw.query::<CreateParams>(
+            "POST /v1/changes takes ?environment=ENV&state=NAME, optionally &title=, &branch= and &commit=",
+        );
+        if let Ok(params) = &params {
+            record.environment = Some(params.environment.clone());
+            record.state = Some(params.state.clone());
+        }
+        let caller = authenticate(&app, &mut record, headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let (env, store) = app.environment(&params.environment)?;
         require(&app, &caller, &mut record, Action::ChangeCreate, env, peer)?;
         if !env.protected() {
@@ -109,7 +110,7 @@ pub async fn create(
         bounded("title", params.title.as_deref(), TITLE_LIMIT)?;
         bounded("branch", params.branch.as_deref(), REF_LIMIT)?;
         bounded("commit", params.commit.as_deref(), REF_LIMIT)?;
-        let bytes = read_limited(&headers, body, env.max_plan_size, "max_plan_size").await?;
+        let bytes = read_limited(headers, body, env.max_plan_size, "max_plan_size").await?;
         let summary = plan::summarize(&bytes).map_err(|e| ApiError::BadRequest(format!("the plan was not stored: {e}")))?;
         let plan_sha256 = sha256_hex(&bytes);
         drop(bytes);
@@ -144,16 +145,18 @@ pub struct ListParams {
 
 /// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
 /// every environment the caller may read.
-pub async fn list(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<ListParams>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("change:list", peer, &headers);
-    record.environment = params.environment.clone();
+pub async fn list(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("change:list");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let params = raw.query::<ListParams>(
+            "GET /v1/changes takes ?environment=ENV and ?status=STATUS, both optional",
+        );
+        if let Ok(params) = &params {
+            record.environment = params.environment.clone();
+        }
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let status = match params.status.as_deref() {
             None => None,
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -207,27 +210,20 @@ fn change_env<'a>(
     app: &'a App,
     text: &str,
 ) -> Result<(ChangeId, &'a Environment, &'a EnvStore), ApiError> {
-    let id = ChangeId::parse(text).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "`{text}` is not a change id (they look like prod-12)"
-        ))
-    })?;
+    let id = ChangeId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (env, store) = app.environment(&id.environment)?;
     Ok((id, env, store))
 }
 
 /// `GET /v1/changes/{id}`.
-pub async fn show(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("change:read", peer, &headers);
-    record.change = Some(id.clone());
+pub async fn show(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("change:read");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
         let (cid, env, store) = change_env(&app, &id)?;
+        record.change = Some(cid.to_string());
         record.environment = Some(env.name.clone());
         require(&app, &caller, &mut record, Action::StateRead, env, peer)?;
         let change = store
@@ -246,18 +242,24 @@ pub struct DecideParams {
 }
 
 /// `POST /v1/changes/{id}/approve|reject|cancel[?reason=]`.
-pub async fn decide(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((id, verb)): Path<(String, String)>,
-    Query(params): Query<DecideParams>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record(&format!("change:{verb}"), peer, &headers);
-    record.change = Some(id.clone());
+pub async fn decide(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    // The verb is the client's text: only the three known ones name an action.
+    let verb = raw.param("verb").unwrap_or_default();
+    let action = match verb.as_str() {
+        "approve" => "change:approve",
+        "reject" => "change:reject",
+        "cancel" => "change:cancel",
+        _ => "change:decide",
+    };
+    let mut record = raw.record(action);
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
+        let params: DecideParams =
+            raw.query("POST /v1/changes/ID/approve|reject|cancel takes ?reason=TEXT, optionally")?;
         let (cid, env, store) = change_env(&app, &id)?;
+        record.change = Some(cid.to_string());
         record.environment = Some(env.name.clone());
         let me = caller.principal.to_string();
         let mut tx = store.begin().await?;
@@ -335,23 +337,25 @@ pub struct BreakglassBody {
 
 /// `POST /v1/breakglass?environment=&ttl=` with `{"reason": "..."}`: time-boxed write without
 /// a change request, loudly recorded.
-pub async fn open_breakglass(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(params): Query<BreakglassParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut record = new_record("breakglass:open", peer, &headers);
-    record.environment = Some(params.environment.clone());
+pub async fn open_breakglass(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
+    let mut record = raw.record("breakglass:open");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let headers = &raw.headers;
+        let params = raw.query::<BreakglassParams>(
+            "POST /v1/breakglass takes ?environment=ENV, and ?ttl=DURATION optionally",
+        );
+        if let Ok(params) = &params {
+            record.environment = Some(params.environment.clone());
+        }
+        let caller = authenticate(&app, &mut record, headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let (env, store) = app.environment(&params.environment)?;
         require(&app, &caller, &mut record, Action::BreakglassOpen, env, peer)?;
         let Some(rules) = &env.breakglass else {
             return Err(ApiError::BadRequest(format!("{} has no breakglass block", env.name)));
         };
-        let bytes = read_body(&headers, body, 64 * 1024).await?;
+        let bytes = read_body(headers, body, 64 * 1024).await?;
         let reason = serde_json::from_slice::<BreakglassBody>(&bytes)
             .ok()
             .and_then(|b| b.reason)
@@ -393,16 +397,13 @@ pub async fn open_breakglass(
 }
 
 /// `POST /v1/breakglass/{id}/close`: ends a grant early (its opener, or whoever may open one).
-pub async fn close_breakglass(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("breakglass:close", peer, &headers);
-    record.breakglass = Some(id.clone());
+pub async fn close_breakglass(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("breakglass:close");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let id = raw.param("id")?;
+        record.breakglass = Some(id.clone());
         let not_an_id = || {
             ApiError::NotFound(format!(
                 "`{id}` is not a break-glass id (they look like prod-bg3)"

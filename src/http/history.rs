@@ -2,16 +2,16 @@
 //! rollback (`/v1/history/{env}/{name...}`), and the status of every environment
 //! (`/v1/status`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{authenticate, commit_with_record, finish, new_record, Reply};
+use super::audited::{authenticate, commit_with_record, finish, Reply};
 use super::backend::Call;
+use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{self, ChangeId};
@@ -36,25 +36,25 @@ pub struct HistoryParams {
 }
 
 /// `GET /v1/history/{env}/{name}[?version=N | ?from=A&to=B]`, `POST ...?rollback_to=N[&change=ID]`.
-pub async fn history(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((env, name)): Path<(String, String)>,
-    Query(params): Query<HistoryParams>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
+pub async fn history(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let params = raw.query::<HistoryParams>(
+        "GET takes ?version=N or ?from=A&to=B, POST takes ?rollback_to=N and optionally &change=ID",
+    );
+    let method = raw.method.clone();
     let action = match (&method, &params) {
         (&Method::POST, _) => Action::StateRollback.as_str(),
-        (_, p) if p.version.is_some() => Action::StateRead.as_str(),
-        (_, p) if p.from.is_some() || p.to.is_some() => "state:diff",
+        (_, Ok(p)) if p.version.is_some() => Action::StateRead.as_str(),
+        (_, Ok(p)) if p.from.is_some() || p.to.is_some() => "state:diff",
         _ => "state:history",
     };
-    let mut record = new_record(action, peer, &headers);
-    record.environment = Some(env.clone());
-    record.state = Some(name.clone());
+    let mut record = raw.record(action);
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let (env, name) = (raw.param("env")?, raw.param("name")?);
+        record.environment = Some(env.clone());
+        record.state = Some(name.clone());
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
+        let params = params?;
         let (env, store) = app.environment(&env)?;
         let name = StateName::parse(&name).map_err(ApiError::BadRequest)?;
         let call = Call {
@@ -241,14 +241,11 @@ fn with_serial(content: &[u8], serial: i64) -> Result<Vec<u8>, String> {
 }
 
 /// `GET /v1/status`: every environment the caller may read.
-pub async fn status(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let mut record = new_record("status:read", peer, &headers);
+pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
+    let mut record = raw.record("status:read");
     let result = async {
-        let caller = authenticate(&app, &mut record, &headers).await?;
+        let caller = authenticate(&app, &mut record, &raw.headers).await?;
+        let peer = raw.peer()?;
         let ctx = RequestContext {
             state: "",
             operation: "",

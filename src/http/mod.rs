@@ -7,6 +7,8 @@ pub mod changes;
 pub mod connections;
 mod error;
 pub mod history;
+mod raw;
+mod unrouted;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,12 +106,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/status", get(history::status))
         .route("/v1/breakglass", post(changes::open_breakglass))
         .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found: states live under /v1/state/ENVIRONMENT/NAME\n",
-            )
-        })
+        // After every route: it applies to those registered before it.
+        .method_not_allowed_fallback(unrouted::method_not_allowed)
+        .fallback(unrouted::not_found)
         .with_state(app)
 }
 

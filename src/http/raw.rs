@@ -1,0 +1,96 @@
+//! What every handler takes from a request: its raw parts, an extractor that never refuses, so
+//! that the handler's audit record exists before anything the client sent is parsed. Path
+//! parameters and query strings are read inside the handler ([`Raw::param`], [`Raw::query`]);
+//! a bad one is an [`ApiError`] with a sentence, recorded like any other refusal.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, Uri};
+use serde::de::DeserializeOwned;
+
+use super::audited::header_str;
+use super::ApiError;
+use crate::audit::Record;
+
+/// A request's method, address, headers and client, not yet judged.
+pub struct Raw {
+    peer: Option<SocketAddr>,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// The route's path parameters, percent-decoded, or why they cannot be.
+    params: Result<Vec<(String, String)>, String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Raw {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let params = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => Ok(params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Raw {
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            params,
+        })
+    }
+}
+
+impl Raw {
+    /// A record of this request, before anything about it is known but where it came from.
+    pub fn record(&self, action: &str) -> Record {
+        let mut record = Record::new(action);
+        record.source = self.peer.map(|p| p.ip().to_string());
+        record.user_agent = header_str(&self.headers, header::USER_AGENT).map(str::to_string);
+        record
+    }
+
+    /// The client's address, which the policies may need.
+    pub fn peer(&self) -> Result<SocketAddr, ApiError> {
+        self.peer.ok_or_else(|| {
+            ApiError::Internal(
+                "the router runs without client addresses: serve it with ConnectInfo".into(),
+            )
+        })
+    }
+
+    /// The path parameter `name` of the route, percent-decoded.
+    pub fn param(&self, name: &str) -> Result<String, ApiError> {
+        let params = self.params.as_ref().map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the address is not text once its %-escapes are decoded ({e}): write it in UTF-8"
+            ))
+        })?;
+        params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| ApiError::Internal(format!("the route has no parameter `{name}`")))
+    }
+
+    /// The query string read as `T`; `usage` says what the route takes, for the refusal.
+    pub fn query<T: DeserializeOwned>(&self, usage: &str) -> Result<T, ApiError> {
+        Query::<T>::try_from_uri(&self.uri)
+            .map(|q| q.0)
+            .map_err(|e| {
+                let why =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                ApiError::BadRequest(format!(
+                    "the query string was not understood ({why}): {usage}"
+                ))
+            })
+    }
+}
