@@ -345,7 +345,7 @@ async fn a_change_binds_the_exact_state_name_and_environment() {
     let upper = change.to_uppercase();
     let text = refusal(lock(format!("prod/network?change={upper}")).await).await;
     assert!(
-        text.contains(&format!("change {upper} is for environment PROD, not prod")),
+        text.contains(&format!("`{upper}` is not a change id")),
         "{text}"
     );
     let text = refusal(lock(format!("prod/network?change={change}%20")).await).await;
