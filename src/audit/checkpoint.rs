@@ -320,7 +320,7 @@ pub fn verify(rows: &[Stored], checkpoints: &[Checkpoint]) -> Result<(), Broken>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{chain_rows, AuditKey, Record, GENESIS};
+    use crate::audit::{AuditKey, Record};
 
     fn key() -> AuditKey {
         AuditKey::from_hex(&"ef".repeat(32), "test").unwrap()
@@ -328,21 +328,7 @@ mod tests {
 
     fn rows(n: usize) -> Vec<Stored> {
         let records: Vec<Record> = (0..n).map(|_| Record::new("state:read")).collect();
-        let genesis = Head {
-            seq: 0,
-            hash: GENESIS.into(),
-        };
-        chain_rows(&key().chain("prod"), &genesis, &records)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|r| Stored {
-                seq: r.seq,
-                record: r.record,
-                prev_hash: r.prev_hash,
-                hash: r.hash,
-            })
-            .collect()
+        crate::audit::chained(&key().chain("prod"), &records)
     }
 
     fn at(rows: &[Stored], seq: usize) -> Checkpoint {

@@ -360,11 +360,37 @@ pub async fn head(conn: &mut AnyConnection) -> Result<Head, StoreError> {
             .await?;
     Ok(match head {
         Some((seq, hash)) => Head { seq, hash },
-        None => Head {
+        None => Head::genesis(),
+    })
+}
+
+impl Head {
+    /// The head of a chain before its first record.
+    pub fn genesis() -> Head {
+        Head {
             seq: 0,
             hash: GENESIS.to_string(),
-        },
-    })
+        }
+    }
+}
+
+/// The stored form of `records` chained from the start under `key`: what tests of
+/// verification build chains with.
+#[cfg(test)]
+pub(crate) fn chained(key: &ChainKey, records: &[Record]) -> Vec<Stored> {
+    let (rows, _) = chain_rows(key, &Head::genesis(), records).unwrap();
+    rows.into_iter().map(Stored::from).collect()
+}
+
+impl From<Row> for Stored {
+    fn from(row: Row) -> Stored {
+        Stored {
+            seq: row.seq,
+            record: row.record,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        }
+    }
 }
 
 /// Appends a record to the chain of the database `conn` belongs to, keyed with that chain's
@@ -856,15 +882,7 @@ mod tests {
         assert!(capped.lock_id.as_deref().unwrap().len() < TEXT_CAP + 32);
         assert!(capped.reason.as_deref().unwrap().len() < SENTENCE_CAP + 32);
         assert_eq!(capped.source.as_deref(), Some("127.0.0.1"));
-        let (rows, _) = chain_rows(
-            &key(),
-            &Head {
-                seq: 0,
-                hash: GENESIS.into(),
-            },
-            &[record],
-        )
-        .unwrap();
+        let (rows, _) = chain_rows(&key(), &Head::genesis(), &[record]).unwrap();
         assert!(rows[0].record.len() < 8 * 1024, "{}", rows[0].record.len());
         let short = Record::new("state:read");
         assert!(matches!(short.capped(), std::borrow::Cow::Borrowed(_)));
@@ -1031,20 +1049,11 @@ mod tests {
                 r
             })
             .collect();
-        let genesis = Head {
-            seq: 0,
-            hash: GENESIS.into(),
-        };
-        let (rows, _) = chain_rows(&key(), &genesis, &records).unwrap();
+        let (rows, _) = chain_rows(&key(), &Head::genesis(), &records).unwrap();
         rows.into_iter()
             .map(|row| {
-                let stored = Stored {
-                    seq: row.seq,
-                    record: row.record,
-                    prev_hash: row.prev_hash,
-                    hash: row.hash,
-                };
-                (stored, (row.seq, row.fields))
+                let found = (row.seq, row.fields.clone());
+                (Stored::from(row), found)
             })
             .unzip()
     }

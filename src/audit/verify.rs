@@ -301,27 +301,13 @@ async fn contents(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{chain_rows, AuditKey, Head, GENESIS};
+    use crate::audit::AuditKey;
 
     fn rows(records: &[Record]) -> Vec<Stored> {
         let key = AuditKey::from_hex(&"cd".repeat(32), "test")
             .unwrap()
             .chain("prod");
-        let genesis = Head {
-            seq: 0,
-            hash: GENESIS.into(),
-        };
-        chain_rows(&key, &genesis, records)
-            .unwrap()
-            .0
-            .into_iter()
-            .map(|r| Stored {
-                seq: r.seq,
-                record: r.record,
-                prev_hash: r.prev_hash,
-                hash: r.hash,
-            })
-            .collect()
+        crate::audit::chained(&key, records)
     }
 
     fn allowed(action: &str, f: impl FnOnce(&mut Record)) -> Record {

@@ -17,6 +17,18 @@ pub async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, S
     (change, main, path)
 }
 
+/// pat deletes prod's `network` under a break-glass grant, closed again after.
+pub async fn delete_under_breakglass(p: &Protected) {
+    let pat = p.client("pat");
+    let grant = pat
+        .open_breakglass("prod", "reset", Some("1h"))
+        .await
+        .unwrap();
+    let delete = p.t.call("DELETE", "prod/network", "pat", None).await;
+    assert_status(&delete, StatusCode::OK);
+    pat.close_breakglass(&grant.id).await.unwrap();
+}
+
 /// What an attack could have changed: the state's versions, its lock, and the changes.
 pub async fn snapshot(p: &Protected, state: &str) -> (Vec<String>, Option<String>, String) {
     let versions =
@@ -257,16 +269,7 @@ async fn rollback_in_a_protected_environment_needs_a_change_and_across_lineages_
     let first = p.approved("network").await;
     p.ci_apply(&first, &main, "L1", state_doc(1, "P", "")).await;
     // A deletion under break-glass, then a state of another lineage.
-    let pat = p.client("pat");
-    let grant = pat
-        .open_breakglass("prod", "reset", Some("1h"))
-        .await
-        .unwrap();
-    assert_status(
-        &p.t.call("DELETE", "prod/network", "pat", None).await,
-        StatusCode::OK,
-    );
-    pat.close_breakglass(&grant.id).await.unwrap();
+    delete_under_breakglass(&p).await;
     let third = p.approved("network").await;
     p.ci_apply(&third, &main, "L3", state_doc(1, "Q", "")).await;
     let before = snapshot(&p, "network").await;
