@@ -232,6 +232,10 @@ impl PolicyCommand {
                 None,
             ),
         };
+        let read_lock = matches!(
+            verdict.as_ref().map(|v| &v.outcome),
+            Some(Ok(Effect::ReadLock))
+        );
         let needs_change = env.protected()
             && matches!(
                 action,
@@ -240,17 +244,21 @@ impl PolicyCommand {
                     | Action::StateRollback
                     | Action::StateDelete
             )
-            && !matches!(
-                verdict.as_ref().map(|v| &v.outcome),
-                Some(Ok(Effect::ReadLock))
-            );
+            && !read_lock;
         let asked = Asked {
             principal: &principal,
             action,
             env,
             ctx: &ctx,
         };
-        let would = asked.would_change(&config, &policy, &decision, allowed, needs_change);
+        let would = if read_lock {
+            vec![format!(
+                "any operation but a plan: this lock is granted only because {principal} may read {}, and it lets nothing be written",
+                env.name
+            )]
+        } else {
+            asked.would_change(&config, &policy, &decision, allowed, needs_change)
+        };
         match args.format {
             Format::Json => println!(
                 "{}",
