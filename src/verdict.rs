@@ -478,7 +478,7 @@ impl Judge<'_, '_> {
                             "{} no longer may write {}: ask {} to force-unlock lock {}",
                             f.caller.describe(),
                             f.env.name,
-                            force_unlockers(f.env),
+                            refusal::list_or_owner(&f.env.force_unlock, &f.env.owner),
                             held.lock_id
                         )));
                     }
@@ -595,18 +595,6 @@ fn window_text(env: &Environment) -> String {
         (h, 0, 0) if h > 0 => format!("{h}h"),
         (0, m, 0) if m > 0 => format!("{m}m"),
         _ => format!("{secs}s"),
-    }
-}
-
-fn force_unlockers(env: &Environment) -> String {
-    if env.force_unlock.is_empty() {
-        env.owner.to_string()
-    } else {
-        env.force_unlock
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" or ")
     }
 }
 

@@ -96,7 +96,8 @@ fn list(subjects: &[Subject]) -> String {
         .join(" or ")
 }
 
-fn list_or_owner(subjects: &[Subject], owner: &Subject) -> String {
+/// `subjects` joined with "or", or the owner when there are none.
+pub fn list_or_owner(subjects: &[Subject], owner: &Subject) -> String {
     if subjects.is_empty() {
         owner.to_string()
     } else {
