@@ -1037,6 +1037,75 @@ pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection;
+
+    /// Ends the transaction open on `conn` behind the driver's back, as SQLite does when a
+    /// write finds the disk full: the driver still counts it as open, and its own ROLLBACK,
+    /// when the transaction is dropped, fails.
+    async fn end_behind_the_drivers_back(conn: &mut AnyConnection) {
+        conn.execute("ROLLBACK").await.unwrap();
+        assert!(conn.is_in_transaction());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_whose_transaction_sqlite_ended_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n  data_dir = {:?}\n}}\n\
+             team \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        let env = stores.environment("dev").unwrap();
+        {
+            let mut tx = env.begin().await.unwrap();
+            end_behind_the_drivers_back(tx.conn()).await;
+        }
+        // More transactions than the pool has connections: each connection is taken.
+        for _ in 0..8 {
+            let tx = env.begin().await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dedicated_connection_whose_transaction_sqlite_ended_is_replaced() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = SqliteConnectOptions::new()
+            .filename(dir.path().join("x.db"))
+            .create_if_missing(true)
+            .to_url_lossy();
+        let dedicated = Dedicated {
+            options: AnyConnectOptions::from_url(&url).unwrap(),
+            session: "PRAGMA journal_mode = WAL".into(),
+            conn: Mutex::default(),
+        };
+        let failed = dedicated
+            .run(async |conn: &mut AnyConnection| {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                end_behind_the_drivers_back(&mut tx).await;
+                // A statement the database refuses, as the write that found the disk full was.
+                tx.execute("INSERT INTO nowhere VALUES (1)").await?;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(
+            failed,
+            Err(StoreError::Database(sqlx::Error::Database(_)))
+        ));
+        dedicated
+            .run(async |conn: &mut AnyConnection| {
+                assert!(!conn.is_in_transaction());
+                let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn urls_are_checked_and_passwords_hidden() {
