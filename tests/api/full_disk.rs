@@ -1,0 +1,137 @@
+//! A full disk: writes are refused with a sentence saying so (507), nothing half-written is
+//! kept, and once space is freed the next write succeeds, without a restart.
+//!
+//! The data directory is put on a small tmpfs of its own, which needs root; without it the
+//! test says it was skipped and why. PostgreSQL's disk is the database server's, out of a
+//! test's reach: on PostgreSQL runs the test is skipped too.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+/// A tmpfs mounted on a directory of its own, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+        let path = dir.path().join("data");
+        std::fs::create_dir(&path).map_err(|e| format!("cannot create {path:?}: {e}"))?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !mounted.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (root is needed): {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: the server's files may still be open when this runs.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the file system under `dir` with one file, until the disk says it is full.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {path:?}: {e}"),
+        }
+    }
+    // What is left over is less than a page: nothing more fits.
+    while let Ok(n) = file.write(&chunk[..512]) {
+        if n == 0 {
+            break;
+        }
+    }
+    path
+}
+
+/// A state of about `size` bytes.
+fn big_state(serial: i64, size: usize) -> Vec<u8> {
+    state_doc(serial, "full", &format!(r#","padding":"{}""#, "x".repeat(size)))
+}
+
+#[tokio::test]
+async fn a_full_disk_is_said_and_freeing_space_is_enough() {
+    if on_postgres() {
+        println!("SKIPPED: PostgreSQL's disk is the database server's, out of this test's reach");
+        return;
+    }
+    let tmpfs = match Tmpfs::mount("8m") {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let config = CONFIG.replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = {:?}", tmpfs.path.display().to_string()),
+    );
+    let app = spawn_app_with(&config).await;
+    let first = app.post("dev/app", "alice", None, big_state(1, 1000)).await;
+    assert_status(&first, StatusCode::OK);
+    let stored = app.stored("dev", "app").await;
+
+    let filler = fill(&tmpfs.path);
+    let database = tmpfs.path.join("environments").join("dev.db");
+    for serial in 2..5 {
+        let refused = app
+            .post("dev/app", "alice", None, big_state(serial, 48 * 1024))
+            .await;
+        assert_status(&refused, StatusCode::INSUFFICIENT_STORAGE);
+        let sentence = refused.text().await.unwrap();
+        assert_eq!(
+            sentence.trim(),
+            format!(
+                "the disk under {} is full: free space; nothing was written",
+                database.display()
+            )
+        );
+    }
+    assert_eq!(app.stored("dev", "app").await, stored, "nothing was written");
+    assert_eq!(app.versions("dev", "app").await.len(), 1);
+
+    // Space freed: the very next writes succeed, on the same server.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let locked = app.lock("dev/app", "alice", "l-1", "OperationTypeApply").await;
+    assert_status(&locked, StatusCode::OK);
+    let written = app
+        .post("dev/app", "alice", Some("l-1"), big_state(2, 48 * 1024))
+        .await;
+    assert_status(&written, StatusCode::OK);
+    let unlocked = app
+        .unlock("dev/app", "alice", "l-1", "OperationTypeApply")
+        .await;
+    assert_status(&unlocked, StatusCode::OK);
+    assert_eq!(
+        app.stored("dev", "app").await,
+        Some(big_state(2, 48 * 1024))
+    );
+    assert_eq!(app.versions("dev", "app").await.len(), 2);
+    assert_audit_verifies(app.dir.path()).await;
+    drop(app);
+    drop(tmpfs);
+}
