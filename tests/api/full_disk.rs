@@ -135,3 +135,53 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
     drop(app);
     drop(tmpfs);
 }
+
+/// A write transaction that the database ends by itself half-way (SQLite's `RAISE(ROLLBACK)`
+/// in a trigger ends it as a full disk does; PostgreSQL aborts it) leaves no connection that
+/// refuses the next transaction: once the cause is gone, every write succeeds again.
+#[tokio::test]
+async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
+    let t = spawn_app().await;
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "l", "")).await,
+        StatusCode::OK,
+    );
+    let (fail, unfail) = if on_postgres() {
+        (
+            "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'no room'; END $$; \
+             CREATE TRIGGER fail_audit BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION fail_audit()",
+            "DROP TRIGGER fail_audit ON audit",
+        )
+    } else {
+        (
+            "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ROLLBACK, 'no room'); END",
+            "DROP TRIGGER fail_audit",
+        )
+    };
+    exec_sql(t.dir.path(), "dev", fail).await;
+    // More failures than the pool has connections, so that each may be left behind.
+    for serial in 2..8 {
+        let refused = t.post("dev/app", "alice", None, state_doc(serial, "l", "")).await;
+        assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(t.versions("dev", "app").await.len(), 1, "nothing was written");
+    exec_sql(t.dir.path(), "dev", unfail).await;
+    for serial in 2..12 {
+        let id = format!("l-{serial}");
+        assert_status(
+            &t.lock("dev/app", "alice", &id, "OperationTypeApply").await,
+            StatusCode::OK,
+        );
+        let body = state_doc(serial, "l", "");
+        assert_status(
+            &t.post("dev/app", "alice", Some(&id), body).await,
+            StatusCode::OK,
+        );
+        assert_status(
+            &t.unlock("dev/app", "alice", &id, "OperationTypeApply").await,
+            StatusCode::OK,
+        );
+    }
+    assert_eq!(t.versions("dev", "app").await.len(), 11);
+}
