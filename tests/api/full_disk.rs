@@ -91,16 +91,36 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
         &format!("data_dir = {:?}", tmpfs.path.display().to_string()),
     );
     let app = spawn_app_with(&config).await;
-    let first = app.post("dev/app", "alice", None, big_state(1, 1000)).await;
-    assert_status(&first, StatusCode::OK);
+    // A server process of its own, whose log can be read.
+    let served = app.serve_process().await;
+    let post = |serial: i64, size: usize, lock: Option<&'static str>| {
+        let path = match lock {
+            Some(id) => format!("dev/app?ID={id}"),
+            None => "dev/app".to_string(),
+        };
+        let base = served.base.clone();
+        let app = &app;
+        async move {
+            app.call_on(&base, "POST", &path, "alice", Some(big_state(serial, size)))
+                .await
+        }
+    };
+    let lock = |method: &'static str| {
+        let base = served.base.clone();
+        let app = &app;
+        async move {
+            let body = lock_info("l-1", "OperationTypeApply").into_bytes();
+            app.call_on(&base, method, "dev/app", "alice", Some(body))
+                .await
+        }
+    };
+    assert_status(&post(1, 1000, None).await, StatusCode::OK);
     let stored = app.stored("dev", "app").await;
 
     let filler = fill(&tmpfs.path);
     let database = tmpfs.path.join("environments").join("dev.db");
     for serial in 2..5 {
-        let refused = app
-            .post("dev/app", "alice", None, big_state(serial, 48 * 1024))
-            .await;
+        let refused = post(serial, 48 * 1024, None).await;
         assert_status(&refused, StatusCode::INSUFFICIENT_STORAGE);
         let sentence = refused.text().await.unwrap();
         assert_eq!(
@@ -116,21 +136,31 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
 
     // Space freed: the very next writes succeed, on the same server.
     std::fs::remove_file(&filler).expect("remove the filler");
-    let locked = app.lock("dev/app", "alice", "l-1", "OperationTypeApply").await;
-    assert_status(&locked, StatusCode::OK);
-    let written = app
-        .post("dev/app", "alice", Some("l-1"), big_state(2, 48 * 1024))
-        .await;
-    assert_status(&written, StatusCode::OK);
-    let unlocked = app
-        .unlock("dev/app", "alice", "l-1", "OperationTypeApply")
-        .await;
-    assert_status(&unlocked, StatusCode::OK);
+    assert_status(&lock("LOCK").await, StatusCode::OK);
+    assert_status(&post(2, 48 * 1024, Some("l-1")).await, StatusCode::OK);
+    assert_status(&lock("UNLOCK").await, StatusCode::OK);
     assert_eq!(
         app.stored("dev", "app").await,
         Some(big_state(2, 48 * 1024))
     );
     assert_eq!(app.versions("dev", "app").await.len(), 2);
+
+    // Told once when the disk filled, and once when writes succeeded again.
+    let log = std::fs::read_to_string(&served.log).expect("the server's log");
+    let about_dev = |message: &str| {
+        log.lines()
+            .filter(|l| l.contains(message) && l.contains(&database.display().to_string()))
+            .count()
+    };
+    assert_eq!(about_dev("the disk under the database is full"), 1, "{log}");
+    assert_eq!(about_dev("writes to the database succeed again"), 1, "{log}");
+    // The request log line says what the client received.
+    let refused_lines = log
+        .lines()
+        .filter(|l| l.contains(" request ") && l.contains("status=507"))
+        .count();
+    assert_eq!(refused_lines, 3, "{log}");
+    drop(served);
     assert_audit_verifies(app.dir.path()).await;
     drop(app);
     drop(tmpfs);
