@@ -7,7 +7,7 @@ mod changes;
 mod check;
 mod cli;
 mod edges;
-mod full_disk;
+mod self_healing;
 mod helpers;
 mod history;
 mod instances;

@@ -1,5 +1,7 @@
-//! A full disk: writes are refused with a sentence saying so (507), nothing half-written is
-//! kept, and once space is freed the next write succeeds, without a restart.
+//! Faults the server recovers from by itself, and says plainly while they last: a full disk
+//! (writes refused with a sentence saying so, 507; once space is freed the next write
+//! succeeds, without a restart), a transaction the database ended half-way, an audit log that
+//! cannot be written (the request log line gives the status the client received).
 //!
 //! The data directory is put on a small tmpfs of its own, which needs root; without it the
 //! test says it was skipped and why. PostgreSQL's disk is the database server's, out of a
@@ -214,4 +216,26 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
         );
     }
     assert_eq!(t.versions("dev", "app").await.len(), 11);
+}
+
+/// A read answered, then refused because its audit record could not be written: the request
+/// log line says 503, as the client saw it, not the 200 the answer would have had.
+#[tokio::test]
+async fn the_request_log_line_says_the_status_the_client_received() {
+    let t = spawn_app().await;
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "l", "")).await,
+        StatusCode::OK,
+    );
+    let served = t.serve_process().await;
+    break_audit_writes(t.dir.path(), "dev").await;
+    let refused = t.call_on(&served.base, "GET", "dev/app", "alice", None).await;
+    assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    let log = std::fs::read_to_string(&served.log).expect("the server's log");
+    let reads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" request ") && l.contains("action=state:read"))
+        .collect();
+    assert_eq!(reads.len(), 1, "{log}");
+    assert!(reads[0].contains("status=503"), "{log}");
 }
