@@ -163,3 +163,54 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_full_disk_and_an_outage_say_so_and_other_faults_stay_internal() {
+        let full = ApiError::from(StoreError::DiskFull {
+            location: "data/environments/dev.db".into(),
+        });
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(
+            full.to_string(),
+            "the disk under data/environments/dev.db is full: free space; nothing was written"
+        );
+        let down = ApiError::from(StoreError::Unreachable {
+            location: "postgres://bulkhead@db/x (schema bulkhead_env_dev)".into(),
+            detail: "connection refused".into(),
+        });
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(down.to_string().starts_with(
+            "the database postgres://bulkhead@db/x (schema bulkhead_env_dev) cannot be reached"
+        ));
+        // Not named after a database, but said all the same.
+        let timed_out = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(timed_out.to_string().contains("cannot be reached"));
+        let refused = ApiError::from(StoreError::Database(sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        )));
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let no_space = ApiError::from(StoreError::Database(sqlx::Error::Io(
+            std::io::Error::from_raw_os_error(28),
+        )));
+        assert_eq!(no_space.status(), StatusCode::INSUFFICIENT_STORAGE);
+        // An audit record that cannot be written for another reason is the audit log's refusal.
+        assert!(matches!(
+            ApiError::audit_unwritable(StoreError::Batch("refused".into())),
+            ApiError::AuditUnavailable
+        ));
+        assert!(matches!(
+            ApiError::audit_unwritable(StoreError::Database(sqlx::Error::PoolClosed)),
+            ApiError::DatabaseDown(_)
+        ));
+        assert!(matches!(
+            ApiError::from(StoreError::Corrupt("x".into())),
+            ApiError::Internal(_)
+        ));
+    }
+}
