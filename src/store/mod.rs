@@ -711,9 +711,14 @@ impl Dedicated {
 /// the driver counts them. When SQLite ends a transaction by itself (`SQLITE_FULL` rolls it
 /// back), the driver's ROLLBACK fails and its count stays at one: every later BEGIN on that
 /// connection would fail, so such a connection is closed instead, and a new one opened.
-/// The ping comes first: it runs after any rollback still queued on the connection.
+/// A connection that seems to be in a transaction is pinged first: the ping runs after any
+/// rollback still queued on it, which lowers the count when it succeeds. (sqlx pings every
+/// connection returned to the pool afterwards anyway, so only these cost a round trip more.)
 async fn usable(conn: &mut AnyConnection) -> bool {
     use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return true;
+    }
     conn.ping().await.is_ok() && !conn.is_in_transaction()
 }
 
