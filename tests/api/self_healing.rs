@@ -72,7 +72,11 @@ fn fill(dir: &Path) -> PathBuf {
 
 /// A state of about `size` bytes.
 fn big_state(serial: i64, size: usize) -> Vec<u8> {
-    state_doc(serial, "full", &format!(r#","padding":"{}""#, "x".repeat(size)))
+    state_doc(
+        serial,
+        "full",
+        &format!(r#","padding":"{}""#, "x".repeat(size)),
+    )
 }
 
 #[tokio::test]
@@ -133,7 +137,11 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
             )
         );
     }
-    assert_eq!(app.stored("dev", "app").await, stored, "nothing was written");
+    assert_eq!(
+        app.stored("dev", "app").await,
+        stored,
+        "nothing was written"
+    );
     assert_eq!(app.versions("dev", "app").await.len(), 1);
 
     // Space freed: the very next writes succeed, on the same server.
@@ -155,7 +163,11 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
             .count()
     };
     assert_eq!(about_dev("the disk under the database is full"), 1, "{log}");
-    assert_eq!(about_dev("writes to the database succeed again"), 1, "{log}");
+    assert_eq!(
+        about_dev("writes to the database succeed again"),
+        1,
+        "{log}"
+    );
     // The request log line says what the client received.
     let refused_lines = log
         .lines()
@@ -175,7 +187,8 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
 async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "l", "")).await,
+        &t.post("dev/app", "alice", None, state_doc(1, "l", ""))
+            .await,
         StatusCode::OK,
     );
     let (fail, unfail) = if on_postgres() {
@@ -194,10 +207,16 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
     exec_sql(t.dir.path(), "dev", fail).await;
     // More failures than the pool has connections, so that each may be left behind.
     for serial in 2..8 {
-        let refused = t.post("dev/app", "alice", None, state_doc(serial, "l", "")).await;
+        let refused = t
+            .post("dev/app", "alice", None, state_doc(serial, "l", ""))
+            .await;
         assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert_eq!(t.versions("dev", "app").await.len(), 1, "nothing was written");
+    assert_eq!(
+        t.versions("dev", "app").await.len(),
+        1,
+        "nothing was written"
+    );
     exec_sql(t.dir.path(), "dev", unfail).await;
     for serial in 2..12 {
         let id = format!("l-{serial}");
@@ -211,7 +230,8 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
             StatusCode::OK,
         );
         assert_status(
-            &t.unlock("dev/app", "alice", &id, "OperationTypeApply").await,
+            &t.unlock("dev/app", "alice", &id, "OperationTypeApply")
+                .await,
             StatusCode::OK,
         );
     }
@@ -224,12 +244,15 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
 async fn the_request_log_line_says_the_status_the_client_received() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "l", "")).await,
+        &t.post("dev/app", "alice", None, state_doc(1, "l", ""))
+            .await,
         StatusCode::OK,
     );
     let served = t.serve_process().await;
     break_audit_writes(t.dir.path(), "dev").await;
-    let refused = t.call_on(&served.base, "GET", "dev/app", "alice", None).await;
+    let refused = t
+        .call_on(&served.base, "GET", "dev/app", "alice", None)
+        .await;
     assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
     let log = std::fs::read_to_string(&served.log).expect("the server's log");
     let reads: Vec<&str> = log
