@@ -118,12 +118,13 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
             (err.into_response(), already)
         }
     };
-    let response = match audited {
-        true => response,
-        false => match super::record(app, &record).await {
+    let response = if audited {
+        response
+    } else {
+        match super::record(app, &record).await {
             Ok(()) => response,
             Err(e) => ApiError::audit_unwritable(e).into_response(),
-        },
+        }
     };
     // The status the client receives, which is not the one recorded when the record itself
     // could not be written.
