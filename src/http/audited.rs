@@ -85,8 +85,7 @@ pub async fn commit_with_record(
     record.decision = Outcome::Allow;
     record.status = Some(status.as_u16());
     if let Err(e) = tx.append_record(record).await {
-        tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-        return Err(ApiError::AuditUnavailable);
+        return Err(ApiError::audit_unwritable(e));
     }
     tx.commit().await?;
     Ok(())
@@ -107,7 +106,10 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
         }
         Err(err) => {
             record.decision = match err {
-                ApiError::Internal(_) | ApiError::AuditUnavailable => Outcome::Error,
+                ApiError::Internal(_)
+                | ApiError::AuditUnavailable
+                | ApiError::DiskFull(_)
+                | ApiError::DatabaseDown(_) => Outcome::Error,
                 _ => Outcome::Deny,
             };
             record.status = Some(err.status().as_u16());
@@ -116,21 +118,25 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
             (err.into_response(), already)
         }
     };
+    let response = if audited {
+        response
+    } else {
+        match super::record(app, &record).await {
+            Ok(()) => response,
+            Err(e) => ApiError::audit_unwritable(e).into_response(),
+        }
+    };
+    // The status the client receives, which is not the one recorded when the record itself
+    // could not be written.
     tracing::info!(
         principal = record.principal.as_deref().unwrap_or("-"),
         action = %record.action,
         environment = record.environment.as_deref().unwrap_or("-"),
         state = record.state.as_deref().unwrap_or("-"),
         decision = record.decision.as_str(),
-        status = record.status.unwrap_or(0),
+        status = response.status().as_u16(),
         "request"
     );
-    if !audited {
-        if let Err(e) = super::record(app, &record).await {
-            tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-            return ApiError::AuditUnavailable.into_response();
-        }
-    }
     response
 }
 

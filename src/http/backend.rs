@@ -304,10 +304,7 @@ async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
             Ok(true) => return Ok(Reply::ok(content)),
             // Written meanwhile: read from the database.
             Ok(false) => record.version = None,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-                return Err(ApiError::AuditUnavailable);
-            }
+            Err(e) => return Err(ApiError::audit_unwritable(e)),
         }
     }
     match call.store.latest_stream(call.name.as_str()).await? {

@@ -36,6 +36,12 @@ pub enum ApiError {
         "the audit log cannot be written, so the request was refused; the server's log says why"
     )]
     AuditUnavailable,
+    /// A write found the disk under a database full (507): the sentence names the database.
+    #[error("{0}")]
+    DiskFull(String),
+    /// A database did not answer (503): the sentence names it.
+    #[error("{0}")]
+    DatabaseDown(String),
     /// A server fault; the detail goes to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,7 +49,24 @@ pub enum ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        use crate::store::StoreError;
+        match e {
+            e @ (StoreError::DiskFull { .. } | StoreError::Unreachable { .. }) => {
+                ApiError::unavailable(e)
+            }
+            // Not named after its database (it failed where none could be told): said all
+            // the same, so that the person at the other end knows what to fix.
+            e if e.is_disk_full() => ApiError::DiskFull(
+                "the disk under one of the server's databases is full: free space; nothing was written".into(),
+            ),
+            e if e.is_outage() => {
+                tracing::error!(error = %e, "a database cannot be reached");
+                ApiError::DatabaseDown(
+                    "one of the server's databases cannot be reached: the request was not carried out; try again once it is back (the server's log says which)".into(),
+                )
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -59,6 +82,26 @@ impl From<crate::verdict::Refusal> for ApiError {
 }
 
 impl ApiError {
+    fn unavailable(e: crate::store::StoreError) -> ApiError {
+        if e.is_disk_full() {
+            ApiError::DiskFull(e.to_string())
+        } else {
+            ApiError::DatabaseDown(e.to_string())
+        }
+    }
+
+    /// The answer when an audit record could not be written: a full disk or an unreachable
+    /// database says so; anything else is the audit log refusing (and goes to the log).
+    pub fn audit_unwritable(e: crate::store::StoreError) -> ApiError {
+        match ApiError::from(e) {
+            e @ (ApiError::DiskFull(_) | ApiError::DatabaseDown(_)) => e,
+            other => {
+                tracing::error!(error = %other, "cannot write the audit record; refusing the request");
+                ApiError::AuditUnavailable
+            }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -71,6 +114,8 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::DatabaseDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,5 +161,56 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_full_disk_and_an_outage_say_so_and_other_faults_stay_internal() {
+        let full = ApiError::from(StoreError::DiskFull {
+            location: "data/environments/dev.db".into(),
+        });
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(
+            full.to_string(),
+            "the disk under data/environments/dev.db is full: free space; nothing was written"
+        );
+        let down = ApiError::from(StoreError::Unreachable {
+            location: "postgres://bulkhead@db/x (schema bulkhead_env_dev)".into(),
+            detail: "connection refused".into(),
+        });
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(down.to_string().starts_with(
+            "the database postgres://bulkhead@db/x (schema bulkhead_env_dev) cannot be reached"
+        ));
+        // Not named after a database, but said all the same.
+        let timed_out = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(timed_out.to_string().contains("cannot be reached"));
+        let refused = ApiError::from(StoreError::Database(sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        )));
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let no_space = ApiError::from(StoreError::Database(sqlx::Error::Io(
+            std::io::Error::from_raw_os_error(28),
+        )));
+        assert_eq!(no_space.status(), StatusCode::INSUFFICIENT_STORAGE);
+        // An audit record that cannot be written for another reason is the audit log's refusal.
+        assert!(matches!(
+            ApiError::audit_unwritable(StoreError::Batch("refused".into())),
+            ApiError::AuditUnavailable
+        ));
+        assert!(matches!(
+            ApiError::audit_unwritable(StoreError::Database(sqlx::Error::PoolClosed)),
+            ApiError::DatabaseDown(_)
+        ));
+        assert!(matches!(
+            ApiError::from(StoreError::Corrupt("x".into())),
+            ApiError::Internal(_)
+        ));
     }
 }

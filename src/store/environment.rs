@@ -424,7 +424,8 @@ impl Tx<'_> {
         .bind(v.change_number)
         .bind(v.content.and_then(crate::history::fingerprint))
         .execute(self.conn())
-        .await?;
+        .await
+        .map_err(|e| self.explain(e.into()))?;
         self.written
             .push((v.state.to_string(), next, v.sha256.to_string()));
         if let Some(content) = v.content {
@@ -441,7 +442,8 @@ impl Tx<'_> {
                 .bind(seq as i64)
                 .bind(chunk)
                 .execute(self.conn())
-                .await?;
+                .await
+                .map_err(|e| self.explain(e.into()))?;
             }
         }
         Ok(next)

@@ -49,7 +49,7 @@ struct Known {
 struct Queued {
     record: Record,
     only_in: Option<Epoch>,
-    answer: oneshot::Sender<Result<bool, String>>,
+    answer: oneshot::Sender<Result<bool, Failure>>,
 }
 
 /// The most records one group commit appends.
@@ -67,6 +67,26 @@ const FLUSH_AFTER: usize = 128;
 /// slow, on a busy disk) before the next commit makes the flush itself, holding off appends:
 /// the write-ahead log stays bounded however slow the disk.
 const FLUSH_AT_MOST_AFTER: usize = 2 * FLUSH_AFTER;
+
+/// Why a group commit failed, as every request waiting for it is told.
+#[derive(Clone, Debug)]
+pub(super) enum Failure {
+    /// No room on the disk.
+    DiskFull,
+    /// The database did not answer: why.
+    Unreachable(String),
+    Other(String),
+}
+
+impl Failure {
+    fn of(chain: &Chain, e: StoreError) -> Failure {
+        match chain.explain(e) {
+            StoreError::DiskFull { .. } => Failure::DiskFull,
+            StoreError::Unreachable { detail, .. } => Failure::Unreachable(detail),
+            e => Failure::Other(e.to_string()),
+        }
+    }
+}
 
 /// What a group commit works with.
 pub(super) struct Target {
@@ -101,7 +121,7 @@ impl GroupCommit {
         &self,
         record: &Record,
         only_in: Option<Epoch>,
-    ) -> oneshot::Receiver<Result<bool, String>> {
+    ) -> oneshot::Receiver<Result<bool, Failure>> {
         let (answer, outcome) = oneshot::channel();
         lock_ignoring_poison(&self.queue).push(Queued {
             record: record.clone(),
@@ -165,6 +185,7 @@ impl GroupCommit {
         }
         if let Ok(Some(new_head)) = &outcome {
             if !batch.is_empty() {
+                target.chain.wrote();
                 target.chain.appended(new_head.clone());
                 self.flush_soon(target);
             }
@@ -255,7 +276,7 @@ async fn index(connections: &Connections) {
     }
 }
 
-fn answer(batch: Vec<Queued>, outcome: Result<bool, String>) {
+fn answer(batch: Vec<Queued>, outcome: Result<bool, Failure>) {
     for queued in batch {
         let _ = queued.answer.send(outcome.clone());
     }
@@ -271,13 +292,13 @@ async fn commit(
     target: &Target,
     head: Option<&audit::Head>,
     batch: &[Queued],
-) -> Result<audit::Head, String> {
+) -> Result<audit::Head, Failure> {
     let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
     let chain_key = &target.chain.key;
     if let (Some(appender), Some(head)) = (&target.connections.appender, head) {
         return appender
             .insert_after(chain_key, head, &records)
-            .map_err(|e| e.to_string());
+            .map_err(|e| Failure::of(&target.chain, e));
     }
     let (kind, key) = (target.kind, target.writer_key);
     target
@@ -301,5 +322,5 @@ async fn commit(
             Ok(new_head)
         })
         .await
-        .map_err(|e: StoreError| e.to_string())
+        .map_err(|e: StoreError| Failure::of(&target.chain, e))
 }

@@ -82,6 +82,12 @@ pub enum StoreError {
     /// A group commit of audit records failed.
     #[error("the audit records could not be committed: {0}")]
     Batch(String),
+    /// A write found no room on the disk; SQLite rolled it back whole.
+    #[error("the disk under {location} is full: free space; nothing was written")]
+    DiskFull { location: String },
+    /// The database did not answer (down, restarting, or out of reach).
+    #[error("the database {location} cannot be reached ({detail}): the request was not carried out; try again once it is back")]
+    Unreachable { location: String, detail: String },
     /// A task doing database work stopped before it finished.
     #[error("database work stopped before it finished: {0}")]
     Task(String),
@@ -96,6 +102,52 @@ pub enum StoreError {
     /// A database that should be there is not (commands that only read never create one).
     #[error("the database {location} does not exist: it was deleted or moved (restore it from a backup); nothing was created in its place")]
     Missing { location: String },
+}
+
+impl StoreError {
+    /// The write found no room on the disk: SQLite's `SQLITE_FULL` (in any extended form),
+    /// PostgreSQL's `disk_full`, or `ENOSPC` from the file system.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        match self {
+            StoreError::DiskFull { .. } => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                let code = e.code();
+                let code = code.as_deref().unwrap_or("");
+                code == "53100" || code.parse::<i32>().is_ok_and(|c| c & 0xff == 13)
+            }
+            StoreError::Database(sqlx::Error::Io(e)) => e.raw_os_error() == Some(ENOSPC),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+
+    /// The database could not be talked to at all, as opposed to refusing what was asked.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. } => true,
+            StoreError::Database(e) => sqlx_outage(e),
+            _ => false,
+        }
+    }
+}
+
+/// A connection that failed or could not be made, or PostgreSQL saying it is going away or
+/// not yet up (SQLSTATE class 08, and 57P01 to 57P03).
+fn sqlx_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }
 
 /// Which kind of database a URL names.
@@ -400,7 +452,7 @@ async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
 /// its audit chain for appending under the chain's key ([`audit::open_chain`]).
 async fn open(
     location: &Location,
-    chain: Chain,
+    mut chain: Chain,
     (sqlite, postgres): (&'static Migrator, &'static Migrator),
     sync: AuditSync,
 ) -> Result<Serialized, StoreError> {
@@ -411,6 +463,7 @@ async fn open(
         source,
     };
     let kind = location.kind();
+    chain.location = name.clone();
     let (options, schema) = match location {
         Location::File(path) => {
             let url = SqliteConnectOptions::new()
@@ -460,6 +513,7 @@ async fn open(
                 Ok(())
             })
         })
+        .after_release(|conn, _| Box::pin(async move { Ok(usable(conn).await) }))
         .connect_with(options.clone())
         .await
         .map_err(opened)?;
@@ -545,6 +599,11 @@ async fn open(
 pub(crate) struct Chain {
     pub name: String,
     pub key: ChainKey,
+    /// The database, as errors name it.
+    location: String,
+    /// The disk under the database was found full, and no write has succeeded since: the
+    /// episode is logged once, when it begins, and once when it ends.
+    full: std::sync::atomic::AtomicBool,
     /// This server has written checkpoints of it (to `checkpoint_dir`).
     checkpointed: bool,
     head: tokio::sync::watch::Sender<Head>,
@@ -555,11 +614,45 @@ impl Chain {
         Chain {
             name: name.to_string(),
             key: key.chain(name),
+            location: String::new(),
+            full: std::sync::atomic::AtomicBool::new(false),
             checkpointed: audit::checkpoint::file(checkpoint_dir, name).exists(),
             head: tokio::sync::watch::Sender::new(Head {
                 seq: 0,
                 hash: audit::GENESIS.to_string(),
             }),
+        }
+    }
+
+    /// What a failed write or read tells the person who asked for it: a full disk and an
+    /// outage name this database; anything else is left as it is.
+    pub fn explain(&self, e: StoreError) -> StoreError {
+        use std::sync::atomic::Ordering;
+        if e.is_disk_full() {
+            if !self.full.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    database = %self.location,
+                    error = %e,
+                    "the disk under the database is full: writes to it are refused until space is freed"
+                );
+            }
+            return StoreError::DiskFull {
+                location: self.location.clone(),
+            };
+        }
+        match e {
+            StoreError::Database(e) if sqlx_outage(&e) => StoreError::Unreachable {
+                location: self.location.clone(),
+                detail: e.to_string(),
+            },
+            e => e,
+        }
+    }
+
+    /// A write was committed: a full-disk episode, if any, is over.
+    pub fn wrote(&self) {
+        if self.full.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(database = %self.location, "writes to the database succeed again");
         }
     }
 
@@ -602,14 +695,31 @@ impl Dedicated {
         };
         let done = work(conn).await;
         // A statement the database refused (a taken position, say) leaves the connection as it
-        // was; any other failure may not have.
+        // was, unless it ended a transaction that the driver still counts as open; any other
+        // failure may not have.
         if let Err(e) = &done {
-            if !matches!(e, StoreError::Database(sqlx::Error::Database(_))) {
+            let refused = matches!(e, StoreError::Database(sqlx::Error::Database(_)));
+            if !refused || !usable(conn).await {
                 *slot = None;
             }
         }
         done
     }
+}
+
+/// Whether a connection can be used again: it answers, and no transaction is open on it as
+/// the driver counts them. When SQLite ends a transaction by itself (`SQLITE_FULL` rolls it
+/// back), the driver's ROLLBACK fails and its count stays at one: every later BEGIN on that
+/// connection would fail, so such a connection is closed instead, and a new one opened.
+/// A connection that seems to be in a transaction is pinged first: the ping runs after any
+/// rollback still queued on it, which lowers the count when it succeeds. (sqlx pings every
+/// connection returned to the pool afterwards anyway, so only these cost a round trip more.)
+async fn usable(conn: &mut AnyConnection) -> bool {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    conn.ping().await.is_ok() && !conn.is_in_transaction()
 }
 
 /// The dedicated connections of one database.
@@ -700,7 +810,8 @@ impl Serialized {
         let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
         let tx = tokio::spawn(async move { begin(&pool, kind, key).await })
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|e| self.chain.explain(e))?;
         Ok(Tx {
             _guard: guard,
             tx,
@@ -743,7 +854,7 @@ impl Serialized {
         // or the lock, for a commit of its own.
         let guard = tokio::select! {
             biased;
-            answered = &mut outcome => return Self::answered(answered),
+            answered = &mut outcome => return self.answered(answered),
             guard = self.writer.clone().lock_owned() => guard,
         };
         // Nothing queued: an earlier commit took this record, and answered it.
@@ -769,14 +880,26 @@ impl Serialized {
                 drop(guard);
             });
         }
-        Self::answered(outcome.await)
+        self.answered(outcome.await)
     }
 
     fn answered(
-        outcome: Result<Result<bool, String>, oneshot::error::RecvError>,
+        &self,
+        outcome: Result<Result<bool, group_commit::Failure>, oneshot::error::RecvError>,
     ) -> Result<bool, StoreError> {
+        use group_commit::Failure;
+        let location = || self.chain.location.clone();
         match outcome {
-            Ok(outcome) => outcome.map_err(StoreError::Batch),
+            Ok(outcome) => outcome.map_err(|failure| match failure {
+                Failure::DiskFull => StoreError::DiskFull {
+                    location: location(),
+                },
+                Failure::Unreachable(detail) => StoreError::Unreachable {
+                    location: location(),
+                    detail,
+                },
+                Failure::Other(message) => StoreError::Batch(message),
+            }),
             Err(_) => Err(StoreError::Batch(
                 "the commit that held the record stopped".into(),
             )),
@@ -850,11 +973,21 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        let chain = self.chain;
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| chain.explain(e.into()))?;
+        chain.wrote();
         if let Some(head) = self.appended {
-            self.chain.appended(head);
+            chain.appended(head);
         }
         Ok(())
+    }
+
+    /// [`Chain::explain`]: a full disk or an outage, named after this database.
+    pub(super) fn explain(&self, e: StoreError) -> StoreError {
+        self.chain.explain(e)
     }
 
     /// Appends an audit record to this database's chain, in this transaction. A record naming
@@ -884,7 +1017,9 @@ impl Tx<'_> {
                 _ => std::borrow::Cow::Borrowed(r),
             })
             .collect();
-        let head = audit::append_all(&mut self.tx, &self.chain.key, &records).await?;
+        let head = audit::append_all(&mut self.tx, &self.chain.key, &records)
+            .await
+            .map_err(|e| self.chain.explain(e))?;
         self.appended = Some(head);
         Ok(())
     }
@@ -907,6 +1042,75 @@ pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection;
+
+    /// Ends the transaction open on `conn` behind the driver's back, as SQLite does when a
+    /// write finds the disk full: the driver still counts it as open, and its own ROLLBACK,
+    /// when the transaction is dropped, fails.
+    async fn end_behind_the_drivers_back(conn: &mut AnyConnection) {
+        conn.execute("ROLLBACK").await.unwrap();
+        assert!(conn.is_in_transaction());
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_whose_transaction_sqlite_ended_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n  data_dir = {:?}\n}}\n\
+             team \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        let env = stores.environment("dev").unwrap();
+        {
+            let mut tx = env.begin().await.unwrap();
+            end_behind_the_drivers_back(tx.conn()).await;
+        }
+        // More transactions than the pool has connections: each connection is taken.
+        for _ in 0..8 {
+            let tx = env.begin().await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dedicated_connection_whose_transaction_sqlite_ended_is_replaced() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = SqliteConnectOptions::new()
+            .filename(dir.path().join("x.db"))
+            .create_if_missing(true)
+            .to_url_lossy();
+        let dedicated = Dedicated {
+            options: AnyConnectOptions::from_url(&url).unwrap(),
+            session: "PRAGMA journal_mode = WAL".into(),
+            conn: Mutex::default(),
+        };
+        let failed = dedicated
+            .run(async |conn: &mut AnyConnection| {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                end_behind_the_drivers_back(&mut tx).await;
+                // A statement the database refuses, as the write that found the disk full was.
+                tx.execute("INSERT INTO nowhere VALUES (1)").await?;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(
+            failed,
+            Err(StoreError::Database(sqlx::Error::Database(_)))
+        ));
+        dedicated
+            .run(async |conn: &mut AnyConnection| {
+                assert!(!conn.is_in_transaction());
+                let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn urls_are_checked_and_passwords_hidden() {

@@ -82,7 +82,16 @@ impl SqliteAppender {
                 ]
             })
             .collect();
-        insert.execute(values.as_slice())?;
+        if let Err(e) = insert.execute(values.as_slice()) {
+            drop(insert);
+            // SQLite rolls a failed statement back by itself; should a transaction be left
+            // open all the same (it cannot be seen to be here, but a full disk is where such
+            // things happen), it is ended, so that the next append starts clean.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            return Err(e.into());
+        }
         Ok(new_head)
     }
 }

@@ -13,4 +13,5 @@ mod instances;
 mod oidc;
 mod protocol;
 mod resources;
+mod self_healing;
 mod terraform;
