@@ -107,11 +107,16 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
         }
         Err(err) => {
             record.decision = match err {
-                ApiError::Internal(_) | ApiError::AuditUnavailable => Outcome::Error,
+                ApiError::Internal(_) | ApiError::AuditUnavailable | ApiError::Damaged { .. } => {
+                    Outcome::Error
+                }
                 _ => Outcome::Deny,
             };
             record.status = Some(err.status().as_u16());
             record.reason = Some(err.reason());
+            if let ApiError::Damaged { version, .. } = err {
+                record.version = Some(version);
+            }
             let already = matches!(err, ApiError::AuditUnavailable);
             (err.into_response(), already)
         }

@@ -36,6 +36,10 @@ pub enum ApiError {
         "the audit log cannot be written, so the request was refused; the server's log says why"
     )]
     AuditUnavailable,
+    /// A stored version's content does not match its SHA-256: a fault of the server's storage
+    /// (so a 5xx), said plainly because the way out is the client's to take.
+    #[error("version {version} of {state} is damaged: its content does not match its sha256; restore it with `bulkhead state rollback` to an intact version")]
+    Damaged { state: String, version: i64 },
     /// A server fault; the detail goes to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,7 +47,12 @@ pub enum ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::Damaged { state, version } => {
+                ApiError::Damaged { state, version }
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -71,7 +80,7 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Damaged { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -79,6 +88,7 @@ impl ApiError {
     pub fn reason(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error".to_string(),
+            ApiError::Damaged { state, version } => damage_reason(state, *version),
             other => other.to_string(),
         }
     }
@@ -94,6 +104,10 @@ impl IntoResponse for ApiError {
                 info.to_json(),
             )
                 .into_response(),
+            ApiError::Damaged { state, version } => {
+                tracing::error!(state = %state, version, "a version's content does not match its sha256; not served");
+                (status, format!("{self}\n")).into_response()
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 (status, "internal error: the server's log says more\n").into_response()
@@ -117,4 +131,9 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The audit reason of a read that met a damaged version.
+pub fn damage_reason(state: &str, version: i64) -> String {
+    format!("content damaged: version {version} of {state} does not match its sha256")
 }
