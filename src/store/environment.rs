@@ -610,7 +610,7 @@ mod tests {
         let mut tx = env.begin().await.unwrap();
         tx.append_version(NewVersion {
             state: "app",
-            sha256: "0",
+            sha256: &crate::state::sha256_hex(b"{}"),
             serial: Some(1),
             lineage: Some("l"),
             principal: "user:alice",
