@@ -353,16 +353,10 @@ struct ContentBody {
     recording: Option<futures_util::future::BoxFuture<'static, crate::store::StoreError>>,
 }
 
-/// Records that the content being served was found damaged, and gives back the error.
-async fn record_damage(
-    app: Arc<App>,
-    mut record: Record,
-    damage: crate::store::StoreError,
-) -> crate::store::StoreError {
-    tracing::error!(error = %damage, "a state's content does not match its sha256; the response is cut off");
-    if let crate::store::StoreError::Damaged { state, version } = &damage {
-        record.reason = Some(super::error::damage_reason(state, *version));
-    }
+/// Records that version `version` of the state being served was found damaged.
+async fn record_damage(app: Arc<App>, mut record: Record, state: String, version: i64) {
+    tracing::error!(state = %state, version, "a state's content does not match its sha256; the response is cut off");
+    record.reason = Some(super::error::damage_reason(&state, version));
     record.time = crate::store::now();
     record.decision = Outcome::Error;
     // The answer began as 200 and was cut off: it has no status of its own.
@@ -370,7 +364,6 @@ async fn record_damage(
     if let Err(e) = super::record(&app, &record).await {
         tracing::error!(error = %e, "cannot write the audit record of a damaged content");
     }
-    damage
 }
 
 impl http_body::Body for ContentBody {
@@ -394,13 +387,28 @@ impl http_body::Body for ContentBody {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
                 Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
             }
-            Some(Err(damage @ StoreError::Damaged { .. })) => match self.on_damage.take() {
-                Some((app, record)) => {
-                    self.recording = Some(record_damage(app, record, damage).boxed());
-                    self.poll_frame(cx)
+            Some(Err(StoreError::Damaged { state, version })) => {
+                let damage = StoreError::Damaged {
+                    state: state.clone(),
+                    version,
+                };
+                match self.on_damage.take() {
+                    Some((app, record)) => {
+                        // A task of its own, so that the record is written even when the
+                        // client goes away first; the body ends once it is.
+                        let written = tokio::spawn(record_damage(app, record, state, version));
+                        self.recording = Some(
+                            async move {
+                                let _ = written.await;
+                                damage
+                            }
+                            .boxed(),
+                        );
+                        self.poll_frame(cx)
+                    }
+                    None => Poll::Ready(Some(Err(damage))),
                 }
-                None => Poll::Ready(Some(Err(damage))),
-            },
+            }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot read a state's content; the response is cut off");
                 Poll::Ready(Some(Err(e)))
