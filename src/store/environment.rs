@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use sqlx::any::AnyRow;
 use sqlx::{Any, FromRow, Row};
 
@@ -384,7 +384,7 @@ async fn held_lock(
 
 /// Checks a whole content against its version's SHA-256.
 fn check(meta: &VersionMeta, content: &[u8]) -> Result<(), StoreError> {
-    if hex::encode(Sha256::digest(content)) == meta.sha256 {
+    if crate::state::sha256_hex(content) == meta.sha256 {
         Ok(())
     } else {
         Err(damaged(meta))
@@ -404,7 +404,7 @@ fn damaged(meta: &VersionMeta) -> StoreError {
 fn verified(meta: &VersionMeta, chunks: ContentStream) -> ContentStream {
     let (size, expected) = (meta.size, meta.sha256.clone());
     let (state, version) = (meta.state.clone(), meta.version);
-    let mut hasher = Sha256::new();
+    let mut hasher = sha2::Sha256::new();
     let mut received = 0i64;
     chunks
         .map(move |chunk| {
@@ -590,6 +590,55 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::store::{environment_file, Stores};
+
+    fn meta_of(content: &[u8]) -> VersionMeta {
+        VersionMeta {
+            state: "app".into(),
+            version: 3,
+            sha256: crate::state::sha256_hex(content),
+            serial: Some(1),
+            lineage: None,
+            size: content.len() as i64,
+            principal: "user:alice".into(),
+            operation: None,
+            lock_id: None,
+            forced: false,
+            deleted: false,
+            created_at: String::new(),
+            change_number: None,
+            resources: None,
+        }
+    }
+
+    async fn read(meta: &VersionMeta, chunks: &[&'static [u8]]) -> Vec<Result<Bytes, String>> {
+        let chunks: Vec<Result<Bytes, StoreError>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let chunks = stream::iter(chunks).boxed();
+        verified(meta, chunks)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_damaged_content_loses_its_last_chunk_to_the_error() {
+        let meta = meta_of(b"abcdef");
+        let intact = read(&meta, &[b"ab", b"cd", b"ef"]).await;
+        assert_eq!(intact.len(), 3);
+        assert!(intact.iter().all(Result::is_ok), "{intact:?}");
+
+        // The damage is in the middle; it is found, and said, in place of the last chunk.
+        let damaged = read(&meta, &[b"ab", b"cX", b"ef"]).await;
+        assert_eq!(
+            damaged[..2],
+            [Ok(Bytes::from_static(b"ab")), Ok(Bytes::from_static(b"cX"))]
+        );
+        assert_eq!(
+            damaged[2],
+            Err("version 3 of app is damaged: its content does not match its sha256".into())
+        );
+        assert_eq!(damaged.len(), 3);
+    }
 
     /// A SQLite environment `dev` whose state `app` has one version, read once in the epoch
     /// now under way (so a read of it may be answered from memory); `server_lines` go into the
