@@ -119,7 +119,7 @@ pub async fn database(
             report.outcome = Err(p);
             return Ok(report);
         }
-        if let Err(p) = contents(pool, &holdings.versions).await? {
+        if let Err(p) = contents(chain, pool, &holdings.versions).await? {
             report.outcome = Err(p);
         }
     }
@@ -261,6 +261,7 @@ pub fn cross_check(
 
 /// Checks each version's content against its stored SHA-256, reading one chunk at a time.
 async fn contents(
+    environment: &str,
     pool: &AnyPool,
     versions: &[(String, i64, String, bool)],
 ) -> Result<Result<(), Problem>, StoreError> {
@@ -291,7 +292,7 @@ async fn contents(
         }
         if hex::encode(h.finalize()) != *sha256 {
             return Ok(Err(problem(format!(
-                "the content of version {version} of state {state} does not match its SHA-256: it was edited in the database"
+                "the content of version {version} of state {state} in environment {environment} does not match its SHA-256: it was edited in the database"
             ))));
         }
     }

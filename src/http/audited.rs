@@ -108,12 +108,16 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
             record.decision = match err {
                 ApiError::Internal(_)
                 | ApiError::AuditUnavailable
+                | ApiError::Damaged { .. }
                 | ApiError::DiskFull(_)
                 | ApiError::DatabaseDown(_) => Outcome::Error,
                 _ => Outcome::Deny,
             };
             record.status = Some(err.status().as_u16());
             record.reason = Some(err.reason());
+            if let ApiError::Damaged { version, .. } = err {
+                record.version = Some(version);
+            }
             let already = matches!(err, ApiError::AuditUnavailable);
             (err.into_response(), already)
         }

@@ -240,7 +240,7 @@ impl Call<'_> {
     }
 }
 
-async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
+async fn handle(app: &Arc<App>, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
     let caller = authenticate(app, record, &req.headers).await?;
     let (env, store) = app.environment(&req.env)?;
     let name = StateName::parse(&req.name).map_err(ApiError::BadRequest)?;
@@ -255,7 +255,7 @@ async fn handle(app: &App, record: &mut Record, req: Incoming) -> Result<Reply, 
         change: query.remove("change"),
     };
     match req.method.as_str() {
-        "GET" => get(&call, record).await,
+        "GET" => get(&call, record, app).await,
         "POST" | "PUT" => post(&call, record, query.remove("ID"), &req.headers, req.body).await,
         "DELETE" => delete(&call, record).await,
         "LOCK" => {
@@ -292,7 +292,7 @@ fn parameters(uri: &Uri) -> Result<HashMap<String, String>, ApiError> {
     Ok(query)
 }
 
-async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
+async fn get(call: &Call<'_>, record: &mut Record, app: &Arc<App>) -> Result<Reply, ApiError> {
     call.require(record, Action::StateRead, "")?;
     // From memory, when nothing can have been written since the newest version was read: the
     // record, naming the version served, is committed only if so.
@@ -314,6 +314,8 @@ async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
             let body = ContentBody {
                 chunks,
                 remaining: u64::try_from(meta.size).unwrap_or(0),
+                on_damage: Some((app.clone(), record.clone())),
+                recording: None,
             };
             Ok(Reply {
                 audited: false,
@@ -333,9 +335,32 @@ async fn get(call: &Call<'_>, record: &mut Record) -> Result<Reply, ApiError> {
 /// A state's content as a response body: its chunks as they are read from the store, with the
 /// length known up front, so that the response carries `Content-Length` and a client can tell
 /// a cut-off body from a whole one.
+///
+/// The store checks the content as it streams and withholds its last chunk when the content
+/// does not match its SHA-256 (see [`crate::store::environment`]); the body then ends in an
+/// error, so the connection is aborted and terraform fails instead of taking the damaged
+/// state. The request's record was written when the answer began, so the damage gets a record
+/// of its own, committed before the body ends.
 struct ContentBody {
     chunks: ContentStream,
     remaining: u64,
+    /// The server and the request's record, to record damage with.
+    on_damage: Option<(Arc<App>, Record)>,
+    /// The damage being recorded, which ends the body once committed.
+    recording: Option<futures_util::future::BoxFuture<'static, crate::store::StoreError>>,
+}
+
+/// Records that version `version` of the state being served was found damaged.
+async fn record_damage(app: Arc<App>, mut record: Record, state: String, version: i64) {
+    tracing::error!(state = %state, version, "a state's content does not match its sha256; the response is cut off");
+    record.reason = Some(super::error::damage_reason(&state, version));
+    record.time = crate::store::now();
+    record.decision = Outcome::Error;
+    // The answer began as 200 and was cut off: it has no status of its own.
+    record.status = None;
+    if let Err(e) = super::record(&app, &record).await {
+        tracing::error!(error = %e, "cannot write the audit record of a damaged content");
+    }
 }
 
 impl http_body::Body for ContentBody {
@@ -346,18 +371,47 @@ impl http_body::Body for ContentBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        use futures_util::StreamExt;
-        self.chunks.poll_next_unpin(cx).map(|next| match next {
+        use crate::store::StoreError;
+        use futures_util::{FutureExt, StreamExt};
+        use std::task::Poll;
+        if let Some(recording) = self.recording.as_mut() {
+            let damage = std::task::ready!(recording.poll_unpin(cx));
+            self.recording = None;
+            return Poll::Ready(Some(Err(damage)));
+        }
+        match std::task::ready!(self.chunks.poll_next_unpin(cx)) {
             Some(Ok(chunk)) => {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
-                Some(Ok(http_body::Frame::data(chunk)))
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            Some(Err(StoreError::Damaged { state, version })) => {
+                let damage = StoreError::Damaged {
+                    state: state.clone(),
+                    version,
+                };
+                match self.on_damage.take() {
+                    Some((app, record)) => {
+                        // A task of its own, so that the record is written even when the
+                        // client goes away first; the body ends once it is.
+                        let written = tokio::spawn(record_damage(app, record, state, version));
+                        self.recording = Some(
+                            async move {
+                                let _ = written.await;
+                                damage
+                            }
+                            .boxed(),
+                        );
+                        self.poll_frame(cx)
+                    }
+                    None => Poll::Ready(Some(Err(damage))),
+                }
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot read a state's content; the response is cut off");
-                Some(Err(e))
+                Poll::Ready(Some(Err(e)))
             }
-            None => None,
-        })
+            None => Poll::Ready(None),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

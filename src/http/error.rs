@@ -42,6 +42,10 @@ pub enum ApiError {
     /// A database did not answer (503): the sentence names it.
     #[error("{0}")]
     DatabaseDown(String),
+    /// A stored version's content does not match its SHA-256: a fault of the server's storage
+    /// (so a 5xx), said plainly because the way out is the client's to take.
+    #[error("version {version} of {state} is damaged: its content does not match its sha256; restore it with `bulkhead state rollback` to an intact version")]
+    Damaged { state: String, version: i64 },
     /// A server fault; the detail goes to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -51,6 +55,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
         match e {
+            StoreError::Damaged { state, version } => ApiError::Damaged { state, version },
             e @ (StoreError::DiskFull { .. } | StoreError::Unreachable { .. }) => {
                 ApiError::unavailable(e)
             }
@@ -116,7 +121,7 @@ impl ApiError {
             ApiError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::DatabaseDown(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Damaged { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -124,6 +129,7 @@ impl ApiError {
     pub fn reason(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error".to_string(),
+            ApiError::Damaged { state, version } => damage_reason(state, *version),
             other => other.to_string(),
         }
     }
@@ -139,6 +145,10 @@ impl IntoResponse for ApiError {
                 info.to_json(),
             )
                 .into_response(),
+            ApiError::Damaged { state, version } => {
+                tracing::error!(state = %state, version, "a version's content does not match its sha256; not served");
+                (status, format!("{self}\n")).into_response()
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 (status, "internal error: the server's log says more\n").into_response()
@@ -162,6 +172,11 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The audit reason of a read that met a damaged version.
+pub fn damage_reason(state: &str, version: i64) -> String {
+    format!("content damaged: version {version} of {state} does not match its sha256")
 }
 
 #[cfg(test)]

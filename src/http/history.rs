@@ -106,12 +106,14 @@ pub async fn history(State(app): State<Arc<App>>, raw: Raw) -> Response {
             let current = match (&meta.resources, meta.deleted) {
                 (_, true) => no_state(),
                 (Some(taken), _) => Some(taken.clone()),
-                // Written before fingerprints were taken at write time.
-                (None, false) => store
-                    .version(state, meta.version)
-                    .await?
-                    .and_then(|(_, content)| content)
-                    .and_then(|content| history::fingerprint(&content)),
+                // Written before fingerprints were taken at write time. A damaged one is
+                // listed as unreadable, so the history still shows where to roll back to.
+                (None, false) => match store.version(state, meta.version).await {
+                    Err(crate::store::StoreError::Damaged { .. }) => None,
+                    read => read?
+                        .and_then(|(_, content)| content)
+                        .and_then(|content| history::fingerprint(&content)),
+                },
             };
             let (added, changed, removed) = match (&previous, &current) {
                 (Some(before), Some(after)) => history::count_changes(before, after),

@@ -4,11 +4,17 @@
 //!
 //! A version's content is stored in chunks of at most [`CHUNK_SIZE`] bytes and can be read
 //! back as a stream of them, so a 100 MB state is served without a copy of it in memory.
+//!
+//! Every content read back is checked against the SHA-256 stored with its version: a damaged
+//! one ends in [`StoreError::Damaged`] and is never handed out whole. A stream withholds its
+//! last chunk until the digest matches, so a reader that counts the bytes it was promised
+//! always sees the damage.
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use sha2::Digest;
 use sqlx::any::AnyRow;
 use sqlx::{Any, FromRow, Row};
 
@@ -22,7 +28,8 @@ pub struct EnvStore {
 
 /// Each state's newest version lately read, with its content when that fits in one chunk, and
 /// the epoch it was read in ([`super::group_commit`]). Versions never change, so a content
-/// read once can be served again from memory; and while the epoch lasts, the version is
+/// read once, and found to match its SHA-256 then, can be served again from memory without
+/// hashing it again; and while the epoch lasts, the version is
 /// still the newest, which the read's record proves when it commits
 /// ([`EnvStore::append_read`]). At most [`RECENT_CONTENTS_MAX`] bytes in all; past that,
 /// everything is dropped and refilled.
@@ -244,6 +251,8 @@ impl EnvStore {
         };
         let first = Bytes::from(first);
         if first.len() as i64 == meta.size && first.len() <= CHUNK_SIZE {
+            // Whole already: checked before it is answered or kept, never as it streams.
+            check(&meta, &first)?;
             self.recent.keep(
                 state,
                 Newest {
@@ -252,6 +261,7 @@ impl EnvStore {
                     read_in,
                 },
             );
+            return Ok(Some((meta, stream::once(async { Ok(first) }).boxed())));
         }
         let stream = self.rest(&meta, first);
         Ok(Some((meta, stream)))
@@ -296,7 +306,7 @@ impl EnvStore {
     }
 
     /// A version's content from its first chunk on: the chunks after it are read one at a time
-    /// as the stream is polled, until `size` bytes have come.
+    /// as the stream is polled, until `size` bytes have come, and checked ([`verified`]).
     fn rest(&self, meta: &VersionMeta, first: Bytes) -> ContentStream {
         let pool = self.db.pool().clone();
         let (state, version, size) = (meta.state.clone(), meta.version, meta.size);
@@ -326,7 +336,10 @@ impl EnvStore {
                 }
             }
         });
-        stream::once(async move { Ok(first) }).chain(rest).boxed()
+        verified(
+            meta,
+            stream::once(async move { Ok(first) }).chain(rest).boxed(),
+        )
     }
 
     /// The names of every state, with their newest version, and the locks held.
@@ -367,6 +380,46 @@ async fn held_lock(
     .bind(state)
     .fetch_optional(conn)
     .await?)
+}
+
+/// Checks a whole content against its version's SHA-256.
+fn check(meta: &VersionMeta, content: &[u8]) -> Result<(), StoreError> {
+    if crate::state::sha256_hex(content) == meta.sha256 {
+        Ok(())
+    } else {
+        Err(damaged(meta))
+    }
+}
+
+fn damaged(meta: &VersionMeta) -> StoreError {
+    StoreError::Damaged {
+        state: meta.state.clone(),
+        version: meta.version,
+    }
+}
+
+/// `chunks`, hashed as they pass; the chunk that completes the version's size is let through
+/// only if the digest matches, and replaced by [`StoreError::Damaged`] otherwise. So a damaged
+/// content never arrives whole: its reader gets fewer bytes than the size, then the error.
+fn verified(meta: &VersionMeta, chunks: ContentStream) -> ContentStream {
+    let (size, expected) = (meta.size, meta.sha256.clone());
+    let (state, version) = (meta.state.clone(), meta.version);
+    let mut hasher = sha2::Sha256::new();
+    let mut received = 0i64;
+    chunks
+        .map(move |chunk| {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            received += chunk.len() as i64;
+            if received >= size && hex::encode(hasher.finalize_reset()) != expected {
+                return Err(StoreError::Damaged {
+                    state: state.clone(),
+                    version,
+                });
+            }
+            Ok(chunk)
+        })
+        .boxed()
 }
 
 /// A whole content from its stream of chunks.
@@ -540,6 +593,55 @@ mod tests {
     use crate::config::Config;
     use crate::store::{environment_file, Stores};
 
+    fn meta_of(content: &[u8]) -> VersionMeta {
+        VersionMeta {
+            state: "app".into(),
+            version: 3,
+            sha256: crate::state::sha256_hex(content),
+            serial: Some(1),
+            lineage: None,
+            size: content.len() as i64,
+            principal: "user:alice".into(),
+            operation: None,
+            lock_id: None,
+            forced: false,
+            deleted: false,
+            created_at: String::new(),
+            change_number: None,
+            resources: None,
+        }
+    }
+
+    async fn read(meta: &VersionMeta, chunks: &[&'static [u8]]) -> Vec<Result<Bytes, String>> {
+        let chunks: Vec<Result<Bytes, StoreError>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let chunks = stream::iter(chunks).boxed();
+        verified(meta, chunks)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_damaged_content_loses_its_last_chunk_to_the_error() {
+        let meta = meta_of(b"abcdef");
+        let intact = read(&meta, &[b"ab", b"cd", b"ef"]).await;
+        assert_eq!(intact.len(), 3);
+        assert!(intact.iter().all(Result::is_ok), "{intact:?}");
+
+        // The damage is in the middle; it is found, and said, in place of the last chunk.
+        let damaged = read(&meta, &[b"ab", b"cX", b"ef"]).await;
+        assert_eq!(
+            damaged[..2],
+            [Ok(Bytes::from_static(b"ab")), Ok(Bytes::from_static(b"cX"))]
+        );
+        assert_eq!(
+            damaged[2],
+            Err("version 3 of app is damaged: its content does not match its sha256".into())
+        );
+        assert_eq!(damaged.len(), 3);
+    }
+
     /// A SQLite environment `dev` whose state `app` has one version, read once in the epoch
     /// now under way (so a read of it may be answered from memory); `server_lines` go into the
     /// server block. Also a connection of its own to the database, holding its write lock.
@@ -559,7 +661,7 @@ mod tests {
         let mut tx = env.begin().await.unwrap();
         tx.append_version(NewVersion {
             state: "app",
-            sha256: "0",
+            sha256: &crate::state::sha256_hex(b"{}"),
             serial: Some(1),
             lineage: Some("l"),
             principal: "user:alice",

@@ -79,6 +79,9 @@ pub enum StoreError {
     /// A stored value that cannot be read back, or encoded for storage.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A version whose content, as read back, does not hash to the SHA-256 stored with it.
+    #[error("version {version} of {state} is damaged: its content does not match its sha256")]
+    Damaged { state: String, version: i64 },
     /// A group commit of audit records failed.
     #[error("the audit records could not be committed: {0}")]
     Batch(String),

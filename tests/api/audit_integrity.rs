@@ -498,7 +498,7 @@ async fn edited_state_content_is_found() {
     assert_broken(
         dir,
         "dev",
-        "the content of version 2 of state app does not match its SHA-256",
+        "the content of version 2 of state app in environment dev does not match its SHA-256",
     );
     // The content and its hash replaced together: the record of the write still has the hash.
     exec(

@@ -6,6 +6,7 @@ mod authority;
 mod changes;
 mod check;
 mod cli;
+mod content_integrity;
 mod edges;
 mod helpers;
 mod history;
