@@ -267,6 +267,9 @@ pub struct EnvironmentStatus {
     pub pending_changes: Vec<String>,
     pub approved_changes: Vec<String>,
     pub breakglass: Vec<BreakglassGrant>,
+    /// Why the environment is not served (its database could not be opened), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 #[cfg(test)]

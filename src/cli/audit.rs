@@ -138,6 +138,12 @@ impl LogArgs {
         };
         let stores = open(&self.config).await?;
         if let Some(env) = &self.env {
+            if let Some(down) = stores.unavailable(env) {
+                return Err(CliError::Usage(format!(
+                    "--env {env}: {}",
+                    down.sentence(env)
+                )));
+            }
             if !stores.chains().iter().any(|(chain, _)| chain == env) {
                 return Err(CliError::Usage(format!(
                     "--env {env}: no such environment in the config (`server` names the server's own chain)"
@@ -271,7 +277,7 @@ impl VerifyArgs {
         for db in store::open_read_only(&config).await {
             let chain = db.chain;
             let checkpoints = found.chains.get(&chain).map_or(&[][..], Vec::as_slice);
-            let verified = match &db.pool {
+            let read = match &db.pool {
                 Ok(pool) => verify::database(
                     &chain,
                     pool,
@@ -280,13 +286,18 @@ impl VerifyArgs {
                     db.environment,
                 )
                 .await
-                .with_context(|| format!("cannot read the database of {chain}"))?,
+                .map_err(|e| format!("cannot read the database of {chain}: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            // A database that cannot be read is this chain's problem; the others are still checked.
+            let verified = match read {
+                Ok(report) => report,
                 Err(e) => verify::Report {
                     records: 0,
                     checkpoints: checkpoints.len(),
                     outcome: Err(verify::Problem {
                         seq: None,
-                        problem: e.to_string(),
+                        problem: e,
                     }),
                 },
             };

@@ -226,6 +226,9 @@ fn status_text(envs: &[EnvironmentStatus]) -> String {
             printable(&e.owner),
             if e.protected { ", protected" } else { "" }
         ));
+        if let Some(why) = &e.unavailable {
+            out.push_str(&format!("  !! UNAVAILABLE: {}\n", printable(why)));
+        }
         for g in &e.breakglass {
             out.push_str(&format!(
                 "  !! BREAK-GLASS {} open for {} until {}: {}\n",

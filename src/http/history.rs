@@ -262,6 +262,19 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
             {
                 continue;
             }
+            if let Some(down) = app.stores.unavailable(&env.name) {
+                out.push(EnvironmentStatus {
+                    environment: env.name.clone(),
+                    owner: env.owner.to_string(),
+                    protected: env.protected(),
+                    states: Vec::new(),
+                    pending_changes: Vec::new(),
+                    approved_changes: Vec::new(),
+                    breakglass: Vec::new(),
+                    unavailable: Some(down.sentence(&env.name)),
+                });
+                continue;
+            }
             let (_, store) = app.environment(&env.name)?;
             let mut states = Vec::new();
             for meta in store.states().await? {
@@ -304,6 +317,7 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
                 pending_changes: pending.into_iter().map(|c| c.id).collect(),
                 approved_changes: approved.into_iter().map(|c| c.id).collect(),
                 breakglass,
+                unavailable: None,
             });
         }
         Reply::json(StatusCode::OK, &out, false)

@@ -70,10 +70,19 @@ impl App {
 }
 
 impl App {
-    /// An environment of the config with its store, or a 404 naming the known ones.
+    /// An environment of the config with its store, a 503 when its database could not be
+    /// opened, or a 404 naming the known ones.
     pub fn environment(&self, name: &str) -> Result<(&Environment, &EnvStore), ApiError> {
         match (self.config.environment(name), self.stores.environment(name)) {
             (Some(env), Some(store)) => Ok((env, store)),
+            (Some(env), None) if self.stores.unavailable(&env.name).is_some() => {
+                let sentence = self
+                    .stores
+                    .unavailable(&env.name)
+                    .map(|down| down.sentence(&env.name))
+                    .unwrap_or_default();
+                Err(ApiError::DatabaseDown(sentence))
+            }
             _ => {
                 let known: Vec<&str> = self
                     .config
@@ -93,6 +102,7 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/v1/state/{env}", any(backend::nameless))
         .route("/v1/state/{env}/", any(backend::nameless))
         .route("/v1/state/{env}/{*name}", any(backend::state))
@@ -121,18 +131,74 @@ pub async fn record(app: &App, record: &Record) -> Result<(), StoreError> {
         .await
 }
 
-/// `GET /healthz`: 200 when every database answers.
-async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+/// What `/healthz` and `/readyz` report: each database that does not answer, and each
+/// environment that could not be opened at start.
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unavailable: Vec<Unhealthy>,
+}
+
+#[derive(serde::Serialize)]
+struct Unhealthy {
+    /// An environment's name, or `server` for the server's own database.
+    database: String,
+    reason: String,
+}
+
+async fn check(app: &App) -> Health {
+    let mut unavailable: Vec<Unhealthy> = app
+        .stores
+        .unavailable_environments()
+        .into_iter()
+        // No file, URL or cause to a caller who has not authenticated: the log has them.
+        .map(|(name, _)| Unhealthy {
+            database: name.to_string(),
+            reason: "its database cannot be opened; the server's log says why".into(),
+        })
+        .collect();
     for (name, db) in app.stores.chains() {
         if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
             tracing::error!(database = %name, error = %e, "health check failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{{\"status\":\"unavailable\",\"database\":\"{name}\"}}\n"),
-            );
+            unavailable.push(Unhealthy {
+                reason: format!("the database of {name} does not answer"),
+                database: name,
+            });
         }
     }
-    (StatusCode::OK, "{\"status\":\"ok\"}\n".to_string())
+    unavailable.sort_by(|a, b| a.database.cmp(&b.database));
+    Health {
+        status: if unavailable.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        unavailable,
+    }
+}
+
+fn health_reply(code: StatusCode, health: &Health) -> (StatusCode, String) {
+    let body =
+        serde_json::to_string(health).unwrap_or_else(|_| "{\"status\":\"degraded\"}".to_string());
+    (code, format!("{body}\n"))
+}
+
+/// `GET /healthz` (liveness): 200 while the server runs, naming in its body every database
+/// that does not answer and every environment that is not served.
+async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+    health_reply(StatusCode::OK, &check(&app).await)
+}
+
+/// `GET /readyz` (readiness): the same body, 503 while anything it names is unavailable.
+async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let health = check(&app).await;
+    let code = if health.unavailable.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    health_reply(code, &health)
 }
 
 /// Serves until `shutdown` completes, with TLS when the config has a `tls` block, and the

@@ -294,10 +294,62 @@ async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore
     })
 }
 
-/// Every database the server uses, opened and migrated.
+/// How long opening one database may take before it is given up as unopenable: long enough
+/// for a PostgreSQL server across a network, far shorter than the pool's 30 s, which a file
+/// that is not a database would otherwise wait out in full.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An environment whose database could not be opened or brought up to date when the server
+/// started: it is refused with a 503 saying so, and every other environment is served.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    /// The database, as errors name it (a file, or a redacted URL).
+    pub location: String,
+    /// Why it could not be opened, as the database or the driver said it.
+    pub cause: String,
+}
+
+impl Unavailable {
+    fn of(location: &Location, e: &StoreError) -> Unavailable {
+        let cause = match e {
+            StoreError::Open { source, .. } => cause_of(source),
+            StoreError::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(source),
+                ..
+            } => cause_of(source),
+            StoreError::Database(source) => cause_of(source),
+            e => e.to_string(),
+        };
+        Unavailable {
+            location: location.describe(),
+            cause,
+        }
+    }
+
+    /// The sentence a request to the environment is refused with.
+    pub fn sentence(&self, environment: &str) -> String {
+        format!(
+            "environment {environment} is unavailable: its database {} cannot be opened ({}); \
+             the other environments are served",
+            self.location, self.cause
+        )
+    }
+}
+
+/// The database's own words where it gave some ("file is not a database"), else the driver's.
+fn cause_of(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// Every database the server uses, opened and migrated; environments whose database could
+/// not be are kept apart, with the reason.
 pub struct Stores {
     pub system: SystemStore,
     environments: HashMap<String, EnvStore>,
+    unavailable: HashMap<String, Unavailable>,
     key: AuditKey,
 }
 
@@ -307,19 +359,52 @@ impl Stores {
         let key = AuditKey::for_server(&config.server.audit_key_file)?;
         let system = open_system_with(config, &key).await?;
         let mut environments = HashMap::new();
+        let mut unavailable = HashMap::new();
         for env in &config.environments {
             let location = environment_location(config, env);
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
             let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
-            let db = open(&location, chain, migrations, config.server.audit_sync).await?;
-            let recent = Default::default();
-            environments.insert(env.name.clone(), EnvStore { db, recent });
+            // One environment's database harms only that environment: the server starts and
+            // serves the others.
+            match open(&location, chain, migrations, config.server.audit_sync).await {
+                Ok(db) => {
+                    let recent = Default::default();
+                    environments.insert(env.name.clone(), EnvStore { db, recent });
+                }
+                Err(e) => {
+                    let down = Unavailable::of(&location, &e);
+                    tracing::error!(
+                        environment = %env.name,
+                        database = %down.location,
+                        cause = %down.cause,
+                        "environment unavailable: its database cannot be opened; the other environments are served"
+                    );
+                    unavailable.insert(env.name.clone(), down);
+                }
+            }
         }
         Ok(Stores {
             system,
             environments,
+            unavailable,
             key,
         })
+    }
+
+    /// Why an environment of the config is not served, if it is not.
+    pub fn unavailable(&self, name: &str) -> Option<&Unavailable> {
+        self.unavailable.get(name)
+    }
+
+    /// Every environment that is not served, by name.
+    pub fn unavailable_environments(&self) -> Vec<(&str, &Unavailable)> {
+        let mut out: Vec<(&str, &Unavailable)> = self
+            .unavailable
+            .iter()
+            .map(|(name, down)| (name.as_str(), down))
+            .collect();
+        out.sort_by_key(|(name, _)| *name);
+        out
     }
 
     /// The key the chains are keyed with (checkpoints are signed with a key derived from it).
@@ -435,6 +520,9 @@ async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
             quote(&schema)
         )
     });
+    probe(&options, session.as_deref().unwrap_or("SELECT 1"))
+        .await
+        .map_err(opened)?;
     AnyPoolOptions::new()
         .max_connections(2)
         .after_connect(move |conn, _| {
@@ -449,6 +537,27 @@ async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
         .connect_with(options)
         .await
         .map_err(opened)
+}
+
+/// Connects once, runs `session` and reads the schema, within [`OPEN_TIMEOUT`]: a file that is
+/// not a database, or a server that does not answer, fails here with its reason.
+async fn probe(options: &AnyConnectOptions, session: &str) -> Result<(), sqlx::Error> {
+    let attempt = async {
+        let mut conn = options.connect().await?;
+        conn.execute(session).await?;
+        // Opening a SQLite file reads nothing; the first look at its schema does.
+        if options.database_url.scheme() == "sqlite" {
+            conn.execute("SELECT count(*) FROM sqlite_master").await?;
+        }
+        sqlx::Connection::close(conn).await
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
+        ))),
+    }
 }
 
 /// Opens a database of either kind, applies its migrations (SQLite's, PostgreSQL's) and readies
@@ -499,6 +608,9 @@ async fn open(
                  PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON"
             .to_string(),
     };
+    // The pool retries a connection its session statement failed on until its timeout; one
+    // connection made first fails at once, with the database's reason.
+    probe(&options, &session).await.map_err(opened)?;
     let pool_session = session.clone();
     let pool = AnyPoolOptions::new()
         .max_connections(match kind {
