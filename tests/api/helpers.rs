@@ -104,6 +104,13 @@ pub async fn spawn_app_with(config_text: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("bulkhead.hcl");
     std::fs::write(&config_path, with_test_storage(config_text)).expect("write config");
+    spawn_app_in(dir).await
+}
+
+/// A server on the config already written to `bulkhead.hcl` in `dir`, and on whatever its
+/// data directory already holds.
+pub async fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
+    let config_path = dir.path().join("bulkhead.hcl");
     let config = Config::load(&config_path).expect("test config is valid");
     let app = App::open(config).await.expect("server opens");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
