@@ -371,6 +371,9 @@ impl Stores {
                     let recent = Default::default();
                     environments.insert(env.name.clone(), EnvStore { db, recent });
                 }
+                // A chain that does not verify under this key stops the server, as ever: that
+                // is evidence for a person to judge, not a fault to serve around.
+                Err(e @ StoreError::Chain { .. }) => return Err(e),
                 Err(e) => {
                     let down = Unavailable::of(&location, &e);
                     tracing::error!(
@@ -424,7 +427,8 @@ impl Stores {
             .unwrap_or(&self.system.db)
     }
 
-    /// Every audit chain: the server's first, then each environment's by name.
+    /// Every audit chain: the server's first, then each served environment's by name (one
+    /// whose database could not be opened has none to check, append to or checkpoint).
     pub fn chains(&self) -> Vec<(String, &Serialized)> {
         let mut names: Vec<&String> = self.environments.keys().collect();
         names.sort();
@@ -597,9 +601,6 @@ async fn open(
             (options, (kind == Kind::Postgres).then(|| schema.clone()))
         }
     };
-    if let Some(schema) = &schema {
-        create_schema(&options, schema).await.map_err(opened)?;
-    }
     let session = match &schema {
         // Every connection works in this database's own schema.
         Some(schema) => format!("SET search_path TO {}", quote(schema)),
@@ -611,6 +612,9 @@ async fn open(
     // The pool retries a connection its session statement failed on until its timeout; one
     // connection made first fails at once, with the database's reason.
     probe(&options, &session).await.map_err(opened)?;
+    if let Some(schema) = &schema {
+        create_schema(&options, schema).await.map_err(opened)?;
+    }
     let pool_session = session.clone();
     let pool = AnyPoolOptions::new()
         .max_connections(match kind {
