@@ -187,3 +187,38 @@ async fn a_healthy_server_is_ready() {
     let body: serde_json::Value = ready.json().await.expect("JSON");
     assert_eq!(body["status"], "ok", "{body}");
 }
+
+/// `bulkhead serve` itself: it listens at once, and its log says in one line which
+/// environment is not served, its database and why.
+#[tokio::test]
+async fn serve_logs_the_unopenable_environment_in_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    damage_dev(dir.path()).await;
+    let started = Instant::now();
+    let served = serve_process(dir.path()).await;
+    println!(
+        "bulkhead serve listening with a damaged dev database ({}): {:?}",
+        if on_postgres() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        started.elapsed()
+    );
+    let log = std::fs::read_to_string(&served.log).expect("read the log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("environment unavailable"))
+        .unwrap_or_else(|| panic!("no line names the unavailable environment:\n{log}"));
+    assert!(line.contains("environment=dev"), "{line}");
+    if on_postgres() {
+        assert!(line.contains("bulkhead_env_dev"), "{line}");
+    } else {
+        assert!(line.contains("environments/dev.db"), "{line}");
+        assert!(line.contains("file is not a database"), "{line}");
+    }
+    let ready = reqwest::get(format!("{}/readyz", served.base))
+        .await
+        .expect("readyz");
+    assert_status(&ready, StatusCode::SERVICE_UNAVAILABLE);
+}
