@@ -273,6 +273,7 @@ impl VerifyArgs {
             );
         }
         let mut broken = false;
+        let mut unreadable = false;
         let mut report = Vec::new();
         for db in store::open_read_only(&config).await {
             let chain = db.chain;
@@ -287,19 +288,36 @@ impl VerifyArgs {
                 )
                 .await
                 .map_err(|e| format!("cannot read the database of {chain}: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            // A database that cannot be read is this chain's problem; the others are still checked.
-            let verified = match read {
-                Ok(report) => report,
-                Err(e) => verify::Report {
+                // A deleted database is reported as a broken chain, as ever.
+                Err(e @ store::StoreError::Missing { .. }) => Ok(verify::Report {
                     records: 0,
                     checkpoints: checkpoints.len(),
                     outcome: Err(verify::Problem {
                         seq: None,
-                        problem: e,
+                        problem: e.to_string(),
                     }),
-                },
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            // A database that cannot be read is this chain's problem, not evidence of
+            // tampering, and the other chains are still checked.
+            let verified = match read {
+                Ok(report) => report,
+                Err(e) => {
+                    unreadable = true;
+                    match self.format {
+                        Format::Human => {
+                            println!("{chain}: UNREADABLE: {e} (its chain could not be checked)")
+                        }
+                        Format::Json => report.push(serde_json::json!({
+                            "chain": chain, "intact": false, "unreadable": true, "problem": e,
+                        })),
+                    }
+                    if let Ok(pool) = db.pool {
+                        pool.close().await;
+                    }
+                    continue;
+                }
             };
             if let Ok(pool) = db.pool {
                 pool.close().await;
@@ -345,6 +363,11 @@ impl VerifyArgs {
         }
         if broken {
             eprintln!("The audit log has been tampered with: see the chains marked BROKEN.");
+            Ok(ExitCode::from(1))
+        } else if unreadable {
+            eprintln!(
+                "Some databases cannot be read, so their chains were not checked: see the chains marked UNREADABLE."
+            );
             Ok(ExitCode::from(1))
         } else {
             Ok(ExitCode::SUCCESS)

@@ -169,7 +169,7 @@ async fn an_unopenable_environment_is_refused_alone_and_the_others_are_served() 
     }
     assert!(
         out.lines()
-            .any(|l| l.starts_with("dev: ") && !l.contains("intact")),
+            .any(|l| l.starts_with("dev: UNREADABLE: ") && l.contains("could not be checked")),
         "{out}"
     );
 }
