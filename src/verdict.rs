@@ -73,7 +73,9 @@ pub struct Facts<'a> {
 pub enum Effect {
     /// Take the lock, for this change (protected environments).
     TakeLock { change: Option<i64> },
-    /// The caller's own lock, asked for again (clients retry): nothing to do.
+    /// Release a lock whose lease ran out and take it for the caller, for this change.
+    TakeOver { change: Option<i64> },
+    /// The caller's own lock, asked for again (clients retry): its lease is renewed.
     LockRetried,
     /// A reader's plan lock: granted, blocking nobody; nothing can be written under it.
     ReadLock,
@@ -343,6 +345,22 @@ impl Judge<'_, '_> {
                 self.v.reason = Some("lock already held by the caller under this ID".into());
                 Ok(Effect::LockRetried)
             }
+            // The holder has neither written nor renewed for the environment's lease: it is taken
+            // to be gone (a killed client), and its lock goes to a caller who may lock here.
+            Some(held) if held.lease_ran_out(f.env.lock_lease, f.now) => {
+                let lease = f.env.lock_lease.map_or(0, |l| l.as_secs());
+                self.v
+                    .decided_by
+                    .push_str(&format!("; lease of lock {} ran out", held.lock_id));
+                self.v.reason = Some(format!(
+                    "took over the lock of {} idle since {} (lease {}): lock {} released",
+                    held.holder(),
+                    held.active_at.as_deref().unwrap_or(&held.created_at),
+                    duration_text(lease),
+                    held.lock_id
+                ));
+                Ok(Effect::TakeOver { change })
+            }
             Some(held) => Err(Self::held_by_another(held)),
         }
     }
@@ -587,10 +605,15 @@ fn apply_window_end(env: &Environment, held: &HeldLock) -> Result<Option<DateTim
 }
 
 fn window_text(env: &Environment) -> String {
-    let secs = env
-        .approval
-        .as_ref()
-        .map_or(0, |a| a.apply_window.as_secs());
+    duration_text(
+        env.approval
+            .as_ref()
+            .map_or(0, |a| a.apply_window.as_secs()),
+    )
+}
+
+/// A duration as config writes it: `5m`, `2h`, `90s`.
+fn duration_text(secs: u64) -> String {
     match (secs / 3600, secs % 3600 / 60, secs % 60) {
         (h, 0, 0) if h > 0 => format!("{h}h"),
         (0, m, 0) if m > 0 => format!("{m}m"),
@@ -634,6 +657,7 @@ environment "prod" {
             info: String::new(),
             created_at: taken.to_rfc3339(),
             change_number: Some(1),
+            active_at: None,
         }
     }
 

@@ -289,6 +289,9 @@ pub struct Environment {
     pub max_state_size: u64,
     /// The largest plan (`terraform show -json`) a change may be proposed with.
     pub max_plan_size: u64,
+    /// How long a lock may sit idle (no write, no renewal by its holder) before another
+    /// writer may take it over; `None`: never (a person force-unlocks).
+    pub lock_lease: Option<Duration>,
     pub approval: Option<Approval>,
     pub pipeline: Option<Pipeline>,
     pub breakglass: Option<Breakglass>,
@@ -762,6 +765,7 @@ impl Validator {
                 "storage",
                 "max_state_size",
                 "max_plan_size",
+                "lock_lease",
             ],
         );
         let mut named = Vec::new();
@@ -844,6 +848,7 @@ impl Validator {
                 }
             },
         };
+        let lock_lease = self.duration(block, "lock_lease", &ctx);
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
@@ -858,6 +863,7 @@ impl Validator {
             storage,
             max_state_size,
             max_plan_size,
+            lock_lease,
             approval,
             pipeline,
             breakglass,

@@ -432,7 +432,11 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     };
     match call.judge(record, &gathered, ask)? {
         Effect::ReadLock => tx.insert_read_lock(state, &info.id, &principal).await?,
-        Effect::TakeLock { change } => {
+        effect @ (Effect::TakeLock { change } | Effect::TakeOver { change }) => {
+            if matches!(effect, Effect::TakeOver { .. }) {
+                take_over(&mut tx, call, record, &gathered).await?;
+                record.lock_id = Some(info.id.clone());
+            }
             // The LockInfo as parsed (bounded), not the body as sent.
             let text = info.to_json();
             let lock = NewLock {
@@ -446,11 +450,38 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
             };
             tx.insert_lock(state, &lock).await?;
         }
-        Effect::LockRetried => {}
+        Effect::LockRetried => tx.touch_lock(state).await?,
         other => return Err(unexpected(other)),
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::ok(body.to_vec()))
+}
+
+/// Releases the lock whose lease ran out, loudly: the verdict's reason says whose it was and
+/// since when it was idle; a change applied under it is used up, as at a force-unlock.
+async fn take_over(
+    tx: &mut Tx<'_>,
+    call: &Call<'_>,
+    record: &mut Record,
+    gathered: &Gathered,
+) -> Result<(), ApiError> {
+    let took_over = record.reason.take().unwrap_or_default();
+    release(tx, call, record, gathered).await?;
+    if let Some(held) = &gathered.held {
+        tracing::warn!(
+            environment = %call.env.name,
+            state = %call.name.as_str(),
+            holder = %held.holder(),
+            idle_since = %held.active_at.as_deref().unwrap_or(&held.created_at),
+            taker = %call.caller.describe(),
+            "a lock whose lease ran out was taken over"
+        );
+    }
+    record.reason = Some(match record.reason.take() {
+        Some(applied) => format!("{took_over}; {applied}"),
+        None => took_over,
+    });
+    Ok(())
 }
 
 /// An effect the verdict does not give for the request asked: a fault of the server.
@@ -548,6 +579,14 @@ async fn post(
             "the verdict on a write gave another effect".into(),
         ));
     };
+    // The holder is alive: its lease starts again.
+    let under_lock = gathered
+        .held
+        .as_ref()
+        .is_some_and(|h| lock_id == Some(h.lock_id.as_str()));
+    if under_lock {
+        tx.touch_lock(state).await?;
+    }
     if let Ok(Write::Unchanged) = checked {
         record.version = current.map(|c| c.version);
         record.reason = Some("identical to the current version: nothing stored".into());
