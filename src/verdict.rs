@@ -760,4 +760,112 @@ environment "prod" {
             .unwrap()
             .contains("the apply window of change prod-1 ended"));
     }
+
+    const LEASED: &str = r#"
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice", "bob"] }
+user "carol" {}
+service "ci-prod" {}
+environment "dev" {
+  owner      = "team:platform"
+  read       = ["user:carol"]
+  write      = ["team:app"]
+  lock_lease = "5m"
+}
+environment "stage" {
+  owner = "team:platform"
+  write = ["team:app"]
+}
+environment "prod" {
+  owner      = "team:platform"
+  write      = ["service:ci-prod"]
+  lock_lease = "5m"
+  approval { required = 1 }
+}
+"#;
+
+    fn user(name: &str) -> Caller {
+        Caller {
+            principal: Principal::User(name.into()),
+            branch: None,
+            subject: None,
+        }
+    }
+
+    /// The verdict on LOCK M by `caller` in `env`, where `holder` took lock L and was last
+    /// active `idle` ago.
+    fn lock_over(env: &str, caller: &Caller, holder: &Caller, idle: chrono::Duration) -> Verdict {
+        let config = Config::parse(std::path::Path::new("b.hcl"), LEASED).unwrap();
+        let policy = Policy::compile(&config).unwrap();
+        let now = Utc::now();
+        let mut held = held_by(holder, now - chrono::Duration::hours(1));
+        held.change_number = None;
+        held.active_at = Some((now - idle).to_rfc3339());
+        let facts = Facts {
+            policy: &policy,
+            env: config.environment(env).unwrap(),
+            state: "network",
+            caller,
+            source_ip: None,
+            held: Some(&held),
+            own_read_lock: false,
+            breakglass: None,
+            named: None,
+            lock_change: None,
+            now,
+        };
+        decide(
+            Ask::Lock {
+                id: "M",
+                operation: "OperationTypeApply",
+            },
+            &facts,
+        )
+    }
+
+    #[test]
+    fn a_lock_idle_past_its_lease_is_taken_over_by_a_writer() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let v = lock_over("dev", &bob, &alice, chrono::Duration::minutes(6));
+        assert_eq!(v.outcome, Ok(Effect::TakeOver { change: None }));
+        let reason = v.reason.unwrap();
+        assert!(
+            reason.starts_with("took over the lock of user:alice idle since "),
+            "{reason}"
+        );
+        assert!(reason.ends_with("(lease 5m): lock L released"), "{reason}");
+        assert!(
+            v.decided_by.ends_with("; lease of lock L ran out"),
+            "{}",
+            v.decided_by
+        );
+    }
+
+    #[test]
+    fn a_lock_within_its_lease_or_without_one_is_held() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let recent = lock_over("dev", &bob, &alice, chrono::Duration::minutes(4));
+        assert!(
+            matches!(recent.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+        );
+        let no_lease = lock_over("stage", &bob, &alice, chrono::Duration::days(30));
+        assert!(
+            matches!(no_lease.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+        );
+    }
+
+    #[test]
+    fn a_takeover_needs_what_any_lock_needs() {
+        let alice = user("alice");
+        let idle = chrono::Duration::hours(1);
+        // A reader may not lock, lease or not.
+        let reader = lock_over("dev", &user("carol"), &alice, idle);
+        assert!(!reader.allowed());
+        // A protected environment: the taker needs its own grant.
+        let ci = ci("main");
+        let ungranted = lock_over("prod", &ci, &ci, idle);
+        let refused = ungranted.outcome.unwrap_err();
+        assert!(!refused.sentence().starts_with("L held by"), "{refused:?}");
+        assert!(ungranted.reason.unwrap().contains("change"));
+    }
 }
