@@ -466,7 +466,10 @@ async fn take_over(
     gathered: &Gathered,
 ) -> Result<(), ApiError> {
     let took_over = record.reason.take().unwrap_or_default();
+    // The record is the new lock's: its change, not the one the idle lock was taken for.
+    let change = record.change.clone();
     release(tx, call, record, gathered).await?;
+    record.change = change;
     if let Some(held) = &gathered.held {
         tracing::warn!(
             environment = %call.env.name,

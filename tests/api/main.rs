@@ -11,6 +11,7 @@ mod edges;
 mod helpers;
 mod history;
 mod instances;
+mod leases;
 mod oidc;
 mod protocol;
 mod resources;
