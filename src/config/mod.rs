@@ -1464,6 +1464,26 @@ environment "prod" {
     }
 
     #[test]
+    fn a_lock_lease_is_a_duration_and_off_by_default() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.environment("prod").unwrap().lock_lease, None);
+        let leased = GOOD.replace(
+            "max_state_size = \"1MiB\"",
+            "max_state_size = \"1MiB\"\n  lock_lease = \"5m\"",
+        );
+        let c = Config::parse(Path::new("b.hcl"), &leased).unwrap();
+        assert_eq!(
+            c.environment("prod").unwrap().lock_lease,
+            Some(Duration::from_secs(300))
+        );
+        let e = errors(&GOOD.replace("max_state_size = \"1MiB\"", "lock_lease = \"soon\""));
+        assert!(
+            e.contains("environment \"prod\": lock_lease \"soon\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_principal_names_file_and_line() {
         let text = GOOD.replace("\"service:ci-prod\"]", "\"service:ci-stage\"]");
         let e = errors(&text);
