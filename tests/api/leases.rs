@@ -204,6 +204,22 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
         Some(("service:ci-prod".into(), "L1".into()))
     );
 
+    // The change the idle lock has already written for: its apply used it up, so a new lock
+    // for it is refused at the lock, and nothing changes.
+    let same = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    assert!(
+        same.starts_with(&format!(
+            "change {first} was written under lock L1 of service:ci-prod"
+        )),
+        "{same}"
+    );
+    assert_eq!(
+        holder(&p.t, "prod", "network").await,
+        Some(("service:ci-prod".into(), "L1".into()))
+    );
+    let open = p.client("bob").change(&first).await.unwrap();
+    assert_eq!(open.applied_version, None);
+
     // Its own approved change: taken over.
     let second = p.approved("network").await;
     let path = format!("prod/network?change={second}");
