@@ -256,6 +256,13 @@ pub struct LockStatus {
     pub principal: String,
     pub operation: String,
     pub since: String,
+    /// When the holder last took, renewed or wrote under the lock.
+    #[serde(default)]
+    pub active_at: Option<String>,
+    /// Whether it has been idle longer than the environment's `lock_lease`: another writer
+    /// may take it over.
+    #[serde(default)]
+    pub lease_ran_out: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +270,9 @@ pub struct EnvironmentStatus {
     pub environment: String,
     pub owner: String,
     pub protected: bool,
+    /// The environment's `lock_lease` in seconds, if it sets one.
+    #[serde(default)]
+    pub lock_lease_seconds: Option<u64>,
     pub states: Vec<StateStatus>,
     pub pending_changes: Vec<String>,
     pub approved_changes: Vec<String>,

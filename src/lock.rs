@@ -6,6 +6,7 @@
 //! who holds the lock, or why the lock was refused. An UNLOCK with an empty body (terraform's
 //! force-unlock) or with only an ID (OpenTofu's) is a force-unlock. Pure: no storage here.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The lock a state is held under, and the identity that took it.
@@ -23,6 +24,8 @@ pub struct HeldLock {
     pub created_at: String,
     /// The change request the lock was taken for (protected environments).
     pub change_number: Option<i64>,
+    /// When the holder last took, renewed or wrote under the lock (RFC 3339).
+    pub active_at: Option<String>,
 }
 
 impl HeldLock {
@@ -33,6 +36,29 @@ impl HeldLock {
         self.principal == caller.principal.to_string()
             && self.branch == caller.branch
             && self.subject == caller.subject
+    }
+
+    /// When the holder last showed it is alive: its last write or renewal, or else when it
+    /// took the lock. `None` when no stored time can be read.
+    pub fn active_since(&self) -> Option<DateTime<Utc>> {
+        let text = self.active_at.as_deref().unwrap_or(&self.created_at);
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Whether the lock has been idle longer than `lease` at `now`: it may then be taken over.
+    /// Never without a lease, nor when the time of its last activity cannot be read (a lock
+    /// whose age is unknown is left to a person's force-unlock rather than taken from a
+    /// holder that may be writing).
+    pub fn lease_ran_out(&self, lease: Option<std::time::Duration>, now: DateTime<Utc>) -> bool {
+        let (Some(lease), Some(since)) = (lease, self.active_since()) else {
+            return false;
+        };
+        match chrono::Duration::from_std(lease) {
+            Ok(lease) => now.signed_duration_since(since) > lease,
+            Err(_) => false,
+        }
     }
 
     /// The holder as a person reads it.
@@ -182,7 +208,25 @@ mod tests {
             info: r#"{"ID":"abc","Operation":"OperationTypeApply","Who":"root@laptop","Version":"1.11.4","Created":"2026-01-01T00:00:00Z","Path":"","Info":""}"#.into(),
             created_at: "2026-01-01T00:00:01Z".into(),
             change_number: None,
+            active_at: None,
         }
+    }
+
+    #[test]
+    fn a_lease_runs_out_only_after_it_is_over() {
+        let now = Utc::now();
+        let mut h = held();
+        let lease = Some(std::time::Duration::from_secs(300));
+        h.active_at = Some((now - chrono::Duration::seconds(299)).to_rfc3339());
+        assert!(!h.lease_ran_out(lease, now));
+        h.active_at = Some((now - chrono::Duration::seconds(301)).to_rfc3339());
+        assert!(h.lease_ran_out(lease, now));
+        assert!(!h.lease_ran_out(None, now));
+        h.active_at = Some("yesterday".into());
+        assert!(!h.lease_ran_out(lease, now));
+        // A lock from before activity was recorded counts from when it was taken.
+        h.active_at = None;
+        assert!(h.lease_ran_out(lease, now));
     }
 
     #[test]

@@ -73,7 +73,9 @@ pub struct Facts<'a> {
 pub enum Effect {
     /// Take the lock, for this change (protected environments).
     TakeLock { change: Option<i64> },
-    /// The caller's own lock, asked for again (clients retry): nothing to do.
+    /// Release a lock whose lease ran out and take it for the caller, for this change.
+    TakeOver { change: Option<i64> },
+    /// The caller's own lock, asked for again (clients retry): its lease is renewed.
     LockRetried,
     /// A reader's plan lock: granted, blocking nobody; nothing can be written under it.
     ReadLock,
@@ -343,6 +345,22 @@ impl Judge<'_, '_> {
                 self.v.reason = Some("lock already held by the caller under this ID".into());
                 Ok(Effect::LockRetried)
             }
+            // The holder has neither written nor renewed for the environment's lease: it is taken
+            // to be gone (a killed client), and its lock goes to a caller who may lock here.
+            Some(held) if held.lease_ran_out(f.env.lock_lease, f.now) => {
+                let lease = f.env.lock_lease.map_or(0, |l| l.as_secs());
+                self.v
+                    .decided_by
+                    .push_str(&format!("; lease of lock {} ran out", held.lock_id));
+                self.v.reason = Some(format!(
+                    "took over the lock of {} idle since {} (lease {}): lock {} released",
+                    held.holder(),
+                    held.active_at.as_deref().unwrap_or(&held.created_at),
+                    duration_text(lease),
+                    held.lock_id
+                ));
+                Ok(Effect::TakeOver { change })
+            }
             Some(held) => Err(Self::held_by_another(held)),
         }
     }
@@ -587,10 +605,15 @@ fn apply_window_end(env: &Environment, held: &HeldLock) -> Result<Option<DateTim
 }
 
 fn window_text(env: &Environment) -> String {
-    let secs = env
-        .approval
-        .as_ref()
-        .map_or(0, |a| a.apply_window.as_secs());
+    duration_text(
+        env.approval
+            .as_ref()
+            .map_or(0, |a| a.apply_window.as_secs()),
+    )
+}
+
+/// A duration as config writes it: `5m`, `2h`, `90s`.
+fn duration_text(secs: u64) -> String {
     match (secs / 3600, secs % 3600 / 60, secs % 60) {
         (h, 0, 0) if h > 0 => format!("{h}h"),
         (0, m, 0) if m > 0 => format!("{m}m"),
@@ -634,6 +657,7 @@ environment "prod" {
             info: String::new(),
             created_at: taken.to_rfc3339(),
             change_number: Some(1),
+            active_at: None,
         }
     }
 
@@ -735,5 +759,113 @@ environment "prod" {
             .reason
             .unwrap()
             .contains("the apply window of change prod-1 ended"));
+    }
+
+    const LEASED: &str = r#"
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice", "bob"] }
+user "carol" {}
+service "ci-prod" {}
+environment "dev" {
+  owner      = "team:platform"
+  read       = ["user:carol"]
+  write      = ["team:app"]
+  lock_lease = "5m"
+}
+environment "stage" {
+  owner = "team:platform"
+  write = ["team:app"]
+}
+environment "prod" {
+  owner      = "team:platform"
+  write      = ["service:ci-prod"]
+  lock_lease = "5m"
+  approval { required = 1 }
+}
+"#;
+
+    fn user(name: &str) -> Caller {
+        Caller {
+            principal: Principal::User(name.into()),
+            branch: None,
+            subject: None,
+        }
+    }
+
+    /// The verdict on LOCK M by `caller` in `env`, where `holder` took lock L and was last
+    /// active `idle` ago.
+    fn lock_over(env: &str, caller: &Caller, holder: &Caller, idle: chrono::Duration) -> Verdict {
+        let config = Config::parse(std::path::Path::new("b.hcl"), LEASED).unwrap();
+        let policy = Policy::compile(&config).unwrap();
+        let now = Utc::now();
+        let mut held = held_by(holder, now - chrono::Duration::hours(1));
+        held.change_number = None;
+        held.active_at = Some((now - idle).to_rfc3339());
+        let facts = Facts {
+            policy: &policy,
+            env: config.environment(env).unwrap(),
+            state: "network",
+            caller,
+            source_ip: None,
+            held: Some(&held),
+            own_read_lock: false,
+            breakglass: None,
+            named: None,
+            lock_change: None,
+            now,
+        };
+        decide(
+            Ask::Lock {
+                id: "M",
+                operation: "OperationTypeApply",
+            },
+            &facts,
+        )
+    }
+
+    #[test]
+    fn a_lock_idle_past_its_lease_is_taken_over_by_a_writer() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let v = lock_over("dev", &bob, &alice, chrono::Duration::minutes(6));
+        assert_eq!(v.outcome, Ok(Effect::TakeOver { change: None }));
+        let reason = v.reason.unwrap();
+        assert!(
+            reason.starts_with("took over the lock of user:alice idle since "),
+            "{reason}"
+        );
+        assert!(reason.ends_with("(lease 5m): lock L released"), "{reason}");
+        assert!(
+            v.decided_by.ends_with("; lease of lock L ran out"),
+            "{}",
+            v.decided_by
+        );
+    }
+
+    #[test]
+    fn a_lock_within_its_lease_or_without_one_is_held() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let recent = lock_over("dev", &bob, &alice, chrono::Duration::minutes(4));
+        assert!(
+            matches!(recent.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+        );
+        let no_lease = lock_over("stage", &bob, &alice, chrono::Duration::days(30));
+        assert!(
+            matches!(no_lease.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+        );
+    }
+
+    #[test]
+    fn a_takeover_needs_what_any_lock_needs() {
+        let alice = user("alice");
+        let idle = chrono::Duration::hours(1);
+        // A reader may not lock, lease or not.
+        let reader = lock_over("dev", &user("carol"), &alice, idle);
+        assert!(!reader.allowed());
+        // A protected environment: the taker needs its own grant.
+        let ci = ci("main");
+        let ungranted = lock_over("prod", &ci, &ci, idle);
+        let refused = ungranted.outcome.unwrap_err();
+        assert!(!refused.sentence().starts_with("L held by"), "{refused:?}");
+        assert!(ungranted.reason.unwrap().contains("change"));
     }
 }

@@ -347,6 +347,7 @@ fn hypothetical_lock(caller: &Caller, operation: &str) -> HeldLock {
         info: String::new(),
         created_at: crate::store::now(),
         change_number: None,
+        active_at: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `bulkhead state history|show|diff|rollback` and `bulkhead status`: who changed what, and how
+//! `bulkhead state history|show|diff|rollback|locks` and `bulkhead status`: who changed what, and how
 //! to undo it. Clients of a running server.
 
 use std::process::ExitCode;
@@ -21,6 +21,36 @@ pub enum StateCommand {
     /// Write an earlier version's content as a new version (history is kept). Needs
     /// state:rollback; a protected environment needs an approved change (--change).
     Rollback(RollbackArgs),
+    /// The locks held: holder, time since the holder last wrote or renewed, and whether the
+    /// environment's lock_lease has run out (another writer's LOCK may then take it over).
+    Locks(LocksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocksArgs {
+    /// Only this environment.
+    #[arg(long)]
+    env: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// A held lock as `state locks` lists it.
+#[derive(Debug, serde::Serialize)]
+struct HeldRow {
+    environment: String,
+    state: String,
+    lock_id: String,
+    holder: String,
+    operation: String,
+    since: String,
+    active_at: String,
+    /// Seconds since the holder last wrote or renewed, when its time can be read.
+    idle_seconds: Option<i64>,
+    lock_lease_seconds: Option<u64>,
+    lease_ran_out: bool,
 }
 
 #[derive(Debug, Args)]
@@ -134,9 +164,86 @@ impl StateCommand {
                     printable(&answer["serial"].to_string())
                 );
             }
+            StateCommand::Locks(args) => {
+                let status = args.server.client()?.status().await?;
+                let rows = held_locks(&status, args.env.as_deref(), chrono::Utc::now());
+                match args.format {
+                    Format::Json => print_json(&rows)?,
+                    Format::Human => print!("{}", locks_table(&rows)),
+                }
+            }
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn held_locks(
+    envs: &[EnvironmentStatus],
+    only: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<HeldRow> {
+    let mut rows = Vec::new();
+    for e in envs
+        .iter()
+        .filter(|e| only.is_none_or(|o| o == e.environment))
+    {
+        for s in &e.states {
+            let Some(l) = &s.lock else { continue };
+            let active_at = l.active_at.clone().unwrap_or_else(|| l.since.clone());
+            let idle_seconds = chrono::DateTime::parse_from_rfc3339(&active_at)
+                .ok()
+                .map(|t| now.signed_duration_since(t).num_seconds().max(0));
+            rows.push(HeldRow {
+                environment: e.environment.clone(),
+                state: s.name.clone(),
+                lock_id: l.id.clone(),
+                holder: l.principal.clone(),
+                operation: l.operation.clone(),
+                since: l.since.clone(),
+                active_at,
+                idle_seconds,
+                lock_lease_seconds: e.lock_lease_seconds,
+                lease_ran_out: l.lease_ran_out,
+            });
+        }
+    }
+    rows
+}
+
+/// Seconds as a person reads an age: `42s`, `7m12s`, `3h05m`, `2d4h`.
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn locks_table(rows: &[HeldRow]) -> String {
+    if rows.is_empty() {
+        return "No locks are held.\n".into();
+    }
+    let mut out = format!(
+        "{:<28}  {:<22}  {:>9}  {:<22}  {:<38}  LEASE\n",
+        "STATE", "HOLDER", "IDLE", "OPERATION", "LOCK ID"
+    );
+    for r in rows {
+        let lease = match (r.lock_lease_seconds, r.lease_ran_out) {
+            (None, _) => "none".to_string(),
+            (Some(l), true) => format!("RAN OUT ({}): may be taken over", age(l as i64)),
+            (Some(l), false) => age(l as i64),
+        };
+        out.push_str(&format!(
+            "{:<28}  {:<22}  {:>9}  {:<22}  {:<38}  {lease}\n",
+            printable(&format!("{}/{}", r.environment, r.state)),
+            printable(&r.holder),
+            r.idle_seconds.map_or("?".to_string(), age),
+            printable(&r.operation),
+            printable(&r.lock_id),
+        ));
+    }
+    out
 }
 
 fn history_table(entries: &[HistoryEntry]) -> String {

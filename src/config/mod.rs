@@ -289,6 +289,9 @@ pub struct Environment {
     pub max_state_size: u64,
     /// The largest plan (`terraform show -json`) a change may be proposed with.
     pub max_plan_size: u64,
+    /// How long a lock may sit idle (no write, no renewal by its holder) before another
+    /// writer may take it over; `None`: never (a person force-unlocks).
+    pub lock_lease: Option<Duration>,
     pub approval: Option<Approval>,
     pub pipeline: Option<Pipeline>,
     pub breakglass: Option<Breakglass>,
@@ -762,6 +765,7 @@ impl Validator {
                 "storage",
                 "max_state_size",
                 "max_plan_size",
+                "lock_lease",
             ],
         );
         let mut named = Vec::new();
@@ -844,6 +848,7 @@ impl Validator {
                 }
             },
         };
+        let lock_lease = self.duration(block, "lock_lease", &ctx);
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
             name,
@@ -858,6 +863,7 @@ impl Validator {
             storage,
             max_state_size,
             max_plan_size,
+            lock_lease,
             approval,
             pipeline,
             breakglass,
@@ -1455,6 +1461,26 @@ environment "prod" {
         );
         let e = errors(&GOOD.replace("max_state_size = \"1MiB\"", "max_plan_size = \"lots\""));
         assert!(e.contains("environment \"prod\": max_plan_size"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_lease_is_a_duration_and_off_by_default() {
+        let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
+        assert_eq!(c.environment("prod").unwrap().lock_lease, None);
+        let leased = GOOD.replace(
+            "max_state_size = \"1MiB\"",
+            "max_state_size = \"1MiB\"\n  lock_lease = \"5m\"",
+        );
+        let c = Config::parse(Path::new("b.hcl"), &leased).unwrap();
+        assert_eq!(
+            c.environment("prod").unwrap().lock_lease,
+            Some(Duration::from_secs(300))
+        );
+        let e = errors(&GOOD.replace("max_state_size = \"1MiB\"", "lock_lease = \"soon\""));
+        assert!(
+            e.contains("environment \"prod\": lock_lease \"soon\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -432,7 +432,11 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
     };
     match call.judge(record, &gathered, ask)? {
         Effect::ReadLock => tx.insert_read_lock(state, &info.id, &principal).await?,
-        Effect::TakeLock { change } => {
+        effect @ (Effect::TakeLock { change } | Effect::TakeOver { change }) => {
+            if matches!(effect, Effect::TakeOver { .. }) {
+                take_over(&mut tx, call, record, &gathered, change).await?;
+                record.lock_id = Some(info.id.clone());
+            }
             // The LockInfo as parsed (bounded), not the body as sent.
             let text = info.to_json();
             let lock = NewLock {
@@ -446,11 +450,59 @@ async fn lock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply
             };
             tx.insert_lock(state, &lock).await?;
         }
-        Effect::LockRetried => {}
+        Effect::LockRetried => tx.touch_lock(state).await?,
         other => return Err(unexpected(other)),
     }
     commit_with_record(tx, record, StatusCode::OK).await?;
     Ok(Reply::ok(body.to_vec()))
+}
+
+/// Releases the lock whose lease ran out, loudly: the verdict's reason says whose it was and
+/// since when it was idle; a change applied under it is used up, as at a force-unlock.
+async fn take_over(
+    tx: &mut Tx<'_>,
+    call: &Call<'_>,
+    record: &mut Record,
+    gathered: &Gathered,
+    effect_change: Option<i64>,
+) -> Result<(), ApiError> {
+    let took_over = record.reason.take().unwrap_or_default();
+    // The record is the new lock's: its change, not the one the idle lock was taken for.
+    let change = record.change.clone();
+    let used_up = release(tx, call, record, gathered).await?;
+    record.change = change;
+    // The idle lock's apply wrote for this very change, which its release has used up: a new
+    // lock for it could write nothing. Refused here, at the lock, with nothing changed.
+    if let (Some(number), Some(held)) = (used_up, &gathered.held) {
+        if effect_change == Some(number) {
+            let id = ChangeId::new(&call.env.name, number);
+            let sentence = format!(
+                "change {id} was written under lock {} of {}, idle since {}: that apply used it up; propose a new change and take the lock under it",
+                held.lock_id,
+                held.holder(),
+                held.active_at.as_deref().unwrap_or(&held.created_at)
+            );
+            return Err(ApiError::Locked(Box::new(LockInfo::refusal(
+                &sentence,
+                &held.operation,
+            ))));
+        }
+    }
+    if let Some(held) = &gathered.held {
+        tracing::warn!(
+            environment = %call.env.name,
+            state = %call.name.as_str(),
+            holder = %held.holder(),
+            idle_since = %held.active_at.as_deref().unwrap_or(&held.created_at),
+            taker = %call.caller.describe(),
+            "a lock whose lease ran out was taken over"
+        );
+    }
+    record.reason = Some(match record.reason.take() {
+        Some(applied) => format!("{took_over}; {applied}"),
+        None => took_over,
+    });
+    Ok(())
 }
 
 /// An effect the verdict does not give for the request asked: a fault of the server.
@@ -461,15 +513,15 @@ fn unexpected(effect: Effect) -> ApiError {
 }
 
 /// Releases `held`; a change it was taken for, still open, is used up when something was
-/// written for it under the lock.
+/// written for it under the lock. Returns the change so used up.
 async fn release(
     tx: &mut Tx<'_>,
     call: &Call<'_>,
     record: &mut Record,
     gathered: &Gathered,
-) -> Result<(), ApiError> {
+) -> Result<Option<i64>, ApiError> {
     let Some(held) = &gathered.held else {
-        return Ok(());
+        return Ok(None);
     };
     let state = call.name.as_str();
     record.lock_id = Some(held.lock_id.clone());
@@ -483,10 +535,12 @@ async fn release(
         if let Some(version) = tx.version_under_lock(state, &held.lock_id, number).await? {
             tx.mark_applied(number, &held.principal, version).await?;
             record.reason = Some(format!("change {id} applied as version {version}"));
+            tx.release_lock(state).await?;
+            return Ok(Some(number));
         }
     }
     tx.release_lock(state).await?;
-    Ok(())
+    Ok(None)
 }
 
 async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Reply, ApiError> {
@@ -499,7 +553,9 @@ async fn unlock(call: &Call<'_>, record: &mut Record, body: &[u8]) -> Result<Rep
     let mut tx = call.store.begin().await?;
     let gathered = call.gather(&mut tx, named).await?;
     match call.judge(record, &gathered, ask)? {
-        Effect::Release => release(&mut tx, call, record, &gathered).await?,
+        Effect::Release => {
+            release(&mut tx, call, record, &gathered).await?;
+        }
         Effect::ReleaseReadLock => {
             if let Some(id) = named {
                 tx.release_read_lock(id).await?;
@@ -548,6 +604,14 @@ async fn post(
             "the verdict on a write gave another effect".into(),
         ));
     };
+    // The holder is alive: its lease starts again.
+    let under_lock = gathered
+        .held
+        .as_ref()
+        .is_some_and(|h| lock_id == Some(h.lock_id.as_str()));
+    if under_lock {
+        tx.touch_lock(state).await?;
+    }
     if let Ok(Write::Unchanged) = checked {
         record.version = current.map(|c| c.version);
         record.reason = Some("identical to the current version: nothing stored".into());

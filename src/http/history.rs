@@ -271,6 +271,7 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
                     pending_changes: Vec::new(),
                     approved_changes: Vec::new(),
                     breakglass: Vec::new(),
+                    lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
                     unavailable: Some(down.sentence(&env.name)),
                 });
                 continue;
@@ -278,7 +279,10 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
             let (_, store) = app.environment(&env.name)?;
             let mut states = Vec::new();
             for meta in store.states().await? {
+                let now = chrono::Utc::now();
                 let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
+                    lease_ran_out: l.lease_ran_out(env.lock_lease, now),
+                    active_at: Some(l.active_at.clone().unwrap_or_else(|| l.created_at.clone())),
                     id: l.lock_id,
                     principal: l.principal,
                     operation: l.operation,
@@ -313,6 +317,7 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
                 environment: env.name.clone(),
                 owner: env.owner.to_string(),
                 protected: env.protected(),
+                lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
                 states,
                 pending_changes: pending.into_iter().map(|c| c.id).collect(),
                 approved_changes: approved.into_iter().map(|c| c.id).collect(),

@@ -124,6 +124,7 @@ mod tests {
             storage: None,
             max_state_size: 1,
             max_plan_size: 1,
+            lock_lease: None,
             approval: None,
             pipeline: None,
             breakglass: None,

@@ -301,7 +301,7 @@ impl Tx<'_> {
         }
         let row: Option<Row> = sqlx::query_as(
             "SELECT state, lock_id, principal, branch, subject, operation, info, created_at, \
-             change_number FROM locks WHERE change_number = $1",
+             change_number, active_at FROM locks WHERE change_number = $1",
         )
         .bind(number)
         .fetch_optional(self.conn())

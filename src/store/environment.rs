@@ -374,8 +374,8 @@ async fn held_lock(
     state: &str,
 ) -> Result<Option<HeldLock>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT lock_id, principal, branch, subject, operation, info, created_at, change_number \
-         FROM locks WHERE state = $1",
+        "SELECT lock_id, principal, branch, subject, operation, info, created_at, change_number, \
+         active_at FROM locks WHERE state = $1",
     )
     .bind(state)
     .fetch_optional(conn)
@@ -509,9 +509,10 @@ impl Tx<'_> {
     /// Takes the lock of `state` for the identity in `lock`, which names the change it is
     /// taken for, if any.
     pub async fn insert_lock(&mut self, state: &str, lock: &NewLock<'_>) -> Result<(), StoreError> {
+        let taken = now();
         sqlx::query(
             "INSERT INTO locks (state, lock_id, principal, branch, subject, operation, info, \
-             created_at, change_number) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             created_at, change_number, active_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(state)
         .bind(lock.lock_id)
@@ -520,10 +521,21 @@ impl Tx<'_> {
         .bind(lock.subject)
         .bind(lock.operation)
         .bind(lock.info)
-        .bind(now())
+        .bind(&taken)
         .bind(lock.change_number)
+        .bind(&taken)
         .execute(self.conn())
         .await?;
+        Ok(())
+    }
+
+    /// Records that the holder of `state`'s lock is alive (a renewal or a write under it).
+    pub async fn touch_lock(&mut self, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE locks SET active_at = $1 WHERE state = $2")
+            .bind(now())
+            .bind(state)
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 

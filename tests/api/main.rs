@@ -12,6 +12,7 @@ mod helpers;
 mod history;
 mod instances;
 mod isolation;
+mod leases;
 mod oidc;
 mod protocol;
 mod resources;
