@@ -193,6 +193,19 @@ impl Client {
         self.json(req).await
     }
 
+    /// Releases the lock `lock_id` of `env/name`, whoever holds it (a force-unlock, as
+    /// OpenTofu sends it: an UNLOCK naming only the ID, refused if another lock is held).
+    pub async fn force_unlock(&self, address: &str, lock_id: &str) -> Result<(), ClientError> {
+        let method = reqwest::Method::from_bytes(b"UNLOCK")
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = serde_json::json!({ "ID": lock_id }).to_string();
+        let req = self
+            .http
+            .request(method, self.url(&format!("/v1/state/{address}")))
+            .body(body);
+        self.send(req).await.map(|_| ())
+    }
+
     pub async fn status(&self) -> Result<Vec<EnvironmentStatus>, ClientError> {
         self.json(self.http.get(self.url("/v1/status"))).await
     }

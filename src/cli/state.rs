@@ -1,4 +1,4 @@
-//! `bulkhead state history|show|diff|rollback|locks` and `bulkhead status`: who changed what, and how
+//! `bulkhead state history|show|diff|rollback|locks|unlock` and `bulkhead status`: who changed what, and how
 //! to undo it. Clients of a running server.
 
 use std::process::ExitCode;
@@ -24,6 +24,23 @@ pub enum StateCommand {
     /// The locks held: holder, time since the holder last wrote or renewed, and whether the
     /// environment's lock_lease has run out (another writer's LOCK may then take it over).
     Locks(LocksArgs),
+    /// Release a state's lock, whoever holds it (a force-unlock: needs state:force-unlock).
+    /// Without --id it shows the lock (holder, idle time, lease) and releases nothing; with
+    /// --id it releases that lock only, so a newer lock taken meanwhile is left alone.
+    ///
+    /// Example: bulkhead state unlock prod/network --id 0b7c...
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// ENVIRONMENT/NAME, e.g. prod/network.
+    address: String,
+    /// The ID of the lock to release, as `state locks` (or terraform's error) shows it.
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +179,35 @@ impl StateCommand {
                     args.to,
                     printable(&answer["version"].to_string()),
                     printable(&answer["serial"].to_string())
+                );
+            }
+            StateCommand::Unlock(args) => {
+                check_address(&args.address)?;
+                let client = args.server.client()?;
+                let Some(id) = &args.id else {
+                    let (env, name) = args.address.split_once('/').unwrap_or_default();
+                    let status = client.status().await?;
+                    let rows: Vec<HeldRow> = held_locks(&status, Some(env), chrono::Utc::now())
+                        .into_iter()
+                        .filter(|r| r.state == name)
+                        .collect();
+                    if rows.is_empty() {
+                        println!("{} is not locked.", printable(&args.address));
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    print!("{}", locks_table(&rows));
+                    println!(
+                        "Nothing was released: to release this lock, run `bulkhead state unlock {} --id {}`.",
+                        printable(&args.address),
+                        printable(&rows[0].lock_id)
+                    );
+                    return Ok(ExitCode::from(1));
+                };
+                client.force_unlock(&args.address, id).await?;
+                println!(
+                    "released lock {} of {}",
+                    printable(id),
+                    printable(&args.address)
                 );
             }
             StateCommand::Locks(args) => {

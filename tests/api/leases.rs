@@ -307,3 +307,59 @@ async fn state_locks_lists_held_locks_and_whose_lease_ran_out() {
     );
     assert!(!text.contains("staging/net"), "{text}");
 }
+
+#[tokio::test]
+async fn state_unlock_shows_a_lock_and_releases_it_only_by_its_id_for_who_may_force_unlock() {
+    let t = spawn_app().await;
+    assert_status(
+        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.lock("dev/app", "alice", "L1", "OperationTypeApply").await,
+        StatusCode::OK,
+    );
+    let base = t.base();
+    let unlock = |who: &str, args: &[&str]| {
+        let mut all = vec!["state", "unlock", "dev/app"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &base, "--token", t.token(who)]);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(all)
+            .output()
+    };
+    let held = || holder(&t, "dev", "app");
+
+    // Without --id: the lock is shown, nothing is released.
+    let shown = unlock("bob", &[]).await.unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("user:alice") && text.contains("--id L1"),
+        "{text}"
+    );
+    assert!(held().await.is_some());
+    // Another lock's ID, and a caller without state:force-unlock: refused, still held.
+    let wrong = unlock("bob", &["--id", "L0"]).await.unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("is not the lock held"));
+    let eve = unlock("eve", &["--id", "L1"]).await.unwrap();
+    assert_eq!(eve.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&eve.stderr).contains("may not force-unlock dev"));
+    assert!(held().await.is_some());
+
+    let released = unlock("bob", &["--id", "L1"]).await.unwrap();
+    assert_eq!(
+        released.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
+    assert!(held().await.is_none());
+    let record = t.newest_audit("dev", |r| r.status == Some(200)).await;
+    assert_eq!(
+        (record.action.as_str(), record.principal.as_deref()),
+        ("state:force-unlock", Some("user:bob"))
+    );
+}
