@@ -684,6 +684,29 @@ environment "prod" {
         }
     }
 
+    /// What `caller` asks of state `network` in `env` while `held` is held: no change named,
+    /// no break-glass, now.
+    fn facts<'a>(
+        policy: &'a Policy,
+        env: &'a Environment,
+        caller: &'a Caller,
+        held: &'a HeldLock,
+    ) -> Facts<'a> {
+        Facts {
+            policy,
+            env,
+            state: "network",
+            caller,
+            source_ip: None,
+            held: Some(held),
+            own_read_lock: false,
+            breakglass: None,
+            named: None,
+            lock_change: None,
+            now: Utc::now(),
+        }
+    }
+
     /// The verdict on a write under lock L, held by `holder` since `taken`, for `caller`.
     fn write_under_lock(
         caller: &Caller,
@@ -696,17 +719,8 @@ environment "prod" {
         let held = held_by(holder, taken);
         let change = change(status);
         let facts = Facts {
-            policy: &policy,
-            env: config.environment("prod").unwrap(),
-            state: "network",
-            caller,
-            source_ip: None,
-            held: Some(&held),
-            own_read_lock: false,
-            breakglass: None,
-            named: None,
             lock_change: Some(&change),
-            now: Utc::now(),
+            ..facts(&policy, config.environment("prod").unwrap(), caller, &held)
         };
         decide(
             Ask::Write {
@@ -802,17 +816,8 @@ environment "prod" {
         held.change_number = None;
         held.active_at = Some((now - idle).to_rfc3339());
         let facts = Facts {
-            policy: &policy,
-            env: config.environment(env).unwrap(),
-            state: "network",
-            caller,
-            source_ip: None,
-            held: Some(&held),
-            own_read_lock: false,
-            breakglass: None,
-            named: None,
-            lock_change: None,
             now,
+            ..facts(&policy, config.environment(env).unwrap(), caller, &held)
         };
         decide(
             Ask::Lock {

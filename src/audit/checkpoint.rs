@@ -379,14 +379,7 @@ mod tests {
     /// appends (so the test waits for the file, with a deadline).
     #[tokio::test]
     async fn a_chain_is_checkpointed_every_so_many_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "server {{\n  data_dir = {:?}\n}}\nteam \"app\" {{ members = [\"alice\"] }}\n\
-             environment \"dev\" {{ owner = \"team:app\" }}\n",
-            dir.path()
-        );
-        let config = crate::config::Config::parse(&dir.path().join("b.hcl"), &text).unwrap();
-        let stores = Stores::open(&config).await.unwrap();
+        let (dir, stores) = crate::store::tests::open_dev("").await;
         let checkpoints = dir.path().join("checkpoints");
         let writers = Writers::start(&stores, &checkpoints, 3).await;
         let (_, db) = stores

@@ -602,7 +602,6 @@ mod tests {
     use sqlx::{Connection, Executor, SqliteConnection};
 
     use super::*;
-    use crate::config::Config;
     use crate::store::{environment_file, Stores};
 
     fn meta_of(content: &[u8]) -> VersionMeta {
@@ -660,15 +659,7 @@ mod tests {
     async fn dev_with_one_version(
         server_lines: &str,
     ) -> (tempfile::TempDir, Stores, Epoch, SqliteConnection) {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "server {{\n  data_dir = {:?}\n  {server_lines}\n}}\n\
-             team \"app\" {{ members = [\"alice\"] }}\n\
-             environment \"dev\" {{ owner = \"team:app\" }}\n",
-            dir.path()
-        );
-        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
-        let stores = Stores::open(&config).await.unwrap();
+        let (dir, stores) = crate::store::tests::open_dev(server_lines).await;
         let env = stores.environment("dev").unwrap();
         let mut tx = env.begin().await.unwrap();
         tx.append_version(NewVersion {
@@ -693,7 +684,7 @@ mod tests {
             .unwrap();
         env.latest_content("app").await.unwrap().unwrap();
         let (_, _, epoch) = env.remembered_latest("app").unwrap();
-        let file = environment_file(&config.server.data_dir, "dev");
+        let file = environment_file(dir.path(), "dev");
         let mut other = SqliteConnection::connect(&format!("sqlite:{}", file.display()))
             .await
             .unwrap();

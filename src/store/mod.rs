@@ -1159,7 +1159,22 @@ pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// The stores of a config with one SQLite environment `dev` in a fresh data directory;
+    /// `server_lines` go into its `server` block.
+    pub(crate) async fn open_dev(server_lines: &str) -> (tempfile::TempDir, Stores) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server {{\n  data_dir = {:?}\n  {server_lines}\n}}\n\
+             team \"app\" {{ members = [\"alice\"] }}\n\
+             environment \"dev\" {{ owner = \"team:app\" }}\n",
+            dir.path()
+        );
+        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
+        let stores = Stores::open(&config).await.unwrap();
+        (dir, stores)
+    }
+
     use super::*;
     use sqlx::Connection;
 
@@ -1173,15 +1188,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pooled_connection_whose_transaction_sqlite_ended_is_not_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "server {{\n  data_dir = {:?}\n}}\n\
-             team \"app\" {{ members = [\"alice\"] }}\n\
-             environment \"dev\" {{ owner = \"team:app\" }}\n",
-            dir.path()
-        );
-        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
-        let stores = Stores::open(&config).await.unwrap();
+        let (_dir, stores) = open_dev("").await;
         let env = stores.environment("dev").unwrap();
         {
             let mut tx = env.begin().await.unwrap();

@@ -570,14 +570,7 @@ async fn an_approval_expiring_during_the_apply_leaves_it_its_window_and_no_more(
     let text = refusal(p.ci_lock(&path, &main, "L").await).await;
     assert!(text.contains("approvals expired"), "{text}");
     // The apply that began under a valid approval finishes within its apply window...
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::OK);
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
     assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
@@ -1011,14 +1004,7 @@ async fn the_holder_relocking_for_another_change_is_refused() {
     assert!(text.starts_with("L held by service:ci-prod"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
     // What is written under the lock is for the change it was taken for.
-    let post = p
-        .ci(
-            "POST",
-            &format!("{other}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&other, &main, "L", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::OK);
     let versions = p.t.versions("prod", "network").await;
     assert_eq!(versions[0].change_number, Some(1));
@@ -1039,14 +1025,7 @@ async fn a_lock_whose_time_cannot_be_read_writes_nothing() {
     )
     .await;
     let before = snapshot(&p, "network").await;
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
     let text = sentence(post, StatusCode::FORBIDDEN).await;
     assert!(text.contains("its apply window cannot be told"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);

@@ -61,12 +61,7 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
     // The feature branch's token of the same service, and its static token, present the lock
     // ID that readers can see.
     let forged = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=MAIN"),
-            &feature,
-            state_doc(1, "X", ""),
-        )
+        .ci_write(&path, &feature, "MAIN", state_doc(1, "X", ""))
         .await;
     assert_status(&forged, StatusCode::FORBIDDEN);
     let text = forged.text().await.unwrap();
@@ -94,12 +89,7 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
 
     // The identity that took the lock writes and releases it.
     let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=MAIN"),
-            &main,
-            state_doc(1, "P", ""),
-        )
+        .ci_write(&path, &main, "MAIN", state_doc(1, "P", ""))
         .await;
     assert_status(&post, StatusCode::OK);
     assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
@@ -174,14 +164,7 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
         .await
         .unwrap();
     let before = snapshot(&p, "network").await;
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(
@@ -204,14 +187,7 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
 async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     let p = spawn_protected("24h").await;
     let (change, main, path) = apply_under_way(&p, "L").await;
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::OK);
     let before = snapshot(&p, "network").await;
     for verb in ["reject", "cancel"] {
@@ -248,14 +224,7 @@ async fn a_changes_lock_authorizes_writes_for_its_apply_window_only() {
     )
     .await;
     let before = snapshot(&p, "network").await;
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(text.contains(&format!("the apply window of change {change} ended at 2020-01-01T01:00:00Z (1h after lock L was taken)")), "{text}");

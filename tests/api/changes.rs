@@ -161,13 +161,23 @@ impl Protected {
             .unwrap()
     }
 
+    /// A write (POST) under the lock `lock_id`, to `path` (which names its `?change=`).
+    pub async fn ci_write(
+        &self,
+        path: &str,
+        jwt: &str,
+        lock_id: &str,
+        state: Vec<u8>,
+    ) -> reqwest::Response {
+        self.ci("POST", &format!("{path}&ID={lock_id}"), jwt, state)
+            .await
+    }
+
     /// The pipeline's apply of `change`: lock, write `state`, unlock, each answered 200.
     pub async fn ci_apply(&self, change: &str, jwt: &str, lock_id: &str, state: Vec<u8>) {
         let path = format!("prod/network?change={change}");
         assert_status(&self.ci_lock(&path, jwt, lock_id).await, StatusCode::OK);
-        let post = self
-            .ci("POST", &format!("{path}&ID={lock_id}"), jwt, state)
-            .await;
+        let post = self.ci_write(&path, jwt, lock_id, state).await;
         assert_status(&post, StatusCode::OK);
         let unlock = lock_info(lock_id, "OperationTypeApply").into_bytes();
         assert_status(&self.ci("UNLOCK", &path, jwt, unlock).await, StatusCode::OK);

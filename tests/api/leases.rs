@@ -184,14 +184,7 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
     let first = p.approved("network").await;
     let path = format!("prod/network?change={first}");
     assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
-    let post = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L1"),
-            &main,
-            state_doc(1, "P", ""),
-        )
-        .await;
+    let post = p.ci_write(&path, &main, "L1", state_doc(1, "P", "")).await;
     assert_status(&post, StatusCode::OK);
     idle_since(&p.t, "prod", "network", LONG_AGO).await;
 
