@@ -38,11 +38,16 @@ impl HeldLock {
             && self.subject == caller.subject
     }
 
+    /// When the holder last wrote or renewed, as stored: the time the lock was taken for a
+    /// lock from before activity was kept.
+    pub fn last_active(&self) -> &str {
+        self.active_at.as_deref().unwrap_or(&self.created_at)
+    }
+
     /// When the holder last showed it is alive: its last write or renewal, or else when it
     /// took the lock. `None` when no stored time can be read.
     pub fn active_since(&self) -> Option<DateTime<Utc>> {
-        let text = self.active_at.as_deref().unwrap_or(&self.created_at);
-        DateTime::parse_from_rfc3339(text)
+        DateTime::parse_from_rfc3339(self.last_active())
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }

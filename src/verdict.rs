@@ -355,7 +355,7 @@ impl Judge<'_, '_> {
                 self.v.reason = Some(format!(
                     "took over the lock of {} idle since {} (lease {}): lock {} released",
                     held.holder(),
-                    held.active_at.as_deref().unwrap_or(&held.created_at),
+                    held.last_active(),
                     duration_text(lease),
                     held.lock_id
                 ));

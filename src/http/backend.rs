@@ -480,7 +480,7 @@ async fn take_over(
                 "change {id} was written under lock {} of {}, idle since {}: that apply used it up; propose a new change and take the lock under it",
                 held.lock_id,
                 held.holder(),
-                held.active_at.as_deref().unwrap_or(&held.created_at)
+                held.last_active()
             );
             return Err(ApiError::Locked(Box::new(LockInfo::refusal(
                 &sentence,
@@ -493,7 +493,7 @@ async fn take_over(
             environment = %call.env.name,
             state = %call.name.as_str(),
             holder = %held.holder(),
-            idle_since = %held.active_at.as_deref().unwrap_or(&held.created_at),
+            idle_since = %held.last_active(),
             taker = %call.caller.describe(),
             "a lock whose lease ran out was taken over"
         );

@@ -282,7 +282,7 @@ pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
                 let now = chrono::Utc::now();
                 let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
                     lease_ran_out: l.lease_ran_out(env.lock_lease, now),
-                    active_at: Some(l.active_at.clone().unwrap_or_else(|| l.created_at.clone())),
+                    active_at: Some(l.last_active().to_string()),
                     id: l.lock_id,
                     principal: l.principal,
                     operation: l.operation,
