@@ -1,7 +1,25 @@
 //! bulkhead: privilege boundaries between infrastructure environments for teams that use
 //! Terraform or OpenTofu.
 //!
-//! # Layout
+//! # Layers
+//! The code is in four layers, and an arrow points only downwards:
+//!
+//! ```text
+//! edges        cli, http, client              translate requests and answers, nothing more
+//!   |
+//! operations   operations, identity, checks   one function per thing a caller can do: it
+//!   |     \                                   reads facts, asks the domain, changes the store
+//!   |    store                                the databases; no rule is decided here
+//!   |     /
+//! domain       config, policy, verdict, lock, state, history, changes, audit, ownership,
+//!              principal, text, time          pure rules and types: no I/O, no store
+//! ```
+//!
+//! Edges call operations (and, for what they show, the domain); operations call the store and
+//! the domain; the store calls the domain; the domain calls only the domain. No module imports
+//! from a layer above its own, and no two modules import each other.
+//!
+//! # Modules
 //! - [`config`]: `bulkhead.hcl` read into validated types.
 //! - [`identity`]: principals, API tokens, credentials.
 //! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
@@ -20,6 +38,7 @@
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
 //! - [`text`]: request and plan text made safe to show at a terminal.
+//! - [`time`]: timestamps and the clock every decision reads.
 
 pub mod audit;
 pub mod changes;
@@ -36,4 +55,5 @@ pub mod policy;
 pub mod state;
 pub mod store;
 pub mod text;
+pub mod time;
 pub mod verdict;
