@@ -1,0 +1,97 @@
+//! The validated configuration: the types every other module reads.
+//!
+//! A value of these types has passed validation (see `validate`): every principal named in a
+//! list exists, names are unique and well formed, every environment has an owner. This module
+//! holds the types, their defaults and the questions asked of them; it never reads a file.
+
+mod environment;
+mod server;
+mod service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+pub use self::environment::{
+    Approval, Breakglass, Environment, Pipeline, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
+    DEFAULT_MAX_STATE_SIZE,
+};
+pub use self::server::{AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE};
+pub(super) use self::server::{CONNECTION_TIMEOUT_MAX, MAX_CONNECTIONS_MAX, TOKEN_CACHE_MAX};
+pub use self::service::{Jwks, Oidc, Service, IDENTITY_CLAIMS};
+
+/// Someone or something a rule can name: `team:NAME`, `user:NAME` or `service:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Team(String),
+    User(String),
+    Service(String),
+}
+
+impl Subject {
+    pub(in crate::config) fn parse(text: &str) -> Result<Subject, String> {
+        let (kind, name) = text.split_once(':').ok_or_else(|| {
+            format!("`{text}` must say what it is: team:NAME, user:NAME or service:NAME")
+        })?;
+        let name = name.to_string();
+        match kind {
+            "team" => Ok(Subject::Team(name)),
+            "user" => Ok(Subject::User(name)),
+            "service" => Ok(Subject::Service(name)),
+            _ => Err(format!(
+                "`{text}`: unknown kind `{kind}`; use team:NAME, user:NAME or service:NAME"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Team(n) => write!(f, "team:{n}"),
+            Subject::User(n) => write!(f, "user:{n}"),
+            Subject::Service(n) => write!(f, "service:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub server: Server,
+    /// Team name → member user names.
+    pub teams: BTreeMap<String, Vec<String>>,
+    /// Declared users and every team member.
+    pub users: BTreeSet<String>,
+    pub services: BTreeMap<String, Service>,
+    /// Code-host handles (`@acme/platform`) of teams and users, for CODEOWNERS.
+    pub handles: BTreeMap<Subject, String>,
+    /// In the order of the file.
+    pub environments: Vec<Environment>,
+    /// Extra Cedar policy files, resolved against the config's folder.
+    pub policy_files: Vec<PathBuf>,
+}
+
+impl Config {
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The teams a user belongs to.
+    pub fn teams_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.teams
+            .iter()
+            .filter(move |(_, members)| members.iter().any(|m| m == user))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether a subject names something declared in this config.
+    pub fn knows(&self, subject: &Subject) -> bool {
+        match subject {
+            Subject::Team(n) => self.teams.contains_key(n),
+            Subject::User(n) => self.users.contains(n),
+            Subject::Service(n) => self.services.contains_key(n),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The `server` block: where the server listens and keeps its data, how long clients may
+//! take, and how the audit chain is flushed, keyed and checkpointed; with the defaults and
+//! the upper limits validation holds these settings to.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Where tokens and the server's own audit chain live, and the default for environments
+    /// without storage of their own when it is PostgreSQL; `None` means SQLite files under
+    /// the data directory.
+    pub storage: Option<String>,
+    pub tls: Option<Tls>,
+    /// How long a token looked up in the database is trusted without looking again: a token
+    /// revoked elsewhere (another instance, `bulkhead token revoke`) stops working within this
+    /// time. Zero looks every request's token up.
+    pub token_cache: Duration,
+    pub audit_sync: AuditSync,
+    pub connections: Connections,
+    /// Where the key that chains audit records lives (`BULKHEAD_AUDIT_KEY` takes precedence).
+    pub audit_key_file: PathBuf,
+    /// Where signed checkpoints of every audit chain's head are written.
+    pub checkpoint_dir: PathBuf,
+    /// A checkpoint of a chain is written every this many records (and at start and shutdown).
+    pub checkpoint_every: u64,
+}
+
+/// The default of `server { checkpoint_every }`.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+impl Server {
+    /// The audit settings' defaults, under `data_dir`.
+    pub(in crate::config) fn audit_defaults(data_dir: &Path) -> (PathBuf, PathBuf) {
+        (data_dir.join("audit.key"), data_dir.join("checkpoints"))
+    }
+}
+
+/// How long a client may take and how many connections it may hold (`server { header_timeout,
+/// body_timeout, idle_timeout, max_connections }`): what keeps slow or idle clients from
+/// holding the server's sockets, memory and open files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// From a connection's first byte (or the end of its previous request) to the end of a
+    /// request's headers; the TLS handshake gets as long.
+    pub header_timeout: Duration,
+    /// From a request's headers to the last byte of its body.
+    pub body_timeout: Duration,
+    /// How long a connection may move no byte while no request is being handled.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait, unaccepted, until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The longest any of the `server` timeouts may be.
+pub(in crate::config) const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// The most `server { max_connections }` may be.
+pub(in crate::config) const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
+
+/// The default of `server { token_cache }`.
+pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
+/// The most `server { token_cache }` may be.
+pub(in crate::config) const TOKEN_CACHE_MAX: Duration = Duration::from_secs(3600);
+
+/// Which audit records are on disk before their request is answered (`server { audit_sync }`).
+/// Every record is committed before the answer, and a record that cannot be written refuses
+/// its request, either way; this is only about when the disk is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditSync {
+    /// Records of writes (state, locks, changes, tokens) go to disk with their effect; records
+    /// of reads and refusals are flushed within a second, so a crash of the machine (not of
+    /// bulkhead) can lose the last second of them. The default.
+    Writes,
+    /// Every record goes to disk before its answer.
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
