@@ -8,6 +8,7 @@
 
 use hcl::edit::expr::{Expression, ObjectKey};
 use hcl::edit::structure::{Body, Structure};
+use hcl::edit::template::{Element, Template};
 use hcl::edit::Span;
 
 /// One problem in a config file, at a line when the line is known.
@@ -178,27 +179,8 @@ fn literal(expr: &Expression) -> Result<Literal, String> {
                 _ => return Err("jsonencode takes one argument".into()),
             }
         }
-        // A heredoc without interpolation is a plain string.
-        Expression::HeredocTemplate(heredoc) => {
-            let mut text = String::new();
-            for element in heredoc.template.iter() {
-                match element {
-                    hcl::edit::template::Element::Literal(l) => text.push_str(l.as_str()),
-                    _ => {
-                        return Err(
-                            "string interpolation (`${...}`) is not supported: write the value out"
-                                .into(),
-                        )
-                    }
-                }
-            }
-            Literal::String(text)
-        }
-        Expression::StringTemplate(_) => {
-            return Err(
-                "string interpolation (`${...}`) is not supported: write the value out".into(),
-            )
-        }
+        Expression::HeredocTemplate(heredoc) => Literal::String(heredoc_text(&heredoc.template)?),
+        Expression::StringTemplate(_) => return Err(NO_INTERPOLATION.into()),
         _ => {
             return Err(
                 "only literal values (strings, numbers, booleans, lists, maps) are allowed: \
@@ -207,6 +189,21 @@ fn literal(expr: &Expression) -> Result<Literal, String> {
             )
         }
     })
+}
+
+const NO_INTERPOLATION: &str =
+    "string interpolation (`${...}`) is not supported: write the value out";
+
+/// A heredoc without interpolation is a plain string.
+fn heredoc_text(template: &Template) -> Result<String, String> {
+    let mut text = String::new();
+    for element in template.iter() {
+        match element {
+            Element::Literal(l) => text.push_str(l.as_str()),
+            _ => return Err(NO_INTERPOLATION.into()),
+        }
+    }
+    Ok(text)
 }
 
 /// Maps byte offsets to 1-based line numbers.

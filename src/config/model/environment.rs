@@ -68,6 +68,10 @@ pub struct Approval {
 
 /// The default of `approval { apply_window }`.
 pub const APPLY_WINDOW: Duration = Duration::from_secs(3600);
+/// The default of `approval { expires }`.
+pub(in crate::config) const APPROVAL_EXPIRES: Duration = Duration::from_secs(24 * 3600);
+/// The most approvals `approval { required }` may ask for.
+pub(in crate::config) const REQUIRED_MAX: u64 = 100;
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -81,3 +85,6 @@ pub struct Breakglass {
     pub allowed: Vec<Subject>,
     pub max_ttl: Duration,
 }
+
+/// The default of `breakglass { max_ttl }`.
+pub(in crate::config) const BREAKGLASS_MAX_TTL: Duration = Duration::from_secs(2 * 3600);

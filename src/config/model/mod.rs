@@ -16,8 +16,12 @@ pub use self::environment::{
     Approval, Breakglass, Environment, Pipeline, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
     DEFAULT_MAX_STATE_SIZE,
 };
+pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
 pub use self::server::{AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE};
-pub(super) use self::server::{CONNECTION_TIMEOUT_MAX, MAX_CONNECTIONS_MAX, TOKEN_CACHE_MAX};
+pub(super) use self::server::{
+    CHECKPOINT_EVERY_MAX, CONNECTION_TIMEOUT_MAX, DATA_DIR, LISTEN, MAX_CONNECTIONS_MAX,
+    TOKEN_CACHE_MAX,
+};
 pub use self::service::{Jwks, Oidc, Service, IDENTITY_CLAIMS};
 
 /// Someone or something a rule can name: `team:NAME`, `user:NAME` or `service:NAME`.

@@ -31,7 +31,31 @@ pub struct Server {
 /// The default of `server { checkpoint_every }`.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
+/// The default of `server { listen }`.
+pub(in crate::config) const LISTEN: &str = "127.0.0.1:8080";
+/// The default of `server { data_dir }`, relative to the config's folder.
+pub(in crate::config) const DATA_DIR: &str = "bulkhead-data";
+
 impl Server {
+    /// The server of a config without a `server` block: every default, its paths under
+    /// `base` (the config's folder).
+    pub(in crate::config) fn defaults(base: &Path) -> Server {
+        let data_dir = base.join(DATA_DIR);
+        let (audit_key_file, checkpoint_dir) = Server::audit_defaults(&data_dir);
+        Server {
+            listen: LISTEN.into(),
+            data_dir,
+            storage: None,
+            tls: None,
+            token_cache: TOKEN_CACHE,
+            audit_sync: AuditSync::Writes,
+            audit_key_file,
+            checkpoint_dir,
+            checkpoint_every: CHECKPOINT_EVERY,
+            connections: Connections::default(),
+        }
+    }
+
     /// The audit settings' defaults, under `data_dir`.
     pub(in crate::config) fn audit_defaults(data_dir: &Path) -> (PathBuf, PathBuf) {
         (data_dir.join("audit.key"), data_dir.join("checkpoints"))
@@ -64,6 +88,9 @@ impl Default for Connections {
         }
     }
 }
+
+/// The most `server { checkpoint_every }` may be.
+pub(in crate::config) const CHECKPOINT_EVERY_MAX: u64 = 1_000_000_000;
 
 /// The longest any of the `server` timeouts may be.
 pub(in crate::config) const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);

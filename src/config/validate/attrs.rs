@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Named, Validator};
 use crate::config::hcl::{Attr, Block, Literal};
-use crate::config::units::parse_duration;
+use crate::config::units::{parse_duration, parse_size};
 use crate::config::Subject;
 
 impl Validator {
@@ -20,14 +20,10 @@ impl Validator {
         attr(block, key)?;
         let mut out = Vec::new();
         for (text, line) in self.string_list(block, key, ctx) {
-            match Subject::parse(&text) {
-                Ok(s) => {
-                    named.push(Named {
-                        subject: s.clone(),
-                        line,
-                        attr: key,
-                    });
-                    out.push(s);
+            match Named::parse(&text, line, key) {
+                Ok(n) => {
+                    out.push(n.subject.clone());
+                    named.push(n);
                 }
                 Err(problem) => self.error(line, format!("{ctx}: in `{key}`: {problem}")),
             }
@@ -42,6 +38,38 @@ impl Validator {
             Ok(d) => Some(d),
             Err(problem) => {
                 self.error(a.line, format!("{ctx}: {key} {problem}"));
+                None
+            }
+        }
+    }
+
+    /// A size in bytes (see [`parse_size`]); `default` where absent or reported.
+    pub(super) fn size(&mut self, block: &Block, key: &str, ctx: &str, default: u64) -> u64 {
+        let Some(a) = attr(block, key) else {
+            return default;
+        };
+        match parse_size(&a.value) {
+            Ok(n) => n,
+            Err(problem) => {
+                self.error(a.line, format!("{ctx}: {key} {problem}"));
+                default
+            }
+        }
+    }
+
+    /// A whole number from 1 to `max`; `None` where absent or reported as `problem`.
+    pub(super) fn whole_number(
+        &mut self,
+        block: &Block,
+        key: &str,
+        max: u64,
+        problem: impl FnOnce() -> String,
+    ) -> Option<u64> {
+        let a = attr(block, key)?;
+        match a.value {
+            Literal::Number(n) if n >= 1.0 && n.fract() == 0.0 && n <= max as f64 => Some(n as u64),
+            _ => {
+                self.error(a.line, problem());
                 None
             }
         }
@@ -89,6 +117,14 @@ impl Validator {
         }
     }
 
+    /// The strings of a list attribute, without their lines.
+    pub(super) fn strings(&mut self, block: &Block, key: &str, ctx: &str) -> Vec<String> {
+        self.string_list(block, key, ctx)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
     pub(super) fn string_list(
         &mut self,
         block: &Block,
@@ -128,4 +164,9 @@ impl Validator {
 
 pub(super) fn attr<'a>(block: &'a Block, key: &str) -> Option<&'a Attr> {
     block.attrs.iter().find(|a| a.name == key)
+}
+
+/// The line of an attribute, or of its block where the attribute is absent.
+pub(super) fn line_of(block: &Block, key: &str) -> usize {
+    attr(block, key).map_or(block.line, |a| a.line)
 }

@@ -2,12 +2,11 @@
 //! its protection blocks (approval, pipeline, break-glass).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use super::attrs::attr;
 use super::{Named, Validator};
-use crate::config::hcl::{Attr, Block, Literal};
-use crate::config::units::parse_size;
+use crate::config::hcl::{Block, Literal};
+use crate::config::model::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
 use crate::config::{
     Approval, Breakglass, Environment, Pipeline, Subject, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
     DEFAULT_MAX_STATE_SIZE,
@@ -34,39 +33,10 @@ impl Validator {
             ],
         );
         let mut named = Vec::new();
-        let owner = match attr(block, "owner") {
-            None => {
-                self.error(
-                    block.line,
-                    format!("{ctx} has no owner: add owner = \"team:NAME\" (the team or person accountable for it)"),
-                );
-                None
-            }
-            Some(a) => match &a.value {
-                Literal::String(s) => match Subject::parse(s) {
-                    Ok(subject) => {
-                        named.push(Named {
-                            subject: subject.clone(),
-                            line: a.line,
-                            attr: "owner",
-                        });
-                        Some(subject)
-                    }
-                    Err(problem) => {
-                        self.error(a.line, format!("{ctx}: owner {problem}"));
-                        None
-                    }
-                },
-                other => {
-                    self.error(
-                        a.line,
-                        format!("{ctx}: owner must be a string, not {}", other.kind()),
-                    );
-                    None
-                }
-            },
-        };
-        let owner = owner.unwrap_or_else(|| Subject::Team(String::new()));
+        // A missing or bad owner is reported; the empty team only stands in for it.
+        let owner = self
+            .owner(block, &ctx, &mut named)
+            .unwrap_or_else(|| Subject::Team(String::new()));
         let read = self
             .subjects(block, "read", &ctx, &mut named)
             .unwrap_or_default();
@@ -82,37 +52,15 @@ impl Validator {
         let delete = self
             .subjects(block, "delete", &ctx, &mut named)
             .unwrap_or_else(|| vec![owner.clone()]);
-        let paths = self
-            .string_list(block, "paths", &ctx)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
+        let paths = self.strings(block, "paths", &ctx);
         let storage = self.string(block, "storage", &ctx);
         if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
             if let Err(problem) = crate::store::check_url(url) {
                 self.error(a.line, format!("{ctx}: storage: {problem}"));
             }
         }
-        let max_state_size = match attr(block, "max_state_size") {
-            None => DEFAULT_MAX_STATE_SIZE,
-            Some(a) => match parse_size(&a.value) {
-                Ok(n) => n,
-                Err(problem) => {
-                    self.error(a.line, format!("{ctx}: max_state_size {problem}"));
-                    DEFAULT_MAX_STATE_SIZE
-                }
-            },
-        };
-        let max_plan_size = match attr(block, "max_plan_size") {
-            None => DEFAULT_MAX_PLAN_SIZE,
-            Some(a) => match parse_size(&a.value) {
-                Ok(n) => n,
-                Err(problem) => {
-                    self.error(a.line, format!("{ctx}: max_plan_size {problem}"));
-                    DEFAULT_MAX_PLAN_SIZE
-                }
-            },
-        };
+        let max_state_size = self.size(block, "max_state_size", &ctx, DEFAULT_MAX_STATE_SIZE);
+        let max_plan_size = self.size(block, "max_plan_size", &ctx, DEFAULT_MAX_PLAN_SIZE);
         let lock_lease = self.duration(block, "lock_lease", &ctx);
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
         let env = Environment {
@@ -134,6 +82,34 @@ impl Validator {
             breakglass,
         };
         (env, named)
+    }
+
+    fn owner(&mut self, block: &Block, ctx: &str, named: &mut Vec<Named>) -> Option<Subject> {
+        let Some(a) = attr(block, "owner") else {
+            self.error(
+                block.line,
+                format!("{ctx} has no owner: add owner = \"team:NAME\" (the team or person accountable for it)"),
+            );
+            return None;
+        };
+        let Literal::String(text) = &a.value else {
+            self.error(
+                a.line,
+                format!("{ctx}: owner must be a string, not {}", a.value.kind()),
+            );
+            return None;
+        };
+        match Named::parse(text, a.line, "owner") {
+            Ok(n) => {
+                let owner = n.subject.clone();
+                named.push(n);
+                Some(owner)
+            }
+            Err(problem) => {
+                self.error(a.line, format!("{ctx}: owner {problem}"));
+                None
+            }
+        }
     }
 
     /// The approval, pipeline and breakglass blocks of an environment.
@@ -159,67 +135,9 @@ impl Validator {
             }
             let inner_ctx = format!("{ctx}: {}", inner.kind);
             match inner.kind.as_str() {
-                "approval" => {
-                    self.only_attrs(
-                        inner,
-                        &inner_ctx,
-                        &["required", "approvers", "expires", "apply_window"],
-                    );
-                    let required = match attr(inner, "required") {
-                        None => 1,
-                        Some(Attr {
-                            value: Literal::Number(n),
-                            ..
-                        }) if (1.0..=100.0).contains(n) && n.fract() == 0.0 => *n as u32,
-                        Some(a) => {
-                            self.error(
-                                a.line,
-                                format!("{inner_ctx}: required must be a whole number from 1 to 100"),
-                            );
-                            1
-                        }
-                    };
-                    let approvers = self
-                        .subjects(inner, "approvers", &inner_ctx, named)
-                        .unwrap_or_else(|| vec![owner.clone()]);
-                    let expires = self
-                        .duration(inner, "expires", &inner_ctx)
-                        .unwrap_or(Duration::from_secs(24 * 3600));
-                    let apply_window = self
-                        .duration(inner, "apply_window", &inner_ctx)
-                        .unwrap_or(APPLY_WINDOW);
-                    approval = Some(Approval {
-                        required,
-                        approvers,
-                        expires,
-                        apply_window,
-                    });
-                }
-                "pipeline" => {
-                    self.only_attrs(inner, &inner_ctx, &["branches"]);
-                    let branches = self
-                        .string_list(inner, "branches", &inner_ctx)
-                        .into_iter()
-                        .map(|(b, _)| b)
-                        .collect();
-                    pipeline = Some(Pipeline { branches });
-                }
-                "breakglass" => {
-                    self.only_attrs(inner, &inner_ctx, &["allowed", "max_ttl"]);
-                    let allowed = self
-                        .subjects(inner, "allowed", &inner_ctx, named)
-                        .unwrap_or_default();
-                    if allowed.is_empty() {
-                        self.error(
-                            inner.line,
-                            format!("{inner_ctx}: `allowed` must name who may break the glass"),
-                        );
-                    }
-                    let max_ttl = self
-                        .duration(inner, "max_ttl", &inner_ctx)
-                        .unwrap_or(Duration::from_secs(2 * 3600));
-                    breakglass = Some(Breakglass { allowed, max_ttl });
-                }
+                "approval" => approval = Some(self.approval(inner, &inner_ctx, owner, named)),
+                "pipeline" => pipeline = Some(self.pipeline(inner, &inner_ctx)),
+                "breakglass" => breakglass = Some(self.breakglass(inner, &inner_ctx, named)),
                 other => self.error(
                     inner.line,
                     format!("unknown block `{other}` in {ctx}: expected approval, pipeline or breakglass"),
@@ -227,6 +145,64 @@ impl Validator {
             }
         }
         (approval, pipeline, breakglass)
+    }
+
+    fn approval(
+        &mut self,
+        block: &Block,
+        ctx: &str,
+        owner: &Subject,
+        named: &mut Vec<Named>,
+    ) -> Approval {
+        self.only_attrs(
+            block,
+            ctx,
+            &["required", "approvers", "expires", "apply_window"],
+        );
+        let required = self
+            .whole_number(block, "required", REQUIRED_MAX, || {
+                format!("{ctx}: required must be a whole number from 1 to {REQUIRED_MAX}")
+            })
+            .map_or(1, |n| n as u32);
+        let approvers = self
+            .subjects(block, "approvers", ctx, named)
+            .unwrap_or_else(|| vec![owner.clone()]);
+        let expires = self
+            .duration(block, "expires", ctx)
+            .unwrap_or(APPROVAL_EXPIRES);
+        let apply_window = self
+            .duration(block, "apply_window", ctx)
+            .unwrap_or(APPLY_WINDOW);
+        Approval {
+            required,
+            approvers,
+            expires,
+            apply_window,
+        }
+    }
+
+    fn pipeline(&mut self, block: &Block, ctx: &str) -> Pipeline {
+        self.only_attrs(block, ctx, &["branches"]);
+        Pipeline {
+            branches: self.strings(block, "branches", ctx),
+        }
+    }
+
+    fn breakglass(&mut self, block: &Block, ctx: &str, named: &mut Vec<Named>) -> Breakglass {
+        self.only_attrs(block, ctx, &["allowed", "max_ttl"]);
+        let allowed = self
+            .subjects(block, "allowed", ctx, named)
+            .unwrap_or_default();
+        if allowed.is_empty() {
+            self.error(
+                block.line,
+                format!("{ctx}: `allowed` must name who may break the glass"),
+            );
+        }
+        let max_ttl = self
+            .duration(block, "max_ttl", ctx)
+            .unwrap_or(BREAKGLASS_MAX_TTL);
+        Breakglass { allowed, max_ttl }
     }
 }
 

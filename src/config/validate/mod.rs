@@ -14,11 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::hcl::Block;
-use super::names::{environment_name_ok, principal_name_ok};
-use super::{
-    AuditSync, Config, ConfigError, Connections, Diagnostic, Environment, Server, Subject,
-    CHECKPOINT_EVERY, TOKEN_CACHE,
-};
+use super::names::{NameRule, ENVIRONMENT, PRINCIPAL};
+use super::{Config, ConfigError, Diagnostic, Environment, Server, Service, Subject};
 
 /// Validates a file read into `root`; `path` names the file in messages and anchors relative
 /// paths.
@@ -57,6 +54,31 @@ struct Named {
     attr: &'static str,
 }
 
+impl Named {
+    fn parse(text: &str, line: usize, attr: &'static str) -> Result<Named, String> {
+        Ok(Named {
+            subject: Subject::parse(text)?,
+            line,
+            attr,
+        })
+    }
+}
+
+/// The top-level blocks as declared, before the names in them are checked against each other.
+#[derive(Default)]
+struct Declared {
+    server: Option<Server>,
+    teams: BTreeMap<String, Vec<String>>,
+    users: BTreeSet<String>,
+    services: BTreeMap<String, Service>,
+    handles: BTreeMap<Subject, String>,
+    environments: Vec<(Environment, Vec<Named>)>,
+    /// Team members with the line they are listed on: they are users once every block is read.
+    team_members: Vec<(String, usize)>,
+    /// The line each (kind, name) was first declared on.
+    seen: BTreeMap<(String, String), usize>,
+}
+
 impl Validator {
     fn error(&mut self, line: usize, message: impl Into<String>) {
         self.diags.push(Diagnostic {
@@ -68,125 +90,27 @@ impl Validator {
     fn config(&mut self, path: &Path, root: &Block) -> Config {
         self.only_attrs(root, "the top level", &["policies"]);
         let policy_files = self
-            .string_list(root, "policies", "the top level")
+            .strings(root, "policies", "the top level")
             .into_iter()
-            .map(|(p, _)| self.base.join(p))
+            .map(|p| self.base.join(p))
             .collect();
-
-        let mut server = None;
-        let mut teams = BTreeMap::new();
-        let mut users = BTreeSet::new();
-        let mut services = BTreeMap::new();
-        let mut handles = BTreeMap::new();
-        let mut environments: Vec<(Environment, Vec<Named>)> = Vec::new();
-        let mut team_members: Vec<(String, usize)> = Vec::new();
-        let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
-
+        let mut declared = Declared::default();
         for block in &root.blocks {
-            let kind = block.kind.as_str();
-            let Some(name) = self.label(block) else {
-                continue;
-            };
-            if kind != "server" {
-                if let Some(first) = seen.insert((kind.to_string(), name.clone()), block.line) {
-                    self.error(
-                        block.line,
-                        format!("duplicate {kind} \"{name}\" (first declared on line {first})"),
-                    );
-                    continue;
-                }
-            }
-            match kind {
-                "server" => {
-                    if server.is_some() {
-                        self.error(block.line, "duplicate server block: there can be only one");
-                    }
-                    server = Some(self.server(block));
-                }
-                "team" => {
-                    self.check_name(block.line, "team", &name, principal_name_ok);
-                    self.only_attrs(block, &format!("team \"{name}\""), &["members", "handle"]);
-                    if let Some(h) = self.string(block, "handle", &format!("team \"{name}\"")) {
-                        handles.insert(Subject::Team(name.clone()), h);
-                    }
-                    let members: Vec<String> = self
-                        .string_list(block, "members", &format!("team \"{name}\""))
-                        .into_iter()
-                        .map(|(m, line)| {
-                            let m = m.strip_prefix("user:").unwrap_or(&m).to_string();
-                            team_members.push((m.clone(), line));
-                            m
-                        })
-                        .collect();
-                    teams.insert(name, members);
-                }
-                "user" => {
-                    self.check_name(block.line, "user", &name, principal_name_ok);
-                    self.only_attrs(block, &format!("user \"{name}\""), &["handle"]);
-                    if let Some(h) = self.string(block, "handle", &format!("user \"{name}\"")) {
-                        handles.insert(Subject::User(name.clone()), h);
-                    }
-                    users.insert(name);
-                }
-                "service" => {
-                    self.check_name(block.line, "service", &name, principal_name_ok);
-                    let service = self.service(block, &name);
-                    services.insert(name, service);
-                }
-                "environment" => {
-                    self.check_name(block.line, "environment", &name, environment_name_ok);
-                    let (env, named) = self.environment(block, name);
-                    environments.push((env, named));
-                }
-                other => self.error(
-                    block.line,
-                    format!(
-                        "unknown block `{other}`: expected server, team, user, service or environment"
-                    ),
-                ),
-            }
+            self.declare(block, &mut declared);
         }
-
-        for (member, line) in team_members {
-            if services.contains_key(&member) {
-                self.error(
-                    line,
-                    format!("`{member}` is a service; teams hold users only"),
-                );
-            } else {
-                self.check_name(line, "team member", &member, principal_name_ok);
-                users.insert(member);
-            }
-        }
-        for name in users.iter().filter(|u| services.contains_key(*u)) {
-            let line = seen
-                .get(&("service".to_string(), name.clone()))
-                .copied()
-                .unwrap_or(0);
-            self.error(
-                line,
-                format!("`{name}` is both a user and a service: a principal name must be unique"),
-            );
-        }
-
+        self.members_are_users(&mut declared);
+        let Declared {
+            server,
+            teams,
+            users,
+            services,
+            handles,
+            environments,
+            ..
+        } = declared;
         let mut config = Config {
             path: path.to_path_buf(),
-            server: server.unwrap_or_else(|| {
-                let data_dir = self.base.join("bulkhead-data");
-                let (audit_key_file, checkpoint_dir) = Server::audit_defaults(&data_dir);
-                Server {
-                    listen: "127.0.0.1:8080".into(),
-                    data_dir,
-                    storage: None,
-                    tls: None,
-                    token_cache: TOKEN_CACHE,
-                    audit_sync: AuditSync::Writes,
-                    audit_key_file,
-                    checkpoint_dir,
-                    checkpoint_every: CHECKPOINT_EVERY,
-                    connections: Connections::default(),
-                }
-            }),
+            server: server.unwrap_or_else(|| Server::defaults(&self.base)),
             teams,
             users,
             services,
@@ -195,27 +119,133 @@ impl Validator {
             policy_files,
         };
         for (env, named) in environments {
-            for n in named {
-                if !config.knows(&n.subject) {
-                    self.error(
-                        n.line,
-                        format!(
-                            "environment \"{}\": unknown principal {} in `{}`; declare it in a {} block",
-                            env.name,
-                            n.subject,
-                            n.attr,
-                            match n.subject {
-                                Subject::Team(_) => "team",
-                                Subject::User(_) => "user (or team members)",
-                                Subject::Service(_) => "service",
-                            }
-                        ),
-                    );
-                }
-            }
+            self.unknown_principals(&config, &env, &named);
             config.environments.push(env);
         }
         config
+    }
+
+    /// Reads one top-level block into `declared`.
+    fn declare(&mut self, block: &Block, declared: &mut Declared) {
+        let kind = block.kind.as_str();
+        let Some(name) = self.label(block) else {
+            return;
+        };
+        if kind != "server" {
+            let key = (kind.to_string(), name.clone());
+            if let Some(first) = declared.seen.insert(key, block.line) {
+                self.error(
+                    block.line,
+                    format!("duplicate {kind} \"{name}\" (first declared on line {first})"),
+                );
+                return;
+            }
+        }
+        match kind {
+            "server" => {
+                if declared.server.is_some() {
+                    self.error(block.line, "duplicate server block: there can be only one");
+                }
+                declared.server = Some(self.server(block));
+            }
+            "team" => self.team(block, name, declared),
+            "user" => self.user(block, name, declared),
+            "service" => {
+                self.check_name(block.line, "service", &name, &PRINCIPAL);
+                let service = self.service(block, &name);
+                declared.services.insert(name, service);
+            }
+            "environment" => {
+                self.check_name(block.line, "environment", &name, &ENVIRONMENT);
+                let (env, named) = self.environment(block, name);
+                declared.environments.push((env, named));
+            }
+            other => self.error(
+                block.line,
+                format!(
+                    "unknown block `{other}`: expected server, team, user, service or environment"
+                ),
+            ),
+        }
+    }
+
+    fn team(&mut self, block: &Block, name: String, declared: &mut Declared) {
+        let ctx = format!("team \"{name}\"");
+        self.check_name(block.line, "team", &name, &PRINCIPAL);
+        self.only_attrs(block, &ctx, &["members", "handle"]);
+        if let Some(h) = self.string(block, "handle", &ctx) {
+            declared.handles.insert(Subject::Team(name.clone()), h);
+        }
+        let members: Vec<String> = self
+            .string_list(block, "members", &ctx)
+            .into_iter()
+            .map(|(m, line)| {
+                let m = m.strip_prefix("user:").unwrap_or(&m).to_string();
+                declared.team_members.push((m.clone(), line));
+                m
+            })
+            .collect();
+        declared.teams.insert(name, members);
+    }
+
+    fn user(&mut self, block: &Block, name: String, declared: &mut Declared) {
+        let ctx = format!("user \"{name}\"");
+        self.check_name(block.line, "user", &name, &PRINCIPAL);
+        self.only_attrs(block, &ctx, &["handle"]);
+        if let Some(h) = self.string(block, "handle", &ctx) {
+            declared.handles.insert(Subject::User(name.clone()), h);
+        }
+        declared.users.insert(name);
+    }
+
+    /// Team members become users; a name may not be both a user and a service.
+    fn members_are_users(&mut self, declared: &mut Declared) {
+        for (member, line) in std::mem::take(&mut declared.team_members) {
+            if declared.services.contains_key(&member) {
+                self.error(
+                    line,
+                    format!("`{member}` is a service; teams hold users only"),
+                );
+            } else {
+                self.check_name(line, "team member", &member, &PRINCIPAL);
+                declared.users.insert(member);
+            }
+        }
+        for name in declared
+            .users
+            .iter()
+            .filter(|u| declared.services.contains_key(*u))
+        {
+            let line = declared
+                .seen
+                .get(&("service".to_string(), name.clone()))
+                .copied()
+                .unwrap_or(0);
+            self.error(
+                line,
+                format!("`{name}` is both a user and a service: a principal name must be unique"),
+            );
+        }
+    }
+
+    /// Reports each subject an environment names that the config does not declare.
+    fn unknown_principals(&mut self, config: &Config, env: &Environment, named: &[Named]) {
+        for n in named.iter().filter(|n| !config.knows(&n.subject)) {
+            self.error(
+                n.line,
+                format!(
+                    "environment \"{}\": unknown principal {} in `{}`; declare it in a {} block",
+                    env.name,
+                    n.subject,
+                    n.attr,
+                    match n.subject {
+                        Subject::Team(_) => "team",
+                        Subject::User(_) => "user (or team members)",
+                        Subject::Service(_) => "service",
+                    }
+                ),
+            );
+        }
     }
 
     fn label(&mut self, block: &Block) -> Option<String> {
@@ -235,16 +265,14 @@ impl Validator {
         Some(block.labels.first().cloned().unwrap_or_default())
     }
 
-    fn check_name(&mut self, line: usize, what: &str, name: &str, ok: fn(&str) -> bool) {
-        if !ok(name) {
-            let rule = if what == "environment" {
-                "[a-z0-9][a-z0-9-]*"
-            } else {
-                "[A-Za-z0-9][A-Za-z0-9._@-]*"
-            };
+    fn check_name(&mut self, line: usize, what: &str, name: &str, rule: &NameRule) {
+        if !(rule.allows)(name) {
             self.error(
                 line,
-                format!("{what} name \"{name}\" is not allowed: use {rule}"),
+                format!(
+                    "{what} name \"{name}\" is not allowed: use {}",
+                    rule.pattern
+                ),
             );
         }
     }

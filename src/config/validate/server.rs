@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
-use super::attrs::attr;
+use super::attrs::{attr, line_of};
 use super::Validator;
-use crate::config::hcl::{Attr, Block, Literal};
-use crate::config::model::{CONNECTION_TIMEOUT_MAX, MAX_CONNECTIONS_MAX, TOKEN_CACHE_MAX};
+use crate::config::hcl::Block;
+use crate::config::model::{
+    CHECKPOINT_EVERY_MAX, CONNECTION_TIMEOUT_MAX, DATA_DIR, LISTEN, MAX_CONNECTIONS_MAX,
+    TOKEN_CACHE_MAX,
+};
 use crate::config::{AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE};
 
 impl Validator {
@@ -28,53 +31,18 @@ impl Validator {
                 "max_connections",
             ],
         );
-        let listen = self
-            .string(block, "listen", "server")
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        if listen.parse::<std::net::SocketAddr>().is_err() {
-            let line = attr(block, "listen").map_or(block.line, |a| a.line);
-            self.error(
-                line,
-                format!("server: listen = \"{listen}\" is not an address: write IP:PORT, e.g. \"127.0.0.1:8080\""),
-            );
-        }
+        let listen = self.listen(block);
         let data_dir = self
             .string(block, "data_dir", "server")
-            .unwrap_or_else(|| "bulkhead-data".into());
+            .unwrap_or_else(|| DATA_DIR.into());
         let storage = self.string(block, "storage", "server");
         if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
             if let Err(problem) = crate::store::check_url(url) {
                 self.error(a.line, format!("server: storage: {problem}"));
             }
         }
-        let token_cache = match self.string(block, "token_cache", "server") {
-            Some(text) if text.trim() == "0s" || text.trim() == "0" => Duration::ZERO,
-            Some(text) => match self.duration(block, "token_cache", "server") {
-                Some(d) if d > TOKEN_CACHE_MAX => {
-                    let line = attr(block, "token_cache").map_or(block.line, |a| a.line);
-                    self.error(
-                        line,
-                        format!("server: token_cache = \"{text}\" would let a revoked token work that long: use at most \"1h\" (default \"5s\")"),
-                    );
-                    TOKEN_CACHE
-                }
-                Some(d) => d,
-                None => TOKEN_CACHE,
-            },
-            None => TOKEN_CACHE,
-        };
-        let audit_sync = match self.string(block, "audit_sync", "server").as_deref() {
-            None | Some("writes") => AuditSync::Writes,
-            Some("all") => AuditSync::All,
-            Some(other) => {
-                let line = attr(block, "audit_sync").map_or(block.line, |a| a.line);
-                self.error(
-                    line,
-                    format!("server: audit_sync = \"{other}\" is not known: use \"writes\" (records of reads and refusals reach the disk within a second) or \"all\" (every record before its answer)"),
-                );
-                AuditSync::Writes
-            }
-        };
+        let token_cache = self.token_cache(block);
+        let audit_sync = self.audit_sync(block);
         let data_dir = self.base.join(data_dir);
         let (key_default, checkpoints_default) = Server::audit_defaults(&data_dir);
         let audit_key_file = self
@@ -83,21 +51,77 @@ impl Validator {
         let checkpoint_dir = self
             .string(block, "checkpoint_dir", "server")
             .map_or(checkpoints_default, |p| self.base.join(p));
-        let checkpoint_every = match attr(block, "checkpoint_every") {
-            None => CHECKPOINT_EVERY,
-            Some(Attr {
-                value: Literal::Number(n),
-                ..
-            }) if (1.0..=1e9).contains(n) && n.fract() == 0.0 => *n as u64,
-            Some(a) => {
-                self.error(
-                    a.line,
-                    format!("server: checkpoint_every must be a whole number of records from 1 up (default {CHECKPOINT_EVERY})"),
-                );
-                CHECKPOINT_EVERY
-            }
-        };
+        let checkpoint_every = self
+            .whole_number(block, "checkpoint_every", CHECKPOINT_EVERY_MAX, || {
+                format!("server: checkpoint_every must be a whole number of records from 1 up (default {CHECKPOINT_EVERY})")
+            })
+            .unwrap_or(CHECKPOINT_EVERY);
         let connections = self.connections(block);
+        let tls = self.tls(block);
+        Server {
+            listen,
+            data_dir,
+            storage,
+            tls,
+            token_cache,
+            audit_sync,
+            audit_key_file,
+            checkpoint_dir,
+            checkpoint_every,
+            connections,
+        }
+    }
+
+    fn listen(&mut self, block: &Block) -> String {
+        let listen = self
+            .string(block, "listen", "server")
+            .unwrap_or_else(|| LISTEN.into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            self.error(
+                line_of(block, "listen"),
+                format!("server: listen = \"{listen}\" is not an address: write IP:PORT, e.g. \"127.0.0.1:8080\""),
+            );
+        }
+        listen
+    }
+
+    /// `token_cache`: "0s" turns the cache off; longer than [`TOKEN_CACHE_MAX`] is refused.
+    fn token_cache(&mut self, block: &Block) -> Duration {
+        let Some(text) = self.string(block, "token_cache", "server") else {
+            return TOKEN_CACHE;
+        };
+        if text.trim() == "0s" || text.trim() == "0" {
+            return Duration::ZERO;
+        }
+        match self.duration(block, "token_cache", "server") {
+            Some(d) if d > TOKEN_CACHE_MAX => {
+                self.error(
+                    line_of(block, "token_cache"),
+                    format!("server: token_cache = \"{text}\" would let a revoked token work that long: use at most \"1h\" (default \"5s\")"),
+                );
+                TOKEN_CACHE
+            }
+            Some(d) => d,
+            None => TOKEN_CACHE,
+        }
+    }
+
+    fn audit_sync(&mut self, block: &Block) -> AuditSync {
+        match self.string(block, "audit_sync", "server").as_deref() {
+            None | Some("writes") => AuditSync::Writes,
+            Some("all") => AuditSync::All,
+            Some(other) => {
+                self.error(
+                    line_of(block, "audit_sync"),
+                    format!("server: audit_sync = \"{other}\" is not known: use \"writes\" (records of reads and refusals reach the disk within a second) or \"all\" (every record before its answer)"),
+                );
+                AuditSync::Writes
+            }
+        }
+    }
+
+    /// The one `tls` block a `server` block may hold.
+    fn tls(&mut self, block: &Block) -> Option<Tls> {
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
@@ -123,18 +147,7 @@ impl Validator {
                 );
             }
         }
-        Server {
-            listen,
-            data_dir,
-            storage,
-            tls,
-            token_cache,
-            audit_sync,
-            audit_key_file,
-            checkpoint_dir,
-            checkpoint_every,
-            connections,
-        }
+        tls
     }
 
     /// The timeouts and connection cap of a `server` block.
@@ -142,9 +155,8 @@ impl Validator {
         let defaults = Connections::default();
         let mut timeout = |key: &str, default: Duration| match self.duration(block, key, "server") {
             Some(d) if d > CONNECTION_TIMEOUT_MAX => {
-                let line = attr(block, key).map_or(block.line, |a| a.line);
                 self.error(
-                    line,
+                    line_of(block, key),
                     format!(
                         "server: {key} = \"{}s\" would let a stalled client hold a connection that long: use at most \"1h\" (default \"{}s\")",
                         d.as_secs(),
@@ -159,26 +171,14 @@ impl Validator {
         let header_timeout = timeout("header_timeout", defaults.header_timeout);
         let body_timeout = timeout("body_timeout", defaults.body_timeout);
         let idle_timeout = timeout("idle_timeout", defaults.idle_timeout);
-        let max_connections = match attr(block, "max_connections") {
-            None => defaults.max_connections,
-            Some(a) => match &a.value {
-                Literal::Number(n)
-                    if *n >= 1.0 && n.fract() == 0.0 && *n <= MAX_CONNECTIONS_MAX as f64 =>
-                {
-                    *n as usize
-                }
-                _ => {
-                    self.error(
-                        a.line,
-                        format!(
-                            "server: max_connections must be a whole number from 1 to {MAX_CONNECTIONS_MAX} (default {})",
-                            defaults.max_connections
-                        ),
-                    );
+        let max_connections = self
+            .whole_number(block, "max_connections", MAX_CONNECTIONS_MAX, || {
+                format!(
+                    "server: max_connections must be a whole number from 1 to {MAX_CONNECTIONS_MAX} (default {})",
                     defaults.max_connections
-                }
-            },
-        };
+                )
+            })
+            .map_or(defaults.max_connections, |n| n as usize);
         Connections {
             header_timeout,
             body_timeout,
@@ -198,26 +198,32 @@ mod tests {
         AuditSync, Config, Connections, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE, TOKEN_CACHE,
     };
 
+    /// The good config with `lines` in place of its `data_dir` line, line 4.
+    fn with_server(lines: &str) -> String {
+        GOOD.replace("data_dir = \"data\"", lines)
+    }
+
     #[test]
     fn server_token_cache_and_audit_sync() {
         let c = Config::parse(Path::new("b.hcl"), GOOD).unwrap();
         assert_eq!(c.server.token_cache, TOKEN_CACHE);
         assert_eq!(c.server.audit_sync, AuditSync::Writes);
-        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
         let c = Config::parse(
             Path::new("b.hcl"),
-            &set("data_dir = \"data\"\n  token_cache = \"0s\"\n  audit_sync = \"all\""),
+            &with_server("data_dir = \"data\"\n  token_cache = \"0s\"\n  audit_sync = \"all\""),
         )
         .unwrap();
         assert_eq!(c.server.token_cache, Duration::ZERO);
         assert_eq!(c.server.audit_sync, AuditSync::All);
-        let e = errors(&set("audit_sync = \"never\"\n  token_cache = \"soon\""));
+        let e = errors(&with_server(
+            "audit_sync = \"never\"\n  token_cache = \"soon\"",
+        ));
         assert!(
             e.contains("b.hcl:4: server: audit_sync = \"never\" is not known"),
             "{e}"
         );
         assert!(e.contains("b.hcl:5: server: token_cache"), "{e}");
-        let e = errors(&set("token_cache = \"2h\""));
+        let e = errors(&with_server("token_cache = \"2h\""));
         assert!(
             e.contains(
                 "b.hcl:4: server: token_cache = \"2h\" would let a revoked token work that long"
@@ -235,10 +241,9 @@ mod tests {
             c.server.data_dir.join("checkpoints")
         );
         assert_eq!(c.server.checkpoint_every, CHECKPOINT_EVERY);
-        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
         let c = Config::parse(
             Path::new("b.hcl"),
-            &set("audit_key_file = \"/etc/bulkhead/audit.key\"\n  checkpoint_dir = \"/var/log/cp\"\n  checkpoint_every = 50"),
+            &with_server("audit_key_file = \"/etc/bulkhead/audit.key\"\n  checkpoint_dir = \"/var/log/cp\"\n  checkpoint_every = 50"),
         )
         .unwrap();
         assert_eq!(
@@ -248,7 +253,7 @@ mod tests {
         assert_eq!(c.server.checkpoint_dir, Path::new("/var/log/cp"));
         assert_eq!(c.server.checkpoint_every, 50);
         for bad in ["0", "1.5", "\"10\""] {
-            let e = errors(&set(&format!("checkpoint_every = {bad}")));
+            let e = errors(&with_server(&format!("checkpoint_every = {bad}")));
             assert!(
                 e.contains("b.hcl:4: server: checkpoint_every must be a whole number"),
                 "{e}"
@@ -264,10 +269,9 @@ mod tests {
             c.environment("prod").unwrap().max_plan_size,
             DEFAULT_MAX_PLAN_SIZE
         );
-        let set = |lines: &str| GOOD.replace("data_dir = \"data\"", lines);
         let c = Config::parse(
             Path::new("b.hcl"),
-            &set("header_timeout = \"2s\"\n  body_timeout = \"1m\"\n  idle_timeout = \"30s\"\n  max_connections = 50"),
+            &with_server("header_timeout = \"2s\"\n  body_timeout = \"1m\"\n  idle_timeout = \"30s\"\n  max_connections = 50"),
         )
         .unwrap();
         assert_eq!(
@@ -279,7 +283,7 @@ mod tests {
                 max_connections: 50,
             }
         );
-        let e = errors(&set(
+        let e = errors(&with_server(
             "header_timeout = \"0s\"\n  body_timeout = \"2h\"\n  idle_timeout = 30\n  max_connections = 0",
         ));
         assert!(e.contains("b.hcl:4: server: header_timeout"), "{e}");

@@ -1,7 +1,7 @@
 //! Validation of a `service` block and its `oidc` block: which provider's tokens are trusted,
 //! where its keys come from, and the claims that bind a token to one repository.
 
-use super::attrs::attr;
+use super::attrs::{attr, line_of};
 use super::Validator;
 use crate::config::hcl::{Block, Literal};
 use crate::config::{Jwks, Oidc, Service, IDENTITY_CLAIMS};
@@ -22,40 +22,44 @@ impl Validator {
                 );
                 continue;
             }
-            let ctx = format!("{ctx}: oidc");
-            self.only_attrs(
-                inner,
-                &ctx,
-                &[
-                    "issuer",
-                    "audience",
-                    "jwks_file",
-                    "jwks_url",
-                    "jwks_ca_file",
-                    "claims",
-                ],
-            );
-            let issuer = self.string(inner, "issuer", &ctx);
-            let audience = self.string(inner, "audience", &ctx);
-            let jwks = self.jwks(inner, &ctx);
-            let claims = self.claims(inner, &ctx);
-            match (issuer, audience, jwks) {
-                (Some(issuer), Some(audience), Some(jwks)) => {
-                    service.oidc = Some(Oidc {
-                        issuer,
-                        audience,
-                        jwks,
-                        claims,
-                    })
-                }
-                (None, _, _) | (_, None, _) => self.error(
-                    inner.line,
-                    format!("{ctx} needs issuer, audience and one of jwks_file or jwks_url"),
-                ),
-                _ => {}
-            }
+            service.oidc = self.oidc(inner, &format!("{ctx}: oidc"));
         }
         service
+    }
+
+    fn oidc(&mut self, block: &Block, ctx: &str) -> Option<Oidc> {
+        self.only_attrs(
+            block,
+            ctx,
+            &[
+                "issuer",
+                "audience",
+                "jwks_file",
+                "jwks_url",
+                "jwks_ca_file",
+                "claims",
+            ],
+        );
+        let issuer = self.string(block, "issuer", ctx);
+        let audience = self.string(block, "audience", ctx);
+        let jwks = self.jwks(block, ctx);
+        let claims = self.claims(block, ctx);
+        match (issuer, audience, jwks) {
+            (Some(issuer), Some(audience), Some(jwks)) => Some(Oidc {
+                issuer,
+                audience,
+                jwks,
+                claims,
+            }),
+            (None, _, _) | (_, None, _) => {
+                self.error(
+                    block.line,
+                    format!("{ctx} needs issuer, audience and one of jwks_file or jwks_url"),
+                );
+                None
+            }
+            _ => None,
+        }
     }
 
     /// `jwks_file` or `jwks_url` (exactly one), and `jwks_ca_file` beside the URL.
@@ -63,11 +67,10 @@ impl Validator {
         let file = self.string(block, "jwks_file", ctx);
         let url = self.string(block, "jwks_url", ctx);
         let ca_file = self.string(block, "jwks_ca_file", ctx);
-        let line = |key| attr(block, key).map_or(block.line, |a| a.line);
         match (file, url) {
             (Some(_), Some(_)) => {
                 self.error(
-                    line("jwks_url"),
+                    line_of(block, "jwks_url"),
                     format!("{ctx}: set jwks_file or jwks_url, not both: the keys must come from one place"),
                 );
                 None
@@ -82,7 +85,7 @@ impl Validator {
             (Some(file), None) => {
                 if ca_file.is_some() {
                     self.error(
-                        line("jwks_ca_file"),
+                        line_of(block, "jwks_ca_file"),
                         format!("{ctx}: jwks_ca_file applies to jwks_url only; a jwks_file is read from disk"),
                     );
                 }
@@ -90,7 +93,10 @@ impl Validator {
             }
             (None, Some(url)) => {
                 if let Err(problem) = check_jwks_url(&url) {
-                    self.error(line("jwks_url"), format!("{ctx}: jwks_url {problem}"));
+                    self.error(
+                        line_of(block, "jwks_url"),
+                        format!("{ctx}: jwks_url {problem}"),
+                    );
                     return None;
                 }
                 Some(Jwks::Url {
