@@ -19,6 +19,7 @@
 //! from before is sealed, and a chain whose newest record does not match the key stops the
 //! server. Appends tell the chain's checkpoint writer the new head, in memory.
 
+pub mod audit;
 pub mod changes;
 pub mod environment;
 mod group_commit;
@@ -37,8 +38,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
-use crate::audit::{self, AuditKey, ChainKey, ChainProblem, Head, Record};
+use crate::audit::{AuditKey, ChainKey, ChainProblem, Head, Record};
 use crate::config::{AuditSync, Config, Environment};
+pub use audit::ChainReader;
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
 use group_commit::GroupCommit;
@@ -95,7 +97,7 @@ pub enum StoreError {
     #[error("database work stopped before it finished: {0}")]
     Task(String),
     #[error(transparent)]
-    Key(#[from] audit::key::KeyError),
+    Key(#[from] crate::audit::key::KeyError),
     /// An audit chain that cannot be appended to under this key.
     #[error("the audit chain of {location}: {problem}")]
     Chain {
@@ -351,6 +353,7 @@ pub struct Stores {
     environments: HashMap<String, EnvStore>,
     unavailable: HashMap<String, Unavailable>,
     key: AuditKey,
+    clock: crate::time::Clock,
 }
 
 impl Stores {
@@ -391,6 +394,7 @@ impl Stores {
             environments,
             unavailable,
             key,
+            clock: crate::time::Clock::system(),
         })
     }
 
@@ -449,7 +453,7 @@ pub struct ReadOnly {
     /// An environment's database (which holds states and changes besides its chain).
     pub environment: bool,
     /// The database, or why it cannot be read (one that does not exist is not created).
-    pub pool: Result<AnyPool, StoreError>,
+    pub database: Result<ChainReader, StoreError>,
 }
 
 /// Every audit chain's database, the server's first, opened for reading only, as verification
@@ -460,7 +464,7 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     let mut out = vec![ReadOnly {
         chain: SERVER_CHAIN.into(),
         environment: false,
-        pool: open_existing(&system_location(config)).await,
+        database: open_existing(&system_location(config)).await,
     }];
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
     envs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -468,13 +472,13 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
         out.push(ReadOnly {
             chain: env.name.clone(),
             environment: true,
-            pool: open_existing(&environment_location(config, env)).await,
+            database: open_existing(&environment_location(config, env)).await,
         });
     }
     out
 }
 
-async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
+async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
     let name = location.describe();
     let opened = |source| StoreError::Open {
         location: name.clone(),
@@ -540,6 +544,7 @@ async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
         })
         .connect_with(options)
         .await
+        .map(|pool| ChainReader { pool })
         .map_err(opened)
 }
 
@@ -658,8 +663,8 @@ async fn open(
     {
         let conn = &mut *pool.acquire().await?;
         match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
-            Ok(audit::Opened::Intact) => {}
-            Ok(audit::Opened::Sealed(n)) => tracing::info!(
+            Ok(crate::audit::Opened::Intact) => {}
+            Ok(crate::audit::Opened::Sealed(n)) => tracing::info!(
                 chain = %chain.name,
                 records = n,
                 "verified and sealed the audit records written before records were keyed"
@@ -735,10 +740,10 @@ impl Chain {
             key: key.chain(name),
             location: String::new(),
             full: std::sync::atomic::AtomicBool::new(false),
-            checkpointed: audit::checkpoint::file(checkpoint_dir, name).exists(),
+            checkpointed: crate::audit::checkpoint::file(checkpoint_dir, name).exists(),
             head: tokio::sync::watch::Sender::new(Head {
                 seq: 0,
-                hash: audit::GENESIS.to_string(),
+                hash: crate::audit::GENESIS.to_string(),
             }),
         }
     }
