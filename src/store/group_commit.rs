@@ -1,14 +1,7 @@
 //! Group commit of audit records that are written alone (reads, refusals): the records that
 //! arrive together are appended in one statement and one commit, and each request is answered
-//! once its own record is committed.
-//!
-//! Between commits this server remembers the chain's head, so an append needs no read of it;
-//! the primary key refuses an append after a head that is no longer the newest. While the head
-//! stays known, every append to the chain was one of these group commits: nothing else was
-//! written, because every write (here or in another process) appends its record in its own
-//! transaction. That is what lets a read be answered from memory: its record is committed
-//! only if nothing was written since what it read was read ([`Epoch`]), and refused as stale
-//! otherwise, before anything of it is stored.
+//! once its own record is committed. The remembered head and the epochs it makes possible are
+//! part of the store's concurrency model, stated on [`super::Serialized`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -8,11 +8,8 @@
 //! decides nothing: callers check permissions and write rules before they write.
 //!
 //! Both database kinds run the same SQL through sqlx's `Any` driver (`$N` placeholders, which
-//! SQLite accepts too); each kind has its own migrations, and [`Serialized`] makes writes to
-//! one environment happen one at a time on either: `BEGIN IMMEDIATE` on SQLite, a transaction
-//! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
-//! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
-//! on the calling thread, through rusqlite (`sqlite_appender`).
+//! SQLite accepts too); each kind has its own migrations. How writes to one database happen
+//! one at a time, and why reads may be answered from memory, is stated once, on [`Serialized`].
 //!
 //! Each database's audit chain is keyed with a key of its own, derived from the audit key
 //! ([`crate::audit::key`]), and readied when the database is opened: the unkeyed part of a chain
@@ -883,14 +880,35 @@ fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// A database whose writes run one at a time.
+/// One database, and the rule that keeps what this server remembers of it true: **every write
+/// goes through the writer lock**. This struct is the only way to a connection (its pool and
+/// its transactions' connections are private to the store), so the rule cannot be bypassed.
 ///
-/// On SQLite each write transaction starts with `BEGIN IMMEDIATE` (so it cannot fail half-way
-/// on a lock upgrade when another process, such as the CLI, writes too). On PostgreSQL it
-/// takes a transaction-scoped advisory lock named after the schema, so writers on every
-/// server instance sharing the database queue on it: a lock check and the grant that follows
-/// it cannot interleave with another instance's. Either way an in-process mutex makes this
-/// server's own writers queue fairly instead of spinning.
+/// - **The writer lock.** A write transaction ([`Serialized::begin`]) first takes `writer`, an
+///   in-process mutex (so this server's writers queue fairly instead of spinning), then the
+///   database's own: `BEGIN IMMEDIATE` on SQLite (so it cannot fail half-way on a lock upgrade
+///   when another process, such as the CLI, writes too), a transaction advisory lock named
+///   after the schema on PostgreSQL (so writers on every server instance sharing the database
+///   queue on it, and a lock check and the grant that follows it cannot interleave with
+///   another instance's).
+/// - **Group commit.** An audit record written alone (a read, a refusal) is queued; whoever
+///   gets the writer lock next appends everything queued by then in one statement and one
+///   commit ([`group_commit`]), in a task of its own (so a request that goes away cannot cut a
+///   commit short), and answers every waiter before it lets the lock go. Between commits the
+///   chain's head is remembered, so an append needs no read of it; the primary key refuses an
+///   append after a head that is no longer the newest.
+/// - **Reads answered from memory.** While the head stays known, nothing was written to the
+///   database but these group commits, since every other write (here or in another process)
+///   appends its record in its own transaction. That span is an [`Epoch`]: it ends when a
+///   write transaction begins here, and when an append finds the chain grown by someone else.
+///   A state's newest version read in an epoch is still the newest while the epoch lasts, so
+///   a read may be answered from memory, and its record commits only in that epoch
+///   ([`EnvStore::append_read`]): refused as stale otherwise, before anything of it is stored.
+///   This holds only because every write goes through the writer lock.
+///
+/// Reads other than those run on the pool beside the writer. On SQLite with
+/// `audit_sync = "writes"`, the INSERT of a group commit runs on the calling thread, through
+/// rusqlite ([`sqlite_appender`]), still under the writer lock.
 pub struct Serialized {
     pool: AnyPool,
     connections: Arc<Connections>,
@@ -964,10 +982,6 @@ impl Serialized {
 
     /// [`Serialized::append_record`], but with `only_in`, only if nothing was written to this
     /// database since that epoch began: `Ok(false)` (and nothing stored) otherwise.
-    ///
-    /// Whoever gets the writer lock commits everything queued by then, in a task of its own
-    /// (so a request that goes away cannot cut a commit short), and answers every waiter
-    /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
     pub(super) async fn append_record_in(
         &self,
         record: &Record,
@@ -1035,8 +1049,15 @@ impl Serialized {
         self.commits.epoch()
     }
 
-    pub fn pool(&self) -> &AnyPool {
+    /// For reads: they may run beside the writer, never a write.
+    fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// The connection for the reads every request makes.
@@ -1053,8 +1074,7 @@ fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer
-/// lock).
+/// A write transaction, serialized as [`Serialized`] describes (the caller holds `writer`).
 async fn begin(
     pool: &AnyPool,
     kind: Kind,
@@ -1148,7 +1168,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 }
