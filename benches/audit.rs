@@ -129,7 +129,7 @@ environment "prod" {{
         written = end;
     }
     let fill = fill.elapsed();
-    let pool = stores.chains()[1].1.pool().clone();
+    let chain = stores.chains()[1].1;
     let kind = match config.server.storage {
         Some(_) => "postgres",
         None => "sqlite",
@@ -168,7 +168,7 @@ environment "prod" {{
     let mut baseline = Vec::new();
     for _ in 0..rounds.min(3) {
         let t = Instant::now();
-        let (rows, _) = audit::read_chain(&pool).await.expect("read chain");
+        let (rows, _) = chain.read_chain().await.expect("read chain");
         let newest = &rows[rows.len().saturating_sub(100)..];
         assert_eq!(newest.len(), 100.min(records));
         baseline.push(t.elapsed());
@@ -193,7 +193,7 @@ environment "prod" {{
         let mut times = Vec::new();
         for _ in 0..rounds {
             let t = Instant::now();
-            let rows = audit::query(&pool, filter).await.expect("query");
+            let rows = chain.query(filter).await.expect("query");
             assert_eq!(rows.len(), 100, "{name}");
             times.push(t.elapsed());
         }

@@ -16,9 +16,29 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::key::CheckpointKey;
+use super::key::{AuditKey, CheckpointKey};
 use super::{Broken, Head, Stored};
-use crate::store::Stores;
+use crate::time::Clock;
+
+/// The chains checkpoints are written of, as the store holds them.
+pub trait Chains {
+    type Error: std::fmt::Display;
+
+    /// The key the chains are keyed with.
+    fn audit_key(&self) -> &AuditKey;
+
+    /// The clock checkpoints are stamped with.
+    fn clock(&self) -> &Clock;
+
+    /// Every chain's name, and its newest head that this server has appended, as it changes.
+    fn watch_heads(&self) -> Vec<(String, tokio::sync::watch::Receiver<Head>)>;
+
+    /// Every chain's name, and its head as the database has it now (records appended by other
+    /// instances included).
+    fn read_heads(
+        &self,
+    ) -> impl std::future::Future<Output = Vec<(String, Result<Head, Self::Error>)>> + Send;
+}
 
 /// One checkpoint, as a line of a checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,13 +53,19 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// A checkpoint of `chain` at `head`, signed now.
-    pub fn new(key: &CheckpointKey, chain: &str, head: &Head, why: &str) -> Checkpoint {
+    /// A checkpoint of `chain` at `head`, signed at `time`.
+    pub fn new(
+        key: &CheckpointKey,
+        chain: &str,
+        head: &Head,
+        time: String,
+        why: &str,
+    ) -> Checkpoint {
         let mut c = Checkpoint {
             chain: chain.to_string(),
             seq: head.seq,
             mac: head.hash.clone(),
-            time: crate::store::now(),
+            time,
             why: why.to_string(),
             sig: String::new(),
         };
@@ -139,8 +165,9 @@ pub struct Writers {
 impl Writers {
     /// Writes a checkpoint of every chain's head now, and starts writing one each time a chain
     /// has grown by `every` records since its last.
-    pub async fn start(stores: &Stores, dir: &Path, every: u64) -> Writers {
+    pub async fn start(stores: &impl Chains, dir: &Path, every: u64) -> Writers {
         let key = stores.audit_key().checkpoints();
+        let clock = stores.clock();
         let every = i64::try_from(every).unwrap_or(i64::MAX).max(1);
         let mut tasks = Vec::new();
         let earlier = match read(&[dir.to_path_buf()], &key) {
@@ -150,9 +177,7 @@ impl Writers {
                 HashMap::new()
             }
         };
-        for (_, db) in stores.chains() {
-            let mut heads = db.watch_head();
-            let chain = db.chain_name().to_string();
+        for (chain, mut heads) in stores.watch_heads() {
             let head = heads.borrow_and_update().clone();
             let newest = earlier
                 .get(&chain)
@@ -168,17 +193,18 @@ impl Writers {
             }
             write_logged(
                 dir.to_path_buf(),
-                Checkpoint::new(&key, &chain, &head, "start"),
+                Checkpoint::new(&key, &chain, &head, clock.now().stored(), "start"),
             )
             .await;
-            let (key, dir) = (key.clone(), dir.to_path_buf());
+            let (key, dir, clock) = (key.clone(), dir.to_path_buf(), clock.clone());
             tasks.push(tokio::spawn(async move {
                 let mut last = head.seq;
                 while heads.changed().await.is_ok() {
                     let head = heads.borrow_and_update().clone();
                     if head.seq - last >= every {
                         last = head.seq;
-                        let checkpoint = Checkpoint::new(&key, &chain, &head, "every");
+                        let time = clock.now().stored();
+                        let checkpoint = Checkpoint::new(&key, &chain, &head, time, "every");
                         write_logged(dir.clone(), checkpoint).await;
                     }
                 }
@@ -193,19 +219,15 @@ impl Writers {
 
     /// Stops the writers and writes a checkpoint of every chain's head as the database has it
     /// (records appended by other instances included), once the server has stopped serving.
-    pub async fn shutdown(self, stores: &Stores) {
+    pub async fn shutdown(self, stores: &impl Chains) {
         for task in &self.tasks {
             task.abort();
         }
-        for (_, db) in stores.chains() {
-            let chain = db.chain_name().to_string();
-            let head = match db.pool().acquire().await {
-                Ok(mut conn) => super::head(&mut conn).await,
-                Err(e) => Err(e.into()),
-            };
+        for (chain, head) in stores.read_heads().await {
             match head {
                 Ok(head) => {
-                    let checkpoint = Checkpoint::new(&self.key, &chain, &head, "shutdown");
+                    let time = stores.clock().now().stored();
+                    let checkpoint = Checkpoint::new(&self.key, &chain, &head, time, "shutdown");
                     write_logged(self.dir.clone(), checkpoint).await;
                 }
                 Err(e) => {
@@ -336,7 +358,8 @@ mod tests {
             seq: seq as i64,
             hash: rows[seq - 1].hash.clone(),
         };
-        Checkpoint::new(&key().checkpoints(), "prod", &head, "every")
+        let time = Clock::system().now().stored();
+        Checkpoint::new(&key().checkpoints(), "prod", &head, time, "every")
     }
 
     #[test]
@@ -373,49 +396,6 @@ mod tests {
         replaced[1].hash = "00".into();
         let p = verify(&replaced, &checkpoints).unwrap_err();
         assert_eq!(p.seq, 2);
-    }
-
-    /// The writers checkpoint a chain each time it has grown by `every` records, beside the
-    /// appends (so the test waits for the file, with a deadline).
-    #[tokio::test]
-    async fn a_chain_is_checkpointed_every_so_many_records() {
-        let (dir, stores) = crate::store::tests::open_dev("").await;
-        let checkpoints = dir.path().join("checkpoints");
-        let writers = Writers::start(&stores, &checkpoints, 3).await;
-        let (_, db) = stores
-            .chains()
-            .into_iter()
-            .find(|(name, _)| name == "dev")
-            .unwrap();
-        for _ in 0..7 {
-            db.append_record(&Record::new("state:read")).await.unwrap();
-        }
-        let read = || {
-            let found = read(
-                std::slice::from_ref(&checkpoints),
-                &stores.audit_key().checkpoints(),
-            )
-            .unwrap();
-            found.chains.get("dev").cloned().unwrap_or_default()
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !read().iter().any(|c| c.why == "every" && c.seq >= 6) {
-            assert!(std::time::Instant::now() < deadline, "{:?}", read());
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        writers.shutdown(&stores).await;
-        let dev = read();
-        assert_eq!(
-            dev.first().map(|c| (c.why.as_str(), c.seq)),
-            Some(("start", 0))
-        );
-        assert_eq!(
-            dev.last().map(|c| (c.why.as_str(), c.seq)),
-            Some(("shutdown", 7))
-        );
-        assert!(dev
-            .iter()
-            .all(|c| c.why != "every" || c.seq % 3 == 0 || c.seq > 3));
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! chain's head (newest position and MAC) is kept beside it; so an edited, deleted, reordered
 //! or re-hashed record breaks verification, and signed [`checkpoint`]s of the head kept outside
 //! the database show a cut tail or an older copy of the database. Chains begun before records
-//! were keyed start with a part linked by plain SHA-256, sealed once at start ([`Seal`]). The
-//! chain functions ([`link`], [`verify_chain`]) are pure; [`append`] writes inside the caller's
-//! transaction, so a state write and its record commit together or not at all.
+//! were keyed start with a part linked by plain SHA-256, sealed once at start ([`Seal`]).
 //!
 //! Queries find records by their fields through the audit index, a table kept beside the
-//! chain and brought up to date every [`INDEX_EVERY`] records ([`index`]), and read the few
-//! records past it from the chain. The hashes do not cover it, so [`verify_fields`] checks it.
+//! chain and brought up to date every [`INDEX_EVERY`] records, and read the few records past
+//! it from the chain. The hashes do not cover it, so [`verify_fields`] checks it.
+//!
+//! Everything here is pure: the chain functions ([`link`], [`chain_rows`], [`verify_chain`]),
+//! the key, checkpoints and verification work on records handed to them. Reading and writing
+//! the tables is the store's ([`crate::store::audit`]), which appends a record in the
+//! caller's transaction, so a state write and its record commit together or not at all.
 
 pub mod checkpoint;
 pub mod key;
@@ -20,11 +23,8 @@ pub mod verify;
 use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, AnyPool};
 
 pub use key::{AuditKey, ChainKey};
-
-use crate::store::StoreError;
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -90,7 +90,7 @@ pub struct Record {
 impl Record {
     pub fn new(action: impl Into<String>) -> Record {
         Record {
-            time: crate::store::now(),
+            time: crate::time::Clock::system().now().stored(),
             principal: None,
             source: None,
             user_agent: None,
@@ -352,18 +352,6 @@ pub struct Head {
     pub hash: String,
 }
 
-/// The head of the chain of the database `conn` belongs to.
-pub async fn head(conn: &mut AnyConnection) -> Result<Head, StoreError> {
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(match head {
-        Some((seq, hash)) => Head { seq, hash },
-        None => Head::genesis(),
-    })
-}
-
 impl Head {
     /// The head of a chain before its first record.
     pub fn genesis() -> Head {
@@ -393,65 +381,7 @@ impl From<Row> for Stored {
     }
 }
 
-/// Appends a record to the chain of the database `conn` belongs to, keyed with that chain's
-/// `key`, inside the caller's transaction; returns the new head.
-pub async fn append(
-    conn: &mut AnyConnection,
-    key: &ChainKey,
-    record: &Record,
-) -> Result<Head, StoreError> {
-    append_all(conn, key, std::slice::from_ref(record)).await
-}
-
-/// Appends records in order, inside the caller's transaction; returns the new head.
-pub async fn append_all(
-    conn: &mut AnyConnection,
-    key: &ChainKey,
-    records: &[impl std::borrow::Borrow<Record>],
-) -> Result<Head, StoreError> {
-    let head = head(conn).await?;
-    let new_head = insert_after(conn, key, &head, records).await?;
-    if index_due(head.seq, new_head.seq) {
-        index(conn).await?;
-    }
-    Ok(new_head)
-}
-
-/// Appends records in order after `head`, in one statement however many they are, and returns
-/// the new head. The table's trigger moves the stored head along. When the chain has grown
-/// past `head` meanwhile, the first position is taken and the statement fails on the primary
-/// key, writing nothing; so a caller that remembers the head between appends needs no read
-/// of it, and cannot fork the chain.
-pub async fn insert_after(
-    conn: &mut AnyConnection,
-    key: &ChainKey,
-    head: &Head,
-    records: &[impl std::borrow::Borrow<Record>],
-) -> Result<Head, StoreError> {
-    let (rows, new_head) = chain_rows(key, head, records)?;
-    if rows.is_empty() {
-        return Ok(new_head);
-    }
-    let sql = insert_statement(rows.len(), conn.backend_name() != "SQLite");
-    let mut insert = sqlx::query(&sql);
-    for row in &rows {
-        insert = insert
-            .bind(row.seq)
-            .bind(&row.record)
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .bind(&row.fields.state)
-            .bind(&row.fields.principal)
-            .bind(&row.fields.change)
-            .bind(&row.fields.action)
-            .bind(&row.fields.decision)
-            .bind(&row.fields.at);
-    }
-    insert.execute(&mut *conn).await?;
-    Ok(new_head)
-}
-
-/// One row of the audit table, as [`insert_statement`] binds it: the record and its place in
+/// One row of the audit table, as the store inserts it: the record and its place in
 /// the chain (what verification covers), and the record's fields that queries filter on, as
 /// columns of their own, so that neither queries nor indexing parse records.
 pub struct Row {
@@ -487,21 +417,18 @@ impl Fields {
     }
 }
 
-/// The values a [`Row`] has per row of the statement.
-const ROW_VALUES: usize = 10;
-
 /// The rows that append `records` in order after `head`, and the head they leave.
 pub fn chain_rows(
     key: &ChainKey,
     head: &Head,
     records: &[impl std::borrow::Borrow<Record>],
-) -> Result<(Vec<Row>, Head), StoreError> {
+) -> Result<(Vec<Row>, Head), serde_json::Error> {
     let (mut seq, mut prev) = (head.seq, head.hash.clone());
     let mut rows = Vec::with_capacity(records.len());
     for record in records {
         let record = record.borrow().capped();
         let record = record.as_ref();
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(record)?;
         seq += 1;
         let hash = link(key, seq, &prev, &json);
         rows.push(Row {
@@ -513,32 +440,6 @@ pub fn chain_rows(
         });
     }
     Ok((rows, Head { seq, hash: prev }))
-}
-
-/// The statement that inserts `rows` rows, ten values per row in the order of [`Row`]'s
-/// fields: numbered parameters (`$1`, `$2`, ...) for PostgreSQL; `?` for SQLite, which binds
-/// them in order, where it would look each numbered one up by name, in a time that grows with
-/// their number (appending a thousand records at once took seven times as long).
-pub fn insert_statement(rows: usize, numbered: bool) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|i| {
-            let first = i * ROW_VALUES + 1;
-            let params: Vec<String> = (first..first + ROW_VALUES)
-                .map(|p| {
-                    if numbered {
-                        format!("${p}")
-                    } else {
-                        "?".into()
-                    }
-                })
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    format!(
-        "INSERT INTO audit (seq, record, prev_hash, hash, {FIELD_COLUMNS}) VALUES {}",
-        values.join(", ")
-    )
 }
 
 /// Which records of a chain to read: every field set must match.
@@ -561,23 +462,6 @@ pub struct Filter {
     pub last: Option<i64>,
 }
 
-impl Filter {
-    /// The fields to match, as (column, operator, value): columns of the audit index, and of
-    /// the chain too.
-    fn fields(&self) -> impl Iterator<Item = (&'static str, &'static str, &Option<String>)> {
-        [
-            ("state", "=", &self.state),
-            ("principal", "=", &self.principal),
-            ("change", "=", &self.change),
-            ("action", "=", &self.action),
-            ("decision", "=", &self.decision),
-            ("at", ">=", &self.since),
-            ("at", "<", &self.until),
-        ]
-        .into_iter()
-    }
-}
-
 /// How often the audit index is brought up to date: whoever appends a record at a multiple of
 /// this position indexes every record not yet indexed.
 pub const INDEX_EVERY: i64 = 256;
@@ -586,137 +470,6 @@ pub const INDEX_EVERY: i64 = 256;
 /// up to date.
 pub fn index_due(before: i64, after: i64) -> bool {
     before.div_euclid(INDEX_EVERY) != after.div_euclid(INDEX_EVERY)
-}
-
-/// The fields audit queries filter on: columns of the audit index, and of the chain too.
-const FIELD_COLUMNS: &str = "state, principal, change, action, decision, at";
-
-/// The position of the newest record in the audit index, which holds every record up to it.
-const INDEXED_THROUGH: &str = "SELECT COALESCE(MAX(seq), 0) FROM audit_index";
-
-/// Brings the audit index (the table audit queries find records by) up to date with the chain.
-/// The index is kept apart from the chain, and filled every [`INDEX_EVERY`] records, so that
-/// appending records writes no index pages; queries read the records not yet indexed from the
-/// chain itself. Records indexed already by another writer meanwhile are left alone, so the
-/// index always holds every record up to its newest.
-pub async fn index(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "INSERT INTO audit_index (seq, {FIELD_COLUMNS}) SELECT seq, {FIELD_COLUMNS} FROM audit \
-         WHERE seq > ({INDEXED_THROUGH}) \
-         ON CONFLICT (seq) DO NOTHING"
-    ))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The records of a chain that match, oldest first. The records are found by their fields
-/// in the audit index, and among the few past it, so the newest hundred records of a chain of
-/// millions are found without reading the rest.
-pub async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreError> {
-    let values: Vec<&str> = filter.fields().filter_map(|(.., v)| v.as_deref()).collect();
-    // Conditions on the columns of `table` (the index's, or the chain's own), for the records
-    // after position `after`.
-    let conditions = |table: &str, after: i64| {
-        let mut conditions = vec![format!("{table}.seq > {after}")];
-        if let Some(through) = filter.through {
-            conditions.push(format!("{table}.seq <= {through}"));
-        }
-        let mut n = 0;
-        for (column, op, value) in filter.fields() {
-            if value.is_some() {
-                n += 1;
-                conditions.push(format!("{table}.{column} {op} ${n}"));
-            }
-        }
-        conditions.join(" AND ")
-    };
-    let (order, limit) = match filter.last {
-        Some(n) => ("DESC", format!(" LIMIT {}", n.max(0))),
-        None => ("", String::new()),
-    };
-    let conn = &mut *pool.acquire().await?;
-    let fetch = async |conn: &mut AnyConnection, sql: String| -> Result<Vec<Stored>, StoreError> {
-        let mut query = sqlx::query_as(&sql);
-        for value in &values {
-            query = query.bind(*value);
-        }
-        Ok(query.fetch_all(conn).await?)
-    };
-    let from_chain = |after: i64| {
-        format!(
-            "SELECT seq, record, prev_hash, hash FROM audit a WHERE {} ORDER BY seq {order}{limit}",
-            conditions("a", after)
-        )
-    };
-    // Newest first with a limit, oldest first without.
-    let mut rows = if values.is_empty() {
-        fetch(conn, from_chain(filter.after)).await?
-    } else {
-        // The index holds every record up to `indexed`, and indexing meanwhile only adds past
-        // it: the records past it are read from the chain, and are newer than all the rest.
-        let (indexed,): (i64,) = sqlx::query_as(INDEXED_THROUGH)
-            .fetch_one(&mut *conn)
-            .await?;
-        let newer = fetch(conn, from_chain(filter.after.max(indexed))).await?;
-        let older = fetch(
-            conn,
-            format!(
-                "SELECT i.seq AS seq, a.record, a.prev_hash, a.hash \
-                 FROM audit_index i JOIN audit a ON a.seq = i.seq \
-                 WHERE {} AND i.seq <= {indexed} ORDER BY i.seq {order}{limit}",
-                conditions("i", filter.after)
-            ),
-        )
-        .await?;
-        match filter.last {
-            Some(n) => {
-                let mut rows = newer;
-                rows.extend(older);
-                rows.truncate(usize::try_from(n).unwrap_or(0));
-                rows
-            }
-            None => {
-                let mut rows = older;
-                rows.extend(newer);
-                rows
-            }
-        }
-    };
-    if filter.last.is_some() {
-        rows.reverse();
-    }
-    Ok(rows)
-}
-
-/// The position of a chain's newest record (0 when it has none).
-pub async fn newest_position(pool: &AnyPool) -> Result<i64, StoreError> {
-    let (seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM audit")
-        .fetch_one(pool)
-        .await?;
-    Ok(seq.unwrap_or(0))
-}
-
-/// Reads a whole chain and its head.
-pub async fn read_chain(
-    pool: &AnyPool,
-) -> Result<(Vec<Stored>, Option<(i64, String)>), StoreError> {
-    let rows = sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit ORDER BY seq")
-        .fetch_all(pool)
-        .await?;
-    let head = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(pool)
-        .await?;
-    Ok((rows, head))
-}
-
-/// The seal of a chain begun before records were keyed, if it has one.
-pub async fn read_seal(conn: &mut AnyConnection) -> Result<Option<Seal>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT seq, hash, mac FROM audit_seal WHERE id = 1")
-            .fetch_optional(conn)
-            .await?,
-    )
 }
 
 /// What opening a chain at start found.
@@ -737,90 +490,6 @@ pub enum ChainProblem {
     SealAfterKeyed(i64),
     #[error("its newest record (or its seal) was not written with this audit key: the key was replaced or lost (restore it: {KEY_VAR} or server {{ audit_key_file }}), or the record was edited (run `bulkhead audit verify`)", KEY_VAR = key::KEY_VAR)]
     WrongKey,
-}
-
-/// Readies a chain for appending, at start: seals the unkeyed part of a chain begun before
-/// records were keyed, once, after verifying it; and checks that the newest record (and the
-/// seal) were made with `key`, so that a replaced or lost key is found before anything is
-/// appended under it. Reads the newest record alone, unless there is a part to seal. A chain
-/// this server has `checkpointed` already was keyed: it is never sealed (someone who rewrote
-/// it with plain hashes would otherwise have the rewrite sealed).
-pub async fn open_chain(
-    conn: &mut AnyConnection,
-    key: &ChainKey,
-    checkpointed: bool,
-) -> Result<Result<Opened, ChainProblem>, StoreError> {
-    let mut opened = Opened::Intact;
-    let seal = read_seal(&mut *conn).await?;
-    let unkeyed_through = match &seal {
-        None => 0,
-        Some(Seal { seq, hash, mac }) => {
-            let signed = seal_mac(key, *seq, hash);
-            match mac {
-                Some(mac) if *mac == signed => {}
-                Some(_) => return Ok(Err(ChainProblem::WrongKey)),
-                None if checkpointed => return Ok(Err(ChainProblem::SealAfterKeyed(*seq))),
-                None => {
-                    let rows: Vec<Stored> = sqlx::query_as(
-                        "SELECT seq, record, prev_hash, hash FROM audit WHERE seq <= $1 ORDER BY seq",
-                    )
-                    .bind(seq)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    let verified = Seal {
-                        seq: *seq,
-                        hash: hash.clone(),
-                        mac: Some(signed.clone()),
-                    };
-                    let head = Some((*seq, hash.clone()));
-                    if let Err(broken) = verify_chain(key, &rows, head, Some(&verified)) {
-                        return Ok(Err(ChainProblem::Unsealable(broken)));
-                    }
-                    sqlx::query(
-                        "UPDATE audit_seal SET mac = $1, sealed_at = $2 WHERE id = 1 AND mac IS NULL",
-                    )
-                    .bind(&signed)
-                    .bind(crate::store::now())
-                    .execute(&mut *conn)
-                    .await?;
-                    opened = Opened::Sealed(*seq);
-                }
-            }
-            *seq
-        }
-    };
-    let newest: Option<Stored> =
-        sqlx::query_as("SELECT seq, record, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some(row) = newest.filter(|row| row.seq > unkeyed_through) {
-        if link(key, row.seq, &row.prev_hash, &row.record) != row.hash {
-            return Ok(Err(ChainProblem::WrongKey));
-        }
-    }
-    Ok(Ok(opened))
-}
-
-/// Each record's fields, oldest first, as audit queries find them: in the audit index, and in
-/// the chain's own columns past it.
-pub async fn read_fields(pool: &AnyPool) -> Result<Vec<(i64, Fields)>, StoreError> {
-    let rows: Vec<Found> = sqlx::query_as(&format!(
-        "SELECT seq, {FIELD_COLUMNS} FROM audit_index \
-         UNION ALL \
-         SELECT seq, {FIELD_COLUMNS} FROM audit \
-         WHERE seq > ({INDEXED_THROUGH}) \
-         ORDER BY seq"
-    ))
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|f| (f.seq, f.fields)).collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct Found {
-    seq: i64,
-    #[sqlx(flatten)]
-    fields: Fields,
 }
 
 /// Verifies that audit queries find each record of an intact chain by its own fields (the

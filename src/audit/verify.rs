@@ -3,20 +3,16 @@
 //! everything else the database holds (changes, approvals, break-glass grants, state versions),
 //! each of which must have the record that created it, with contents matching their hashes.
 //!
-//! The checks ([`cross_check`] and those of the chain) are pure; [`database`] reads what they
-//! need and never writes.
+//! The checks ([`cross_check`] and those of the chain) are pure; [`database`] asks a
+//! [`Source`] (the store, read-only) for what they need, and never writes.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use futures_util::TryStreamExt;
-use sha2::{Digest, Sha256};
-use sqlx::AnyPool;
+use std::future::Future;
 
 use super::checkpoint::{self, Checkpoint};
-use super::{read_chain, read_fields, verify_chain, verify_fields, Broken, ChainKey, Outcome};
-use super::{Record, Seal, Stored};
-use crate::store::StoreError;
+use super::{verify_chain, verify_fields, Broken, ChainKey, Fields, Outcome, Record, Seal, Stored};
 
 /// The first problem found in a database, and what it means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,34 +67,62 @@ pub struct Holdings {
     pub versions: Vec<(String, i64, String, bool)>,
 }
 
-/// Verifies the database of the chain `chain` (`server`, or an environment's name; `pool`
-/// opened read-only) under `key`, against `checkpoints` (those of this chain, signed).
-/// Environments' databases are cross-checked against their records too.
-pub async fn database(
+/// What verification reads from one database, read-only. The store reads it; verification
+/// only judges what it is handed.
+pub trait Source {
+    type Error: fmt::Display;
+
+    /// The whole chain, oldest first, and its stored head.
+    fn chain(&self) -> impl Future<Output = Result<Chain, Self::Error>> + Send;
+
+    /// The chain's seal, if it has one; [`Outdated`] when the database was never brought up to
+    /// a version that keeps seals.
+    fn seal(
+        &self,
+    ) -> impl Future<Output = Result<Result<Option<Seal>, Outdated>, Self::Error>> + Send;
+
+    /// Each record's fields, oldest first, as audit queries find them.
+    fn fields(&self) -> impl Future<Output = Result<Vec<(i64, Fields)>, Self::Error>> + Send;
+
+    /// What an environment's database holds besides its chain.
+    fn holdings(&self) -> impl Future<Output = Result<Holdings, Self::Error>> + Send;
+
+    /// The SHA-256 (hex) of a stored version's content, as it reads back now.
+    fn content_sha256(
+        &self,
+        state: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+}
+
+/// A whole chain, oldest first, and its stored head (position and MAC), if it has one.
+pub type Chain = (Vec<Stored>, Option<(i64, String)>);
+
+/// A database not brought up to date by this version of bulkhead.
+#[derive(Debug)]
+pub struct Outdated;
+
+/// Verifies the database of the chain `chain` (`server`, or an environment's name) under
+/// `key`, against `checkpoints` (those of this chain, signed). Environments' databases are
+/// cross-checked against their records too.
+pub async fn database<S: Source>(
     chain: &str,
-    pool: &AnyPool,
+    db: &S,
     key: &ChainKey,
     checkpoints: &[Checkpoint],
     environment: bool,
-) -> Result<Report, StoreError> {
-    let (rows, head) = read_chain(pool).await?;
+) -> Result<Report, S::Error> {
+    let (rows, head) = db.chain().await?;
     let mut report = Report {
         records: rows.len(),
         checkpoints: checkpoints.len(),
         outcome: Ok(()),
     };
-    let seal = {
-        let conn = &mut *pool.acquire().await?;
-        match super::read_seal(conn).await {
-            Ok(seal) => seal,
-            Err(StoreError::Database(sqlx::Error::Database(_))) => {
-                report.outcome = Err(problem(
-                    "this database was not brought up to date by this version of bulkhead: start `bulkhead serve` once, then verify again",
-                ));
-                return Ok(report);
-            }
-            Err(e) => return Err(e),
-        }
+    let Ok(seal) = db.seal().await? else {
+        report.outcome = Err(problem(
+            "this database was not brought up to date by this version of bulkhead: start `bulkhead serve` once, then verify again",
+        ));
+        return Ok(report);
     };
     if let Err(broken) = verify_chain(key, &rows, head, seal.as_ref()) {
         report.outcome = Err(broken.into());
@@ -108,51 +132,22 @@ pub async fn database(
         report.outcome = Err(broken.into());
         return Ok(report);
     }
-    let found = read_fields(pool).await?;
+    let found = db.fields().await?;
     if let Err(broken) = verify_fields(&rows, &found) {
         report.outcome = Err(broken.into());
         return Ok(report);
     }
     if environment {
-        let holdings = holdings(pool).await?;
+        let holdings = db.holdings().await?;
         if let Err(p) = cross_check(chain, &rows, seal.as_ref(), &holdings) {
             report.outcome = Err(p);
             return Ok(report);
         }
-        if let Err(p) = contents(chain, pool, &holdings.versions).await? {
+        if let Err(p) = contents(chain, db, &holdings.versions).await? {
             report.outcome = Err(p);
         }
     }
     Ok(report)
-}
-
-/// Reads what [`cross_check`] compares with the records.
-async fn holdings(pool: &AnyPool) -> Result<Holdings, StoreError> {
-    let changes: Vec<(i64,)> = sqlx::query_as("SELECT number FROM changes ORDER BY number")
-        .fetch_all(pool)
-        .await?;
-    let approvals = sqlx::query_as(
-        "SELECT change_number, approver FROM approvals ORDER BY change_number, approver",
-    )
-    .fetch_all(pool)
-    .await?;
-    let breakglass: Vec<(i64,)> = sqlx::query_as("SELECT number FROM breakglass ORDER BY number")
-        .fetch_all(pool)
-        .await?;
-    let versions: Vec<(String, i64, String, i64)> = sqlx::query_as(
-        "SELECT state, version, sha256, deleted FROM versions ORDER BY state, version",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(Holdings {
-        changes: changes.into_iter().map(|(n,)| n).collect(),
-        approvals,
-        breakglass: breakglass.into_iter().map(|(n,)| n).collect(),
-        versions: versions
-            .into_iter()
-            .map(|(s, v, sha, deleted)| (s, v, sha, deleted != 0))
-            .collect(),
-    })
 }
 
 /// The number at the end of an id such as `prod-12` or `prod-bg3` of environment `env`.
@@ -259,38 +254,17 @@ pub fn cross_check(
     Ok(())
 }
 
-/// Checks each version's content against its stored SHA-256, reading one chunk at a time.
-async fn contents(
+/// Checks each version's content against its stored SHA-256.
+async fn contents<S: Source>(
     environment: &str,
-    pool: &AnyPool,
+    db: &S,
     versions: &[(String, i64, String, bool)],
-) -> Result<Result<(), Problem>, StoreError> {
+) -> Result<Result<(), Problem>, S::Error> {
     for (state, version, sha256, deleted) in versions {
         if *deleted {
             continue;
         }
-        let mut h = Sha256::new();
-        let legacy: Option<(Option<Vec<u8>>,)> =
-            sqlx::query_as("SELECT content FROM versions WHERE state = $1 AND version = $2")
-                .bind(state)
-                .bind(version)
-                .fetch_optional(pool)
-                .await?;
-        match legacy {
-            Some((Some(content),)) => h.update(&content),
-            _ => {
-                let mut chunks = sqlx::query_as::<_, (Vec<u8>,)>(
-                    "SELECT data FROM content_chunks WHERE state = $1 AND version = $2 ORDER BY seq",
-                )
-                .bind(state)
-                .bind(version)
-                .fetch(pool);
-                while let Some((data,)) = chunks.try_next().await? {
-                    h.update(&data);
-                }
-            }
-        }
-        if hex::encode(h.finalize()) != *sha256 {
+        if db.content_sha256(state, *version).await? != *sha256 {
             return Ok(Err(problem(format!(
                 "the content of version {version} of state {state} in environment {environment} does not match its SHA-256: it was edited in the database"
             ))));

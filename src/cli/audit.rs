@@ -181,7 +181,8 @@ impl LogArgs {
                 continue;
             }
             // Up to the newest record now; the next look starts after it, matched or not.
-            let newest = audit::newest_position(db.pool())
+            let newest = db
+                .newest_position()
                 .await
                 .context("cannot read the audit log")?;
             let chain_filter = audit::Filter {
@@ -190,7 +191,8 @@ impl LogArgs {
                 ..filter.clone()
             };
             read.insert(chain.clone(), newest);
-            let rows = audit::query(db.pool(), &chain_filter)
+            let rows = db
+                .query(&chain_filter)
                 .await
                 .context("cannot read the audit log")?;
             for row in rows {
@@ -278,10 +280,10 @@ impl VerifyArgs {
         for db in store::open_read_only(&config).await {
             let chain = db.chain;
             let checkpoints = found.chains.get(&chain).map_or(&[][..], Vec::as_slice);
-            let read = match &db.pool {
-                Ok(pool) => verify::database(
+            let read = match &db.database {
+                Ok(database) => verify::database(
                     &chain,
-                    pool,
+                    database,
                     &key.chain(&chain),
                     checkpoints,
                     db.environment,
@@ -313,14 +315,14 @@ impl VerifyArgs {
                             "chain": chain, "intact": false, "unreadable": true, "problem": e,
                         })),
                     }
-                    if let Ok(pool) = db.pool {
-                        pool.close().await;
+                    if let Ok(database) = db.database {
+                        database.close().await;
                     }
                     continue;
                 }
             };
-            if let Ok(pool) = db.pool {
-                pool.close().await;
+            if let Ok(database) = db.database {
+                database.close().await;
             }
             let mut outcome = verified.outcome;
             if let (Ok(()), Some(bad)) = (&outcome, found.bad.get(&chain).and_then(|b| b.first())) {

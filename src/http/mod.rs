@@ -159,7 +159,7 @@ async fn check(app: &App) -> Health {
         })
         .collect();
     for (name, db) in app.stores.chains() {
-        if let Err(e) = sqlx::query("SELECT 1").execute(db.pool()).await {
+        if let Err(e) = db.ping().await {
             tracing::error!(database = %name, error = %e, "health check failed");
             unavailable.push(Unhealthy {
                 reason: format!("the database of {name} does not answer"),

@@ -27,12 +27,10 @@ pub struct EnvStore {
 }
 
 /// Each state's newest version lately read, with its content when that fits in one chunk, and
-/// the epoch it was read in ([`super::group_commit`]). Versions never change, so a content
-/// read once, and found to match its SHA-256 then, can be served again from memory without
-/// hashing it again; and while the epoch lasts, the version is
-/// still the newest, which the read's record proves when it commits
-/// ([`EnvStore::append_read`]). At most [`RECENT_CONTENTS_MAX`] bytes in all; past that,
-/// everything is dropped and refilled.
+/// the epoch it was read in (see [`super::Serialized`] for why that makes it still the newest
+/// while the epoch lasts). Versions never change, so a content read once, and found to match
+/// its SHA-256 then, can be served again from memory without hashing it again. At most
+/// [`RECENT_CONTENTS_MAX`] bytes in all; past that, everything is dropped and refilled.
 #[derive(Default)]
 pub(super) struct RecentContents {
     kept: std::sync::Mutex<Kept>,

@@ -1,14 +1,7 @@
 //! Group commit of audit records that are written alone (reads, refusals): the records that
 //! arrive together are appended in one statement and one commit, and each request is answered
-//! once its own record is committed.
-//!
-//! Between commits this server remembers the chain's head, so an append needs no read of it;
-//! the primary key refuses an append after a head that is no longer the newest. While the head
-//! stays known, every append to the chain was one of these group commits: nothing else was
-//! written, because every write (here or in another process) appends its record in its own
-//! transaction. That is what lets a read be answered from memory: its record is committed
-//! only if nothing was written since what it read was read ([`Epoch`]), and refused as stale
-//! otherwise, before anything of it is stored.
+//! once its own record is committed. The remembered head and the epochs it makes possible are
+//! part of the store's concurrency model, stated on [`super::Serialized`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,8 +9,8 @@ use std::sync::Arc;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::oneshot;
 
-use super::{lock_ignoring_poison, take_writer_lock, Chain, Connections, Kind, StoreError};
-use crate::audit::{self, Record};
+use super::{audit, lock_ignoring_poison, take_writer_lock, Chain, Connections, Kind, StoreError};
+use crate::audit::{index_due, Head, Record};
 
 /// A span of time in which nothing was written to a database but this server's group commits
 /// of records: it ends when a write transaction begins here, and when an append finds the
@@ -40,7 +33,7 @@ pub(super) struct GroupCommit {
 #[derive(Default)]
 struct Known {
     /// The head after this server's last group commit, while nothing else may have appended.
-    head: Option<audit::Head>,
+    head: Option<Head>,
     epoch: Epoch,
 }
 
@@ -191,7 +184,7 @@ impl GroupCommit {
             }
         }
         let index_due = match &outcome {
-            Ok(Some(new_head)) => audit::index_due(new_head.seq - batch.len() as i64, new_head.seq),
+            Ok(Some(new_head)) => index_due(new_head.seq - batch.len() as i64, new_head.seq),
             _ => false,
         };
         answer(batch, outcome.map(|_| true));
@@ -288,11 +281,7 @@ fn answer(batch: Vec<Queued>, outcome: Result<bool, Failure>) {
 /// transaction from interleaving with it, and the primary key refuses it if the chain grew
 /// meanwhile. Otherwise it is a serialized transaction, so that it cannot slip between another
 /// writer's read of the head and its append.
-async fn commit(
-    target: &Target,
-    head: Option<&audit::Head>,
-    batch: &[Queued],
-) -> Result<audit::Head, Failure> {
+async fn commit(target: &Target, head: Option<&Head>, batch: &[Queued]) -> Result<Head, Failure> {
     let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
     let chain_key = &target.chain.key;
     if let (Some(appender), Some(head)) = (&target.connections.appender, head) {

@@ -8,17 +8,15 @@
 //! decides nothing: callers check permissions and write rules before they write.
 //!
 //! Both database kinds run the same SQL through sqlx's `Any` driver (`$N` placeholders, which
-//! SQLite accepts too); each kind has its own migrations, and [`Serialized`] makes writes to
-//! one environment happen one at a time on either: `BEGIN IMMEDIATE` on SQLite, a transaction
-//! advisory lock on PostgreSQL, so several server instances on one PostgreSQL stay linear.
-//! One statement runs elsewhere: on SQLite, the INSERT of a group commit of audit records runs
-//! on the calling thread, through rusqlite (`sqlite_appender`).
+//! SQLite accepts too); each kind has its own migrations. How writes to one database happen
+//! one at a time, and why reads may be answered from memory, is stated once, on [`Serialized`].
 //!
 //! Each database's audit chain is keyed with a key of its own, derived from the audit key
 //! ([`crate::audit::key`]), and readied when the database is opened: the unkeyed part of a chain
 //! from before is sealed, and a chain whose newest record does not match the key stops the
 //! server. Appends tell the chain's checkpoint writer the new head, in memory.
 
+pub mod audit;
 pub mod changes;
 pub mod environment;
 mod group_commit;
@@ -37,8 +35,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
-use crate::audit::{self, AuditKey, ChainKey, ChainProblem, Head, Record};
+use crate::audit::{AuditKey, ChainKey, ChainProblem, Head, Record};
 use crate::config::{AuditSync, Config, Environment};
+pub use audit::ChainReader;
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
 use group_commit::GroupCommit;
@@ -95,7 +94,7 @@ pub enum StoreError {
     #[error("database work stopped before it finished: {0}")]
     Task(String),
     #[error(transparent)]
-    Key(#[from] audit::key::KeyError),
+    Key(#[from] crate::audit::key::KeyError),
     /// An audit chain that cannot be appended to under this key.
     #[error("the audit chain of {location}: {problem}")]
     Chain {
@@ -351,6 +350,7 @@ pub struct Stores {
     environments: HashMap<String, EnvStore>,
     unavailable: HashMap<String, Unavailable>,
     key: AuditKey,
+    clock: crate::time::Clock,
 }
 
 impl Stores {
@@ -391,6 +391,7 @@ impl Stores {
             environments,
             unavailable,
             key,
+            clock: crate::time::Clock::system(),
         })
     }
 
@@ -449,7 +450,7 @@ pub struct ReadOnly {
     /// An environment's database (which holds states and changes besides its chain).
     pub environment: bool,
     /// The database, or why it cannot be read (one that does not exist is not created).
-    pub pool: Result<AnyPool, StoreError>,
+    pub database: Result<ChainReader, StoreError>,
 }
 
 /// Every audit chain's database, the server's first, opened for reading only, as verification
@@ -460,7 +461,7 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     let mut out = vec![ReadOnly {
         chain: SERVER_CHAIN.into(),
         environment: false,
-        pool: open_existing(&system_location(config)).await,
+        database: open_existing(&system_location(config)).await,
     }];
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
     envs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -468,13 +469,13 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
         out.push(ReadOnly {
             chain: env.name.clone(),
             environment: true,
-            pool: open_existing(&environment_location(config, env)).await,
+            database: open_existing(&environment_location(config, env)).await,
         });
     }
     out
 }
 
-async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
+async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
     let name = location.describe();
     let opened = |source| StoreError::Open {
         location: name.clone(),
@@ -540,6 +541,7 @@ async fn open_existing(location: &Location) -> Result<AnyPool, StoreError> {
         })
         .connect_with(options)
         .await
+        .map(|pool| ChainReader { pool })
         .map_err(opened)
 }
 
@@ -658,8 +660,8 @@ async fn open(
     {
         let conn = &mut *pool.acquire().await?;
         match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
-            Ok(audit::Opened::Intact) => {}
-            Ok(audit::Opened::Sealed(n)) => tracing::info!(
+            Ok(crate::audit::Opened::Intact) => {}
+            Ok(crate::audit::Opened::Sealed(n)) => tracing::info!(
                 chain = %chain.name,
                 records = n,
                 "verified and sealed the audit records written before records were keyed"
@@ -735,10 +737,10 @@ impl Chain {
             key: key.chain(name),
             location: String::new(),
             full: std::sync::atomic::AtomicBool::new(false),
-            checkpointed: audit::checkpoint::file(checkpoint_dir, name).exists(),
+            checkpointed: crate::audit::checkpoint::file(checkpoint_dir, name).exists(),
             head: tokio::sync::watch::Sender::new(Head {
                 seq: 0,
-                hash: audit::GENESIS.to_string(),
+                hash: crate::audit::GENESIS.to_string(),
             }),
         }
     }
@@ -878,14 +880,35 @@ fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// A database whose writes run one at a time.
+/// One database, and the rule that keeps what this server remembers of it true: **every write
+/// goes through the writer lock**. This struct is the only way to a connection (its pool and
+/// its transactions' connections are private to the store), so the rule cannot be bypassed.
 ///
-/// On SQLite each write transaction starts with `BEGIN IMMEDIATE` (so it cannot fail half-way
-/// on a lock upgrade when another process, such as the CLI, writes too). On PostgreSQL it
-/// takes a transaction-scoped advisory lock named after the schema, so writers on every
-/// server instance sharing the database queue on it: a lock check and the grant that follows
-/// it cannot interleave with another instance's. Either way an in-process mutex makes this
-/// server's own writers queue fairly instead of spinning.
+/// - **The writer lock.** A write transaction ([`Serialized::begin`]) first takes `writer`, an
+///   in-process mutex (so this server's writers queue fairly instead of spinning), then the
+///   database's own: `BEGIN IMMEDIATE` on SQLite (so it cannot fail half-way on a lock upgrade
+///   when another process, such as the CLI, writes too), a transaction advisory lock named
+///   after the schema on PostgreSQL (so writers on every server instance sharing the database
+///   queue on it, and a lock check and the grant that follows it cannot interleave with
+///   another instance's).
+/// - **Group commit.** An audit record written alone (a read, a refusal) is queued; whoever
+///   gets the writer lock next appends everything queued by then in one statement and one
+///   commit ([`group_commit`]), in a task of its own (so a request that goes away cannot cut a
+///   commit short), and answers every waiter before it lets the lock go. Between commits the
+///   chain's head is remembered, so an append needs no read of it; the primary key refuses an
+///   append after a head that is no longer the newest.
+/// - **Reads answered from memory.** While the head stays known, nothing was written to the
+///   database but these group commits, since every other write (here or in another process)
+///   appends its record in its own transaction. That span is an [`Epoch`]: it ends when a
+///   write transaction begins here, and when an append finds the chain grown by someone else.
+///   A state's newest version read in an epoch is still the newest while the epoch lasts, so
+///   a read may be answered from memory, and its record commits only in that epoch
+///   ([`EnvStore::append_read`]): refused as stale otherwise, before anything of it is stored.
+///   This holds only because every write goes through the writer lock.
+///
+/// Reads other than those run on the pool beside the writer. On SQLite with
+/// `audit_sync = "writes"`, the INSERT of a group commit runs on the calling thread, through
+/// rusqlite ([`sqlite_appender`]), still under the writer lock.
 pub struct Serialized {
     pool: AnyPool,
     connections: Arc<Connections>,
@@ -959,10 +982,6 @@ impl Serialized {
 
     /// [`Serialized::append_record`], but with `only_in`, only if nothing was written to this
     /// database since that epoch began: `Ok(false)` (and nothing stored) otherwise.
-    ///
-    /// Whoever gets the writer lock commits everything queued by then, in a task of its own
-    /// (so a request that goes away cannot cut a commit short), and answers every waiter
-    /// before it lets the lock go; so a waiter that gets the lock later finds its answer ready.
     pub(super) async fn append_record_in(
         &self,
         record: &Record,
@@ -1030,8 +1049,15 @@ impl Serialized {
         self.commits.epoch()
     }
 
-    pub fn pool(&self) -> &AnyPool {
+    /// For reads: they may run beside the writer, never a write.
+    fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// The connection for the reads every request makes.
@@ -1048,8 +1074,7 @@ fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A write transaction, serialized as [`Serialized`] describes (the caller holds the writer
-/// lock).
+/// A write transaction, serialized as [`Serialized`] describes (the caller holds `writer`).
 async fn begin(
     pool: &AnyPool,
     kind: Kind,
@@ -1143,7 +1168,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use super::{lock_ignoring_poison, StoreError};
-use crate::audit::{self, ChainKey, Head, Record};
+use super::{audit, lock_ignoring_poison, StoreError};
+use crate::audit::{chain_rows, ChainKey, Head, Record};
 
 pub(super) struct SqliteAppender {
     conn: std::sync::Mutex<Connection>,
@@ -58,7 +58,8 @@ impl SqliteAppender {
         head: &Head,
         records: &[&Record],
     ) -> Result<Head, StoreError> {
-        let (rows, new_head) = audit::chain_rows(key, head, records)?;
+        let (rows, new_head) =
+            chain_rows(key, head, records).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if rows.is_empty() {
             return Ok(new_head);
         }

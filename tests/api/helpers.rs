@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use bulkhead::audit::{self, Record};
+use bulkhead::audit::Record;
 use bulkhead::config::Config;
 use bulkhead::http::App;
 use bulkhead::identity::{token, Principal};
@@ -334,7 +334,11 @@ impl TestApp {
 
     /// The audit records of an environment's chain (`None`: the server's chain).
     pub async fn audit(&self, env: Option<&str>) -> Vec<Record> {
-        let (rows, _) = audit::read_chain(self.app.stores.audit_store(env).pool())
+        let (rows, _) = self
+            .app
+            .stores
+            .audit_store(env)
+            .read_chain()
             .await
             .expect("audit chain");
         rows.iter()
