@@ -10,7 +10,6 @@ use http_body_util::BodyExt;
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
 use crate::identity::{self, Caller};
-use crate::store::Tx;
 
 /// A successful answer, and whether its audit record was already committed with its effect.
 pub struct Reply {
@@ -75,22 +74,6 @@ pub async fn authenticate(
     Ok(caller)
 }
 
-/// Records the request as allowed inside `tx` and commits both; the record failing to write
-/// rolls the effect back.
-pub async fn commit_with_record(
-    mut tx: Tx<'_>,
-    record: &mut Record,
-    status: StatusCode,
-) -> Result<(), ApiError> {
-    record.decision = Outcome::Allow;
-    record.status = Some(status.as_u16());
-    if let Err(e) = tx.append_record(record).await {
-        return Err(ApiError::audit_unwritable(e));
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 /// Records the outcome (unless the effect's transaction already did) and answers.
 pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiError>) -> Response {
     let (response, audited) = match result {
@@ -125,7 +108,7 @@ pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiErro
     let response = if audited {
         response
     } else {
-        match super::record(app, &record).await {
+        match app.record(&record).await {
             Ok(()) => response,
             Err(e) => ApiError::audit_unwritable(e).into_response(),
         }
