@@ -7,16 +7,15 @@
 //! resources created and its state in `errored.tfstate`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::http::{Method, StatusCode, Uri};
 
-use super::audited::{authenticate, finish, read_body, Reply};
+use super::audited::{read_body, Reply};
 use super::raw::Raw;
+use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
 use crate::operations::{delete, lock, read, unlock, write, StateRequest};
@@ -26,62 +25,60 @@ use crate::store::environment::ContentStream;
 /// Lock bodies are small; anything bigger is not terraform talking.
 const LOCK_BODY_LIMIT: u64 = 64 * 1024;
 
-/// `/v1/state/{env}/{*name}`: every method of the protocol.
-pub async fn state(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
-    let mut record = raw.record(action_of(&raw.method));
-    let result = async {
+/// The address of a state: `/v1/state/{env}/{*name}`.
+pub struct StateAddress {
+    env: String,
+    name: String,
+}
+
+impl Route for StateAddress {
+    fn action(raw: &Raw) -> &'static str {
+        action_of(&raw.method)
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
         let (env, name) = (raw.param("env")?, raw.param("name")?);
         record.environment = Some(env.clone());
         record.state = Some(name.clone());
-        let request = Incoming {
-            peer: raw.peer()?,
-            env,
-            name,
-            method: raw.method,
-            uri: raw.uri,
-            headers: raw.headers,
-            body,
-        };
-        handle(&app, &mut record, request).await
+        Ok(StateAddress { env, name })
     }
-    .await;
-    finish(&app, record, result).await
 }
 
-/// `/v1/state/{env}` and `/v1/state/{env}/`: a state address without a name.
-pub async fn nameless(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut record = raw.record(action_of(&raw.method));
-    let result = async {
+/// `/v1/state/{env}` and `/v1/state/{env}/`: an environment's address, naming no state.
+pub struct EnvAddress;
+
+impl Route for EnvAddress {
+    fn action(raw: &Raw) -> &'static str {
+        action_of(&raw.method)
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
         record.environment = Some(raw.param("env")?);
-        authenticate(&app, &mut record, &raw.headers).await?;
-        Err::<Reply, _>(ApiError::BadRequest(
-            "the address names no state: use /v1/state/ENVIRONMENT/NAME".into(),
-        ))
+        Ok(EnvAddress)
     }
-    .await;
-    finish(&app, record, result).await
 }
 
-struct Incoming {
-    peer: SocketAddr,
-    env: String,
-    name: String,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// `/v1/state/{env}/{*name}`: every method of the protocol.
+pub async fn state(
+    State(app): State<Arc<App>>,
+    Begin(address): Begin<StateAddress>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
     body: Body,
-}
-
-async fn handle(app: &Arc<App>, record: &mut Record, req: Incoming) -> Result<Reply, ApiError> {
-    let caller = authenticate(app, record, &req.headers).await?;
-    let mut call = StateRequest::new(app, caller, &req.env, &req.name, req.peer.ip(), None)?;
-    let mut query = parameters(&req.uri)?;
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let mut call = StateRequest::new(&app, caller, &address.env, &address.name, peer.ip(), None)?;
+    let mut query = parameters(&raw.uri)?;
     call.change = query.remove("change");
-    match req.method.as_str() {
-        "GET" => get(&call, record, app).await,
+    let headers = &raw.headers;
+    match raw.method.as_str() {
+        "GET" => get(&call, record, &app).await,
         "POST" | "PUT" => {
             let writing = write::prepare(&call, record, query.remove("ID")).await?;
-            let bytes = read_body(&req.headers, req.body, writing.limit()).await?;
+            let bytes = read_body(headers, body, writing.limit()).await?;
             writing.write(record, &bytes).await?;
             Ok(Reply::done())
         }
@@ -90,12 +87,12 @@ async fn handle(app: &Arc<App>, record: &mut Record, req: Incoming) -> Result<Re
             Ok(Reply::done())
         }
         "LOCK" => {
-            let body = read_body(&req.headers, req.body, LOCK_BODY_LIMIT).await?;
+            let body = read_body(headers, body, LOCK_BODY_LIMIT).await?;
             lock::lock(&call, record, &body).await?;
             Ok(Reply::ok(body))
         }
         "UNLOCK" => {
-            let body = read_body(&req.headers, req.body, LOCK_BODY_LIMIT).await?;
+            let body = read_body(headers, body, LOCK_BODY_LIMIT).await?;
             unlock::unlock(&call, record, &body).await?;
             Ok(Reply::done())
         }
@@ -103,6 +100,13 @@ async fn handle(app: &Arc<App>, record: &mut Record, req: Incoming) -> Result<Re
             "{other} is not part of the state protocol: use GET, POST, DELETE, LOCK or UNLOCK"
         ))),
     }
+}
+
+/// `/v1/state/{env}` and `/v1/state/{env}/`: a state address without a name.
+pub async fn nameless(_: Begin<EnvAddress>, _: Caller) -> Result<Reply, ApiError> {
+    Err(ApiError::BadRequest(
+        "the address names no state: use /v1/state/ENVIRONMENT/NAME".into(),
+    ))
 }
 
 /// The query of a state request. `change` and `ID` decide what a request may do: named twice,

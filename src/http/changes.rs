@@ -9,22 +9,27 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{authenticate, finish, read_body, read_limited, Reply};
+use super::audited::{read_body, read_limited, Reply};
 use super::raw::Raw;
+use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
+use crate::audit::Record;
 use crate::changes::{Resolution, Status};
 use crate::operations::propose::{self, Proposal};
 use crate::operations::{breakglass, decide, read};
 use crate::policy::Action;
 
-/// `POST /v1/changes?environment=&state=[&title=&branch=&commit=]` with the plan JSON as body.
-pub async fn create(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
-    let mut record = raw.record(Action::ChangeCreate.as_str());
-    let result = async {
-        let headers = &raw.headers;
+/// A proposal as it arrives; its query is refused only once the caller is known.
+pub struct Proposed(Result<Proposal, ApiError>);
+
+impl Route for Proposed {
+    fn action(_: &Raw) -> &'static str {
+        Action::ChangeCreate.as_str()
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
         let params = raw.query::<Proposal>(
             "POST /v1/changes takes ?environment=ENV&state=NAME, optionally &title=, &branch= and &commit=",
         );
@@ -32,15 +37,26 @@ pub async fn create(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Respon
             record.environment = Some(params.environment.clone());
             record.state = Some(params.state.clone());
         }
-        let caller = authenticate(&app, &mut record, headers).await?;
-        let peer = raw.peer()?;
-        let proposing = propose::check(&app, &caller, peer.ip(), &mut record, params?)?;
-        let bytes = read_limited(headers, body, proposing.limit(), "max_plan_size").await?;
-        let change = proposing.propose(&caller, &mut record, bytes).await?;
-        Reply::json(StatusCode::CREATED, &change, true)
+        Ok(Proposed(params))
     }
-    .await;
-    finish(&app, record, result).await
+}
+
+/// `POST /v1/changes?environment=&state=[&title=&branch=&commit=]` with the plan JSON as body.
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Begin(Proposed(params)): Begin<Proposed>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let proposing = propose::check(&app, &caller, peer.ip(), record, params?)?;
+    let bytes = read_limited(&raw.headers, body, proposing.limit(), "max_plan_size").await?;
+    let change = proposing.propose(&caller, record, bytes).await?;
+    Reply::json(StatusCode::CREATED, &change, true)
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,55 +65,83 @@ pub struct ListParams {
     status: Option<String>,
 }
 
-/// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
-/// every environment the caller may read.
-pub async fn list(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut record = raw.record("change:list");
-    let result = async {
+/// A listing as it arrives; its query is refused only once the caller is known.
+pub struct Listed(Result<ListParams, ApiError>);
+
+impl Route for Listed {
+    fn action(_: &Raw) -> &'static str {
+        "change:list"
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
         let params = raw.query::<ListParams>(
             "GET /v1/changes takes ?environment=ENV and ?status=STATUS, both optional",
         );
         if let Ok(params) = &params {
             record.environment = params.environment.clone();
         }
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let params = params?;
-        let status = match params.status.as_deref() {
-            None => None,
-            Some(s) => Some(Status::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "status `{s}`: use open, applied, rejected or cancelled"
-                ))
-            })?),
-        };
-        let listing = read::changes(
-            &app,
-            &caller,
-            peer.ip(),
-            &mut record,
-            params.environment.as_deref(),
-            status,
-        )
-        .await?;
-        Reply::json(StatusCode::OK, &listing, false)
+        Ok(Listed(params))
     }
-    .await;
-    finish(&app, record, result).await
+}
+
+/// `GET /v1/changes[?environment=&status=]`: the changes, and the open break-glass grants, of
+/// every environment the caller may read.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Begin(Listed(params)): Begin<Listed>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let peer = raw.peer()?;
+    let params = params?;
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status `{s}`: use open, applied, rejected or cancelled"
+            ))
+        })?),
+    };
+    let listing = read::changes(
+        &app,
+        &caller,
+        peer.ip(),
+        &mut record,
+        params.environment.as_deref(),
+        status,
+    )
+    .await?;
+    Reply::json(StatusCode::OK, &listing, false)
 }
 
 /// `GET /v1/changes/{id}`.
-pub async fn show(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut record = raw.record("change:read");
-    let result = async {
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let id = raw.param("id")?;
-        let change = read::change(&app, &caller, peer.ip(), &mut record, &id).await?;
-        Reply::json(StatusCode::OK, &change, false)
+pub struct Shown;
+
+impl Route for Shown {
+    fn action(_: &Raw) -> &'static str {
+        "change:read"
     }
-    .await;
-    finish(&app, record, result).await
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Shown)
+    }
+}
+
+/// `GET /v1/changes/{id}`.
+pub async fn show(
+    State(app): State<Arc<App>>,
+    _: Begin<Shown>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let peer = raw.peer()?;
+    let id = raw.param("id")?;
+    let change = read::change(&app, &caller, peer.ip(), &mut record, &id).await?;
+    Reply::json(StatusCode::OK, &change, false)
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,32 +149,51 @@ pub struct DecideParams {
     reason: Option<String>,
 }
 
-/// `POST /v1/changes/{id}/approve|reject|cancel[?reason=]`.
-pub async fn decide(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    // The verb is the client's text: only the three known ones name an action.
-    let verb = raw.param("verb").unwrap_or_default();
-    let asked = Resolution::parse(&verb).ok_or(verb.as_str());
-    let mut record = raw.record(asked.map_or("change:decide", Resolution::action));
-    let result = async {
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let id = raw.param("id")?;
-        let params: DecideParams =
-            raw.query("POST /v1/changes/ID/approve|reject|cancel takes ?reason=TEXT, optionally")?;
-        let change = decide::decide(
-            &app,
-            &caller,
-            peer.ip(),
-            &mut record,
-            &id,
-            asked,
-            params.reason.as_deref(),
-        )
-        .await?;
-        Reply::json(StatusCode::OK, &change, true)
+/// A decision as it arrives: what is decided, or the client's text when it is no decision.
+pub struct Decided(Result<Resolution, String>);
+
+impl Decided {
+    fn of(raw: &Raw) -> Result<Resolution, String> {
+        // The verb is the client's text: only the three known ones name an action.
+        let verb = raw.param("verb").unwrap_or_default();
+        Resolution::parse(&verb).ok_or(verb)
     }
-    .await;
-    finish(&app, record, result).await
+}
+
+impl Route for Decided {
+    fn action(raw: &Raw) -> &'static str {
+        Decided::of(raw).map_or("change:decide", Resolution::action)
+    }
+
+    fn read(raw: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Decided(Decided::of(raw)))
+    }
+}
+
+/// `POST /v1/changes/{id}/approve|reject|cancel[?reason=]`.
+pub async fn decide(
+    State(app): State<Arc<App>>,
+    Begin(Decided(asked)): Begin<Decided>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let peer = raw.peer()?;
+    let id = raw.param("id")?;
+    let params: DecideParams =
+        raw.query("POST /v1/changes/ID/approve|reject|cancel takes ?reason=TEXT, optionally")?;
+    let change = decide::decide(
+        &app,
+        &caller,
+        peer.ip(),
+        &mut record,
+        &id,
+        asked.as_ref().copied().map_err(String::as_str),
+        params.reason.as_deref(),
+    )
+    .await?;
+    Reply::json(StatusCode::OK, &change, true)
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,43 +202,71 @@ pub struct BreakglassParams {
     ttl: Option<String>,
 }
 
-/// `POST /v1/breakglass?environment=&ttl=` with `{"reason": "..."}`: time-boxed write without
-/// a change request, loudly recorded.
-pub async fn open_breakglass(State(app): State<Arc<App>>, raw: Raw, body: Body) -> Response {
-    let mut record = raw.record(Action::BreakglassOpen.as_str());
-    let result = async {
-        let headers = &raw.headers;
+/// An opening as it arrives; its query is refused only once the caller is known.
+pub struct Opened(Result<BreakglassParams, ApiError>);
+
+impl Route for Opened {
+    fn action(_: &Raw) -> &'static str {
+        Action::BreakglassOpen.as_str()
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
         let params = raw.query::<BreakglassParams>(
             "POST /v1/breakglass takes ?environment=ENV, and ?ttl=DURATION optionally",
         );
         if let Ok(params) = &params {
             record.environment = Some(params.environment.clone());
         }
-        let caller = authenticate(&app, &mut record, headers).await?;
-        let peer = raw.peer()?;
-        let params = params?;
-        let opening =
-            breakglass::check(&app, &caller, peer.ip(), &mut record, &params.environment)?;
-        let bytes = read_body(headers, body, opening.limit()).await?;
-        let opened = opening
-            .open(&caller, &mut record, &bytes, params.ttl.as_deref())
-            .await?;
-        Reply::json(StatusCode::CREATED, &opened, true)
+        Ok(Opened(params))
     }
-    .await;
-    finish(&app, record, result).await
+}
+
+/// `POST /v1/breakglass?environment=&ttl=` with `{"reason": "..."}`: time-boxed write without
+/// a change request, loudly recorded.
+pub async fn open_breakglass(
+    State(app): State<Arc<App>>,
+    Begin(Opened(params)): Begin<Opened>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let params = params?;
+    let opening = breakglass::check(&app, &caller, peer.ip(), record, &params.environment)?;
+    let bytes = read_body(&raw.headers, body, opening.limit()).await?;
+    let opened = opening
+        .open(&caller, record, &bytes, params.ttl.as_deref())
+        .await?;
+    Reply::json(StatusCode::CREATED, &opened, true)
+}
+
+/// `POST /v1/breakglass/{id}/close`.
+pub struct Closed;
+
+impl Route for Closed {
+    fn action(_: &Raw) -> &'static str {
+        "breakglass:close"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Closed)
+    }
 }
 
 /// `POST /v1/breakglass/{id}/close`: ends a grant early (its opener, or whoever may open one).
-pub async fn close_breakglass(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut record = raw.record("breakglass:close");
-    let result = async {
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let id = raw.param("id")?;
-        breakglass::close(&app, &caller, peer.ip(), &mut record, &id).await?;
-        Ok(Reply::done())
-    }
-    .await;
-    finish(&app, record, result).await
+pub async fn close_breakglass(
+    State(app): State<Arc<App>>,
+    _: Begin<Closed>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let peer = raw.peer()?;
+    let id = raw.param("id")?;
+    breakglass::close(&app, &caller, peer.ip(), &mut record, &id).await?;
+    Ok(Reply::done())
 }

@@ -144,6 +144,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let told = self.told();
         let mut response = match &self {
             ApiError::Locked(info) => (
                 status,
@@ -176,6 +177,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        response.extensions_mut().insert(told);
         response
     }
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
 use serde::Deserialize;
 
-use super::audited::{authenticate, finish, Reply};
+use super::audited::Reply;
 use super::raw::Raw;
+use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
+use crate::audit::Record;
 use crate::operations::read::{self, Answer, Past};
 use crate::operations::{rollback, StateRequest};
 use crate::policy::Action;
@@ -30,66 +31,111 @@ pub struct HistoryParams {
     change: Option<String>,
 }
 
-/// `GET /v1/history/{env}/{name}[?version=N | ?from=A&to=B]`, `POST ...?rollback_to=N[&change=ID]`.
-pub async fn history(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let params = raw.query::<HistoryParams>(
-        "GET takes ?version=N or ?from=A&to=B, POST takes ?rollback_to=N and optionally &change=ID",
-    );
-    let method = raw.method.clone();
-    let past = match &params {
-        Ok(p) => match (p.version, p.from, p.to) {
-            (Some(n), _, _) => Past::Version(n),
-            (None, None, None) => Past::Versions,
-            (None, from, to) => Past::Diff { from, to },
-        },
-        Err(_) => Past::Versions,
-    };
-    let action = match method {
-        Method::POST => Action::StateRollback.as_str(),
-        _ => past.action(),
-    };
-    let mut record = raw.record(action);
-    let result = async {
+/// A history request as it arrives: what it asks for, and of which state.
+pub struct HistoryAsk {
+    past: Past,
+    env: String,
+    name: String,
+    /// Refused only once the caller is known.
+    params: Result<HistoryParams, ApiError>,
+}
+
+impl HistoryAsk {
+    fn params(raw: &Raw) -> Result<HistoryParams, ApiError> {
+        raw.query::<HistoryParams>(
+            "GET takes ?version=N or ?from=A&to=B, POST takes ?rollback_to=N and optionally &change=ID",
+        )
+    }
+
+    fn past(params: &Result<HistoryParams, ApiError>) -> Past {
+        match params {
+            Ok(p) => match (p.version, p.from, p.to) {
+                (Some(n), _, _) => Past::Version(n),
+                (None, None, None) => Past::Versions,
+                (None, from, to) => Past::Diff { from, to },
+            },
+            Err(_) => Past::Versions,
+        }
+    }
+}
+
+impl Route for HistoryAsk {
+    fn action(raw: &Raw) -> &'static str {
+        match raw.method {
+            Method::POST => Action::StateRollback.as_str(),
+            _ => HistoryAsk::past(&HistoryAsk::params(raw)).action(),
+        }
+    }
+
+    fn read(raw: &Raw, record: &mut Record) -> Result<Self, ApiError> {
+        let params = HistoryAsk::params(raw);
         let (env, name) = (raw.param("env")?, raw.param("name")?);
         record.environment = Some(env.clone());
         record.state = Some(name.clone());
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let params = params?;
-        let call = StateRequest::new(&app, caller, &env, &name, peer.ip(), params.change.clone())?;
-        if method == Method::POST {
-            let to = params
-                .rollback_to
-                .ok_or_else(|| ApiError::BadRequest("POST needs ?rollback_to=VERSION".into()))?;
-            let done = rollback::rollback(&call, &mut record, to).await?;
-            return Reply::json(
-                StatusCode::OK,
-                &serde_json::json!({ "version": done.version, "rolled_back_to": done.to, "serial": done.serial }),
-                true,
-            );
-        }
-        match read::past(&call, &mut record, past).await? {
-            Answer::Content(content) => Ok(Reply {
-                audited: false,
-                ..Reply::ok(content)
-            }),
-            Answer::Diff(diff) => Reply::json(StatusCode::OK, &diff, false),
-            Answer::Versions(entries) => Reply::json(StatusCode::OK, &entries, false),
-        }
+        Ok(HistoryAsk {
+            past: HistoryAsk::past(&params),
+            env,
+            name,
+            params,
+        })
     }
-    .await;
-    finish(&app, record, result).await
+}
+
+/// `GET /v1/history/{env}/{name}[?version=N | ?from=A&to=B]`, `POST ...?rollback_to=N[&change=ID]`.
+pub async fn history(
+    State(app): State<Arc<App>>,
+    Begin(ask): Begin<HistoryAsk>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let params = ask.params?;
+    let call = StateRequest::new(&app, caller, &ask.env, &ask.name, peer.ip(), params.change)?;
+    if raw.method == Method::POST {
+        let to = params
+            .rollback_to
+            .ok_or_else(|| ApiError::BadRequest("POST needs ?rollback_to=VERSION".into()))?;
+        let done = rollback::rollback(&call, record, to).await?;
+        return Reply::json(
+            StatusCode::OK,
+            &serde_json::json!({ "version": done.version, "rolled_back_to": done.to, "serial": done.serial }),
+            true,
+        );
+    }
+    match read::past(&call, record, ask.past).await? {
+        Answer::Content(content) => Ok(Reply {
+            audited: false,
+            ..Reply::ok(content)
+        }),
+        Answer::Diff(diff) => Reply::json(StatusCode::OK, &diff, false),
+        Answer::Versions(entries) => Reply::json(StatusCode::OK, &entries, false),
+    }
+}
+
+/// `GET /v1/status`.
+pub struct StatusAsk;
+
+impl Route for StatusAsk {
+    fn action(_: &Raw) -> &'static str {
+        "status:read"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(StatusAsk)
+    }
 }
 
 /// `GET /v1/status`: every environment the caller may read.
-pub async fn status(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut record = raw.record("status:read");
-    let result = async {
-        let caller = authenticate(&app, &mut record, &raw.headers).await?;
-        let peer = raw.peer()?;
-        let out = read::status(&app, &caller, peer.ip()).await?;
-        Reply::json(StatusCode::OK, &out, false)
-    }
-    .await;
-    finish(&app, record, result).await
+pub async fn status(
+    State(app): State<Arc<App>>,
+    _: Begin<StatusAsk>,
+    Caller(caller): Caller,
+    raw: Raw,
+) -> Result<Reply, ApiError> {
+    let peer = raw.peer()?;
+    let out = read::status(&app, &caller, peer.ip()).await?;
+    Reply::json(StatusCode::OK, &out, false)
 }

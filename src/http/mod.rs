@@ -8,6 +8,7 @@ pub mod connections;
 mod error;
 pub mod history;
 mod raw;
+mod record;
 mod unrouted;
 
 use std::future::Future;
@@ -58,6 +59,11 @@ pub fn router(app: Arc<App>) -> Router {
         // After every route: it applies to those registered before it.
         .method_not_allowed_fallback(unrouted::method_not_allowed)
         .fallback(unrouted::not_found)
+        // Around every route and fallback: it writes the audit record a handler opened.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            record::layer,
+        ))
         .with_state(app)
 }
 
