@@ -31,6 +31,8 @@
 //! - [`history`]: what changed between two state versions.
 //! - [`lock`]: terraform's LockInfo, what LOCK/UNLOCK bodies mean, and who holds a lock.
 //! - [`verdict`]: the one decision on whether a request may change a state.
+//! - [`operations`]: what a caller can do (read, write, lock, unlock, delete, roll back,
+//!   propose and decide on changes, break-glass), one file each, over a store transaction.
 //! - [`store`]: the databases (one per environment, one for the server).
 //! - [`audit`]: the audit log, chained with a keyed MAC (its key outside the databases), its
 //!   signed checkpoints, and the verification of a database against it.
@@ -50,6 +52,7 @@ pub mod history;
 pub mod http;
 pub mod identity;
 pub mod lock;
+pub mod operations;
 pub mod ownership;
 pub mod policy;
 pub mod state;

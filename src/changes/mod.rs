@@ -1,8 +1,11 @@
 //! Change requests to protected environments: proposed with a plan, approved by others than
-//! their author, applied once by the pipeline. This module holds the rules (pure); storage is
-//! in `store::changes`, the HTTP API in `http::changes`.
+//! their author, applied once by the pipeline. This module holds the rules (pure): what a
+//! change is, when it may be applied ([`check_grant`]) and how it is decided on
+//! ([`resolution`]). Storage is in `store::changes`; the operations on changes are in
+//! `operations::{propose, decide, breakglass}`.
 
 pub mod plan;
+pub mod resolution;
 
 use std::fmt;
 
@@ -12,6 +15,7 @@ use crate::config::Environment;
 use serde::{Deserialize, Serialize};
 
 pub use plan::PlanSummary;
+pub use resolution::Resolution;
 
 /// `<environment>-<number>`, e.g. `prod-12`: one spelling per change, so that every record of
 /// a change names it alike and a search for `prod-14` finds them all.
@@ -143,6 +147,12 @@ pub struct Change {
 /// `<environment>-bg<number>`, e.g. `prod-bg3`: a break-glass grant's id.
 pub fn breakglass_id(environment: &str, number: i64) -> String {
     format!("{environment}-bg{number}")
+}
+
+/// The environment and number of the break-glass id `text`, when it is one.
+pub fn parse_breakglass_id(text: &str) -> Option<(&str, i64)> {
+    let (environment, n) = text.rsplit_once("-bg")?;
+    Some((environment, n.parse().ok()?))
 }
 
 /// An open break-glass grant, as listed.

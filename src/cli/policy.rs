@@ -5,14 +5,16 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{change_id, CliError, ConfigArg, Format};
-use crate::changes::{BreakglassGrant, Change, ChangeId};
+use crate::changes::{BreakglassGrant, Change};
 use crate::config::{Config, Environment};
 use crate::identity::{Caller, Principal};
 use crate::lock::HeldLock;
+use crate::operations::{named_change, Asker, Gathered};
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
 use crate::store::Stores;
 use crate::text::printable;
-use crate::verdict::{self, Ask, Effect, Facts};
+use crate::time::{Clock, Timestamp};
+use crate::verdict::{self, Ask, Effect};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -171,9 +173,10 @@ impl PolicyCommand {
             branch: args.branch.clone(),
             subject: None,
         };
+        let now = Clock::system().now();
         // Releasing a lock is asked of one the caller took; force-unlocking, of another's.
         let held = match action {
-            Action::StateUnlock => Some(hypothetical_lock(&caller, &args.operation)),
+            Action::StateUnlock => Some(hypothetical_lock(&caller, &args.operation, now)),
             Action::StateForceUnlock => Some(hypothetical_lock(
                 &Caller {
                     principal: Principal::User("someone-else".into()),
@@ -181,6 +184,7 @@ impl PolicyCommand {
                     subject: None,
                 },
                 &args.operation,
+                now,
             )),
             _ => None,
         };
@@ -199,24 +203,24 @@ impl PolicyCommand {
             Action::StateRollback => Some(Ask::Rollback { past: None }),
             _ => None,
         };
-        let verdict = ask.map(|ask| {
-            verdict::decide(
-                ask,
-                &Facts {
-                    policy: &policy,
-                    env,
-                    state: &state,
-                    caller: &caller,
-                    source_ip: None,
-                    held: held.as_ref(),
-                    own_read_lock: false,
-                    breakglass: breakglass.as_ref(),
-                    named: args.change.as_deref().map(|text| (text, change.as_ref())),
-                    lock_change: None,
-                    now: chrono::Utc::now(),
-                },
-            )
-        });
+        // The facts as the server puts them together, from what it would read.
+        let gathered = Gathered {
+            held,
+            own_read_lock: false,
+            breakglass,
+            named: change,
+            lock_change: None,
+        };
+        let asker = Asker {
+            policy: &policy,
+            env,
+            state: &state,
+            caller: &caller,
+            source_ip: None,
+            change: args.change.as_deref(),
+            now,
+        };
+        let verdict = ask.map(|ask| verdict::decide(ask, &gathered.facts(&asker)));
         // The verdict when the request changes a state; the policies alone otherwise.
         let (allowed, decided_by, sentence, note) = match &verdict {
             Some(v) => (
@@ -320,13 +324,13 @@ async fn recorded(
     let Some(store) = stores.environment(&env.name) else {
         return Ok((None, None));
     };
-    let change = match text.and_then(|text| ChangeId::parse(text).ok()) {
-        Some(id) if id.environment == env.name => {
+    let change = match named_change(env, text) {
+        Some(number) => {
             store
-                .change(&env.name, env.required_approvals(), id.number)
+                .change(&env.name, env.required_approvals(), number)
                 .await?
         }
-        _ => None,
+        None => None,
     };
     let me = principal.to_string();
     let breakglass = store
@@ -337,7 +341,7 @@ async fn recorded(
 }
 
 /// A lock as `caller` would have taken it, for the questions that release one.
-fn hypothetical_lock(caller: &Caller, operation: &str) -> HeldLock {
+fn hypothetical_lock(caller: &Caller, operation: &str, now: Timestamp) -> HeldLock {
     HeldLock {
         lock_id: "explain".into(),
         principal: caller.principal.to_string(),
@@ -345,7 +349,7 @@ fn hypothetical_lock(caller: &Caller, operation: &str) -> HeldLock {
         subject: caller.subject.clone(),
         operation: operation.to_string(),
         info: String::new(),
-        created_at: crate::store::now(),
+        created_at: now.stored(),
         change_number: None,
         active_at: None,
     }

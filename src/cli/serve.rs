@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{CliError, ConfigArg};
-use crate::http::{self, App, StartError};
+use crate::http::{self, App};
+use crate::operations::OpenError;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -33,10 +34,10 @@ impl ServeArgs {
         // Before the databases open: every connection and database file is an open file.
         http::connections::raise_open_file_limit();
         let app = App::open(config).await.map_err(|e| match e {
-            StartError::Policy(e) => CliError::Usage(format!(
+            OpenError::Policy(e) => CliError::Usage(format!(
                 "{e}\nThe policies are invalid: the server did not start."
             )),
-            StartError::Oidc(e) => CliError::Usage(format!(
+            OpenError::Oidc(e) => CliError::Usage(format!(
                 "{e}\nAn OIDC key set is unusable: the server did not start."
             )),
             other => CliError::Failed(other.into()),

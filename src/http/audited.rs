@@ -1,16 +1,15 @@
-//! What every API request shares: authentication, the audit record of its outcome, and the
-//! answer. A request whose audit record cannot be written is refused (fail closed); an effect
-//! and its record commit in one transaction.
+//! What every API request shares: authentication, its answer, and the reading of its body.
+//! The answer tells the audit layer ([`super::record`]) how the request ended.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
+use super::record::Told;
 use super::{ApiError, App};
-use crate::audit::{Outcome, Record};
+use crate::audit::Record;
 use crate::identity::{self, Caller};
-use crate::store::Tx;
 
 /// A successful answer, and whether its audit record was already committed with its effect.
 pub struct Reply {
@@ -75,73 +74,19 @@ pub async fn authenticate(
     Ok(caller)
 }
 
-/// Records the request as allowed inside `tx` and commits both; the record failing to write
-/// rolls the effect back.
-pub async fn commit_with_record(
-    mut tx: Tx<'_>,
-    record: &mut Record,
-    status: StatusCode,
-) -> Result<(), ApiError> {
-    record.decision = Outcome::Allow;
-    record.status = Some(status.as_u16());
-    if let Err(e) = tx.append_record(record).await {
-        return Err(ApiError::audit_unwritable(e));
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Records the outcome (unless the effect's transaction already did) and answers.
-pub async fn finish(app: &App, mut record: Record, result: Result<Reply, ApiError>) -> Response {
-    let (response, audited) = match result {
-        Ok(reply) => {
-            record.decision = Outcome::Allow;
-            record.status = Some(reply.status.as_u16());
-            let mut response = reply.status.into_response();
-            if let Some((content_type, body)) = reply.body {
-                response =
-                    (reply.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = match self.body {
+            Some((content_type, body)) => {
+                (self.status, [(header::CONTENT_TYPE, content_type)], body).into_response()
             }
-            (response, reply.audited)
-        }
-        Err(err) => {
-            record.decision = match err {
-                ApiError::Internal(_)
-                | ApiError::AuditUnavailable
-                | ApiError::Damaged { .. }
-                | ApiError::DiskFull(_)
-                | ApiError::DatabaseDown(_) => Outcome::Error,
-                _ => Outcome::Deny,
-            };
-            record.status = Some(err.status().as_u16());
-            record.reason = Some(err.reason());
-            if let ApiError::Damaged { version, .. } = err {
-                record.version = Some(version);
-            }
-            let already = matches!(err, ApiError::AuditUnavailable);
-            (err.into_response(), already)
-        }
-    };
-    let response = if audited {
+            None => self.status.into_response(),
+        };
+        response.extensions_mut().insert(Told::Allowed {
+            audited: self.audited,
+        });
         response
-    } else {
-        match super::record(app, &record).await {
-            Ok(()) => response,
-            Err(e) => ApiError::audit_unwritable(e).into_response(),
-        }
-    };
-    // The status the client receives, which is not the one recorded when the record itself
-    // could not be written.
-    tracing::info!(
-        principal = record.principal.as_deref().unwrap_or("-"),
-        action = %record.action,
-        environment = record.environment.as_deref().unwrap_or("-"),
-        state = record.state.as_deref().unwrap_or("-"),
-        decision = record.decision.as_str(),
-        status = response.status().as_u16(),
-        "request"
-    );
-    response
+    }
 }
 
 /// Reads a body of at most `limit` bytes, the limit being the state size of an environment

@@ -75,13 +75,19 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::verdict::Refusal> for ApiError {
-    fn from(refusal: crate::verdict::Refusal) -> Self {
-        use crate::verdict::Refusal;
-        match refusal {
-            Refusal::Forbidden(sentence) => ApiError::Forbidden(sentence),
-            Refusal::Locked(info) => ApiError::Locked(info),
-            Refusal::Conflict(sentence) => ApiError::Conflict(sentence),
+impl From<crate::operations::OpError> for ApiError {
+    fn from(e: crate::operations::OpError) -> Self {
+        use crate::operations::OpError;
+        match e {
+            OpError::Forbidden(sentence) => ApiError::Forbidden(sentence),
+            OpError::Locked(info) => ApiError::Locked(info),
+            OpError::BadRequest(sentence) => ApiError::BadRequest(sentence),
+            OpError::NotFound(sentence) => ApiError::NotFound(sentence),
+            OpError::Conflict(sentence) => ApiError::Conflict(sentence),
+            OpError::DatabaseDown(sentence) => ApiError::DatabaseDown(sentence),
+            OpError::AuditUnwritable(e) => ApiError::audit_unwritable(e),
+            OpError::Store(e) => ApiError::from(e),
+            OpError::Internal(detail) => ApiError::Internal(detail),
         }
     }
 }
@@ -138,6 +144,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let told = self.told();
         let mut response = match &self {
             ApiError::Locked(info) => (
                 status,
@@ -170,6 +177,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        response.extensions_mut().insert(told);
         response
     }
 }

@@ -8,6 +8,7 @@ pub mod connections;
 mod error;
 pub mod history;
 mod raw;
+mod record;
 mod unrouted;
 
 use std::future::Future;
@@ -22,28 +23,12 @@ use axum_server::tls_rustls::RustlsConfig;
 
 pub use error::ApiError;
 
-use crate::audit::Record;
-use crate::config::{Config, Environment};
-use crate::identity::oidc::{OidcError, OidcVerifier};
-use crate::policy::{Policy, PolicyError};
-use crate::store::{EnvStore, StoreError, Stores};
-
-/// Everything a request needs, built once at start.
-pub struct App {
-    pub config: Config,
-    pub policy: Policy,
-    pub oidc: OidcVerifier,
-    pub stores: Stores,
-}
+/// The server as its HTTP edge holds it: opened with [`App::open`] (deciding on the system
+/// clock) or [`App::open_with`] (on a clock a test can move).
+pub use crate::operations::Server as App;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error(transparent)]
-    Oidc(#[from] OidcError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("cannot load the TLS certificate {cert} or key {key}: {source}")]
     Tls {
         cert: String,
@@ -52,51 +37,6 @@ pub enum StartError {
     },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-impl App {
-    /// Compiles the policies and opens every database.
-    pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
-        let policy = Policy::compile(&config)?;
-        let oidc = OidcVerifier::load(&config).await?;
-        let stores = Stores::open(&config).await?;
-        Ok(Arc::new(App {
-            config,
-            policy,
-            oidc,
-            stores,
-        }))
-    }
-}
-
-impl App {
-    /// An environment of the config with its store, a 503 when its database could not be
-    /// opened, or a 404 naming the known ones.
-    pub fn environment(&self, name: &str) -> Result<(&Environment, &EnvStore), ApiError> {
-        match (self.config.environment(name), self.stores.environment(name)) {
-            (Some(env), Some(store)) => Ok((env, store)),
-            (Some(env), None) if self.stores.unavailable(&env.name).is_some() => {
-                let sentence = self
-                    .stores
-                    .unavailable(&env.name)
-                    .map(|down| down.sentence(&env.name))
-                    .unwrap_or_default();
-                Err(ApiError::DatabaseDown(sentence))
-            }
-            _ => {
-                let known: Vec<&str> = self
-                    .config
-                    .environments
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect();
-                Err(ApiError::NotFound(format!(
-                    "there is no environment `{name}`: known environments are {}",
-                    known.join(", ")
-                )))
-            }
-        }
-    }
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -119,16 +59,12 @@ pub fn router(app: Arc<App>) -> Router {
         // After every route: it applies to those registered before it.
         .method_not_allowed_fallback(unrouted::method_not_allowed)
         .fallback(unrouted::not_found)
+        // Around every route and fallback: it writes the audit record a handler opened.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            record::layer,
+        ))
         .with_state(app)
-}
-
-/// Appends a record to the chain of its environment (or the server's), committed with the
-/// records of concurrent requests.
-pub async fn record(app: &App, record: &Record) -> Result<(), StoreError> {
-    app.stores
-        .audit_store(record.environment.as_deref())
-        .append_record(record)
-        .await
 }
 
 /// What `/healthz` and `/readyz` report: each database that does not answer, and each

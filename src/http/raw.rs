@@ -1,19 +1,17 @@
 //! What every handler takes from a request: its raw parts, an extractor that never refuses, so
-//! that the handler's audit record exists before anything the client sent is parsed. Path
-//! parameters and query strings are read inside the handler ([`Raw::param`], [`Raw::query`]);
-//! a bad one is an [`ApiError`] with a sentence, recorded like any other refusal.
+//! that the request's audit record is opened before anything the client sent is parsed. Path
+//! parameters and query strings are read afterwards ([`Raw::param`], [`Raw::query`]); a bad
+//! one is an [`ApiError`] with a sentence, recorded like any other refusal.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use serde::de::DeserializeOwned;
 
-use super::audited::header_str;
 use super::ApiError;
-use crate::audit::Record;
 
 /// A request's method, address, headers and client, not yet judged.
 pub struct Raw {
@@ -50,14 +48,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Raw {
 }
 
 impl Raw {
-    /// A record of this request, before anything about it is known but where it came from.
-    pub fn record(&self, action: &str) -> Record {
-        let mut record = Record::new(action);
-        record.source = self.peer.map(|p| p.ip().to_string());
-        record.user_agent = header_str(&self.headers, header::USER_AGENT).map(str::to_string);
-        record
-    }
-
     /// The client's address, which the policies may need.
     pub fn peer(&self) -> Result<SocketAddr, ApiError> {
         self.peer.ok_or_else(|| {

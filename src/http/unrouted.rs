@@ -6,20 +6,53 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::audited::{authenticate, finish};
+use super::audited::authenticate;
 use super::raw::Raw;
+use super::record::{Audit, Begin, Route};
 use super::{ApiError, App};
+use crate::audit::Record;
 
 /// How much of a client's path (and method) a record keeps: enough to tell what was asked
 /// for, never a client's whole request line.
 const PATH_LIMIT: usize = 256;
 const METHOD_LIMIT: usize = 32;
 
+/// A request no route has.
+pub struct Unrouted;
+
+impl Route for Unrouted {
+    fn action(_: &Raw) -> &'static str {
+        "request:not-found"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Unrouted)
+    }
+}
+
+/// A request whose route does not answer its method.
+pub struct Unanswered;
+
+impl Route for Unanswered {
+    fn action(_: &Raw) -> &'static str {
+        "request:method-not-allowed"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Unanswered)
+    }
+}
+
 /// The router's fallback: no route has this path.
-pub async fn not_found(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    refuse(&app, raw, "request:not-found", |method, path| {
+pub async fn not_found(
+    State(app): State<Arc<App>>,
+    _: Begin<Unrouted>,
+    audit: Audit,
+    raw: Raw,
+) -> ApiError {
+    refuse(&app, &audit, raw, |method, path| {
         ApiError::NotFound(format!(
             "not found: there is no {method} {path}; states live under /v1/state/ENVIRONMENT/NAME, change requests under /v1/changes"
         ))
@@ -28,13 +61,19 @@ pub async fn not_found(State(app): State<Arc<App>>, raw: Raw) -> Response {
 }
 
 /// A route's fallback for methods it does not answer; the router adds the `Allow` header.
-pub async fn method_not_allowed(State(app): State<Arc<App>>, raw: Raw) -> Response {
-    let mut response = refuse(&app, raw, "request:method-not-allowed", |method, path| {
+pub async fn method_not_allowed(
+    State(app): State<Arc<App>>,
+    _: Begin<Unanswered>,
+    audit: Audit,
+    raw: Raw,
+) -> Response {
+    let mut response = refuse(&app, &audit, raw, |method, path| {
         ApiError::MethodNotAllowed(format!(
             "{path} does not answer {method}: the Allow header lists the methods it does"
         ))
     })
-    .await;
+    .await
+    .into_response();
     // The router knows this route's methods; the state protocol's list would be wrong here.
     response.headers_mut().remove(header::ALLOW);
     response
@@ -42,18 +81,18 @@ pub async fn method_not_allowed(State(app): State<Arc<App>>, raw: Raw) -> Respon
 
 async fn refuse(
     app: &App,
+    audit: &Audit,
     raw: Raw,
-    action: &str,
     refusal: impl FnOnce(&str, &str) -> ApiError,
-) -> Response {
-    let mut record = raw.record(action);
+) -> ApiError {
     // Only to name the caller: the answer is the same whoever asks.
     if raw.headers.contains_key(header::AUTHORIZATION) {
+        let mut record = audit.record().await;
         let _ = authenticate(app, &mut record, &raw.headers).await;
     }
     let method = capped(raw.method.as_str(), METHOD_LIMIT);
     let path = capped(raw.uri.path(), PATH_LIMIT);
-    finish(app, record, Err(refusal(&method, &path))).await
+    refusal(&method, &path)
 }
 
 /// At most `limit` bytes of `text`, cut at a character boundary and marked as cut.

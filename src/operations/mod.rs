@@ -1,0 +1,447 @@
+//! What a caller can do, one file per thing: read a state, write it, lock it, unlock it,
+//! delete it, roll it back, propose a change, decide on one, open or close a break-glass
+//! grant. Each is a small function over the server's parts and a store transaction that
+//! reads the facts, asks the domain ([`crate::verdict`], [`crate::changes`]) and carries out
+//! the effect, filling in the facts of its audit record and committing that record with the
+//! effect, so that one cannot exist without the other.
+//!
+//! Operations never know HTTP: they answer an [`OpError`] (the sentences a refused person
+//! reads), which an edge maps to its own answers. They read every decision time from the
+//! [`Server`]'s [`Clock`], so that a test can move it.
+
+pub mod breakglass;
+pub mod decide;
+pub mod delete;
+pub mod lock;
+pub mod propose;
+pub mod read;
+pub mod rollback;
+pub mod unlock;
+pub mod write;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::audit::{Outcome, Record};
+use crate::changes::{BreakglassGrant, Change, ChangeId};
+use crate::config::{Config, Environment};
+use crate::identity::oidc::{OidcError, OidcVerifier};
+use crate::identity::{Caller, Principal};
+use crate::lock::{HeldLock, LockInfo};
+use crate::policy::{refusal, Action, Policy, PolicyError, RequestContext};
+use crate::state::StateName;
+use crate::store::{EnvStore, StoreError, Stores, Tx};
+use crate::time::Clock;
+use crate::verdict::{self, Ask, Effect, Facts};
+
+/// The status an audit record names for an effect committed with it: the answer the caller
+/// receives.
+pub const DONE: u16 = 200;
+pub const CREATED: u16 = 201;
+pub const NO_CONTENT: u16 = 204;
+
+/// Everything an operation needs, built once at start.
+pub struct Server {
+    pub config: Config,
+    pub policy: Policy,
+    pub oidc: OidcVerifier,
+    pub stores: Stores,
+    /// The time every decision reads.
+    pub clock: Clock,
+}
+
+/// Why the server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why an operation was not carried out: a refusal with the sentence its caller reads, or a
+/// fault of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Policy refused a request other than a lock.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Refused at a lock: the LockInfo says why (refused by policy, or held by someone else).
+    #[error("{}", .0.id)]
+    Locked(Box<LockInfo>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// An environment whose database could not be opened at start: the sentence names it.
+    #[error("{0}")]
+    DatabaseDown(String),
+    /// The audit record of an effect could not be written, so the effect was rolled back.
+    #[error("the audit record cannot be written: {0}")]
+    AuditUnwritable(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A fault of the server; the detail goes to the log, not to the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<verdict::Refusal> for OpError {
+    fn from(refusal: verdict::Refusal) -> Self {
+        use verdict::Refusal;
+        match refusal {
+            Refusal::Forbidden(sentence) => OpError::Forbidden(sentence),
+            Refusal::Locked(info) => OpError::Locked(info),
+            Refusal::Conflict(sentence) => OpError::Conflict(sentence),
+        }
+    }
+}
+
+impl Server {
+    /// Compiles the policies and opens every database, deciding on the system clock.
+    pub async fn open(config: Config) -> Result<Arc<Server>, OpenError> {
+        Server::open_with(config, Clock::system()).await
+    }
+
+    /// [`Server::open`], deciding on `clock`.
+    pub async fn open_with(config: Config, clock: Clock) -> Result<Arc<Server>, OpenError> {
+        let policy = Policy::compile(&config)?;
+        let oidc = OidcVerifier::load(&config).await?;
+        let stores = Stores::open(&config).await?;
+        Ok(Arc::new(Server {
+            config,
+            policy,
+            oidc,
+            stores,
+            clock,
+        }))
+    }
+
+    /// An environment of the config with its store, refused when its database could not be
+    /// opened, or when there is none of that name (naming the known ones).
+    pub fn environment(&self, name: &str) -> Result<(&Environment, &EnvStore), OpError> {
+        match (self.config.environment(name), self.stores.environment(name)) {
+            (Some(env), Some(store)) => Ok((env, store)),
+            (Some(env), None) if self.stores.unavailable(&env.name).is_some() => {
+                let sentence = self
+                    .stores
+                    .unavailable(&env.name)
+                    .map(|down| down.sentence(&env.name))
+                    .unwrap_or_default();
+                Err(OpError::DatabaseDown(sentence))
+            }
+            _ => {
+                let known: Vec<&str> = self
+                    .config
+                    .environments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect();
+                Err(OpError::NotFound(format!(
+                    "there is no environment `{name}`: known environments are {}",
+                    known.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// Appends a record to the chain of its environment (or the server's), committed with the
+    /// records of concurrent requests.
+    pub async fn record(&self, record: &Record) -> Result<(), StoreError> {
+        self.stores
+            .audit_store(record.environment.as_deref())
+            .append_record(record)
+            .await
+    }
+
+    /// Whether the policies let `caller` do `action` in `env` (on `state`, when it is about
+    /// one), the deciding policies recorded; refused with the sentence when not.
+    pub fn require(
+        &self,
+        caller: &Caller,
+        record: &mut Record,
+        action: Action,
+        env: &Environment,
+        source_ip: IpAddr,
+    ) -> Result<(), OpError> {
+        let decision = self.policy.decide(
+            &caller.principal,
+            action,
+            &env.name,
+            &RequestContext {
+                state: record.state.as_deref().unwrap_or(""),
+                operation: "",
+                source_ip: Some(source_ip),
+            },
+        );
+        record.policy = Some(decision.explanation());
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(OpError::Forbidden(refusal::sentence(
+                &caller.principal,
+                action,
+                env,
+            )))
+        }
+    }
+
+    /// Whether `caller` may read `env` at all: what lists and status show.
+    pub fn may_read(&self, caller: &Caller, env: &Environment, source_ip: IpAddr) -> bool {
+        let ctx = RequestContext {
+            state: "",
+            operation: "",
+            source_ip: Some(source_ip),
+        };
+        self.policy
+            .decide(&caller.principal, Action::StateRead, &env.name, &ctx)
+            .allowed
+    }
+}
+
+/// Records the request as allowed inside `tx` and commits both; the record failing to write
+/// rolls the effect back.
+pub async fn commit(mut tx: Tx<'_>, record: &mut Record, status: u16) -> Result<(), OpError> {
+    record.decision = Outcome::Allow;
+    record.status = Some(status);
+    if let Err(e) = tx.append_record(record).await {
+        return Err(OpError::AuditUnwritable(e));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One authenticated request against one state.
+pub struct StateRequest<'a> {
+    pub server: &'a Server,
+    pub caller: Caller,
+    pub env: &'a Environment,
+    pub store: &'a EnvStore,
+    pub name: StateName,
+    pub source_ip: IpAddr,
+    /// The `?change=` of the backend address, in a protected environment.
+    pub change: Option<String>,
+}
+
+impl<'a> StateRequest<'a> {
+    /// The request of `caller` on state `name` of environment `env`: refused when there is no
+    /// such environment, or the name is not a state's.
+    pub fn new(
+        server: &'a Server,
+        caller: Caller,
+        env: &str,
+        name: &str,
+        source_ip: IpAddr,
+        change: Option<String>,
+    ) -> Result<StateRequest<'a>, OpError> {
+        let (env, store) = server.environment(env)?;
+        let name = StateName::parse(name).map_err(OpError::BadRequest)?;
+        Ok(StateRequest {
+            server,
+            caller,
+            env,
+            store,
+            name,
+            source_ip,
+            change,
+        })
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.caller.principal
+    }
+
+    /// Decides a request that changes nothing, records the deciding policies, and refuses
+    /// with the sentence when denied.
+    pub fn require(&self, record: &mut Record, action: Action) -> Result<(), OpError> {
+        let decision = self.server.policy.decide(
+            self.principal(),
+            action,
+            &self.env.name,
+            &RequestContext {
+                state: self.name.as_str(),
+                operation: "",
+                source_ip: Some(self.source_ip),
+            },
+        );
+        record.policy = Some(decision.explanation());
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(OpError::Forbidden(refusal::sentence(
+                self.principal(),
+                action,
+                self.env,
+            )))
+        }
+    }
+
+    /// Reads, inside `tx`, what the verdict on this request depends on; `lock_id` is the lock
+    /// the request names.
+    pub async fn gather(
+        &self,
+        tx: &mut Tx<'_>,
+        lock_id: Option<&str>,
+    ) -> Result<Gathered, StoreError> {
+        let env = self.env;
+        let state = self.name.as_str();
+        let me = self.principal().to_string();
+        let held = tx.held_lock(state).await?;
+        let own_read_lock = match lock_id {
+            Some(id) => tx
+                .read_lock(id)
+                .await?
+                .is_some_and(|r| r.state == state && r.principal == me),
+            None => false,
+        };
+        let breakglass = match env.breakglass {
+            Some(_) => tx
+                .open_breakglass_for(&me)
+                .await?
+                .map(|row| row.grant(&env.name)),
+            None => None,
+        };
+        let named = match named_change(env, self.change.as_deref()) {
+            Some(number) => {
+                tx.change(&env.name, env.required_approvals(), number)
+                    .await?
+            }
+            None => None,
+        };
+        let lock_change = match held.as_ref().and_then(|h| h.change_number) {
+            Some(number) => {
+                tx.change(&env.name, env.required_approvals(), number)
+                    .await?
+            }
+            None => None,
+        };
+        Ok(Gathered {
+            held,
+            own_read_lock,
+            breakglass,
+            named,
+            lock_change,
+        })
+    }
+
+    /// The verdict on `ask` from what was gathered, rendered into the record; the effect to
+    /// carry out, or the refusal.
+    pub fn judge(
+        &self,
+        record: &mut Record,
+        gathered: &Gathered,
+        ask: Ask<'_>,
+    ) -> Result<Effect, OpError> {
+        let asker = Asker {
+            policy: &self.server.policy,
+            env: self.env,
+            state: self.name.as_str(),
+            caller: &self.caller,
+            source_ip: Some(self.source_ip),
+            change: self.change.as_deref(),
+            now: self.server.clock.now(),
+        };
+        let verdict = verdict::decide(ask, &gathered.facts(&asker));
+        record.action = verdict.action.as_str().into();
+        record.policy = Some(verdict.decided_by);
+        record.reason = verdict.reason;
+        record.breakglass = verdict.breakglass;
+        record.change = verdict.change.or(record.change.take());
+        record.forced = verdict.forced;
+        verdict.outcome.map_err(OpError::from)
+    }
+
+    /// Gathers the facts in a transaction of its own and judges `ask`, before anything the
+    /// request brings is read: a refused caller's body is never read, nor content shown to
+    /// it. The verdict that counts is taken again in the transaction that carries it out.
+    pub async fn judge_early(
+        &self,
+        record: &mut Record,
+        ask: Ask<'_>,
+        lock_id: Option<&str>,
+    ) -> Result<(), OpError> {
+        let mut tx = self.store.begin().await?;
+        let gathered = self.gather(&mut tx, lock_id).await?;
+        drop(tx);
+        self.judge(record, &gathered, ask).map(|_| ())
+    }
+}
+
+/// The number of the change `text` names, when it names one of `env`'s (a change of another
+/// environment, or text that is no change id, is left to the verdict to refuse in words).
+pub fn named_change(env: &Environment, text: Option<&str>) -> Option<i64> {
+    let id = ChangeId::parse(text?).ok()?;
+    (id.environment == env.name).then_some(id.number)
+}
+
+/// The facts of a verdict that are read from the store.
+pub struct Gathered {
+    /// The lock the state is held under.
+    pub held: Option<HeldLock>,
+    /// Whether the lock the request names is a plan lock of the caller on this state.
+    pub own_read_lock: bool,
+    /// The caller's open break-glass grant.
+    pub breakglass: Option<BreakglassGrant>,
+    /// The change the request names, when it is one of the environment's.
+    pub named: Option<Change>,
+    /// The change the held lock was taken for.
+    pub lock_change: Option<Change>,
+}
+
+/// Who asks what of which state, and when: the facts of a verdict that are not read from the
+/// store.
+pub struct Asker<'a> {
+    pub policy: &'a Policy,
+    pub env: &'a Environment,
+    pub state: &'a str,
+    pub caller: &'a Caller,
+    pub source_ip: Option<IpAddr>,
+    /// `?change=` as sent.
+    pub change: Option<&'a str>,
+    pub now: crate::time::Timestamp,
+}
+
+impl Gathered {
+    /// The facts the verdict decides on: the one place they are put together, for the server
+    /// and for `bulkhead policy explain` alike.
+    pub fn facts<'a>(&'a self, asker: &Asker<'a>) -> Facts<'a> {
+        Facts {
+            policy: asker.policy,
+            env: asker.env,
+            state: asker.state,
+            caller: asker.caller,
+            source_ip: asker.source_ip,
+            held: self.held.as_ref(),
+            own_read_lock: self.own_read_lock,
+            breakglass: self.breakglass.as_ref(),
+            named: asker.change.map(|text| (text, self.named.as_ref())),
+            lock_change: self.lock_change.as_ref(),
+            now: asker.now.as_datetime(),
+        }
+    }
+}
+
+/// An effect the verdict does not give for the request asked: a fault of the server.
+pub(crate) fn unexpected(effect: Effect) -> OpError {
+    OpError::Internal(format!(
+        "the verdict gave an effect of another request: {effect:?}"
+    ))
+}
+
+/// The longest reason a rejection, cancellation or break-glass grant may give, in bytes.
+const REASON_LIMIT: usize = 4096;
+
+/// Refuses a text parameter longer than `limit` bytes, with a sentence that says so.
+fn bounded(what: &str, text: Option<&str>, limit: usize) -> Result<(), OpError> {
+    match text {
+        Some(text) if text.len() > limit => Err(OpError::BadRequest(format!(
+            "the {what} is {} bytes, over the limit of {limit} bytes: shorten it; nothing was stored",
+            text.len()
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,311 @@
+//! Reads: a state's newest content, one of its versions, the difference between two, its
+//! history; the changes and break-glass grants of the environments a caller may read; the
+//! status of every environment. Nothing here writes but the audit record of a read served
+//! from memory.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use super::{OpError, Server, StateRequest, DONE};
+use crate::audit::{Outcome, Record};
+use crate::changes::{self, Change, ChangeId, Listing, Readiness};
+use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
+use crate::identity::Caller;
+use crate::policy::Action;
+use crate::store::environment::{ContentStream, VersionMeta};
+use crate::store::StoreError;
+
+/// A state's newest content, as the read found it.
+pub enum Content {
+    /// Served from memory; its record, naming the version, is committed already.
+    Remembered(Bytes),
+    /// Read from the database as it streams (checked against its SHA-256 on the way); its
+    /// record, naming the version, is the edge's to write.
+    Stream {
+        /// Its length, known before it streams.
+        size: u64,
+        chunks: ContentStream,
+    },
+    /// No state yet.
+    Nothing,
+}
+
+/// GET: the newest content of a state.
+pub async fn state(req: &StateRequest<'_>, record: &mut Record) -> Result<Content, OpError> {
+    req.require(record, Action::StateRead)?;
+    // From memory, when nothing can have been written since the newest version was read: the
+    // record, naming the version served, is committed only if so.
+    if let Some((version, content, epoch)) = req.store.remembered_latest(req.name.as_str()) {
+        record.version = Some(version);
+        record.decision = Outcome::Allow;
+        record.status = Some(DONE);
+        match req.store.append_read(record, epoch).await {
+            Ok(true) => return Ok(Content::Remembered(content)),
+            // Written meanwhile: read from the database.
+            Ok(false) => record.version = None,
+            Err(e) => return Err(OpError::AuditUnwritable(e)),
+        }
+    }
+    Ok(match req.store.latest_stream(req.name.as_str()).await? {
+        Some((meta, chunks)) => {
+            record.version = Some(meta.version);
+            Content::Stream {
+                size: u64::try_from(meta.size).unwrap_or(0),
+                chunks,
+            }
+        }
+        None => Content::Nothing,
+    })
+}
+
+/// What a history request asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Past {
+    /// The content of one version.
+    Version(i64),
+    /// What changed from one version to another (both needed).
+    Diff { from: Option<i64>, to: Option<i64> },
+    /// Every version, with what each changed.
+    Versions,
+}
+
+impl Past {
+    /// The action its audit record names.
+    pub fn action(self) -> &'static str {
+        match self {
+            Past::Version(_) => Action::StateRead.as_str(),
+            Past::Diff { .. } => "state:diff",
+            Past::Versions => "state:history",
+        }
+    }
+}
+
+/// What a history request answers.
+pub enum Answer {
+    Content(Vec<u8>),
+    Diff(Diff),
+    Versions(Vec<HistoryEntry>),
+}
+
+/// GET on a state's history: a version, a diff, or the versions.
+pub async fn past(
+    req: &StateRequest<'_>,
+    record: &mut Record,
+    past: Past,
+) -> Result<Answer, OpError> {
+    req.require(record, Action::StateRead)?;
+    let state = req.name.as_str();
+    match past {
+        Past::Version(n) => {
+            let (meta, content) = version(req, n).await?;
+            record.version = Some(meta.version);
+            let content = content.ok_or_else(|| {
+                OpError::NotFound(format!(
+                    "version {n} of {state} records a deletion: it has no content"
+                ))
+            })?;
+            Ok(Answer::Content(content))
+        }
+        Past::Diff { from, to } => {
+            let (Some(a), Some(b)) = (from, to) else {
+                return Err(OpError::BadRequest(
+                    "a diff needs both ?from=A and ?to=B".into(),
+                ));
+            };
+            let (_, before) = version(req, a).await?;
+            let (_, after) = version(req, b).await?;
+            Ok(Answer::Diff(history::diff(
+                before.as_deref(),
+                after.as_deref(),
+            )))
+        }
+        Past::Versions => versions(req).await.map(Answer::Versions),
+    }
+}
+
+async fn versions(req: &StateRequest<'_>) -> Result<Vec<HistoryEntry>, OpError> {
+    let (state, store) = (req.name.as_str(), req.store);
+    let mut entries = Vec::new();
+    // Each version's instances, compared with the one before; `None` when unreadable.
+    let no_state = || Some("{}".to_string());
+    let mut previous = no_state();
+    for meta in store.history(state).await? {
+        let current = match (&meta.resources, meta.deleted) {
+            (_, true) => no_state(),
+            (Some(taken), _) => Some(taken.clone()),
+            // Written before fingerprints were taken at write time. A damaged one is listed
+            // as unreadable, so the history still shows where to roll back to.
+            (None, false) => match store.version(state, meta.version).await {
+                Err(StoreError::Damaged { .. }) => None,
+                read => read?
+                    .and_then(|(_, content)| content)
+                    .and_then(|content| history::fingerprint(&content)),
+            },
+        };
+        let (added, changed, removed) = match (&previous, &current) {
+            (Some(before), Some(after)) => history::count_changes(before, after),
+            _ => None,
+        }
+        .unwrap_or_default();
+        entries.push(HistoryEntry {
+            change: meta
+                .change_number
+                .map(|number| ChangeId::new(&req.env.name, number).to_string()),
+            meta,
+            added,
+            changed,
+            removed,
+        });
+        previous = current;
+    }
+    Ok(entries)
+}
+
+/// Version `n` of the request's state and its content (`None` for a deletion).
+pub(super) async fn version(
+    req: &StateRequest<'_>,
+    n: i64,
+) -> Result<(VersionMeta, Option<Vec<u8>>), OpError> {
+    req.store
+        .version(req.name.as_str(), n)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("{} has no version {n}", req.name.as_str())))
+}
+
+/// The changes (of one status, when asked) and the open break-glass grants of `environment`,
+/// or of every environment `caller` may read.
+pub async fn changes(
+    server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+    record: &mut Record,
+    environment: Option<&str>,
+    status: Option<changes::Status>,
+) -> Result<Listing, OpError> {
+    let envs = match environment {
+        Some(name) => {
+            let (env, store) = server.environment(name)?;
+            server.require(caller, record, Action::StateRead, env, source_ip)?;
+            vec![(env, store)]
+        }
+        None => server
+            .config
+            .environments
+            .iter()
+            .filter(|env| server.may_read(caller, env, source_ip))
+            .filter_map(|env| Some((env, server.stores.environment(&env.name)?)))
+            .collect(),
+    };
+    let mut listing = Listing::default();
+    for (env, store) in envs {
+        listing.changes.extend(
+            store
+                .changes(&env.name, env.required_approvals(), status)
+                .await?,
+        );
+        for row in store.open_breakglass().await? {
+            listing.breakglass.push(row.grant(&env.name));
+        }
+    }
+    Ok(listing)
+}
+
+/// One change, by its id.
+pub async fn change(
+    server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+    record: &mut Record,
+    text: &str,
+) -> Result<Change, OpError> {
+    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
+    let (env, store) = server.environment(&id.environment)?;
+    record.change = Some(id.to_string());
+    record.environment = Some(env.name.clone());
+    server.require(caller, record, Action::StateRead, env, source_ip)?;
+    store
+        .change(&env.name, env.required_approvals(), id.number)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("there is no change {text}")))
+}
+
+/// Every environment `caller` may read: its states and their locks, its open changes, its
+/// open break-glass grants, or why it is not served.
+pub async fn status(
+    server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+) -> Result<Vec<EnvironmentStatus>, OpError> {
+    let mut out = Vec::new();
+    for env in &server.config.environments {
+        if !server.may_read(caller, env, source_ip) {
+            continue;
+        }
+        if let Some(down) = server.stores.unavailable(&env.name) {
+            out.push(EnvironmentStatus {
+                environment: env.name.clone(),
+                owner: env.owner.to_string(),
+                protected: env.protected(),
+                states: Vec::new(),
+                pending_changes: Vec::new(),
+                approved_changes: Vec::new(),
+                breakglass: Vec::new(),
+                lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+                unavailable: Some(down.sentence(&env.name)),
+            });
+            continue;
+        }
+        let (_, store) = server.environment(&env.name)?;
+        let mut states = Vec::new();
+        for meta in store.states().await? {
+            let now = server.clock.now().as_datetime();
+            let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
+                lease_ran_out: l.lease_ran_out(env.lock_lease, now),
+                active_at: Some(l.last_active().to_string()),
+                id: l.lock_id,
+                principal: l.principal,
+                operation: l.operation,
+                since: l.created_at,
+            });
+            states.push(StateStatus {
+                name: meta.state,
+                version: meta.version,
+                serial: meta.serial,
+                principal: meta.principal,
+                updated_at: meta.created_at,
+                deleted: meta.deleted,
+                lock,
+            });
+        }
+        let open = store
+            .changes(
+                &env.name,
+                env.required_approvals(),
+                Some(changes::Status::Open),
+            )
+            .await?;
+        let now = server.clock.now().as_datetime();
+        let (approved, pending): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|c| c.readiness(now) == Readiness::Approved);
+        let breakglass = store
+            .open_breakglass()
+            .await?
+            .into_iter()
+            .map(|row| row.grant(&env.name))
+            .collect();
+        out.push(EnvironmentStatus {
+            environment: env.name.clone(),
+            owner: env.owner.to_string(),
+            protected: env.protected(),
+            lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+            states,
+            pending_changes: pending.into_iter().map(|c| c.id).collect(),
+            approved_changes: approved.into_iter().map(|c| c.id).collect(),
+            breakglass,
+            unavailable: None,
+        });
+    }
+    Ok(out)
+}
