@@ -86,8 +86,7 @@ async fn relocking_with_the_holders_lock_id_takes_nothing() {
     );
     let text = refusal(p.ci_lock(&path, &other_workflow(&p), "MAIN").await).await;
     assert!(text.starts_with("MAIN held by service:ci-prod"), "{text}");
-    let lock = lock_info("MAIN", "OperationTypeApply").into_bytes();
-    let text = refusal(p.t.call("LOCK", &path, "ci-prod", Some(lock)).await).await;
+    let text = refusal(p.t.as_("ci-prod").lock(&path).id("MAIN").send().await).await;
     assert!(text.contains("these credentials prove no branch"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
 
@@ -100,18 +99,24 @@ async fn relocking_with_the_holders_lock_id_takes_nothing() {
 async fn another_member_cannot_relock_or_write_under_a_members_lock() {
     let t = spawn_app().await;
     assert_status(
-        &t.lock("dev/app", "alice", "A", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("A").send().await,
         StatusCode::OK,
     );
-    let relock = t.lock("dev/app", "bob", "A", "OperationTypeApply").await;
+    let relock = t.as_("bob").lock("dev/app").id("A").send().await;
     let text = refusal(relock).await;
     assert!(text.starts_with("A held by user:alice"), "{text}");
     let write = t
-        .post("dev/app", "bob", Some("A"), state_doc(1, "B", ""))
+        .as_("bob")
+        .post("dev/app", state_doc(1, "B", ""))
+        .lock_id("A")
+        .send()
         .await;
     assert_status(&write, StatusCode::LOCKED);
     let put = t
-        .call("PUT", "dev/app?ID=A", "bob", Some(state_doc(1, "B", "")))
+        .as_("bob")
+        .request("PUT", "dev/app?ID=A")
+        .body(state_doc(1, "B", ""))
+        .send()
         .await;
     assert_status(&put, StatusCode::LOCKED);
     assert!(t.versions("dev", "app").await.is_empty());
@@ -136,7 +141,11 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     let change = p.approved("network").await;
     let main = p.issuer.token("main", |_| {});
     assert_status(
-        &p.t.lock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .lock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -155,18 +164,29 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     assert!(text.contains("lock PLAN is not held"), "{text}");
     // Another reader writes or releases under it.
     let post =
-        p.t.post("prod/network", "bob", Some("PLAN"), state_doc(1, "B", ""))
+        p.t.as_("bob")
+            .post("prod/network", state_doc(1, "B", ""))
+            .lock_id("PLAN")
+            .send()
             .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     assert_status(
-        &p.t.unlock("prod/network", "bob", "PLAN", "OperationTypePlan")
+        &p.t.as_("bob")
+            .unlock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_eq!(snapshot(&p, "network").await, before);
     // ...which released nothing of alice's.
     assert_status(
-        &p.t.unlock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .unlock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -182,17 +202,28 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     assert_status(&p.ci_lock(&path, &main, "MAIN").await, StatusCode::OK);
     let before = snapshot(&p, "network").await;
     assert_status(
-        &p.t.lock("prod/network", "alice", "MAIN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .lock("prod/network")
+            .id("MAIN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.unlock("prod/network", "alice", "MAIN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .unlock("prod/network")
+            .id("MAIN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::FORBIDDEN,
     );
     let post =
-        p.t.post("prod/network", "alice", Some("MAIN"), state_doc(1, "A", ""))
+        p.t.as_("alice")
+            .post("prod/network", state_doc(1, "A", ""))
+            .lock_id("MAIN")
+            .send()
             .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     // The same service from another branch, planning without a change, likewise.
@@ -272,11 +303,17 @@ async fn crafted_unlock_bodies_release_nothing_without_force_unlock() {
         let r = p.ci("UNLOCK", &path, &feature, body.clone()).await;
         assert_eq!(r.status(), *want, "feature branch, {what}");
         let r =
-            p.t.call("UNLOCK", &path, "ci-prod", Some(body.clone()))
+            p.t.as_("ci-prod")
+                .request("UNLOCK", &path)
+                .body(body.clone())
+                .send()
                 .await;
         assert_eq!(r.status(), *want, "static token, {what}");
         let r =
-            p.t.call("UNLOCK", "prod/network", "alice", Some(body.clone()))
+            p.t.as_("alice")
+                .request("UNLOCK", "prod/network")
+                .body(body.clone())
+                .send()
                 .await;
         assert_eq!(r.status(), *want, "a reader, {what}");
     }
@@ -294,20 +331,22 @@ async fn crafted_unlock_bodies_release_nothing_without_force_unlock() {
 
     // The owner's force-unlock must name the lock held, if it names one.
     let wrong =
-        p.t.call(
-            "UNLOCK",
-            "prod/network",
-            "pat",
-            Some(br#"{"ID":"OTHER"}"#.to_vec()),
-        )
-        .await;
+        p.t.as_("pat")
+            .request("UNLOCK", "prod/network")
+            .body(br#"{"ID":"OTHER"}"#.to_vec())
+            .send()
+            .await;
     assert_status(&wrong, StatusCode::CONFLICT);
     assert_eq!(snapshot(&p, "network").await, before);
     let body = serde_json::json!({ "ID": seen_id })
         .to_string()
         .into_bytes();
     assert_status(
-        &p.t.call("UNLOCK", "prod/network", "pat", Some(body)).await,
+        &p.t.as_("pat")
+            .request("UNLOCK", "prod/network")
+            .body(body)
+            .send()
+            .await,
         StatusCode::OK,
     );
     assert_eq!(held(&p, "network").await, None);
@@ -437,13 +476,11 @@ async fn put_is_judged_as_post_and_other_methods_are_refused() {
         .await;
     assert_status(&put, StatusCode::FORBIDDEN);
     let put =
-        p.t.call(
-            "PUT",
-            "prod/network?ID=MAIN",
-            "ci-prod",
-            Some(state_doc(1, "X", "")),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .request("PUT", "prod/network?ID=MAIN")
+            .body(state_doc(1, "X", ""))
+            .send()
+            .await;
     assert_status(&put, StatusCode::FORBIDDEN);
     for method in ["PATCH", "lock", "unlock", "HEAD", "OPTIONS", "PROPFIND"] {
         let r = p
@@ -481,16 +518,16 @@ async fn one_principals_break_glass_is_not_anothers() {
     let before = snapshot(&p, "network").await;
     // quinn is of pat's team, the owner, but not of breakglass.allowed; bob merely reads.
     for who in ["quinn", "bob"] {
-        let r =
-            p.t.lock("prod/network", who, "Q", "OperationTypeApply")
-                .await;
+        let r = p.t.as_(who).lock("prod/network").id("Q").send().await;
         let text = refusal(r).await;
         assert!(
             text.contains(&format!("user:{who} may not write prod")),
             "{text}"
         );
         let r =
-            p.t.post("prod/network", who, None, state_doc(1, "Q", ""))
+            p.t.as_(who)
+                .post("prod/network", state_doc(1, "Q", ""))
+                .send()
                 .await;
         assert_status(&r, StatusCode::FORBIDDEN);
     }
@@ -503,14 +540,16 @@ async fn one_principals_break_glass_is_not_anothers() {
 
     // Under pat's lock, taken under pat's grant, nobody else writes.
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     let before = snapshot(&p, "network").await;
     for who in ["quinn", "bob"] {
         let r =
-            p.t.post("prod/network", who, Some("BG"), state_doc(1, "Q", ""))
+            p.t.as_(who)
+                .post("prod/network", state_doc(1, "Q", ""))
+                .lock_id("BG")
+                .send()
                 .await;
         assert_status(&r, StatusCode::FORBIDDEN);
     }
@@ -530,14 +569,16 @@ async fn a_break_glass_lock_writes_nothing_once_its_grant_is_closed() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     pat.close_breakglass(&grant.id).await.unwrap();
     let before = snapshot(&p, "network").await;
     let r =
-        p.t.post("prod/network", "pat", Some("BG"), state_doc(1, "P", ""))
+        p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("BG")
+            .send()
             .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;
     assert!(text.contains("user:pat may not write prod"), "{text}");
@@ -550,7 +591,10 @@ async fn a_break_glass_lock_writes_nothing_once_its_grant_is_closed() {
     )
     .await;
     let r =
-        p.t.post("prod/network", "pat", Some("BG"), state_doc(1, "P", ""))
+        p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("BG")
+            .send()
             .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
@@ -869,7 +913,7 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "pat", "--action", "state:delete"],
             sentence(
-                t.call("DELETE", "prod/network", "pat", None).await,
+                t.as_("pat").delete("prod/network").send().await,
                 StatusCode::FORBIDDEN,
             )
             .await,
@@ -877,7 +921,10 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "alice", "--action", "state:force-unlock"],
             sentence(
-                t.call("UNLOCK", "prod/network", "alice", Some(Vec::new()))
+                t.as_("alice")
+                    .request("UNLOCK", "prod/network")
+                    .body(Vec::new())
+                    .send()
                     .await,
                 StatusCode::FORBIDDEN,
             )
@@ -902,7 +949,9 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "alice", "--action", "state:write"],
             sentence(
-                t.post("prod/network", "alice", None, state_doc(2, "P", ""))
+                t.as_("alice")
+                    .post("prod/network", state_doc(2, "P", ""))
+                    .send()
                     .await,
                 StatusCode::FORBIDDEN,
             )
@@ -961,8 +1010,7 @@ async fn policy_explain_names_the_break_glass_grant_the_server_uses() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     let record = p.t.newest_audit("prod", |r| r.action == "state:lock").await;
@@ -1049,7 +1097,7 @@ async fn a_change_whose_apply_holds_the_lock_is_used_by_nothing_else() {
         .open_breakglass("prod", "state must go", Some("1h"))
         .await
         .unwrap();
-    let r = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let r = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&r, StatusCode::LOCKED);
     p.client("pat").close_breakglass(&grant.id).await.unwrap();
     let after = snapshot(&p, "network").await;

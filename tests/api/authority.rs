@@ -24,7 +24,7 @@ pub async fn delete_under_breakglass(p: &Protected) {
         .open_breakglass("prod", "reset", Some("1h"))
         .await
         .unwrap();
-    let delete = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let delete = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&delete, StatusCode::OK);
     pat.close_breakglass(&grant.id).await.unwrap();
 }
@@ -70,13 +70,11 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
         "{text}"
     );
     let static_token =
-        p.t.post(
-            "prod/network",
-            "ci-prod",
-            Some("MAIN"),
-            state_doc(1, "X", ""),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .post("prod/network", state_doc(1, "X", ""))
+            .lock_id("MAIN")
+            .send()
+            .await;
     assert_status(&static_token, StatusCode::FORBIDDEN);
     let unlock = lock_info("MAIN", "OperationTypeApply").into_bytes();
     let stolen_unlock = p.ci("UNLOCK", &path, &feature, unlock.clone()).await;
@@ -106,7 +104,7 @@ async fn delete_in_a_protected_environment_needs_a_change() {
         .await;
     // The owner team may delete, but not outside the change process.
     let before = snapshot(&p, "network").await;
-    let delete = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let delete = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&delete, StatusCode::FORBIDDEN);
     let text = delete.text().await.unwrap();
     assert!(
@@ -122,13 +120,10 @@ async fn delete_in_a_protected_environment_needs_a_change() {
     // A change is applied by the pipeline from its branch, not by a person.
     let second = p.approved("network").await;
     let delete =
-        p.t.call(
-            "DELETE",
-            &format!("prod/network?change={second}"),
-            "pat",
-            None,
-        )
-        .await;
+        p.t.as_("pat")
+            .delete(format!("prod/network?change={second}"))
+            .send()
+            .await;
     assert_status(&delete, StatusCode::FORBIDDEN);
     assert!(delete
         .text()
@@ -144,7 +139,7 @@ async fn delete_in_a_protected_environment_needs_a_change() {
         .await
         .unwrap();
     assert_status(
-        &p.t.call("DELETE", "prod/network", "pat", None).await,
+        &p.t.as_("pat").delete("prod/network").send().await,
         StatusCode::OK,
     );
     let versions = p.t.versions("prod", "network").await;
@@ -277,7 +272,9 @@ async fn rollback_in_a_protected_environment_needs_a_change_and_across_lineages_
 async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
     let t = spawn_app().await;
     let huge = t
-        .post("dev/app", "alice", None, state_doc(i64::MAX, "L", ""))
+        .as_("alice")
+        .post("dev/app", state_doc(i64::MAX, "L", ""))
+        .send()
         .await;
     assert_status(&huge, StatusCode::BAD_REQUEST);
     assert!(huge
@@ -289,12 +286,16 @@ async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
 
     let max = bulkhead::state::MAX_SERIAL;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(max, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(max, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -318,7 +319,11 @@ async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
 async fn policy_explain_grants_a_readers_plan_lock_as_the_server_does() {
     let t = spawn_app().await;
     let lock = t
-        .lock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        .as_("alice")
+        .lock("prod/network")
+        .id("PLAN")
+        .operation("OperationTypePlan")
+        .send()
         .await;
     assert_status(&lock, StatusCode::OK);
     let explain = |operation: &str| {
@@ -353,9 +358,7 @@ async fn policy_explain_grants_a_readers_plan_lock_as_the_server_does() {
     let out = explain("OperationTypeApply");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let refused = t
-        .lock("prod/network", "alice", "APPLY", "OperationTypeApply")
-        .await;
+    let refused = t.as_("alice").lock("prod/network").id("APPLY").send().await;
     let server_says = refusal(refused).await;
     assert!(
         text.contains(&format!("the refused caller reads: {server_says}")),

@@ -382,13 +382,11 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
 
     // A static token proves no branch.
     let static_token =
-        p.t.call(
-            "LOCK",
-            &format!("prod/network?change={approved}"),
-            "ci-prod",
-            Some(lock_info("L", "OperationTypeApply").into_bytes()),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .lock(format!("prod/network?change={approved}"))
+            .id("L")
+            .send()
+            .await;
     expect(
         refusal(static_token).await,
         "these credentials prove no branch",
@@ -530,8 +528,7 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
         "{alice}"
     );
     assert_status(
-        &p.t.lock("prod/network", "pat", "P0", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P0").send().await,
         StatusCode::LOCKED,
     );
 
@@ -544,18 +541,19 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
     assert_eq!(listing.breakglass.len(), 1);
 
     assert_status(
-        &p.t.lock("prod/network", "pat", "P1", "OperationTypeApply")
+        &p.t.as_("pat").lock("prod/network").id("P1").send().await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("P1")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.post("prod/network", "pat", Some("P1"), state_doc(1, "P", ""))
-            .await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &p.t.unlock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").unlock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
     let marked: Vec<_> =
@@ -578,8 +576,7 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
         .breakglass
         .is_empty());
     assert_status(
-        &p.t.lock("prod/network", "pat", "P2", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P2").send().await,
         StatusCode::LOCKED,
     );
     assert_eq!(p.t.versions("prod", "network").await.len(), 1);
@@ -593,13 +590,11 @@ async fn break_glass_ends_by_itself() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.unlock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").unlock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
     // Waiting for the clock: the grant lasts one second.
@@ -611,11 +606,7 @@ async fn break_glass_ends_by_itself() {
         .unwrap()
         .breakglass
         .is_empty());
-    let sentence = refusal(
-        p.t.lock("prod/network", "pat", "P2", "OperationTypeApply")
-            .await,
-    )
-    .await;
+    let sentence = refusal(p.t.as_("pat").lock("prod/network").id("P2").send().await).await;
     assert!(
         sentence.contains("user:pat may not write prod"),
         "{sentence}"

@@ -567,11 +567,17 @@ async fn request_text_in_the_audit_log_status_and_history_is_shown_escaped() {
     })
     .to_string();
     let lock = t
-        .call("LOCK", "dev/app", "alice", Some(info.into_bytes()))
+        .as_("alice")
+        .request("LOCK", "dev/app")
+        .body(info.into_bytes())
+        .send()
         .await;
     assert_status(&lock, StatusCode::OK);
     let post = t
-        .post("dev/app", "alice", Some("L1"), state_doc(1, "L", ""))
+        .as_("alice")
+        .post("dev/app", state_doc(1, "L", ""))
+        .lock_id("L1")
+        .send()
         .await;
     assert_status(&post, StatusCode::OK);
 

@@ -1,5 +1,21 @@
 //! The test harness: a real server on a random port with a fresh data directory, tokens for
 //! the principals of [`CONFIG`], and typed helpers for the state protocol.
+//!
+//! A state request is built by naming who sends it, then what it asks, then sent:
+//!
+//! ```text
+//! t.as_("alice").get("dev/app").send().await
+//! t.as_("alice").post("dev/app", state_doc(1, "L", "")).lock_id("A1").send().await
+//! t.as_("alice").lock("prod/net").id("PLAN1").operation("OperationTypePlan").send().await
+//! t.as_("alice").unlock("dev/app").id("A1").send().await
+//! t.as_("pat").delete("prod/net").send().await
+//! t.as_("bob").on(&other.base).request("PUT", "dev/app?ID=A1").body(doc).send().await
+//! t.anonymous().get("dev/app").send().await
+//! ```
+//!
+//! A path is `ENV/NAME` as in the backend address (with a query string when the test wants
+//! one); `.on(base)` sends to another server instance sharing the storage; a lock is for
+//! OperationTypeApply unless `.operation(..)` says otherwise.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -230,83 +246,22 @@ impl TestApp {
             .expect("a token for a test principal")
     }
 
-    /// A request to `/v1/state/{path}` as `who` (HTTP Basic), or anonymous when `who` is "".
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        who: &str,
-        body: Option<Vec<u8>>,
-    ) -> reqwest::Response {
-        self.call_on(&self.base(), method, path, who, body).await
-    }
-
-    /// [`TestApp::call`] to another server instance sharing this one's storage.
-    pub async fn call_on(
-        &self,
-        base: &str,
-        method: &str,
-        path: &str,
-        who: &str,
-        body: Option<Vec<u8>>,
-    ) -> reqwest::Response {
-        let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .client
-            .request(method, format!("{base}/v1/state/{path}"));
-        if !who.is_empty() {
-            req = req.basic_auth(who, Some(self.token(who)));
+    /// Requests to the state protocol sent as `who` (HTTP Basic with its token).
+    pub fn as_(&self, who: impl AsRef<str>) -> Requester<'_> {
+        Requester {
+            app: self,
+            who: Some(who.as_ref().to_string()),
+            base: self.base(),
         }
-        if let Some(body) = body {
-            req = req.header("Content-Type", "application/json").body(body);
+    }
+
+    /// Requests to the state protocol sent without credentials.
+    pub fn anonymous(&self) -> Requester<'_> {
+        Requester {
+            app: self,
+            who: None,
+            base: self.base(),
         }
-        req.send().await.expect("request reaches the server")
-    }
-
-    pub async fn lock(
-        &self,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        self.lock_call("LOCK", path, who, id, operation).await
-    }
-
-    pub async fn unlock(
-        &self,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        self.lock_call("UNLOCK", path, who, id, operation).await
-    }
-
-    async fn lock_call(
-        &self,
-        method: &str,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        let body = lock_info(id, operation).into_bytes();
-        self.call(method, path, who, Some(body)).await
-    }
-
-    pub async fn post(
-        &self,
-        path: &str,
-        who: &str,
-        lock_id: Option<&str>,
-        body: Vec<u8>,
-    ) -> reqwest::Response {
-        let path = match lock_id {
-            Some(id) => format!("{path}?ID={id}"),
-            None => path.to_string(),
-        };
-        self.call("POST", &path, who, Some(body)).await
     }
 
     /// Every stored version of `env`/`state`.
@@ -365,6 +320,134 @@ impl TestApp {
     /// The newest audit record of an environment.
     pub async fn last_audit(&self, env: &str) -> Record {
         self.audit(Some(env)).await.pop().expect("an audit record")
+    }
+}
+
+/// Who sends a request and to which server; its methods start a request to
+/// `/v1/state/{path}` (a path is `ENV/NAME`, with a query string if the test wants one).
+pub struct Requester<'a> {
+    app: &'a TestApp,
+    who: Option<String>,
+    base: String,
+}
+
+impl<'a> Requester<'a> {
+    /// To another server instance sharing this app's storage, at base URL `base`.
+    pub fn on(mut self, base: impl AsRef<str>) -> Self {
+        self.base = base.as_ref().to_string();
+        self
+    }
+
+    pub fn get(self, path: impl AsRef<str>) -> StateRequest<'a> {
+        self.request("GET", path)
+    }
+
+    /// A write of `content`; `.lock_id(..)` sends it under a lock (`?ID=`).
+    pub fn post(self, path: impl AsRef<str>, content: Vec<u8>) -> StateRequest<'a> {
+        self.request("POST", path).body(content)
+    }
+
+    pub fn delete(self, path: impl AsRef<str>) -> StateRequest<'a> {
+        self.request("DELETE", path)
+    }
+
+    /// A LOCK with a LockInfo as terraform sends it; `.id(..)` is required.
+    pub fn lock(self, path: impl AsRef<str>) -> LockRequest<'a> {
+        LockRequest::new(self.request("LOCK", path))
+    }
+
+    /// An UNLOCK with a LockInfo as terraform sends it; `.id(..)` is required.
+    pub fn unlock(self, path: impl AsRef<str>) -> LockRequest<'a> {
+        LockRequest::new(self.request("UNLOCK", path))
+    }
+
+    /// Any method, e.g. PUT, PATCH, or a LOCK with a body of the test's own.
+    pub fn request(self, method: &str, path: impl AsRef<str>) -> StateRequest<'a> {
+        StateRequest {
+            from: self,
+            method: Method::from_bytes(method.as_bytes()).expect("an HTTP method"),
+            path: path.as_ref().to_string(),
+            lock_id: None,
+            body: None,
+        }
+    }
+}
+
+/// One request to the state protocol, sent by [`StateRequest::send`].
+pub struct StateRequest<'a> {
+    from: Requester<'a>,
+    method: Method,
+    path: String,
+    lock_id: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
+impl StateRequest<'_> {
+    /// Names the lock the request is made under (`?ID=`), as terraform does on a write.
+    pub fn lock_id(mut self, id: impl AsRef<str>) -> Self {
+        self.lock_id = Some(id.as_ref().to_string());
+        self
+    }
+
+    /// A JSON body.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub async fn send(self) -> reqwest::Response {
+        let Requester { app, who, base } = self.from;
+        let path = match &self.lock_id {
+            Some(id) => format!("{}?ID={id}", self.path),
+            None => self.path,
+        };
+        let mut req = app
+            .client
+            .request(self.method, format!("{base}/v1/state/{path}"));
+        if let Some(who) = &who {
+            req = req.basic_auth(who, Some(app.token(who)));
+        }
+        if let Some(body) = self.body {
+            req = req.header("Content-Type", "application/json").body(body);
+        }
+        req.send().await.expect("request reaches the server")
+    }
+}
+
+/// A LOCK or UNLOCK whose body is a LockInfo built from `.id(..)` and `.operation(..)`.
+pub struct LockRequest<'a> {
+    request: StateRequest<'a>,
+    id: Option<String>,
+    operation: String,
+}
+
+impl<'a> LockRequest<'a> {
+    fn new(request: StateRequest<'a>) -> Self {
+        LockRequest {
+            request,
+            id: None,
+            operation: "OperationTypeApply".to_string(),
+        }
+    }
+
+    /// The LockInfo's ID.
+    pub fn id(mut self, id: impl AsRef<str>) -> Self {
+        self.id = Some(id.as_ref().to_string());
+        self
+    }
+
+    /// The LockInfo's operation; OperationTypeApply unless set.
+    pub fn operation(mut self, operation: &str) -> Self {
+        self.operation = operation.to_string();
+        self
+    }
+
+    pub async fn send(self) -> reqwest::Response {
+        let id = self
+            .id
+            .expect("a LOCK or UNLOCK built by the helpers names its ID with .id(..)");
+        let body = lock_info(&id, &self.operation).into_bytes();
+        self.request.body(body).send().await
     }
 }
 
