@@ -426,8 +426,8 @@ async fn approvals_expire() {
     let p = spawn_protected("1s").await;
     let main = p.issuer.token("main", |_| {});
     let id = p.approved("network").await;
-    // Waiting for the clock, not for the server: the approval is valid for one second.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The approval is valid for one second.
+    wait_for_expiry().await;
     let sentence = refusal(
         p.ci_lock(&format!("prod/network?change={id}"), &main, "L")
             .await,
@@ -597,8 +597,8 @@ async fn break_glass_ends_by_itself() {
         &p.t.as_("pat").unlock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
-    // Waiting for the clock: the grant lasts one second.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The grant lasts one second.
+    wait_for_expiry().await;
     assert!(p
         .client("bob")
         .changes(None, None)

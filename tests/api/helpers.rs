@@ -91,10 +91,7 @@ impl Drop for TestApp {
 
 /// [`CONFIG`] with more lines in its `server` block.
 pub fn config_with_server(lines: &str) -> String {
-    CONFIG.replace(
-        "data_dir = \"data\"",
-        &format!("data_dir = \"data\"\n  {lines}"),
-    )
+    CONFIG.replace(DATA_DIR_LINE, &format!("{DATA_DIR_LINE}\n  {lines}"))
 }
 
 /// Runs `bulkhead audit verify` on the config in `dir` and asserts every chain is intact.
@@ -117,9 +114,20 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(config_text: &str) -> TestApp {
+    spawn_app_on(&with_test_storage(config_text)).await
+}
+
+/// A server on SQLite whatever storage this run is on, for a test about SQLite itself (its
+/// files, its disk).
+pub async fn spawn_app_on_sqlite(config_text: &str) -> TestApp {
+    spawn_app_on(config_text).await
+}
+
+/// A server on `config_text` exactly as given, in a fresh directory.
+async fn spawn_app_on(config_text: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("bulkhead.hcl");
-    std::fs::write(&config_path, with_test_storage(config_text)).expect("write config");
+    std::fs::write(&config_path, config_text).expect("write config");
     spawn_app_in(dir).await
 }
 
@@ -451,6 +459,13 @@ impl<'a> LockRequest<'a> {
     }
 }
 
+/// Waits until something granted for one second (an approval, a break-glass grant) has run
+/// out. On the wall clock, as a test cannot move the server's clock yet: the one
+/// place to change when it can.
+pub async fn wait_for_expiry() {
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+}
+
 pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
     assert_eq!(resp.status(), want, "unexpected status for {}", resp.url());
 }
@@ -459,8 +474,53 @@ pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
 /// database of the test's own, instead of SQLite files: the same tests, the other storage.
 const POSTGRES_VAR: &str = "BULKHEAD_TEST_POSTGRES";
 
-fn postgres_admin_url() -> Option<String> {
-    std::env::var(POSTGRES_VAR).ok().filter(|v| !v.is_empty())
+/// The line of a test config that [`with_test_storage`] points at PostgreSQL.
+const DATA_DIR_LINE: &str = "data_dir = \"data\"";
+
+/// How long the first test waits for the PostgreSQL server before the run is stopped.
+const POSTGRES_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The PostgreSQL server this run keeps test data on, if [`POSTGRES_VAR`] names one. The
+/// first call connects to it; when that fails the whole run stops there with one sentence,
+/// since a run asked for PostgreSQL must neither hang, nor fall back to SQLite, nor fail every
+/// test one by one with the same cause.
+fn postgres_admin_url() -> Option<&'static str> {
+    static CHECKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let url = std::env::var(POSTGRES_VAR).ok().filter(|v| !v.is_empty())?;
+            if let Err(why) = on_own_runtime(postgres_reachable(url.clone())) {
+                use std::io::Write;
+                // Straight to the process's stderr: the test harness captures what tests print.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n{POSTGRES_VAR}={url}: {why}. The tests were asked to run on PostgreSQL \
+                     and cannot: start that server (`.ci/postgres start DIR` prints a URL) or \
+                     unset {POSTGRES_VAR} to run them on SQLite.\n"
+                );
+                std::process::exit(2);
+            }
+            Some(url)
+        })
+        .as_deref()
+}
+
+/// Whether a PostgreSQL server answers at `url`, within [`POSTGRES_CONNECT_TIMEOUT`].
+async fn postgres_reachable(url: String) -> Result<(), String> {
+    use sqlx::Connection;
+    reqwest::Url::parse(&url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    let connect = sqlx::PgConnection::connect(&url);
+    match tokio::time::timeout(POSTGRES_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => conn
+            .close()
+            .await
+            .map_err(|e| format!("cannot connect: {e}")),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!(
+            "no answer within {} s",
+            POSTGRES_CONNECT_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Whether this run keeps test data on PostgreSQL.
@@ -469,17 +529,26 @@ pub fn on_postgres() -> bool {
 }
 
 /// A test's config as written to disk: on PostgreSQL runs, with `storage` pointing the
-/// server block at a fresh database.
+/// server block at a fresh database. Panics on a PostgreSQL run when the config has no
+/// [`DATA_DIR_LINE`] to put it beside: a test meant for SQLite alone says so with
+/// [`spawn_app_on_sqlite`] instead.
 pub fn with_test_storage(config_text: &str) -> String {
     let Some(admin) = postgres_admin_url() else {
         return config_text.to_string();
     };
-    let marker = "data_dir = \"data\"";
-    if !config_text.contains(marker) {
-        return config_text.to_string();
-    }
-    let url = fresh_database(&admin);
-    config_text.replacen(marker, &format!("{marker}\n  storage  = \"{url}\""), 1)
+    assert!(
+        config_text.contains(DATA_DIR_LINE),
+        "this test's config has no `{DATA_DIR_LINE}` line in its server block, so it cannot be \
+         moved to PostgreSQL as {POSTGRES_VAR} asks: keep that line (add server lines after \
+         it, as config_with_server does), or start the server with spawn_app_on_sqlite(..) if \
+         the test is about SQLite alone"
+    );
+    let url = fresh_database(admin);
+    config_text.replacen(
+        DATA_DIR_LINE,
+        &format!("{DATA_DIR_LINE}\n  storage  = \"{url}\""),
+        1,
+    )
 }
 
 /// Creates an empty database on the test PostgreSQL server and returns its URL. Runs on a

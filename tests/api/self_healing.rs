@@ -96,7 +96,7 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
         "data_dir = \"data\"",
         &format!("data_dir = {:?}", tmpfs.path.display().to_string()),
     );
-    let app = spawn_app_with(&config).await;
+    let app = spawn_app_on_sqlite(&config).await;
     // A server process of its own, whose log can be read.
     let served = app.serve_process().await;
     let post = |serial: i64, size: usize, lock: Option<&'static str>| {
