@@ -13,7 +13,10 @@ pub async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, S
     let change = p.approved("network").await;
     let main = p.issuer.token("main", |_| {});
     let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, lock_id).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id(lock_id).send().await,
+        StatusCode::OK,
+    );
     (change, main, path)
 }
 
@@ -61,7 +64,10 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
     // The feature branch's token of the same service, and its static token, present the lock
     // ID that readers can see.
     let forged = p
-        .ci_write(&path, &feature, "MAIN", state_doc(1, "X", ""))
+        .pipeline(&feature)
+        .post(&path, state_doc(1, "X", ""))
+        .lock_id("MAIN")
+        .send()
         .await;
     assert_status(&forged, StatusCode::FORBIDDEN);
     let text = forged.text().await.unwrap();
@@ -77,7 +83,12 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
             .await;
     assert_status(&static_token, StatusCode::FORBIDDEN);
     let unlock = lock_info("MAIN", "OperationTypeApply").into_bytes();
-    let stolen_unlock = p.ci("UNLOCK", &path, &feature, unlock.clone()).await;
+    let stolen_unlock = p
+        .pipeline(&feature)
+        .request("UNLOCK", &path)
+        .body(unlock.clone())
+        .send()
+        .await;
     assert_status(&stolen_unlock, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
 
@@ -87,10 +98,20 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
 
     // The identity that took the lock writes and releases it.
     let post = p
-        .ci_write(&path, &main, "MAIN", state_doc(1, "P", ""))
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("MAIN")
+        .send()
         .await;
     assert_status(&post, StatusCode::OK);
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let applied = p.client("pat").change(&change).await.unwrap();
     assert_eq!(applied.applied_version, Some(1));
 }
@@ -159,7 +180,12 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
         .await
         .unwrap();
     let before = snapshot(&p, "network").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(
@@ -169,7 +195,14 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
     assert_eq!(snapshot(&p, "network").await, before);
     // The holder can still release its lock; the change stays rejected, and no version names it.
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let rejected = p.client("pat").change(&change).await.unwrap();
     assert_eq!(
         (rejected.readiness.as_str(), rejected.applied_version),
@@ -182,7 +215,12 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
 async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     let p = spawn_protected("24h").await;
     let (change, main, path) = apply_under_way(&p, "L").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     let before = snapshot(&p, "network").await;
     for verb in ["reject", "cancel"] {
@@ -199,7 +237,14 @@ async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     }
     assert_eq!(snapshot(&p, "network").await, before);
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let applied = p.client("pat").change(&change).await.unwrap();
     assert_eq!(
         (applied.readiness.as_str(), applied.applied_version),
@@ -219,7 +264,12 @@ async fn a_changes_lock_authorizes_writes_for_its_apply_window_only() {
     )
     .await;
     let before = snapshot(&p, "network").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(text.contains(&format!("the apply window of change {change} ended at 2020-01-01T01:00:00Z (1h after lock L was taken)")), "{text}");

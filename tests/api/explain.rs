@@ -389,7 +389,12 @@ async fn explain_agrees_with_the_server_under_change_control() {
         branch: Some("main"),
         ..ask("ci-prod", "state:lock", "OperationTypeApply")
     };
-    let resp = p.ci_lock("prod/network", &main, "NOCHANGE").await;
+    let resp = p
+        .pipeline(&main)
+        .lock("prod/network")
+        .id("NOCHANGE")
+        .send()
+        .await;
     assert_status(&resp, StatusCode::LOCKED);
     let server = server_said(t, &q, resp).await;
     assert_agree(
@@ -403,7 +408,9 @@ async fn explain_agrees_with_the_server_under_change_control() {
         ..ask("ci-prod", "state:write", "")
     };
     let resp = p
-        .ci("POST", "prod/network", &main, state_doc(1, "P", ""))
+        .pipeline(&main)
+        .post("prod/network", state_doc(1, "P", ""))
+        .send()
         .await;
     assert_status(&resp, StatusCode::FORBIDDEN);
     let server = server_said(t, &q, resp).await;
@@ -441,7 +448,10 @@ async fn explain_agrees_with_the_server_under_change_control() {
 
     let first = p.approved("network").await;
     let path = format!("prod/network?change={first}");
-    assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L1").send().await,
+        StatusCode::OK,
+    );
     let q = ask("pat", "state:force-unlock", "");
     let resp = t
         .as_("pat")

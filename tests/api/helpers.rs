@@ -11,6 +11,8 @@
 //! t.as_("pat").delete("prod/net").send().await
 //! t.as_("bob").on(&other.base).request("PUT", "dev/app?ID=A1").body(doc).send().await
 //! t.anonymous().get("dev/app").send().await
+//! t.as_("ci-prod").with_secret(&jwt).lock(&path).id("MAIN").send().await
+//! t.bearer(&jwt).post("prod/network", doc).send().await
 //! ```
 //!
 //! A path is `ENV/NAME` as in the backend address (with a query string when the test wants
@@ -256,18 +258,27 @@ impl TestApp {
 
     /// Requests to the state protocol sent as `who` (HTTP Basic with its token).
     pub fn as_(&self, who: impl AsRef<str>) -> Requester<'_> {
-        Requester {
-            app: self,
-            who: Some(who.as_ref().to_string()),
-            base: self.base(),
-        }
+        self.requester(Credentials::Basic {
+            name: who.as_ref().to_string(),
+            secret: None,
+        })
+    }
+
+    /// Requests to the state protocol with `jwt` as a Bearer token, which names no service:
+    /// every service of the issuer may claim it.
+    pub fn bearer(&self, jwt: impl AsRef<str>) -> Requester<'_> {
+        self.requester(Credentials::Bearer(jwt.as_ref().to_string()))
     }
 
     /// Requests to the state protocol sent without credentials.
     pub fn anonymous(&self) -> Requester<'_> {
+        self.requester(Credentials::None)
+    }
+
+    fn requester(&self, credentials: Credentials) -> Requester<'_> {
         Requester {
             app: self,
-            who: None,
+            credentials,
             base: self.base(),
         }
     }
@@ -335,11 +346,33 @@ impl TestApp {
 /// `/v1/state/{path}` (a path is `ENV/NAME`, with a query string if the test wants one).
 pub struct Requester<'a> {
     app: &'a TestApp,
-    who: Option<String>,
+    credentials: Credentials,
     base: String,
 }
 
+/// How a request proves who sends it.
+enum Credentials {
+    None,
+    /// HTTP Basic: a principal's name and its secret (an OIDC token; its own token if none).
+    Basic {
+        name: String,
+        secret: Option<String>,
+    },
+    Bearer(String),
+}
+
 impl<'a> Requester<'a> {
+    /// With `secret` as the Basic password instead of the principal's token, e.g. the
+    /// pipeline's OIDC token.
+    pub fn with_secret(mut self, secret: impl AsRef<str>) -> Self {
+        if let Credentials::Basic { secret: s, .. } = &mut self.credentials {
+            *s = Some(secret.as_ref().to_string());
+        } else {
+            panic!("with_secret(..) replaces the token of as_(..), and there is none here");
+        }
+        self
+    }
+
     /// To another server instance sharing this app's storage, at base URL `base`.
     pub fn on(mut self, base: impl AsRef<str>) -> Self {
         self.base = base.as_ref().to_string();
@@ -391,7 +424,8 @@ pub struct StateRequest<'a> {
 }
 
 impl StateRequest<'_> {
-    /// Names the lock the request is made under (`?ID=`), as terraform does on a write.
+    /// Names the lock the request is made under (`ID=` in the query), as terraform does on a
+    /// write.
     pub fn lock_id(mut self, id: impl AsRef<str>) -> Self {
         self.lock_id = Some(id.as_ref().to_string());
         self
@@ -404,17 +438,27 @@ impl StateRequest<'_> {
     }
 
     pub async fn send(self) -> reqwest::Response {
-        let Requester { app, who, base } = self.from;
+        let Requester {
+            app,
+            credentials,
+            base,
+        } = self.from;
         let path = match &self.lock_id {
+            Some(id) if self.path.contains('?') => format!("{}&ID={id}", self.path),
             Some(id) => format!("{}?ID={id}", self.path),
             None => self.path,
         };
         let mut req = app
             .client
             .request(self.method, format!("{base}/v1/state/{path}"));
-        if let Some(who) = &who {
-            req = req.basic_auth(who, Some(app.token(who)));
-        }
+        req = match credentials {
+            Credentials::None => req,
+            Credentials::Basic { name, secret } => {
+                let secret = secret.unwrap_or_else(|| app.token(&name).to_string());
+                req.basic_auth(name, Some(secret))
+            }
+            Credentials::Bearer(jwt) => req.bearer_auth(jwt),
+        };
         if let Some(body) = self.body {
             req = req.header("Content-Type", "application/json").body(body);
         }

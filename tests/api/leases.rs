@@ -196,14 +196,22 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
     let main = p.issuer.token("main", |_| {});
     let first = p.approved("network").await;
     let path = format!("prod/network?change={first}");
-    assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
-    let post = p.ci_write(&path, &main, "L1", state_doc(1, "P", "")).await;
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L1").send().await,
+        StatusCode::OK,
+    );
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L1")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     idle_since(&p.t, "prod", "network", LONG_AGO).await;
 
     // No change named, or the change the idle lock was taken for (already written under):
     // refused, and the lock stays.
-    let bare = refusal(p.ci_lock("prod/network", &main, "L2").await).await;
+    let bare = refusal(p.pipeline(&main).lock("prod/network").id("L2").send().await).await;
     assert!(!bare.starts_with("L1 held by"), "{bare}");
     assert_eq!(
         holder(&p.t, "prod", "network").await,
@@ -212,7 +220,7 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
 
     // The change the idle lock has already written for: its apply used it up, so a new lock
     // for it is refused at the lock, and nothing changes.
-    let same = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    let same = refusal(p.pipeline(&main).lock(&path).id("L2").send().await).await;
     assert!(
         same.starts_with(&format!(
             "change {first} was written under lock L1 of service:ci-prod"
@@ -229,7 +237,10 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
     // Its own approved change: taken over.
     let second = p.approved("network").await;
     let path = format!("prod/network?change={second}");
-    assert_status(&p.ci_lock(&path, &main, "L2").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L2").send().await,
+        StatusCode::OK,
+    );
     let taken = p.t.last_audit("prod").await;
     assert!(
         taken
