@@ -79,20 +79,29 @@ async fn relocking_with_the_holders_lock_id_takes_nothing() {
     // Another branch, another workflow of the right branch, and the static token each present
     // the held lock's ID with the same approved change.
     let feature = p.issuer.token("feature-x", |_| {});
-    let text = refusal(p.ci_lock(&path, &feature, "MAIN").await).await;
+    let text = refusal(p.pipeline(&feature).lock(&path).id("MAIN").send().await).await;
     assert!(
         text.contains("branch feature-x may not apply prod"),
         "{text}"
     );
-    let text = refusal(p.ci_lock(&path, &other_workflow(&p), "MAIN").await).await;
+    let text = refusal(
+        p.pipeline(&other_workflow(&p))
+            .lock(&path)
+            .id("MAIN")
+            .send()
+            .await,
+    )
+    .await;
     assert!(text.starts_with("MAIN held by service:ci-prod"), "{text}");
-    let lock = lock_info("MAIN", "OperationTypeApply").into_bytes();
-    let text = refusal(p.t.call("LOCK", &path, "ci-prod", Some(lock)).await).await;
+    let text = refusal(p.t.as_("ci-prod").lock(&path).id("MAIN").send().await).await;
     assert!(text.contains("these credentials prove no branch"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
 
     // The holder's own retry is granted and changes nothing (nor the lock's time).
-    assert_status(&p.ci_lock(&path, &main, "MAIN").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("MAIN").send().await,
+        StatusCode::OK,
+    );
     assert_eq!(snapshot(&p, "network").await, before);
 }
 
@@ -100,18 +109,24 @@ async fn relocking_with_the_holders_lock_id_takes_nothing() {
 async fn another_member_cannot_relock_or_write_under_a_members_lock() {
     let t = spawn_app().await;
     assert_status(
-        &t.lock("dev/app", "alice", "A", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("A").send().await,
         StatusCode::OK,
     );
-    let relock = t.lock("dev/app", "bob", "A", "OperationTypeApply").await;
+    let relock = t.as_("bob").lock("dev/app").id("A").send().await;
     let text = refusal(relock).await;
     assert!(text.starts_with("A held by user:alice"), "{text}");
     let write = t
-        .post("dev/app", "bob", Some("A"), state_doc(1, "B", ""))
+        .as_("bob")
+        .post("dev/app", state_doc(1, "B", ""))
+        .lock_id("A")
+        .send()
         .await;
     assert_status(&write, StatusCode::LOCKED);
     let put = t
-        .call("PUT", "dev/app?ID=A", "bob", Some(state_doc(1, "B", "")))
+        .as_("bob")
+        .request("PUT", "dev/app?ID=A")
+        .body(state_doc(1, "B", ""))
+        .send()
         .await;
     assert_status(&put, StatusCode::LOCKED);
     assert!(t.versions("dev", "app").await.is_empty());
@@ -136,7 +151,11 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     let change = p.approved("network").await;
     let main = p.issuer.token("main", |_| {});
     assert_status(
-        &p.t.lock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .lock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -144,29 +163,40 @@ async fn a_readers_plan_lock_id_lends_nothing() {
 
     // The pipeline, with an approved change, writes under a reader's plan lock: not a lock.
     let post = p
-        .ci(
-            "POST",
+        .pipeline(&main)
+        .post(
             &format!("prod/network?change={change}&ID=PLAN"),
-            &main,
             state_doc(1, "P", ""),
         )
+        .send()
         .await;
     let text = sentence(post, StatusCode::CONFLICT).await;
     assert!(text.contains("lock PLAN is not held"), "{text}");
     // Another reader writes or releases under it.
     let post =
-        p.t.post("prod/network", "bob", Some("PLAN"), state_doc(1, "B", ""))
+        p.t.as_("bob")
+            .post("prod/network", state_doc(1, "B", ""))
+            .lock_id("PLAN")
+            .send()
             .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     assert_status(
-        &p.t.unlock("prod/network", "bob", "PLAN", "OperationTypePlan")
+        &p.t.as_("bob")
+            .unlock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_eq!(snapshot(&p, "network").await, before);
     // ...which released nothing of alice's.
     assert_status(
-        &p.t.unlock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .unlock("prod/network")
+            .id("PLAN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -179,40 +209,59 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     // A reader's plan lock under the ID of the pipeline's lock: granted, blocking nobody, and
     // it neither writes nor releases the pipeline's lock.
     let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, "MAIN").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("MAIN").send().await,
+        StatusCode::OK,
+    );
     let before = snapshot(&p, "network").await;
     assert_status(
-        &p.t.lock("prod/network", "alice", "MAIN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .lock("prod/network")
+            .id("MAIN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.unlock("prod/network", "alice", "MAIN", "OperationTypePlan")
+        &p.t.as_("alice")
+            .unlock("prod/network")
+            .id("MAIN")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::FORBIDDEN,
     );
     let post =
-        p.t.post("prod/network", "alice", Some("MAIN"), state_doc(1, "A", ""))
+        p.t.as_("alice")
+            .post("prod/network", state_doc(1, "A", ""))
+            .lock_id("MAIN")
+            .send()
             .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     // The same service from another branch, planning without a change, likewise.
     let feature = p.issuer.token("feature-x", |_| {});
     let plan = lock_info("MAIN", "OperationTypePlan").into_bytes();
     assert_status(
-        &p.ci("LOCK", "prod/network", &feature, plan.clone()).await,
+        &p.pipeline(&feature)
+            .request("LOCK", "prod/network")
+            .body(plan.clone())
+            .send()
+            .await,
         StatusCode::OK,
     );
     let post = p
-        .ci(
-            "POST",
-            "prod/network?ID=MAIN",
-            &feature,
-            state_doc(1, "F", ""),
-        )
+        .pipeline(&feature)
+        .post("prod/network?ID=MAIN", state_doc(1, "F", ""))
+        .send()
         .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     assert_status(
-        &p.ci("UNLOCK", "prod/network", &feature, plan).await,
+        &p.pipeline(&feature)
+            .request("UNLOCK", "prod/network")
+            .body(plan)
+            .send()
+            .await,
         StatusCode::FORBIDDEN,
     );
     assert_eq!(snapshot(&p, "network").await, before);
@@ -223,7 +272,12 @@ async fn crafted_unlock_bodies_release_nothing_without_force_unlock() {
     let p = spawn_protected("24h").await;
     let (change, _, path) = apply_under_way(&p, "MAIN").await;
     // The 423 body anyone trying to lock reads: the holder's LockInfo, its ID the sentence.
-    let seen = p.ci_lock(&path, &other_workflow(&p), "X").await;
+    let seen = p
+        .pipeline(&other_workflow(&p))
+        .lock(&path)
+        .id("X")
+        .send()
+        .await;
     assert_status(&seen, StatusCode::LOCKED);
     let seen = seen.text().await.unwrap();
     let seen_id: String = serde_json::from_str::<serde_json::Value>(&seen).unwrap()["ID"]
@@ -269,14 +323,25 @@ async fn crafted_unlock_bodies_release_nothing_without_force_unlock() {
     ];
     let feature = p.issuer.token("feature-x", |_| {});
     for (what, body, want) in &bodies {
-        let r = p.ci("UNLOCK", &path, &feature, body.clone()).await;
+        let r = p
+            .pipeline(&feature)
+            .request("UNLOCK", &path)
+            .body(body.clone())
+            .send()
+            .await;
         assert_eq!(r.status(), *want, "feature branch, {what}");
         let r =
-            p.t.call("UNLOCK", &path, "ci-prod", Some(body.clone()))
+            p.t.as_("ci-prod")
+                .request("UNLOCK", &path)
+                .body(body.clone())
+                .send()
                 .await;
         assert_eq!(r.status(), *want, "static token, {what}");
         let r =
-            p.t.call("UNLOCK", "prod/network", "alice", Some(body.clone()))
+            p.t.as_("alice")
+                .request("UNLOCK", "prod/network")
+                .body(body.clone())
+                .send()
                 .await;
         assert_eq!(r.status(), *want, "a reader, {what}");
     }
@@ -294,20 +359,22 @@ async fn crafted_unlock_bodies_release_nothing_without_force_unlock() {
 
     // The owner's force-unlock must name the lock held, if it names one.
     let wrong =
-        p.t.call(
-            "UNLOCK",
-            "prod/network",
-            "pat",
-            Some(br#"{"ID":"OTHER"}"#.to_vec()),
-        )
-        .await;
+        p.t.as_("pat")
+            .request("UNLOCK", "prod/network")
+            .body(br#"{"ID":"OTHER"}"#.to_vec())
+            .send()
+            .await;
     assert_status(&wrong, StatusCode::CONFLICT);
     assert_eq!(snapshot(&p, "network").await, before);
     let body = serde_json::json!({ "ID": seen_id })
         .to_string()
         .into_bytes();
     assert_status(
-        &p.t.call("UNLOCK", "prod/network", "pat", Some(body)).await,
+        &p.t.as_("pat")
+            .request("UNLOCK", "prod/network")
+            .body(body)
+            .send()
+            .await,
         StatusCode::OK,
     );
     assert_eq!(held(&p, "network").await, None);
@@ -324,7 +391,7 @@ async fn a_change_binds_the_exact_state_name_and_environment() {
     let lock = |path: String| {
         let main = main.clone();
         let p = &p;
-        async move { p.ci_lock(&path, &main, "L").await }
+        async move { p.pipeline(&main).lock(&path).id("L").send().await }
     };
     let text = refusal(lock(format!("prod/Network?change={change}")).await).await;
     assert!(text.contains("is for state network, not Network"), "{text}");
@@ -391,7 +458,10 @@ async fn a_query_that_names_a_change_or_lock_twice_is_refused() {
         format!("change={approved}&change={pending}"),
     ] {
         let r = p
-            .ci_lock(&format!("prod/network?{query}"), &main, "L")
+            .pipeline(&main)
+            .lock(&format!("prod/network?{query}"))
+            .id("L")
+            .send()
             .await;
         let text = sentence(r, StatusCode::BAD_REQUEST).await;
         assert!(text.contains("`change` more than once"), "{text}");
@@ -399,15 +469,15 @@ async fn a_query_that_names_a_change_or_lock_twice_is_refused() {
     assert_eq!(held(&p, "network").await, None);
 
     let path = format!("prod/network?change={approved}");
-    assert_status(&p.ci_lock(&path, &main, "L").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L").send().await,
+        StatusCode::OK,
+    );
     let before = snapshot(&p, "network").await;
     let r = p
-        .ci(
-            "POST",
-            &format!("{path}&ID=L&ID=X"),
-            &main,
-            state_doc(1, "P", ""),
-        )
+        .pipeline(&main)
+        .post(&format!("{path}&ID=L&ID=X"), state_doc(1, "P", ""))
+        .send()
         .await;
     let text = sentence(r, StatusCode::BAD_REQUEST).await;
     assert!(text.contains("`ID` more than once"), "{text}");
@@ -428,42 +498,34 @@ async fn put_is_judged_as_post_and_other_methods_are_refused() {
     let before = snapshot(&p, "network").await;
     let feature = p.issuer.token("feature-x", |_| {});
     let put = p
-        .ci(
-            "PUT",
-            &format!("{path}&ID=MAIN"),
-            &feature,
-            state_doc(1, "X", ""),
-        )
+        .pipeline(&feature)
+        .request("PUT", &format!("{path}&ID=MAIN"))
+        .body(state_doc(1, "X", ""))
+        .send()
         .await;
     assert_status(&put, StatusCode::FORBIDDEN);
     let put =
-        p.t.call(
-            "PUT",
-            "prod/network?ID=MAIN",
-            "ci-prod",
-            Some(state_doc(1, "X", "")),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .request("PUT", "prod/network?ID=MAIN")
+            .body(state_doc(1, "X", ""))
+            .send()
+            .await;
     assert_status(&put, StatusCode::FORBIDDEN);
     for method in ["PATCH", "lock", "unlock", "HEAD", "OPTIONS", "PROPFIND"] {
         let r = p
-            .ci(
-                method,
-                &format!("{path}&ID=MAIN"),
-                &main,
-                state_doc(1, "X", ""),
-            )
+            .pipeline(&main)
+            .request(method, &format!("{path}&ID=MAIN"))
+            .body(state_doc(1, "X", ""))
+            .send()
             .await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
     }
     assert_eq!(snapshot(&p, "network").await, before);
     let put = p
-        .ci(
-            "PUT",
-            &format!("{path}&ID=MAIN"),
-            &main,
-            state_doc(1, "P", ""),
-        )
+        .pipeline(&main)
+        .request("PUT", &format!("{path}&ID=MAIN"))
+        .body(state_doc(1, "P", ""))
+        .send()
         .await;
     assert_status(&put, StatusCode::OK);
     let versions = p.t.versions("prod", "network").await;
@@ -481,41 +543,47 @@ async fn one_principals_break_glass_is_not_anothers() {
     let before = snapshot(&p, "network").await;
     // quinn is of pat's team, the owner, but not of breakglass.allowed; bob merely reads.
     for who in ["quinn", "bob"] {
-        let r =
-            p.t.lock("prod/network", who, "Q", "OperationTypeApply")
-                .await;
+        let r = p.t.as_(who).lock("prod/network").id("Q").send().await;
         let text = refusal(r).await;
         assert!(
             text.contains(&format!("user:{who} may not write prod")),
             "{text}"
         );
         let r =
-            p.t.post("prod/network", who, None, state_doc(1, "Q", ""))
+            p.t.as_(who)
+                .post("prod/network", state_doc(1, "Q", ""))
+                .send()
                 .await;
         assert_status(&r, StatusCode::FORBIDDEN);
     }
     let main = p.issuer.token("main", |_| {});
     let r = p
-        .ci("POST", "prod/network", &main, state_doc(1, "Q", ""))
+        .pipeline(&main)
+        .post("prod/network", state_doc(1, "Q", ""))
+        .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
 
     // Under pat's lock, taken under pat's grant, nobody else writes.
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     let before = snapshot(&p, "network").await;
     for who in ["quinn", "bob"] {
         let r =
-            p.t.post("prod/network", who, Some("BG"), state_doc(1, "Q", ""))
+            p.t.as_(who)
+                .post("prod/network", state_doc(1, "Q", ""))
+                .lock_id("BG")
+                .send()
                 .await;
         assert_status(&r, StatusCode::FORBIDDEN);
     }
     let r = p
-        .ci("POST", "prod/network?ID=BG", &main, state_doc(1, "Q", ""))
+        .pipeline(&main)
+        .post("prod/network?ID=BG", state_doc(1, "Q", ""))
+        .send()
         .await;
     assert_status(&r, StatusCode::LOCKED);
     assert_eq!(snapshot(&p, "network").await, before);
@@ -530,14 +598,16 @@ async fn a_break_glass_lock_writes_nothing_once_its_grant_is_closed() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     pat.close_breakglass(&grant.id).await.unwrap();
     let before = snapshot(&p, "network").await;
     let r =
-        p.t.post("prod/network", "pat", Some("BG"), state_doc(1, "P", ""))
+        p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("BG")
+            .send()
             .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;
     assert!(text.contains("user:pat may not write prod"), "{text}");
@@ -550,7 +620,10 @@ async fn a_break_glass_lock_writes_nothing_once_its_grant_is_closed() {
     )
     .await;
     let r =
-        p.t.post("prod/network", "pat", Some("BG"), state_doc(1, "P", ""))
+        p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("BG")
+            .send()
             .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
@@ -567,20 +640,36 @@ async fn an_approval_expiring_during_the_apply_leaves_it_its_window_and_no_more(
     )
     .await;
     // A retried LOCK needs the grant again: the approval has expired.
-    let text = refusal(p.ci_lock(&path, &main, "L").await).await;
+    let text = refusal(p.pipeline(&main).lock(&path).id("L").send().await).await;
     assert!(text.contains("approvals expired"), "{text}");
     // The apply that began under a valid approval finishes within its apply window...
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let applied = p.client("pat").change(&change).await.unwrap();
     assert_eq!(applied.applied_version, Some(1));
     // ...and the change is used up.
     let before = snapshot(&p, "network").await;
-    let text = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    let text = refusal(p.pipeline(&main).lock(&path).id("L2").send().await).await;
     assert!(text.contains("was already applied"), "{text}");
-    let r = p.ci("POST", &path, &main, state_doc(2, "P", "")).await;
+    let r = p
+        .pipeline(&main)
+        .post(&path, state_doc(2, "P", ""))
+        .send()
+        .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
 }
@@ -605,12 +694,9 @@ async fn a_change_used_by_a_delete_is_used_up() {
     let second = p.approved("network").await;
     let before = snapshot(&p, "network").await;
     let r = p
-        .ci(
-            "DELETE",
-            &format!("prod/network?change={other_state}"),
-            &main,
-            Vec::new(),
-        )
+        .pipeline(&main)
+        .delete(&format!("prod/network?change={other_state}"))
+        .send()
         .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;
     assert!(
@@ -619,21 +705,15 @@ async fn a_change_used_by_a_delete_is_used_up() {
     );
     let feature = p.issuer.token("feature-x", |_| {});
     let r = p
-        .ci(
-            "DELETE",
-            &format!("prod/network?change={second}"),
-            &feature,
-            Vec::new(),
-        )
+        .pipeline(&feature)
+        .delete(&format!("prod/network?change={second}"))
+        .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     let r = p
-        .ci(
-            "DELETE",
-            &format!("prod/network?change={first}"),
-            &main,
-            Vec::new(),
-        )
+        .pipeline(&main)
+        .delete(&format!("prod/network?change={first}"))
+        .send()
         .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;
     assert!(text.contains("was already applied"), "{text}");
@@ -641,7 +721,7 @@ async fn a_change_used_by_a_delete_is_used_up() {
 
     let path = format!("prod/network?change={second}");
     assert_status(
-        &p.ci("DELETE", &path, &main, Vec::new()).await,
+        &p.pipeline(&main).delete(&path).send().await,
         StatusCode::OK,
     );
     let deleted = p.client("pat").change(&second).await.unwrap();
@@ -651,11 +731,15 @@ async fn a_change_used_by_a_delete_is_used_up() {
     );
     let before = snapshot(&p, "network").await;
     // Used once: not for another delete, a lock, an unlocked write or a rollback.
-    let r = p.ci("DELETE", &path, &main, Vec::new()).await;
+    let r = p.pipeline(&main).delete(&path).send().await;
     assert_status(&r, StatusCode::FORBIDDEN);
-    let text = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    let text = refusal(p.pipeline(&main).lock(&path).id("L2").send().await).await;
     assert!(text.contains("was already applied (version 2)"), "{text}");
-    let r = p.ci("POST", &path, &main, state_doc(2, "Q", "")).await;
+    let r = p
+        .pipeline(&main)
+        .post(&path, state_doc(2, "Q", ""))
+        .send()
+        .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     let r = rollback(&p, &main, &format!("rollback_to=1&change={second}")).await;
     assert_status(&r, StatusCode::FORBIDDEN);
@@ -720,8 +804,11 @@ async fn concurrent_locks_and_unlocked_writes_of_one_change_grant_one() {
     let change = p.approved("network").await;
     let path = format!("prod/network?change={change}");
     let ids: Vec<String> = (0..8).map(|i| format!("L{i}")).collect();
-    let answers =
-        futures_util::future::join_all(ids.iter().map(|id| p.ci_lock(&path, &main, id))).await;
+    let answers = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| p.pipeline(&main).lock(&path).id(id).send()),
+    )
+    .await;
     let granted: Vec<&String> = ids
         .iter()
         .zip(&answers)
@@ -738,12 +825,21 @@ async fn concurrent_locks_and_unlocked_writes_of_one_change_grant_one() {
         .unwrap()
         .starts_with(&format!("{winner} ")));
     let unlock = lock_info(&winner, "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
 
     // terraform -lock=false, eight times at once with one change: one version, once.
-    let answers = futures_util::future::join_all(
-        (0..8).map(|i| p.ci("POST", &path, &main, state_doc(i + 1, "P", ""))),
-    )
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        p.pipeline(&main)
+            .post(&path, state_doc(i + 1, "P", ""))
+            .send()
+    }))
     .await;
     let ok = answers
         .iter()
@@ -783,7 +879,14 @@ async fn two_instances_racing_one_change_grant_it_once() {
     let winner = held(&p, "network").await.unwrap();
     let id = winner.split(' ').next().unwrap().to_string();
     let unlock = lock_info(&id, "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
 
     let writes = futures_util::future::join_all((0..8).map(|i| {
         ci_on(
@@ -869,7 +972,7 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "pat", "--action", "state:delete"],
             sentence(
-                t.call("DELETE", "prod/network", "pat", None).await,
+                t.as_("pat").delete("prod/network").send().await,
                 StatusCode::FORBIDDEN,
             )
             .await,
@@ -877,7 +980,10 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "alice", "--action", "state:force-unlock"],
             sentence(
-                t.call("UNLOCK", "prod/network", "alice", Some(Vec::new()))
+                t.as_("alice")
+                    .request("UNLOCK", "prod/network")
+                    .body(Vec::new())
+                    .send()
                     .await,
                 StatusCode::FORBIDDEN,
             )
@@ -902,7 +1008,9 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
         (
             ["--principal", "alice", "--action", "state:write"],
             sentence(
-                t.post("prod/network", "alice", None, state_doc(2, "P", ""))
+                t.as_("alice")
+                    .post("prod/network", state_doc(2, "P", ""))
+                    .send()
                     .await,
                 StatusCode::FORBIDDEN,
             )
@@ -921,7 +1029,9 @@ async fn policy_explain_gives_the_servers_refusal_for_each_action() {
     }
     // The pipeline's unlocked write without a change.
     let said = sentence(
-        p.ci("POST", "prod/network", &main, state_doc(2, "P", ""))
+        p.pipeline(&main)
+            .post("prod/network", state_doc(2, "P", ""))
+            .send()
             .await,
         StatusCode::FORBIDDEN,
     )
@@ -961,8 +1071,7 @@ async fn policy_explain_names_the_break_glass_grant_the_server_uses() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     let record = p.t.newest_audit("prod", |r| r.action == "state:lock").await;
@@ -1000,11 +1109,16 @@ async fn the_holder_relocking_for_another_change_is_refused() {
     let second = p.approved("network").await;
     let before = snapshot(&p, "network").await;
     let other = format!("prod/network?change={second}");
-    let text = refusal(p.ci_lock(&other, &main, "L").await).await;
+    let text = refusal(p.pipeline(&main).lock(&other).id("L").send().await).await;
     assert!(text.starts_with("L held by service:ci-prod"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
     // What is written under the lock is for the change it was taken for.
-    let post = p.ci_write(&other, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&other, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     let versions = p.t.versions("prod", "network").await;
     assert_eq!(versions[0].change_number, Some(1));
@@ -1025,7 +1139,12 @@ async fn a_lock_whose_time_cannot_be_read_writes_nothing() {
     )
     .await;
     let before = snapshot(&p, "network").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     let text = sentence(post, StatusCode::FORBIDDEN).await;
     assert!(text.contains("its apply window cannot be told"), "{text}");
     assert_eq!(snapshot(&p, "network").await, before);
@@ -1040,7 +1159,11 @@ async fn a_change_whose_apply_holds_the_lock_is_used_by_nothing_else() {
     let (change, main, path) = apply_under_way(&p, "L").await;
     let before = snapshot(&p, "network").await;
     // The very identity that holds the lock, naming its change, without the lock.
-    let write = p.ci("POST", &path, &main, state_doc(2, "P", "")).await;
+    let write = p
+        .pipeline(&main)
+        .post(&path, state_doc(2, "P", ""))
+        .send()
+        .await;
     assert_status(&write, StatusCode::LOCKED);
     let r = rollback(&p, &main, &format!("rollback_to=1&change={change}")).await;
     assert_status(&r, StatusCode::LOCKED);
@@ -1049,7 +1172,7 @@ async fn a_change_whose_apply_holds_the_lock_is_used_by_nothing_else() {
         .open_breakglass("prod", "state must go", Some("1h"))
         .await
         .unwrap();
-    let r = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let r = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&r, StatusCode::LOCKED);
     p.client("pat").close_breakglass(&grant.id).await.unwrap();
     let after = snapshot(&p, "network").await;

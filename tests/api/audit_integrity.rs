@@ -96,18 +96,15 @@ async fn with_history() -> TestApp {
 async fn write_some(t: &TestApp, s: &Served, serials: std::ops::RangeInclusive<i64>) {
     for serial in serials {
         let r = t
-            .call_on(
-                &s.base,
-                "POST",
-                "dev/app",
-                "alice",
-                Some(state_doc(serial, "L", "")),
-            )
+            .as_("alice")
+            .on(&s.base)
+            .post("dev/app", state_doc(serial, "L", ""))
+            .send()
             .await;
         assert_eq!(r.status(), 200);
-        let r = t.call_on(&s.base, "GET", "dev/app", "bob", None).await;
+        let r = t.as_("bob").on(&s.base).get("dev/app").send().await;
         assert_eq!(r.status(), 200);
-        let r = t.call_on(&s.base, "GET", "dev/app", "eve", None).await;
+        let r = t.as_("eve").on(&s.base).get("dev/app").send().await;
         assert_eq!(r.status(), 403);
     }
 }

@@ -13,7 +13,10 @@ pub async fn apply_under_way(p: &Protected, lock_id: &str) -> (String, String, S
     let change = p.approved("network").await;
     let main = p.issuer.token("main", |_| {});
     let path = format!("prod/network?change={change}");
-    assert_status(&p.ci_lock(&path, &main, lock_id).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id(lock_id).send().await,
+        StatusCode::OK,
+    );
     (change, main, path)
 }
 
@@ -24,7 +27,7 @@ pub async fn delete_under_breakglass(p: &Protected) {
         .open_breakglass("prod", "reset", Some("1h"))
         .await
         .unwrap();
-    let delete = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let delete = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&delete, StatusCode::OK);
     pat.close_breakglass(&grant.id).await.unwrap();
 }
@@ -61,7 +64,10 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
     // The feature branch's token of the same service, and its static token, present the lock
     // ID that readers can see.
     let forged = p
-        .ci_write(&path, &feature, "MAIN", state_doc(1, "X", ""))
+        .pipeline(&feature)
+        .post(&path, state_doc(1, "X", ""))
+        .lock_id("MAIN")
+        .send()
         .await;
     assert_status(&forged, StatusCode::FORBIDDEN);
     let text = forged.text().await.unwrap();
@@ -70,16 +76,19 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
         "{text}"
     );
     let static_token =
-        p.t.post(
-            "prod/network",
-            "ci-prod",
-            Some("MAIN"),
-            state_doc(1, "X", ""),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .post("prod/network", state_doc(1, "X", ""))
+            .lock_id("MAIN")
+            .send()
+            .await;
     assert_status(&static_token, StatusCode::FORBIDDEN);
     let unlock = lock_info("MAIN", "OperationTypeApply").into_bytes();
-    let stolen_unlock = p.ci("UNLOCK", &path, &feature, unlock.clone()).await;
+    let stolen_unlock = p
+        .pipeline(&feature)
+        .request("UNLOCK", &path)
+        .body(unlock.clone())
+        .send()
+        .await;
     assert_status(&stolen_unlock, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
 
@@ -89,10 +98,20 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
 
     // The identity that took the lock writes and releases it.
     let post = p
-        .ci_write(&path, &main, "MAIN", state_doc(1, "P", ""))
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("MAIN")
+        .send()
         .await;
     assert_status(&post, StatusCode::OK);
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let applied = p.client("pat").change(&change).await.unwrap();
     assert_eq!(applied.applied_version, Some(1));
 }
@@ -106,7 +125,7 @@ async fn delete_in_a_protected_environment_needs_a_change() {
         .await;
     // The owner team may delete, but not outside the change process.
     let before = snapshot(&p, "network").await;
-    let delete = p.t.call("DELETE", "prod/network", "pat", None).await;
+    let delete = p.t.as_("pat").delete("prod/network").send().await;
     assert_status(&delete, StatusCode::FORBIDDEN);
     let text = delete.text().await.unwrap();
     assert!(
@@ -122,13 +141,10 @@ async fn delete_in_a_protected_environment_needs_a_change() {
     // A change is applied by the pipeline from its branch, not by a person.
     let second = p.approved("network").await;
     let delete =
-        p.t.call(
-            "DELETE",
-            &format!("prod/network?change={second}"),
-            "pat",
-            None,
-        )
-        .await;
+        p.t.as_("pat")
+            .delete(format!("prod/network?change={second}"))
+            .send()
+            .await;
     assert_status(&delete, StatusCode::FORBIDDEN);
     assert!(delete
         .text()
@@ -144,7 +160,7 @@ async fn delete_in_a_protected_environment_needs_a_change() {
         .await
         .unwrap();
     assert_status(
-        &p.t.call("DELETE", "prod/network", "pat", None).await,
+        &p.t.as_("pat").delete("prod/network").send().await,
         StatusCode::OK,
     );
     let versions = p.t.versions("prod", "network").await;
@@ -164,7 +180,12 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
         .await
         .unwrap();
     let before = snapshot(&p, "network").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(
@@ -174,7 +195,14 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
     assert_eq!(snapshot(&p, "network").await, before);
     // The holder can still release its lock; the change stays rejected, and no version names it.
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let rejected = p.client("pat").change(&change).await.unwrap();
     assert_eq!(
         (rejected.readiness.as_str(), rejected.applied_version),
@@ -187,7 +215,12 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
 async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     let p = spawn_protected("24h").await;
     let (change, main, path) = apply_under_way(&p, "L").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     let before = snapshot(&p, "network").await;
     for verb in ["reject", "cancel"] {
@@ -204,7 +237,14 @@ async fn a_change_whose_apply_has_written_cannot_be_rejected() {
     }
     assert_eq!(snapshot(&p, "network").await, before);
     let unlock = lock_info("L", "OperationTypeApply").into_bytes();
-    assert_status(&p.ci("UNLOCK", &path, &main, unlock).await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main)
+            .request("UNLOCK", &path)
+            .body(unlock)
+            .send()
+            .await,
+        StatusCode::OK,
+    );
     let applied = p.client("pat").change(&change).await.unwrap();
     assert_eq!(
         (applied.readiness.as_str(), applied.applied_version),
@@ -224,7 +264,12 @@ async fn a_changes_lock_authorizes_writes_for_its_apply_window_only() {
     )
     .await;
     let before = snapshot(&p, "network").await;
-    let post = p.ci_write(&path, &main, "L", state_doc(1, "P", "")).await;
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L")
+        .send()
+        .await;
     assert_status(&post, StatusCode::FORBIDDEN);
     let text = post.text().await.unwrap();
     assert!(text.contains(&format!("the apply window of change {change} ended at 2020-01-01T01:00:00Z (1h after lock L was taken)")), "{text}");
@@ -277,7 +322,9 @@ async fn rollback_in_a_protected_environment_needs_a_change_and_across_lineages_
 async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
     let t = spawn_app().await;
     let huge = t
-        .post("dev/app", "alice", None, state_doc(i64::MAX, "L", ""))
+        .as_("alice")
+        .post("dev/app", state_doc(i64::MAX, "L", ""))
+        .send()
         .await;
     assert_status(&huge, StatusCode::BAD_REQUEST);
     assert!(huge
@@ -289,12 +336,16 @@ async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
 
     let max = bulkhead::state::MAX_SERIAL;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(max, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(max, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -318,7 +369,11 @@ async fn serials_near_the_end_of_the_range_are_refused_with_a_sentence() {
 async fn policy_explain_grants_a_readers_plan_lock_as_the_server_does() {
     let t = spawn_app().await;
     let lock = t
-        .lock("prod/network", "alice", "PLAN", "OperationTypePlan")
+        .as_("alice")
+        .lock("prod/network")
+        .id("PLAN")
+        .operation("OperationTypePlan")
+        .send()
         .await;
     assert_status(&lock, StatusCode::OK);
     let explain = |operation: &str| {
@@ -353,9 +408,7 @@ async fn policy_explain_grants_a_readers_plan_lock_as_the_server_does() {
     let out = explain("OperationTypeApply");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let refused = t
-        .lock("prod/network", "alice", "APPLY", "OperationTypeApply")
-        .await;
+    let refused = t.as_("alice").lock("prod/network").id("APPLY").send().await;
     let server_says = refusal(refused).await;
     assert!(
         text.contains(&format!("the refused caller reads: {server_says}")),

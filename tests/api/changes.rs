@@ -142,55 +142,25 @@ impl Protected {
         id
     }
 
-    /// A state request with an OIDC token as the Basic password.
-    pub async fn ci(
-        &self,
-        method: &str,
-        path: &str,
-        jwt: &str,
-        body: Vec<u8>,
-    ) -> reqwest::Response {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        self.t
-            .client
-            .request(method, self.t.url(path))
-            .basic_auth("ci-prod", Some(jwt))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// A write (POST) under the lock `lock_id`, to `path` (which names its `?change=`).
-    pub async fn ci_write(
-        &self,
-        path: &str,
-        jwt: &str,
-        lock_id: &str,
-        state: Vec<u8>,
-    ) -> reqwest::Response {
-        self.ci("POST", &format!("{path}&ID={lock_id}"), jwt, state)
-            .await
+    /// State requests from the prod pipeline, with `jwt` (its OIDC token) as the Basic
+    /// password.
+    pub fn pipeline(&self, jwt: &str) -> Requester<'_> {
+        self.t.as_("ci-prod").with_secret(jwt)
     }
 
     /// The pipeline's apply of `change`: lock, write `state`, unlock, each answered 200.
     pub async fn ci_apply(&self, change: &str, jwt: &str, lock_id: &str, state: Vec<u8>) {
         let path = format!("prod/network?change={change}");
-        assert_status(&self.ci_lock(&path, jwt, lock_id).await, StatusCode::OK);
-        let post = self.ci_write(&path, jwt, lock_id, state).await;
-        assert_status(&post, StatusCode::OK);
-        let unlock = lock_info(lock_id, "OperationTypeApply").into_bytes();
-        assert_status(&self.ci("UNLOCK", &path, jwt, unlock).await, StatusCode::OK);
-    }
-
-    pub async fn ci_lock(&self, path: &str, jwt: &str, id: &str) -> reqwest::Response {
-        self.ci(
-            "LOCK",
-            path,
-            jwt,
-            lock_info(id, "OperationTypeApply").into_bytes(),
-        )
-        .await
+        let lock = self.pipeline(jwt).lock(&path).id(lock_id).send().await;
+        assert_status(&lock, StatusCode::OK);
+        let post = self
+            .pipeline(jwt)
+            .post(&path, state)
+            .lock_id(lock_id)
+            .send();
+        assert_status(&post.await, StatusCode::OK);
+        let unlock = self.pipeline(jwt).unlock(&path).id(lock_id).send().await;
+        assert_status(&unlock, StatusCode::OK);
     }
 }
 
@@ -236,7 +206,7 @@ async fn the_full_road_applies_once() {
 
     // Used once: the same change again is refused at the lock.
     let path = format!("prod/network?change={id}");
-    let again = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    let again = refusal(p.pipeline(&main).lock(&path).id("L2").send().await).await;
     assert!(
         again.contains("change prod-1 was already applied (version 1)"),
         "{again}"
@@ -331,14 +301,17 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
         assert!(sentence.contains(step), "{sentence} lacks {step}");
     };
     expect(
-        refusal(p.ci_lock("prod/network", &main, "L").await).await,
+        refusal(p.pipeline(&main).lock("prod/network").id("L").send().await).await,
         "no change request named",
     );
 
     let pending = p.propose("alice", "prod", "network").await;
     expect(
         refusal(
-            p.ci_lock(&format!("prod/network?change={pending}"), &main, "L")
+            p.pipeline(&main)
+                .lock(&format!("prod/network?change={pending}"))
+                .id("L")
+                .send()
                 .await,
         )
         .await,
@@ -348,7 +321,10 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     let other_state = p.approved("database").await;
     expect(
         refusal(
-            p.ci_lock(&format!("prod/network?change={other_state}"), &main, "L")
+            p.pipeline(&main)
+                .lock(&format!("prod/network?change={other_state}"))
+                .id("L")
+                .send()
                 .await,
         )
         .await,
@@ -362,7 +338,10 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
         .unwrap();
     expect(
         refusal(
-            p.ci_lock(&format!("prod/network?change={staging}"), &main, "L")
+            p.pipeline(&main)
+                .lock(&format!("prod/network?change={staging}"))
+                .id("L")
+                .send()
                 .await,
         )
         .await,
@@ -373,7 +352,10 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     let feature = p.issuer.token("feature-x", |_| {});
     expect(
         refusal(
-            p.ci_lock(&format!("prod/network?change={approved}"), &feature, "L")
+            p.pipeline(&feature)
+                .lock(&format!("prod/network?change={approved}"))
+                .id("L")
+                .send()
                 .await,
         )
         .await,
@@ -382,13 +364,11 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
 
     // A static token proves no branch.
     let static_token =
-        p.t.call(
-            "LOCK",
-            &format!("prod/network?change={approved}"),
-            "ci-prod",
-            Some(lock_info("L", "OperationTypeApply").into_bytes()),
-        )
-        .await;
+        p.t.as_("ci-prod")
+            .lock(format!("prod/network?change={approved}"))
+            .id("L")
+            .send()
+            .await;
     expect(
         refusal(static_token).await,
         "these credentials prove no branch",
@@ -396,7 +376,9 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
 
     // An unlocked write (terraform -lock=false) is refused the same way, after the fact.
     let r = p
-        .ci("POST", "prod/network", &main, state_doc(1, "P", ""))
+        .pipeline(&main)
+        .post("prod/network", state_doc(1, "P", ""))
+        .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert!(p.t.versions("prod", "network").await.is_empty());
@@ -428,10 +410,13 @@ async fn approvals_expire() {
     let p = spawn_protected("1s").await;
     let main = p.issuer.token("main", |_| {});
     let id = p.approved("network").await;
-    // Waiting for the clock, not for the server: the approval is valid for one second.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The approval is valid for one second.
+    wait_for_expiry().await;
     let sentence = refusal(
-        p.ci_lock(&format!("prod/network?change={id}"), &main, "L")
+        p.pipeline(&main)
+            .lock(&format!("prod/network?change={id}"))
+            .id("L")
+            .send()
             .await,
     )
     .await;
@@ -487,18 +472,15 @@ async fn forged_expired_and_misaddressed_oidc_tokens_are_401() {
         ),
     ];
     for (what, jwt) in cases {
-        let r = p.ci("GET", "prod/network", &jwt, Vec::new()).await;
+        let r = p.pipeline(&jwt).get("prod/network").send().await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         let last = p.t.last_audit("prod").await;
         assert_eq!((last.status, last.principal), (Some(401), None), "{what}");
     }
     let good = p
-        .ci(
-            "GET",
-            "prod/network",
-            &p.issuer.token("main", |_| {}),
-            Vec::new(),
-        )
+        .pipeline(&p.issuer.token("main", |_| {}))
+        .get("prod/network")
+        .send()
         .await;
     assert_status(&good, StatusCode::NO_CONTENT);
 }
@@ -530,8 +512,7 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
         "{alice}"
     );
     assert_status(
-        &p.t.lock("prod/network", "pat", "P0", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P0").send().await,
         StatusCode::LOCKED,
     );
 
@@ -544,18 +525,19 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
     assert_eq!(listing.breakglass.len(), 1);
 
     assert_status(
-        &p.t.lock("prod/network", "pat", "P1", "OperationTypeApply")
+        &p.t.as_("pat").lock("prod/network").id("P1").send().await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("P1")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.post("prod/network", "pat", Some("P1"), state_doc(1, "P", ""))
-            .await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &p.t.unlock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").unlock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
     let marked: Vec<_> =
@@ -578,8 +560,7 @@ async fn break_glass_is_time_boxed_reasoned_and_loud() {
         .breakglass
         .is_empty());
     assert_status(
-        &p.t.lock("prod/network", "pat", "P2", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P2").send().await,
         StatusCode::LOCKED,
     );
     assert_eq!(p.t.versions("prod", "network").await.len(), 1);
@@ -593,17 +574,15 @@ async fn break_glass_ends_by_itself() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.unlock("prod/network", "pat", "P1", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").unlock("prod/network").id("P1").send().await,
         StatusCode::OK,
     );
-    // Waiting for the clock: the grant lasts one second.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The grant lasts one second.
+    wait_for_expiry().await;
     assert!(p
         .client("bob")
         .changes(None, None)
@@ -611,11 +590,7 @@ async fn break_glass_ends_by_itself() {
         .unwrap()
         .breakglass
         .is_empty());
-    let sentence = refusal(
-        p.t.lock("prod/network", "pat", "P2", "OperationTypeApply")
-            .await,
-    )
-    .await;
+    let sentence = refusal(p.t.as_("pat").lock("prod/network").id("P2").send().await).await;
     assert!(
         sentence.contains("user:pat may not write prod"),
         "{sentence}"
@@ -628,7 +603,7 @@ async fn policy_explain_gives_the_servers_answer_for_a_change_and_branch() {
     let approved = p.approved("network").await;
     let feature = p.issuer.token("feature-x", |_| {});
     let path = format!("prod/network?change={approved}");
-    let server_says = refusal(p.ci_lock(&path, &feature, "L").await).await;
+    let server_says = refusal(p.pipeline(&feature).lock(&path).id("L").send().await).await;
     let explain = |branch: &str| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
             .args([

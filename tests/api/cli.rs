@@ -182,13 +182,18 @@ async fn serve_announces_its_address_answers_and_never_logs_tokens() {
 async fn audit_verify_detects_an_edited_record_and_audit_log_filters() {
     let t = spawn_app().await;
     assert_eq!(
-        t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await
             .status(),
         200
     );
     assert_eq!(
-        t.lock("prod/net", "alice", "X", "OperationTypeApply")
+        t.as_("alice")
+            .lock("prod/net")
+            .id("X")
+            .send()
             .await
             .status(),
         423
@@ -297,7 +302,9 @@ async fn audit_verify_detects_deleted_records() {
     let t = spawn_app().await;
     for serial in 1..=3 {
         assert_eq!(
-            t.post("dev/app", "alice", None, state_doc(serial, "L", ""))
+            t.as_("alice")
+                .post("dev/app", state_doc(serial, "L", ""))
+                .send()
                 .await
                 .status(),
             200
@@ -429,16 +436,10 @@ async fn audit_log_follow_prints_new_records_as_they_are_written() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(
-        t.call("GET", "dev/first", "alice", None).await.status(),
-        204
-    );
+    assert_eq!(t.as_("alice").get("dev/first").send().await.status(), 204);
     assert_eq!(next_record(&mut lines).await["state"], "first");
     // Written after the follower printed the first: only following can show it.
-    assert_eq!(
-        t.call("GET", "dev/second", "alice", None).await.status(),
-        204
-    );
+    assert_eq!(t.as_("alice").get("dev/second").send().await.status(), 204);
     let second = next_record(&mut lines).await;
     assert_eq!(
         (second["state"].as_str(), second["action"].as_str()),
@@ -464,11 +465,13 @@ async fn audit_log_last_shows_the_newest_records_in_order() {
     let t = spawn_app().await;
     for serial in 1..=5 {
         let r = t
-            .post("dev/app", "alice", None, state_doc(serial, "L", ""))
+            .as_("alice")
+            .post("dev/app", state_doc(serial, "L", ""))
+            .send()
             .await;
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(t.call("GET", "dev/other", "bob", None).await.status(), 204);
+    assert_eq!(t.as_("bob").get("dev/other").send().await.status(), 204);
     let log = |args: &[&str]| {
         let mut all = vec![
             "audit",
@@ -532,7 +535,7 @@ async fn audit_log_finds_records_whether_indexed_yet_or_not() {
         } else {
             ("dev/b", "bob")
         };
-        assert_eq!(t.call("GET", state, who, None).await.status(), 204);
+        assert_eq!(t.as_(who).get(state).send().await.status(), 204);
     }
     let chain = t.app.stores.audit_store(Some("dev"));
     let indexed = chain.indexed_through().await.unwrap();

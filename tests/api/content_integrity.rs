@@ -88,19 +88,19 @@ async fn a_damaged_version_is_refused_whole_and_recorded_and_intact_ones_still_r
     let (v1, v2) = (state_of(1, 10_000), state_of(2, 20_000));
     for body in [&v1, &v2] {
         assert_status(
-            &t.post("dev/app", "alice", None, body.clone()).await,
+            &t.as_("alice").post("dev/app", body.clone()).send().await,
             StatusCode::OK,
         );
     }
     let other = state_of(1, 100);
     assert_status(
-        &t.post("dev/other", "alice", None, other.clone()).await,
+        &t.as_("alice").post("dev/other", other.clone()).send().await,
         StatusCode::OK,
     );
     allow_content_edits(dir, "dev").await;
     flip_byte(dir, "dev", ("app", 2), &v2, 0, 15_000).await;
 
-    let get = t.call("GET", "dev/app", "alice", None).await;
+    let get = t.as_("alice").get("dev/app").send().await;
     assert_eq!(get.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let text = get.text().await.unwrap();
     assert!(
@@ -116,7 +116,7 @@ async fn a_damaged_version_is_refused_whole_and_recorded_and_intact_ones_still_r
     assert_eq!(recorded[0].version, Some(2));
 
     // A second read is refused too: the damaged bytes were never kept in memory.
-    let again = t.call("GET", "dev/app", "alice", None).await;
+    let again = t.as_("alice").get("dev/app").send().await;
     assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
     assert_damaged_sentence(alice.version("dev/app", 2).await.unwrap_err(), "app", 2);
@@ -133,13 +133,13 @@ async fn a_damaged_version_is_refused_whole_and_recorded_and_intact_ones_still_r
 
     // Intact versions and states read as ever.
     assert_eq!(alice.version("dev/app", 1).await.unwrap(), v1);
-    let get = t.call("GET", "dev/other", "alice", None).await;
+    let get = t.as_("alice").get("dev/other").send().await;
     assert_status(&get, StatusCode::OK);
     assert_eq!(get.bytes().await.unwrap(), other);
 
     // The way out the sentence names: a rollback to an intact version.
     alice.rollback("dev/app", 1, None).await.unwrap();
-    let get = t.call("GET", "dev/app", "alice", None).await;
+    let get = t.as_("alice").get("dev/app").send().await;
     assert_status(&get, StatusCode::OK);
     let restored: serde_json::Value = get.json().await.unwrap();
     assert_eq!(restored["serial"], 3);
@@ -155,18 +155,24 @@ async fn a_damaged_state_that_streams_is_cut_off_before_its_last_chunk() {
     // Three chunks; the damage is in the middle one, found only at the end.
     let content = state_of(1, 2 * CHUNK_SIZE + 1000);
     assert_status(
-        &t.post("staging/big", "pat", None, content.clone()).await,
+        &t.as_("pat")
+            .post("staging/big", content.clone())
+            .send()
+            .await,
         StatusCode::OK,
     );
     let intact = state_of(1, CHUNK_SIZE + 10);
     assert_status(
-        &t.post("staging/fine", "pat", None, intact.clone()).await,
+        &t.as_("pat")
+            .post("staging/fine", intact.clone())
+            .send()
+            .await,
         StatusCode::OK,
     );
     allow_content_edits(dir, "staging").await;
     flip_byte(dir, "staging", ("big", 1), &content, 1, 7).await;
 
-    let get = t.call("GET", "staging/big", "pat", None).await;
+    let get = t.as_("pat").get("staging/big").send().await;
     // The answer began before the damage could be known; its body never arrives whole.
     assert_status(&get, StatusCode::OK);
     let declared = get.content_length();
@@ -190,7 +196,7 @@ async fn a_damaged_state_that_streams_is_cut_off_before_its_last_chunk() {
 
     assert_damaged_sentence(pat.version("staging/big", 1).await.unwrap_err(), "big", 1);
 
-    let get = t.call("GET", "staging/fine", "pat", None).await;
+    let get = t.as_("pat").get("staging/fine").send().await;
     assert_status(&get, StatusCode::OK);
     assert_eq!(get.bytes().await.unwrap(), intact);
     assert!(damage_records(&t, "staging", "fine").await.is_empty());

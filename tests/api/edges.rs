@@ -280,7 +280,7 @@ async fn a_change_id_has_one_spelling_at_the_api() {
 
         // The pipeline naming its approved change in another spelling: refused at the lock.
         let path = format!("prod/network?change={}", encoded(alias));
-        let resp = p.ci_lock(&path, &main, "L1").await;
+        let resp = p.pipeline(&main).lock(&path).id("L1").send().await;
         assert_status(&resp, StatusCode::LOCKED);
         let info: serde_json::Value = resp.json().await.unwrap();
         let sentence = info["ID"].as_str().unwrap();
@@ -288,7 +288,11 @@ async fn a_change_id_has_one_spelling_at_the_api() {
             sentence.contains("is not a change id: write ENVIRONMENT-NUMBER"),
             "{alias}: {sentence}"
         );
-        let post = p.ci("POST", &path, &main, state_doc(1, "P", "")).await;
+        let post = p
+            .pipeline(&main)
+            .post(&path, state_doc(1, "P", ""))
+            .send()
+            .await;
         assert_ne!(post.status(), StatusCode::OK, "{alias}");
     }
     // Nothing moved: no version, no lock, the change still approved and unused.
@@ -567,11 +571,17 @@ async fn request_text_in_the_audit_log_status_and_history_is_shown_escaped() {
     })
     .to_string();
     let lock = t
-        .call("LOCK", "dev/app", "alice", Some(info.into_bytes()))
+        .as_("alice")
+        .request("LOCK", "dev/app")
+        .body(info.into_bytes())
+        .send()
         .await;
     assert_status(&lock, StatusCode::OK);
     let post = t
-        .post("dev/app", "alice", Some("L1"), state_doc(1, "L", ""))
+        .as_("alice")
+        .post("dev/app", state_doc(1, "L", ""))
+        .lock_id("L1")
+        .send()
         .await;
     assert_status(&post, StatusCode::OK);
 

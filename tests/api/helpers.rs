@@ -1,5 +1,23 @@
 //! The test harness: a real server on a random port with a fresh data directory, tokens for
 //! the principals of [`CONFIG`], and typed helpers for the state protocol.
+//!
+//! A state request is built by naming who sends it, then what it asks, then sent:
+//!
+//! ```text
+//! t.as_("alice").get("dev/app").send().await
+//! t.as_("alice").post("dev/app", state_doc(1, "L", "")).lock_id("A1").send().await
+//! t.as_("alice").lock("prod/net").id("PLAN1").operation("OperationTypePlan").send().await
+//! t.as_("alice").unlock("dev/app").id("A1").send().await
+//! t.as_("pat").delete("prod/net").send().await
+//! t.as_("bob").on(&other.base).request("PUT", "dev/app?ID=A1").body(doc).send().await
+//! t.anonymous().get("dev/app").send().await
+//! t.as_("ci-prod").with_secret(&jwt).lock(&path).id("MAIN").send().await
+//! t.bearer(&jwt).post("prod/network", doc).send().await
+//! ```
+//!
+//! A path is `ENV/NAME` as in the backend address (with a query string when the test wants
+//! one); `.on(base)` sends to another server instance sharing the storage; a lock is for
+//! OperationTypeApply unless `.operation(..)` says otherwise.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,10 +93,7 @@ impl Drop for TestApp {
 
 /// [`CONFIG`] with more lines in its `server` block.
 pub fn config_with_server(lines: &str) -> String {
-    CONFIG.replace(
-        "data_dir = \"data\"",
-        &format!("data_dir = \"data\"\n  {lines}"),
-    )
+    CONFIG.replace(DATA_DIR_LINE, &format!("{DATA_DIR_LINE}\n  {lines}"))
 }
 
 /// Runs `bulkhead audit verify` on the config in `dir` and asserts every chain is intact.
@@ -101,9 +116,20 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(config_text: &str) -> TestApp {
+    spawn_app_on(&with_test_storage(config_text)).await
+}
+
+/// A server on SQLite whatever storage this run is on, for a test about SQLite itself (its
+/// files, its disk).
+pub async fn spawn_app_on_sqlite(config_text: &str) -> TestApp {
+    spawn_app_on(config_text).await
+}
+
+/// A server on `config_text` exactly as given, in a fresh directory.
+async fn spawn_app_on(config_text: &str) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("bulkhead.hcl");
-    std::fs::write(&config_path, with_test_storage(config_text)).expect("write config");
+    std::fs::write(&config_path, config_text).expect("write config");
     spawn_app_in(dir).await
 }
 
@@ -230,83 +256,31 @@ impl TestApp {
             .expect("a token for a test principal")
     }
 
-    /// A request to `/v1/state/{path}` as `who` (HTTP Basic), or anonymous when `who` is "".
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        who: &str,
-        body: Option<Vec<u8>>,
-    ) -> reqwest::Response {
-        self.call_on(&self.base(), method, path, who, body).await
+    /// Requests to the state protocol sent as `who` (HTTP Basic with its token).
+    pub fn as_(&self, who: impl AsRef<str>) -> Requester<'_> {
+        self.requester(Credentials::Basic {
+            name: who.as_ref().to_string(),
+            secret: None,
+        })
     }
 
-    /// [`TestApp::call`] to another server instance sharing this one's storage.
-    pub async fn call_on(
-        &self,
-        base: &str,
-        method: &str,
-        path: &str,
-        who: &str,
-        body: Option<Vec<u8>>,
-    ) -> reqwest::Response {
-        let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .client
-            .request(method, format!("{base}/v1/state/{path}"));
-        if !who.is_empty() {
-            req = req.basic_auth(who, Some(self.token(who)));
+    /// Requests to the state protocol with `jwt` as a Bearer token, which names no service:
+    /// every service of the issuer may claim it.
+    pub fn bearer(&self, jwt: impl AsRef<str>) -> Requester<'_> {
+        self.requester(Credentials::Bearer(jwt.as_ref().to_string()))
+    }
+
+    /// Requests to the state protocol sent without credentials.
+    pub fn anonymous(&self) -> Requester<'_> {
+        self.requester(Credentials::None)
+    }
+
+    fn requester(&self, credentials: Credentials) -> Requester<'_> {
+        Requester {
+            app: self,
+            credentials,
+            base: self.base(),
         }
-        if let Some(body) = body {
-            req = req.header("Content-Type", "application/json").body(body);
-        }
-        req.send().await.expect("request reaches the server")
-    }
-
-    pub async fn lock(
-        &self,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        self.lock_call("LOCK", path, who, id, operation).await
-    }
-
-    pub async fn unlock(
-        &self,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        self.lock_call("UNLOCK", path, who, id, operation).await
-    }
-
-    async fn lock_call(
-        &self,
-        method: &str,
-        path: &str,
-        who: &str,
-        id: &str,
-        operation: &str,
-    ) -> reqwest::Response {
-        let body = lock_info(id, operation).into_bytes();
-        self.call(method, path, who, Some(body)).await
-    }
-
-    pub async fn post(
-        &self,
-        path: &str,
-        who: &str,
-        lock_id: Option<&str>,
-        body: Vec<u8>,
-    ) -> reqwest::Response {
-        let path = match lock_id {
-            Some(id) => format!("{path}?ID={id}"),
-            None => path.to_string(),
-        };
-        self.call("POST", &path, who, Some(body)).await
     }
 
     /// Every stored version of `env`/`state`.
@@ -372,6 +346,174 @@ impl TestApp {
     }
 }
 
+/// Who sends a request and to which server; its methods start a request to
+/// `/v1/state/{path}` (a path is `ENV/NAME`, with a query string if the test wants one).
+pub struct Requester<'a> {
+    app: &'a TestApp,
+    credentials: Credentials,
+    base: String,
+}
+
+/// How a request proves who sends it.
+enum Credentials {
+    None,
+    /// HTTP Basic: a principal's name and its secret (an OIDC token; its own token if none).
+    Basic {
+        name: String,
+        secret: Option<String>,
+    },
+    Bearer(String),
+}
+
+impl<'a> Requester<'a> {
+    /// With `secret` as the Basic password instead of the principal's token, e.g. the
+    /// pipeline's OIDC token.
+    pub fn with_secret(mut self, secret: impl AsRef<str>) -> Self {
+        if let Credentials::Basic { secret: s, .. } = &mut self.credentials {
+            *s = Some(secret.as_ref().to_string());
+        } else {
+            panic!("with_secret(..) replaces the token of as_(..), and there is none here");
+        }
+        self
+    }
+
+    /// To another server instance sharing this app's storage, at base URL `base`.
+    pub fn on(mut self, base: impl AsRef<str>) -> Self {
+        self.base = base.as_ref().to_string();
+        self
+    }
+
+    pub fn get(self, path: impl AsRef<str>) -> StateRequest<'a> {
+        self.request("GET", path)
+    }
+
+    /// A write of `content`; `.lock_id(..)` sends it under a lock (`?ID=`).
+    pub fn post(self, path: impl AsRef<str>, content: Vec<u8>) -> StateRequest<'a> {
+        self.request("POST", path).body(content)
+    }
+
+    pub fn delete(self, path: impl AsRef<str>) -> StateRequest<'a> {
+        self.request("DELETE", path)
+    }
+
+    /// A LOCK with a LockInfo as terraform sends it; `.id(..)` is required.
+    pub fn lock(self, path: impl AsRef<str>) -> LockRequest<'a> {
+        LockRequest::new(self.request("LOCK", path))
+    }
+
+    /// An UNLOCK with a LockInfo as terraform sends it; `.id(..)` is required.
+    pub fn unlock(self, path: impl AsRef<str>) -> LockRequest<'a> {
+        LockRequest::new(self.request("UNLOCK", path))
+    }
+
+    /// Any method, e.g. PUT, PATCH, or a LOCK with a body of the test's own.
+    pub fn request(self, method: &str, path: impl AsRef<str>) -> StateRequest<'a> {
+        StateRequest {
+            from: self,
+            method: Method::from_bytes(method.as_bytes()).expect("an HTTP method"),
+            path: path.as_ref().to_string(),
+            lock_id: None,
+            body: None,
+        }
+    }
+}
+
+/// One request to the state protocol, sent by [`StateRequest::send`].
+pub struct StateRequest<'a> {
+    from: Requester<'a>,
+    method: Method,
+    path: String,
+    lock_id: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
+impl StateRequest<'_> {
+    /// Names the lock the request is made under (`ID=` in the query), as terraform does on a
+    /// write.
+    pub fn lock_id(mut self, id: impl AsRef<str>) -> Self {
+        self.lock_id = Some(id.as_ref().to_string());
+        self
+    }
+
+    /// A JSON body.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub async fn send(self) -> reqwest::Response {
+        let Requester {
+            app,
+            credentials,
+            base,
+        } = self.from;
+        let path = match &self.lock_id {
+            Some(id) if self.path.contains('?') => format!("{}&ID={id}", self.path),
+            Some(id) => format!("{}?ID={id}", self.path),
+            None => self.path,
+        };
+        let mut req = app
+            .client
+            .request(self.method, format!("{base}/v1/state/{path}"));
+        req = match credentials {
+            Credentials::None => req,
+            Credentials::Basic { name, secret } => {
+                let secret = secret.unwrap_or_else(|| app.token(&name).to_string());
+                req.basic_auth(name, Some(secret))
+            }
+            Credentials::Bearer(jwt) => req.bearer_auth(jwt),
+        };
+        if let Some(body) = self.body {
+            req = req.header("Content-Type", "application/json").body(body);
+        }
+        req.send().await.expect("request reaches the server")
+    }
+}
+
+/// A LOCK or UNLOCK whose body is a LockInfo built from `.id(..)` and `.operation(..)`.
+pub struct LockRequest<'a> {
+    request: StateRequest<'a>,
+    id: Option<String>,
+    operation: String,
+}
+
+impl<'a> LockRequest<'a> {
+    fn new(request: StateRequest<'a>) -> Self {
+        LockRequest {
+            request,
+            id: None,
+            operation: "OperationTypeApply".to_string(),
+        }
+    }
+
+    /// The LockInfo's ID.
+    pub fn id(mut self, id: impl AsRef<str>) -> Self {
+        self.id = Some(id.as_ref().to_string());
+        self
+    }
+
+    /// The LockInfo's operation; OperationTypeApply unless set.
+    pub fn operation(mut self, operation: &str) -> Self {
+        self.operation = operation.to_string();
+        self
+    }
+
+    pub async fn send(self) -> reqwest::Response {
+        let id = self
+            .id
+            .expect("a LOCK or UNLOCK built by the helpers names its ID with .id(..)");
+        let body = lock_info(&id, &self.operation).into_bytes();
+        self.request.body(body).send().await
+    }
+}
+
+/// Waits until something granted for one second (an approval, a break-glass grant) has run
+/// out. On the wall clock, as a test cannot move the server's clock yet: the one
+/// place to change when it can.
+pub async fn wait_for_expiry() {
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+}
+
 pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
     assert_eq!(resp.status(), want, "unexpected status for {}", resp.url());
 }
@@ -380,8 +522,53 @@ pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {
 /// database of the test's own, instead of SQLite files: the same tests, the other storage.
 const POSTGRES_VAR: &str = "BULKHEAD_TEST_POSTGRES";
 
-fn postgres_admin_url() -> Option<String> {
-    std::env::var(POSTGRES_VAR).ok().filter(|v| !v.is_empty())
+/// The line of a test config that [`with_test_storage`] points at PostgreSQL.
+const DATA_DIR_LINE: &str = "data_dir = \"data\"";
+
+/// How long the first test waits for the PostgreSQL server before the run is stopped.
+const POSTGRES_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The PostgreSQL server this run keeps test data on, if [`POSTGRES_VAR`] names one. The
+/// first call connects to it; when that fails the whole run stops there with one sentence,
+/// since a run asked for PostgreSQL must neither hang, nor fall back to SQLite, nor fail every
+/// test one by one with the same cause.
+fn postgres_admin_url() -> Option<&'static str> {
+    static CHECKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let url = std::env::var(POSTGRES_VAR).ok().filter(|v| !v.is_empty())?;
+            if let Err(why) = on_own_runtime(postgres_reachable(url.clone())) {
+                use std::io::Write;
+                // Straight to the process's stderr: the test harness captures what tests print.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n{POSTGRES_VAR}={url}: {why}. The tests were asked to run on PostgreSQL \
+                     and cannot: start that server (`.ci/postgres start DIR` prints a URL) or \
+                     unset {POSTGRES_VAR} to run them on SQLite.\n"
+                );
+                std::process::exit(2);
+            }
+            Some(url)
+        })
+        .as_deref()
+}
+
+/// Whether a PostgreSQL server answers at `url`, within [`POSTGRES_CONNECT_TIMEOUT`].
+async fn postgres_reachable(url: String) -> Result<(), String> {
+    use sqlx::Connection;
+    reqwest::Url::parse(&url).map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+    let connect = sqlx::PgConnection::connect(&url);
+    match tokio::time::timeout(POSTGRES_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => conn
+            .close()
+            .await
+            .map_err(|e| format!("cannot connect: {e}")),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!(
+            "no answer within {} s",
+            POSTGRES_CONNECT_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Whether this run keeps test data on PostgreSQL.
@@ -390,17 +577,26 @@ pub fn on_postgres() -> bool {
 }
 
 /// A test's config as written to disk: on PostgreSQL runs, with `storage` pointing the
-/// server block at a fresh database.
+/// server block at a fresh database. Panics on a PostgreSQL run when the config has no
+/// [`DATA_DIR_LINE`] to put it beside: a test meant for SQLite alone says so with
+/// [`spawn_app_on_sqlite`] instead.
 pub fn with_test_storage(config_text: &str) -> String {
     let Some(admin) = postgres_admin_url() else {
         return config_text.to_string();
     };
-    let marker = "data_dir = \"data\"";
-    if !config_text.contains(marker) {
-        return config_text.to_string();
-    }
-    let url = fresh_database(&admin);
-    config_text.replacen(marker, &format!("{marker}\n  storage  = \"{url}\""), 1)
+    assert!(
+        config_text.contains(DATA_DIR_LINE),
+        "this test's config has no `{DATA_DIR_LINE}` line in its server block, so it cannot be \
+         moved to PostgreSQL as {POSTGRES_VAR} asks: keep that line (add server lines after \
+         it, as config_with_server does), or start the server with spawn_app_on_sqlite(..) if \
+         the test is about SQLite alone"
+    );
+    let url = fresh_database(admin);
+    config_text.replacen(
+        DATA_DIR_LINE,
+        &format!("{DATA_DIR_LINE}\n  storage  = \"{url}\""),
+        1,
+    )
 }
 
 /// Creates an empty database on the test PostgreSQL server and returns its URL. Runs on a

@@ -21,18 +21,17 @@ async fn history_show_and_diff_name_who_changed_what_with_secrets_masked() {
     let t = spawn_app().await;
     let alice = Client::new(&t.base(), t.token("alice"));
     assert_status(
-        &t.post("dev/app", "alice", None, with_db(1, "small", "hunter2", ""))
+        &t.as_("alice")
+            .post("dev/app", with_db(1, "small", "hunter2", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post(
-            "dev/app",
-            "bob",
-            None,
-            with_db(2, "large", "swordfish", CACHE),
-        )
-        .await,
+        &t.as_("bob")
+            .post("dev/app", with_db(2, "large", "swordfish", CACHE))
+            .send()
+            .await,
         StatusCode::OK,
     );
     let history = alice.history("dev/app").await.unwrap();
@@ -100,12 +99,16 @@ async fn history_show_and_diff_name_who_changed_what_with_secrets_masked() {
 async fn rollback_writes_the_old_content_as_a_new_version() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, with_db(1, "small", "a", ""))
+        &t.as_("alice")
+            .post("dev/app", with_db(1, "small", "a", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("dev/app", "alice", None, with_db(2, "large", "b", CACHE))
+        &t.as_("alice")
+            .post("dev/app", with_db(2, "large", "b", CACHE))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -146,12 +149,16 @@ async fn rollback_writes_the_old_content_as_a_new_version() {
 async fn rollback_is_refused_without_the_right_and_while_locked() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, with_db(1, "small", "a", ""))
+        &t.as_("alice")
+            .post("dev/app", with_db(1, "small", "a", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("dev/app", "alice", None, with_db(2, "large", "b", ""))
+        &t.as_("alice")
+            .post("dev/app", with_db(2, "large", "b", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -165,7 +172,7 @@ async fn rollback_is_refused_without_the_right_and_while_locked() {
         "{eve}"
     );
     assert_status(
-        &t.lock("dev/app", "alice", "A1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("A1").send().await,
         StatusCode::OK,
     );
     let locked = Client::new(&t.base(), t.token("bob"))
@@ -232,12 +239,14 @@ async fn status_shows_owners_states_locks_changes_and_breakglass() {
         .await
         .unwrap();
     assert_status(
-        &p.t.lock("prod/network", "pat", "BG", "OperationTypeApply")
-            .await,
+        &p.t.as_("pat").lock("prod/network").id("BG").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &p.t.post("prod/network", "pat", Some("BG"), state_doc(1, "P", ""))
+        &p.t.as_("pat")
+            .post("prod/network", state_doc(1, "P", ""))
+            .lock_id("BG")
+            .send()
             .await,
         StatusCode::OK,
     );

@@ -33,10 +33,7 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
             let mut holds = Vec::new();
             for round in 0..ROUNDS {
                 let id = format!("c{client}-r{round}");
-                let lock = lock_info(&id, "OperationTypeApply").into_bytes();
-                let r = t
-                    .call_on(&base, "LOCK", "dev/race", who, Some(lock.clone()))
-                    .await;
+                let r = t.as_(who).on(&base).lock("dev/race").id(&id).send().await;
                 match r.status().as_u16() {
                     423 => {
                         tokio::task::yield_now().await;
@@ -47,7 +44,7 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
                 }
                 let granted = Instant::now();
                 // Read, then write the next serial: a second holder would read the same one.
-                let current = t.call_on(&base, "GET", "dev/race", who, None).await;
+                let current = t.as_(who).on(&base).get("dev/race").send().await;
                 let serial = match current.status().as_u16() {
                     204 => 0,
                     200 => {
@@ -57,13 +54,11 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
                     other => panic!("GET answered {other}"),
                 };
                 let write = t
-                    .call_on(
-                        &base,
-                        "POST",
-                        &format!("dev/race?ID={id}"),
-                        who,
-                        Some(state_doc(serial + 1, "race", "")),
-                    )
+                    .as_(who)
+                    .on(&base)
+                    .post("dev/race", state_doc(serial + 1, "race", ""))
+                    .lock_id(&id)
+                    .send()
                     .await;
                 let wrote = write.status() == 200;
                 assert!(
@@ -72,9 +67,7 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
                     write.status()
                 );
                 let released = Instant::now();
-                let r = t
-                    .call_on(&base, "UNLOCK", "dev/race", who, Some(lock))
-                    .await;
+                let r = t.as_(who).on(&base).unlock("dev/race").id(&id).send().await;
                 assert_eq!(r.status(), 200, "UNLOCK of a held lock");
                 holds.push(Hold {
                     granted,
@@ -125,7 +118,9 @@ async fn two_instances_grant_each_lock_once_and_keep_versions_linear() {
 async fn an_instance_killed_mid_write_leaves_nothing_half_written() {
     let t = spawn_app().await;
     assert_eq!(
-        t.post("dev/big", "alice", None, state_doc(1, "L", ""))
+        t.as_("alice")
+            .post("dev/big", state_doc(1, "L", ""))
+            .send()
             .await
             .status(),
         200
@@ -156,7 +151,9 @@ async fn an_instance_killed_mid_write_leaves_nothing_half_written() {
     assert_eq!(t.stored("dev", "big").await, Some(state_doc(1, "L", "")));
     // The surviving instance goes on writing.
     assert_eq!(
-        t.post("dev/big", "alice", None, state_doc(2, "L", ""))
+        t.as_("alice")
+            .post("dev/big", state_doc(2, "L", ""))
+            .send()
             .await
             .status(),
         200
@@ -211,14 +208,14 @@ async fn requests_cut_off_mid_flight_leave_the_server_working() {
     // Every kind of request still works, promptly.
     let patient = async {
         let r = t
-            .post("dev/after", "alice", None, state_doc(1, "L", ""))
+            .as_("alice")
+            .post("dev/after", state_doc(1, "L", ""))
+            .send()
             .await;
         assert_status(&r, reqwest::StatusCode::OK);
-        let r = t
-            .lock("dev/after", "alice", "A", "OperationTypeApply")
-            .await;
+        let r = t.as_("alice").lock("dev/after").id("A").send().await;
         assert_status(&r, reqwest::StatusCode::OK);
-        let r = t.call("GET", "dev/after", "alice", None).await;
+        let r = t.as_("alice").get("dev/after").send().await;
         assert_status(&r, reqwest::StatusCode::OK);
     };
     tokio::time::timeout(std::time::Duration::from_secs(30), patient)
@@ -238,11 +235,14 @@ async fn what_an_instance_remembers_never_hides_another_instances_writes() {
         let doc = state_doc(serial, "L", "");
         let writer = &bases[serial as usize % 2];
         let r = t
-            .call_on(writer, "POST", "dev/app", "alice", Some(doc.clone()))
+            .as_("alice")
+            .on(writer)
+            .post("dev/app", doc.clone())
+            .send()
             .await;
         assert_eq!(r.status().as_u16(), 200, "POST on {writer}");
         for base in &bases {
-            let r = t.call_on(base, "GET", "dev/app", "alice", None).await;
+            let r = t.as_("alice").on(base).get("dev/app").send().await;
             assert_eq!(r.status().as_u16(), 200, "GET on {base}");
             assert_eq!(
                 r.bytes().await.unwrap().to_vec(),
@@ -268,19 +268,26 @@ async fn a_read_from_memory_gives_way_to_another_instances_write() {
     let other = t.serve_process().await;
     let (v1, v2) = (state_doc(1, "L", ""), state_doc(2, "L", ""));
     assert_eq!(
-        t.post("dev/app", "alice", None, v1.clone()).await.status(),
+        t.as_("alice")
+            .post("dev/app", v1.clone())
+            .send()
+            .await
+            .status(),
         200
     );
     for _ in 0..3 {
-        let r = t.call("GET", "dev/app", "alice", None).await;
+        let r = t.as_("alice").get("dev/app").send().await;
         assert_eq!(r.bytes().await.unwrap().to_vec(), v1);
     }
     let r = t
-        .call_on(&other.base, "POST", "dev/app", "bob", Some(v2.clone()))
+        .as_("bob")
+        .on(&other.base)
+        .post("dev/app", v2.clone())
+        .send()
         .await;
     assert_eq!(r.status().as_u16(), 200);
     for _ in 0..2 {
-        let r = t.call("GET", "dev/app", "alice", None).await;
+        let r = t.as_("alice").get("dev/app").send().await;
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(
             r.bytes().await.unwrap().to_vec(),

@@ -65,17 +65,21 @@ async fn an_unopenable_environment_is_refused_alone_and_the_others_are_served() 
     // prod reads and writes as ever.
     let doc = state_doc(1, "L-prod", "");
     assert_status(
-        &t.post("prod/net", "ci-prod", None, doc.clone()).await,
+        &t.as_("ci-prod").post("prod/net", doc.clone()).send().await,
         StatusCode::OK,
     );
-    let read = t.call("GET", "prod/net", "pat", None).await;
+    let read = t.as_("pat").get("prod/net").send().await;
     assert_status(&read, StatusCode::OK);
     assert_eq!(read.bytes().await.expect("body").to_vec(), doc);
 
     // dev is refused with a sentence naming it, its database and the cause, for reads and
     // writes alike.
     for (method, body) in [("GET", None), ("POST", Some(state_doc(1, "L-dev", "")))] {
-        let resp = t.call(method, "dev/app", "alice", body).await;
+        let mut request = t.as_("alice").request(method, "dev/app");
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let resp = request.send().await;
         assert_status(&resp, StatusCode::SERVICE_UNAVAILABLE);
         let text = resp.text().await.expect("body");
         assert!(

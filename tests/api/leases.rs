@@ -43,18 +43,22 @@ const LONG_AGO: &str = "2020-01-01T00:00:00.000000Z";
 async fn a_lock_idle_past_its_lease_is_taken_over_and_the_old_holder_writes_nothing() {
     let t = spawn_app_with(&leased_config()).await;
     assert_status(
-        &t.lock("dev/net", "alice", "L1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/net").id("L1").send().await,
         StatusCode::OK,
     );
     let first = state_doc(1, "A", "");
     assert_status(
-        &t.post("dev/net", "alice", Some("L1"), first.clone()).await,
+        &t.as_("alice")
+            .post("dev/net", first.clone())
+            .lock_id("L1")
+            .send()
+            .await,
         StatusCode::OK,
     );
     idle_since(&t, "dev", "net", LONG_AGO).await;
 
     assert_status(
-        &t.lock("dev/net", "bob", "L2", "OperationTypeApply").await,
+        &t.as_("bob").lock("dev/net").id("L2").send().await,
         StatusCode::OK,
     );
     let taken = t.last_audit("dev").await;
@@ -77,12 +81,13 @@ async fn a_lock_idle_past_its_lease_is_taken_over_and_the_old_holder_writes_noth
 
     // The old holder, back: its write and its unlock are refused, and nothing changes.
     let late = t
-        .post("dev/net", "alice", Some("L1"), state_doc(2, "A", ""))
+        .as_("alice")
+        .post("dev/net", state_doc(2, "A", ""))
+        .lock_id("L1")
+        .send()
         .await;
     assert_status(&late, StatusCode::LOCKED);
-    let unlock = t
-        .unlock("dev/net", "alice", "L1", "OperationTypeApply")
-        .await;
+    let unlock = t.as_("alice").unlock("dev/net").id("L1").send().await;
     assert_status(&unlock, StatusCode::LOCKED);
     assert_eq!(t.versions("dev", "net").await.len(), 1);
     assert_eq!(t.stored("dev", "net").await, Some(first));
@@ -93,12 +98,15 @@ async fn a_lock_idle_past_its_lease_is_taken_over_and_the_old_holder_writes_noth
 
     // The taker writes and releases as any holder.
     assert_status(
-        &t.post("dev/net", "bob", Some("L2"), state_doc(2, "A", ""))
+        &t.as_("bob")
+            .post("dev/net", state_doc(2, "A", ""))
+            .lock_id("L2")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.unlock("dev/net", "bob", "L2", "OperationTypeApply").await,
+        &t.as_("bob").unlock("dev/net").id("L2").send().await,
         StatusCode::OK,
     );
     assert_eq!(holder(&t, "dev", "net").await, None);
@@ -109,37 +117,40 @@ async fn a_lock_idle_past_its_lease_is_taken_over_and_the_old_holder_writes_noth
 async fn a_lock_within_its_lease_or_renewed_or_written_under_is_held() {
     let t = spawn_app_with(&leased_config()).await;
     assert_status(
-        &t.lock("dev/net", "alice", "L1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/net").id("L1").send().await,
         StatusCode::OK,
     );
     let recent = (chrono::Utc::now() - chrono::Duration::minutes(4))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     idle_since(&t, "dev", "net", &recent).await;
-    let within = refusal(t.lock("dev/net", "bob", "L2", "OperationTypeApply").await).await;
+    let within = refusal(t.as_("bob").lock("dev/net").id("L2").send().await).await;
     assert!(within.starts_with("L1 held by user:alice"), "{within}");
 
     // A LOCK retry by the holder renews the lease.
     idle_since(&t, "dev", "net", LONG_AGO).await;
     assert_status(
-        &t.lock("dev/net", "alice", "L1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/net").id("L1").send().await,
         StatusCode::OK,
     );
-    let renewed = refusal(t.lock("dev/net", "bob", "L2", "OperationTypeApply").await).await;
+    let renewed = refusal(t.as_("bob").lock("dev/net").id("L2").send().await).await;
     assert!(renewed.starts_with("L1 held by user:alice"), "{renewed}");
 
     // So does a write under the lock.
     idle_since(&t, "dev", "net", LONG_AGO).await;
     assert_status(
-        &t.post("dev/net", "alice", Some("L1"), state_doc(1, "A", ""))
+        &t.as_("alice")
+            .post("dev/net", state_doc(1, "A", ""))
+            .lock_id("L1")
+            .send()
             .await,
         StatusCode::OK,
     );
-    let written = refusal(t.lock("dev/net", "bob", "L2", "OperationTypeApply").await).await;
+    let written = refusal(t.as_("bob").lock("dev/net").id("L2").send().await).await;
     assert!(written.starts_with("L1 held by user:alice"), "{written}");
 
     // A reader may not take over, however idle the lock.
     idle_since(&t, "dev", "net", LONG_AGO).await;
-    let eve = t.lock("dev/net", "eve", "L3", "OperationTypeApply").await;
+    let eve = t.as_("eve").lock("dev/net").id("L3").send().await;
     assert_ne!(eve.status(), StatusCode::OK);
     assert_eq!(
         holder(&t, "dev", "net").await,
@@ -151,13 +162,15 @@ async fn a_lock_within_its_lease_or_renewed_or_written_under_is_held() {
 async fn without_a_lease_a_lock_is_never_taken_over() {
     let t = spawn_app_with(&leased_config()).await;
     assert_status(
-        &t.lock("staging/net", "pat", "L1", "OperationTypeApply")
-            .await,
+        &t.as_("pat").lock("staging/net").id("L1").send().await,
         StatusCode::OK,
     );
     idle_since(&t, "staging", "net", LONG_AGO).await;
     let held = refusal(
-        t.lock("staging/net", "ci-staging", "L2", "OperationTypeApply")
+        t.as_("ci-staging")
+            .lock("staging/net")
+            .id("L2")
+            .send()
             .await,
     )
     .await;
@@ -183,14 +196,22 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
     let main = p.issuer.token("main", |_| {});
     let first = p.approved("network").await;
     let path = format!("prod/network?change={first}");
-    assert_status(&p.ci_lock(&path, &main, "L1").await, StatusCode::OK);
-    let post = p.ci_write(&path, &main, "L1", state_doc(1, "P", "")).await;
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L1").send().await,
+        StatusCode::OK,
+    );
+    let post = p
+        .pipeline(&main)
+        .post(&path, state_doc(1, "P", ""))
+        .lock_id("L1")
+        .send()
+        .await;
     assert_status(&post, StatusCode::OK);
     idle_since(&p.t, "prod", "network", LONG_AGO).await;
 
     // No change named, or the change the idle lock was taken for (already written under):
     // refused, and the lock stays.
-    let bare = refusal(p.ci_lock("prod/network", &main, "L2").await).await;
+    let bare = refusal(p.pipeline(&main).lock("prod/network").id("L2").send().await).await;
     assert!(!bare.starts_with("L1 held by"), "{bare}");
     assert_eq!(
         holder(&p.t, "prod", "network").await,
@@ -199,7 +220,7 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
 
     // The change the idle lock has already written for: its apply used it up, so a new lock
     // for it is refused at the lock, and nothing changes.
-    let same = refusal(p.ci_lock(&path, &main, "L2").await).await;
+    let same = refusal(p.pipeline(&main).lock(&path).id("L2").send().await).await;
     assert!(
         same.starts_with(&format!(
             "change {first} was written under lock L1 of service:ci-prod"
@@ -216,7 +237,10 @@ async fn in_a_protected_environment_the_taker_needs_its_own_grant() {
     // Its own approved change: taken over.
     let second = p.approved("network").await;
     let path = format!("prod/network?change={second}");
-    assert_status(&p.ci_lock(&path, &main, "L2").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&main).lock(&path).id("L2").send().await,
+        StatusCode::OK,
+    );
     let taken = p.t.last_audit("prod").await;
     assert!(
         taken
@@ -245,13 +269,10 @@ async fn state_locks_lists_held_locks_and_whose_lease_ran_out() {
     let t = spawn_app_with(&leased_config()).await;
     for (path, who) in [("dev/net", "alice"), ("staging/net", "pat")] {
         assert_status(
-            &t.post(path, who, None, state_doc(1, "A", "")).await,
+            &t.as_(who).post(path, state_doc(1, "A", "")).send().await,
             StatusCode::OK,
         );
-        assert_status(
-            &t.lock(path, who, "L1", "OperationTypeApply").await,
-            StatusCode::OK,
-        );
+        assert_status(&t.as_(who).lock(path).id("L1").send().await, StatusCode::OK);
         let env = path.split('/').next().unwrap();
         idle_since(&t, env, "net", LONG_AGO).await;
     }
@@ -305,12 +326,14 @@ async fn state_locks_lists_held_locks_and_whose_lease_ran_out() {
 async fn state_unlock_shows_a_lock_and_releases_it_only_by_its_id_for_who_may_force_unlock() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.lock("dev/app", "alice", "L1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("L1").send().await,
         StatusCode::OK,
     );
     let base = t.base();

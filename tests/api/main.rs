@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod content_integrity;
 mod edges;
+mod explain;
 mod helpers;
 mod history;
 mod instances;

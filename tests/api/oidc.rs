@@ -107,27 +107,6 @@ fn jwks_file(dir: &std::path::Path, name: &str, keys: &[&SigningKey]) -> String 
     format!("jwks_file = \"{}\"", path.display())
 }
 
-/// A state request with `jwt` as a Bearer token (no service named: every service of the
-/// issuer may claim it).
-async fn bearer(
-    t: &TestApp,
-    method: &str,
-    path: &str,
-    jwt: &str,
-    body: Vec<u8>,
-) -> reqwest::Response {
-    t.client
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            t.url(path),
-        )
-        .bearer_auth(jwt)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The sentence of a 401.
 async fn refused(resp: reqwest::Response) -> String {
     assert_status(&resp, StatusCode::UNAUTHORIZED);
@@ -158,7 +137,7 @@ async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_and_change_not
         ),
     ];
     for (what, jwt, sentence) in cases {
-        let body = refused(p.ci_lock(&path, &jwt, "lock-1").await).await;
+        let body = refused(p.pipeline(&jwt).lock(&path).id("lock-1").send().await).await;
         assert!(body.starts_with(sentence), "{what}: {body}");
         let last = p.t.last_audit("prod").await;
         assert_eq!((last.status, last.principal), (Some(401), None), "{what}");
@@ -178,7 +157,10 @@ async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_and_change_not
         c["nbf"] = (now + 10).into();
         c["iat"] = (now + 10).into();
     });
-    assert_status(&p.ci_lock(&path, &ahead, "lock-1").await, StatusCode::OK);
+    assert_status(
+        &p.pipeline(&ahead).lock(&path).id("lock-1").send().await,
+        StatusCode::OK,
+    );
 }
 
 #[tokio::test]
@@ -243,7 +225,11 @@ async fn a_token_refused_by_one_service_is_tried_by_the_next_of_its_issuer() {
         ))
         .await;
         let infra = key.token("acme/infra", |_| {});
-        let post = bearer(&t, "POST", "prod/network", &infra, state_doc(1, "L", "")).await;
+        let post = t
+            .bearer(&infra)
+            .post("prod/network", state_doc(1, "L", ""))
+            .send()
+            .await;
         assert_status(&post, StatusCode::OK);
         assert_eq!(
             t.last_audit("prod").await.principal.as_deref(),
@@ -252,8 +238,13 @@ async fn a_token_refused_by_one_service_is_tried_by_the_next_of_its_issuer() {
         assert_eq!(t.versions("prod", "network").await.len(), 1);
         // Refused by both: the reason is the one of the service that came furthest.
         let evil = key.token("evil/infra", |_| {});
-        let body =
-            refused(bearer(&t, "POST", "prod/network", &evil, state_doc(2, "L", "")).await).await;
+        let body = refused(
+            t.bearer(&evil)
+                .post("prod/network", state_doc(2, "L", ""))
+                .send()
+                .await,
+        )
+        .await;
         assert!(
             body.starts_with("OIDC token refused: claim repository is \"evil/infra\", but ci-"),
             "{body}"
@@ -285,7 +276,11 @@ async fn every_key_of_a_repeated_key_id_is_tried() {
     let t = spawn_app_with(&config(&keys, &keys)).await;
     for (serial, key) in [(1, &old), (2, &new)] {
         let jwt = key.token("acme/infra", |_| {});
-        let post = bearer(&t, "POST", "prod/network", &jwt, state_doc(serial, "L", "")).await;
+        let post = t
+            .bearer(&jwt)
+            .post("prod/network", state_doc(serial, "L", ""))
+            .send()
+            .await;
         assert_status(&post, StatusCode::OK);
     }
     assert_eq!(t.versions("prod", "network").await.len(), 2);
@@ -404,7 +399,12 @@ async fn keys_from_a_jwks_url_are_fetched_at_start_and_again_for_an_unknown_key_
     assert_eq!(jwks_server.hits(), 1, "fetched at start");
     let post = |jwt: String, serial| {
         let t = &t;
-        async move { bearer(t, "POST", "prod/network", &jwt, state_doc(serial, "L", "")).await }
+        async move {
+            t.bearer(&jwt)
+                .post("prod/network", state_doc(serial, "L", ""))
+                .send()
+                .await
+        }
     };
     assert_status(
         &post(k1.token("acme/infra", |_| {}), 1).await,
@@ -450,7 +450,10 @@ async fn keys_from_a_jwks_url_are_fetched_at_start_and_again_for_an_unknown_key_
     // ci-app's file keys are not the provider's set: its tokens still verify, with no fetch.
     let app = k1.token("acme/app", |_| {});
     assert_status(
-        &bearer(&t, "POST", "dev/app", &app, state_doc(1, "L", "")).await,
+        &t.bearer(&app)
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
+            .await,
         StatusCode::OK,
     );
     assert_eq!(jwks_server.hits(), 3);
@@ -465,7 +468,11 @@ async fn a_failed_first_fetch_refuses_the_services_tokens_with_a_sentence_until_
     let app_keys = jwks_file(dir.path(), "app.json", &[&key]);
     let t = spawn_app_with(&config(&app_keys, &jwks_server.oidc_lines())).await;
     let jwt = key.token("acme/infra", |_| {});
-    let post = || bearer(&t, "POST", "prod/network", &jwt, state_doc(1, "L", ""));
+    let post = || {
+        t.bearer(&jwt)
+            .post("prod/network", state_doc(1, "L", ""))
+            .send()
+    };
     let unavailable = |why: &str| {
         format!(
             "OIDC token refused: the keys of service ci-prod could not be fetched from {} ({why}); the server tries again at most once a minute",
@@ -527,7 +534,13 @@ async fn a_jwks_url_whose_certificate_is_not_trusted_is_never_read() {
     let lines = format!("jwks_url = \"{}\"", jwks_server.url());
     let t = spawn_app_with(&config(&app_keys, &lines)).await;
     let jwt = key.token("acme/infra", |_| {});
-    let body = refused(bearer(&t, "POST", "prod/network", &jwt, state_doc(1, "L", "")).await).await;
+    let body = refused(
+        t.bearer(&jwt)
+            .post("prod/network", state_doc(1, "L", ""))
+            .send()
+            .await,
+    )
+    .await;
     assert!(
         body.starts_with(&format!(
             "OIDC token refused: the keys of service ci-prod could not be fetched from {} (",

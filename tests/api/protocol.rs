@@ -21,7 +21,7 @@ async fn health_answers() {
 #[tokio::test]
 async fn missing_wrong_and_misattributed_credentials_are_401_and_recorded() {
     let t = spawn_app().await;
-    let r = t.call("GET", "dev/app", "", None).await;
+    let r = t.anonymous().get("dev/app").send().await;
     assert_status(&r, StatusCode::UNAUTHORIZED);
     assert!(r.headers().contains_key("www-authenticate"));
 
@@ -69,7 +69,7 @@ async fn missing_wrong_and_misattributed_credentials_are_401_and_recorded() {
 async fn a_revoked_token_no_longer_works() {
     let t = spawn_app().await;
     assert_status(
-        &t.call("GET", "dev/app", "alice", None).await,
+        &t.as_("alice").get("dev/app").send().await,
         StatusCode::NO_CONTENT,
     );
     let id = &t.token("alice")[3..19];
@@ -82,7 +82,7 @@ async fn a_revoked_token_no_longer_works() {
         .unwrap();
     assert!(revoked);
     assert_status(
-        &t.call("GET", "dev/app", "alice", None).await,
+        &t.as_("alice").get("dev/app").send().await,
         StatusCode::UNAUTHORIZED,
     );
 }
@@ -102,7 +102,7 @@ async fn revoke_elsewhere(t: &TestApp, who: &str) {
 #[tokio::test]
 async fn with_no_token_cache_a_token_revoked_elsewhere_fails_at_once() {
     let t = spawn_app_with(&config_with_server("token_cache = \"0s\"")).await;
-    let get = || t.call("GET", "dev/app", "alice", None);
+    let get = || t.as_("alice").get("dev/app").send();
     assert_status(&get().await, StatusCode::NO_CONTENT);
     revoke_elsewhere(&t, "alice").await;
     assert_status(&get().await, StatusCode::UNAUTHORIZED);
@@ -111,7 +111,7 @@ async fn with_no_token_cache_a_token_revoked_elsewhere_fails_at_once() {
 #[tokio::test]
 async fn a_token_revoked_elsewhere_fails_once_the_token_cache_time_is_over() {
     let t = spawn_app_with(&config_with_server("token_cache = \"1s\"")).await;
-    let get = || t.call("GET", "dev/app", "alice", None);
+    let get = || t.as_("alice").get("dev/app").send();
     assert_status(&get().await, StatusCode::NO_CONTENT);
     revoke_elsewhere(&t, "alice").await;
     let revoked_at = std::time::Instant::now();
@@ -129,7 +129,7 @@ async fn a_token_revoked_elsewhere_fails_once_the_token_cache_time_is_over() {
     }
     // Other tokens were not affected.
     assert_status(
-        &t.call("GET", "dev/app", "bob", None).await,
+        &t.as_("bob").get("dev/app").send().await,
         StatusCode::NO_CONTENT,
     );
 }
@@ -137,7 +137,7 @@ async fn a_token_revoked_elsewhere_fails_once_the_token_cache_time_is_over() {
 #[tokio::test]
 async fn unknown_environment_is_404_and_recorded_in_the_server_chain() {
     let t = spawn_app().await;
-    let r = t.call("GET", "qa/app", "alice", None).await;
+    let r = t.as_("alice").get("qa/app").send().await;
     assert_status(&r, StatusCode::NOT_FOUND);
     assert!(r
         .text()
@@ -155,7 +155,7 @@ async fn unknown_environment_is_404_and_recorded_in_the_server_chain() {
 async fn bad_state_names_are_400() {
     let t = spawn_app().await;
     for path in ["dev/a%20b", "dev/", "dev"] {
-        let r = t.call("GET", path, "alice", None).await;
+        let r = t.as_("alice").get(path).send().await;
         assert_status(&r, StatusCode::BAD_REQUEST);
     }
     // Raw bytes, so that no client library normalises the path first.
@@ -190,27 +190,29 @@ fn base64_basic(user: &str, pass: &str) -> String {
 async fn no_state_yet_is_204_and_a_state_the_caller_may_not_read_is_403_not_404() {
     let t = spawn_app().await;
     assert_status(
-        &t.call("GET", "prod/net", "eve", None).await,
+        &t.as_("eve").get("prod/net").send().await,
         StatusCode::FORBIDDEN,
     );
     assert_status(
-        &t.lock("prod/net", "ci-prod", "L1", "OperationTypeApply")
-            .await,
+        &t.as_("ci-prod").lock("prod/net").id("L1").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("prod/net", "ci-prod", Some("L1"), state_doc(1, "P", ""))
+        &t.as_("ci-prod")
+            .post("prod/net", state_doc(1, "P", ""))
+            .lock_id("L1")
+            .send()
             .await,
         StatusCode::OK,
     );
-    let r = t.call("GET", "prod/net", "eve", None).await;
+    let r = t.as_("eve").get("prod/net").send().await;
     assert_status(&r, StatusCode::FORBIDDEN);
     let body = r.text().await.unwrap();
     assert!(
         body.contains("user:eve may not read prod (owner: team:platform)"),
         "{body}"
     );
-    let r = t.call("GET", "prod/net", "alice", None).await;
+    let r = t.as_("alice").get("prod/net").send().await;
     assert_status(&r, StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().to_vec(), state_doc(1, "P", ""));
 }
@@ -218,9 +220,7 @@ async fn no_state_yet_is_204_and_a_state_the_caller_may_not_read_is_403_not_404(
 #[tokio::test]
 async fn refused_lock_answers_423_with_the_sentence_as_id_and_stores_nothing() {
     let t = spawn_app().await;
-    let r = t
-        .lock("prod/net", "alice", "A1", "OperationTypeApply")
-        .await;
+    let r = t.as_("alice").lock("prod/net").id("A1").send().await;
     assert_status(&r, StatusCode::LOCKED);
     let info: serde_json::Value = r.json().await.unwrap();
     let id = info["ID"].as_str().unwrap();
@@ -253,15 +253,15 @@ async fn refused_lock_answers_423_with_the_sentence_as_id_and_stores_nothing() {
 async fn second_locker_is_refused_with_the_authenticated_holder() {
     let t = spawn_app().await;
     assert_status(
-        &t.lock("dev/app", "alice", "A1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("A1").send().await,
         StatusCode::OK,
     );
     // The same lock again (a client retry) is granted again.
     assert_status(
-        &t.lock("dev/app", "alice", "A1", "OperationTypeApply").await,
+        &t.as_("alice").lock("dev/app").id("A1").send().await,
         StatusCode::OK,
     );
-    let r = t.lock("dev/app", "bob", "B1", "OperationTypeApply").await;
+    let r = t.as_("bob").lock("dev/app").id("B1").send().await;
     assert_status(&r, StatusCode::LOCKED);
     let holder: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -274,32 +274,40 @@ async fn second_locker_is_refused_with_the_authenticated_holder() {
     assert_eq!(holder["Who"], "user:alice (client said: dev@laptop)");
     // bob may not write under alice's lock, nor without one.
     assert_status(
-        &t.post("dev/app", "bob", Some("A1"), state_doc(1, "L", ""))
+        &t.as_("bob")
+            .post("dev/app", state_doc(1, "L", ""))
+            .lock_id("A1")
+            .send()
             .await,
         StatusCode::LOCKED,
     );
     assert_status(
-        &t.post("dev/app", "bob", None, state_doc(1, "L", "")).await,
+        &t.as_("bob")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
+            .await,
         StatusCode::LOCKED,
     );
     // Nor may anyone but the holder release it without force-unlock (eve has no such right).
     assert_status(
-        &t.unlock("dev/app", "eve", "A1", "OperationTypeApply").await,
+        &t.as_("eve").unlock("dev/app").id("A1").send().await,
         StatusCode::FORBIDDEN,
     );
     assert!(t.versions("dev", "app").await.is_empty());
     assert_status(
-        &t.post("dev/app", "alice", Some("A1"), state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .lock_id("A1")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.unlock("dev/app", "alice", "A1", "OperationTypeApply")
-            .await,
+        &t.as_("alice").unlock("dev/app").id("A1").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &t.lock("dev/app", "bob", "B1", "OperationTypeApply").await,
+        &t.as_("bob").lock("dev/app").id("B1").send().await,
         StatusCode::OK,
     );
 }
@@ -308,22 +316,32 @@ async fn second_locker_is_refused_with_the_authenticated_holder() {
 async fn readers_plan_lock_blocks_no_writer_and_nothing_is_written_under_it() {
     let t = spawn_app().await;
     assert_status(
-        &t.lock("prod/net", "alice", "PLAN1", "OperationTypePlan")
+        &t.as_("alice")
+            .lock("prod/net")
+            .id("PLAN1")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply")
-            .await,
+        &t.as_("ci-prod").lock("prod/net").id("CI1").send().await,
         StatusCode::OK,
     );
     let r = t
-        .post("prod/net", "alice", Some("PLAN1"), state_doc(1, "P", ""))
+        .as_("alice")
+        .post("prod/net", state_doc(1, "P", ""))
+        .lock_id("PLAN1")
+        .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert!(t.versions("prod", "net").await.is_empty());
     assert_status(
-        &t.unlock("prod/net", "alice", "PLAN1", "OperationTypePlan")
+        &t.as_("alice")
+            .unlock("prod/net")
+            .id("PLAN1")
+            .operation("OperationTypePlan")
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -343,7 +361,9 @@ async fn readers_plan_lock_blocks_no_writer_and_nothing_is_written_under_it() {
 async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(5, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -380,7 +400,7 @@ async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
         ),
     ];
     for (body, status, reason) in cases {
-        let r = t.post("dev/app", "alice", None, body).await;
+        let r = t.as_("alice").post("dev/app", body).send().await;
         assert_status(&r, status);
         let text = r.text().await.unwrap();
         assert!(text.contains(reason), "{text}");
@@ -391,12 +411,18 @@ async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
     }
     // A retried POST of the very bytes is accepted and stores nothing new.
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(5, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_eq!(t.versions("dev", "app").await.len(), 1);
-    let next = t.post("dev/app", "bob", None, state_doc(6, "L", "")).await;
+    let next = t
+        .as_("bob")
+        .post("dev/app", state_doc(6, "L", ""))
+        .send()
+        .await;
     assert_status(&next, StatusCode::OK);
     let versions = t.versions("dev", "app").await;
     assert_eq!(
@@ -412,17 +438,23 @@ async fn write_rules_refuse_with_reasons_and_leave_the_state_unchanged() {
 async fn force_write_needs_the_right_and_is_recorded_as_forced() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(5, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(5, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "NEW", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "NEW", ""))
+            .send()
             .await,
         StatusCode::CONFLICT,
     );
     let r = t
-        .post("dev/app", "pat", None, state_doc(1, "NEW", ""))
+        .as_("pat")
+        .post("dev/app", state_doc(1, "NEW", ""))
+        .send()
         .await;
     assert_status(&r, StatusCode::OK);
     let versions = t.versions("dev", "app").await;
@@ -437,13 +469,15 @@ async fn force_write_needs_the_right_and_is_recorded_as_forced() {
 async fn force_unlock_needs_the_right() {
     let t = spawn_app().await;
     assert_status(
-        &t.lock("prod/net", "ci-prod", "CI1", "OperationTypeApply")
-            .await,
+        &t.as_("ci-prod").lock("prod/net").id("CI1").send().await,
         StatusCode::OK,
     );
     // terraform force-unlock: an empty body. alice is no owner of prod.
     let r = t
-        .call("UNLOCK", "prod/net", "alice", Some(Vec::new()))
+        .as_("alice")
+        .request("UNLOCK", "prod/net")
+        .body(Vec::new())
+        .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     assert!(r
@@ -463,12 +497,10 @@ async fn force_unlock_needs_the_right() {
     assert_eq!(t.last_audit("prod").await.action, "state:force-unlock");
     // OpenTofu's form, {"ID": ...}, by the owner.
     let r = t
-        .call(
-            "UNLOCK",
-            "prod/net",
-            "pat",
-            Some(br#"{"ID":"CI1"}"#.to_vec()),
-        )
+        .as_("pat")
+        .request("UNLOCK", "prod/net")
+        .body(br#"{"ID":"CI1"}"#.to_vec())
+        .send()
         .await;
     assert_status(&r, StatusCode::OK);
     assert!(t
@@ -492,11 +524,13 @@ async fn opentofu_encrypted_states_are_stored_byte_for_byte() {
     let t = spawn_app().await;
     let doc = br#"{"serial":1,"lineage":"E","meta":{"key_provider.pbkdf2.k":"eyJ9"},"encrypted_data":"c2VjcmV0","encryption_version":"v0"}"#;
     assert_status(
-        &t.post("dev/enc", "alice", None, doc.to_vec()).await,
+        &t.as_("alice").post("dev/enc", doc.to_vec()).send().await,
         StatusCode::OK,
     );
     let got = t
-        .call("GET", "dev/enc", "alice", None)
+        .as_("alice")
+        .get("dev/enc")
+        .send()
         .await
         .bytes()
         .await
@@ -504,7 +538,7 @@ async fn opentofu_encrypted_states_are_stored_byte_for_byte() {
     assert_eq!(got.as_ref(), doc.as_slice());
     let older = br#"{"serial":0,"lineage":"E","meta":{},"encrypted_data":"eA==","encryption_version":"v0"}"#;
     assert_status(
-        &t.post("dev/enc", "alice", None, older.to_vec()).await,
+        &t.as_("alice").post("dev/enc", older.to_vec()).send().await,
         StatusCode::CONFLICT,
     );
 }
@@ -513,20 +547,19 @@ async fn opentofu_encrypted_states_are_stored_byte_for_byte() {
 async fn deletion_is_a_version_and_needs_the_right() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     assert_status(
-        &t.call("DELETE", "dev/app", "pat", None).await,
+        &t.as_("pat").delete("dev/app").send().await,
         StatusCode::FORBIDDEN,
     );
+    assert_status(&t.as_("bob").delete("dev/app").send().await, StatusCode::OK);
     assert_status(
-        &t.call("DELETE", "dev/app", "bob", None).await,
-        StatusCode::OK,
-    );
-    assert_status(
-        &t.call("GET", "dev/app", "alice", None).await,
+        &t.as_("alice").get("dev/app").send().await,
         StatusCode::NO_CONTENT,
     );
     let versions = t.versions("dev", "app").await;
@@ -534,7 +567,9 @@ async fn deletion_is_a_version_and_needs_the_right() {
     assert!(versions[1].deleted);
     // A new lineage may start after a deletion.
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(0, "FRESH", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(0, "FRESH", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -543,7 +578,7 @@ async fn deletion_is_a_version_and_needs_the_right() {
 #[tokio::test]
 async fn unknown_methods_are_405() {
     let t = spawn_app().await;
-    let r = t.call("PATCH", "dev/app", "alice", None).await;
+    let r = t.as_("alice").request("PATCH", "dev/app").send().await;
     assert_status(&r, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -551,20 +586,24 @@ async fn unknown_methods_are_405() {
 async fn when_the_audit_record_cannot_be_written_the_request_is_refused() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "L", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     // Break the dev chain from outside, as a full disk or a broken file would.
     break_audit_writes(t.dir.path(), "dev").await;
     let r = t
-        .post("dev/app", "alice", None, state_doc(2, "L", ""))
+        .as_("alice")
+        .post("dev/app", state_doc(2, "L", ""))
+        .send()
         .await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(t.versions("dev", "app").await.len(), 1);
-    let r = t.call("GET", "dev/app", "alice", None).await;
+    let r = t.as_("alice").get("dev/app").send().await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
-    let r = t.lock("dev/app", "alice", "X", "OperationTypeApply").await;
+    let r = t.as_("alice").lock("dev/app").id("X").send().await;
     assert_status(&r, StatusCode::SERVICE_UNAVAILABLE);
     assert!(t
         .app
@@ -641,10 +680,10 @@ async fn a_large_state_round_trips_in_chunks_with_its_length() {
     let doc = state_doc(1, "L", &format!(",\"pad\":\"{pad}\""));
     assert!(doc.len() > 2 * (1 << 20));
     assert_status(
-        &t.post("staging/big", "pat", None, doc.clone()).await,
+        &t.as_("pat").post("staging/big", doc.clone()).send().await,
         StatusCode::OK,
     );
-    let r = t.call("GET", "staging/big", "alice", None).await;
+    let r = t.as_("alice").get("staging/big").send().await;
     assert_status(&r, StatusCode::OK);
     assert_eq!(r.content_length(), Some(doc.len() as u64));
     assert_eq!(r.bytes().await.unwrap().as_ref(), &doc[..]);
@@ -654,10 +693,10 @@ async fn a_large_state_round_trips_in_chunks_with_its_length() {
     // A small version after it reads back whole, nothing of the big one mixed in.
     let small = state_doc(2, "L", "");
     assert_status(
-        &t.post("staging/big", "pat", None, small.clone()).await,
+        &t.as_("pat").post("staging/big", small.clone()).send().await,
         StatusCode::OK,
     );
-    let r = t.call("GET", "staging/big", "alice", None).await;
+    let r = t.as_("alice").get("staging/big").send().await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), &small[..]);
 }
 
@@ -665,11 +704,11 @@ async fn a_large_state_round_trips_in_chunks_with_its_length() {
 async fn with_audit_sync_all_reads_and_refusals_are_recorded_alike() {
     let t = spawn_app_with(&config_with_server("audit_sync = \"all\"")).await;
     assert_status(
-        &t.call("GET", "dev/app", "alice", None).await,
+        &t.as_("alice").get("dev/app").send().await,
         StatusCode::NO_CONTENT,
     );
     assert_status(
-        &t.call("GET", "dev/app", "", None).await,
+        &t.anonymous().get("dev/app").send().await,
         StatusCode::UNAUTHORIZED,
     );
     let statuses: Vec<_> = t

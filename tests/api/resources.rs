@@ -306,7 +306,11 @@ async fn an_over_long_lock_id_is_refused_and_long_lock_fields_are_stored_capped(
     // A reader's plan lock with a 60 KB ID (LOCK bodies are at most 64 KiB).
     let long_id = "L".repeat(60 * 1024);
     let resp = t
-        .lock("dev/app", "alice", &long_id, "OperationTypePlan")
+        .as_("alice")
+        .lock("dev/app")
+        .id(&long_id)
+        .operation("OperationTypePlan")
+        .send()
         .await;
     assert_status(&resp, StatusCode::BAD_REQUEST);
     let sentence = resp.text().await.unwrap();
@@ -319,12 +323,11 @@ async fn an_over_long_lock_id_is_refused_and_long_lock_fields_are_stored_capped(
     assert!(record.lock_id.is_none());
     // Nothing was locked: a writer locks at once.
     assert_status(
-        &t.lock("dev/app", "bob", "b-1", "OperationTypeApply").await,
+        &t.as_("bob").lock("dev/app").id("b-1").send().await,
         StatusCode::OK,
     );
     assert_status(
-        &t.unlock("dev/app", "bob", "b-1", "OperationTypeApply")
-            .await,
+        &t.as_("bob").unlock("dev/app").id("b-1").send().await,
         StatusCode::OK,
     );
 
@@ -335,10 +338,13 @@ async fn an_over_long_lock_id_is_refused_and_long_lock_fields_are_stored_capped(
     })
     .to_string();
     let resp = t
-        .call("LOCK", "dev/app", "alice", Some(info.into_bytes()))
+        .as_("alice")
+        .request("LOCK", "dev/app")
+        .body(info.into_bytes())
+        .send()
         .await;
     assert_status(&resp, StatusCode::OK);
-    let refused = t.lock("dev/app", "bob", "b-2", "OperationTypeApply").await;
+    let refused = t.as_("bob").lock("dev/app").id("b-2").send().await;
     assert_status(&refused, StatusCode::LOCKED);
     let holder: serde_json::Value = refused.json().await.unwrap();
     let who = holder["Who"].as_str().unwrap();

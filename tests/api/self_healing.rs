@@ -96,7 +96,7 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
         "data_dir = \"data\"",
         &format!("data_dir = {:?}", tmpfs.path.display().to_string()),
     );
-    let app = spawn_app_with(&config).await;
+    let app = spawn_app_on_sqlite(&config).await;
     // A server process of its own, whose log can be read.
     let served = app.serve_process().await;
     let post = |serial: i64, size: usize, lock: Option<&'static str>| {
@@ -107,7 +107,10 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
         let base = served.base.clone();
         let app = &app;
         async move {
-            app.call_on(&base, "POST", &path, "alice", Some(big_state(serial, size)))
+            app.as_("alice")
+                .on(&base)
+                .post(&path, big_state(serial, size))
+                .send()
                 .await
         }
     };
@@ -116,7 +119,11 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
         let app = &app;
         async move {
             let body = lock_info("l-1", "OperationTypeApply").into_bytes();
-            app.call_on(&base, method, "dev/app", "alice", Some(body))
+            app.as_("alice")
+                .on(&base)
+                .request(method, "dev/app")
+                .body(body)
+                .send()
                 .await
         }
     };
@@ -187,7 +194,9 @@ async fn a_full_disk_is_said_and_freeing_space_is_enough() {
 async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "l", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "l", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
@@ -208,7 +217,9 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
     // More failures than the pool has connections, so that each may be left behind.
     for serial in 2..8 {
         let refused = t
-            .post("dev/app", "alice", None, state_doc(serial, "l", ""))
+            .as_("alice")
+            .post("dev/app", state_doc(serial, "l", ""))
+            .send()
             .await;
         assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -221,17 +232,20 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
     for serial in 2..12 {
         let id = format!("l-{serial}");
         assert_status(
-            &t.lock("dev/app", "alice", &id, "OperationTypeApply").await,
+            &t.as_("alice").lock("dev/app").id(&id).send().await,
             StatusCode::OK,
         );
         let body = state_doc(serial, "l", "");
         assert_status(
-            &t.post("dev/app", "alice", Some(&id), body).await,
+            &t.as_("alice")
+                .post("dev/app", body)
+                .lock_id(&id)
+                .send()
+                .await,
             StatusCode::OK,
         );
         assert_status(
-            &t.unlock("dev/app", "alice", &id, "OperationTypeApply")
-                .await,
+            &t.as_("alice").unlock("dev/app").id(&id).send().await,
             StatusCode::OK,
         );
     }
@@ -244,15 +258,15 @@ async fn a_transaction_ended_half_way_leaves_every_connection_usable() {
 async fn the_request_log_line_says_the_status_the_client_received() {
     let t = spawn_app().await;
     assert_status(
-        &t.post("dev/app", "alice", None, state_doc(1, "l", ""))
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "l", ""))
+            .send()
             .await,
         StatusCode::OK,
     );
     let served = t.serve_process().await;
     break_audit_writes(t.dir.path(), "dev").await;
-    let refused = t
-        .call_on(&served.base, "GET", "dev/app", "alice", None)
-        .await;
+    let refused = t.as_("alice").on(&served.base).get("dev/app").send().await;
     assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE);
     let log = std::fs::read_to_string(&served.log).expect("the server's log");
     let reads: Vec<&str> = log

@@ -370,14 +370,12 @@ async fn force_unlock_is_refused_without_the_right_and_works_with_it() {
     let bin = terraform_or_skip!();
     let t = spawn_app().await;
     assert_eq!(
-        t.lock(
-            "prod/network",
-            "ci-prod",
-            "stuck-lock",
-            "OperationTypeApply"
-        )
-        .await
-        .status(),
+        t.as_("ci-prod")
+            .lock("prod/network")
+            .id("stuck-lock")
+            .send()
+            .await
+            .status(),
         200
     );
     let alice = Workspace::new(&bin, &t, "prod-alice", "prod/network");
