@@ -27,12 +27,15 @@ def whole(text):
 def settings(argv):
     if len(argv) > 3:
         raise Fatal(USAGE, status=2)
-    tf_runs, load_runs, duration = (whole(a) for a in argv + ["10", "3", "5"][len(argv):])
+    tf_runs, load_runs, duration = (whole(a) for a in argv + ["10", "3", "5"][len(argv) :])
     env = os.environ.get
     skip = set(env("BENCH_SKIP", "").split())
     unknown = skip - set(SKIP_WORDS)
     if unknown:
-        raise Fatal(f"BENCH_SKIP: unknown {' '.join(sorted(unknown))} (it takes words among: {' '.join(SKIP_WORDS)})", status=2)
+        raise Fatal(
+            f"BENCH_SKIP: unknown {' '.join(sorted(unknown))} (it takes words among: {' '.join(SKIP_WORDS)})",
+            status=2,
+        )
     target_dir = env("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     return Settings(
         tf_runs=tf_runs,
@@ -44,7 +47,8 @@ def settings(argv):
         policy_rounds=whole(env("BENCH_POLICY_ROUNDS", "5")),
         skip=skip,
         keep=bool(env("BENCH_KEEP")),
-        results=env("BENCH_RESULTS") or os.path.join(target_dir, "bench", time.strftime("%Y%m%d-%H%M%S", time.gmtime())),
+        results=env("BENCH_RESULTS")
+        or os.path.join(target_dir, "bench", time.strftime("%Y%m%d-%H%M%S", time.gmtime())),
         target_dir=target_dir,
     )
 
@@ -58,8 +62,11 @@ def bulkhead_binary(s):
     if given:
         raise Fatal(f"BULKHEAD_BIN={given} is not an executable file", status=2)
     if not shutil.which("cargo"):
-        raise Fatal(f"{binary} is missing and cargo is not installed to build it: install Rust "
-                    "(https://rustup.rs) or set BULKHEAD_BIN", status=2)
+        raise Fatal(
+            f"{binary} is missing and cargo is not installed to build it: install Rust "
+            "(https://rustup.rs) or set BULKHEAD_BIN",
+            status=2,
+        )
     log(f"building {binary} (cargo build --release)")
     if subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT).returncode != 0:
         raise Fatal("cargo build --release failed")
@@ -69,7 +76,11 @@ def bulkhead_binary(s):
 def header(s, tools, binary, pg_version, load_before, load_after):
     versions = [
         needs.version([tools.terraform, "version"]) if tools.terraform else "terraform not used",
-        needs.version([tools.nginx, "-v"]).replace("nginx version: ", "", 1) if tools.nginx else "nginx not used",
+        (
+            needs.version([tools.nginx, "-v"]).replace("nginx version: ", "", 1)
+            if tools.nginx
+            else "nginx not used"
+        ),
         needs.version([tools.wrk, "--version"], words=2) if tools.wrk else "wrk not used",
         pg_version or "PostgreSQL not used",
     ]
@@ -99,12 +110,16 @@ def bench(run):
     applied = None if s.skipped("apply") else apply.measure(run, tools, binary)
     load = None
     if not (s.skipped("throughput") and s.skipped("lock")):
-        load = throughput.measure(run, tools, binary, applied.servers.get("bulkhead") if applied else None)
+        load = throughput.measure(
+            run, tools, binary, applied.servers.get("bulkhead") if applied else None
+        )
     if pol:
         policy.measure(run, pol)
     load_after = loadavg()
 
-    lines = header(s, tools, binary, applied.pg_version if applied else None, load_before, load_after)
+    lines = header(
+        s, tools, binary, applied.pg_version if applied else None, load_before, load_after
+    )
     if applied:
         lines += apply.table(applied, s)
     if load:

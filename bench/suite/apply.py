@@ -54,7 +54,12 @@ def timed(tf, cwd, logname, env, *args):
     start = time.monotonic()
     with open(os.path.join(cwd, logname), "wb") as out:
         try:
-            ok = subprocess.run([tf, *args], cwd=cwd, stdout=out, stderr=out, env=env, timeout=300).returncode == 0
+            ok = (
+                subprocess.run(
+                    [tf, *args], cwd=cwd, stdout=out, stderr=out, env=env, timeout=300
+                ).returncode
+                == 0
+            )
         except subprocess.TimeoutExpired:
             ok = False
     return time.monotonic() - start if ok else None
@@ -81,6 +86,9 @@ def apply_once(tf, d, env):
 
 
 class Result:
+    """The times of every backend, why a backend has none, the servers started (the SQLite
+    one is measured again by benchmark 2) and what the table says of PostgreSQL."""
+
     def __init__(self):
         self.na = {}  # backend -> why it has no figures
         self.apply, self.noop = {b: [] for b in BACKENDS}, {b: [] for b in BACKENDS}
@@ -92,10 +100,11 @@ class Result:
         return median(self.apply[b]), median(self.noop[b])
 
 
-def measure(run, tools, binary):
-    s, r = run.s, Result()
+def start_servers(run, tools, binary, r):
+    """PostgreSQL (unless both of its backends are skipped) and the two bulkheads; the
+    backends that cannot be measured get their reason in r.na."""
     for b in ("pg", "bulkhead-pg"):
-        if s.skipped(b):
+        if run.s.skipped(b):
             r.na[b] = "skipped (BENCH_SKIP)"
     pg = Postgres(run, tools.pg_bin)
     if "pg" not in r.na or "bulkhead-pg" not in r.na:
@@ -108,65 +117,98 @@ def measure(run, tools, binary):
         r.pg_version = pg.version
     log("starting bulkhead (SQLite)")
     r.servers["bulkhead"] = bh = Bulkhead(run, binary, "bulkhead")
-    if bh.url is None:
-        r.na["bulkhead"] = f"the server did not start: {bh.error}"
-    elif bh.token is None:
-        r.na["bulkhead"] = "token create failed"
+    if bh.problem():
+        r.na["bulkhead"] = bh.problem() if bh.url else f"the server did not start: {bh.error}"
     if "bulkhead-pg" not in r.na:
         log("starting bulkhead (PostgreSQL storage)")
         r.servers["bulkhead-pg"] = bp = Bulkhead(run, binary, "bulkhead-pg", pg.storage)
         if bp.problem():
             r.na["bulkhead-pg"] = f"postgres storage unavailable: {bp.problem()}"
+    return pg
 
-    base_env = {k: v for k, v in os.environ.items() if k not in ("TF_HTTP_USERNAME", "TF_HTTP_PASSWORD")}
+
+def terraform_env(run):
+    """terraform's environment: no prompts, no colours, no update check, an empty CLI config."""
     rc = run.path("terraformrc")
     open(rc, "w").close()
-    base_env.update(TF_IN_AUTOMATION="1", TF_INPUT="0", CHECKPOINT_DISABLE="1", NO_COLOR="1", TF_CLI_CONFIG_FILE=rc)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_HTTP_")}
+    env.update(TF_IN_AUTOMATION="1", TF_INPUT="0", CHECKPOINT_DISABLE="1", NO_COLOR="1")
+    env["TF_CLI_CONFIG_FILE"] = rc
+    return env
+
+
+def measure(run, tools, binary):
+    s, r = run.s, Result()
+    pg = start_servers(run, tools, binary, r)
+    tf, env = tools.terraform, terraform_env(run)
 
     # Warm-up (file cache, terraform binary): one untimed local apply.
     warm = run.path("tf", "warmup")
     os.makedirs(warm)
     with open(os.path.join(warm, "main.tf"), "w") as f:
         f.write(main_tf(s.resources, ""))
-    if timed(tools.terraform, warm, "init.log", base_env, "init", "-input=false", "-no-color") is not None:
-        timed(tools.terraform, warm, "apply.log", base_env, *APPLY)
+    if timed(tf, warm, "init.log", env, "init", "-input=false", "-no-color") is not None:
+        timed(tf, warm, "apply.log", env, *APPLY)
 
     for i in range(1, s.tf_runs + 1):
         log(f"terraform apply: run {i} of {s.tf_runs}")
         k = (i - 1) % len(BACKENDS)
         for b in BACKENDS[k:] + BACKENDS[:k]:
-            if b in r.na:
-                continue
-            env = dict(base_env)
-            if b in r.servers:
-                env.update(TF_HTTP_USERNAME="bench", TF_HTTP_PASSWORD=r.servers[b].token)
-            d = run.path("tf", f"{b}-{i}")
-            os.makedirs(d)
-            with open(os.path.join(d, "main.tf"), "w") as f:
-                f.write(main_tf(s.resources, backend_block(b, run.id, i, pg, r.servers)))
-            try:
-                applied, again = apply_once(tools.terraform, d, env)
-            except Failed as e:
-                r.na[b] = str(e)
-                log(f"{b}: {e}")
-                continue
-            r.apply[b].append(applied)
-            r.noop[b].append(again)
-            run.record("apply", backend=b, run=i, apply_s=round(applied, 4), reapply_s=round(again, 4))
+            if b not in r.na:
+                measure_once(run, tf, env, pg, r, b, i)
 
     for b in BACKENDS:
         why = r.na.get(b)
-        if why and (b in ("local", "bulkhead") or (b == "pg" and not why.startswith(("skipped", "PostgreSQL unavailable")))):
+        if why and (
+            b in ("local", "bulkhead")
+            or (b == "pg" and not why.startswith(("skipped", "PostgreSQL unavailable")))
+        ):
             run.failures.append(f"terraform apply, {LABEL[b]}: {why}")
-    # That bulkhead (PostgreSQL) really wrote to PostgreSQL; then PostgreSQL is not needed.
     if "bulkhead-pg" not in r.na and tools.psql:
-        query = "select count(*) from information_schema.tables where table_schema not in ('pg_catalog', 'information_schema')"
-        out = subprocess.run([tools.psql, pg.storage, "-Atc", query], capture_output=True, text=True)
-        tables = (out.stdout + out.stderr).strip()
-        if not (tables.isdigit() and int(tables) > 0):
-            r.pg_note = f"bulkhead (PostgreSQL) left no tables in {pg.storage} ({tables}): did it use PostgreSQL?"
+        r.pg_note = tables_note(tools.psql, pg.storage)
     pg.stop()
     return r
+
+
+def measure_once(run, tf, env, pg, r, b, i):
+    """Run I of backend B, in a directory of its own (and a state or schema of its own)."""
+    env = dict(env)
+    if b in r.servers:
+        env.update(TF_HTTP_USERNAME="bench", TF_HTTP_PASSWORD=r.servers[b].token)
+    d = run.path("tf", f"{b}-{i}")
+    os.makedirs(d)
+    with open(os.path.join(d, "main.tf"), "w") as f:
+        f.write(main_tf(run.s.resources, backend_block(b, run.id, i, pg, r.servers)))
+    try:
+        applied, again = apply_once(tf, d, env)
+    except Failed as e:
+        r.na[b] = str(e)
+        log(f"{b}: {e}")
+        return
+    r.apply[b].append(applied)
+    r.noop[b].append(again)
+    run.record("apply", backend=b, run=i, apply_s=round(applied, 4), reapply_s=round(again, 4))
+
+
+def tables_note(psql, storage):
+    """A note for the table unless bulkhead (PostgreSQL) really wrote to PostgreSQL."""
+    query = (
+        "select count(*) from information_schema.tables"
+        " where table_schema not in ('pg_catalog', 'information_schema')"
+    )
+    out = subprocess.run([psql, storage, "-Atc", query], capture_output=True, text=True)
+    tables = (out.stdout + out.stderr).strip()
+    if tables.isdigit() and int(tables) > 0:
+        return ""
+    return f"bulkhead (PostgreSQL) left no tables in {storage} ({tables}): did it use PostgreSQL?"
+
+
+def within(a, b):
+    return a <= 1.10 * b
+
+
+def faster(a, b):
+    return a < b
 
 
 def table(r, s):
@@ -176,7 +218,18 @@ def table(r, s):
         f"   median of {s.tf_runs} runs; ratios: time / time of the local or the terraform pg backend (lower is faster)",
     ]
     row = "  {:<22} {:>9} {:>12} {:>12} {:>15} {:>9} {:>12}   {}"
-    lines.append(row.format("backend", "apply (s)", "re-apply (s)", "apply/local", "re-apply/local", "apply/pg", "re-apply/pg", "targets (apply, re-apply)"))
+    lines.append(
+        row.format(
+            "backend",
+            "apply (s)",
+            "re-apply (s)",
+            "apply/local",
+            "re-apply/local",
+            "apply/pg",
+            "re-apply/pg",
+            "targets (apply, re-apply)",
+        )
+    )
     local = r.medians("local") if "local" not in r.na else (None, None)
     pg = r.medians("pg") if "pg" not in r.na else (None, None)
     for b in BACKENDS:
@@ -188,19 +241,30 @@ def table(r, s):
         if b == "local":
             target = "(the floor)"
         elif b in ("bulkhead", "bulkhead-pg"):
-            within = lambda x, y: x <= 1.10 * y  # noqa: E731
-            faster = lambda x, y: x < y  # noqa: E731
             target = (
                 f"<= 1.10x local: {verdict(a, local[0], within)}, {verdict(n, local[1], within)}"
                 f"; faster than pg: {verdict(a, pg[0], faster)}, {verdict(n, pg[1], faster)}"
             )
-        lines.append(row.format(LABEL[b], fmt_s(a), fmt_s(n), ratio(a, local[0]), ratio(n, local[1]), ratio(a, pg[0]), ratio(n, pg[1]), target))
+        lines.append(
+            row.format(
+                LABEL[b],
+                fmt_s(a),
+                fmt_s(n),
+                ratio(a, local[0]),
+                ratio(n, local[1]),
+                ratio(a, pg[0]),
+                ratio(n, pg[1]),
+                target,
+            )
+        )
     if r.pg_note:
         lines.append(f"  NOTE: {r.pg_note}")
     bp = r.servers.get("bulkhead-pg")
     if bp is not None and bp.url:
         errors = bp.log_lines("ERROR")
-        lines.append(f"  bulkhead (PostgreSQL) server log: {len(errors)} ERROR, {len(bp.log_lines('WARN'))} WARN lines")
+        lines.append(
+            f"  bulkhead (PostgreSQL) server log: {len(errors)} ERROR, {len(bp.log_lines('WARN'))} WARN lines"
+        )
         if errors:
             lines.append(f"    first ERROR: {errors[0][:240]}")
     return lines

@@ -152,8 +152,13 @@ class Run:
         """Starts a process with its output in two files (one when `stderr` is None); it is
         stopped when the run ends."""
         with open(stdout, "wb") as out, open(stderr or os.devnull, "wb") as err:
-            proc = subprocess.Popen(argv, stdout=out, stderr=err if stderr else subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, **kwargs)
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=err if stderr else subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                **kwargs,
+            )
         self._procs.append(proc)
         return proc
 

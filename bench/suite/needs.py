@@ -92,9 +92,13 @@ def apt_install(packages, logfile):
     with open(logfile, "ab") as out:
 
         def apt(*args):
-            return subprocess.run(["apt-get", *args], stdout=out, stderr=out, env=env).returncode == 0
+            return (
+                subprocess.run(["apt-get", *args], stdout=out, stderr=out, env=env).returncode == 0
+            )
 
-        return apt("install", "-y", *packages) or (apt("update") and apt("install", "-y", *packages))
+        return apt("install", "-y", *packages) or (
+            apt("update") and apt("install", "-y", *packages)
+        )
 
 
 def check(s, run):

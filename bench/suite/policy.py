@@ -38,21 +38,29 @@ def build(run):
     why = ""
     if shutil.which("cargo"):
         with open(build_log, "wb") as err:
-            out = subprocess.run(["cargo", "bench", "--bench", "policy", "--no-run", "--message-format=json"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+            out = subprocess.run(
+                ["cargo", "bench", "--bench", "policy", "--no-run", "--message-format=json"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         if out.returncode == 0:
             for line in out.stdout.splitlines():
                 exe = json.loads(line).get("executable") if line.startswith("{") else None
                 if exe and os.path.basename(exe).startswith("policy-"):
                     p.exe = exe
         with open(build_log, errors="replace") as f:
-            why = next((line[:120] for line in f if line.startswith("error")), "")
+            why = next((line.rstrip()[:120] for line in f if line.startswith("error")), "")
     else:
         why = "cargo not found"
     if p.exe:
         return p
-    earlier = [f for f in glob.glob(os.path.join(run.s.target_dir, "release", "deps", "policy-*"))
-               if os.path.isfile(f) and os.access(f, os.X_OK)]
+    earlier = [
+        f
+        for f in glob.glob(os.path.join(run.s.target_dir, "release", "deps", "policy-*"))
+        if os.path.isfile(f) and os.access(f, os.X_OK)
+    ]
     if earlier:
         p.exe = max(earlier, key=os.path.getmtime)
         built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(p.exe)))
@@ -70,15 +78,27 @@ def measure(run, p):
         return p
     log(f"policy: {s.policy_rounds} rounds of {s.policy_calls} calls, evaluated and remembered")
     out = run.path("policy.out")
-    env = dict(os.environ, BENCH_POLICY_CALLS=str(s.policy_calls), BENCH_POLICY_ROUNDS=str(s.policy_rounds))
+    env = dict(
+        os.environ, BENCH_POLICY_CALLS=str(s.policy_calls), BENCH_POLICY_ROUNDS=str(s.policy_rounds)
+    )
     with open(out, "wb") as f:
-        ok = subprocess.run([p.exe, "--bench"], cwd=ROOT, stdout=f, stderr=f, env=env).returncode == 0
+        ok = (
+            subprocess.run([p.exe, "--bench"], cwd=ROOT, stdout=f, stderr=f, env=env).returncode
+            == 0
+        )
     with open(out, errors="replace") as f:
         lines = f.read().splitlines()
     results = [line for line in lines if line.startswith("RESULT policy")] if ok else []
     if results:
         p.result = dict(word.split("=", 1) for word in results[-1].split()[2:] if "=" in word)
-        p.human = next((line[len("policy: "):] for line in lines if line.startswith("policy: ") and "compiled" in line), "")
+        p.human = next(
+            (
+                line[len("policy: ") :]
+                for line in lines
+                if line.startswith("policy: ") and "compiled" in line
+            ),
+            "",
+        )
         run.record("policy", **p.result)
     else:
         p.error = error_line(out)
@@ -87,15 +107,28 @@ def measure(run, p):
 
 
 def table(p, s):
-    lines = ["", f"3. Cedar policy (benches/policy.rs), median of {s.policy_rounds} rounds of {s.policy_calls} calls"]
+    lines = [
+        "",
+        f"3. Cedar policy (benches/policy.rs), median of {s.policy_rounds} rounds of {s.policy_calls} calls",
+    ]
     if not p.result:
         return lines + [f"  n/a ({p.note or p.error})"]
     row = "  {:<34} {:>11} {:>10} {:>10}"
     r = p.result
     lines += [
         row.format("", "decisions/s", "p50 (us)", "p99 (us)"),
-        row.format("evaluate(), mixed allow/deny", r.get("decisions_per_s", ""), r.get("p50_us", ""), r.get("p99_us", "")),
-        row.format("decide(), the same, remembered", r.get("remembered_per_s", ""), r.get("remembered_p50_us", ""), r.get("remembered_p99_us", "")),
+        row.format(
+            "evaluate(), mixed allow/deny",
+            r.get("decisions_per_s", ""),
+            r.get("p50_us", ""),
+            r.get("p99_us", ""),
+        ),
+        row.format(
+            "decide(), the same, remembered",
+            r.get("remembered_per_s", ""),
+            r.get("remembered_p50_us", ""),
+            r.get("remembered_p99_us", ""),
+        ),
         f"  ({p.human})",
     ]
     if p.note:

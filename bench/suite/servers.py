@@ -33,6 +33,18 @@ def basic(token):
     return base64.b64encode(f"bench:{token}".encode()).decode()
 
 
+CONFIG = """server {{
+  data_dir = "data"
+{extra}}}
+team "app" {{ members = ["bench"] }}
+environment "dev" {{
+  owner = "team:app"
+  read  = ["team:app"]
+  write = ["team:app"]
+{storage}}}
+"""
+
+
 class Bulkhead:
     """`bulkhead serve` on a free loopback port with one environment `dev` that the user
     `bench` may read and write, `storage` its storage URL (SQLite when empty) and `extra` one
@@ -44,20 +56,27 @@ class Bulkhead:
         self.url = self.token = self.error = None
         os.makedirs(self.dir, exist_ok=True)
         config = os.path.join(self.dir, "bulkhead.hcl")
-        lines = ["server {", '  data_dir = "data"'] + ([f"  {extra}"] if extra else []) + ["}"]
-        lines += ['team "app" { members = ["bench"] }', 'environment "dev" {', '  owner = "team:app"']
-        lines += ['  read  = ["team:app"]', '  write = ["team:app"]']
-        lines += ([f'  storage = "{storage}"'] if storage else []) + ["}"]
         with open(config, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(
+                CONFIG.format(
+                    extra=f"  {extra}\n" if extra else "",
+                    storage=f'  storage = "{storage}"\n' if storage else "",
+                )
+            )
         out, self.log = os.path.join(self.dir, "serve.out"), os.path.join(self.dir, "serve.log")
-        proc = run.start([binary, "serve", "--config", config, "--listen", "127.0.0.1:0"], out, self.log)
+        proc = run.start(
+            [binary, "serve", "--config", config, "--listen", "127.0.0.1:0"], out, self.log
+        )
         for _ in range(300):
             if os.path.getsize(out) > 0 or proc.poll() is not None:
                 break
             time.sleep(0.05)
         with open(out) as f:
-            urls = [line.split("bulkhead listening on ", 1)[1].strip() for line in f if line.startswith("bulkhead listening on ")]
+            urls = [
+                line.split("bulkhead listening on ", 1)[1].strip()
+                for line in f
+                if line.startswith("bulkhead listening on ")
+            ]
         if not urls:
             proc.kill()
             self.error = error_line(self.log) or "no address printed within 15 s"
@@ -65,7 +84,11 @@ class Bulkhead:
         self.url = urls[0]
         token_log = os.path.join(self.dir, "token.log")
         with open(token_log, "wb") as err:
-            made = subprocess.run([binary, "token", "create", "bench", "--config", config], stdout=subprocess.PIPE, stderr=err)
+            made = subprocess.run(
+                [binary, "token", "create", "bench", "--config", config],
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
         if made.returncode == 0:
             self.token = made.stdout.decode().rstrip("\n")
         else:
@@ -109,15 +132,41 @@ class Postgres:
             self.as_owner = ["runuser", "-u", owner, "--"]
         self.run.on_close(lambda: self.stop("immediate"))
         data = os.path.join(self.dir, "data")
-        initdb = self.as_owner + [self._bin("initdb"), "-D", data, "-A", "trust", "-U", "bench", "-E", "UTF8", "--no-sync"]
+        initdb = self.as_owner + [
+            self._bin("initdb"),
+            "-D",
+            data,
+            "-A",
+            "trust",
+            "-U",
+            "bench",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
         if not self._ok(initdb, "initdb.log"):
             return f"initdb failed: {error_line(self._at('initdb.log'))}"
         port = free_port()
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {self.dir}"
-        pg_ctl = self.as_owner + [self._bin("pg_ctl"), "-D", data, "-l", self._at("server.log"), "-w", "-t", "60", "-o", options, "start"]
+        pg_ctl = self.as_owner + [
+            self._bin("pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            self._at("server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        ]
         if not self._ok(pg_ctl, "pg_ctl.log"):
             return f"the server did not start: {error_line(self._at('server.log'))}"
-        if not self._ok([self._bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "bulkhead"], "createdb.log"):
+        if not self._ok(
+            [self._bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "bulkhead"],
+            "createdb.log",
+        ):
             return f"createdb failed: {error_line(self._at('createdb.log'))}"
         out = subprocess.run([self._bin("postgres"), "--version"], capture_output=True, text=True)
         self.version = out.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ", 1)
@@ -127,8 +176,20 @@ class Postgres:
 
     def stop(self, mode="fast"):
         if self.dir and os.path.exists(os.path.join(self.dir, "data", "postmaster.pid")):
-            subprocess.run(self.as_owner + [self._bin("pg_ctl"), "-D", os.path.join(self.dir, "data"), "-m", mode, "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                self.as_owner
+                + [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    os.path.join(self.dir, "data"),
+                    "-m",
+                    mode,
+                    "-w",
+                    "stop",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def _bin(self, name):
         return os.path.join(self.pg_bin, name)
@@ -186,8 +247,18 @@ def nginx(run, binary, www, name):
     port = free_port()
     with open(os.path.join(d, "nginx.conf"), "w") as f:
         f.write(NGINX_CONF.format(dir=d, port=port, www=www))
-    run.start([binary, "-p", d + "/", "-e", os.path.join(d, "error.log"), "-c", os.path.join(d, "nginx.conf")],
-              os.path.join(d, "stdout"))
+    run.start(
+        [
+            binary,
+            "-p",
+            d + "/",
+            "-e",
+            os.path.join(d, "error.log"),
+            "-c",
+            os.path.join(d, "nginx.conf"),
+        ],
+        os.path.join(d, "stdout"),
+    )
     url = f"http://127.0.0.1:{port}"
     with open(os.path.join(www, name), "rb") as f:
         want = f.read()

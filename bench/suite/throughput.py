@@ -30,14 +30,18 @@ DEAD_FIELDS = ("requests", "non2xx", "errors")
 def make_state(path):
     """A valid terraform state of about STATE_BYTES bytes: terraform_data instances."""
     head = (
-        '{"version":4,"terraform_version":"1.11.4","serial":1,"lineage":"' + str(uuid.uuid4()) + '","outputs":{},'
+        '{"version":4,"terraform_version":"1.11.4","serial":1,"lineage":"'
+        + str(uuid.uuid4())
+        + '","outputs":{},'
         '"resources":[{"mode":"managed","type":"terraform_data","name":"pad",'
         '"provider":"provider[\\"terraform.io/builtin/terraform\\"]","instances":['
     )
     tail = ']}],"check_results":null}'
     pad = "x" * 200
     instances, n = [], 0
-    while len(head) + sum(map(len, instances)) + max(0, len(instances) - 1) + len(tail) < STATE_BYTES:
+    while (
+        len(head) + sum(map(len, instances)) + max(0, len(instances) - 1) + len(tail) < STATE_BYTES
+    ):
         value = f'{{"value":"value-{n}-{pad}","type":"string"}}'
         instances.append(
             f'{{"index_key":{n},"schema_version":0,"attributes":{{"id":"{uuid.uuid4()}","input":{value},'
@@ -72,8 +76,13 @@ class Runs:
 
 
 class Load:
-    def __init__(self, run):
-        self.run = run
+    """Every wrk run of this benchmark, by case and connection count, and what the table needs
+    besides: the server whose log it reports, the state's size, whether audit_sync = "all"
+    was measured."""
+
+    def __init__(self, run, wrk):
+        self.run, self.wrk_bin = run, wrk
+        self.count = 0  # wrk runs so far: names each run's output file
         self.runs = {}  # (case, conns) -> Runs
         self.server = None  # the bulkhead (SQLite) measured
         self.state_size = 0
@@ -85,12 +94,26 @@ class Load:
     def wrk(self, case, conns, threads, script, url, env, r):
         """One wrk run; its RESULT fields are kept under (CASE, CONNS) and in the raw file."""
         run, d = self.run, self.run.s.duration
-        out = self.run.path("load", f"{case}-{conns}.{r}.out")
+        self.count += 1
+        out = self.run.path("load", f"{case}-{conns}.{self.count}.out")
         runs = self.of(case, conns)
-        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{d}s", "--timeout", "10s", "-s", script, url]
+        argv = [
+            self.wrk_bin,
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{d}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            url,
+        ]
         with open(out, "wb") as f:
             try:
-                ok = subprocess.run(argv, stdout=f, stderr=f, env=env, timeout=d + 60).returncode == 0
+                ok = (
+                    subprocess.run(argv, stdout=f, stderr=f, env=env, timeout=d + 60).returncode
+                    == 0
+                )
             except subprocess.TimeoutExpired:
                 ok = False
         if not ok:
@@ -114,7 +137,7 @@ class Load:
 def measure(run, tools, binary, bulkhead):
     """The wrk runs, interleaved: for each run, each connection count, each case. BULKHEAD is
     the SQLite server started for benchmark 1, or None."""
-    s, load = run.s, Load(run)
+    s, load = run.s, Load(run, tools.wrk)
     www = run.path("www")
     os.makedirs(run.path("load"))
     os.makedirs(www)
@@ -133,7 +156,9 @@ def measure(run, tools, binary, bulkhead):
     get_url = f"{bulkhead.url}/v1/state/dev/get-100k"
     code, said = http("POST", get_url, bulkhead.token, body, "application/json")
     if code != 200:
-        raise Fatal(f"POST of the 100 KB state answered {code}: {said[:300].decode(errors='replace')}")
+        raise Fatal(
+            f"POST of the 100 KB state answered {code}: {said[:300].decode(errors='replace')}"
+        )
     if http("GET", get_url, bulkhead.token)[1] != body:
         raise Fatal("GET did not return the state POSTed")
     env = dict(os.environ, BENCH_BASIC=basic(bulkhead.token), BENCH_STATE_FILE=state)
@@ -144,14 +169,22 @@ def measure(run, tools, binary, bulkhead):
         log('starting bulkhead (SQLite, audit_sync = "all")')
         every = Bulkhead(run, binary, "bulkhead-all", "", 'audit_sync = "all"')
         if every.problem():
-            run.failures.append(f"throughput: bulkhead (audit_sync = all) did not start: {every.problem()}")
+            run.failures.append(
+                f"throughput: bulkhead (audit_sync = all) did not start: {every.problem()}"
+            )
         else:
-            http("POST", f"{every.url}/v1/state/dev/get-100k", every.token, body, "application/json")
+            http(
+                "POST", f"{every.url}/v1/state/dev/get-100k", every.token, body, "application/json"
+            )
             env_all = dict(env, BENCH_BASIC=basic(every.token))
             all_url = f"{every.url}/v1/state/dev/get-100k"
             load.with_all = True
 
-    ngx = f"{nginx(run, tools.nginx, www, 'state.json')}/state.json" if not s.skipped("throughput") else None
+    ngx = (
+        f"{nginx(run, tools.nginx, www, 'state.json')}/state.json"
+        if not s.skipped("throughput")
+        else None
+    )
 
     log("warm-up")
     load.wrk("warmup", 8, 2, GET_SCRIPT, get_url, env, 0)
@@ -213,12 +246,39 @@ def get_rows(load, run, c):
             note = f"responses average {fmt_n(size)} bytes, less than the state!"
         if runs.problems:
             note = f"{note} {runs.problems[0]}"
-        lines.append(ROW.format(name, c, fmt_n(runs.median("rps")), fmt_ms(runs.median("p50_us")), fmt_ms(runs.median("p99_us")),
-                                fmt_sum(runs.values("non2xx")), fmt_sum(runs.values("errors")), note))
+        lines.append(
+            ROW.format(
+                name,
+                c,
+                fmt_n(runs.median("rps")),
+                fmt_ms(runs.median("p50_us")),
+                fmt_ms(runs.median("p99_us")),
+                fmt_sum(runs.values("non2xx")),
+                fmt_sum(runs.values("errors")),
+                note,
+            )
+        )
     b, n = load.of("bulkhead-get", c).median("rps"), load.of("nginx-get", c).median("rps")
-    lines.append(ROW.format("bulkhead / nginx req/s", c, ratio(b, n), "", "", "", "", f"target >= 0.5x: {verdict(b, n, lambda x, y: x >= 0.5 * y)}"))
+    lines.append(
+        ROW.format(
+            "bulkhead / nginx req/s",
+            c,
+            ratio(b, n),
+            "",
+            "",
+            "",
+            "",
+            f"target >= 0.5x: {verdict(b, n, lambda x, y: x >= 0.5 * y)}",
+        )
+    )
     if load.with_all:
-        lines.append("  {:<34} {:>6} {:>11}".format('audit_sync = "all" / nginx req/s', c, ratio(load.of("bulkhead-get-all", c).median("rps"), n)))
+        lines.append(
+            "  {:<34} {:>6} {:>11}".format(
+                'audit_sync = "all" / nginx req/s',
+                c,
+                ratio(load.of("bulkhead-get-all", c).median("rps"), n),
+            )
+        )
     return lines
 
 
@@ -234,5 +294,13 @@ def cycle_row(load, run, c):
         note = f"{note}; failed LOCK/POST/UNLOCK {fails}; statuses {statuses}"
     if runs.problems:
         note = f"{note} {runs.problems[0]}"
-    return ROW.format("bulkhead LOCK+POST+UNLOCK cycle", c, fmt_n(runs.median("cps")), fmt_ms(runs.median("cp50_us")),
-                      fmt_ms(runs.median("cp99_us")), fmt_sum(runs.values("non2xx")), fmt_sum(runs.values("errors")), note)
+    return ROW.format(
+        "bulkhead LOCK+POST+UNLOCK cycle",
+        c,
+        fmt_n(runs.median("cps")),
+        fmt_ms(runs.median("cp50_us")),
+        fmt_ms(runs.median("cp99_us")),
+        fmt_sum(runs.values("non2xx")),
+        fmt_sum(runs.values("errors")),
+        note,
+    )
