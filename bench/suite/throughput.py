@@ -14,6 +14,7 @@ from .common import BENCH, Fatal, error_line, fmt_ms, fmt_n, fmt_sum, log, media
 from .servers import Bulkhead, basic, http, nginx
 
 STATE_BYTES = 102400
+ROW = "  {:<34} {:>6} {:>11} {:>10} {:>10} {:>8} {:>7}   {}"
 GET_SCRIPT = os.path.join(BENCH, "wrk", "get.lua")
 CYCLE_SCRIPT = os.path.join(BENCH, "wrk", "cycle.lua")
 NAMES = {
@@ -65,6 +66,13 @@ class Runs:
 
     def median(self, field):
         return median(self.values(field))
+
+    def row(self, name, conns, fields, note):
+        """The table's row: the medians of FIELDS (a rate, p50 and p99 in microseconds), the
+        non-2xx answers and socket errors summed over all runs, and NOTE."""
+        rate, p50, p99 = (self.median(f) for f in fields)
+        sums = (fmt_sum(self.values(f)) for f in ("non2xx", "errors"))
+        return ROW.format(name, conns, fmt_n(rate), fmt_ms(p50), fmt_ms(p99), *sums, note)
 
     def dead(self):
         """'NO RESPONSES in K of N runs ...' when some runs got no response at all."""
@@ -208,9 +216,6 @@ def measure(run, tools, binary, bulkhead):
     return load
 
 
-ROW = "  {:<34} {:>6} {:>11} {:>10} {:>10} {:>8} {:>7}   {}"
-
-
 def table(load, run):
     s = run.s
     lines = [
@@ -234,6 +239,10 @@ def table(load, run):
     return lines
 
 
+def at_least_half(a, b):
+    return a >= 0.5 * b
+
+
 def get_rows(load, run, c):
     lines = []
     for case in ("bulkhead-get", "nginx-get") + (("bulkhead-get-all",) if load.with_all else ()):
@@ -246,18 +255,7 @@ def get_rows(load, run, c):
             note = f"responses average {fmt_n(size)} bytes, less than the state!"
         if runs.problems:
             note = f"{note} {runs.problems[0]}"
-        lines.append(
-            ROW.format(
-                name,
-                c,
-                fmt_n(runs.median("rps")),
-                fmt_ms(runs.median("p50_us")),
-                fmt_ms(runs.median("p99_us")),
-                fmt_sum(runs.values("non2xx")),
-                fmt_sum(runs.values("errors")),
-                note,
-            )
-        )
+        lines.append(runs.row(name, c, ("rps", "p50_us", "p99_us"), note))
     b, n = load.of("bulkhead-get", c).median("rps"), load.of("nginx-get", c).median("rps")
     lines.append(
         ROW.format(
@@ -268,7 +266,7 @@ def get_rows(load, run, c):
             "",
             "",
             "",
-            f"target >= 0.5x: {verdict(b, n, lambda x, y: x >= 0.5 * y)}",
+            f"target >= 0.5x: {verdict(b, n, at_least_half)}",
         )
     )
     if load.with_all:
@@ -294,13 +292,4 @@ def cycle_row(load, run, c):
         note = f"{note}; failed LOCK/POST/UNLOCK {fails}; statuses {statuses}"
     if runs.problems:
         note = f"{note} {runs.problems[0]}"
-    return ROW.format(
-        "bulkhead LOCK+POST+UNLOCK cycle",
-        c,
-        fmt_n(runs.median("cps")),
-        fmt_ms(runs.median("cp50_us")),
-        fmt_ms(runs.median("cp99_us")),
-        fmt_sum(runs.values("non2xx")),
-        fmt_sum(runs.values("errors")),
-        note,
-    )
+    return runs.row("bulkhead LOCK+POST+UNLOCK cycle", c, ("cps", "cp50_us", "cp99_us"), note)
