@@ -103,7 +103,7 @@ def loadavg():
 
 def bench(run):
     s = run.s
-    tools = needs.check(s, run)
+    tools = needs.check(s)
     pol = None if s.skipped("policy") else policy.build(run)
     binary = bulkhead_binary(s)
     load_before = loadavg()

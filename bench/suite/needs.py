@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from .common import Fatal, log
 
 TERRAFORM_HELP = (
-    "https://developer.hashicorp.com/terraform/install (HashiCorp's apt repository has the "
-    "package terraform); set TERRAFORM if it is installed elsewhere"
+    "not a Debian package: see https://developer.hashicorp.com/terraform/install\n"
+    "                  (HashiCorp's apt repository has it; TERRAFORM names one elsewhere)"
 )
 
 
@@ -101,33 +101,39 @@ def apt_install(packages, logfile):
         )
 
 
-def check(s, run):
-    """The tools of this run, installing the missing Debian packages when it can; raises
-    Fatal (status 2) naming what to install when it cannot."""
+def check(s):
+    """The tools of this run, installing the missing Debian packages when it can (apt-get's
+    output goes to RESULTS/apt.log); raises Fatal (status 2) naming what to install when it
+    cannot."""
     tools, apt, other = find(s)
     packages = sorted(set(apt.values()))
-    why = ""
+    lines = []
     if packages and os.geteuid() == 0 and shutil.which("apt-get"):
         log(f"installing {' '.join(packages)} (apt-get install -y {' '.join(packages)})")
-        logfile = run.path("apt.log")
+        os.makedirs(s.results, exist_ok=True)
+        logfile = os.path.join(s.results, "apt.log")
         if apt_install(packages, logfile):
             tools, apt, other = find(s)
         else:
-            why = f"  (apt-get install failed; its output is in {logfile} with BENCH_KEEP=1)\n"
+            lines.append(f"  (apt-get install failed: see {logfile})")
     elif packages:
-        why = "  (run the bench as root to have it install the Debian packages itself)\n"
-    if apt or other:
-        lines = [f"  {name:<15} apt-get install -y {pkg}" for name, pkg in apt.items()] + other
-        raise Fatal(
-            "bench/run.sh needs programs that are not installed:\n"
-            + "\n".join(lines)
-            + "\n"
-            + why
-            + "  (BENCH_SKIP leaves out what needs them: terraform for apply, PostgreSQL for pg and\n"
-            "  bulkhead-pg, or set BENCH_POSTGRES_URL; wrk for throughput and lock; nginx for throughput)",
-            status=2,
-        )
-    return tools
+        lines.append("  (run the bench as root to have it install the Debian packages itself)")
+    if not (apt or other):
+        return tools
+    missing = [f"  {name:<15} apt-get install -y {pkg}" for name, pkg in apt.items()] + other
+    raise Fatal(
+        "\n".join(
+            ["bench/run.sh needs programs that are not installed:"]
+            + missing
+            + lines
+            + [
+                "  (BENCH_SKIP leaves out what needs them: terraform for apply, PostgreSQL for pg",
+                "  and bulkhead-pg, or set BENCH_POSTGRES_URL; wrk for throughput and lock; nginx",
+                "  for throughput)",
+            ]
+        ),
+        status=2,
+    )
 
 
 def version(argv, words=None):
