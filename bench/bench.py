@@ -6,6 +6,7 @@ throughput.py, policy.py: one module each, every measurement appended to RESULTS
 as it is taken) and prints one table, also kept as RESULTS/table.txt."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,9 +19,10 @@ from suite.common import ROOT, RULE, SKIP_WORDS, Fatal, Run, Settings, log
 USAGE = "usage: bench/run.sh [TF_RUNS] [LOAD_RUNS] [SECONDS] (whole numbers > 0)"
 
 
-def whole(text):
-    if not (text.isdigit() and not text.startswith("0")):
-        raise Fatal(USAGE, status=2)
+def whole(text, name=None):
+    """TEXT as a whole number > 0; NAME is the environment variable it came from."""
+    if not re.fullmatch(r"[1-9][0-9]*", text):
+        raise Fatal(f"{name}={text}: whole numbers > 0 are wanted" if name else USAGE, status=2)
     return int(text)
 
 
@@ -41,10 +43,12 @@ def settings(argv):
         tf_runs=tf_runs,
         load_runs=load_runs,
         duration=duration,
-        resources=whole(env("BENCH_RESOURCES", "200")),
-        connections=[whole(c) for c in env("BENCH_CONNECTIONS", "1 8 64").split()],
-        policy_calls=whole(env("BENCH_POLICY_CALLS", "20000")),
-        policy_rounds=whole(env("BENCH_POLICY_ROUNDS", "5")),
+        resources=whole(env("BENCH_RESOURCES", "200"), "BENCH_RESOURCES"),
+        connections=[
+            whole(c, "BENCH_CONNECTIONS") for c in env("BENCH_CONNECTIONS", "1 8 64").split()
+        ],
+        policy_calls=whole(env("BENCH_POLICY_CALLS", "20000"), "BENCH_POLICY_CALLS"),
+        policy_rounds=whole(env("BENCH_POLICY_ROUNDS", "5"), "BENCH_POLICY_ROUNDS"),
         skip=skip,
         keep=bool(env("BENCH_KEEP")),
         results=env("BENCH_RESULTS")
@@ -73,7 +77,8 @@ def bulkhead_binary(s):
     return binary
 
 
-def header(s, tools, binary, pg_version, load_before, load_after):
+def header(tools, binary, pg_version, load_before, load_after):
+    """The table's head: when, on what machine and load, with which programs and binary."""
     versions = [
         needs.version([tools.terraform, "version"]) if tools.terraform else "terraform not used",
         (
@@ -117,9 +122,8 @@ def bench(run):
         policy.measure(run, pol)
     load_after = loadavg()
 
-    lines = header(
-        s, tools, binary, applied.pg_version if applied else None, load_before, load_after
-    )
+    pg_version = applied.pg_version if applied else None
+    lines = header(tools, binary, pg_version, load_before, load_after)
     if applied:
         lines += apply.table(applied, s)
     if load:
