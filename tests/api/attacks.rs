@@ -165,7 +165,7 @@ async fn a_readers_plan_lock_id_lends_nothing() {
     let post = p
         .pipeline(&main)
         .post(
-            &format!("prod/network?change={change}&ID=PLAN"),
+            format!("prod/network?change={change}&ID=PLAN"),
             state_doc(1, "P", ""),
         )
         .send()
@@ -459,7 +459,7 @@ async fn a_query_that_names_a_change_or_lock_twice_is_refused() {
     ] {
         let r = p
             .pipeline(&main)
-            .lock(&format!("prod/network?{query}"))
+            .lock(format!("prod/network?{query}"))
             .id("L")
             .send()
             .await;
@@ -476,7 +476,7 @@ async fn a_query_that_names_a_change_or_lock_twice_is_refused() {
     let before = snapshot(&p, "network").await;
     let r = p
         .pipeline(&main)
-        .post(&format!("{path}&ID=L&ID=X"), state_doc(1, "P", ""))
+        .post(format!("{path}&ID=L&ID=X"), state_doc(1, "P", ""))
         .send()
         .await;
     let text = sentence(r, StatusCode::BAD_REQUEST).await;
@@ -499,7 +499,7 @@ async fn put_is_judged_as_post_and_other_methods_are_refused() {
     let feature = p.issuer.token("feature-x", |_| {});
     let put = p
         .pipeline(&feature)
-        .request("PUT", &format!("{path}&ID=MAIN"))
+        .request("PUT", format!("{path}&ID=MAIN"))
         .body(state_doc(1, "X", ""))
         .send()
         .await;
@@ -514,7 +514,7 @@ async fn put_is_judged_as_post_and_other_methods_are_refused() {
     for method in ["PATCH", "lock", "unlock", "HEAD", "OPTIONS", "PROPFIND"] {
         let r = p
             .pipeline(&main)
-            .request(method, &format!("{path}&ID=MAIN"))
+            .request(method, format!("{path}&ID=MAIN"))
             .body(state_doc(1, "X", ""))
             .send()
             .await;
@@ -523,7 +523,7 @@ async fn put_is_judged_as_post_and_other_methods_are_refused() {
     assert_eq!(snapshot(&p, "network").await, before);
     let put = p
         .pipeline(&main)
-        .request("PUT", &format!("{path}&ID=MAIN"))
+        .request("PUT", format!("{path}&ID=MAIN"))
         .body(state_doc(1, "P", ""))
         .send()
         .await;
@@ -695,7 +695,7 @@ async fn a_change_used_by_a_delete_is_used_up() {
     let before = snapshot(&p, "network").await;
     let r = p
         .pipeline(&main)
-        .delete(&format!("prod/network?change={other_state}"))
+        .delete(format!("prod/network?change={other_state}"))
         .send()
         .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;
@@ -706,13 +706,13 @@ async fn a_change_used_by_a_delete_is_used_up() {
     let feature = p.issuer.token("feature-x", |_| {});
     let r = p
         .pipeline(&feature)
-        .delete(&format!("prod/network?change={second}"))
+        .delete(format!("prod/network?change={second}"))
         .send()
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     let r = p
         .pipeline(&main)
-        .delete(&format!("prod/network?change={first}"))
+        .delete(format!("prod/network?change={first}"))
         .send()
         .await;
     let text = sentence(r, StatusCode::FORBIDDEN).await;

@@ -309,7 +309,7 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     expect(
         refusal(
             p.pipeline(&main)
-                .lock(&format!("prod/network?change={pending}"))
+                .lock(format!("prod/network?change={pending}"))
                 .id("L")
                 .send()
                 .await,
@@ -322,7 +322,7 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     expect(
         refusal(
             p.pipeline(&main)
-                .lock(&format!("prod/network?change={other_state}"))
+                .lock(format!("prod/network?change={other_state}"))
                 .id("L")
                 .send()
                 .await,
@@ -339,7 +339,7 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     expect(
         refusal(
             p.pipeline(&main)
-                .lock(&format!("prod/network?change={staging}"))
+                .lock(format!("prod/network?change={staging}"))
                 .id("L")
                 .send()
                 .await,
@@ -353,7 +353,7 @@ async fn the_pipeline_is_refused_each_missing_step_by_name() {
     expect(
         refusal(
             p.pipeline(&feature)
-                .lock(&format!("prod/network?change={approved}"))
+                .lock(format!("prod/network?change={approved}"))
                 .id("L")
                 .send()
                 .await,
@@ -414,7 +414,7 @@ async fn approvals_expire() {
     wait_for_expiry().await;
     let sentence = refusal(
         p.pipeline(&main)
-            .lock(&format!("prod/network?change={id}"))
+            .lock(format!("prod/network?change={id}"))
             .id("L")
             .send()
             .await,
