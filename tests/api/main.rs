@@ -13,6 +13,7 @@ mod helpers;
 mod history;
 mod instances;
 mod isolation;
+mod layers;
 mod leases;
 mod oidc;
 mod protocol;
