@@ -139,7 +139,7 @@ impl LockInfo {
             info: sentence.to_string(),
             who: "bulkhead".into(),
             version: String::new(),
-            created: Some(crate::store::now()),
+            created: Some(crate::time::Clock::system().now().stored()),
             path: String::new(),
         }
     }

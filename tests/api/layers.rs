@@ -41,7 +41,6 @@ const STILL_TO_MOVE: &[(&str, &str)] = &[
     ("config", "store"),  // storage URLs are validated by the store
     ("history", "store"), // VersionMeta is defined in the store
     ("state", "store"),   // VersionMeta is defined in the store
-    ("lock", "store"),    // the refusal's LockInfo is stamped with store::now
     ("lock", "identity"), // Principal and Caller live in identity, not the domain
     ("policy", "identity"),
     ("verdict", "identity"),
