@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::changes::BreakglassGrant;
-use crate::store::environment::VersionMeta;
+use crate::state::VersionMeta;
 
 /// One changed attribute; values are JSON text, or `(sensitive)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,29 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::environment::VersionMeta;
+/// What is known of a stored version, without its content.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VersionMeta {
+    pub state: String,
+    pub version: i64,
+    pub sha256: String,
+    pub serial: Option<i64>,
+    pub lineage: Option<String>,
+    pub size: i64,
+    pub principal: String,
+    pub operation: Option<String>,
+    pub lock_id: Option<String>,
+    pub forced: bool,
+    pub deleted: bool,
+    pub created_at: String,
+    /// The change request it was written under, in a protected environment.
+    pub change_number: Option<i64>,
+    /// Its resource instances, taken when it was written ([`crate::history::fingerprint`]);
+    /// `None` for versions written before they were taken, and contents that are not states.
+    #[serde(skip)]
+    pub resources: Option<String>,
+}
+
 
 /// A state's name within its environment: `network`, `app/api`. Segments are non-empty,
 /// never `.` or `..`, and use `A-Z a-z 0-9 . _ -`.

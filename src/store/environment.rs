@@ -69,28 +69,7 @@ impl RecentContents {
     }
 }
 
-/// What is known of a stored version, without its content.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct VersionMeta {
-    pub state: String,
-    pub version: i64,
-    pub sha256: String,
-    pub serial: Option<i64>,
-    pub lineage: Option<String>,
-    pub size: i64,
-    pub principal: String,
-    pub operation: Option<String>,
-    pub lock_id: Option<String>,
-    pub forced: bool,
-    pub deleted: bool,
-    pub created_at: String,
-    /// The change request it was written under, in a protected environment.
-    pub change_number: Option<i64>,
-    /// Its resource instances, taken when it was written ([`crate::history::fingerprint`]);
-    /// `None` for versions written before they were taken, and contents that are not states.
-    #[serde(skip)]
-    pub resources: Option<String>,
-}
+pub use crate::state::VersionMeta;
 
 impl FromRow<'_, AnyRow> for VersionMeta {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {

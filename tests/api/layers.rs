@@ -39,8 +39,6 @@ const STILL_TO_MOVE: &[(&str, &str)] = &[
     ("cli", "store"),     // the audit and state commands read databases themselves
     ("http", "store"),    // handlers name store types (EnvStore, the content stream)
     ("config", "store"),  // storage URLs are validated by the store
-    ("history", "store"), // VersionMeta is defined in the store
-    ("state", "store"),   // VersionMeta is defined in the store
     ("lock", "identity"), // Principal and Caller live in identity, not the domain
     ("policy", "identity"),
     ("verdict", "identity"),
