@@ -29,7 +29,6 @@ pub struct VersionMeta {
     pub resources: Option<String>,
 }
 
-
 /// A state's name within its environment: `network`, `app/api`. Segments are non-empty,
 /// never `.` or `..`, and use `A-Z a-z 0-9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq)]
