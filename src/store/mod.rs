@@ -1173,9 +1173,10 @@ impl Tx<'_> {
     }
 }
 
-/// Now, as stored: RFC 3339 in UTC with microseconds, so text order is time order.
+/// Now, as stored: RFC 3339 in UTC with microseconds, so text order is time order (the form
+/// is defined once, by [`crate::time::Timestamp::stored`]).
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    crate::time::Clock::system().now().stored()
 }
 
 /// Where an environment without a `storage` URL keeps its database.
