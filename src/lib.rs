@@ -21,7 +21,8 @@
 //!
 //! # Modules
 //! - [`config`]: `bulkhead.hcl` read into validated types.
-//! - [`identity`]: principals, API tokens, credentials.
+//! - [`principal`]: who a request is from, once authenticated, and how a person reads it.
+//! - [`identity`]: authentication: API tokens, OIDC ID tokens, the credentials of a request.
 //! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
 //!   sentence a refused person reads.
 //! - [`changes`]: change requests, their plans and approvals.
@@ -55,6 +56,7 @@ pub mod lock;
 pub mod operations;
 pub mod ownership;
 pub mod policy;
+pub mod principal;
 pub mod state;
 pub mod store;
 pub mod text;

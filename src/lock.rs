@@ -32,7 +32,7 @@ impl HeldLock {
     /// Whether `caller` is the very identity that took this lock: the same principal, and the
     /// same branch and OIDC subject proved. A lock ID is no secret (readers see it), so it
     /// never carries authority of its own.
-    pub fn taken_by(&self, caller: &crate::identity::Caller) -> bool {
+    pub fn taken_by(&self, caller: &crate::principal::Caller) -> bool {
         self.principal == caller.principal.to_string()
             && self.branch == caller.branch
             && self.subject == caller.subject
@@ -68,7 +68,7 @@ impl HeldLock {
 
     /// The holder as a person reads it.
     pub fn holder(&self) -> String {
-        crate::identity::describe(&self.principal, self.branch.as_deref())
+        crate::principal::describe(&self.principal, self.branch.as_deref())
     }
 }
 

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 
 use crate::changes::{self, BreakglassGrant, Change, ChangeId, Status};
 use crate::config::Environment;
-use crate::identity::{self, Caller};
 use crate::lock::{self, HeldLock, LockInfo};
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext};
+use crate::principal::{self, Caller};
 use crate::state;
 
 /// What a request asks to do to a state.
@@ -381,8 +381,8 @@ impl Judge<'_, '_> {
                     return Err(Refusal::Forbidden(self.missing_step(&format!(
                         "lock {} was taken by {}, and these credentials are {}: a write under a lock must come from the very identity that took it (same branch, same OIDC subject); take a lock of your own",
                         held.lock_id,
-                        identity::describe_proved(&held.principal, held.branch.as_deref()),
-                        identity::describe_proved(
+                        principal::describe_proved(&held.principal, held.branch.as_deref()),
+                        principal::describe_proved(
                             &f.caller.principal.to_string(),
                             f.caller.branch.as_deref()
                         ),
@@ -625,7 +625,7 @@ fn duration_text(secs: u64) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::identity::Principal;
+    use crate::principal::Principal;
 
     const CONFIG: &str = r#"
 team "platform" { members = ["pat"] }

@@ -19,7 +19,7 @@ use cedar_policy::{
 };
 
 use crate::config::{Config, Environment, Subject};
-use crate::identity::Principal;
+use crate::principal::Principal;
 
 /// The Cedar schema custom policies are validated against.
 pub const SCHEMA: &str = r#"

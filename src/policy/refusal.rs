@@ -2,7 +2,7 @@
 //! environment it is, and what to do instead.
 
 use crate::config::{Environment, Subject};
-use crate::identity::Principal;
+use crate::principal::Principal;
 
 use super::Action;
 

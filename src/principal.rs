@@ -1,0 +1,95 @@
+//! Who a request is from, once authenticated: a [`Principal`] of the config and what its
+//! credentials proved beyond its name (a [`Caller`]), and how a person reads them.
+//!
+//! Authentication itself (tokens, OIDC) is the identity module's; this module only names the
+//! result, so the rules that look at a caller (locks, policies, verdicts) need no credentials.
+
+use std::fmt;
+
+use crate::config::Config;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    User(String),
+    Service(String),
+}
+
+impl Principal {
+    /// Finds a principal by `NAME`, `user:NAME` or `service:NAME`.
+    pub fn lookup(config: &Config, text: &str) -> Option<Principal> {
+        match text.split_once(':') {
+            Some(("user", name)) => config
+                .users
+                .contains(name)
+                .then(|| Principal::User(name.into())),
+            Some(("service", name)) => config
+                .services
+                .contains_key(name)
+                .then(|| Principal::Service(name.into())),
+            Some(_) => None,
+            None if config.users.contains(text) => Some(Principal::User(text.into())),
+            None if config.services.contains_key(text) => Some(Principal::Service(text.into())),
+            None => None,
+        }
+    }
+
+    /// Every user and service of the config, users first.
+    pub fn all(config: &Config) -> Vec<Principal> {
+        let users = config.users.iter().map(|u| Principal::User(u.clone()));
+        let services = config
+            .services
+            .keys()
+            .map(|s| Principal::Service(s.clone()));
+        users.chain(services).collect()
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::User(n) | Principal::Service(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::User(n) => write!(f, "user:{n}"),
+            Principal::Service(n) => write!(f, "service:{n}"),
+        }
+    }
+}
+
+/// An authenticated caller and what its credentials proved beyond its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The branch a pipeline runs on, from a verified OIDC token only.
+    pub branch: Option<String>,
+    /// The `sub` claim of a verified OIDC token: which workflow of which repository it is.
+    pub subject: Option<String>,
+}
+
+impl Caller {
+    /// The caller as a person reads it: `service:ci-prod (branch main)`.
+    pub fn describe(&self) -> String {
+        describe(&self.principal.to_string(), self.branch.as_deref())
+    }
+}
+
+/// An identity as a person reads it: the principal, and the branch its credentials proved.
+pub fn describe(principal: &str, branch: Option<&str>) -> String {
+    match branch {
+        Some(branch) => format!("{principal} (branch {branch})"),
+        None => principal.to_string(),
+    }
+}
+
+/// [`describe`], saying so when no branch was proved: for telling two identities of one
+/// principal apart.
+pub fn describe_proved(principal: &str, branch: Option<&str>) -> String {
+    match branch {
+        Some(_) => describe(principal, branch),
+        None => format!("{principal} (no branch proved)"),
+    }
+}
