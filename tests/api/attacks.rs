@@ -650,13 +650,8 @@ async fn an_approval_expiring_during_the_apply_leaves_it_its_window_and_no_more(
         .send()
         .await;
     assert_status(&post, StatusCode::OK);
-    let unlock = lock_info("L", "OperationTypeApply").into_bytes();
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id("L").send().await,
         StatusCode::OK,
     );
     let applied = p.client("pat").change(&change).await.unwrap();
@@ -824,13 +819,8 @@ async fn concurrent_locks_and_unlocked_writes_of_one_change_grant_one() {
         .await
         .unwrap()
         .starts_with(&format!("{winner} ")));
-    let unlock = lock_info(&winner, "OperationTypeApply").into_bytes();
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id(winner).send().await,
         StatusCode::OK,
     );
 
@@ -878,13 +868,8 @@ async fn two_instances_racing_one_change_grant_it_once() {
         .all(|s| [StatusCode::OK, StatusCode::LOCKED].contains(s)));
     let winner = held(&p, "network").await.unwrap();
     let id = winner.split(' ').next().unwrap().to_string();
-    let unlock = lock_info(&id, "OperationTypeApply").into_bytes();
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id(id).send().await,
         StatusCode::OK,
     );
 

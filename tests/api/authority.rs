@@ -82,13 +82,7 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
             .send()
             .await;
     assert_status(&static_token, StatusCode::FORBIDDEN);
-    let unlock = lock_info("MAIN", "OperationTypeApply").into_bytes();
-    let stolen_unlock = p
-        .pipeline(&feature)
-        .request("UNLOCK", &path)
-        .body(unlock.clone())
-        .send()
-        .await;
+    let stolen_unlock = p.pipeline(&feature).unlock(&path).id("MAIN").send().await;
     assert_status(&stolen_unlock, StatusCode::FORBIDDEN);
     assert_eq!(snapshot(&p, "network").await, before);
 
@@ -105,11 +99,7 @@ async fn a_lock_id_lends_no_authority_to_another_identity_of_the_same_service() 
         .await;
     assert_status(&post, StatusCode::OK);
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id("MAIN").send().await,
         StatusCode::OK,
     );
     let applied = p.client("pat").change(&change).await.unwrap();
@@ -194,13 +184,8 @@ async fn a_change_rejected_during_its_apply_ends_the_grant() {
     );
     assert_eq!(snapshot(&p, "network").await, before);
     // The holder can still release its lock; the change stays rejected, and no version names it.
-    let unlock = lock_info("L", "OperationTypeApply").into_bytes();
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id("L").send().await,
         StatusCode::OK,
     );
     let rejected = p.client("pat").change(&change).await.unwrap();
@@ -236,13 +221,8 @@ async fn a_change_whose_apply_has_written_cannot_be_rejected() {
         );
     }
     assert_eq!(snapshot(&p, "network").await, before);
-    let unlock = lock_info("L", "OperationTypeApply").into_bytes();
     assert_status(
-        &p.pipeline(&main)
-            .request("UNLOCK", &path)
-            .body(unlock)
-            .send()
-            .await,
+        &p.pipeline(&main).unlock(&path).id("L").send().await,
         StatusCode::OK,
     );
     let applied = p.client("pat").change(&change).await.unwrap();

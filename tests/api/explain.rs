@@ -128,6 +128,15 @@ async fn explain(t: &TestApp, q: &Question<'_>) -> Explained {
     }
 }
 
+/// What the server said of `resp` and what explain says of `q` agree in full (see
+/// [`assert_agree`]); explain's answer, for a closer look.
+async fn agrees(t: &TestApp, what: &str, q: &Question<'_>, resp: reqwest::Response) -> Explained {
+    let server = server_said(t, q, resp).await;
+    let explained = explain(t, q).await;
+    assert_agree(what, &server, &explained);
+    explained
+}
+
 /// The server and explain agree in full: allowed or refused alike, decided by the same
 /// rules, and the same sentence (or note) for the caller.
 fn assert_agree(what: &str, server: &ServerSaid, explained: &Explained) {
@@ -214,24 +223,23 @@ async fn explain_agrees_with_the_server_on_a_developer_in_prod() {
         .send()
         .await;
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(&t, &q, resp).await;
-    assert_agree("a 403 write", &server, &explain(&t, &q).await);
+    agrees(&t, "a 403 write", &q, resp).await;
 
     let q = ask("state:lock", "OperationTypeApply");
     let resp = t.as_("alice").lock("prod/network").id("APPLY").send().await;
     assert_status(&resp, StatusCode::LOCKED);
-    let server = server_said(&t, &q, resp).await;
-    assert_agree(
+    agrees(
+        &t,
         "a LOCK for an apply, refused with the sentence as its ID",
-        &server,
-        &explain(&t, &q).await,
-    );
+        &q,
+        resp,
+    )
+    .await;
 
     let q = ask("state:delete", "");
     let resp = t.as_("alice").delete("prod/network").send().await;
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(&t, &q, resp).await;
-    assert_agree("a 403 DELETE", &server, &explain(&t, &q).await);
+    agrees(&t, "a 403 DELETE", &q, resp).await;
 
     let q = ask("state:rollback", "");
     let resp = t
@@ -245,8 +253,7 @@ async fn explain_agrees_with_the_server_on_a_developer_in_prod() {
         .await
         .expect("request reaches the server");
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(&t, &q, resp).await;
-    assert_agree("a 403 rollback", &server, &explain(&t, &q).await);
+    agrees(&t, "a 403 rollback", &q, resp).await;
 
     let q = ask("state:force-unlock", "");
     let resp = t
@@ -256,8 +263,7 @@ async fn explain_agrees_with_the_server_on_a_developer_in_prod() {
         .send()
         .await;
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(&t, &q, resp).await;
-    assert_agree("a 403 force-unlock", &server, &explain(&t, &q).await);
+    agrees(&t, "a 403 force-unlock", &q, resp).await;
 
     let q = ask("state:lock", "OperationTypePlan");
     let resp = t
@@ -268,9 +274,7 @@ async fn explain_agrees_with_the_server_on_a_developer_in_prod() {
         .send()
         .await;
     assert_status(&resp, StatusCode::OK);
-    let server = server_said(&t, &q, resp).await;
-    let explained = explain(&t, &q).await;
-    assert_agree("a reader's plan lock", &server, &explained);
+    let explained = agrees(&t, "a reader's plan lock", &q, resp).await;
     assert!(
         explained
             .note
@@ -396,12 +400,7 @@ async fn explain_agrees_with_the_server_under_change_control() {
         .send()
         .await;
     assert_status(&resp, StatusCode::LOCKED);
-    let server = server_said(t, &q, resp).await;
-    assert_agree(
-        "the pipeline's LOCK naming no change",
-        &server,
-        &explain(t, &q).await,
-    );
+    agrees(t, "the pipeline's LOCK naming no change", &q, resp).await;
 
     let q = Question {
         branch: Some("main"),
@@ -413,12 +412,13 @@ async fn explain_agrees_with_the_server_under_change_control() {
         .send()
         .await;
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(t, &q, resp).await;
-    assert_agree(
+    agrees(
+        t,
         "the pipeline's unlocked write naming no change",
-        &server,
-        &explain(t, &q).await,
-    );
+        &q,
+        resp,
+    )
+    .await;
 
     let q = ask("alice", "state:lock", "OperationTypePlan");
     let resp = t
@@ -429,22 +429,12 @@ async fn explain_agrees_with_the_server_under_change_control() {
         .send()
         .await;
     assert_status(&resp, StatusCode::OK);
-    let server = server_said(t, &q, resp).await;
-    assert_agree(
-        "a reader's plan lock under change control",
-        &server,
-        &explain(t, &q).await,
-    );
+    agrees(t, "a reader's plan lock under change control", &q, resp).await;
 
     let q = ask("pat", "state:delete", "");
     let resp = t.as_("pat").delete("prod/network").send().await;
     assert_status(&resp, StatusCode::FORBIDDEN);
-    let server = server_said(t, &q, resp).await;
-    assert_agree(
-        "the owner's DELETE without a change",
-        &server,
-        &explain(t, &q).await,
-    );
+    agrees(t, "the owner's DELETE without a change", &q, resp).await;
 
     let first = p.approved("network").await;
     let path = format!("prod/network?change={first}");
