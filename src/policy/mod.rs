@@ -159,11 +159,11 @@ pub struct Policy {
     authorizer: Authorizer,
     /// The `ip(...)` value of each client address seen lately: building one parses the
     /// extension's name, which costs more than the rest of a request's context.
-    source_ips: Memo<IpAddr, RestrictedExpression>,
+    source_ips: BoundedCache<IpAddr, RestrictedExpression>,
     /// The decisions made lately. A decision depends on nothing but what it was asked (the
     /// policies and entities never change after compiling), and a client repeats the same
     /// requests: terraform reads and locks the same states, from the same address.
-    decided: Memo<Asked, Decision>,
+    decided: BoundedCache<Asked, Decision>,
 }
 
 /// Everything a decision depends on besides the compiled policies.
@@ -177,16 +177,18 @@ struct Asked {
     source_ip: IpAddr,
 }
 
-/// Values worked out before, at most [`Memo::MAX`]; past that, it starts over.
-struct Memo<K, V> {
+/// A cache of values worked out before (decisions, parsed source IPs), at most
+/// [`BoundedCache::MAX`] entries; past that it starts over, so a caller varying its input
+/// cannot grow it.
+struct BoundedCache<K, V> {
     kept: std::sync::Mutex<HashMap<K, V>>,
 }
 
-impl<K: Eq + std::hash::Hash, V: Clone> Memo<K, V> {
+impl<K: Eq + std::hash::Hash, V: Clone> BoundedCache<K, V> {
     const MAX: usize = 4096;
 
     fn new() -> Self {
-        Memo {
+        BoundedCache {
             kept: std::sync::Mutex::default(),
         }
     }
@@ -237,8 +239,8 @@ impl Policy {
             custom,
             entities,
             authorizer: Authorizer::new(),
-            source_ips: Memo::new(),
-            decided: Memo::new(),
+            source_ips: BoundedCache::new(),
+            decided: BoundedCache::new(),
         })
     }
 
