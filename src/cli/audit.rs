@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::{change_id, CliError, ConfigArg, Format};
 use crate::audit::{self, checkpoint, verify, AuditKey, Record};
-use crate::store::{self, Stores};
+use crate::operations::audit_log::{self, AuditLog};
 use crate::text::printable;
 
 #[derive(Debug, Subcommand)]
@@ -83,10 +83,6 @@ impl AuditCommand {
     }
 }
 
-async fn open(config: &ConfigArg) -> Result<Stores, CliError> {
-    Ok(Stores::open(&config.load()?).await?)
-}
-
 /// A time argument: RFC 3339, or an age before now such as `1h`.
 fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliError> {
     let Some(v) = value.as_deref() else {
@@ -136,24 +132,20 @@ impl LogArgs {
             through: None,
             last: self.last.map(i64::from),
         };
-        let stores = open(&self.config).await?;
+        let log = AuditLog::open(&self.config.load()?)
+            .await
+            .context("cannot open the audit log")?;
         if let Some(env) = &self.env {
-            if let Some(down) = stores.unavailable(env) {
-                return Err(CliError::Usage(format!(
-                    "--env {env}: {}",
-                    down.sentence(env)
-                )));
-            }
-            if !stores.chains().iter().any(|(chain, _)| chain == env) {
-                return Err(CliError::Usage(format!(
-                    "--env {env}: no such environment in the config (`server` names the server's own chain)"
-                )));
-            }
+            log.knows(env)
+                .map_err(|why| CliError::Usage(format!("--env {env}: {why}")))?;
         }
         // The newest position read in each chain.
         let mut read: HashMap<String, i64> = HashMap::new();
         loop {
-            let records = self.next(&stores, &mut read, &filter).await?;
+            let records = log
+                .next(self.env.as_deref(), &mut read, &filter)
+                .await
+                .map_err(anyhow::Error::from)?;
             for r in &records {
                 self.print(r)?;
             }
@@ -165,52 +157,6 @@ impl LogArgs {
             let _ = std::io::stdout().flush();
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
-    }
-
-    /// The matching records after those already read, oldest first; with `filter.last`, only
-    /// the newest that many.
-    async fn next(
-        &self,
-        stores: &Stores,
-        read: &mut HashMap<String, i64>,
-        filter: &audit::Filter,
-    ) -> Result<Vec<Record>, CliError> {
-        let mut records = Vec::new();
-        for (chain, db) in stores.chains() {
-            if self.env.as_ref().is_some_and(|e| *e != chain) {
-                continue;
-            }
-            // Up to the newest record now; the next look starts after it, matched or not.
-            let newest = db
-                .newest_position()
-                .await
-                .context("cannot read the audit log")?;
-            let chain_filter = audit::Filter {
-                after: read.get(&chain).copied().unwrap_or(0),
-                through: Some(newest),
-                ..filter.clone()
-            };
-            read.insert(chain.clone(), newest);
-            let rows = db
-                .query(&chain_filter)
-                .await
-                .context("cannot read the audit log")?;
-            for row in rows {
-                let record: Record = serde_json::from_str(&row.record).with_context(|| {
-                    format!(
-                        "{chain}: audit record {} is not readable (run `bulkhead audit verify`)",
-                        row.seq
-                    )
-                })?;
-                records.push(record);
-            }
-        }
-        records.sort_by(|a, b| a.time.cmp(&b.time));
-        if let Some(n) = filter.last {
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            records.drain(..records.len().saturating_sub(n));
-        }
-        Ok(records)
     }
 
     fn print(&self, r: &Record) -> Result<(), CliError> {
@@ -277,33 +223,12 @@ impl VerifyArgs {
         let mut broken = false;
         let mut unreadable = false;
         let mut report = Vec::new();
-        for db in store::open_read_only(&config).await {
-            let chain = db.chain;
+        for checked in audit_log::verify_all(&config, &key, &found).await {
+            let chain = checked.chain;
             let checkpoints = found.chains.get(&chain).map_or(&[][..], Vec::as_slice);
-            let read = match &db.database {
-                Ok(database) => verify::database(
-                    &chain,
-                    database,
-                    &key.chain(&chain),
-                    checkpoints,
-                    db.environment,
-                )
-                .await
-                .map_err(|e| format!("cannot read the database of {chain}: {e}")),
-                // A deleted database is reported as a broken chain, as ever.
-                Err(e @ store::StoreError::Missing { .. }) => Ok(verify::Report {
-                    records: 0,
-                    checkpoints: checkpoints.len(),
-                    outcome: Err(verify::Problem {
-                        seq: None,
-                        problem: e.to_string(),
-                    }),
-                }),
-                Err(e) => Err(e.to_string()),
-            };
             // A database that cannot be read is this chain's problem, not evidence of
             // tampering, and the other chains are still checked.
-            let verified = match read {
+            let verified = match checked.report {
                 Ok(report) => report,
                 Err(e) => {
                     unreadable = true;
@@ -315,15 +240,9 @@ impl VerifyArgs {
                             "chain": chain, "intact": false, "unreadable": true, "problem": e,
                         })),
                     }
-                    if let Ok(database) = db.database {
-                        database.close().await;
-                    }
                     continue;
                 }
             };
-            if let Ok(database) = db.database {
-                database.close().await;
-            }
             let mut outcome = verified.outcome;
             if let (Ok(()), Some(bad)) = (&outcome, found.bad.get(&chain).and_then(|b| b.first())) {
                 outcome = Err(verify::Problem {

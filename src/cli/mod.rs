@@ -113,12 +113,6 @@ pub enum CliError {
     Failed(#[from] anyhow::Error),
 }
 
-impl From<crate::store::StoreError> for CliError {
-    fn from(e: crate::store::StoreError) -> Self {
-        CliError::Failed(e.into())
-    }
-}
-
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {

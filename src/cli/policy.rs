@@ -2,16 +2,15 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{change_id, CliError, ConfigArg, Format};
-use crate::changes::{BreakglassGrant, Change};
 use crate::config::{Config, Environment};
 use crate::identity::{Caller, Principal};
 use crate::lock::HeldLock;
-use crate::operations::{named_change, Asker, Gathered};
+use crate::operations::{self, Asker, Gathered};
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
-use crate::store::Stores;
 use crate::text::printable;
 use crate::time::{Clock, Timestamp};
 use crate::verdict::{self, Ask, Effect};
@@ -153,7 +152,9 @@ impl PolicyCommand {
         // What the server reads from the environment's database: the change named, and the
         // caller's open break-glass grant.
         let (change, breakglass) = if args.change.is_some() || env.breakglass.is_some() {
-            recorded(&config, env, &principal, args.change.as_deref()).await?
+            operations::recorded(&config, env, &principal, args.change.as_deref())
+                .await
+                .context("cannot read the environment's database")?
         } else {
             (None, None)
         };
@@ -309,35 +310,6 @@ impl PolicyCommand {
             ExitCode::from(1)
         })
     }
-}
-
-/// What the server would read from the environment's database: the change `text` names
-/// (`None` when there is none: the explanation then says so, as the server would), and the
-/// principal's open break-glass grant.
-async fn recorded(
-    config: &Config,
-    env: &Environment,
-    principal: &Principal,
-    text: Option<&str>,
-) -> Result<(Option<Change>, Option<BreakglassGrant>), CliError> {
-    let stores = Stores::open(config).await?;
-    let Some(store) = stores.environment(&env.name) else {
-        return Ok((None, None));
-    };
-    let change = match named_change(env, text) {
-        Some(number) => {
-            store
-                .change(&env.name, env.required_approvals(), number)
-                .await?
-        }
-        None => None,
-    };
-    let me = principal.to_string();
-    let breakglass = store
-        .open_breakglass_for(&me)
-        .await?
-        .map(|row| row.grant(&env.name));
-    Ok((change, breakglass))
 }
 
 /// A lock as `caller` would have taken it, for the questions that release one.

@@ -59,8 +59,7 @@ impl TokenCommand {
                         config.path.display()
                     ))
                 })?;
-                let store = crate::store::open_system(&config).await?;
-                let issued = token::issue(&store, &principal, record("token:create", None))
+                let issued = token::create(&config, &principal, record("token:create", None))
                     .await
                     .context("cannot store the token")?;
                 println!("{}", issued.token);
@@ -72,11 +71,7 @@ impl TokenCommand {
             }
             TokenCommand::List(args) => {
                 let config = args.config.load()?;
-                let tokens = crate::store::open_system(&config)
-                    .await?
-                    .tokens()
-                    .await
-                    .context("cannot read tokens")?;
+                let tokens = token::list(&config).await.context("cannot read tokens")?;
                 match args.format {
                     Format::Json => print_json(&tokens)?,
                     Format::Human => {
@@ -99,10 +94,8 @@ impl TokenCommand {
             }
             TokenCommand::Revoke(args) => {
                 let config = args.config.load()?;
-                let store = crate::store::open_system(&config).await?;
                 let record = record("token:revoke", Some(format!("token {}", args.id)));
-                if !store
-                    .revoke_token(&args.id, &record)
+                if !token::revoke(&config, &args.id, &record)
                     .await
                     .context("cannot revoke the token")?
                 {

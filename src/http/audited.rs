@@ -9,7 +9,8 @@ use http_body_util::BodyExt;
 use super::record::Told;
 use super::{ApiError, App};
 use crate::audit::Record;
-use crate::identity::{self, Caller};
+use crate::identity::Caller;
+use crate::operations::OpError;
 
 /// A successful answer, and whether its audit record was already committed with its effect.
 pub struct Reply {
@@ -34,7 +35,7 @@ impl Reply {
         value: &impl serde::Serialize,
         audited: bool,
     ) -> Result<Reply, ApiError> {
-        let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(value).map_err(|e| OpError::Internal(e.to_string()))?;
         Ok(Reply {
             status,
             body: Some(("application/json", body.into())),
@@ -58,17 +59,9 @@ pub async fn authenticate(
     record: &mut Record,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
-    let caller = identity::authenticate(
-        &app.config,
-        &app.stores.system,
-        &app.oidc,
-        header_str(headers, header::AUTHORIZATION),
-    )
-    .await
-    .map_err(|e| match e {
-        identity::AuthError::Store(e) => ApiError::from(e),
-        other => ApiError::Unauthenticated(other.to_string()),
-    })?;
+    let caller = app
+        .authenticate(header_str(headers, header::AUTHORIZATION))
+        .await?;
     record.principal = Some(caller.principal.to_string());
     record.branch = caller.branch.clone();
     Ok(caller)
@@ -128,7 +121,7 @@ pub async fn read_limited(
                     "the body did not arrive within the server's body_timeout: nothing was stored; send it again over a faster link, or ask the operator to raise server.body_timeout".into(),
                 )
             } else {
-                ApiError::BadRequest(format!("the body could not be read: {e}"))
+                OpError::BadRequest(format!("the body could not be read: {e}")).into()
             }
         })?;
         if let Ok(data) = frame.into_data() {
@@ -199,9 +192,9 @@ fn check_content_md5(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
     if sent.as_bytes() == expected.as_bytes() {
         Ok(())
     } else {
-        Err(ApiError::BadRequest(
+        Err(OpError::BadRequest(
             "the body does not match its Content-MD5 header: it was damaged in transit; nothing was stored".into(),
-        ))
+        ).into())
     }
 }
 

@@ -18,9 +18,8 @@ use super::raw::Raw;
 use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
-use crate::operations::{delete, lock, read, unlock, write, StateRequest};
+use crate::operations::{delete, lock, read, unlock, write, OpError, StateRequest};
 use crate::policy::Action;
-use crate::store::environment::ContentStream;
 
 /// Lock bodies are small; anything bigger is not terraform talking.
 const LOCK_BODY_LIMIT: u64 = 64 * 1024;
@@ -104,9 +103,10 @@ pub async fn state(
 
 /// `/v1/state/{env}` and `/v1/state/{env}/`: a state address without a name.
 pub async fn nameless(_: Begin<EnvAddress>, _: Caller) -> Result<Reply, ApiError> {
-    Err(ApiError::BadRequest(
-        "the address names no state: use /v1/state/ENVIRONMENT/NAME".into(),
-    ))
+    Err(
+        OpError::BadRequest("the address names no state: use /v1/state/ENVIRONMENT/NAME".into())
+            .into(),
+    )
 }
 
 /// The query of a state request. `change` and `ID` decide what a request may do: named twice,
@@ -114,14 +114,15 @@ pub async fn nameless(_: Begin<EnvAddress>, _: Caller) -> Result<Reply, ApiError
 /// verdict the other, so a repeated one is refused.
 fn parameters(uri: &Uri) -> Result<HashMap<String, String>, ApiError> {
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
+        .map_err(|e| OpError::BadRequest(format!("bad query string: {e}")))?;
     let mut query = HashMap::new();
     for (name, value) in pairs {
         if let Some(decisive) = ["change", "ID"].into_iter().find(|d| *d == name) {
             if query.contains_key(decisive) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(OpError::BadRequest(format!(
                     "the query names `{decisive}` more than once: name it once"
-                )));
+                ))
+                .into());
             }
         }
         query.insert(name, value);
@@ -163,25 +164,25 @@ async fn get(
 /// length known up front, so that the response carries `Content-Length` and a client can tell
 /// a cut-off body from a whole one.
 ///
-/// The store checks the content as it streams and withholds its last chunk when the content
-/// does not match its SHA-256 (see [`crate::store::environment`]); the body then ends in an
+/// The content is checked as it streams, and its last chunk withheld when the content does
+/// not match its SHA-256 ([`OpError::Damaged`] instead); the body then ends in an
 /// error, so the connection is aborted and terraform fails instead of taking the damaged
 /// state. The request's record was written when the answer began, so the damage gets a record
 /// of its own, committed before the body ends.
 struct ContentBody {
-    chunks: ContentStream,
+    chunks: read::Chunks,
     remaining: u64,
     /// The server and the request's record, to record damage with.
     on_damage: Option<(Arc<App>, Record)>,
     /// The damage being recorded, which ends the body once committed.
-    recording: Option<futures_util::future::BoxFuture<'static, crate::store::StoreError>>,
+    recording: Option<futures_util::future::BoxFuture<'static, OpError>>,
 }
 
 /// Records that version `version` of the state being served was found damaged.
 async fn record_damage(app: Arc<App>, mut record: Record, state: String, version: i64) {
     tracing::error!(state = %state, version, "a state's content does not match its sha256; the response is cut off");
     record.reason = Some(super::error::damage_reason(&state, version));
-    record.time = crate::store::now();
+    record.time = app.clock.now().stored();
     record.decision = Outcome::Error;
     // The answer began as 200 and was cut off: it has no status of its own.
     record.status = None;
@@ -192,13 +193,12 @@ async fn record_damage(app: Arc<App>, mut record: Record, state: String, version
 
 impl http_body::Body for ContentBody {
     type Data = axum::body::Bytes;
-    type Error = crate::store::StoreError;
+    type Error = OpError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        use crate::store::StoreError;
         use futures_util::{FutureExt, StreamExt};
         use std::task::Poll;
         if let Some(recording) = self.recording.as_mut() {
@@ -211,8 +211,8 @@ impl http_body::Body for ContentBody {
                 self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
                 Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
             }
-            Some(Err(StoreError::Damaged { state, version })) => {
-                let damage = StoreError::Damaged {
+            Some(Err(OpError::Damaged { state, version })) => {
+                let damage = OpError::Damaged {
                     state: state.clone(),
                     version,
                 };

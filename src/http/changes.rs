@@ -18,6 +18,7 @@ use super::{ApiError, App};
 use crate::audit::Record;
 use crate::changes::{Resolution, Status};
 use crate::operations::propose::{self, Proposal};
+use crate::operations::OpError;
 use crate::operations::{breakglass, decide, read};
 use crate::policy::Action;
 
@@ -99,7 +100,7 @@ pub async fn list(
     let status = match params.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            OpError::BadRequest(format!(
                 "status `{s}`: use open, applied, rejected or cancelled"
             ))
         })?),

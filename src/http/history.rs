@@ -14,6 +14,7 @@ use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
 use crate::audit::Record;
 use crate::operations::read::{self, Answer, Past};
+use crate::operations::OpError;
 use crate::operations::{rollback, StateRequest};
 use crate::policy::Action;
 
@@ -97,7 +98,7 @@ pub async fn history(
     if raw.method == Method::POST {
         let to = params
             .rollback_to
-            .ok_or_else(|| ApiError::BadRequest("POST needs ?rollback_to=VERSION".into()))?;
+            .ok_or_else(|| OpError::BadRequest("POST needs ?rollback_to=VERSION".into()))?;
         let done = rollback::rollback(&call, record, to).await?;
         return Reply::json(
             StatusCode::OK,

@@ -21,6 +21,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
+use crate::operations::health::Health;
 pub use error::ApiError;
 
 /// The server as its HTTP edge holds it: opened with [`App::open`] (deciding on the system
@@ -67,53 +68,6 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// What `/healthz` and `/readyz` report: each database that does not answer, and each
-/// environment that could not be opened at start.
-#[derive(serde::Serialize)]
-struct Health {
-    status: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    unavailable: Vec<Unhealthy>,
-}
-
-#[derive(serde::Serialize)]
-struct Unhealthy {
-    /// An environment's name, or `server` for the server's own database.
-    database: String,
-    reason: String,
-}
-
-async fn check(app: &App) -> Health {
-    let mut unavailable: Vec<Unhealthy> = app
-        .stores
-        .unavailable_environments()
-        .into_iter()
-        // No file, URL or cause to a caller who has not authenticated: the log has them.
-        .map(|(name, _)| Unhealthy {
-            database: name.to_string(),
-            reason: "its database cannot be opened; the server's log says why".into(),
-        })
-        .collect();
-    for (name, db) in app.stores.chains() {
-        if let Err(e) = db.ping().await {
-            tracing::error!(database = %name, error = %e, "health check failed");
-            unavailable.push(Unhealthy {
-                reason: format!("the database of {name} does not answer"),
-                database: name,
-            });
-        }
-    }
-    unavailable.sort_by(|a, b| a.database.cmp(&b.database));
-    Health {
-        status: if unavailable.is_empty() {
-            "ok"
-        } else {
-            "degraded"
-        },
-        unavailable,
-    }
-}
-
 fn health_reply(code: StatusCode, health: &Health) -> (StatusCode, String) {
     let body =
         serde_json::to_string(health).unwrap_or_else(|_| "{\"status\":\"degraded\"}".to_string());
@@ -123,12 +77,12 @@ fn health_reply(code: StatusCode, health: &Health) -> (StatusCode, String) {
 /// `GET /healthz` (liveness): 200 while the server runs, naming in its body every database
 /// that does not answer and every environment that is not served.
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    health_reply(StatusCode::OK, &check(&app).await)
+    health_reply(StatusCode::OK, &app.health().await)
 }
 
 /// `GET /readyz` (readiness): the same body, 503 while anything it names is unavailable.
 async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let health = check(&app).await;
+    let health = app.health().await;
     let code = if health.unavailable.is_empty() {
         StatusCode::OK
     } else {
@@ -145,15 +99,9 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let server = &app.config.server;
-    let checkpoints = crate::audit::checkpoint::Writers::start(
-        &app.stores,
-        &server.checkpoint_dir,
-        server.checkpoint_every,
-    )
-    .await;
+    let checkpoints = app.start_checkpoints().await;
     let served = serve_connections(app.clone(), listener, shutdown).await;
-    checkpoints.shutdown(&app.stores).await;
+    app.stop_checkpoints(checkpoints).await;
     served
 }
 

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
+use crate::operations::OpError;
 
 /// A request's method, address, headers and client, not yet judged.
 pub struct Raw {
@@ -51,16 +52,17 @@ impl Raw {
     /// The client's address, which the policies may need.
     pub fn peer(&self) -> Result<SocketAddr, ApiError> {
         self.peer.ok_or_else(|| {
-            ApiError::Internal(
+            OpError::Internal(
                 "the router runs without client addresses: serve it with ConnectInfo".into(),
             )
+            .into()
         })
     }
 
     /// The path parameter `name` of the route, percent-decoded.
     pub fn param(&self, name: &str) -> Result<String, ApiError> {
         let params = self.params.as_ref().map_err(|e| {
-            ApiError::BadRequest(format!(
+            OpError::BadRequest(format!(
                 "the address is not text once its %-escapes are decoded ({e}): write it in UTF-8"
             ))
         })?;
@@ -68,7 +70,7 @@ impl Raw {
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
-            .ok_or_else(|| ApiError::Internal(format!("the route has no parameter `{name}`")))
+            .ok_or_else(|| OpError::Internal(format!("the route has no parameter `{name}`")).into())
     }
 
     /// The query string read as `T`; `usage` says what the route takes, for the refusal.
@@ -78,9 +80,10 @@ impl Raw {
             .map_err(|e| {
                 let why =
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                ApiError::BadRequest(format!(
+                OpError::BadRequest(format!(
                     "the query string was not understood ({why}): {usage}"
                 ))
+                .into()
             })
     }
 }

@@ -24,6 +24,7 @@ use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
 use crate::identity;
+use crate::operations::OpError;
 
 /// How a request ended, as its answer tells the layer.
 #[derive(Debug, Clone)]
@@ -65,7 +66,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Audit {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         parts.extensions.get::<Audit>().cloned().ok_or_else(|| {
-            ApiError::Internal("the route runs without the audit layer: add it".into())
+            OpError::Internal("the route runs without the audit layer: add it".into()).into()
         })
     }
 }
@@ -125,7 +126,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
     } else {
         match app.record(&record).await {
             Ok(()) => response,
-            Err(e) => ApiError::audit_unwritable(e).into_response(),
+            Err(e) => ApiError::from(e).into_response(),
         }
     };
     // The status the client receives, which is not the one recorded when the record itself
@@ -192,19 +193,15 @@ impl ApiError {
     pub(super) fn told(&self) -> Told {
         Told::Refused {
             decision: match self {
-                ApiError::Internal(_)
-                | ApiError::AuditUnavailable
-                | ApiError::Damaged { .. }
-                | ApiError::DiskFull(_)
-                | ApiError::DatabaseDown(_) => Outcome::Error,
+                ApiError::Op(e) if e.is_fault() => Outcome::Error,
                 _ => Outcome::Deny,
             },
             reason: self.reason(),
             version: match self {
-                ApiError::Damaged { version, .. } => Some(*version),
+                ApiError::Op(OpError::Damaged { version, .. }) => Some(*version),
                 _ => None,
             },
-            audited: matches!(self, ApiError::AuditUnavailable),
+            audited: matches!(self, ApiError::Op(OpError::AuditUnavailable)),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::raw::Raw;
 use super::record::{Audit, Begin, Route};
 use super::{ApiError, App};
 use crate::audit::Record;
+use crate::operations::OpError;
 
 /// How much of a client's path (and method) a record keeps: enough to tell what was asked
 /// for, never a client's whole request line.
@@ -53,9 +54,9 @@ pub async fn not_found(
     raw: Raw,
 ) -> ApiError {
     refuse(&app, &audit, raw, |method, path| {
-        ApiError::NotFound(format!(
+        OpError::NotFound(format!(
             "not found: there is no {method} {path}; states live under /v1/state/ENVIRONMENT/NAME, change requests under /v1/changes"
-        ))
+        )).into()
     })
     .await
 }

@@ -6,8 +6,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::audit::{Outcome, Record};
+use crate::config::Config;
 use crate::identity::Principal;
-use crate::store::{StoreError, SystemStore};
+use crate::store::system::TokenRow;
+use crate::store::{self, StoreError, SystemStore};
 
 const PREFIX: &str = "bh_";
 
@@ -70,6 +72,29 @@ pub async fn issue(
         token: format!("{PREFIX}{id}_{secret}"),
         id,
     })
+}
+
+/// Issues a token for `principal` in the server's database of `config`, as the host's
+/// `bulkhead token create` does.
+pub async fn create(
+    config: &Config,
+    principal: &Principal,
+    record: Record,
+) -> Result<Issued, StoreError> {
+    issue(&store::open_system(config).await?, principal, record).await
+}
+
+/// Every token of the server's database, oldest first (ids and owners; no secret is stored).
+pub async fn list(config: &Config) -> Result<Vec<TokenRow>, StoreError> {
+    store::open_system(config).await?.tokens().await
+}
+
+/// Revokes the live token `id`, with `record`; false when there is none.
+pub async fn revoke(config: &Config, id: &str, record: &Record) -> Result<bool, StoreError> {
+    store::open_system(config)
+        .await?
+        .revoke_token(id, record)
+        .await
 }
 
 #[cfg(test)]

@@ -9,9 +9,11 @@
 //! reads), which an edge maps to its own answers. They read every decision time from the
 //! [`Server`]'s [`Clock`], so that a test can move it.
 
+pub mod audit_log;
 pub mod breakglass;
 pub mod decide;
 pub mod delete;
+pub mod health;
 pub mod lock;
 pub mod propose;
 pub mod read;
@@ -22,11 +24,11 @@ pub mod write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::audit::{Outcome, Record};
+use crate::audit::{checkpoint, Outcome, Record};
 use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::oidc::{OidcError, OidcVerifier};
-use crate::identity::{Caller, Principal};
+use crate::identity::{self, AuthError, Caller, Principal};
 use crate::lock::{HeldLock, LockInfo};
 use crate::policy::{refusal, Action, Policy, PolicyError, RequestContext};
 use crate::state::StateName;
@@ -62,9 +64,13 @@ pub enum OpenError {
 }
 
 /// Why an operation was not carried out: a refusal with the sentence its caller reads, or a
-/// fault of the server.
+/// fault of the server, already told apart (a full disk, a database that does not answer, a
+/// damaged version, an audit log that cannot be written) so that every edge answers alike.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    /// The request's credentials prove no principal.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Policy refused a request other than a lock.
     #[error("{0}")]
     Forbidden(String),
@@ -77,17 +83,86 @@ pub enum OpError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// An environment whose database could not be opened at start: the sentence names it.
+    /// The audit record could not be written, so the request is refused (fail closed).
+    #[error(
+        "the audit log cannot be written, so the request was refused; the server's log says why"
+    )]
+    AuditUnavailable,
+    /// A write found the disk under a database full: the sentence names the database.
+    #[error("{0}")]
+    DiskFull(String),
+    /// A database did not answer, or could not be opened at start: the sentence names it.
     #[error("{0}")]
     DatabaseDown(String),
-    /// The audit record of an effect could not be written, so the effect was rolled back.
-    #[error("the audit record cannot be written: {0}")]
-    AuditUnwritable(StoreError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// A stored version's content does not match its SHA-256: a fault of the server's storage,
+    /// said plainly because the way out is the caller's to take.
+    #[error("version {version} of {state} is damaged: its content does not match its sha256; restore it with `bulkhead state rollback` to an intact version")]
+    Damaged { state: String, version: i64 },
     /// A fault of the server; the detail goes to the log, not to the caller.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Damaged { state, version } => OpError::Damaged { state, version },
+            e @ (StoreError::DiskFull { .. } | StoreError::Unreachable { .. }) => {
+                if e.is_disk_full() {
+                    OpError::DiskFull(e.to_string())
+                } else {
+                    OpError::DatabaseDown(e.to_string())
+                }
+            }
+            // Not named after its database (it failed where none could be told): said all
+            // the same, so that the person at the other end knows what to fix.
+            e if e.is_disk_full() => OpError::DiskFull(
+                "the disk under one of the server's databases is full: free space; nothing was written".into(),
+            ),
+            e if e.is_outage() => {
+                tracing::error!(error = %e, "a database cannot be reached");
+                OpError::DatabaseDown(
+                    "one of the server's databases cannot be reached: the request was not carried out; try again once it is back (the server's log says which)".into(),
+                )
+            }
+            e => OpError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for OpError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Store(e) => OpError::from(e),
+            other => OpError::Unauthenticated(other.to_string()),
+        }
+    }
+}
+
+impl OpError {
+    /// The refusal when an audit record could not be written: a full disk or an unreachable
+    /// database says so; anything else is the audit log refusing (and goes to the log).
+    pub fn audit_unwritable(e: StoreError) -> OpError {
+        match OpError::from(e) {
+            e @ (OpError::DiskFull(_) | OpError::DatabaseDown(_)) => e,
+            other => {
+                tracing::error!(error = %other, "cannot write the audit record; refusing the request");
+                OpError::AuditUnavailable
+            }
+        }
+    }
+
+    /// A fault of the server rather than a refusal of the request.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            OpError::Internal(_)
+                | OpError::AuditUnavailable
+                | OpError::Damaged { .. }
+                | OpError::DiskFull(_)
+                | OpError::DatabaseDown(_)
+        )
+    }
 }
 
 impl From<verdict::Refusal> for OpError {
@@ -151,11 +226,38 @@ impl Server {
 
     /// Appends a record to the chain of its environment (or the server's), committed with the
     /// records of concurrent requests.
-    pub async fn record(&self, record: &Record) -> Result<(), StoreError> {
+    /// Refused as [`OpError::audit_unwritable`] when it cannot be.
+    pub async fn record(&self, record: &Record) -> Result<(), OpError> {
         self.stores
             .audit_store(record.environment.as_deref())
             .append_record(record)
             .await
+            .map_err(OpError::audit_unwritable)
+    }
+
+    /// Starts writing checkpoints of every audit chain's head: one now, then as the chains
+    /// grow (see [`checkpoint`]).
+    pub async fn start_checkpoints(&self) -> checkpoint::Writers {
+        let server = &self.config.server;
+        checkpoint::Writers::start(
+            &self.stores,
+            &server.checkpoint_dir,
+            server.checkpoint_every,
+        )
+        .await
+    }
+
+    /// Writes the last checkpoints, once serving has ended.
+    pub async fn stop_checkpoints(&self, writers: checkpoint::Writers) {
+        writers.shutdown(&self.stores).await;
+    }
+
+    /// Authenticates the `Authorization` header value of a request.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, OpError> {
+        Ok(
+            identity::authenticate(&self.config, &self.stores.system, &self.oidc, authorization)
+                .await?,
+        )
     }
 
     /// Whether the policies let `caller` do `action` in `env` (on `state`, when it is about
@@ -209,7 +311,7 @@ pub async fn commit(mut tx: Tx<'_>, record: &mut Record, status: u16) -> Result<
     record.decision = Outcome::Allow;
     record.status = Some(status);
     if let Err(e) = tx.append_record(record).await {
-        return Err(OpError::AuditUnwritable(e));
+        return Err(OpError::audit_unwritable(e));
     }
     tx.commit().await?;
     Ok(())
@@ -376,6 +478,36 @@ impl<'a> StateRequest<'a> {
 pub fn named_change(env: &Environment, text: Option<&str>) -> Option<i64> {
     let id = ChangeId::parse(text?).ok()?;
     (id.environment == env.name).then_some(id.number)
+}
+
+/// What the server would read from the environment's database, for `bulkhead policy explain`
+/// on the server's host: the change `text` names
+/// (`None` when there is none: the explanation then says so, as the server would), and the
+/// principal's open break-glass grant.
+pub async fn recorded(
+    config: &Config,
+    env: &Environment,
+    principal: &Principal,
+    text: Option<&str>,
+) -> Result<(Option<Change>, Option<BreakglassGrant>), StoreError> {
+    let stores = Stores::open(config).await?;
+    let Some(store) = stores.environment(&env.name) else {
+        return Ok((None, None));
+    };
+    let change = match named_change(env, text) {
+        Some(number) => {
+            store
+                .change(&env.name, env.required_approvals(), number)
+                .await?
+        }
+        None => None,
+    };
+    let me = principal.to_string();
+    let breakglass = store
+        .open_breakglass_for(&me)
+        .await?
+        .map(|row| row.grant(&env.name));
+    Ok((change, breakglass))
 }
 
 /// The facts of a verdict that are read from the store.

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
 
 use super::{OpError, Server, StateRequest, DONE};
 use crate::audit::{Outcome, Record};
@@ -13,7 +14,7 @@ use crate::changes::{self, Change, ChangeId, Listing, Readiness};
 use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
 use crate::identity::Caller;
 use crate::policy::Action;
-use crate::store::environment::{ContentStream, VersionMeta};
+use crate::store::environment::VersionMeta;
 use crate::store::StoreError;
 
 /// A state's newest content, as the read found it.
@@ -25,11 +26,15 @@ pub enum Content {
     Stream {
         /// Its length, known before it streams.
         size: u64,
-        chunks: ContentStream,
+        /// Ends in [`OpError::Damaged`], short of `size`, when the content does not match.
+        chunks: Chunks,
     },
     /// No state yet.
     Nothing,
 }
+
+/// A content's chunks as they are read from the store.
+pub type Chunks = BoxStream<'static, Result<Bytes, OpError>>;
 
 /// GET: the newest content of a state.
 pub async fn state(req: &StateRequest<'_>, record: &mut Record) -> Result<Content, OpError> {
@@ -44,7 +49,7 @@ pub async fn state(req: &StateRequest<'_>, record: &mut Record) -> Result<Conten
             Ok(true) => return Ok(Content::Remembered(content)),
             // Written meanwhile: read from the database.
             Ok(false) => record.version = None,
-            Err(e) => return Err(OpError::AuditUnwritable(e)),
+            Err(e) => return Err(OpError::audit_unwritable(e)),
         }
     }
     Ok(match req.store.latest_stream(req.name.as_str()).await? {
@@ -52,7 +57,7 @@ pub async fn state(req: &StateRequest<'_>, record: &mut Record) -> Result<Conten
             record.version = Some(meta.version);
             Content::Stream {
                 size: u64::try_from(meta.size).unwrap_or(0),
-                chunks,
+                chunks: chunks.map(|chunk| chunk.map_err(OpError::from)).boxed(),
             }
         }
         None => Content::Nothing,
