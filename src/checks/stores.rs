@@ -1,20 +1,20 @@
 //! Production keeps its state in a store of its own.
 
 use super::{is_production, Finding, Severity};
+use crate::config::storage::redact;
 use crate::config::Config;
-use crate::store;
 
 pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
     for env in config.environments.iter().filter(|e| is_production(e)) {
         // In a file of its own (no `storage`, no server PostgreSQL): separate by construction.
         // In a shared database, each environment has a schema of its own, but one set of
         // credentials reaches them all.
-        let Some(url) = store::environment_url(config, env) else {
+        let Some(url) = config.environment_url(env) else {
             continue;
         };
-        let url = store::redact(url);
+        let url = redact(url);
         for other in config.environments.iter().filter(|o| o.name != env.name) {
-            if store::environment_url(config, other).map(store::redact) == Some(url.clone()) {
+            if config.environment_url(other).map(redact) == Some(url.clone()) {
                 out.push(Finding {
                     id: "production-store-shared",
                     severity: Severity::Error,

@@ -16,6 +16,7 @@ mod error;
 pub mod hcl;
 mod model;
 mod names;
+pub mod storage;
 mod units;
 mod validate;
 

@@ -579,7 +579,8 @@ mod tests {
     use sqlx::{Connection, Executor, SqliteConnection};
 
     use super::*;
-    use crate::store::{environment_file, Stores};
+    use crate::config::storage::environment_file;
+    use crate::store::Stores;
 
     fn meta_of(content: &[u8]) -> VersionMeta {
         VersionMeta {

@@ -36,6 +36,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::{AuditKey, ChainKey, ChainProblem, Head, Record};
+use crate::config::storage::{Kind, Location};
 use crate::config::{AuditSync, Config, Environment};
 pub use audit::ChainReader;
 pub use environment::EnvStore;
@@ -152,119 +153,11 @@ fn sqlx_outage(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Which kind of database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Sqlite,
-    Postgres,
-}
-
-impl Kind {
-    fn of(url: &str) -> Option<Kind> {
-        if url.starts_with("sqlite:") {
-            Some(Kind::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Kind::Postgres)
-        } else {
-            None
-        }
-    }
-}
-
-/// Checks a `storage` URL from the config without connecting.
-pub fn check_url(url: &str) -> Result<(), String> {
-    match Kind::of(url) {
-        Some(_) => AnyConnectOptions::from_str(url)
-            .map(|_| ())
-            .map_err(|e| format!("`{}` cannot be read: {e}", redact(url))),
-        None => Err(format!(
-            "`{}` is not a database URL: use sqlite:PATH or postgres://USER@HOST/DATABASE, or leave storage unset for a file under the data directory",
-            redact(url)
-        )),
-    }
-}
-
-/// A database URL as it may be shown: without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Where one database is.
-enum Location {
-    /// A SQLite file under the data directory.
-    File(PathBuf),
-    /// A URL from the config; for PostgreSQL, with the schema that holds this database's tables.
-    Url { url: String, schema: String },
-}
-
-impl Location {
-    fn kind(&self) -> Kind {
-        match self {
-            Location::File(_) => Kind::Sqlite,
-            Location::Url { url, .. } => Kind::of(url).unwrap_or(Kind::Sqlite),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Location::File(path) => path.display().to_string(),
-            Location::Url { url, schema } => match self.kind() {
-                Kind::Sqlite => url.clone(),
-                Kind::Postgres => format!("{} (schema {schema})", redact(url)),
-            },
-        }
-    }
-}
-
 fn create_dir(path: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(path).map_err(|source| StoreError::DataDir {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn system_location(config: &Config) -> Location {
-    match &config.server.storage {
-        Some(url) => Location::Url {
-            url: url.clone(),
-            schema: "bulkhead".into(),
-        },
-        None => Location::File(config.server.data_dir.join("bulkhead.db")),
-    }
-}
-
-/// The database URL an environment's data lives in: its own `storage`, or else the server's
-/// PostgreSQL; `None` for a SQLite file of its own under the data directory.
-pub fn environment_url<'a>(config: &'a Config, env: &'a Environment) -> Option<&'a str> {
-    env.storage.as_deref().or(config
-        .server
-        .storage
-        .as_deref()
-        .filter(|url| Kind::of(url) == Some(Kind::Postgres)))
-}
-
-fn environment_location(config: &Config, env: &Environment) -> Location {
-    match environment_url(config, env) {
-        Some(url) => Location::Url {
-            url: url.to_string(),
-            schema: format!("bulkhead_env_{}", env.name),
-        },
-        None => Location::File(environment_file(&config.server.data_dir, &env.name)),
-    }
 }
 
 /// The name of the server-wide database's audit chain.
@@ -281,7 +174,7 @@ async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore
     let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
     let chain = Chain::new(SERVER_CHAIN, key, &config.server.checkpoint_dir);
     let db = open(
-        &system_location(config),
+        &config.system_location(),
         chain,
         migrations,
         config.server.audit_sync,
@@ -361,7 +254,7 @@ impl Stores {
         let mut environments = HashMap::new();
         let mut unavailable = HashMap::new();
         for env in &config.environments {
-            let location = environment_location(config, env);
+            let location = config.environment_location(env);
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
             let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
             // One environment's database harms only that environment: the server starts and
@@ -461,7 +354,7 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     let mut out = vec![ReadOnly {
         chain: SERVER_CHAIN.into(),
         environment: false,
-        database: open_existing(&system_location(config)).await,
+        database: open_existing(&config.system_location()).await,
     }];
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
     envs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -469,7 +362,7 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
         out.push(ReadOnly {
             chain: env.name.clone(),
             environment: true,
-            database: open_existing(&environment_location(config, env)).await,
+            database: open_existing(&config.environment_location(env)).await,
         });
     }
     out
@@ -1179,11 +1072,6 @@ pub fn now() -> String {
     crate::time::Clock::system().now().stored()
 }
 
-/// Where an environment without a `storage` URL keeps its database.
-pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {
-    data_dir.join("environments").join(format!("{env}.db"))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     /// The stores of a config with one SQLite environment `dev` in a fresh data directory;
@@ -1262,19 +1150,5 @@ pub(crate) mod tests {
             })
             .await
             .unwrap();
-    }
-
-    #[test]
-    fn urls_are_checked_and_passwords_hidden() {
-        assert!(check_url("sqlite:prod.db").is_ok());
-        assert!(check_url("postgres://bulkhead@db/bulkhead").is_ok());
-        assert!(check_url("mysql://db/x").is_err());
-        assert_eq!(
-            redact("postgres://u:secret@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert!(!check_url("nonsense://u:secret@db")
-            .unwrap_err()
-            .contains("secret"));
     }
 }

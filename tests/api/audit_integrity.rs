@@ -134,7 +134,7 @@ async fn connect(dir: &Path, env: &str) -> AnyConnection {
             let path = if env == "server" {
                 data_dir(dir).join("bulkhead.db")
             } else {
-                bulkhead::store::environment_file(&data_dir(dir), env)
+                bulkhead::config::storage::environment_file(&data_dir(dir), env)
             };
             AnyConnection::connect(&format!("sqlite:{}", path.display()))
                 .await
@@ -395,7 +395,7 @@ async fn an_older_copy_or_another_chains_database_is_found() {
 async fn a_deleted_database_is_named_and_never_created() {
     let t = with_history().await;
     let dir = t.dir.path();
-    let file = bulkhead::store::environment_file(&data_dir(dir), "dev");
+    let file = bulkhead::config::storage::environment_file(&data_dir(dir), "dev");
     if on_postgres() {
         exec(dir, "server", "DROP SCHEMA bulkhead_env_dev CASCADE").await;
         assert_broken(dir, "dev", "(schema bulkhead_env_dev) does not exist");

@@ -681,7 +681,7 @@ pub async fn exec_sql(config_dir: &Path, env: &str, sql: &str) {
             let path = if env == "server" {
                 config.server.data_dir.join("bulkhead.db")
             } else {
-                bulkhead::store::environment_file(&config.server.data_dir, env)
+                bulkhead::config::storage::environment_file(&config.server.data_dir, env)
             };
             let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
                 .await

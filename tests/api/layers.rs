@@ -32,13 +32,6 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// Layers an edge may not reach past: it asks operations, which ask the store.
 const NOT_FROM_EDGES: &[&str] = &["store"];
 
-/// Imports against the layers that are still to be moved, each with what is in the wrong room.
-/// The list only shrinks: a new one fails the tests below, and so does one listed here that is
-/// gone (take it off).
-const STILL_TO_MOVE: &[(&str, &str)] = &[
-    ("config", "store"), // storage URLs are validated by the store
-];
-
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS
         .iter()
@@ -161,37 +154,12 @@ fn imports() -> BTreeMap<String, BTreeMap<String, PathBuf>> {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let edges = graph.entry(module.clone()).or_default();
         for named in named_modules(&production_code(&text)) {
-            let known = STILL_TO_MOVE.contains(&(module.as_str(), named.as_str()));
-            if named != module && !known {
+            if named != module {
                 edges.entry(named).or_insert_with(|| file.clone());
             }
         }
     }
     graph
-}
-
-#[test]
-fn every_import_still_to_move_is_still_there() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
-    let mut found = BTreeSet::new();
-    for file in files {
-        let Some(module) = module_of(&file) else {
-            continue;
-        };
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        for named in named_modules(&production_code(&text)) {
-            found.insert((module.clone(), named));
-        }
-    }
-    let gone: Vec<_> = STILL_TO_MOVE
-        .iter()
-        .filter(|(m, n)| !found.contains(&(m.to_string(), n.to_string())))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "moved, take them off STILL_TO_MOVE: {gone:?}"
-    );
 }
 
 #[test]

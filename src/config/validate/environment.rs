@@ -55,7 +55,7 @@ impl Validator {
         let paths = self.strings(block, "paths", &ctx);
         let storage = self.string(block, "storage", &ctx);
         if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
-            if let Err(problem) = crate::store::check_url(url) {
+            if let Err(problem) = super::super::storage::check_url(url) {
                 self.error(a.line, format!("{ctx}: storage: {problem}"));
             }
         }

@@ -37,7 +37,7 @@ impl Validator {
             .unwrap_or_else(|| DATA_DIR.into());
         let storage = self.string(block, "storage", "server");
         if let (Some(url), Some(a)) = (&storage, attr(block, "storage")) {
-            if let Err(problem) = crate::store::check_url(url) {
+            if let Err(problem) = super::super::storage::check_url(url) {
                 self.error(a.line, format!("server: storage: {problem}"));
             }
         }
