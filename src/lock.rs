@@ -99,6 +99,10 @@ pub const PLAN: &str = "OperationTypePlan";
 /// (36 bytes); a longer ID is refused, so that no lock, and no record of one, carries more.
 pub const ID_LIMIT: usize = 1024;
 
+/// How long a reader's plan lock is remembered: a plan whose client died never sends its
+/// UNLOCK, and one older than this is forgotten when the next is taken.
+pub const READ_LOCK_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl LockInfo {
     /// Parses a LOCK body. The fields that only describe the client (`Who`, `Info`, `Path`,
     /// `Version`) are kept to [`crate::audit::TEXT_CAP`] bytes each, with a marker, so the

@@ -136,7 +136,8 @@ pub struct Change {
     pub approvals: Vec<Approval>,
     /// Approvals the environment requires.
     pub required: u32,
-    /// Computed when the change is read: `approved`, `pending`, `expired`, or the status.
+    /// `approved`, `pending`, `expired`, or the status: what [`Change::at`] found, at the
+    /// time the change is shown (empty as the store reads it).
     pub readiness: String,
     pub closed_at: Option<String>,
     pub closed_by: Option<String>,
@@ -195,6 +196,12 @@ impl Readiness {
 }
 
 impl Change {
+    /// The change as shown at `now`, its readiness filled in.
+    pub fn at(mut self, now: DateTime<Utc>) -> Change {
+        self.readiness = self.readiness(now).label().to_string();
+        self
+    }
+
     pub fn readiness(&self, now: DateTime<Utc>) -> Readiness {
         if self.status != Status::Open {
             return Readiness::Closed(self.status);

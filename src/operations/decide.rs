@@ -81,5 +81,5 @@ pub async fn decide(
         .change(&env.name, env.required_approvals(), id.number)
         .await?;
     commit(tx, record, DONE).await?;
-    Ok(change)
+    Ok(change.map(|c| c.at(server.clock.now().as_datetime())))
 }

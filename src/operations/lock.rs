@@ -6,7 +6,7 @@ use super::unlock::release;
 use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
 use crate::audit::Record;
 use crate::changes::ChangeId;
-use crate::lock::LockInfo;
+use crate::lock::{LockInfo, READ_LOCK_KEPT};
 use crate::store::environment::NewLock;
 use crate::store::Tx;
 use crate::verdict::{Ask, Effect};
@@ -42,7 +42,9 @@ pub async fn lock(
     };
     let locked = match req.judge(record, &gathered, ask)? {
         Effect::ReadLock => {
-            tx.insert_read_lock(state, &info.id, &principal).await?;
+            let forget_before = req.server.clock.now().minus(READ_LOCK_KEPT);
+            tx.insert_read_lock(state, &info.id, &principal, forget_before)
+                .await?;
             Locked::ReadOnly
         }
         effect @ (Effect::TakeLock { change } | Effect::TakeOver { change }) => {

@@ -186,7 +186,7 @@ impl Server {
     pub async fn open_with(config: Config, clock: Clock) -> Result<Arc<Server>, OpenError> {
         let policy = Policy::compile(&config)?;
         let oidc = OidcVerifier::load(&config).await?;
-        let stores = Stores::open(&config).await?;
+        let stores = Stores::open_with(&config, clock.clone()).await?;
         Ok(Arc::new(Server {
             config,
             policy,

@@ -33,6 +33,7 @@ pub struct Proposal {
 
 /// A proposal that may go ahead, whose plan may now be read.
 pub struct Proposing<'a> {
+    server: &'a Server,
     env: &'a Environment,
     store: &'a EnvStore,
     state: StateName,
@@ -60,6 +61,7 @@ pub fn check<'a>(
     bounded("branch", proposal.branch.as_deref(), REF_LIMIT)?;
     bounded("commit", proposal.commit.as_deref(), REF_LIMIT)?;
     Ok(Proposing {
+        server,
         env,
         store,
         state,
@@ -105,6 +107,6 @@ impl Proposing<'_> {
             .await?;
         record.change = change.as_ref().map(|c| c.id.clone());
         commit(tx, record, CREATED).await?;
-        Ok(change)
+        Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
     }
 }

@@ -203,11 +203,14 @@ pub async fn changes(
             .collect(),
     };
     let mut listing = Listing::default();
+    let now = server.clock.now().as_datetime();
     for (env, store) in envs {
         listing.changes.extend(
             store
                 .changes(&env.name, env.required_approvals(), status)
-                .await?,
+                .await?
+                .into_iter()
+                .map(|c| c.at(now)),
         );
         for row in store.open_breakglass().await? {
             listing.breakglass.push(row.grant(&env.name));
@@ -232,6 +235,7 @@ pub async fn change(
     store
         .change(&env.name, env.required_approvals(), id.number)
         .await?
+        .map(|c| c.at(server.clock.now().as_datetime()))
         .ok_or_else(|| OpError::NotFound(format!("there is no change {text}")))
 }
 

@@ -296,7 +296,7 @@ pub(super) async fn open_chain(
                         "UPDATE audit_seal SET mac = $1, sealed_at = $2 WHERE id = 1 AND mac IS NULL",
                     )
                     .bind(&signed)
-                    .bind(super::now())
+                    .bind(crate::time::Clock::system().now().stored())
                     .execute(&mut *conn)
                     .await?;
                     opened = Opened::Sealed(*seq);

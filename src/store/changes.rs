@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, FromRow};
 
-use super::{now, EnvStore, StoreError, Tx};
+use super::{EnvStore, StoreError, Tx};
 use crate::changes::{Approval, BreakglassGrant, Change, ChangeId, PlanSummary, Status};
 use crate::lock::HeldLock;
 
@@ -75,7 +75,7 @@ async fn load(
     .bind(row.number)
     .fetch_all(&mut *conn)
     .await?;
-    let mut change = Change {
+    Ok(Change {
         id: ChangeId {
             environment: environment.to_string(),
             number: row.number,
@@ -108,9 +108,7 @@ async fn load(
         closed_by: row.closed_by,
         reason: row.reason,
         applied_version: row.applied_version,
-    };
-    change.readiness = change.readiness(chrono::Utc::now()).label().to_string();
-    Ok(change)
+    })
 }
 
 async fn fetch_change(
@@ -166,7 +164,7 @@ impl EnvStore {
     /// Open break-glass grants (not closed, not expired).
     pub async fn open_breakglass(&self) -> Result<Vec<Breakglass>, StoreError> {
         let mut conn = self.db.pool().acquire().await?;
-        open_breakglass(&mut conn, None).await
+        open_breakglass(&mut conn, None, &self.db.now()).await
     }
 
     /// The open grant a request of `principal` acts under (see [`grant_of`]).
@@ -175,7 +173,7 @@ impl EnvStore {
         principal: &str,
     ) -> Result<Option<Breakglass>, StoreError> {
         let mut conn = self.db.pool().acquire().await?;
-        grant_of(&mut conn, principal).await
+        grant_of(&mut conn, principal, &self.db.now()).await
     }
 }
 
@@ -184,19 +182,22 @@ impl EnvStore {
 async fn grant_of(
     conn: &mut AnyConnection,
     principal: &str,
+    now: &str,
 ) -> Result<Option<Breakglass>, StoreError> {
-    Ok(open_breakglass(conn, Some(principal)).await?.pop())
+    Ok(open_breakglass(conn, Some(principal), now).await?.pop())
 }
 
+/// The grants not closed and not expired at `now`, of `principal` when given.
 async fn open_breakglass(
     conn: &mut AnyConnection,
     principal: Option<&str>,
+    now: &str,
 ) -> Result<Vec<Breakglass>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT number, principal, reason, opened_at, expires_at, closed_at, closed_by FROM breakglass \
          WHERE closed_at IS NULL AND expires_at > $1 AND ($2 IS NULL OR principal = $2) ORDER BY number",
     )
-    .bind(now())
+    .bind(now)
     .bind(principal)
     .fetch_all(conn)
     .await?)
@@ -213,7 +214,7 @@ impl Tx<'_> {
         .bind(c.state)
         .bind(c.title)
         .bind(c.author)
-        .bind(now())
+        .bind(self.now())
         .bind(c.plan_sha256)
         .bind(summary)
         .bind(c.branch)
@@ -246,7 +247,7 @@ impl Tx<'_> {
         )
         .bind(number)
         .bind(approver)
-        .bind(now())
+        .bind(self.now())
         .bind(expires_at)
         .execute(self.conn())
         .await?;
@@ -267,7 +268,7 @@ impl Tx<'_> {
              WHERE number = $6 AND status = 'open'",
         )
         .bind(status.as_str())
-        .bind(now())
+        .bind(self.now())
         .bind(by)
         .bind(reason)
         .bind(applied_version)
@@ -333,7 +334,8 @@ impl Tx<'_> {
         &mut self,
         principal: &str,
     ) -> Result<Option<Breakglass>, StoreError> {
-        grant_of(self.conn(), principal).await
+        let now = self.now();
+        grant_of(self.conn(), principal, &now).await
     }
 
     pub async fn insert_breakglass(
@@ -347,7 +349,7 @@ impl Tx<'_> {
         )
         .bind(principal)
         .bind(reason)
-        .bind(now())
+        .bind(self.now())
         .bind(expires_at)
         .fetch_one(self.conn())
         .await?;
@@ -365,7 +367,7 @@ impl Tx<'_> {
 
     pub async fn close_breakglass(&mut self, number: i64, by: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE breakglass SET closed_at = $1, closed_by = $2 WHERE number = $3 AND closed_at IS NULL")
-            .bind(now())
+            .bind(self.now())
             .bind(by)
             .bind(number)
             .execute(self.conn())

@@ -18,8 +18,9 @@ use sha2::Digest;
 use sqlx::any::AnyRow;
 use sqlx::{Any, FromRow, Row};
 
-use super::{lock_ignoring_poison, now, Epoch, Serialized, StoreError, Tx};
+use super::{lock_ignoring_poison, Epoch, Serialized, StoreError, Tx};
 use crate::audit::Record;
+use crate::time::Timestamp;
 
 pub struct EnvStore {
     pub(super) db: Serialized,
@@ -450,7 +451,7 @@ impl Tx<'_> {
         .bind(v.lock_id)
         .bind(i64::from(v.forced))
         .bind(i64::from(v.content.is_none()))
-        .bind(now())
+        .bind(self.now())
         .bind(v.change_number)
         .bind(v.content.and_then(crate::history::fingerprint))
         .execute(self.conn())
@@ -486,7 +487,7 @@ impl Tx<'_> {
     /// Takes the lock of `state` for the identity in `lock`, which names the change it is
     /// taken for, if any.
     pub async fn insert_lock(&mut self, state: &str, lock: &NewLock<'_>) -> Result<(), StoreError> {
-        let taken = now();
+        let taken = self.now();
         sqlx::query(
             "INSERT INTO locks (state, lock_id, principal, branch, subject, operation, info, \
              created_at, change_number, active_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -509,7 +510,7 @@ impl Tx<'_> {
     /// Records that the holder of `state`'s lock is alive (a renewal or a write under it).
     pub async fn touch_lock(&mut self, state: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE locks SET active_at = $1 WHERE state = $2")
-            .bind(now())
+            .bind(self.now())
             .bind(state)
             .execute(self.conn())
             .await?;
@@ -533,20 +534,20 @@ impl Tx<'_> {
         )
     }
 
-    /// Records a reader's plan lock, and forgets those older than a day (a plan whose client
-    /// died never sends its UNLOCK).
+    /// Records a reader's plan lock, and forgets those taken before `forget_before`.
     pub async fn insert_read_lock(
         &mut self,
         state: &str,
         lock_id: &str,
         principal: &str,
+        forget_before: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        let cutoff = (chrono::Utc::now() - chrono::Duration::days(1))
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        sqlx::query("DELETE FROM read_locks WHERE created_at < $1")
-            .bind(cutoff)
-            .execute(self.conn())
-            .await?;
+        if let Some(before) = forget_before {
+            sqlx::query("DELETE FROM read_locks WHERE created_at < $1")
+                .bind(before.stored())
+                .execute(self.conn())
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO read_locks (lock_id, state, principal, created_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (lock_id) DO UPDATE SET state = excluded.state, \
@@ -555,7 +556,7 @@ impl Tx<'_> {
         .bind(lock_id)
         .bind(state)
         .bind(principal)
-        .bind(now())
+        .bind(self.now())
         .execute(self.conn())
         .await?;
         Ok(())

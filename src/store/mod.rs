@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, Mutex, MutexGuard};
 use crate::audit::{AuditKey, ChainKey, ChainProblem, Head, Record};
 use crate::config::storage::{Kind, Location};
 use crate::config::{AuditSync, Config, Environment};
+use crate::time::Clock;
 pub use audit::ChainReader;
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
@@ -167,10 +168,14 @@ pub const SERVER_CHAIN: &str = "server";
 pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
     create_dir(&config.server.data_dir)?;
     let key = AuditKey::for_server(&config.server.audit_key_file)?;
-    open_system_with(config, &key).await
+    open_system_with(config, &key, &Clock::system()).await
 }
 
-async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore, StoreError> {
+async fn open_system_with(
+    config: &Config,
+    key: &AuditKey,
+    clock: &Clock,
+) -> Result<SystemStore, StoreError> {
     let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
     let chain = Chain::new(SERVER_CHAIN, key, &config.server.checkpoint_dir);
     let db = open(
@@ -178,11 +183,12 @@ async fn open_system_with(config: &Config, key: &AuditKey) -> Result<SystemStore
         chain,
         migrations,
         config.server.audit_sync,
+        clock,
     )
     .await?;
     Ok(SystemStore {
         db,
-        recent: system::RecentTokens::new(config.server.token_cache),
+        recent: system::RecentTokens::new(config.server.token_cache, clock.clone()),
     })
 }
 
@@ -243,14 +249,20 @@ pub struct Stores {
     environments: HashMap<String, EnvStore>,
     unavailable: HashMap<String, Unavailable>,
     key: AuditKey,
-    clock: crate::time::Clock,
+    clock: Clock,
 }
 
 impl Stores {
+    /// Opens every database, stamping what it stores with the system clock.
     pub async fn open(config: &Config) -> Result<Stores, StoreError> {
+        Stores::open_with(config, Clock::system()).await
+    }
+
+    /// [`Stores::open`], stamping what is stored with `clock` (the one decisions read).
+    pub async fn open_with(config: &Config, clock: Clock) -> Result<Stores, StoreError> {
         create_dir(&config.server.data_dir.join("environments"))?;
         let key = AuditKey::for_server(&config.server.audit_key_file)?;
-        let system = open_system_with(config, &key).await?;
+        let system = open_system_with(config, &key, &clock).await?;
         let mut environments = HashMap::new();
         let mut unavailable = HashMap::new();
         for env in &config.environments {
@@ -259,7 +271,15 @@ impl Stores {
             let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
             // One environment's database harms only that environment: the server starts and
             // serves the others.
-            match open(&location, chain, migrations, config.server.audit_sync).await {
+            match open(
+                &location,
+                chain,
+                migrations,
+                config.server.audit_sync,
+                &clock,
+            )
+            .await
+            {
                 Ok(db) => {
                     let recent = Default::default();
                     environments.insert(env.name.clone(), EnvStore { db, recent });
@@ -284,7 +304,7 @@ impl Stores {
             environments,
             unavailable,
             key,
-            clock: crate::time::Clock::system(),
+            clock,
         })
     }
 
@@ -466,6 +486,7 @@ async fn open(
     mut chain: Chain,
     (sqlite, postgres): (&'static Migrator, &'static Migrator),
     sync: AuditSync,
+    clock: &Clock,
 ) -> Result<Serialized, StoreError> {
     sqlx::any::install_default_drivers();
     let name = location.describe();
@@ -605,6 +626,7 @@ async fn open(
         Arc::new(chain),
         kind,
         schema.as_deref(),
+        clock.clone(),
     ))
 }
 
@@ -811,6 +833,8 @@ pub struct Serialized {
     writer_key: i64,
     writer: Arc<Mutex<()>>,
     commits: Arc<GroupCommit>,
+    /// What every time this database stores is read from.
+    clock: Clock,
 }
 
 impl Serialized {
@@ -820,6 +844,7 @@ impl Serialized {
         chain: Arc<Chain>,
         kind: Kind,
         schema: Option<&str>,
+        clock: Clock,
     ) -> Self {
         let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
         let mut key = [0u8; 8];
@@ -832,7 +857,13 @@ impl Serialized {
             writer_key: i64::from_be_bytes(key),
             writer: Arc::new(Mutex::new(())),
             commits: Arc::default(),
+            clock,
         }
+    }
+
+    /// The time to store now, as the database's clock tells it.
+    pub(super) fn now(&self) -> String {
+        self.clock.now().stored()
     }
 
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
@@ -851,6 +882,7 @@ impl Serialized {
             _guard: guard,
             tx,
             chain: &self.chain,
+            clock: &self.clock,
             appended: None,
             written: Vec::new(),
         })
@@ -1002,6 +1034,7 @@ pub struct Tx<'a> {
     _guard: MutexGuard<'a, ()>,
     tx: Transaction<'static, Any>,
     chain: &'a Chain,
+    clock: &'a Clock,
     /// The chain's head after the records appended in this transaction.
     appended: Option<Head>,
     /// The versions written in this transaction: (state, version, sha256).
@@ -1009,6 +1042,10 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The time to store now, as the database's clock tells it.
+    pub(super) fn now(&self) -> String {
+        self.clock.now().stored()
+    }
     pub async fn commit(self) -> Result<(), StoreError> {
         let chain = self.chain;
         self.tx
@@ -1064,12 +1101,6 @@ impl Tx<'_> {
     fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
-}
-
-/// Now, as stored: RFC 3339 in UTC with microseconds, so text order is time order (the form
-/// is defined once, by [`crate::time::Timestamp::stored`]).
-pub fn now() -> String {
-    crate::time::Clock::system().now().stored()
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! that name no known environment.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::FromRow;
 
-use super::{lock_ignoring_poison, now, Serialized, StoreError};
+use super::{lock_ignoring_poison, Serialized, StoreError};
 use crate::audit::Record;
+use crate::time::{Clock, Timestamp};
 
 pub struct SystemStore {
     pub(super) db: Serialized,
@@ -19,38 +20,46 @@ pub struct SystemStore {
 /// at once; one revoked by another process stops working within `ttl`.
 pub(super) struct RecentTokens {
     ttl: Duration,
-    rows: std::sync::Mutex<HashMap<String, (TokenRow, Instant)>>,
+    /// What a row's age is told by (so that a test can let it age).
+    clock: Clock,
+    rows: std::sync::Mutex<HashMap<String, (TokenRow, Timestamp)>>,
 }
 
 /// The most token rows kept; past it, rows no longer fresh are dropped, then all.
 const RECENT_TOKENS_MAX: usize = 10_000;
 
 impl RecentTokens {
-    pub(super) fn new(ttl: Duration) -> RecentTokens {
+    pub(super) fn new(ttl: Duration, clock: Clock) -> RecentTokens {
         RecentTokens {
             ttl,
+            clock,
             rows: std::sync::Mutex::default(),
         }
+    }
+
+    fn fresh(&self, read_at: Timestamp, now: Timestamp) -> bool {
+        now.since(read_at) < self.ttl
     }
 
     fn get(&self, id: &str) -> Option<TokenRow> {
         let rows = lock_ignoring_poison(&self.rows);
         let (row, read_at) = rows.get(id)?;
-        (read_at.elapsed() < self.ttl).then(|| row.clone())
+        self.fresh(*read_at, self.clock.now()).then(|| row.clone())
     }
 
     fn keep(&self, row: &TokenRow) {
         if self.ttl.is_zero() {
             return;
         }
+        let now = self.clock.now();
         let mut rows = lock_ignoring_poison(&self.rows);
         if rows.len() >= RECENT_TOKENS_MAX {
-            rows.retain(|_, (_, read_at)| read_at.elapsed() < self.ttl);
+            rows.retain(|_, (_, read_at)| self.fresh(*read_at, now));
             if rows.len() >= RECENT_TOKENS_MAX {
                 rows.clear();
             }
         }
-        rows.insert(row.id.clone(), (row.clone(), Instant::now()));
+        rows.insert(row.id.clone(), (row.clone(), now));
     }
 
     fn forget(&self, id: &str) {
@@ -82,7 +91,7 @@ impl SystemStore {
             .bind(id)
             .bind(principal)
             .bind(hash)
-            .bind(now())
+            .bind(tx.now())
             .execute(tx.conn())
             .await?;
         tx.append_record(record).await?;
@@ -120,7 +129,7 @@ impl SystemStore {
         let mut tx = self.db.begin().await?;
         let done =
             sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now())
+                .bind(tx.now())
                 .bind(id)
                 .execute(tx.conn())
                 .await?

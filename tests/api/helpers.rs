@@ -30,6 +30,7 @@ use bulkhead::config::Config;
 use bulkhead::http::App;
 use bulkhead::identity::{token, Principal};
 use bulkhead::store::environment::VersionMeta;
+use bulkhead::time::{Clock, Shift};
 use reqwest::{Method, StatusCode};
 
 /// Three environments. alice and bob develop (team app), pat runs the platform (team
@@ -79,6 +80,9 @@ pub struct TestApp {
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// Moves the server's clock forward: what a test that waits for an expiry does instead of
+    /// sleeping.
+    pub clock: Shift,
     tokens: HashMap<String, String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -138,7 +142,8 @@ async fn spawn_app_on(config_text: &str) -> TestApp {
 pub async fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
     let config_path = dir.path().join("bulkhead.hcl");
     let config = Config::load(&config_path).expect("test config is valid");
-    let app = App::open(config).await.expect("server opens");
+    let (clock, shift) = Clock::shifted();
+    let app = App::open_with(config, clock).await.expect("server opens");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -163,6 +168,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
         app,
         dir,
         client: reqwest::Client::new(),
+        clock: shift,
         tokens,
         shutdown: Some(tx),
     }
@@ -505,13 +511,6 @@ impl<'a> LockRequest<'a> {
         let body = lock_info(&id, &self.operation).into_bytes();
         self.request.body(body).send().await
     }
-}
-
-/// Waits until something granted for one second (an approval, a break-glass grant) has run
-/// out. On the wall clock, as a test cannot move the server's clock yet: the one
-/// place to change when it can.
-pub async fn wait_for_expiry() {
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 }
 
 pub fn assert_status(resp: &reqwest::Response, want: StatusCode) {

@@ -523,18 +523,41 @@ mod tests {
             c["iat"] = (now + 20).into();
         });
         assert!(v.verify(None, &slightly).await.is_ok());
+        // How far ahead is counted from the verifier's own now, which may be a second on.
+        let seconds_after = |why: &str, prefix: &str| -> u64 {
+            let rest = why.strip_prefix(prefix).unwrap_or_else(|| panic!("{why}"));
+            rest.split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{why}"))
+        };
         let nbf = sign(&pem, Some("k1"), |c| c["nbf"] = (now + 300).into());
         let why = refusal(v.verify(None, &nbf).await);
-        assert!(
-            why.starts_with("the token is not valid yet: its nbf (not before) is 30"),
-            "{why}"
-        );
+        let ahead = seconds_after(&why, "the token is not valid yet: its nbf (not before) is ");
+        assert!((298..=300).contains(&ahead), "{why}");
         let iat = sign(&pem, Some("k1"), |c| c["iat"] = (now + 300).into());
         let why = refusal(v.verify(None, &iat).await);
-        assert!(why.starts_with("the token says it was issued 30"), "{why}");
+        let ahead = seconds_after(&why, "the token says it was issued ");
+        assert!((298..=300).contains(&ahead), "{why}");
         let text = sign(&pem, Some("k1"), |c| c["iat"] = "yesterday".into());
         let why = refusal(v.verify(None, &text).await);
         assert_eq!(why, "the token's iat claim is not a number of seconds");
+    }
+
+    #[test]
+    fn how_far_ahead_a_token_is_is_said_in_seconds() {
+        let now = 1_800_000_000;
+        let ahead = serde_json::json!({ "nbf": now + 300, "iat": now });
+        assert_eq!(
+            times(&ahead, now).unwrap_err(),
+            "the token is not valid yet: its nbf (not before) is 300 s from now; use it after that time"
+        );
+        let issued = serde_json::json!({ "iat": now + 300 });
+        assert!(times(&issued, now)
+            .unwrap_err()
+            .starts_with("the token says it was issued 300 s in the future (iat)"));
+        let within = serde_json::json!({ "nbf": now + LEEWAY, "iat": now + LEEWAY });
+        assert_eq!(times(&within, now), Ok(()));
     }
 
     #[tokio::test]
