@@ -6,10 +6,11 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use sqlx::{AnyConnection, Connection, Executor};
+use sqlx::{AnyConnection, Executor};
 use tokio::sync::oneshot;
 
-use super::{audit, lock_ignoring_poison, take_writer_lock, Chain, Connections, Kind, StoreError};
+use super::dialect::Dialect;
+use super::{audit, lock_ignoring_poison, Chain, Connections, StoreError};
 use crate::audit::{index_due, Head, Record};
 
 /// A span of time in which nothing was written to a database but this server's group commits
@@ -85,8 +86,7 @@ impl Failure {
 pub(super) struct Target {
     pub connections: Arc<Connections>,
     pub chain: Arc<Chain>,
-    pub kind: Kind,
-    pub writer_key: i64,
+    pub dialect: Dialect,
     /// This server's lock on writing to the database.
     pub writer: Arc<tokio::sync::Mutex<()>>,
 }
@@ -199,7 +199,7 @@ impl GroupCommit {
     /// PostgreSQL's WAL writer does the same by itself.
     /// Called by a group commit, holding the writer lock.
     fn flush_soon(self: &Arc<Self>, target: &Target) {
-        if !target.connections.relaxed || target.kind != Kind::Sqlite {
+        if !target.connections.relaxed || target.dialect.flushes_by_itself() {
             return;
         }
         if self.unflushed.fetch_add(1, Ordering::SeqCst) + 1 == FLUSH_AFTER {
@@ -289,19 +289,16 @@ async fn commit(target: &Target, head: Option<&Head>, batch: &[Queued]) -> Resul
             .insert_after(chain_key, head, &records)
             .map_err(|e| Failure::of(&target.chain, e));
     }
-    let (kind, key) = (target.kind, target.writer_key);
+    let dialect = target.dialect;
     target
         .connections
         .records
         .run(async |conn: &mut AnyConnection| {
-            if let (Kind::Sqlite, Some(head)) = (kind, head) {
+            // The writer lock held here is the only writer's: the head is still the newest.
+            if let (true, Some(head)) = (dialect.one_writer_process(), head) {
                 return audit::insert_after(conn, chain_key, head, &records).await;
             }
-            let mut tx = match kind {
-                Kind::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-                Kind::Postgres => conn.begin().await?,
-            };
-            take_writer_lock(&mut tx, kind, key).await?;
+            let mut tx = dialect.begin_on(conn).await?;
             let head = match head {
                 Some(head) => head.clone(),
                 None => audit::head(&mut tx).await?,

@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod changes;
+mod dialect;
 pub mod environment;
 mod group_commit;
 mod sqlite_appender;
@@ -25,21 +26,19 @@ pub mod system;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, Transaction};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 use crate::audit::{AuditKey, ChainKey, ChainProblem, Head, Record};
-use crate::config::storage::{Kind, Location};
+use crate::config::storage::Location;
 use crate::config::{AuditSync, Config, Environment};
 use crate::time::Clock;
 pub use audit::ChainReader;
+use dialect::{quote, Connect, Dialect};
 pub use environment::EnvStore;
 pub use group_commit::Epoch;
 use group_commit::GroupCommit;
@@ -394,31 +393,12 @@ async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
         location: name.clone(),
         source,
     };
-    let missing = || StoreError::Missing {
-        location: name.clone(),
-    };
-    let sqlite_file = |path: &Path| -> Result<AnyConnectOptions, StoreError> {
-        if !path.is_file() {
-            return Err(missing());
-        }
-        let url = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .to_url_lossy();
-        AnyConnectOptions::from_url(&url).map_err(opened)
-    };
-    let (options, schema) = match location {
-        Location::File(path) => (sqlite_file(path)?, None),
-        Location::Url { url, schema } => match location.kind() {
-            Kind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url).map_err(opened)?;
-                (sqlite_file(options.get_filename())?, None)
-            }
-            Kind::Postgres => (
-                AnyConnectOptions::from_str(url).map_err(opened)?,
-                Some(schema.clone()),
-            ),
-        },
+    let dialect = Dialect::of(location);
+    let Some(Connect { options, schema }) = dialect.connect_existing(location).map_err(opened)?
+    else {
+        return Err(StoreError::Missing {
+            location: name.clone(),
+        });
     };
     if let Some(schema) = &schema {
         let mut conn = options.connect().await.map_err(opened)?;
@@ -429,7 +409,9 @@ async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
                 .await
                 .map_err(opened)?;
         if exists.is_none() {
-            return Err(missing());
+            return Err(StoreError::Missing {
+                location: name.clone(),
+            });
         }
     }
     let session = schema.map(|schema| {
@@ -438,7 +420,7 @@ async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
             quote(&schema)
         )
     });
-    probe(&options, session.as_deref().unwrap_or("SELECT 1"))
+    probe(dialect, &options, session.as_deref().unwrap_or("SELECT 1"))
         .await
         .map_err(opened)?;
     AnyPoolOptions::new()
@@ -460,12 +442,15 @@ async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
 
 /// Connects once, runs `session` and reads the schema, within [`OPEN_TIMEOUT`]: a file that is
 /// not a database, or a server that does not answer, fails here with its reason.
-async fn probe(options: &AnyConnectOptions, session: &str) -> Result<(), sqlx::Error> {
+async fn probe(
+    dialect: Dialect,
+    options: &AnyConnectOptions,
+    session: &str,
+) -> Result<(), sqlx::Error> {
     let attempt = async {
         let mut conn = options.connect().await?;
         conn.execute(session).await?;
-        // Opening a SQLite file reads nothing; the first look at its schema does.
-        if options.database_url.scheme() == "sqlite" {
+        if dialect.probes_schema() {
             conn.execute("SELECT count(*) FROM sqlite_master").await?;
         }
         sqlx::Connection::close(conn).await
@@ -484,7 +469,7 @@ async fn probe(options: &AnyConnectOptions, session: &str) -> Result<(), sqlx::E
 async fn open(
     location: &Location,
     mut chain: Chain,
-    (sqlite, postgres): (&'static Migrator, &'static Migrator),
+    migrations: (&'static Migrator, &'static Migrator),
     sync: AuditSync,
     clock: &Clock,
 ) -> Result<Serialized, StoreError> {
@@ -494,53 +479,20 @@ async fn open(
         location: name.clone(),
         source,
     };
-    let kind = location.kind();
+    let dialect = Dialect::of(location);
     chain.location = name.clone();
-    let (options, schema) = match location {
-        Location::File(path) => {
-            let url = SqliteConnectOptions::new()
-                .filename(path)
-                .create_if_missing(true)
-                .to_url_lossy();
-            (AnyConnectOptions::from_url(&url).map_err(opened)?, None)
-        }
-        Location::Url { url, schema } => {
-            let mut url = url.clone();
-            if kind == Kind::Sqlite && !url.contains("mode=") {
-                url.push_str(if url.contains('?') {
-                    "&mode=rwc"
-                } else {
-                    "?mode=rwc"
-                });
-            }
-            let options = AnyConnectOptions::from_str(&url).map_err(opened)?;
-            (options, (kind == Kind::Postgres).then(|| schema.clone()))
-        }
-    };
-    let session = match &schema {
-        // Every connection works in this database's own schema.
-        Some(schema) => format!("SET search_path TO {}", quote(schema)),
-        // WAL lets readers go on while a write commits; FULL makes a commit durable.
-        None => "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON"
-            .to_string(),
-    };
+    let Connect { options, schema } = dialect.connect(location).map_err(opened)?;
+    let session = dialect.session(schema.as_deref());
     // The pool retries a connection its session statement failed on until its timeout; one
     // connection made first fails at once, with the database's reason.
-    probe(&options, &session).await.map_err(opened)?;
+    probe(dialect, &options, &session).await.map_err(opened)?;
     if let Some(schema) = &schema {
         create_schema(&options, schema).await.map_err(opened)?;
     }
     let pool_session = session.clone();
     let pool = AnyPoolOptions::new()
-        .max_connections(match kind {
-            Kind::Sqlite => 4,
-            Kind::Postgres => 16,
-        })
-        // sqlx tests every connection when it is returned to the pool anyway; testing it again
-        // when it is taken out is a second round trip per query, which only a server that may
-        // have gone away meanwhile warrants.
-        .test_before_acquire(kind == Kind::Postgres)
+        .max_connections(dialect.max_connections())
+        .test_before_acquire(dialect.tests_connections())
         .after_connect(move |conn, _| {
             let session = pool_session.clone();
             Box::pin(async move {
@@ -555,16 +507,13 @@ async fn open(
     // Group commits have a connection of their own; with audit_sync = "writes", one that
     // commits without waiting for the disk.
     let relaxed = sync == AuditSync::Writes;
-    let records_session = match (relaxed, kind) {
-        (false, _) => session.clone(),
-        (true, Kind::Sqlite) => format!("{session}; PRAGMA synchronous = NORMAL"),
-        (true, Kind::Postgres) => format!("{session}; SET synchronous_commit = off"),
+    let records_session = if relaxed {
+        dialect.relaxed(&session)
+    } else {
+        session.clone()
     };
-    let migrator = match kind {
-        Kind::Sqlite => sqlite,
-        Kind::Postgres => postgres,
-    };
-    migrator
+    dialect
+        .migrator(migrations)
         .run(&pool)
         .await
         .map_err(|source| StoreError::Migrate {
@@ -598,17 +547,9 @@ async fn open(
     let records = dedicated(records_session);
     // Where records are flushed later, group commits on a SQLite file are made on the calling
     // thread (see `sqlite_appender`); an in-memory database has no file to share.
-    let appender = match (relaxed, location) {
-        (true, Location::File(path)) => Some(path.clone()),
-        (true, Location::Url { url, .. }) if kind == Kind::Sqlite => {
-            SqliteConnectOptions::from_str(url)
-                .ok()
-                .map(|options| options.get_filename().to_path_buf())
-                .filter(|path| path.is_file())
-        }
-        _ => None,
-    };
-    let appender = appender
+    let appender = relaxed
+        .then(|| dialect.file(location))
+        .flatten()
         .map(|path| SqliteAppender::open(&path))
         .transpose()
         .map_err(|source| StoreError::OpenSqlite {
@@ -624,8 +565,7 @@ async fn open(
             relaxed,
         },
         Arc::new(chain),
-        kind,
-        schema.as_deref(),
+        dialect,
         clock.clone(),
     ))
 }
@@ -790,11 +730,6 @@ async fn create_schema(options: &AnyConnectOptions, schema: &str) -> Result<(), 
     Ok(())
 }
 
-/// A quoted SQL identifier.
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
 /// One database, and the rule that keeps what this server remembers of it true: **every write
 /// goes through the writer lock**. This struct is the only way to a connection (its pool and
 /// its transactions' connections are private to the store), so the rule cannot be bypassed.
@@ -828,9 +763,8 @@ pub struct Serialized {
     pool: AnyPool,
     connections: Arc<Connections>,
     chain: Arc<Chain>,
-    kind: Kind,
-    /// The advisory lock key on PostgreSQL.
-    writer_key: i64,
+    /// How this kind of database is written and flushed.
+    dialect: Dialect,
     writer: Arc<Mutex<()>>,
     commits: Arc<GroupCommit>,
     /// What every time this database stores is read from.
@@ -842,19 +776,14 @@ impl Serialized {
         pool: AnyPool,
         connections: Connections,
         chain: Arc<Chain>,
-        kind: Kind,
-        schema: Option<&str>,
+        dialect: Dialect,
         clock: Clock,
     ) -> Self {
-        let digest = Sha256::digest(format!("bulkhead:{}", schema.unwrap_or("")).as_bytes());
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&digest[..8]);
         Serialized {
             connections: Arc::new(connections),
             chain,
             pool,
-            kind,
-            writer_key: i64::from_be_bytes(key),
+            dialect,
             writer: Arc::new(Mutex::new(())),
             commits: Arc::default(),
             clock,
@@ -873,8 +802,8 @@ impl Serialized {
         // otherwise leave a transaction open on a pooled connection, holding the database's
         // write lock for good. The task always ends with a transaction value, whose drop
         // rolls back.
-        let (pool, kind, key) = (self.pool.clone(), self.kind, self.writer_key);
-        let tx = tokio::spawn(async move { begin(&pool, kind, key).await })
+        let (pool, dialect) = (self.pool.clone(), self.dialect);
+        let tx = tokio::spawn(async move { dialect.begin(&pool).await })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
             .map_err(|e| self.chain.explain(e))?;
@@ -926,8 +855,7 @@ impl Serialized {
             let target = group_commit::Target {
                 connections: self.connections.clone(),
                 chain: self.chain.clone(),
-                kind: self.kind,
-                writer_key: self.writer_key,
+                dialect: self.dialect,
                 writer: self.writer.clone(),
             };
             tokio::spawn(async move {
@@ -997,36 +925,6 @@ fn lock_ignoring_poison<T>(value: &std::sync::Mutex<T>) -> std::sync::MutexGuard
     value
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A write transaction, serialized as [`Serialized`] describes (the caller holds `writer`).
-async fn begin(
-    pool: &AnyPool,
-    kind: Kind,
-    writer_key: i64,
-) -> Result<Transaction<'static, Any>, StoreError> {
-    let mut tx = match kind {
-        Kind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Kind::Postgres => pool.begin().await?,
-    };
-    take_writer_lock(&mut tx, kind, writer_key).await?;
-    Ok(tx)
-}
-
-/// On PostgreSQL, the transaction advisory lock that serializes writers across instances
-/// (SQLite's `BEGIN IMMEDIATE` did the same already).
-pub(super) async fn take_writer_lock(
-    conn: &mut AnyConnection,
-    kind: Kind,
-    writer_key: i64,
-) -> Result<(), StoreError> {
-    if kind == Kind::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(writer_key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls everything back.
@@ -1150,7 +1048,7 @@ pub(crate) mod tests {
     async fn a_dedicated_connection_whose_transaction_sqlite_ended_is_replaced() {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().unwrap();
-        let url = SqliteConnectOptions::new()
+        let url = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.path().join("x.db"))
             .create_if_missing(true)
             .to_url_lossy();
