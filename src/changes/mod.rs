@@ -1,7 +1,7 @@
 //! Change requests to protected environments: proposed with a plan, approved by others than
 //! their author, applied once by the pipeline. This module holds the rules (pure): what a
 //! change is, when it may be applied ([`check_grant`]) and how it is decided on
-//! ([`resolution`]). Storage is in `store::changes`; the operations on changes are in
+//! ([`resolution`]). Storage is in `store::change_requests`; the operations on changes are in
 //! `operations::{propose, decide, breakglass}`.
 
 pub mod plan;

@@ -92,7 +92,7 @@ fn cap(max_connections: usize) -> usize {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then gives open connections
-/// [`GRACE`] to finish.
+/// `GRACE` to finish.
 pub async fn serve(
     router: Router,
     listener: std::net::TcpListener,

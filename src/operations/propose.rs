@@ -13,7 +13,7 @@ use crate::config::Environment;
 use crate::identity::Caller;
 use crate::policy::Action;
 use crate::state::{sha256_hex, StateName};
-use crate::store::changes::NewChange;
+use crate::store::change_requests::NewChange;
 use crate::store::EnvStore;
 
 /// The longest title a change may have, in bytes.

@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, AnyPool};
 
-use super::{Serialized, StoreError, Stores};
+use super::{Database, StoreError, Stores};
 use crate::audit::checkpoint::Chains;
 use crate::audit::verify::{Chain, Holdings, Outdated, Source};
 use crate::audit::{
@@ -339,8 +339,8 @@ struct Found {
     fields: Fields,
 }
 
-impl Serialized {
-    /// The records of this database's chain that match, oldest first ([`query`]).
+impl Database {
+    /// The records of this database's chain that match, oldest first (`query`).
     pub async fn query(&self, filter: &Filter) -> Result<Vec<Stored>, StoreError> {
         query(&self.pool, filter).await
     }

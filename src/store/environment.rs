@@ -18,27 +18,28 @@ use sha2::Digest;
 use sqlx::any::AnyRow;
 use sqlx::{Any, FromRow, Row};
 
-use super::{lock_ignoring_poison, Epoch, Serialized, StoreError, Tx};
+use super::{lock_ignoring_poison, Database, Epoch, StoreError, Tx};
 use crate::audit::Record;
 use crate::time::Timestamp;
 
 pub struct EnvStore {
-    pub(super) db: Serialized,
+    pub(super) db: Database,
     pub(super) recent: RecentContents,
 }
 
 /// Each state's newest version lately read, with its content when that fits in one chunk, and
-/// the epoch it was read in (see [`super::Serialized`] for why that makes it still the newest
+/// the epoch it was read in (see [`super::Database`] for why that makes it still the newest
 /// while the epoch lasts). Versions never change, so a content read once, and found to match
 /// its SHA-256 then, can be served again from memory without hashing it again. At most
 /// [`RECENT_CONTENTS_MAX`] bytes in all; past that, everything is dropped and refilled.
 #[derive(Default)]
 pub(super) struct RecentContents {
-    kept: std::sync::Mutex<Kept>,
+    kept: std::sync::Mutex<ContentsByState>,
 }
 
+/// The contents kept, by state, and their size in all.
 #[derive(Default)]
-struct Kept {
+struct ContentsByState {
     states: HashMap<String, Newest>,
     bytes: usize,
 }
@@ -61,7 +62,7 @@ impl RecentContents {
     fn keep(&self, state: &str, newest: Newest) {
         let mut kept = lock_ignoring_poison(&self.kept);
         if kept.bytes + newest.content.len() > RECENT_CONTENTS_MAX {
-            *kept = Kept::default();
+            *kept = ContentsByState::default();
         }
         kept.bytes += newest.content.len();
         if let Some(old) = kept.states.insert(state.to_string(), newest) {

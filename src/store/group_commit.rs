@@ -1,7 +1,7 @@
 //! Group commit of audit records that are written alone (reads, refusals): the records that
 //! arrive together are appended in one statement and one commit, and each request is answered
 //! once its own record is committed. The remembered head and the epochs it makes possible are
-//! part of the store's concurrency model, stated on [`super::Serialized`].
+//! part of the store's concurrency model, stated on [`super::Database`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use sqlx::{AnyConnection, Executor};
 use tokio::sync::oneshot;
 
+use super::chain::Chain;
+use super::database::Connections;
 use super::dialect::Dialect;
-use super::{audit, lock_ignoring_poison, Chain, Connections, StoreError};
+use super::{audit, lock_ignoring_poison, StoreError};
 use crate::audit::{index_due, Head, Record};
 
 /// A span of time in which nothing was written to a database but this server's group commits
@@ -22,7 +24,7 @@ pub type Epoch = u64;
 #[derive(Default)]
 pub(super) struct GroupCommit {
     queue: std::sync::Mutex<Vec<Queued>>,
-    known: std::sync::Mutex<Known>,
+    known: std::sync::Mutex<HeadAndEpoch>,
     /// A flush of relaxed commits is scheduled.
     flush_due: AtomicBool,
     /// Relaxed commits since the last flush.
@@ -31,8 +33,9 @@ pub(super) struct GroupCommit {
     flush_now: tokio::sync::Notify,
 }
 
+/// What this server knows of the chain between its group commits.
 #[derive(Default)]
-struct Known {
+struct HeadAndEpoch {
     /// The head after this server's last group commit, while nothing else may have appended.
     head: Option<Head>,
     epoch: Epoch,
@@ -82,8 +85,8 @@ impl Failure {
     }
 }
 
-/// What a group commit works with.
-pub(super) struct Target {
+/// The parts of a [`super::Database`] that a group commit, in a task of its own, works with.
+pub(super) struct DatabaseParts {
     pub connections: Arc<Connections>,
     pub chain: Arc<Chain>,
     pub dialect: Dialect,
@@ -125,7 +128,7 @@ impl GroupCommit {
     }
 
     /// Appends everything queued (the caller holds the writer lock).
-    pub async fn commit_queued(self: Arc<Self>, target: &Target) {
+    pub async fn commit_queued(self: Arc<Self>, parts: &DatabaseParts) {
         let batch: Vec<Queued> = {
             let mut queue = lock_ignoring_poison(&self.queue);
             let n = queue.len().min(MAX_RECORDS);
@@ -135,7 +138,7 @@ impl GroupCommit {
             return;
         }
         if self.unflushed.load(Ordering::SeqCst) >= FLUSH_AT_MOST_AFTER {
-            self.flush(&target.connections).await;
+            self.flush(&parts.connections).await;
         }
         // The head stays known while this commit is under way: nothing but this commit can
         // append (the caller holds the writer lock), so reads meanwhile are still answered
@@ -149,7 +152,7 @@ impl GroupCommit {
             .partition(|q| q.only_in.is_none() || (head.is_some() && q.only_in == Some(epoch)));
         answer(stale, Ok(false));
         let fast = match &head {
-            Some(head) => commit(target, Some(head), &batch).await.ok(),
+            Some(head) => commit(parts, Some(head), &batch).await.ok(),
             None => None,
         };
         let relearned = fast.is_none();
@@ -165,7 +168,7 @@ impl GroupCommit {
                 if batch.is_empty() {
                     Ok(None)
                 } else {
-                    commit(target, None, &batch).await.map(Some)
+                    commit(parts, None, &batch).await.map(Some)
                 }
             }
         };
@@ -178,9 +181,9 @@ impl GroupCommit {
         }
         if let Ok(Some(new_head)) = &outcome {
             if !batch.is_empty() {
-                target.chain.wrote();
-                target.chain.appended(new_head.clone());
-                self.flush_soon(target);
+                parts.chain.wrote();
+                parts.chain.appended(new_head.clone());
+                self.flush_soon(parts);
             }
         }
         let index_due = match &outcome {
@@ -189,7 +192,7 @@ impl GroupCommit {
         };
         answer(batch, outcome.map(|_| true));
         if index_due {
-            index(&target.connections).await;
+            index(&parts.connections).await;
         }
     }
 
@@ -198,8 +201,8 @@ impl GroupCommit {
     /// flushes the write-ahead log first, as this does before it takes the writer lock).
     /// PostgreSQL's WAL writer does the same by itself.
     /// Called by a group commit, holding the writer lock.
-    fn flush_soon(self: &Arc<Self>, target: &Target) {
-        if !target.connections.relaxed || target.dialect.flushes_by_itself() {
+    fn flush_soon(self: &Arc<Self>, parts: &DatabaseParts) {
+        if !parts.connections.relaxed || parts.dialect.flushes_by_itself() {
             return;
         }
         if self.unflushed.fetch_add(1, Ordering::SeqCst) + 1 == FLUSH_AFTER {
@@ -208,8 +211,8 @@ impl GroupCommit {
         if self.flush_due.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (this, connections) = (self.clone(), target.connections.clone());
-        let writer = target.writer.clone();
+        let (this, connections) = (self.clone(), parts.connections.clone());
+        let writer = parts.writer.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(FLUSH_WITHIN) => {}
@@ -281,16 +284,20 @@ fn answer(batch: Vec<Queued>, outcome: Result<bool, Failure>) {
 /// transaction from interleaving with it, and the primary key refuses it if the chain grew
 /// meanwhile. Otherwise it is a serialized transaction, so that it cannot slip between another
 /// writer's read of the head and its append.
-async fn commit(target: &Target, head: Option<&Head>, batch: &[Queued]) -> Result<Head, Failure> {
+async fn commit(
+    parts: &DatabaseParts,
+    head: Option<&Head>,
+    batch: &[Queued],
+) -> Result<Head, Failure> {
     let records: Vec<&Record> = batch.iter().map(|q| &q.record).collect();
-    let chain_key = &target.chain.key;
-    if let (Some(appender), Some(head)) = (&target.connections.appender, head) {
+    let chain_key = &parts.chain.key;
+    if let (Some(appender), Some(head)) = (&parts.connections.appender, head) {
         return appender
             .insert_after(chain_key, head, &records)
-            .map_err(|e| Failure::of(&target.chain, e));
+            .map_err(|e| Failure::of(&parts.chain, e));
     }
-    let dialect = target.dialect;
-    target
+    let dialect = parts.dialect;
+    parts
         .connections
         .records
         .run(async |conn: &mut AnyConnection| {
@@ -308,5 +315,5 @@ async fn commit(target: &Target, head: Option<&Head>, batch: &[Queued]) -> Resul
             Ok(new_head)
         })
         .await
-        .map_err(|e: StoreError| Failure::of(&target.chain, e))
+        .map_err(|e: StoreError| Failure::of(&parts.chain, e))
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use sqlx::FromRow;
 
-use super::{lock_ignoring_poison, Serialized, StoreError};
+use super::{lock_ignoring_poison, Database, StoreError};
 use crate::audit::Record;
 use crate::time::{Clock, Timestamp};
 
 pub struct SystemStore {
-    pub(super) db: Serialized,
+    pub(super) db: Database,
     pub(super) recent: RecentTokens,
 }
 

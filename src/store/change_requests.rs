@@ -167,7 +167,7 @@ impl EnvStore {
         open_breakglass(&mut conn, None, &self.db.now()).await
     }
 
-    /// The open grant a request of `principal` acts under (see [`grant_of`]).
+    /// The open grant a request of `principal` acts under (see `grant_of`).
     pub async fn open_breakglass_for(
         &self,
         principal: &str,
@@ -329,7 +329,7 @@ impl Tx<'_> {
         Ok(v)
     }
 
-    /// The open grant a request of `principal` acts under (see [`grant_of`]).
+    /// The open grant a request of `principal` acts under (see `grant_of`).
     pub async fn open_breakglass_for(
         &mut self,
         principal: &str,

@@ -1,0 +1,347 @@
+//! Opening databases: each one's location connected to (within a time limit, so a file that is
+//! no database or a server that does not answer fails with its reason), migrated, and its audit
+//! chain readied; or, for verification, opened read-only without creating anything.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{ConnectOptions, Executor};
+use tokio::sync::Mutex;
+
+use super::chain::Chain;
+use super::database::{usable, Connections, Database, OwnConnection};
+use super::dialect::{quote, Connect, Dialect};
+use super::sqlite_appender::SqliteAppender;
+use super::{audit, system, ChainReader, StoreError, SystemStore, POSTGRES_SYSTEM, SQLITE_SYSTEM};
+use crate::audit::AuditKey;
+use crate::config::storage::Location;
+use crate::config::{AuditSync, Config, Environment};
+use crate::time::Clock;
+
+pub(super) fn create_dir(path: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(path).map_err(|source| StoreError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The name of the server-wide database's audit chain.
+pub const SERVER_CHAIN: &str = "server";
+
+/// Opens only the server-wide database (tokens), for commands that need nothing else.
+pub async fn open_system(config: &Config) -> Result<SystemStore, StoreError> {
+    create_dir(&config.server.data_dir)?;
+    let key = AuditKey::for_server(&config.server.audit_key_file)?;
+    open_system_with(config, &key, &Clock::system()).await
+}
+
+pub(super) async fn open_system_with(
+    config: &Config,
+    key: &AuditKey,
+    clock: &Clock,
+) -> Result<SystemStore, StoreError> {
+    let migrations = (&SQLITE_SYSTEM, &POSTGRES_SYSTEM);
+    let chain = Chain::new(SERVER_CHAIN, key, &config.server.checkpoint_dir);
+    let db = open(
+        &config.system_location(),
+        chain,
+        migrations,
+        config.server.audit_sync,
+        clock,
+    )
+    .await?;
+    Ok(SystemStore {
+        db,
+        recent: system::RecentTokens::new(config.server.token_cache, clock.clone()),
+    })
+}
+
+/// How long opening one database may take before it is given up as unopenable: long enough
+/// for a PostgreSQL server across a network, far shorter than the pool's 30 s, which a file
+/// that is not a database would otherwise wait out in full.
+pub(super) const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An environment whose database could not be opened or brought up to date when the server
+/// started: it is refused with a 503 saying so, and every other environment is served.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    /// The database, as errors name it (a file, or a redacted URL).
+    pub location: String,
+    /// Why it could not be opened, as the database or the driver said it.
+    pub cause: String,
+}
+
+impl Unavailable {
+    pub(super) fn of(location: &Location, e: &StoreError) -> Unavailable {
+        let cause = match e {
+            StoreError::Open { source, .. } => cause_of(source),
+            StoreError::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(source),
+                ..
+            } => cause_of(source),
+            StoreError::Database(source) => cause_of(source),
+            e => e.to_string(),
+        };
+        Unavailable {
+            location: location.describe(),
+            cause,
+        }
+    }
+
+    /// The sentence a request to the environment is refused with.
+    pub fn sentence(&self, environment: &str) -> String {
+        format!(
+            "environment {environment} is unavailable: its database {} cannot be opened ({}); \
+             the other environments are served",
+            self.location, self.cause
+        )
+    }
+}
+
+/// The database's own words where it gave some ("file is not a database"), else the driver's.
+pub(super) fn cause_of(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// One audit chain's database, opened for reading only.
+pub struct ReadOnly {
+    /// The chain's name: [`SERVER_CHAIN`] or an environment's.
+    pub chain: String,
+    /// An environment's database (which holds states and changes besides its chain).
+    pub environment: bool,
+    /// The database, or why it cannot be read (one that does not exist is not created).
+    pub database: Result<ChainReader, StoreError>,
+}
+
+/// Every audit chain's database, the server's first, opened for reading only, as verification
+/// needs them: nothing is created or migrated, and a database that does not exist is an error
+/// naming it.
+pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
+    sqlx::any::install_default_drivers();
+    let mut out = vec![ReadOnly {
+        chain: SERVER_CHAIN.into(),
+        environment: false,
+        database: open_existing(&config.system_location()).await,
+    }];
+    let mut envs: Vec<&Environment> = config.environments.iter().collect();
+    envs.sort_by(|a, b| a.name.cmp(&b.name));
+    for env in envs {
+        out.push(ReadOnly {
+            chain: env.name.clone(),
+            environment: true,
+            database: open_existing(&config.environment_location(env)).await,
+        });
+    }
+    out
+}
+
+pub(super) async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
+    let name = location.describe();
+    let opened = |source| StoreError::Open {
+        location: name.clone(),
+        source,
+    };
+    let dialect = Dialect::of(location);
+    let Some(Connect { options, schema }) = dialect.connect_existing(location).map_err(opened)?
+    else {
+        return Err(StoreError::Missing {
+            location: name.clone(),
+        });
+    };
+    if let Some(schema) = &schema {
+        let mut conn = options.connect().await.map_err(opened)?;
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(opened)?;
+        if exists.is_none() {
+            return Err(StoreError::Missing {
+                location: name.clone(),
+            });
+        }
+    }
+    let session = schema.map(|schema| {
+        format!(
+            "SET search_path TO {}; SET default_transaction_read_only = on",
+            quote(&schema)
+        )
+    });
+    probe(dialect, &options, session.as_deref().unwrap_or("SELECT 1"))
+        .await
+        .map_err(opened)?;
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                if let Some(session) = session {
+                    conn.execute(session.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map(|pool| ChainReader { pool })
+        .map_err(opened)
+}
+
+/// Connects once, runs `session` and reads the schema, within [`OPEN_TIMEOUT`]: a file that is
+/// not a database, or a server that does not answer, fails here with its reason.
+pub(super) async fn probe(
+    dialect: Dialect,
+    options: &AnyConnectOptions,
+    session: &str,
+) -> Result<(), sqlx::Error> {
+    let attempt = async {
+        let mut conn = options.connect().await?;
+        conn.execute(session).await?;
+        if dialect.probes_schema() {
+            conn.execute("SELECT count(*) FROM sqlite_master").await?;
+        }
+        sqlx::Connection::close(conn).await
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", OPEN_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// Opens a database of either kind, applies its migrations (SQLite's, PostgreSQL's) and readies
+/// its audit chain for appending under the chain's key ([`audit::open_chain`]).
+pub(super) async fn open(
+    location: &Location,
+    mut chain: Chain,
+    migrations: (&'static Migrator, &'static Migrator),
+    sync: AuditSync,
+    clock: &Clock,
+) -> Result<Database, StoreError> {
+    sqlx::any::install_default_drivers();
+    let name = location.describe();
+    let opened = |source| StoreError::Open {
+        location: name.clone(),
+        source,
+    };
+    let dialect = Dialect::of(location);
+    chain.location = name.clone();
+    let Connect { options, schema } = dialect.connect(location).map_err(opened)?;
+    let session = dialect.session(schema.as_deref());
+    // The pool retries a connection its session statement failed on until its timeout; one
+    // connection made first fails at once, with the database's reason.
+    probe(dialect, &options, &session).await.map_err(opened)?;
+    if let Some(schema) = &schema {
+        create_schema(&options, schema).await.map_err(opened)?;
+    }
+    let pool_session = session.clone();
+    let pool = AnyPoolOptions::new()
+        .max_connections(dialect.max_connections())
+        .test_before_acquire(dialect.tests_connections())
+        .after_connect(move |conn, _| {
+            let session = pool_session.clone();
+            Box::pin(async move {
+                conn.execute(session.as_str()).await?;
+                Ok(())
+            })
+        })
+        .after_release(|conn, _| Box::pin(async move { Ok(usable(conn).await) }))
+        .connect_with(options.clone())
+        .await
+        .map_err(opened)?;
+    // Group commits have a connection of their own; with audit_sync = "writes", one that
+    // commits without waiting for the disk.
+    let relaxed = sync == AuditSync::Writes;
+    let records_session = if relaxed {
+        dialect.relaxed(&session)
+    } else {
+        session.clone()
+    };
+    dialect
+        .migrator(migrations)
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            location: name.clone(),
+            source,
+        })?;
+    {
+        let conn = &mut *pool.acquire().await?;
+        match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
+            Ok(crate::audit::Opened::Intact) => {}
+            Ok(crate::audit::Opened::Sealed(n)) => tracing::info!(
+                chain = %chain.name,
+                records = n,
+                "verified and sealed the audit records written before records were keyed"
+            ),
+            Err(problem) => {
+                return Err(StoreError::Chain {
+                    location: name,
+                    problem,
+                })
+            }
+        }
+        chain.appended(audit::head(conn).await?);
+    }
+    let dedicated = |session| OwnConnection {
+        options: options.clone(),
+        session,
+        conn: Mutex::default(),
+    };
+    let lookups = dedicated(session);
+    let records = dedicated(records_session);
+    // Where records are flushed later, group commits on a SQLite file are made on the calling
+    // thread (see `sqlite_appender`); an in-memory database has no file to share.
+    let appender = relaxed
+        .then(|| dialect.file(location))
+        .flatten()
+        .map(|path| SqliteAppender::open(&path))
+        .transpose()
+        .map_err(|source| StoreError::OpenSqlite {
+            location: location.describe(),
+            source,
+        })?;
+    Ok(Database::new(
+        pool,
+        Connections {
+            lookups,
+            records,
+            appender,
+            relaxed,
+        },
+        Arc::new(chain),
+        dialect,
+        clock.clone(),
+    ))
+}
+
+/// Creates a PostgreSQL schema unless it exists; two instances starting at once may race on
+/// it, so the second's failure is forgiven when the schema is there after all.
+pub(super) async fn create_schema(
+    options: &AnyConnectOptions,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let mut conn = options.connect().await?;
+    let created = conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)).as_str())
+        .await;
+    if let Err(e) = created {
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_optional(&mut conn)
+                .await?;
+        if exists.is_none() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
