@@ -47,9 +47,9 @@ impl HeldLock {
     /// When the holder last showed it is alive: its last write or renewal, or else when it
     /// took the lock. `None` when no stored time can be read.
     pub fn active_since(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(self.last_active())
+        crate::time::Timestamp::parse(self.last_active())
             .ok()
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| t.as_datetime())
     }
 
     /// Whether the lock has been idle longer than `lease` at `now`: it may then be taken over.

@@ -16,6 +16,7 @@ use crate::lock::{self, HeldLock, LockInfo};
 use crate::policy::{refusal, Action, Decision, Policy, RequestContext};
 use crate::principal::{self, Caller};
 use crate::state;
+use crate::time::Timestamp;
 
 /// What a request asks to do to a state.
 #[derive(Debug, Clone, Copy)]
@@ -443,7 +444,7 @@ impl Judge<'_, '_> {
                 )),
                 Ok(Some(end)) if f.now > end => Some(format!(
                     "the apply window of change {id} ended at {} ({} after lock {} was taken): release the lock and apply again under a fresh approval",
-                    end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    Timestamp::from(end).to_seconds(),
                     window_text(f.env),
                     held.lock_id
                 )),
@@ -595,12 +596,10 @@ fn apply_window_end(env: &Environment, held: &HeldLock) -> Result<Option<DateTim
     let Some(approval) = env.approval.as_ref() else {
         return Ok(None);
     };
-    let taken = DateTime::parse_from_rfc3339(&held.created_at).map_err(drop)?;
-    let window = chrono::Duration::from_std(approval.apply_window).map_err(drop)?;
+    let taken = Timestamp::parse(&held.created_at).map_err(drop)?;
     taken
-        .with_timezone(&Utc)
-        .checked_add_signed(window)
-        .map(Some)
+        .plus(approval.apply_window)
+        .map(|end| Some(end.as_datetime()))
         .ok_or(())
 }
 

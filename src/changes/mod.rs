@@ -206,7 +206,8 @@ impl Change {
         if self.status != Status::Open {
             return Readiness::Closed(self.status);
         }
-        let now = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        // Stored times are in one form whose text order is time order.
+        let now = crate::time::Timestamp::from(now).stored();
         let valid = self.approvals.iter().filter(|a| a.expires_at > now).count();
         if valid >= self.required as usize {
             Readiness::Approved

@@ -13,6 +13,7 @@ use super::{change_id, CliError, ConfigArg, Format};
 use crate::audit::{self, checkpoint, verify, AuditKey, Record};
 use crate::operations::audit_log::{self, AuditLog};
 use crate::text::printable;
+use crate::time::{Clock, Timestamp};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -88,22 +89,19 @@ fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliErr
     let Some(v) = value.as_deref() else {
         return Ok(None);
     };
-    let age = crate::config::parse_duration(v)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok());
-    let time = match age {
-        Some(age) => chrono::Utc::now() - age,
-        None => chrono::DateTime::parse_from_rfc3339(v)
-            .map_err(|e| {
-                CliError::Usage(format!(
-                    "--{name} {v}: {e}; write e.g. 2026-11-27T10:00:00Z or 1h"
-                ))
-            })?
-            .with_timezone(&chrono::Utc),
+    let time = match crate::config::parse_duration(v) {
+        Ok(age) => Clock::system().now().minus(age).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--{name} {v}: that is before any time; use a shorter age"
+            ))
+        })?,
+        Err(_) => Timestamp::parse(v).map_err(|_| {
+            CliError::Usage(format!(
+                "--{name} {v}: not RFC 3339 nor an age; write e.g. 2026-11-27T10:00:00Z or 1h"
+            ))
+        })?,
     };
-    Ok(Some(
-        time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    ))
+    Ok(Some(time.stored()))
 }
 
 impl LogArgs {

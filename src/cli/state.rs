@@ -236,9 +236,11 @@ fn held_locks(
         for s in &e.states {
             let Some(l) = &s.lock else { continue };
             let active_at = l.active_at.clone().unwrap_or_else(|| l.since.clone());
-            let idle_seconds = chrono::DateTime::parse_from_rfc3339(&active_at)
-                .ok()
-                .map(|t| now.signed_duration_since(t).num_seconds().max(0));
+            let idle_seconds = crate::time::Timestamp::parse(&active_at).ok().map(|t| {
+                now.signed_duration_since(t.as_datetime())
+                    .num_seconds()
+                    .max(0)
+            });
             rows.push(HeldRow {
                 environment: e.environment.clone(),
                 state: s.name.clone(),
