@@ -4,6 +4,7 @@
 //! ([`resolution`]). Storage is in `store::change_requests`; the operations on changes are in
 //! `operations::{propose, decide, breakglass}`.
 
+pub mod fingerprint;
 pub mod plan;
 pub mod resolution;
 
