@@ -103,6 +103,35 @@ impl Client {
             .await
     }
 
+    /// Attests, with the JSON of the saved plan about to be applied, that it does what change
+    /// `id`'s approved plan does; refused (409) naming what differs.
+    pub async fn attest(&self, id: &str, plan: Vec<u8>) -> Result<Change, ClientError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/v1/changes/{id}/attest")))
+            .header("Content-Type", "application/json")
+            .body(plan);
+        self.json(req).await
+    }
+
+    /// Replaces change `id`'s plan (its author only): its approvals are dismissed.
+    pub async fn replan(
+        &self,
+        id: &str,
+        plan: Vec<u8>,
+        commit: Option<&str>,
+    ) -> Result<Change, ClientError> {
+        let mut req = self
+            .http
+            .put(self.url(&format!("/v1/changes/{id}/plan")))
+            .header("Content-Type", "application/json")
+            .body(plan);
+        if let Some(commit) = commit {
+            req = req.query(&[("commit", commit)]);
+        }
+        self.json(req).await
+    }
+
     /// `verb` is approve, reject or cancel.
     pub async fn decide(
         &self,

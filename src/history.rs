@@ -111,10 +111,13 @@ pub fn fingerprint(content: &[u8]) -> Option<String> {
     serde_json::to_string(&out).ok()
 }
 
+fn digests(text: &str) -> Option<BTreeMap<String, String>> {
+    serde_json::from_str(text).ok()
+}
+
 /// How many instances were added, changed and removed between two fingerprints.
 pub fn count_changes(before: &str, after: &str) -> Option<(usize, usize, usize)> {
-    let parse = |text: &str| serde_json::from_str::<BTreeMap<String, String>>(text).ok();
-    let (before, after) = (parse(before)?, parse(after)?);
+    let (before, after) = (digests(before)?, digests(after)?);
     let added = after.keys().filter(|k| !before.contains_key(*k)).count();
     let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
     let changed = after
@@ -122,6 +125,24 @@ pub fn count_changes(before: &str, after: &str) -> Option<(usize, usize, usize)>
         .filter(|(k, v)| before.get(*k).is_some_and(|old| old != *v))
         .count();
     Some((added, changed, removed))
+}
+
+/// The addresses of the instances added, changed or removed between two fingerprints
+/// (`before`: `None` when there was no state); `None` when either cannot be read.
+pub fn touched(before: Option<&str>, after: &str) -> Option<Vec<String>> {
+    let before = match before {
+        Some(text) => digests(text)?,
+        None => BTreeMap::new(),
+    };
+    let after = digests(after)?;
+    let mut out: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
+        .collect();
+    out.sort();
+    Some(out)
 }
 
 /// Resource instances of a state by address; `None` when the content is not a readable state.
@@ -276,6 +297,9 @@ pub struct EnvironmentStatus {
     pub states: Vec<StateStatus>,
     pub pending_changes: Vec<String>,
     pub approved_changes: Vec<String>,
+    /// Changes whose writes went beyond their approved plan, newest first.
+    #[serde(default)]
+    pub diverged_changes: Vec<String>,
     pub breakglass: Vec<BreakglassGrant>,
     /// Why the environment is not served (its database could not be opened), if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]

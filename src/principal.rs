@@ -68,6 +68,8 @@ pub struct Caller {
     pub branch: Option<String>,
     /// The `sub` claim of a verified OIDC token: which workflow of which repository it is.
     pub subject: Option<String>,
+    /// The commit a pipeline runs, from a verified OIDC token's `sha` claim only.
+    pub commit: Option<String>,
 }
 
 impl Caller {

@@ -27,6 +27,9 @@ pub struct VersionMeta {
     /// `None` for versions written before they were taken, and contents that are not states.
     #[serde(skip)]
     pub resources: Option<String>,
+    /// The resource addresses it wrote beyond the plan of the change it was written under.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub beyond_plan: Vec<String>,
 }
 
 /// A state's name within its environment: `network`, `app/api`. Segments are non-empty,
@@ -206,6 +209,7 @@ mod tests {
             created_at: String::new(),
             change_number: None,
             resources: None,
+            beyond_plan: Vec::new(),
         }
     }
 

@@ -44,6 +44,17 @@ fn hidden(c: char) -> bool {
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}')
 }
 
+/// The first `shown` of `items` joined with `, `, and how many more there are: a list of a
+/// request's making (a state's addresses, a plan's) is bounded before a person reads it or a
+/// record keeps it.
+pub fn first_of<T: std::fmt::Display>(items: &[T], shown: usize) -> String {
+    let mut out: Vec<String> = items.iter().take(shown).map(ToString::to_string).collect();
+    if items.len() > shown {
+        out.push(format!("and {} more", items.len() - shown));
+    }
+    out.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

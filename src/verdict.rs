@@ -276,15 +276,7 @@ impl Judge<'_, '_> {
             return Err(changes::no_change_named(&f.env.name));
         };
         self.v.change = Some(text.to_string());
-        changes::check_grant(
-            f.env,
-            f.state,
-            text,
-            change,
-            f.caller.branch.as_deref(),
-            f.now,
-        )
-        .map(Grant::Change)
+        changes::check_grant(f.env, f.state, text, change, f.caller, f.now).map(Grant::Change)
     }
 
     /// The grant of a protected environment for a new write, or the refusal naming the step.
@@ -643,6 +635,7 @@ environment "prod" {
             principal: Principal::Service("ci-prod".into()),
             branch: Some(branch.into()),
             subject: Some(format!("repo:acme/infra:ref:refs/heads/{branch}")),
+            commit: None,
         }
     }
 
@@ -680,6 +673,10 @@ environment "prod" {
             closed_by: None,
             reason: None,
             applied_version: None,
+            revision: 1,
+            fingerprint: None,
+            attestation: None,
+            diverged: Vec::new(),
         }
     }
 
@@ -802,6 +799,7 @@ environment "prod" {
             principal: Principal::User(name.into()),
             branch: None,
             subject: None,
+            commit: None,
         }
     }
 

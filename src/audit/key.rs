@@ -123,10 +123,24 @@ impl AuditKey {
         CheckpointKey(self.derive("bulkhead audit checkpoints"))
     }
 
+    /// The key plans are fingerprinted with (`changes::fingerprint`): kept outside the
+    /// database like the chain's, so that the digests of a plan's values cannot be recomputed
+    /// from guesses by someone who reads the database.
+    pub fn plans(&self) -> PlanKey {
+        PlanKey(self.derived(PLAN_PURPOSE))
+    }
+
     /// A MAC ready to take input, keyed with a key derived from this one for `purpose`.
     fn derive(&self, purpose: &str) -> HmacSha256 {
-        let derived = mac(&self.bytes).chain_update(purpose.as_bytes()).finalize();
-        mac(&derived.into_bytes())
+        mac(&self.derived(purpose))
+    }
+
+    fn derived(&self, purpose: &str) -> [u8; 32] {
+        mac(&self.bytes)
+            .chain_update(purpose.as_bytes())
+            .finalize()
+            .into_bytes()
+            .into()
     }
 }
 
@@ -153,6 +167,24 @@ impl ChainKey {
     /// A MAC ready to take input.
     pub fn start(&self) -> HmacSha256 {
         self.0.clone()
+    }
+}
+
+const PLAN_PURPOSE: &str = "bulkhead plan fingerprints";
+
+/// The key plans are fingerprinted with.
+#[derive(Clone)]
+pub struct PlanKey([u8; 32]);
+
+impl fmt::Debug for PlanKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlanKey(..)")
+    }
+}
+
+impl PlanKey {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -24,7 +24,7 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use key::{AuditKey, ChainKey};
+pub use key::{AuditKey, ChainKey, PlanKey};
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -13,8 +13,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use crate::config::Environment;
+use crate::principal::{self, Caller};
 use serde::{Deserialize, Serialize};
 
+pub use fingerprint::Fingerprint;
 pub use plan::PlanSummary;
 pub use resolution::Resolution;
 
@@ -144,6 +146,50 @@ pub struct Change {
     pub closed_by: Option<String>,
     pub reason: Option<String>,
     pub applied_version: Option<i64>,
+    /// The plan's revision: 1 as proposed, moved on by each `change update`, which dismisses
+    /// the approvals and the attestation of the revision before.
+    #[serde(default = "first_revision")]
+    pub revision: i64,
+    /// The effect of the plan, fingerprinted under the server's plan key (`None` for a change
+    /// proposed before plans were fingerprinted). Digests only; not part of what is shown.
+    #[serde(skip)]
+    pub fingerprint: Option<Fingerprint>,
+    /// The pipeline identity that attested it applies this revision's plan, when one has.
+    #[serde(default)]
+    pub attestation: Option<Attestation>,
+    /// Resource addresses written under the change beyond its plan: when any, the change
+    /// diverged from what was approved.
+    #[serde(default)]
+    pub diverged: Vec<String>,
+}
+
+fn first_revision() -> i64 {
+    1
+}
+
+/// A pipeline's word, checked by the server against the approved plan's fingerprint, that the
+/// saved plan it will apply has the approved effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    pub principal: String,
+    /// The branch and OIDC subject its credentials proved.
+    pub branch: Option<String>,
+    pub subject: Option<String>,
+    pub at: String,
+}
+
+impl Attestation {
+    /// Whether `caller` is the very identity that attested (principal, branch, OIDC subject):
+    /// only it may apply on the strength of its attestation.
+    pub fn made_by(&self, caller: &Caller) -> bool {
+        self.principal == caller.principal.to_string()
+            && self.branch == caller.branch
+            && self.subject == caller.subject
+    }
+
+    pub fn describe(&self) -> String {
+        principal::describe_proved(&self.principal, self.branch.as_deref())
+    }
 }
 
 /// `<environment>-bg<number>`, e.g. `prod-bg3`: a break-glass grant's id.
@@ -271,17 +317,19 @@ pub fn no_change_named(environment: &str) -> String {
 }
 
 /// Whether the change named `text` (`change`: as found in the environment's store) lets a
-/// write to `state` go ahead for a caller whose verified branch is `branch`: the change's
-/// number, or the missing step in words. The server's refusals and `bulkhead policy explain`
-/// both come from here.
+/// write to `state` go ahead for `caller` (its verified branch, and, where the environment
+/// binds applies, its verified commit and its attestation): the change's number, or the
+/// missing step in words. The server's refusals and `bulkhead policy explain` both come from
+/// here.
 pub fn check_grant(
     env: &Environment,
     state: &str,
     text: &str,
     change: Option<&Change>,
-    branch: Option<&str>,
+    caller: &Caller,
     now: DateTime<Utc>,
 ) -> Result<i64, String> {
+    let branch = caller.branch.as_deref();
     let id = ChangeId::parse(text).map_err(|e| e.to_string())?;
     if id.environment != env.name {
         return Err(format!(
@@ -309,7 +357,111 @@ pub fn check_grant(
             Some(_) => {}
         }
     }
+    let binding = env.binding();
+    if binding.commit {
+        check_commit(env, change, caller)?;
+    }
+    if binding.plan {
+        check_attested(change, caller)?;
+    }
     Ok(id.number)
+}
+
+/// Commit binding: the commit the pipeline's OIDC token proves is the one the change was
+/// planned from.
+fn check_commit(env: &Environment, change: &Change, caller: &Caller) -> Result<(), String> {
+    let id = &change.id;
+    let redo = |sha: &str| {
+        format!("re-plan from {sha}, replace the change's plan with `bulkhead change update {id} --plan plan.json --commit {sha}` and have it approved again")
+    };
+    let Some(running) = caller.commit.as_deref() else {
+        return Err(format!(
+            "{} binds each apply to the commit its change was planned from, and these credentials prove no commit: the pipeline must authenticate with its CI provider's OIDC token, whose `sha` claim names the commit it runs",
+            env.name
+        ));
+    };
+    match change.commit.as_deref() {
+        None => Err(format!(
+            "change {id} names no commit, and {} binds each apply to the commit its plan was made from: {}",
+            env.name,
+            redo(running)
+        )),
+        Some(planned) if planned.eq_ignore_ascii_case(running) => Ok(()),
+        Some(planned) => Err(format!(
+            "change {id} was planned from commit {planned} (as its author claims), and this pipeline runs commit {running}: what was approved is not what would be applied; {}",
+            redo(running)
+        )),
+    }
+}
+
+/// Plan binding: the caller itself attested, with its own saved plan, that it applies the
+/// approved plan's effect.
+fn check_attested(change: &Change, caller: &Caller) -> Result<(), String> {
+    let id = &change.id;
+    let how = format!("run `terraform show -json tfplan > plan.json && bulkhead change attest {id} --plan plan.json` with these same credentials, then `terraform apply tfplan`");
+    match &change.attestation {
+        None => Err(format!(
+            "change {id} binds its apply to the approved plan, and no pipeline has attested that it applies that plan: {how}"
+        )),
+        Some(a) if a.made_by(caller) => Ok(()),
+        Some(a) => Err(format!(
+            "change {id}'s plan was attested by {}, and these credentials are {}: only the identity that attested may apply; {how}",
+            a.describe(),
+            principal::describe_proved(&caller.principal.to_string(), caller.branch.as_deref())
+        )),
+    }
+}
+
+/// The addresses of `touched` (resource instances a write added, changed or removed) that
+/// `change`'s plan does not change: what the write did beyond what was approved. Data sources
+/// are read on every run and are no change.
+pub fn beyond_plan<'a>(
+    change: &Change,
+    touched: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let s = &change.summary;
+    let planned = |a: &String| {
+        [&s.add, &s.change, &s.replace, &s.destroy]
+            .iter()
+            .any(|list| list.contains(a))
+    };
+    touched
+        .into_iter()
+        .filter(|a| !is_data_source(a) && !planned(a))
+        .cloned()
+        .collect()
+}
+
+/// Whether an instance address is a data source's: `data.x.y`, `module.m["k"].data.x.y`.
+fn is_data_source(address: &str) -> bool {
+    let mut rest = address;
+    loop {
+        if rest.starts_with("data.") {
+            return true;
+        }
+        let Some(after) = rest.strip_prefix("module.") else {
+            return false;
+        };
+        // The module's name, then its key if it has one, then the dot before the next step.
+        let name_end = after.find(['.', '[']).unwrap_or(after.len());
+        let mut next = &after[name_end..];
+        if next.starts_with('[') {
+            // A key in quotes may hold `].` itself: its end is the closing `"]`.
+            let close = if next.starts_with("[\"") {
+                next[2..].find("\"]").map(|i| i + 4)
+            } else {
+                next.find(']').map(|i| i + 1)
+            };
+            match close {
+                Some(end) => next = &next[end..],
+                None => return false,
+            }
+        }
+        match next.strip_prefix('.') {
+            Some(n) => rest = n,
+            None => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -344,11 +496,37 @@ mod tests {
             closed_by: None,
             reason: None,
             applied_version: None,
+            revision: 1,
+            fingerprint: None,
+            attestation: None,
+            diverged: Vec::new(),
         }
     }
 
     fn now() -> DateTime<Utc> {
         "2026-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn what_a_write_did_beyond_its_plan_is_named_data_sources_aside() {
+        let mut c = change(&[], 1);
+        c.summary.add = vec!["terraform_data.a".into()];
+        c.summary.destroy = vec!["module.m[\"x.y\"].aws_s3_bucket.b".into()];
+        let touched: Vec<String> = [
+            "terraform_data.a",
+            "terraform_data.extra",
+            "module.m[\"x.y\"].aws_s3_bucket.b",
+            "data.aws_caller_identity.me",
+            "module.net.data.aws_ami.x",
+            "module.m[\"x].y\"].data.aws_ami.x",
+            "module.m[0].aws_vpc.v",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            beyond_plan(&c, &touched),
+            vec!["terraform_data.extra", "module.m[0].aws_vpc.v"]
+        );
     }
 
     #[test]

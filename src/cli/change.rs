@@ -1,5 +1,5 @@
-//! `bulkhead change create|list|show|approve|reject|cancel` and `bulkhead breakglass
-//! open|close`: clients of a running server.
+//! `bulkhead change create|update|attest|list|show|approve|reject|cancel` and `bulkhead
+//! breakglass open|close`: clients of a running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,11 +45,32 @@ pub enum ChangeCommand {
     ///
     /// The plan is the JSON of a saved plan:
     ///   terraform plan -out plan.tfplan && terraform show -json plan.tfplan > plan.json
-    /// Once approved, the pipeline applies it with `?change=<id>` on the backend address.
+    /// The change records the commit the plan was made from (--commit, by default `git
+    /// rev-parse HEAD` when run in a repository; shown to approvers as claimed) and a
+    /// fingerprint of the plan's effect. Once approved, the pipeline applies it with
+    /// `?change=<id>` on the backend address.
     Create(CreateArgs),
+    /// Replace a change's plan (its author only): the change's next revision. The approvals
+    /// given to the plan before are dismissed, as is a pipeline's attestation: it must be
+    /// approved again.
+    ///
+    /// Example:
+    ///   bulkhead change update prod-7 --plan plan.json
+    Update(UpdateArgs),
+    /// As the pipeline, before `terraform apply tfplan`: attest that the saved plan you are
+    /// about to apply does what the change's approved plan does. The server compares the two
+    /// plans' effects and names the resources that differ; exit 1 when they do. Where the
+    /// environment has `pipeline { bind = "plan" }`, the change's lock is refused until the
+    /// identity taking it has attested.
+    ///
+    /// Example:
+    ///   terraform plan -out tfplan && terraform show -json tfplan > plan.json
+    ///   bulkhead change attest prod-7 --plan plan.json && terraform apply tfplan
+    Attest(AttestArgs),
     /// List changes (and open break-glass grants) of the environments you may read.
     List(ListArgs),
-    /// Show a change as a reviewer reads it: what it adds, changes and destroys.
+    /// Show a change as a reviewer reads it: what it adds, changes and destroys, the commit it
+    /// claims, its attestation; exit 1 when writes under it went beyond its plan (diverged).
     Show(IdArgs),
     /// Approve a change (approvers only; never your own).
     Approve(IdArgs),
@@ -75,9 +96,40 @@ pub struct CreateArgs {
     /// The branch the change comes from.
     #[arg(long)]
     branch: Option<String>,
-    /// The commit the plan was made from.
+    /// The commit the plan was made from (default: `git rev-parse HEAD`, when run in a
+    /// repository).
     #[arg(long)]
     commit: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The change id, e.g. prod-12.
+    id: String,
+    /// The new plan JSON (`terraform show -json plan.tfplan`).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The commit the new plan was made from (default: `git rev-parse HEAD`, when run in a
+    /// repository; else the change keeps the commit it named).
+    #[arg(long)]
+    commit: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// The change id, e.g. prod-12.
+    id: String,
+    /// The JSON of the saved plan about to be applied (`terraform show -json tfplan`).
+    #[arg(long)]
+    plan: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -119,15 +171,14 @@ impl ChangeCommand {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self {
             ChangeCommand::Create(args) => {
-                let plan = std::fs::read(&args.plan).map_err(|e| {
-                    CliError::Usage(format!("cannot read the plan {}: {e}", args.plan.display()))
-                })?;
+                let plan = read_plan(&args.plan)?;
+                let commit = args.commit.clone().or_else(head_commit);
                 let new = NewChange {
                     environment: &args.env,
                     state: &args.state,
                     title: args.title.as_deref(),
                     branch: args.branch.as_deref(),
-                    commit: args.commit.as_deref(),
+                    commit: commit.as_deref(),
                 };
                 let change = args.server.client()?.create_change(&new, plan).await?;
                 let id = printable(&change.id);
@@ -137,6 +188,45 @@ impl ChangeCommand {
                     "Change {id} proposed: {add} to add, {chg} to change, {destroy} to destroy. It needs {} approval(s): bulkhead change approve {id}",
                     change.required
                 );
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::Update(args) => {
+                let id = change_id(&args.id)?;
+                let plan = read_plan(&args.plan)?;
+                let commit = args.commit.clone().or_else(head_commit);
+                let client = args.server.client()?;
+                let change = client.replan(id, plan, commit.as_deref()).await?;
+                match args.format {
+                    Format::Json => print_json(&change)?,
+                    Format::Human => {
+                        let (add, chg, destroy) = change.summary.counts();
+                        println!(
+                            "{}: plan replaced (revision {}): {add} to add, {chg} to change, {destroy} to destroy. Approvals given before are dismissed: it needs {} approval(s) again.",
+                            printable(&change.id),
+                            change.revision,
+                            change.required
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCommand::Attest(args) => {
+                let id = change_id(&args.id)?;
+                let plan = read_plan(&args.plan)?;
+                let change = args.server.client()?.attest(id, plan).await?;
+                match args.format {
+                    Format::Json => print_json(&change)?,
+                    Format::Human => println!(
+                        "{}: the plan does what revision {} approved{}: apply that saved plan (`terraform apply tfplan`) with these same credentials.",
+                        printable(&change.id),
+                        change.revision,
+                        change
+                            .attestation
+                            .as_ref()
+                            .map(|a| format!(", attested by {}", printable(&a.describe())))
+                            .unwrap_or_default()
+                    ),
+                }
                 Ok(ExitCode::SUCCESS)
             }
             ChangeCommand::List(args) => {
@@ -157,7 +247,12 @@ impl ChangeCommand {
                     Format::Json => print_json(&change)?,
                     Format::Human => print!("{}", review(&change)),
                 }
-                Ok(ExitCode::SUCCESS)
+                // A change applied beyond its plan fails a CI step that shows it.
+                Ok(if change.diverged.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
             }
             ChangeCommand::Approve(args) => {
                 let id = change_id(&args.id)?;
@@ -187,6 +282,22 @@ async fn decide(args: ReasonArgs, verb: &str) -> Result<ExitCode, CliError> {
         .await?;
     println!("{}: {}", printable(&change.id), change.status.as_str());
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_plan(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the plan {}: {e}", path.display())))
+}
+
+/// The commit checked out where the command runs, when it runs in a git repository.
+fn head_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !sha.is_empty()).then_some(sha)
 }
 
 fn readiness_line(c: &Change) -> String {
@@ -219,7 +330,11 @@ fn print_listing(listing: &Listing) {
         println!(
             "{:<14} {:<10} {:<12} {:<20} {:<22} {}",
             printable(&c.id),
-            printable(&c.readiness),
+            if c.diverged.is_empty() {
+                printable(&c.readiness).into_owned()
+            } else {
+                format!("{}!DIVERGED", printable(&c.readiness))
+            },
             printable(&c.state),
             printable(&c.author),
             format!("{add}/{chg}/{destroy}"),
@@ -255,13 +370,24 @@ pub fn review(c: &Change) -> String {
     ));
     if c.branch.is_some() || c.commit.is_some() {
         line(format!(
-            "  source       branch {}  commit {}",
+            "  source       branch {}  commit {}  (as the author claims; not verified)",
             p(c.branch.as_deref().unwrap_or("-")),
             p(c.commit.as_deref().unwrap_or("-"))
         ));
     }
-    line(format!("  plan sha256  {}", p(&c.plan_sha256)));
+    line(format!(
+        "  plan sha256  {}  (revision {})",
+        p(&c.plan_sha256),
+        c.revision
+    ));
     line(format!("  status       {}", p(&readiness_line(c))));
+    if let Some(a) = &c.attestation {
+        line(format!(
+            "  attested by  {} at {}: the plan it applies does what this one does",
+            p(&a.describe()),
+            p(&a.at)
+        ));
+    }
     for a in &c.approvals {
         line(format!(
             "  approved by  {} at {} (valid until {})",
@@ -286,6 +412,15 @@ pub fn review(c: &Change) -> String {
     }
     for a in &c.summary.destroy {
         line(format!("  - {}   (DESTROYED)", p(a)));
+    }
+    if !c.diverged.is_empty() {
+        line(String::new());
+        line(format!(
+            "!! DIVERGED: writes under this change touched {} resource(s) beyond its approved plan: {}",
+            c.diverged.len(),
+            p(&c.diverged.join(", "))
+        ));
+        line("   They are stored (the state is what exists); `bulkhead state history` shows the versions, the audit log the writes.".to_string());
     }
     if c.summary.destroys_anything() {
         line(String::new());
@@ -389,6 +524,10 @@ mod tests {
             closed_by: None,
             reason: None,
             applied_version: None,
+            revision: 1,
+            fingerprint: None,
+            attestation: None,
+            diverged: Vec::new(),
         };
         let text = review(&change);
         assert!(

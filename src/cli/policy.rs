@@ -110,6 +110,10 @@ pub struct ExplainArgs {
     /// The branch the caller's OIDC token proves, e.g. main.
     #[arg(long)]
     branch: Option<String>,
+    /// The commit the caller's OIDC token proves (its `sha` claim), for an environment whose
+    /// pipeline binds applies to their commit.
+    #[arg(long)]
+    commit: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -173,6 +177,7 @@ impl PolicyCommand {
             principal: principal.clone(),
             branch: args.branch.clone(),
             subject: None,
+            commit: args.commit.as_deref().map(str::to_ascii_lowercase),
         };
         let now = Clock::system().now();
         // Releasing a lock is asked of one the caller took; force-unlocking, of another's.
@@ -183,6 +188,7 @@ impl PolicyCommand {
                     principal: Principal::User("someone-else".into()),
                     branch: None,
                     subject: None,
+                    commit: None,
                 },
                 &args.operation,
                 now,

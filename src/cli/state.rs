@@ -307,7 +307,7 @@ fn history_table(entries: &[HistoryEntry]) -> String {
             format!("+{} ~{} -{}", e.added, e.changed, e.removed)
         };
         out.push_str(&format!(
-            "{:>4}  {:<27}  {:<22}  {:<10}  {:>6}  {:>9}  {:<12}  {what}{}\n",
+            "{:>4}  {:<27}  {:<22}  {:<10}  {:>6}  {:>9}  {:<12}  {what}{}{}\n",
             m.version,
             printable(&m.created_at),
             printable(&m.principal),
@@ -315,7 +315,15 @@ fn history_table(entries: &[HistoryEntry]) -> String {
             m.serial.map_or("-".to_string(), |s| s.to_string()),
             m.size,
             printable(m.operation.as_deref().unwrap_or("-")),
-            if m.forced { " (forced)" } else { "" }
+            if m.forced { " (forced)" } else { "" },
+            if m.beyond_plan.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  !! DIVERGED: beyond its change's plan: {}",
+                    printable(&crate::text::first_of(&m.beyond_plan, 10))
+                )
+            }
         ));
     }
     out
@@ -397,6 +405,12 @@ fn status_text(envs: &[EnvironmentStatus]) -> String {
             out.push_str(&format!(
                 "  changes waiting for approval: {}\n",
                 printable(&e.pending_changes.join(", "))
+            ));
+        }
+        if !e.diverged_changes.is_empty() {
+            out.push_str(&format!(
+                "  !! DIVERGED: writes under {} went beyond the approved plan (`bulkhead change show ID` names the resources)\n",
+                printable(&e.diverged_changes.join(", "))
             ));
         }
         if !e.approved_changes.is_empty() {

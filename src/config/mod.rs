@@ -25,8 +25,8 @@ use std::path::Path;
 pub use self::error::ConfigError;
 pub use self::hcl::Diagnostic;
 pub use self::model::{
-    Approval, AuditSync, Breakglass, Config, Connections, Environment, Jwks, Oidc, Pipeline,
-    Server, Service, Subject, Tls, APPLY_WINDOW, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE,
+    Approval, AuditSync, Binding, Breakglass, Config, Connections, Environment, Jwks, Oidc,
+    Pipeline, Server, Service, Subject, Tls, APPLY_WINDOW, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE,
     DEFAULT_MAX_STATE_SIZE, IDENTITY_CLAIMS, TOKEN_CACHE,
 };
 pub use self::names::environment_name_ok;

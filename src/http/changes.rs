@@ -19,7 +19,7 @@ use crate::audit::Record;
 use crate::changes::{Resolution, Status};
 use crate::operations::propose::{self, Proposal};
 use crate::operations::OpError;
-use crate::operations::{breakglass, decide, read};
+use crate::operations::{attest, breakglass, decide, read};
 use crate::policy::Action;
 
 /// A proposal as it arrives; its query is refused only once the caller is known.
@@ -143,6 +143,79 @@ pub async fn show(
     let id = raw.param("id")?;
     let change = read::change(&app, &caller, peer.ip(), &mut record, &id).await?;
     Reply::json(StatusCode::OK, &change, false)
+}
+
+/// `POST /v1/changes/{id}/attest`.
+pub struct Attested;
+
+impl Route for Attested {
+    fn action(_: &Raw) -> &'static str {
+        "change:attest"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Attested)
+    }
+}
+
+/// `POST /v1/changes/{id}/attest` with the JSON of the saved plan the pipeline will apply:
+/// recorded when its effect is the approved plan's, refused (409) naming what differs.
+pub async fn attest(
+    State(app): State<Arc<App>>,
+    _: Begin<Attested>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let id = raw.param("id")?;
+    let attesting = attest::check(&app, &caller, peer.ip(), record, &id).await?;
+    let bytes = read_limited(&raw.headers, body, attesting.limit(), "max_plan_size").await?;
+    let change = attesting.attest(&caller, record, bytes).await?;
+    Reply::json(StatusCode::OK, &change, true)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplanParams {
+    commit: Option<String>,
+}
+
+/// `PUT /v1/changes/{id}/plan`.
+pub struct Replanned;
+
+impl Route for Replanned {
+    fn action(_: &Raw) -> &'static str {
+        "change:update"
+    }
+
+    fn read(_: &Raw, _: &mut Record) -> Result<Self, ApiError> {
+        Ok(Replanned)
+    }
+}
+
+/// `PUT /v1/changes/{id}/plan[?commit=]` with the JSON of a new saved plan: the change's next
+/// revision, its approvals dismissed.
+pub async fn replan(
+    State(app): State<Arc<App>>,
+    _: Begin<Replanned>,
+    Caller(caller): Caller,
+    audit: Audit,
+    raw: Raw,
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let mut record = audit.record().await;
+    let record = &mut *record;
+    let peer = raw.peer()?;
+    let id = raw.param("id")?;
+    let params: ReplanParams =
+        raw.query("PUT /v1/changes/ID/plan takes ?commit=SHA, optionally")?;
+    let replanning = propose::replan(&app, &caller, peer.ip(), record, &id, params.commit).await?;
+    let bytes = read_limited(&raw.headers, body, replanning.limit(), "max_plan_size").await?;
+    let change = replanning.replace(record, bytes).await?;
+    Reply::json(StatusCode::OK, &change, true)
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
@@ -49,6 +49,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/state/{env}/{*name}", any(backend::state))
         .route("/v1/changes", get(changes::list).post(changes::create))
         .route("/v1/changes/{id}", get(changes::show))
+        .route("/v1/changes/{id}/attest", post(changes::attest))
+        .route("/v1/changes/{id}/plan", put(changes::replan))
         .route("/v1/changes/{id}/{verb}", post(changes::decide))
         .route(
             "/v1/history/{env}/{*name}",

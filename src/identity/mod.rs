@@ -46,6 +46,7 @@ pub async fn authenticate(
             principal: Principal::Service(verified.service),
             branch: verified.branch,
             subject: verified.subject,
+            commit: verified.commit,
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
@@ -67,5 +68,6 @@ pub async fn authenticate(
         principal,
         branch: None,
         subject: None,
+        commit: None,
     })
 }

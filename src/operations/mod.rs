@@ -1,6 +1,6 @@
 //! What a caller can do, one file per thing: read a state, write it, lock it, unlock it,
-//! delete it, roll it back, propose a change, decide on one, open or close a break-glass
-//! grant. Each is a small function over the server's parts and a store transaction that
+//! delete it, roll it back, propose a change (or a new plan for it), attest to its plan,
+//! decide on one, open or close a break-glass grant. Each is a small function over the server's parts and a store transaction that
 //! reads the facts, asks the domain ([`crate::verdict`], [`crate::changes`]) and carries out
 //! the effect, filling in the facts of its audit record and committing that record with the
 //! effect, so that one cannot exist without the other.
@@ -9,6 +9,7 @@
 //! reads), which an edge maps to its own answers. They read every decision time from the
 //! [`Server`]'s [`Clock`], so that a test can move it.
 
+pub mod attest;
 pub mod audit_log;
 pub mod breakglass;
 pub mod decide;

@@ -1,19 +1,20 @@
 //! A change proposed to a protected environment, with the JSON of its saved plan: checked
-//! before the plan is read, then stored with its summary and the plan's SHA-256 (never the
-//! plan itself).
+//! before the plan is read, then stored with its summary, the plan's SHA-256 and the
+//! fingerprint of its effect (never the plan itself). Its plan can be replaced while it is
+//! open ([`replan`]), which dismisses the approvals given to the plan before.
 
 use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{bounded, commit, OpError, Server, CREATED};
+use super::{bounded, commit, OpError, Server, CREATED, DONE};
 use crate::audit::Record;
-use crate::changes::{plan, Change};
+use crate::changes::{fingerprint, plan, resolution, Change, ChangeId, Fingerprint};
 use crate::config::Environment;
 use crate::identity::Caller;
 use crate::policy::Action;
 use crate::state::{sha256_hex, StateName};
-use crate::store::change_requests::NewChange;
+use crate::store::change_requests::{NewChange, NewPlan};
 use crate::store::EnvStore;
 
 /// The longest title a change may have, in bytes.
@@ -60,6 +61,7 @@ pub fn check<'a>(
     bounded("title", proposal.title.as_deref(), TITLE_LIMIT)?;
     bounded("branch", proposal.branch.as_deref(), REF_LIMIT)?;
     bounded("commit", proposal.commit.as_deref(), REF_LIMIT)?;
+    require_commit(env, proposal.commit.as_deref())?;
     Ok(Proposing {
         server,
         env,
@@ -82,10 +84,8 @@ impl Proposing<'_> {
         record: &mut Record,
         bytes: Vec<u8>,
     ) -> Result<Option<Change>, OpError> {
-        let summary = plan::summarize(&bytes)
-            .map_err(|e| OpError::BadRequest(format!("the plan was not stored: {e}")))?;
-        let plan_sha256 = sha256_hex(&bytes);
-        // Only its summary and hash are kept: the plan need not be held while it is stored.
+        let read = Read::of(self.server, &bytes)?;
+        // Only what was read of it is kept: the plan need not be held while it is stored.
         drop(bytes);
         let (env, proposal) = (self.env, &self.proposal);
         let author = caller.principal.to_string();
@@ -96,10 +96,11 @@ impl Proposing<'_> {
                 state: self.state.as_str(),
                 title: title.trim(),
                 author: &author,
-                plan_sha256: &plan_sha256,
-                summary: &summary,
+                plan_sha256: &read.sha256,
+                summary: &read.summary,
                 branch: proposal.branch.as_deref(),
                 commit: proposal.commit.as_deref(),
+                fingerprint: &read.fingerprint,
             })
             .await?;
         let change = tx
@@ -107,6 +108,151 @@ impl Proposing<'_> {
             .await?;
         record.change = change.as_ref().map(|c| c.id.clone());
         commit(tx, record, CREATED).await?;
+        Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
+    }
+}
+
+/// What is kept of a plan: its summary, its SHA-256 and the fingerprint of its effect.
+pub(super) struct Read {
+    pub summary: plan::PlanSummary,
+    pub sha256: String,
+    pub fingerprint: Fingerprint,
+}
+
+impl Read {
+    /// Reads the plan JSON `bytes`, refused in words when it is not one.
+    pub fn of(server: &Server, bytes: &[u8]) -> Result<Read, OpError> {
+        let not_stored = |e: String| OpError::BadRequest(format!("the plan was not stored: {e}"));
+        let summary = plan::summarize(bytes).map_err(not_stored)?;
+        let key = server.stores.audit_key().plans();
+        let fingerprint = fingerprint::fingerprint(bytes, key.bytes()).map_err(not_stored)?;
+        Ok(Read {
+            summary,
+            sha256: sha256_hex(bytes),
+            fingerprint,
+        })
+    }
+}
+
+/// Where the environment binds applies to their commit, a change must name the commit its plan
+/// was made from.
+fn require_commit(env: &Environment, commit: Option<&str>) -> Result<(), OpError> {
+    if env.binding().commit && commit.is_none_or(|c| c.trim().is_empty()) {
+        return Err(OpError::BadRequest(format!(
+            "{} binds each apply to the commit its plan was made from, and this plan names none: pass --commit SHA (the `git rev-parse HEAD` the plan was made at); nothing was stored",
+            env.name
+        )));
+    }
+    Ok(())
+}
+
+/// A new plan for an open change, by its author: the change's next revision. The approvals
+/// given before are dismissed (they approved another plan) and so is an attestation; refused
+/// while an apply holds a lock for the change.
+pub struct Replanning<'a> {
+    server: &'a Server,
+    env: &'a Environment,
+    store: &'a EnvStore,
+    id: ChangeId,
+    commit: Option<String>,
+}
+
+/// Checks that `caller` may replace the plan of the change `text` names, before the plan is
+/// read.
+pub async fn replan<'a>(
+    server: &'a Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+    record: &mut Record,
+    text: &str,
+    commit: Option<String>,
+) -> Result<Replanning<'a>, OpError> {
+    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
+    let (env, store) = server.environment(&id.environment)?;
+    record.change = Some(id.to_string());
+    record.environment = Some(env.name.clone());
+    let change = store
+        .change(&env.name, env.required_approvals(), id.number)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
+    record.state = Some(change.state.clone());
+    server.require(caller, record, Action::ChangeCreate, env, source_ip)?;
+    bounded("commit", commit.as_deref(), REF_LIMIT)?;
+    let me = caller.principal.to_string();
+    if change.author != me {
+        return Err(OpError::Forbidden(format!(
+            "change {id} was proposed by {}, not {me}: only its author replaces its plan; propose a change of your own with `bulkhead change create`",
+            change.author
+        )));
+    }
+    Ok(Replanning {
+        server,
+        env,
+        store,
+        id,
+        commit,
+    })
+}
+
+impl Replanning<'_> {
+    pub fn limit(&self) -> u64 {
+        self.env.max_plan_size
+    }
+
+    /// Stores the plan `bytes` as the change's next revision.
+    pub async fn replace(
+        self,
+        record: &mut Record,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Change>, OpError> {
+        let read = Read::of(self.server, &bytes)?;
+        drop(bytes);
+        let (env, id) = (self.env, &self.id);
+        let mut tx = self.store.begin().await?;
+        let change = tx
+            .change(&env.name, env.required_approvals(), id.number)
+            .await?
+            .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
+        resolution::check_open(&change, id).map_err(OpError::Conflict)?;
+        if let Some((state, held)) = tx.lock_for_change(id.number).await? {
+            return Err(OpError::Conflict(format!(
+                "change {id} is being applied (lock {} on {state}): its plan cannot be replaced during its apply; wait for the apply to end, or propose a new change",
+                held.lock_id
+            )));
+        }
+        // Without --commit the change keeps the commit it named, unless the environment binds
+        // applies to commits: a new plan is from a new commit, which must be named.
+        let named = self.commit.as_deref().filter(|c| !c.trim().is_empty());
+        if named.is_none() {
+            require_commit(env, None)?;
+        }
+        let planned_at = named.or(change.commit.as_deref());
+        let dismissed = tx
+            .replace_plan(
+                id.number,
+                NewPlan {
+                    plan_sha256: &read.sha256,
+                    summary: &read.summary,
+                    commit: planned_at,
+                    fingerprint: &read.fingerprint,
+                },
+            )
+            .await?;
+        let (add, chg, destroy) = read.summary.counts();
+        record.reason = Some(format!(
+            "plan replaced: revision {}, {add} to add, {chg} to change, {destroy} to destroy, commit {}; {}",
+            change.revision + 1,
+            planned_at.unwrap_or("none named"),
+            if dismissed.is_empty() {
+                "no approval to dismiss".to_string()
+            } else {
+                format!("approvals dismissed: {}", dismissed.join(", "))
+            }
+        ));
+        let change = tx
+            .change(&env.name, env.required_approvals(), id.number)
+            .await?;
+        commit(tx, record, DONE).await?;
         Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
     }
 }

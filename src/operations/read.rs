@@ -17,6 +17,9 @@ use crate::policy::Action;
 use crate::store::environment::VersionMeta;
 use crate::store::StoreError;
 
+/// The most diverged changes the status of one environment names.
+const DIVERGED_SHOWN: i64 = 20;
+
 /// A state's newest content, as the read found it.
 pub enum Content {
     /// Served from memory; its record, naming the version, is committed already.
@@ -259,6 +262,7 @@ pub async fn status(
                 states: Vec::new(),
                 pending_changes: Vec::new(),
                 approved_changes: Vec::new(),
+                diverged_changes: Vec::new(),
                 breakglass: Vec::new(),
                 lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
                 unavailable: Some(down.sentence(&env.name)),
@@ -298,6 +302,12 @@ pub async fn status(
         let (approved, pending): (Vec<_>, Vec<_>) = open
             .into_iter()
             .partition(|c| c.readiness(now) == Readiness::Approved);
+        let diverged = store
+            .diverged_changes(DIVERGED_SHOWN)
+            .await?
+            .into_iter()
+            .map(|n| ChangeId::new(&env.name, n).to_string())
+            .collect();
         let breakglass = store
             .open_breakglass()
             .await?
@@ -312,6 +322,7 @@ pub async fn status(
             states,
             pending_changes: pending.into_iter().map(|c| c.id).collect(),
             approved_changes: approved.into_iter().map(|c| c.id).collect(),
+            diverged_changes: diverged,
             breakglass,
             unavailable: None,
         });

@@ -78,6 +78,7 @@ pub async fn rollback(
             forced: record.forced,
             change_number: change,
             content: Some(&content),
+            beyond_plan: &[],
         })
         .await?;
     if let Some(number) = change {

@@ -1,10 +1,22 @@
 //! POST (or PUT): a new version of a state, under the lock the request names or, with
 //! `-lock=false`, unlocked. Judged twice: before the body is read (a refused writer's body is
 //! never read), and with the body, in the transaction that writes.
+//!
+//! A write under a change is compared with the change's plan: resource instances it adds,
+//! changes or removes that the plan does not are still stored (the state is the truth about
+//! the infrastructure), but the version and the change record them, the change is
+//! `diverged`, and the audit record names the addresses.
 
-use super::{commit, unexpected, OpError, StateRequest, DONE};
+use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
 use crate::audit::Record;
-use crate::state::{self, Document, Write};
+use crate::changes::{self, ChangeId};
+use crate::history;
+use crate::state::{self, Document, VersionMeta, Write};
+use crate::store::Tx;
+use crate::text::first_of;
+
+/// The most addresses beyond the plan an audit record names; the rest are counted.
+const ADDRESSES_SHOWN: usize = 20;
 use crate::store::environment::NewVersion;
 use crate::verdict::{Ask, Effect};
 
@@ -78,6 +90,21 @@ impl Writing<'_, '_> {
             commit(tx, record, DONE).await?;
             return Ok(Written::Unchanged);
         }
+        let beyond = match change {
+            Some(number) => {
+                diverged(
+                    &mut tx,
+                    req,
+                    record,
+                    &gathered,
+                    current.as_ref(),
+                    number,
+                    bytes,
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
         let version = tx
             .append_version(NewVersion {
                 state,
@@ -90,6 +117,7 @@ impl Writing<'_, '_> {
                 forced: record.forced,
                 change_number: change,
                 content: Some(bytes),
+                beyond_plan: &beyond,
             })
             .await?;
         if let Some(number) = change.filter(|_| use_up) {
@@ -99,4 +127,67 @@ impl Writing<'_, '_> {
         commit(tx, record, DONE).await?;
         Ok(Written::Version(version))
     }
+}
+
+/// The addresses the write of `bytes` under change `number` touches beyond the change's plan,
+/// recorded on the change (with those of its earlier writes) and in the audit record.
+async fn diverged(
+    tx: &mut Tx<'_>,
+    req: &StateRequest<'_>,
+    record: &mut Record,
+    gathered: &Gathered,
+    current: Option<&VersionMeta>,
+    number: i64,
+    bytes: &[u8],
+) -> Result<Vec<String>, OpError> {
+    let id = ChangeId::new(&req.env.name, number).to_string();
+    let Some(change) = [&gathered.lock_change, &gathered.named]
+        .into_iter()
+        .flatten()
+        .find(|c| c.id == id)
+    else {
+        return Ok(Vec::new());
+    };
+    let before = current
+        .filter(|c| !c.deleted)
+        .and_then(|c| c.resources.as_deref());
+    let touched = history::fingerprint(bytes).and_then(|after| history::touched(before, &after));
+    let Some(touched) = touched else {
+        note(record, format!("what it changed cannot be compared with change {id}'s plan: the content cannot be read as a Terraform state"));
+        return Ok(Vec::new());
+    };
+    let beyond = changes::beyond_plan(change, &touched);
+    if beyond.is_empty() {
+        return Ok(beyond);
+    }
+    let mut all = change.diverged.clone();
+    for address in &beyond {
+        if !all.contains(address) {
+            all.push(address.clone());
+        }
+    }
+    tx.mark_diverged(number, &all).await?;
+    tracing::warn!(
+        environment = %req.env.name,
+        state = %req.name.as_str(),
+        change = %id,
+        beyond = beyond.len(),
+        "a write under a change touched resources beyond its plan"
+    );
+    note(
+        record,
+        format!(
+            "DIVERGED: change {id} wrote beyond its approved plan: {}",
+            first_of(&beyond, ADDRESSES_SHOWN)
+        ),
+    );
+    Ok(beyond)
+}
+
+/// Adds `text` to the record's reason.
+fn note(record: &mut Record, text: String) {
+    record.reason = Some(match record.reason.take() {
+        Some(before) => format!("{before}; {text}"),
+        None => text,
+    });
 }

@@ -3,8 +3,11 @@
 use sqlx::{AnyConnection, FromRow};
 
 use super::{EnvStore, StoreError, Tx};
-use crate::changes::{Approval, BreakglassGrant, Change, ChangeId, PlanSummary, Status};
+use crate::changes::{
+    Approval, Attestation, BreakglassGrant, Change, ChangeId, Fingerprint, PlanSummary, Status,
+};
 use crate::lock::HeldLock;
+use crate::principal::Caller;
 
 #[derive(FromRow)]
 struct ChangeRow {
@@ -22,6 +25,13 @@ struct ChangeRow {
     closed_by: Option<String>,
     reason: Option<String>,
     applied_version: Option<i64>,
+    revision: i64,
+    fingerprint: Option<String>,
+    attested_by: Option<String>,
+    attested_branch: Option<String>,
+    attested_subject: Option<String>,
+    attested_at: Option<String>,
+    diverged: Option<String>,
 }
 
 /// A new change, as proposed.
@@ -33,6 +43,15 @@ pub struct NewChange<'a> {
     pub summary: &'a PlanSummary,
     pub branch: Option<&'a str>,
     pub commit: Option<&'a str>,
+    pub fingerprint: &'a Fingerprint,
+}
+
+/// A change's plan, replacing the one before (`change update`).
+pub struct NewPlan<'a> {
+    pub plan_sha256: &'a str,
+    pub summary: &'a PlanSummary,
+    pub commit: Option<&'a str>,
+    pub fingerprint: &'a Fingerprint,
 }
 
 #[derive(Debug, Clone, FromRow, serde::Serialize, serde::Deserialize)]
@@ -61,7 +80,12 @@ impl Breakglass {
 }
 
 const CHANGE_COLUMNS: &str = "number, state, title, author, created_at, plan_sha256, summary, \
-     branch, commit_sha, status, closed_at, closed_by, reason, applied_version";
+     branch, commit_sha, status, closed_at, closed_by, reason, applied_version, revision, \
+     fingerprint, attested_by, attested_branch, attested_subject, attested_at, diverged";
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
 
 async fn load(
     conn: &mut AnyConnection,
@@ -75,6 +99,26 @@ async fn load(
     .bind(row.number)
     .fetch_all(&mut *conn)
     .await?;
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("change {}: {what}: {e}", row.number))
+    };
+    let fingerprint = match &row.fingerprint {
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| corrupt("fingerprint", e))?),
+        None => None,
+    };
+    let diverged = match &row.diverged {
+        Some(text) => serde_json::from_str(text).map_err(|e| corrupt("diverged", e))?,
+        None => Vec::new(),
+    };
+    let attestation = match (row.attested_by, row.attested_at) {
+        (Some(principal), Some(at)) => Some(Attestation {
+            principal,
+            branch: row.attested_branch,
+            subject: row.attested_subject,
+            at,
+        }),
+        _ => None,
+    };
     Ok(Change {
         id: ChangeId {
             environment: environment.to_string(),
@@ -108,6 +152,10 @@ async fn load(
         closed_by: row.closed_by,
         reason: row.reason,
         applied_version: row.applied_version,
+        revision: row.revision,
+        fingerprint,
+        attestation,
+        diverged,
     })
 }
 
@@ -161,6 +209,18 @@ impl EnvStore {
         fetch_change(&mut conn, environment, required, number).await
     }
 
+    /// The numbers of the newest `limit` changes that diverged from their plan, newest first.
+    pub async fn diverged_changes(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT number FROM changes WHERE diverged IS NOT NULL ORDER BY number DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
     /// Open break-glass grants (not closed, not expired).
     pub async fn open_breakglass(&self) -> Result<Vec<Breakglass>, StoreError> {
         let mut conn = self.db.pool().acquire().await?;
@@ -205,11 +265,11 @@ async fn open_breakglass(
 
 impl Tx<'_> {
     pub async fn insert_change(&mut self, c: NewChange<'_>) -> Result<i64, StoreError> {
-        let summary =
-            serde_json::to_string(c.summary).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let summary = to_json(c.summary)?;
+        let fingerprint = to_json(c.fingerprint)?;
         let (number,): (i64,) = sqlx::query_as(
-            "INSERT INTO changes (state, title, author, created_at, plan_sha256, summary, branch, commit_sha) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING number",
+            "INSERT INTO changes (state, title, author, created_at, plan_sha256, summary, branch, commit_sha, fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING number",
         )
         .bind(c.state)
         .bind(c.title)
@@ -219,9 +279,71 @@ impl Tx<'_> {
         .bind(summary)
         .bind(c.branch)
         .bind(c.commit)
+        .bind(fingerprint)
         .fetch_one(self.conn())
         .await?;
         Ok(number)
+    }
+
+    /// Replaces an open change's plan: its next revision, without the approvals and the
+    /// attestation of the one before. Returns the approvers whose approvals were dismissed.
+    pub async fn replace_plan(
+        &mut self,
+        number: i64,
+        plan: NewPlan<'_>,
+    ) -> Result<Vec<String>, StoreError> {
+        let dismissed: Vec<(String,)> =
+            sqlx::query_as("DELETE FROM approvals WHERE change_number = $1 RETURNING approver")
+                .bind(number)
+                .fetch_all(self.conn())
+                .await?;
+        sqlx::query(
+            "UPDATE changes SET plan_sha256 = $1, summary = $2, commit_sha = $3, fingerprint = $4, \
+             revision = revision + 1, attested_by = NULL, attested_branch = NULL, \
+             attested_subject = NULL, attested_at = NULL WHERE number = $5 AND status = 'open'",
+        )
+        .bind(plan.plan_sha256)
+        .bind(to_json(plan.summary)?)
+        .bind(plan.commit)
+        .bind(to_json(plan.fingerprint)?)
+        .bind(number)
+        .execute(self.conn())
+        .await?;
+        let mut dismissed: Vec<String> = dismissed.into_iter().map(|(a,)| a).collect();
+        dismissed.sort();
+        Ok(dismissed)
+    }
+
+    /// Records that `caller` attested it applies change `number`'s plan (replacing an
+    /// attestation before).
+    pub async fn attest(&mut self, number: i64, caller: &Caller) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE changes SET attested_by = $1, attested_branch = $2, attested_subject = $3, \
+             attested_at = $4 WHERE number = $5 AND status = 'open'",
+        )
+        .bind(caller.principal.to_string())
+        .bind(caller.branch.as_deref())
+        .bind(caller.subject.as_deref())
+        .bind(self.now())
+        .bind(number)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Records addresses written under change `number` beyond its plan: `diverged`, the
+    /// addresses of every such write together.
+    pub async fn mark_diverged(
+        &mut self,
+        number: i64,
+        diverged: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE changes SET diverged = $1 WHERE number = $2")
+            .bind(to_json(&diverged)?)
+            .bind(number)
+            .execute(self.conn())
+            .await?;
+        Ok(())
     }
 
     pub async fn change(

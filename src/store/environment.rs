@@ -92,6 +92,15 @@ impl FromRow<'_, AnyRow> for VersionMeta {
             created_at: row.try_get("created_at")?,
             change_number: row.try_get("change_number")?,
             resources: row.try_get("resources")?,
+            beyond_plan: match row.try_get::<Option<String>, _>("beyond_plan")? {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+                        index: "beyond_plan".into(),
+                        source: Box::new(e),
+                    })?
+                }
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -109,6 +118,8 @@ pub struct NewVersion<'a> {
     pub change_number: Option<i64>,
     /// `None` records a deletion.
     pub content: Option<&'a [u8]>,
+    /// Resource addresses it writes beyond the plan of its change.
+    pub beyond_plan: &'a [String],
 }
 
 pub use crate::lock::HeldLock;
@@ -151,7 +162,7 @@ struct WithFirstChunk {
 macro_rules! meta_columns {
     () => {
         "v.state, v.version, v.sha256, v.serial, v.lineage, v.size, v.principal, v.operation, \
-         v.lock_id, v.forced, v.deleted, v.created_at, v.change_number, v.resources"
+         v.lock_id, v.forced, v.deleted, v.created_at, v.change_number, v.resources, v.beyond_plan"
     };
 }
 
@@ -438,8 +449,8 @@ impl Tx<'_> {
                 .await?;
         sqlx::query(
             "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
-             operation, lock_id, forced, deleted, created_at, change_number, resources) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             operation, lock_id, forced, deleted, created_at, change_number, resources, beyond_plan) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(v.state)
         .bind(next)
@@ -455,6 +466,10 @@ impl Tx<'_> {
         .bind(self.now())
         .bind(v.change_number)
         .bind(v.content.and_then(crate::history::fingerprint))
+        .bind(match v.beyond_plan {
+            [] => None,
+            beyond => Some(serde_json::to_string(beyond).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+        })
         .execute(self.conn())
         .await
         .map_err(|e| self.explain(e.into()))?;
@@ -600,6 +615,7 @@ mod tests {
             created_at: String::new(),
             change_number: None,
             resources: None,
+            beyond_plan: Vec::new(),
         }
     }
 
@@ -653,6 +669,7 @@ mod tests {
             forced: false,
             change_number: None,
             content: Some(b"{}"),
+            beyond_plan: &[],
         })
         .await
         .unwrap();

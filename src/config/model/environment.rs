@@ -51,6 +51,13 @@ impl Environment {
     pub fn required_approvals(&self) -> u32 {
         self.approval.as_ref().map_or(1, |a| a.required)
     }
+
+    /// What binds an apply to its change, besides environment and state.
+    pub fn binding(&self) -> Binding {
+        self.pipeline
+            .as_ref()
+            .map_or(Binding::default(), |p| p.bind)
+    }
 }
 
 /// Four-eyes approval of changes: an environment with it is *protected*.
@@ -77,6 +84,31 @@ pub(in crate::config) const REQUIRED_MAX: u64 = 100;
 pub struct Pipeline {
     /// Branches (from the verified OIDC `ref` claim) that may apply; empty: any.
     pub branches: Vec<String>,
+    /// What an apply under a change must prove it applies (`bind`).
+    pub bind: Binding,
+}
+
+/// `pipeline { bind = "commit" | "plan" | ["commit", "plan"] }`: what binds a change's apply
+/// to what was approved, besides the change's environment and state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The pipeline's verified OIDC `sha` claim must be the commit the change was planned from.
+    pub commit: bool,
+    /// The pipeline must first attest, with its own saved plan, that it applies the approved
+    /// plan's effect (`bulkhead change attest`).
+    pub plan: bool,
+}
+
+impl Binding {
+    /// As the config and `policy explain` spell it.
+    pub fn describe(self) -> &'static str {
+        match (self.commit, self.plan) {
+            (false, false) => "none",
+            (true, false) => "commit",
+            (false, true) => "plan",
+            (true, true) => "commit and plan",
+        }
+    }
 }
 
 /// Time-boxed emergency write without a change request.

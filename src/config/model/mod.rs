@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use self::environment::{
-    Approval, Breakglass, Environment, Pipeline, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
+    Approval, Binding, Breakglass, Environment, Pipeline, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
     DEFAULT_MAX_STATE_SIZE,
 };
 pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};

@@ -8,8 +8,8 @@ use super::{Named, Validator};
 use crate::config::hcl::{Block, Literal};
 use crate::config::model::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
 use crate::config::{
-    Approval, Breakglass, Environment, Pipeline, Subject, APPLY_WINDOW, DEFAULT_MAX_PLAN_SIZE,
-    DEFAULT_MAX_STATE_SIZE,
+    Approval, Binding, Breakglass, Environment, Pipeline, Subject, APPLY_WINDOW,
+    DEFAULT_MAX_PLAN_SIZE, DEFAULT_MAX_STATE_SIZE,
 };
 
 impl Validator {
@@ -144,6 +144,16 @@ impl Validator {
                 ),
             }
         }
+        if approval.is_none()
+            && pipeline
+                .as_ref()
+                .is_some_and(|p| p.bind != Binding::default())
+        {
+            self.error(
+                line_of_bind(block),
+                format!("{ctx}: `pipeline {{ bind }}` binds the apply of a change, and this environment has no approval block, so no change is ever applied: add `approval {{}}` or remove `bind`"),
+            );
+        }
         (approval, pipeline, breakglass)
     }
 
@@ -182,10 +192,41 @@ impl Validator {
     }
 
     fn pipeline(&mut self, block: &Block, ctx: &str) -> Pipeline {
-        self.only_attrs(block, ctx, &["branches"]);
+        self.only_attrs(block, ctx, &["branches", "bind"]);
         Pipeline {
             branches: self.strings(block, "branches", ctx),
+            bind: self.binding(block, ctx),
         }
+    }
+
+    /// `bind = "commit"`, `"plan"`, or a list of both; absent: nothing bound.
+    fn binding(&mut self, block: &Block, ctx: &str) -> Binding {
+        let Some(a) = attr(block, "bind") else {
+            return Binding::default();
+        };
+        let words: Vec<String> = match &a.value {
+            Literal::String(s) => vec![s.clone()],
+            Literal::List(_) => self.strings(block, "bind", ctx),
+            other => {
+                self.error(
+                    a.line,
+                    format!("{ctx}: `bind` must be \"commit\", \"plan\" or [\"commit\", \"plan\"], not {}", other.kind()),
+                );
+                return Binding::default();
+            }
+        };
+        let mut bind = Binding::default();
+        for word in words {
+            match word.as_str() {
+                "commit" => bind.commit = true,
+                "plan" => bind.plan = true,
+                other => self.error(
+                    a.line,
+                    format!("{ctx}: `bind` names `{other}`: an apply can be bound to its \"commit\" (the pipeline's OIDC `sha` claim) or its \"plan\" (attested with `bulkhead change attest`)"),
+                ),
+            }
+        }
+        bind
     }
 
     fn breakglass(&mut self, block: &Block, ctx: &str, named: &mut Vec<Named>) -> Breakglass {
@@ -204,6 +245,15 @@ impl Validator {
             .unwrap_or(BREAKGLASS_MAX_TTL);
         Breakglass { allowed, max_ttl }
     }
+}
+
+/// The line of a `bind` inside the `pipeline` block of `block`.
+fn line_of_bind(block: &Block) -> usize {
+    block
+        .blocks
+        .iter()
+        .find(|b| b.kind == "pipeline")
+        .map_or(block.line, |p| super::attrs::line_of(p, "bind"))
 }
 
 #[cfg(test)]
@@ -232,6 +282,36 @@ mod tests {
             e.contains("environment \"prod\": lock_lease \"soon\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_apply_is_bound_to_its_commit_its_plan_or_both() {
+        let with = |bind: &str| {
+            GOOD.replace(
+                "max_state_size = \"1MiB\"",
+                &format!(
+                    "max_state_size = \"1MiB\"\n  approval {{}}\n  pipeline {{ bind = {bind} }}"
+                ),
+            )
+        };
+        let bind = |text: &str| {
+            let c = Config::parse(Path::new("b.hcl"), text).unwrap();
+            c.environment("prod").unwrap().binding().describe()
+        };
+        assert_eq!(bind(GOOD), "none");
+        assert_eq!(bind(&with("\"commit\"")), "commit");
+        assert_eq!(bind(&with("\"plan\"")), "plan");
+        assert_eq!(bind(&with("[\"plan\", \"commit\"]")), "commit and plan");
+        let e = errors(&with("\"tree\""));
+        assert!(e.contains("`bind` names `tree`"), "{e}");
+        let e = errors(&with("3"));
+        assert!(e.contains("`bind` must be"), "{e}");
+        let unprotected = GOOD.replace(
+            "max_state_size = \"1MiB\"",
+            "max_state_size = \"1MiB\"\n  pipeline {\n    bind = \"plan\"\n  }",
+        );
+        let e = errors(&unprotected);
+        assert!(e.contains("has no approval block"), "{e}");
     }
 
     #[test]

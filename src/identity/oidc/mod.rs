@@ -27,6 +27,9 @@ pub struct Verified {
     pub branch: Option<String>,
     /// The verified `sub` claim, e.g. `repo:acme/infra:ref:refs/heads/main`.
     pub subject: Option<String>,
+    /// The commit the pipeline runs, from the verified `sha` claim (GitHub and GitLab both
+    /// send one), when it is a full hexadecimal commit id.
+    pub commit: Option<String>,
 }
 
 enum Keys {
@@ -351,7 +354,15 @@ fn accept(t: &Trusted, claims: &serde_json::Value) -> Result<Verified, Failure> 
             .get("sub")
             .and_then(|v| v.as_str())
             .map(str::to_string),
+        commit: commit(claims),
     })
+}
+
+/// The `sha` claim, lower-cased, when it is a whole commit id (SHA-1 or SHA-256 in hex).
+fn commit(claims: &serde_json::Value) -> Option<String> {
+    let sha = claims.get("sha")?.as_str()?;
+    let whole = matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    whole.then(|| sha.to_ascii_lowercase())
 }
 
 /// A claim as the config's text compares it: a string, or a number's decimal digits.
@@ -430,6 +441,20 @@ fn branch(claims: &serde_json::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_commit_comes_from_a_whole_sha_claim() {
+        let c = |v: serde_json::Value| commit(&v);
+        let sha = "0123456789ABCDEF0123456789abcdef01234567";
+        assert_eq!(
+            c(serde_json::json!({ "sha": sha })).as_deref(),
+            Some(sha.to_ascii_lowercase().as_str())
+        );
+        assert_eq!(c(serde_json::json!({"sha": "0123456"})), None);
+        assert_eq!(c(serde_json::json!({"sha": "z".repeat(40)})), None);
+        assert_eq!(c(serde_json::json!({"sha": 7})), None);
+        assert_eq!(c(serde_json::json!({})), None);
+    }
 
     #[test]
     fn branches_come_from_ref() {
