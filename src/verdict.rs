@@ -305,8 +305,11 @@ impl Judge<'_, '_> {
         let f = self.f;
         let writer = self.writer(Action::StateLock, operation);
         // A plan by a reader, or a plan for a change not yet proposed in a protected
-        // environment: granted, but it blocks nobody and nothing can be written under it.
-        let planning_only = !writer || (f.env.protected() && f.named.is_none());
+        // environment, or the pipeline's own plan for a change bound to its plan (which it
+        // attests once it has it): granted, but it blocks nobody and nothing can be written
+        // under it.
+        let planning_only =
+            !writer || (f.env.protected() && (f.named.is_none() || f.env.binding().plan));
         if operation == lock::PLAN && planning_only {
             let read = self.policy(Action::StateRead, operation);
             if read.allowed {

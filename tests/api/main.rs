@@ -3,6 +3,7 @@
 mod attacks;
 mod audit_integrity;
 mod authority;
+mod binding;
 mod changes;
 mod check;
 mod cli;
