@@ -639,3 +639,178 @@ async fn rolling_back_makes_terraform_see_the_earlier_state() {
         text(&forward)
     );
 }
+
+/// The `bulkhead` command line, run in `dir` against `t` with the token `secret`.
+fn bulkhead_cli(t: &TestApp, secret: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .current_dir(t.dir.path())
+        .env("BULKHEAD_ADDR", t.base())
+        .env("BULKHEAD_TOKEN", secret)
+        .output()
+        .unwrap()
+}
+
+/// `terraform show -json` of the saved plan `saved` in `ws`, written to `json`; its path.
+async fn plan_json(
+    ws: &Workspace,
+    t: &TestApp,
+    who: &str,
+    secret: &str,
+    saved: &str,
+    json: &str,
+) -> String {
+    let shown = ws
+        .command(t, who, Some(secret), &["show", "-json", saved])
+        .output()
+        .await
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown));
+    std::fs::write(ws.dir.join(json), &shown.stdout).unwrap();
+    ws.dir.join(json).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_bound_change_applies_only_the_approved_plan() {
+    let bin = terraform_or_skip!();
+    let b = crate::binding::spawn_bound("\"plan\"").await;
+    let t = &b.t;
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    };
+
+    // Alice plans v = "one" and proposes it; the owner approves.
+    let dev = Workspace::new(&bin, t, "prod-alice", "prod/network");
+    dev.ok(t, "alice", &["init", "-input=false"]).await;
+    dev.ok(t, "alice", &["plan", "-out", "plan.tfplan"]).await;
+    let alice = t.token("alice").to_string();
+    let plan_a = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan.json").await;
+    let created = ok(bulkhead_cli(
+        t,
+        &alice,
+        &[
+            "change", "create", "--env", "prod", "--state", "network", "--plan", &plan_a,
+        ],
+    ));
+    let id = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    ok(bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]));
+
+    // Meanwhile the code moved on: the pipeline's own plan is of v = "two".
+    let jwt = b.jwt(None);
+    let ci = Workspace::new(&bin, t, "prod-ci", &format!("prod/network?change={id}"));
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = ci.command(t, "ci-prod", Some(&jwt), args);
+        async move { cmd.output().await.unwrap() }
+    };
+    ok(run(&["init", "-input=false"]).await);
+    ok(run(&["plan", "-out", "tfplan", "-var", "v=two"]).await);
+    let plan_b = plan_json(&ci, t, "ci-prod", &jwt, "tfplan", "plan.json").await;
+    let attest = bulkhead_cli(t, &jwt, &["change", "attest", &id, "--plan", &plan_b]);
+    assert_eq!(attest.status.code(), Some(1), "{}", text(&attest));
+    assert!(
+        folded(&text(&attest)).contains("terraform_data.a (changed differently)"),
+        "{}",
+        text(&attest)
+    );
+    // Applying without a matching attestation fails at the lock, saying what to run.
+    let refused = run(&["apply", "tfplan"]).await;
+    assert!(!refused.status.success());
+    let shown = folded(&text(&refused));
+    assert!(
+        shown.contains(
+            "change prod-1 binds its apply to the approved plan, and no pipeline has attested"
+        ),
+        "{}",
+        text(&refused)
+    );
+    println!("terraform apply tfplan, refused:\n{}", text(&refused));
+    assert!(t.versions("prod", "network").await.is_empty());
+
+    // Re-planned by its author and approved again, the pipeline's plan attests and applies.
+    dev.ok(
+        t,
+        "alice",
+        &["plan", "-out", "plan.tfplan", "-var", "v=two"],
+    )
+    .await;
+    let plan_a2 = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan2.json").await;
+    ok(bulkhead_cli(
+        t,
+        &alice,
+        &["change", "update", &id, "--plan", &plan_a2],
+    ));
+    ok(bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]));
+    ok(bulkhead_cli(
+        t,
+        &jwt,
+        &["change", "attest", &id, "--plan", &plan_b],
+    ));
+    ok(run(&["apply", "tfplan"]).await);
+    let versions = t.versions("prod", "network").await;
+    assert_eq!(versions.len(), 1);
+    assert!(versions[0].beyond_plan.is_empty());
+    let change = b.client("bob").change(&id).await.unwrap();
+    assert_eq!((change.readiness.as_str(), change.revision), ("applied", 2));
+    assert!(change.diverged.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_beyond_its_change_is_stored_and_the_change_diverged() {
+    let bin = terraform_or_skip!();
+    let p = crate::changes::spawn_protected("24h").await;
+    let t = &p.t;
+    // Staging is protected and binds nothing: the pipeline's static token applies it.
+    let dev = Workspace::new(&bin, t, "staging-alice", "staging/app");
+    dev.ok(t, "alice", &["init", "-input=false"]).await;
+    dev.ok(t, "alice", &["plan", "-out", "plan.tfplan"]).await;
+    let alice = t.token("alice").to_string();
+    let plan = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan.json").await;
+    let created = bulkhead_cli(
+        t,
+        &alice,
+        &[
+            "change", "create", "--env", "staging", "--state", "app", "--plan", &plan,
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let id = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let approved = bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]);
+    assert!(approved.status.success(), "{}", text(&approved));
+
+    // The pipeline's checkout has one resource more than the plan approved.
+    let ci = Workspace::new(&bin, t, "staging-ci", &format!("staging/app?change={id}"));
+    std::fs::write(
+        ci.dir.join("extra.tf"),
+        "resource \"terraform_data\" \"unplanned\" {\n  input = \"surprise\"\n}\n",
+    )
+    .unwrap();
+    ci.ok(t, "ci-prod", &["init", "-input=false"]).await;
+    ci.ok(t, "ci-prod", &["apply", "-auto-approve"]).await;
+
+    let versions = t.versions("staging", "app").await;
+    assert_eq!(
+        versions.last().unwrap().beyond_plan,
+        vec!["terraform_data.unplanned"]
+    );
+    let shown = bulkhead_cli(t, t.token("bob"), &["change", "show", &id]);
+    assert_eq!(shown.status.code(), Some(1), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("!! DIVERGED: writes under this change touched 1 resource(s) beyond its approved plan: terraform_data.unplanned"),
+        "{}",
+        text(&shown)
+    );
+    let write = t
+        .newest_audit("staging", |r| r.action == "state:write")
+        .await;
+    assert!(
+        write.reason.unwrap_or_default().contains("DIVERGED"),
+        "the write's record does not say it diverged"
+    );
+}
