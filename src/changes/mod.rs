@@ -404,11 +404,20 @@ fn check_attested(change: &Change, caller: &Caller) -> Result<(), String> {
             "change {id} binds its apply to the approved plan, and no pipeline has attested that it applies that plan: {how}"
         )),
         Some(a) if a.made_by(caller) => Ok(()),
-        Some(a) => Err(format!(
-            "change {id}'s plan was attested by {}, and these credentials are {}: only the identity that attested may apply; {how}",
-            a.describe(),
-            principal::describe_proved(&caller.principal.to_string(), caller.branch.as_deref())
-        )),
+        Some(a) => {
+            let mut theirs = a.describe();
+            let mut mine =
+                principal::describe_proved(&caller.principal.to_string(), caller.branch.as_deref());
+            // Told apart by their OIDC subjects alone: say so.
+            if theirs == mine {
+                let subject = |s: Option<&str>| format!(", OIDC subject {}", s.unwrap_or("none"));
+                theirs.push_str(&subject(a.subject.as_deref()));
+                mine.push_str(&subject(caller.subject.as_deref()));
+            }
+            Err(format!(
+                "change {id}'s plan was attested by {theirs}, and these credentials are {mine}: only the identity that attested may apply; {how}"
+            ))
+        }
     }
 }
 

@@ -114,6 +114,10 @@ pub struct ExplainArgs {
     /// pipeline binds applies to their commit.
     #[arg(long)]
     commit: Option<String>,
+    /// The OIDC subject the caller's token proves (its `sub` claim): with `bind = "plan"`,
+    /// only the identity that attested a change's plan may apply it.
+    #[arg(long)]
+    subject: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -176,7 +180,7 @@ impl PolicyCommand {
         let caller = Caller {
             principal: principal.clone(),
             branch: args.branch.clone(),
-            subject: None,
+            subject: args.subject.clone(),
             commit: args.commit.as_deref().map(str::to_ascii_lowercase),
         };
         let now = Clock::system().now();
@@ -210,6 +214,7 @@ impl PolicyCommand {
             Action::StateRollback => Some(Ask::Rollback { past: None }),
             _ => None,
         };
+        let binding = binding_lines(env, change.as_ref());
         // The facts as the server puts them together, from what it would read.
         let gathered = Gathered {
             held,
@@ -280,6 +285,8 @@ impl PolicyCommand {
                     "state": state,
                     "change": args.change,
                     "branch": args.branch,
+                    "commit": caller.commit,
+                    "binding": binding,
                     "allowed": allowed,
                     "note": note,
                     "policies": decision.policies,
@@ -293,6 +300,9 @@ impl PolicyCommand {
                 let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
                 println!("decided by: {}", printable(&decided_by));
+                for line in &binding {
+                    println!("binding: {}", printable(line));
+                }
                 if let Some(note) = &note {
                     println!("note: {}", printable(note));
                 }
@@ -316,6 +326,50 @@ impl PolicyCommand {
             ExitCode::from(1)
         })
     }
+}
+
+/// What binds an apply of `change` in `env` to what was approved, and where the change stands
+/// with it: empty where the environment binds nothing.
+fn binding_lines(env: &Environment, change: Option<&crate::changes::Change>) -> Vec<String> {
+    let binding = env.binding();
+    if !binding.commit && !binding.plan {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "{} binds each apply to its change's {}",
+        env.name,
+        binding.describe()
+    )];
+    let Some(c) = change else { return out };
+    if binding.commit {
+        out.push(match &c.commit {
+            Some(sha) => format!(
+                "change {} was planned from commit {sha} (as its author claims): the pipeline's OIDC `sha` claim must name it (--commit)",
+                c.id
+            ),
+            None => format!("change {} names no commit: no pipeline can apply it", c.id),
+        });
+    }
+    if binding.plan {
+        out.push(match &c.attestation {
+            Some(a) => format!(
+                "revision {} of change {}'s plan was attested by {}{} at {}: only that identity may apply it",
+                c.revision,
+                c.id,
+                a.describe(),
+                a.subject
+                    .as_deref()
+                    .map(|s| format!(", OIDC subject {s}"))
+                    .unwrap_or_default(),
+                a.at
+            ),
+            None => format!(
+                "no pipeline has attested revision {} of change {}'s plan (`bulkhead change attest {} --plan plan.json`): its lock is refused until one has",
+                c.revision, c.id, c.id
+            ),
+        });
+    }
+    out
 }
 
 /// A lock as `caller` would have taken it, for the questions that release one.

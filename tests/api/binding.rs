@@ -438,3 +438,80 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `bulkhead policy explain` on the server's host, with `args` after the common ones.
+async fn explain(t: &TestApp, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec![
+        "policy",
+        "explain",
+        "--config",
+        "bulkhead.hcl",
+        "--principal",
+        "ci-prod",
+        "--action",
+        "state:lock",
+        "--env",
+        "prod",
+        "--operation",
+        "OperationTypeApply",
+        "--branch",
+        "main",
+    ];
+    all.extend(args);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(&all)
+        .current_dir(t.dir.path())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn explain_shows_the_binding_and_refuses_the_lock_as_the_server_does() {
+    let b = spawn_bound("[\"commit\", \"plan\"]").await;
+    let id = b.approved(plan("x", "t", ""), Some(COMMIT_A)).await;
+    let server = refusal(b.lock(&b.jwt(Some(COMMIT_B)), &id, "L1").await).await;
+
+    let (code, json) = explain(
+        &b.t,
+        &["--change", &id, "--commit", COMMIT_B, "--format", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["refusal"].as_str(), Some(server.as_str()));
+    let binding = json["binding"].to_string();
+    assert!(
+        binding.contains("binds each apply to its change's commit and plan")
+            && binding.contains(&format!("planned from commit {COMMIT_A}"))
+            && binding.contains("no pipeline has attested revision 1 of change prod-1"),
+        "{binding}"
+    );
+
+    // Attested, from the right commit: explain allows what the server allows.
+    let main = b.jwt(Some(COMMIT_A));
+    Client::new(&b.t.base(), &main)
+        .attest(&id, plan("x", "t", ""))
+        .await
+        .unwrap();
+    let subject = "repo:acme/infra:ref:refs/heads/main";
+    let (code, text) = explain(
+        &b.t,
+        &["--change", &id, "--commit", COMMIT_A, "--subject", subject],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("binding: revision 1 of change prod-1's plan was attested by service:ci-prod (branch main)"),
+        "{text}"
+    );
+    assert_status(&b.lock(&main, &id, "L2").await, StatusCode::OK);
+}
