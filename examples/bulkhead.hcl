@@ -61,6 +61,14 @@ environment "prod" {
   }
   # With an oidc block on the service: apply only from these branches.
   # pipeline { branches = ["main"] }
+  #
+  # With OIDC, the apply can also be bound to what was approved: the commit the plan was made
+  # from (the token's `sha` claim), and the plan itself (`bulkhead change attest`):
+  #
+  #   pipeline {
+  #     branches = ["main"]
+  #     bind     = ["commit", "plan"]
+  #   }
 
   # Emergencies: time-boxed write without a change, with a mandatory reason, loudly recorded.
   breakglass {
