@@ -64,11 +64,18 @@ pub fn fingerprint(bytes: &[u8], key: &[u8]) -> Result<Fingerprint, String> {
     #[derive(Deserialize)]
     struct ResourceChange {
         address: String,
+        #[serde(default)]
+        previous_address: Value,
+        /// Set for an object a `create_before_destroy` replacement left behind.
+        #[serde(default)]
+        deposed: Option<String>,
         change: Change,
     }
     #[derive(Deserialize)]
     struct Change {
         actions: Vec<String>,
+        #[serde(default)]
+        importing: Value,
         #[serde(default)]
         before: Value,
         #[serde(default)]
@@ -79,9 +86,13 @@ pub fn fingerprint(bytes: &[u8], key: &[u8]) -> Result<Fingerprint, String> {
     let plan: Plan = serde_json::from_slice(bytes).map_err(|e| {
         format!("it is not the JSON of a saved plan ({e}): run `terraform show -json plan.tfplan > plan.json`")
     })?;
-    let effect = |c: &Change| -> Option<String> {
+    // A move or an import is an effect even when nothing else changes.
+    let effect = |c: &Change, moved_from: &Value| -> Option<String> {
         let acts: Vec<&str> = c.actions.iter().map(String::as_str).collect();
-        if matches!(acts.as_slice(), ["no-op"] | ["read"]) {
+        if matches!(acts.as_slice(), ["no-op"] | ["read"])
+            && moved_from.is_null()
+            && c.importing.is_null()
+        {
             return None;
         }
         let mut text = String::new();
@@ -91,6 +102,8 @@ pub fn fingerprint(bytes: &[u8], key: &[u8]) -> Result<Fingerprint, String> {
                 "before": c.before,
                 "after": c.after,
                 "after_unknown": c.after_unknown,
+                "previous_address": moved_from,
+                "importing": c.importing,
             }),
             &mut text,
         );
@@ -98,14 +111,19 @@ pub fn fingerprint(bytes: &[u8], key: &[u8]) -> Result<Fingerprint, String> {
     };
     let mut resources = BTreeMap::new();
     for rc in &plan.resource_changes {
-        if let Some(digest) = effect(&rc.change) {
-            resources.insert(rc.address.clone(), digest);
+        if let Some(digest) = effect(&rc.change, &rc.previous_address) {
+            // A deposed object shares its address with the current one: each is its own entry.
+            let name = match &rc.deposed {
+                Some(key) => format!("{} (deposed {key})", rc.address),
+                None => rc.address.clone(),
+            };
+            resources.insert(name, digest);
         }
     }
     let outputs: BTreeMap<String, String> = plan
         .output_changes
         .iter()
-        .filter_map(|(name, c)| Some((name.clone(), effect(c)?)))
+        .filter_map(|(name, c)| Some((name.clone(), effect(c, &Value::Null)?)))
         .collect();
     let mut all = String::new();
     for (kind, map) in [("resource", &resources), ("output", &outputs)] {
@@ -240,6 +258,33 @@ mod tests {
         assert_eq!(
             differences(&more, &a),
             vec![Difference::Removed("terraform_data.b".into())]
+        );
+    }
+
+    #[test]
+    fn a_move_an_import_and_a_deposed_object_are_part_of_the_effect() {
+        let with = |extra: &str| fingerprint(plan("t", "x", extra).as_bytes(), KEY).unwrap();
+        let base = with("");
+        let moved = with(
+            r#",{"address":"terraform_data.new","previous_address":"terraform_data.old","change":{"actions":["no-op"],"before":{},"after":{}}}"#,
+        );
+        assert_eq!(
+            differences(&base, &moved),
+            vec![Difference::Added("terraform_data.new".into())]
+        );
+        let imported = with(
+            r#",{"address":"terraform_data.i","change":{"actions":["no-op"],"importing":{"id":"x"},"before":{},"after":{}}}"#,
+        );
+        assert_eq!(
+            differences(&base, &imported),
+            vec![Difference::Added("terraform_data.i".into())]
+        );
+        let deposed = with(
+            r#",{"address":"terraform_data.a","deposed":"00ab","change":{"actions":["delete"],"before":{"input":"old"},"after":null}}"#,
+        );
+        assert_eq!(
+            differences(&base, &deposed),
+            vec![Difference::Added("terraform_data.a (deposed 00ab)".into())]
         );
     }
 

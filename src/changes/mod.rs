@@ -430,7 +430,7 @@ pub fn beyond_plan<'a>(
 ) -> Vec<String> {
     let s = &change.summary;
     let planned = |a: &String| {
-        [&s.add, &s.change, &s.replace, &s.destroy]
+        [&s.add, &s.change, &s.replace, &s.destroy, &s.state_only]
             .iter()
             .any(|list| list.contains(a))
     };

@@ -16,6 +16,11 @@ pub struct PlanSummary {
     /// Destroyed and created again.
     pub replace: Vec<String>,
     pub destroy: Vec<String>,
+    /// Addresses the apply writes to the state without changing what they stand for: objects
+    /// that changed outside terraform (`resource_drift`, refreshed into the state), moved ones
+    /// (both addresses) and imported ones. Not counted; a write touching them is within the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_only: Vec<String>,
 }
 
 impl PlanSummary {
@@ -45,15 +50,19 @@ pub fn summarize(bytes: &[u8]) -> Result<PlanSummary, String> {
         planned_values: Option<IgnoredAny>,
         #[serde(default)]
         resource_changes: Vec<ResourceChange>,
+        #[serde(default)]
+        resource_drift: Vec<ResourceChange>,
     }
     #[derive(Deserialize)]
     struct ResourceChange {
         address: String,
+        previous_address: Option<String>,
         change: Change,
     }
     #[derive(Deserialize)]
     struct Change {
         actions: Vec<String>,
+        importing: Option<IgnoredAny>,
     }
     let not_a_plan = "it is not the JSON of a saved plan: run `terraform plan -out plan.tfplan` then `terraform show -json plan.tfplan > plan.json`";
     let plan: Plan = serde_json::from_slice(bytes).map_err(|e| format!("{not_a_plan} ({e})"))?;
@@ -64,7 +73,15 @@ pub fn summarize(bytes: &[u8]) -> Result<PlanSummary, String> {
         terraform_version: plan.terraform_version,
         ..PlanSummary::default()
     };
+    for rc in plan.resource_drift {
+        summary.state_only.push(rc.address);
+    }
     for rc in plan.resource_changes {
+        if let Some(previous) = rc.previous_address {
+            summary.state_only.extend([previous, rc.address.clone()]);
+        } else if rc.change.importing.is_some() {
+            summary.state_only.push(rc.address.clone());
+        }
         let actions: Vec<&str> = rc.change.actions.iter().map(String::as_str).collect();
         let bucket = match actions.as_slice() {
             ["create"] => &mut summary.add,
@@ -95,6 +112,21 @@ mod tests {
         assert_eq!(s.counts(), (2, 1, 2));
         assert_eq!(s.destroy, vec!["a.z"]);
         assert!(s.destroys_anything());
+    }
+
+    #[test]
+    fn drifted_moved_and_imported_objects_are_written_to_the_state_but_not_counted() {
+        let plan = br#"{"format_version":"1.2","planned_values":{},
+          "resource_drift":[{"address":"a.drifted","change":{"actions":["update"]}}],
+          "resource_changes":[
+            {"address":"a.new","previous_address":"a.old","change":{"actions":["no-op"]}},
+            {"address":"a.imported","change":{"actions":["no-op"],"importing":{"id":"i-1"}}}]}"#;
+        let s = summarize(plan).unwrap();
+        assert_eq!(s.counts(), (0, 0, 0));
+        assert_eq!(
+            s.state_only,
+            vec!["a.drifted", "a.old", "a.new", "a.imported"]
+        );
     }
 
     #[test]

@@ -513,6 +513,7 @@ mod tests {
                 change: vec![],
                 replace: vec!["aws_vpc.main".into()],
                 destroy: vec!["aws_subnet.a".into()],
+                state_only: vec![],
             },
             branch: None,
             commit: None,

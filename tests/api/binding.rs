@@ -439,7 +439,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `bulkhead policy explain` on the server's host, with `args` after the common ones.
+/// `bulkhead policy explain` on the server's host, with `args` after the common ones: its exit
+/// code and what it printed on stdout (its log goes to stderr).
 async fn explain(t: &TestApp, args: &[&str]) -> (Option<i32>, String) {
     let mut all = vec![
         "policy",
@@ -464,13 +465,14 @@ async fn explain(t: &TestApp, args: &[&str]) -> (Option<i32>, String) {
         .output()
         .await
         .unwrap();
+    assert!(
+        !out.stdout.is_empty(),
+        "explain printed nothing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
