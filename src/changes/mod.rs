@@ -456,8 +456,8 @@ fn is_data_source(address: &str) -> bool {
         let mut next = &after[name_end..];
         if next.starts_with('[') {
             // A key in quotes may hold `].` itself: its end is the closing `"]`.
-            let close = if next.starts_with("[\"") {
-                next[2..].find("\"]").map(|i| i + 4)
+            let close = if let Some(key) = next.strip_prefix("[\"") {
+                key.find("\"]").map(|i| i + 4)
             } else {
                 next.find(']').map(|i| i + 1)
             };

@@ -24,7 +24,7 @@ pub enum PolicyCommand {
     /// Examples:
     ///   bulkhead policy explain --principal alice --action state:write --env prod
     ///   bulkhead policy explain --principal ci-prod --action state:write --env prod --change prod-3 --branch main
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// For every environment, which principals may do which action: the table a security
     /// review asks for, decided by the compiled policies (custom ones included).
     Matrix(MatrixArgs),
@@ -130,7 +130,7 @@ impl PolicyCommand {
                 print!("{}", SCHEMA.trim_start());
                 return Ok(ExitCode::SUCCESS);
             }
-            PolicyCommand::Explain(args) => args,
+            PolicyCommand::Explain(args) => *args,
         };
         let config = args.config.load()?;
         let principal = Principal::lookup(&config, &args.principal).ok_or_else(|| {

@@ -8,13 +8,11 @@
 use std::net::IpAddr;
 
 use super::propose::Read;
-use super::{commit, OpError, Server, DONE};
+use super::{commit, NamedChange, OpError, Server, DONE};
 use crate::audit::Record;
-use crate::changes::{fingerprint, resolution, Change, ChangeId};
-use crate::config::Environment;
+use crate::changes::{fingerprint, Change};
 use crate::identity::Caller;
 use crate::policy::Action;
-use crate::store::EnvStore;
 use crate::text::first_of;
 
 /// The most differences a refusal names; the rest are counted.
@@ -23,9 +21,7 @@ const SHOWN: usize = 20;
 /// An attestation that may go ahead, whose plan may now be read.
 pub struct Attesting<'a> {
     server: &'a Server,
-    env: &'a Environment,
-    store: &'a EnvStore,
-    id: ChangeId,
+    named: NamedChange<'a>,
 }
 
 /// Checks that `caller` may attest to the change `text` names (it may write its environment:
@@ -37,27 +33,15 @@ pub async fn check<'a>(
     record: &mut Record,
     text: &str,
 ) -> Result<Attesting<'a>, OpError> {
-    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let (env, store) = server.environment(&id.environment)?;
-    record.change = Some(id.to_string());
-    record.environment = Some(env.name.clone());
-    let change = store
-        .change(&env.name, env.required_approvals(), id.number)
-        .await?
-        .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
-    record.state = Some(change.state.clone());
-    server.require(caller, record, Action::StateWrite, env, source_ip)?;
-    Ok(Attesting {
-        server,
-        env,
-        store,
-        id,
-    })
+    let named = server.named(record, text)?;
+    named.read(record).await?;
+    server.require(caller, record, Action::StateWrite, named.env, source_ip)?;
+    Ok(Attesting { server, named })
 }
 
 impl Attesting<'_> {
     pub fn limit(&self) -> u64 {
-        self.env.max_plan_size
+        self.named.env.max_plan_size
     }
 
     /// Compares the plan `bytes` with the change's and records the attestation of `caller`
@@ -67,16 +51,13 @@ impl Attesting<'_> {
         caller: &Caller,
         record: &mut Record,
         bytes: Vec<u8>,
-    ) -> Result<Option<Change>, OpError> {
+    ) -> Result<Change, OpError> {
         let presented = Read::of(self.server, &bytes)?;
         drop(bytes);
-        let (env, id) = (self.env, &self.id);
-        let mut tx = self.store.begin().await?;
-        let change = tx
-            .change(&env.name, env.required_approvals(), id.number)
-            .await?
-            .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
-        resolution::check_open(&change, id).map_err(OpError::Conflict)?;
+        let named = &self.named;
+        let id = &named.id;
+        let mut tx = named.store.begin().await?;
+        let change = named.load_open(&mut tx).await?;
         let Some(approved) = &change.fingerprint else {
             return Err(OpError::Conflict(format!(
                 "change {id} was proposed before plans were fingerprinted, so its plan cannot be compared: its author replaces it with `bulkhead change update {id} --plan plan.json`, to be approved again"
@@ -92,11 +73,9 @@ impl Attesting<'_> {
             change.revision,
             approved.resources.len()
         ));
-        let change = tx
-            .change(&env.name, env.required_approvals(), id.number)
-            .await?;
+        let change = named.load(&mut tx).await?;
         commit(tx, record, DONE).await?;
-        Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
+        Ok(change.at(self.server.clock.now().as_datetime()))
     }
 }
 

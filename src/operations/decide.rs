@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use super::{bounded, commit, OpError, Server, DONE, REASON_LIMIT};
 use crate::audit::Record;
 use crate::changes::resolution::{self, Resolution};
-use crate::changes::{Change, ChangeId};
+use crate::changes::Change;
 use crate::identity::Caller;
 use crate::policy::Action;
 
@@ -20,16 +20,11 @@ pub async fn decide(
     asked: Result<Resolution, &str>,
     reason: Option<&str>,
 ) -> Result<Option<Change>, OpError> {
-    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let (env, store) = server.environment(&id.environment)?;
-    record.change = Some(id.to_string());
-    record.environment = Some(env.name.clone());
+    let named = server.named(record, text)?;
+    let (env, id) = (named.env, &named.id);
     let me = caller.principal.to_string();
-    let mut tx = store.begin().await?;
-    let change = tx
-        .change(&env.name, env.required_approvals(), id.number)
-        .await?
-        .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
+    let mut tx = named.store.begin().await?;
+    let change = named.load(&mut tx).await?;
     record.state = Some(change.state.clone());
     let resolution = asked.map_err(|other| {
         OpError::NotFound(format!(
@@ -40,10 +35,10 @@ pub async fn decide(
         server.require(caller, record, Action::ChangeApprove, env, source_ip)?;
     }
     bounded("reason", reason, REASON_LIMIT)?;
-    resolution::check_open(&change, &id).map_err(OpError::Conflict)?;
+    resolution::check_open(&change, id).map_err(OpError::Conflict)?;
     match resolution.closes_as() {
         None => {
-            resolution::check_approver(&change, &me, &id).map_err(OpError::Forbidden)?;
+            resolution::check_approver(&change, &me, id).map_err(OpError::Forbidden)?;
             let expires_at = resolution::approval_expiry(env, server.clock.now())
                 .ok_or_else(|| OpError::Internal("an approval's expiry is out of range".into()))?
                 .stored();
@@ -57,7 +52,7 @@ pub async fn decide(
                     .await?
                 {
                     return Err(OpError::Conflict(resolution::too_late_to_close(
-                        &id,
+                        id,
                         status,
                         &held.lock_id,
                         version,

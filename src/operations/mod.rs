@@ -306,6 +306,58 @@ impl Server {
     }
 }
 
+/// The change an id names, in its environment: where every operation on one change starts.
+pub struct NamedChange<'a> {
+    pub env: &'a Environment,
+    pub store: &'a EnvStore,
+    pub id: ChangeId,
+}
+
+impl Server {
+    /// The change `text` names, its id and environment filled into `record`; refused when
+    /// `text` is no change id or names no environment.
+    pub fn named(&self, record: &mut Record, text: &str) -> Result<NamedChange<'_>, OpError> {
+        let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
+        let (env, store) = self.environment(&id.environment)?;
+        record.change = Some(id.to_string());
+        record.environment = Some(env.name.clone());
+        Ok(NamedChange { env, store, id })
+    }
+}
+
+impl NamedChange<'_> {
+    fn absent(&self) -> OpError {
+        OpError::NotFound(format!("there is no change {}", self.id))
+    }
+
+    /// The change as stored now; its state filled into `record`.
+    pub async fn read(&self, record: &mut Record) -> Result<Change, OpError> {
+        let env = self.env;
+        let change = self
+            .store
+            .change(&env.name, env.required_approvals(), self.id.number)
+            .await?
+            .ok_or_else(|| self.absent())?;
+        record.state = Some(change.state.clone());
+        Ok(change)
+    }
+
+    /// The change as it stands in `tx`.
+    pub async fn load(&self, tx: &mut Tx<'_>) -> Result<Change, OpError> {
+        let env = self.env;
+        tx.change(&env.name, env.required_approvals(), self.id.number)
+            .await?
+            .ok_or_else(|| self.absent())
+    }
+
+    /// The change as it stands in `tx`, refused unless it is open.
+    pub async fn load_open(&self, tx: &mut Tx<'_>) -> Result<Change, OpError> {
+        let change = self.load(tx).await?;
+        crate::changes::resolution::check_open(&change, &self.id).map_err(OpError::Conflict)?;
+        Ok(change)
+    }
+}
+
 /// Records the request as allowed inside `tx` and commits both; the record failing to write
 /// rolls the effect back.
 pub async fn commit(mut tx: Tx<'_>, record: &mut Record, status: u16) -> Result<(), OpError> {

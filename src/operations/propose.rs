@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{bounded, commit, OpError, Server, CREATED, DONE};
+use super::{bounded, commit, NamedChange, OpError, Server, CREATED, DONE};
 use crate::audit::Record;
-use crate::changes::{fingerprint, plan, resolution, Change, ChangeId, Fingerprint};
+use crate::changes::{fingerprint, plan, Change, Fingerprint};
 use crate::config::Environment;
 use crate::identity::Caller;
 use crate::policy::Action;
@@ -151,9 +151,7 @@ fn require_commit(env: &Environment, commit: Option<&str>) -> Result<(), OpError
 /// while an apply holds a lock for the change.
 pub struct Replanning<'a> {
     server: &'a Server,
-    env: &'a Environment,
-    store: &'a EnvStore,
-    id: ChangeId,
+    named: NamedChange<'a>,
     commit: Option<String>,
 }
 
@@ -167,53 +165,37 @@ pub async fn replan<'a>(
     text: &str,
     commit: Option<String>,
 ) -> Result<Replanning<'a>, OpError> {
-    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let (env, store) = server.environment(&id.environment)?;
-    record.change = Some(id.to_string());
-    record.environment = Some(env.name.clone());
-    let change = store
-        .change(&env.name, env.required_approvals(), id.number)
-        .await?
-        .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
-    record.state = Some(change.state.clone());
-    server.require(caller, record, Action::ChangeCreate, env, source_ip)?;
+    let named = server.named(record, text)?;
+    let change = named.read(record).await?;
+    server.require(caller, record, Action::ChangeCreate, named.env, source_ip)?;
     bounded("commit", commit.as_deref(), REF_LIMIT)?;
     let me = caller.principal.to_string();
     if change.author != me {
         return Err(OpError::Forbidden(format!(
-            "change {id} was proposed by {}, not {me}: only its author replaces its plan; propose a change of your own with `bulkhead change create`",
-            change.author
+            "change {} was proposed by {}, not {me}: only its author replaces its plan; propose a change of your own with `bulkhead change create`",
+            named.id, change.author
         )));
     }
     Ok(Replanning {
         server,
-        env,
-        store,
-        id,
+        named,
         commit,
     })
 }
 
 impl Replanning<'_> {
     pub fn limit(&self) -> u64 {
-        self.env.max_plan_size
+        self.named.env.max_plan_size
     }
 
     /// Stores the plan `bytes` as the change's next revision.
-    pub async fn replace(
-        self,
-        record: &mut Record,
-        bytes: Vec<u8>,
-    ) -> Result<Option<Change>, OpError> {
+    pub async fn replace(self, record: &mut Record, bytes: Vec<u8>) -> Result<Change, OpError> {
         let read = Read::of(self.server, &bytes)?;
         drop(bytes);
-        let (env, id) = (self.env, &self.id);
-        let mut tx = self.store.begin().await?;
-        let change = tx
-            .change(&env.name, env.required_approvals(), id.number)
-            .await?
-            .ok_or_else(|| OpError::NotFound(format!("there is no change {id}")))?;
-        resolution::check_open(&change, id).map_err(OpError::Conflict)?;
+        let named = &self.named;
+        let (env, id) = (named.env, &named.id);
+        let mut tx = named.store.begin().await?;
+        let change = named.load_open(&mut tx).await?;
         if let Some((state, held)) = tx.lock_for_change(id.number).await? {
             return Err(OpError::Conflict(format!(
                 "change {id} is being applied (lock {} on {state}): its plan cannot be replaced during its apply; wait for the apply to end, or propose a new change",
@@ -222,11 +204,11 @@ impl Replanning<'_> {
         }
         // Without --commit the change keeps the commit it named, unless the environment binds
         // applies to commits: a new plan is from a new commit, which must be named.
-        let named = self.commit.as_deref().filter(|c| !c.trim().is_empty());
-        if named.is_none() {
+        let given = self.commit.as_deref().filter(|c| !c.trim().is_empty());
+        if given.is_none() {
             require_commit(env, None)?;
         }
-        let planned_at = named.or(change.commit.as_deref());
+        let planned_at = given.or(change.commit.as_deref());
         let dismissed = tx
             .replace_plan(
                 id.number,
@@ -249,10 +231,8 @@ impl Replanning<'_> {
                 format!("approvals dismissed: {}", dismissed.join(", "))
             }
         ));
-        let change = tx
-            .change(&env.name, env.required_approvals(), id.number)
-            .await?;
+        let change = named.load(&mut tx).await?;
         commit(tx, record, DONE).await?;
-        Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
+        Ok(change.at(self.server.clock.now().as_datetime()))
     }
 }

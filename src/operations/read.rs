@@ -230,16 +230,10 @@ pub async fn change(
     record: &mut Record,
     text: &str,
 ) -> Result<Change, OpError> {
-    let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-    let (env, store) = server.environment(&id.environment)?;
-    record.change = Some(id.to_string());
-    record.environment = Some(env.name.clone());
-    server.require(caller, record, Action::StateRead, env, source_ip)?;
-    store
-        .change(&env.name, env.required_approvals(), id.number)
-        .await?
-        .map(|c| c.at(server.clock.now().as_datetime()))
-        .ok_or_else(|| OpError::NotFound(format!("there is no change {text}")))
+    let named = server.named(record, text)?;
+    server.require(caller, record, Action::StateRead, named.env, source_ip)?;
+    let change = named.read(record).await?;
+    Ok(change.at(server.clock.now().as_datetime()))
 }
 
 /// Every environment `caller` may read: its states and their locks, its open changes, its
