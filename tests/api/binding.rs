@@ -8,7 +8,7 @@ use bulkhead::audit::Outcome;
 use bulkhead::client::{Client, NewChange};
 use reqwest::StatusCode;
 
-use crate::changes::{protected_config, refusal, Issuer};
+use crate::changes::{protected_config, refusal, Issuer, Protected};
 use crate::helpers::*;
 
 pub const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -25,15 +25,11 @@ pub fn bound_config(jwks: &str, bind: &str) -> String {
     )
 }
 
-pub struct Bound {
-    pub t: TestApp,
-    pub issuer: Issuer,
-}
-
-pub async fn spawn_bound(bind: &str) -> Bound {
+/// The protected setup of `changes`, with prod's pipeline bound by `bind`.
+pub async fn spawn_bound(bind: &str) -> Protected {
     let issuer = Issuer::new();
     let t = spawn_app_with(&bound_config(&issuer.jwks_path(), bind)).await;
-    Bound { t, issuer }
+    Protected { t, issuer }
 }
 
 /// A plan of `terraform_data.a` with `input`, as `terraform show -json` prints it, at
@@ -48,11 +44,7 @@ pub fn plan(input: &str, timestamp: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-impl Bound {
-    pub fn client(&self, who: &str) -> Client {
-        Client::new(&self.t.base(), self.t.token(who))
-    }
-
+impl Protected {
     /// The pipeline's OIDC token from main, running `sha`.
     pub fn jwt(&self, sha: Option<&str>) -> String {
         self.issuer.token("main", |c| {
@@ -62,7 +54,11 @@ impl Bound {
         })
     }
 
-    pub async fn propose(&self, plan: Vec<u8>, commit: Option<&str>) -> Result<String, String> {
+    pub async fn propose_plan(
+        &self,
+        plan: Vec<u8>,
+        commit: Option<&str>,
+    ) -> Result<String, String> {
         let new = NewChange {
             environment: "prod",
             state: "network",
@@ -77,8 +73,8 @@ impl Bound {
             .map_err(|e| e.to_string())
     }
 
-    pub async fn approved(&self, plan: Vec<u8>, commit: Option<&str>) -> String {
-        let id = self.propose(plan, commit).await.unwrap();
+    pub async fn approved_plan(&self, plan: Vec<u8>, commit: Option<&str>) -> String {
+        let id = self.propose_plan(plan, commit).await.unwrap();
         self.client("pat")
             .decide(&id, "approve", None)
             .await
@@ -86,7 +82,7 @@ impl Bound {
         id
     }
 
-    async fn lock(&self, jwt: &str, id: &str, lock_id: &str) -> reqwest::Response {
+    async fn lock_change(&self, jwt: &str, id: &str, lock_id: &str) -> reqwest::Response {
         self.t
             .as_("ci-prod")
             .with_secret(jwt)
@@ -108,15 +104,15 @@ impl Bound {
 async fn commit_binding_refuses_a_lock_from_another_commit_naming_both() {
     let b = spawn_bound("\"commit\"").await;
     // A change in an environment bound to commits must name one.
-    let refused = b.propose(plan("x", "t1", ""), None).await.unwrap_err();
+    let refused = b.propose_plan(plan("x", "t1", ""), None).await.unwrap_err();
     assert!(
         refused.contains("binds each apply to the commit") && refused.contains("--commit"),
         "{refused}"
     );
-    let id = b.approved(plan("x", "t1", ""), Some(COMMIT_A)).await;
+    let id = b.approved_plan(plan("x", "t1", ""), Some(COMMIT_A)).await;
 
     // The pipeline runs another commit: refused at the lock, naming both and the way on.
-    let sentence = refusal(b.lock(&b.jwt(Some(COMMIT_B)), &id, "L1").await).await;
+    let sentence = refusal(b.lock_change(&b.jwt(Some(COMMIT_B)), &id, "L1").await).await;
     assert!(
         sentence.contains(&format!("planned from commit {COMMIT_A}"))
             && sentence.contains(&format!("this pipeline runs commit {COMMIT_B}"))
@@ -125,7 +121,7 @@ async fn commit_binding_refuses_a_lock_from_another_commit_naming_both() {
         "{sentence}"
     );
     // Credentials that prove no commit (a token without `sha`, a static token) are refused.
-    let sentence = refusal(b.lock(&b.jwt(None), &id, "L2").await).await;
+    let sentence = refusal(b.lock_change(&b.jwt(None), &id, "L2").await).await;
     assert!(sentence.contains("prove no commit"), "{sentence}");
     let denied = b.t.last_audit("prod").await;
     assert_eq!(denied.decision, Outcome::Deny);
@@ -135,20 +131,20 @@ async fn commit_binding_refuses_a_lock_from_another_commit_naming_both() {
     // The commit planned from, in any case, is the one applied.
     let upper = COMMIT_A.to_ascii_uppercase();
     let jwt = b.jwt(Some(&upper));
-    assert_status(&b.lock(&jwt, &id, "L3").await, StatusCode::OK);
+    assert_status(&b.lock_change(&jwt, &id, "L3").await, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn plan_binding_needs_a_matching_attestation_by_the_very_identity_that_locks() {
     let b = spawn_bound("\"plan\"").await;
     let id = b
-        .approved(plan("x", "2026-12-01T10:00:00Z", ""), None)
+        .approved_plan(plan("x", "2026-12-01T10:00:00Z", ""), None)
         .await;
     let main = b.jwt(None);
     let pipeline = Client::new(&b.t.base(), &main);
 
     // Skipping the attestation: the apply's lock is refused with what to run.
-    let sentence = refusal(b.lock(&main, &id, "L1").await).await;
+    let sentence = refusal(b.lock_change(&main, &id, "L1").await).await;
     assert!(
         sentence.contains("no pipeline has attested")
             && sentence.contains("bulkhead change attest prod-1 --plan plan.json"),
@@ -206,19 +202,19 @@ async fn plan_binding_needs_a_matching_attestation_by_the_very_identity_that_loc
     let other = b.issuer.token("main", |c| {
         c["sub"] = "repo:acme/infra:environment:prod".into();
     });
-    let sentence = refusal(b.lock(&other, &id, "L2").await).await;
+    let sentence = refusal(b.lock_change(&other, &id, "L2").await).await;
     assert!(
         sentence.contains("attested by service:ci-prod (branch main)")
             && sentence.contains("only the identity that attested may apply"),
         "{sentence}"
     );
-    assert_status(&b.lock(&main, &id, "L3").await, StatusCode::OK);
+    assert_status(&b.lock_change(&main, &id, "L3").await, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_new_plan_dismisses_the_approvals_and_the_attestation_and_only_its_author_gives_it() {
     let b = spawn_bound("[\"commit\", \"plan\"]").await;
-    let id = b.approved(plan("x", "t", ""), Some(COMMIT_A)).await;
+    let id = b.approved_plan(plan("x", "t", ""), Some(COMMIT_A)).await;
     let main = b.jwt(Some(COMMIT_A));
     let pipeline = Client::new(&b.t.base(), &main);
     pipeline.attest(&id, plan("x", "t", "")).await.unwrap();
@@ -255,14 +251,14 @@ async fn a_new_plan_dismisses_the_approvals_and_the_attestation_and_only_its_aut
     b.client("pat").decide(&id, "approve", None).await.unwrap();
     let stale = pipeline.attest(&id, plan("x", "t", "")).await.unwrap_err();
     assert!(stale.to_string().contains("revision 2"), "{stale}");
-    let sentence = refusal(b.lock(&main, &id, "L1").await).await;
+    let sentence = refusal(b.lock_change(&main, &id, "L1").await).await;
     assert!(sentence.contains(COMMIT_B), "{sentence}");
     let new_main = b.jwt(Some(COMMIT_B));
     Client::new(&b.t.base(), &new_main)
         .attest(&id, plan("y", "t", ""))
         .await
         .unwrap();
-    assert_status(&b.lock(&new_main, &id, "L2").await, StatusCode::OK);
+    assert_status(&b.lock_change(&new_main, &id, "L2").await, StatusCode::OK);
 
     // During its apply, the plan cannot be replaced.
     let during = b
@@ -296,12 +292,8 @@ pub fn state_with(serial: i64, names: &[&str]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_beyond_the_plan_is_stored_and_the_change_diverges_loudly() {
     // No binding: what diverges is what the pipeline applied, whatever it attested.
-    let p = crate::changes::spawn_protected("24h").await;
-    let b = Bound {
-        t: p.t,
-        issuer: p.issuer,
-    };
-    let id = b.approved(plan("x", "t", ""), None).await;
+    let b = crate::changes::spawn_protected("24h").await;
+    let id = b.approved_plan(plan("x", "t", ""), None).await;
     let main = b.jwt(None);
     let path = format!("prod/network?change={id}");
     let pipeline = || b.t.as_("ci-prod").with_secret(&main);
@@ -396,7 +388,7 @@ async fn a_write_beyond_the_plan_is_stored_and_the_change_diverges_loudly() {
 async fn fingerprints_never_reveal_a_plans_sensitive_values() {
     let b = spawn_bound("\"plan\"").await;
     let secret = "hunter2-sensitive-value";
-    let id = b.approved(plan(secret, "t", ""), None).await;
+    let id = b.approved_plan(plan(secret, "t", ""), None).await;
     let main = b.jwt(None);
     Client::new(&b.t.base(), &main)
         .attest(&id, plan(secret, "t2", ""))
@@ -479,8 +471,8 @@ async fn explain(t: &TestApp, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test]
 async fn explain_shows_the_binding_and_refuses_the_lock_as_the_server_does() {
     let b = spawn_bound("[\"commit\", \"plan\"]").await;
-    let id = b.approved(plan("x", "t", ""), Some(COMMIT_A)).await;
-    let server = refusal(b.lock(&b.jwt(Some(COMMIT_B)), &id, "L1").await).await;
+    let id = b.approved_plan(plan("x", "t", ""), Some(COMMIT_A)).await;
+    let server = refusal(b.lock_change(&b.jwt(Some(COMMIT_B)), &id, "L1").await).await;
 
     let (code, json) = explain(
         &b.t,
@@ -515,5 +507,5 @@ async fn explain_shows_the_binding_and_refuses_the_lock_as_the_server_does() {
         text.contains("binding: revision 1 of change prod-1's plan was attested by service:ci-prod (branch main)"),
         "{text}"
     );
-    assert_status(&b.lock(&main, &id, "L2").await, StatusCode::OK);
+    assert_status(&b.lock_change(&main, &id, "L2").await, StatusCode::OK);
 }
