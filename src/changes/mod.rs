@@ -429,14 +429,14 @@ pub fn beyond_plan<'a>(
     touched: impl IntoIterator<Item = &'a String>,
 ) -> Vec<String> {
     let s = &change.summary;
-    let planned = |a: &String| {
+    let planned: std::collections::HashSet<&String> =
         [&s.add, &s.change, &s.replace, &s.destroy, &s.state_only]
-            .iter()
-            .any(|list| list.contains(a))
-    };
+            .into_iter()
+            .flatten()
+            .collect();
     touched
         .into_iter()
-        .filter(|a| !is_data_source(a) && !planned(a))
+        .filter(|a| !is_data_source(a) && !planned.contains(a))
         .cloned()
         .collect()
 }

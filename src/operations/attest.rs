@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use super::propose::Read;
+use super::propose::PlanFacts;
 use super::{commit, NamedChange, OpError, Server, DONE};
 use crate::audit::Record;
 use crate::changes::{fingerprint, Change};
@@ -52,7 +52,7 @@ impl Attesting<'_> {
         record: &mut Record,
         bytes: Vec<u8>,
     ) -> Result<Change, OpError> {
-        let presented = Read::of(self.server, &bytes)?;
+        let presented = PlanFacts::of(self.server, &bytes)?;
         drop(bytes);
         let named = &self.named;
         let id = &named.id;
@@ -83,10 +83,13 @@ impl Attesting<'_> {
 /// on.
 fn mismatch(change: &Change, differences: &[fingerprint::Difference]) -> String {
     let id = &change.id;
+    let from = match &change.commit {
+        Some(sha) => format!("commit {sha}"),
+        None => "the commit it was made from".to_string(),
+    };
     format!(
-        "this plan does not do what change {id}'s approved plan (revision {}) does: {}; nothing was attested. Apply the approved plan (re-plan from commit {}), or, if this plan is the one to apply, have its author replace the change's plan with `bulkhead change update {id} --plan plan.json` and ask for approval again",
+        "this plan does not do what change {id}'s approved plan (revision {}) does: {}; nothing was attested. Apply the approved plan (re-plan from {from}), or, if this plan is the one to apply, have its author replace the change's plan with `bulkhead change update {id} --plan plan.json` and ask for approval again",
         change.revision,
         first_of(differences, SHOWN),
-        change.commit.as_deref().unwrap_or("the change was planned from")
     )
 }

@@ -84,7 +84,7 @@ impl Proposing<'_> {
         record: &mut Record,
         bytes: Vec<u8>,
     ) -> Result<Option<Change>, OpError> {
-        let read = Read::of(self.server, &bytes)?;
+        let read = PlanFacts::of(self.server, &bytes)?;
         // Only what was read of it is kept: the plan need not be held while it is stored.
         drop(bytes);
         let (env, proposal) = (self.env, &self.proposal);
@@ -113,20 +113,21 @@ impl Proposing<'_> {
 }
 
 /// What is kept of a plan: its summary, its SHA-256 and the fingerprint of its effect.
-pub(super) struct Read {
+/// Read once from the bytes, which need not be held after.
+pub(super) struct PlanFacts {
     pub summary: plan::PlanSummary,
     pub sha256: String,
     pub fingerprint: Fingerprint,
 }
 
-impl Read {
+impl PlanFacts {
     /// Reads the plan JSON `bytes`, refused in words when it is not one.
-    pub fn of(server: &Server, bytes: &[u8]) -> Result<Read, OpError> {
+    pub fn of(server: &Server, bytes: &[u8]) -> Result<PlanFacts, OpError> {
         let not_stored = |e: String| OpError::BadRequest(format!("the plan was not stored: {e}"));
         let summary = plan::summarize(bytes).map_err(not_stored)?;
         let key = server.stores.audit_key().plans();
         let fingerprint = fingerprint::fingerprint(bytes, key.bytes()).map_err(not_stored)?;
-        Ok(Read {
+        Ok(PlanFacts {
             summary,
             sha256: sha256_hex(bytes),
             fingerprint,
@@ -169,6 +170,11 @@ pub async fn replan<'a>(
     let change = named.read(record).await?;
     server.require(caller, record, Action::ChangeCreate, named.env, source_ip)?;
     bounded("commit", commit.as_deref(), REF_LIMIT)?;
+    // A new plan is from a new commit: where applies are bound to commits, it must be named.
+    let commit = commit.filter(|c| !c.trim().is_empty());
+    if commit.is_none() {
+        require_commit(named.env, None)?;
+    }
     let me = caller.principal.to_string();
     if change.author != me {
         return Err(OpError::Forbidden(format!(
@@ -190,10 +196,10 @@ impl Replanning<'_> {
 
     /// Stores the plan `bytes` as the change's next revision.
     pub async fn replace(self, record: &mut Record, bytes: Vec<u8>) -> Result<Change, OpError> {
-        let read = Read::of(self.server, &bytes)?;
+        let read = PlanFacts::of(self.server, &bytes)?;
         drop(bytes);
         let named = &self.named;
-        let (env, id) = (named.env, &named.id);
+        let id = &named.id;
         let mut tx = named.store.begin().await?;
         let change = named.load_open(&mut tx).await?;
         if let Some((state, held)) = tx.lock_for_change(id.number).await? {
@@ -202,13 +208,8 @@ impl Replanning<'_> {
                 held.lock_id
             )));
         }
-        // Without --commit the change keeps the commit it named, unless the environment binds
-        // applies to commits: a new plan is from a new commit, which must be named.
-        let given = self.commit.as_deref().filter(|c| !c.trim().is_empty());
-        if given.is_none() {
-            require_commit(env, None)?;
-        }
-        let planned_at = given.or(change.commit.as_deref());
+        // Without --commit the change keeps the commit it named.
+        let planned_at = self.commit.as_deref().or(change.commit.as_deref());
         let dismissed = tx
             .replace_plan(
                 id.number,

@@ -148,24 +148,28 @@ async fn diverged(
     else {
         return Ok(Vec::new());
     };
-    let before = current
-        .filter(|c| !c.deleted)
-        .and_then(|c| c.resources.as_deref());
+    let unreadable = |record: &mut Record| {
+        note(record, format!("what it changed cannot be compared with change {id}'s plan: the content, or the version before it, cannot be read as a Terraform state"));
+        Ok(Vec::new())
+    };
+    // A version before with no resources taken (an unreadable state) is not an empty one.
+    let before = match current.filter(|c| !c.deleted) {
+        None => None,
+        Some(version) => match version.resources.as_deref() {
+            Some(resources) => Some(resources),
+            None => return unreadable(record),
+        },
+    };
     let touched = history::fingerprint(bytes).and_then(|after| history::touched(before, &after));
     let Some(touched) = touched else {
-        note(record, format!("what it changed cannot be compared with change {id}'s plan: the content cannot be read as a Terraform state"));
-        return Ok(Vec::new());
+        return unreadable(record);
     };
     let beyond = changes::beyond_plan(change, &touched);
     if beyond.is_empty() {
         return Ok(beyond);
     }
-    let mut all = change.diverged.clone();
-    for address in &beyond {
-        if !all.contains(address) {
-            all.push(address.clone());
-        }
-    }
+    let all: std::collections::BTreeSet<&String> = change.diverged.iter().chain(&beyond).collect();
+    let all: Vec<String> = all.into_iter().cloned().collect();
     tx.mark_diverged(number, &all).await?;
     tracing::warn!(
         environment = %req.env.name,
