@@ -45,32 +45,40 @@ pub enum ChangeCommand {
     ///
     /// The plan is the JSON of a saved plan:
     ///   terraform plan -out plan.tfplan && terraform show -json plan.tfplan > plan.json
-    /// The change records the commit the plan was made from (--commit, by default `git
-    /// rev-parse HEAD` when run in a repository; shown to approvers as claimed) and a
+    ///
+    /// The change records the commit the plan was made from (--commit; by default
+    /// `git rev-parse HEAD` when run in a repository; approvers see it as claimed) and a
     /// fingerprint of the plan's effect. Once approved, the pipeline applies it with
     /// `?change=<id>` on the backend address.
+    #[command(verbatim_doc_comment)]
     Create(CreateArgs),
-    /// Replace a change's plan (its author only): the change's next revision. The approvals
-    /// given to the plan before are dismissed, as is a pipeline's attestation: it must be
-    /// approved again.
+    /// Replace a change's plan (its author only); its approvals are dismissed.
+    ///
+    /// The new plan is the change's next revision. The approvals given to the plan before,
+    /// and a pipeline's attestation of it, are dismissed: it must be approved again.
     ///
     /// Example:
     ///   bulkhead change update prod-7 --plan plan.json
+    #[command(verbatim_doc_comment)]
     Update(UpdateArgs),
-    /// As the pipeline, before `terraform apply tfplan`: attest that the saved plan you are
-    /// about to apply does what the change's approved plan does. The server compares the two
-    /// plans' effects and names the resources that differ; exit 1 when they do. Where the
-    /// environment has `pipeline { bind = "plan" }`, the change's lock is refused until the
-    /// identity taking it has attested.
+    /// As the pipeline: attest that the saved plan you will apply is the approved one.
+    ///
+    /// The server compares the effect of your plan with the change's approved plan and names
+    /// the resources that differ; exit 1 when they do. Where the environment has
+    /// `pipeline { bind = "plan" }`, the change's lock is refused until the identity taking it
+    /// has attested.
     ///
     /// Example:
     ///   terraform plan -out tfplan && terraform show -json tfplan > plan.json
     ///   bulkhead change attest prod-7 --plan plan.json && terraform apply tfplan
+    #[command(verbatim_doc_comment)]
     Attest(AttestArgs),
     /// List changes (and open break-glass grants) of the environments you may read.
     List(ListArgs),
-    /// Show a change as a reviewer reads it: what it adds, changes and destroys, the commit it
-    /// claims, its attestation; exit 1 when writes under it went beyond its plan (diverged).
+    /// Show a change as a reviewer reads it; exit 1 when it diverged from its plan.
+    ///
+    /// What it adds, changes and destroys, the commit it claims, its attestation, and the
+    /// resources that writes under it touched beyond its plan, if any.
     Show(IdArgs),
     /// Approve a change (approvers only; never your own).
     Approve(IdArgs),

@@ -17,13 +17,18 @@ use crate::verdict::{self, Ask, Effect};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Decide one request, say which policy decided it and what would change the answer; exit
-    /// 1 when it is denied. In a protected environment a write also needs an approved change
-    /// (--change, read from the environment's database) and an allowed branch (--branch).
+    /// Decide one request: which policy decided it, and what would change the answer.
+    ///
+    /// Exit 1 when it is denied. In a protected environment a write also needs an approved
+    /// change (--change, read from the environment's database) and an allowed branch
+    /// (--branch); where the pipeline binds applies, the commit its token proves (--commit)
+    /// and the attestation of the change's plan by the same identity (--subject).
     ///
     /// Examples:
     ///   bulkhead policy explain --principal alice --action state:write --env prod
-    ///   bulkhead policy explain --principal ci-prod --action state:write --env prod --change prod-3 --branch main
+    ///   bulkhead policy explain --principal ci-prod --action state:lock --env prod \
+    ///     --operation OperationTypeApply --change prod-3 --branch main --commit 4f1c...
+    #[command(verbatim_doc_comment)]
     Explain(Box<ExplainArgs>),
     /// For every environment, which principals may do which action: the table a security
     /// review asks for, decided by the compiled policies (custom ones included).
