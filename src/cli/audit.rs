@@ -38,7 +38,7 @@ pub struct LogArgs {
     /// Only records naming this change request, e.g. prod-12.
     #[arg(long)]
     change: Option<String>,
-    /// Only this principal, e.g. user:alice.
+    /// Only this principal: alice (as the config names it), user:alice or service:ci-prod.
     #[arg(long)]
     principal: Option<String>,
     /// Only this action, e.g. state:write.
@@ -84,6 +84,21 @@ impl AuditCommand {
     }
 }
 
+/// A principal as records name it: `alice` is `user:alice` (or `service:alice`) as the config
+/// knows it; `user:NAME` and `service:NAME` are taken as written, so that one no longer in the
+/// config can still be looked for.
+fn principal_arg(config: &crate::config::Config, text: &str) -> Result<String, CliError> {
+    if let Some(p) = crate::identity::Principal::lookup(config, text) {
+        return Ok(p.to_string());
+    }
+    match text.split_once(':') {
+        Some(("user" | "service", name)) if !name.is_empty() => Ok(text.to_string()),
+        _ => Err(CliError::Usage(format!(
+            "--principal {text}: no user or service of that name in the config; write user:{text} or service:{text} to look for one no longer in it"
+        ))),
+    }
+}
+
 /// A time argument: RFC 3339, or an age before now such as `1h`.
 fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliError> {
     let Some(v) = value.as_deref() else {
@@ -113,9 +128,15 @@ impl LogArgs {
                 )));
             }
         }
+        let config = self.config.load()?;
+        let principal = self
+            .principal
+            .as_deref()
+            .map(|p| principal_arg(&config, p))
+            .transpose()?;
         let mut filter = audit::Filter {
             state: self.state.clone(),
-            principal: self.principal.clone(),
+            principal,
             change: self
                 .change
                 .as_deref()
@@ -130,7 +151,7 @@ impl LogArgs {
             through: None,
             last: self.last.map(i64::from),
         };
-        let log = AuditLog::open(&self.config.load()?)
+        let log = AuditLog::open(&config)
             .await
             .context("cannot open the audit log")?;
         if let Some(env) = &self.env {

@@ -560,6 +560,27 @@ async fn audit_log_finds_records_whether_indexed_yet_or_not() {
     let of_a = (reads + 2) / 3;
     assert_eq!(log(&["--state", "a"]).len() as i64, of_a);
     assert_eq!(log(&["--principal", "user:bob"]).len() as i64, reads - of_a);
+    // A name as the config spells it is the principal's, not a filter that matches nothing.
+    assert_eq!(log(&["--principal", "bob"]).len() as i64, reads - of_a);
+    let unknown = bulkhead(
+        t.dir.path(),
+        &[
+            "audit",
+            "log",
+            "--config",
+            "bulkhead.hcl",
+            "--principal",
+            "carol",
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("write user:carol or service:carol"),
+        "{}",
+        stderr(&unknown)
+    );
+    // One no longer in the config can still be looked for by its full name.
+    assert!(log(&["--principal", "user:carol"]).is_empty());
     assert_eq!(
         log(&["--decision", "allow", "--since", "1h"]).len() as i64,
         reads
