@@ -132,6 +132,12 @@ impl Client {
         self.json(req).await
     }
 
+    /// One page of the audit log: `query` holds `GET /v1/audit`'s parameters.
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<crate::audit::Page, ClientError> {
+        self.json(self.http.get(self.url("/v1/audit")).query(query))
+            .await
+    }
+
     /// `verb` is approve, reject or cancel.
     pub async fn decide(
         &self,

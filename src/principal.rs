@@ -51,6 +51,23 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// A principal as the audit log names it, for looking records up: `alice` is the user or
+    /// service the config calls alice; `user:NAME` and `service:NAME` are taken as written, so
+    /// that one no longer in the config can still be looked for. Anything else is refused.
+    pub fn as_recorded(config: &Config, text: &str) -> Result<String, String> {
+        if let Some(p) = Principal::lookup(config, text) {
+            return Ok(p.to_string());
+        }
+        match text.split_once(':') {
+            Some(("user" | "service", name)) if !name.is_empty() => Ok(text.to_string()),
+            _ => Err(format!(
+                "no user or service is called `{text}` in the config; write user:{text} or service:{text} to look for one no longer in it"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -460,6 +460,19 @@ pub struct Filter {
     pub through: Option<i64>,
     /// Only the newest this many.
     pub last: Option<i64>,
+    /// Only the oldest this many (after `after`): a page. `last` wins when both are given.
+    pub first: Option<i64>,
+}
+
+/// A page of the audit log, as `GET /v1/audit` answers it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Page {
+    /// Oldest first, across the chains read.
+    pub records: Vec<Record>,
+    /// Where the next page starts (`chain:position,...`): pass it back as `?after=`.
+    pub cursor: String,
+    /// Whether more records matched than this page holds.
+    pub more: bool,
 }
 
 /// How often the audit index is brought up to date: whoever appends a record at a multiple of

@@ -18,7 +18,7 @@ use crate::time::{Clock, Timestamp};
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Show audit records, oldest first, filtered.
-    Log(LogArgs),
+    Log(Box<LogArgs>),
     /// Check every chain, read-only, under the audit key and against the checkpoints: edited,
     /// re-hashed, deleted, cut-off or swapped records, and changes, approvals, grants and state
     /// versions without the record that created them; exit 1 if any is broken.
@@ -61,6 +61,13 @@ pub struct LogArgs {
     /// Keep printing new records as they are written (Ctrl-C to stop).
     #[arg(long)]
     follow: bool,
+    /// Read the log from a running server (`GET /v1/audit`, which needs audit:read) instead
+    /// of the data directory on this host, e.g. https://bulkhead.example.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Your bulkhead token, with --server.
+    #[arg(long, env = "BULKHEAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -81,21 +88,6 @@ impl AuditCommand {
             AuditCommand::Log(args) => args.run().await,
             AuditCommand::Verify(args) => args.run().await,
         }
-    }
-}
-
-/// A principal as records name it: `alice` is `user:alice` (or `service:alice`) as the config
-/// knows it; `user:NAME` and `service:NAME` are taken as written, so that one no longer in the
-/// config can still be looked for.
-fn principal_arg(config: &crate::config::Config, text: &str) -> Result<String, CliError> {
-    if let Some(p) = crate::identity::Principal::lookup(config, text) {
-        return Ok(p.to_string());
-    }
-    match text.split_once(':') {
-        Some(("user" | "service", name)) if !name.is_empty() => Ok(text.to_string()),
-        _ => Err(CliError::Usage(format!(
-            "--principal {text}: no user or service of that name in the config; write user:{text} or service:{text} to look for one no longer in it"
-        ))),
     }
 }
 
@@ -128,11 +120,17 @@ impl LogArgs {
                 )));
             }
         }
+        if let Some(server) = self.server.clone() {
+            return self.run_remote(&server).await;
+        }
         let config = self.config.load()?;
         let principal = self
             .principal
             .as_deref()
-            .map(|p| principal_arg(&config, p))
+            .map(|p| {
+                crate::identity::Principal::as_recorded(&config, p)
+                    .map_err(|why| CliError::Usage(format!("--principal {p}: {why}")))
+            })
             .transpose()?;
         let mut filter = audit::Filter {
             state: self.state.clone(),
@@ -150,6 +148,7 @@ impl LogArgs {
             after: 0,
             through: None,
             last: self.last.map(i64::from),
+            first: None,
         };
         let log = AuditLog::open(&config)
             .await
@@ -175,6 +174,48 @@ impl LogArgs {
             filter.last = None;
             let _ = std::io::stdout().flush();
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The log as a running server answers it, page by page.
+    async fn run_remote(&self, server: &str) -> Result<ExitCode, CliError> {
+        if self.follow {
+            return Err(CliError::Usage(
+                "--follow reads the data directory: run it on the server's host, without --server"
+                    .into(),
+            ));
+        }
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::Usage("--server needs a token: pass --token or set BULKHEAD_TOKEN".into())
+        })?;
+        let client = crate::client::Client::new(server, token);
+        let mut query: Vec<(&str, String)> = Vec::new();
+        let mut put = |name, value: Option<String>| {
+            if let Some(v) = value {
+                query.push((name, v));
+            }
+        };
+        put("env", self.env.clone());
+        put("state", self.state.clone());
+        put("principal", self.principal.clone());
+        put("change", self.change.clone());
+        put("action", self.action.clone());
+        put("decision", self.decision.clone());
+        put("since", time_arg("since", &self.since)?);
+        put("until", time_arg("until", &self.until)?);
+        put("last", self.last.map(|n| n.to_string()));
+        let mut after: Option<String> = None;
+        loop {
+            let mut asked = query.clone();
+            asked.extend(after.take().map(|c| ("after", c)));
+            let page = client.audit(&asked).await?;
+            for r in &page.records {
+                self.print(r)?;
+            }
+            if !page.more {
+                return Ok(ExitCode::SUCCESS);
+            }
+            after = Some(page.cursor);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP server: the router, the application state it shares, and serving on a socket the
 //! caller has already bound (so tests bind port 0 and know the address before anything runs).
 
+pub mod audit;
 mod audited;
 pub mod backend;
 pub mod changes;
@@ -57,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(history::history).post(history::history),
         )
         .route("/v1/status", get(history::status))
+        .route("/v1/audit", get(audit::read))
         .route("/v1/breakglass", post(changes::open_breakglass))
         .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
         // After every route: it applies to those registered before it.

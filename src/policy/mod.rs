@@ -54,10 +54,12 @@ pub enum Action {
     ChangeCreate,
     ChangeApprove,
     BreakglassOpen,
+    /// Read the environment's audit log over the API (`GET /v1/audit`).
+    AuditRead,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::StateRead,
         Action::StateWrite,
         Action::StateLock,
@@ -69,6 +71,7 @@ impl Action {
         Action::ChangeCreate,
         Action::ChangeApprove,
         Action::BreakglassOpen,
+        Action::AuditRead,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -88,6 +91,7 @@ impl Action {
             Action::ChangeCreate => "change:create",
             Action::ChangeApprove => "change:approve",
             Action::BreakglassOpen => "breakglass:open",
+            Action::AuditRead => "audit:read",
         }
     }
 
@@ -382,7 +386,7 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         (
             "owner",
             std::slice::from_ref(&env.owner),
-            &[StateRead, ChangeCreate],
+            &[StateRead, ChangeCreate, AuditRead],
         ),
         ("read", &env.read, &[StateRead, ChangeCreate]),
         (

@@ -84,6 +84,10 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
                 None => format!("{name} has no break-glass procedure; ask {owner}"),
             },
         ),
+        Action::AuditRead => (
+            "read the audit log of",
+            format!("its owner {owner} may, and whoever a custom policy grants audit:read"),
+        ),
     };
     format!("{principal} may not {verb} {name} (owner: {owner}): {advice}")
 }

@@ -169,9 +169,10 @@ async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreErro
         }
         conditions.join(" AND ")
     };
-    let (order, limit) = match filter.last {
-        Some(n) => ("DESC", format!(" LIMIT {}", n.max(0))),
-        None => ("", String::new()),
+    let (order, limit) = match (filter.last, filter.first) {
+        (Some(n), _) => ("DESC", format!(" LIMIT {}", n.max(0))),
+        (None, Some(n)) => ("", format!(" LIMIT {}", n.max(0))),
+        (None, None) => ("", String::new()),
     };
     let conn = &mut *pool.acquire().await?;
     let fetch = async |conn: &mut AnyConnection, sql: String| -> Result<Vec<Stored>, StoreError> {
@@ -217,6 +218,9 @@ async fn query(pool: &AnyPool, filter: &Filter) -> Result<Vec<Stored>, StoreErro
             None => {
                 let mut rows = older;
                 rows.extend(newer);
+                if let Some(n) = filter.first {
+                    rows.truncate(usize::try_from(n).unwrap_or(0));
+                }
                 rows
             }
         }

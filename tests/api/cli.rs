@@ -575,7 +575,7 @@ async fn audit_log_finds_records_whether_indexed_yet_or_not() {
     );
     assert_eq!(unknown.status.code(), Some(2));
     assert!(
-        stderr(&unknown).contains("write user:carol or service:carol"),
+        stderr(&unknown).contains("--principal carol: no user or service is called `carol`"),
         "{}",
         stderr(&unknown)
     );

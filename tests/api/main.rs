@@ -1,6 +1,7 @@
 //! One integration-test binary: the real server on port 0, real HTTP, real terraform.
 
 mod attacks;
+mod audit_api;
 mod audit_integrity;
 mod authority;
 mod binding;
