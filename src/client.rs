@@ -138,6 +138,23 @@ impl Client {
             .await
     }
 
+    /// The audit log, followed: `GET /v1/audit?follow=true` with `query`, whose answer stays
+    /// open, sending server-sent events (see [`FollowedEvent`]).
+    pub async fn audit_follow(&self, query: &[(&str, String)]) -> Result<Followed, ClientError> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url("/v1/audit"))
+                    .query(query)
+                    .query(&[("follow", "true")]),
+            )
+            .await?;
+        Ok(Followed {
+            resp,
+            buffer: Vec::new(),
+        })
+    }
+
     /// `verb` is approve, reject or cancel.
     pub async fn decide(
         &self,
@@ -253,4 +270,65 @@ pub struct NewChange<'a> {
     pub title: Option<&'a str>,
     pub branch: Option<&'a str>,
     pub commit: Option<&'a str>,
+}
+
+/// A followed audit log, read event by event.
+pub struct Followed {
+    resp: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+/// One event of a followed audit log.
+#[derive(Debug)]
+pub enum FollowedEvent {
+    Record(Box<crate::audit::Record>),
+    /// Where to resume from, should the answer end.
+    Cursor(String),
+    /// The server stopped following, saying why.
+    Refused(String),
+}
+
+/// The most bytes one event may take before the answer is given up as not an event stream.
+const EVENT_MAX: usize = 1 << 20;
+
+impl Followed {
+    /// The next event; `None` once the server ends the answer.
+    pub async fn next(&mut self) -> Result<Option<FollowedEvent>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                let mut kind = "message";
+                for line in text.lines() {
+                    if let Some(k) = line.strip_prefix("event: ") {
+                        kind = if k == "error" { "error" } else { "message" };
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        if kind == "error" {
+                            return Ok(Some(FollowedEvent::Refused(data.to_string())));
+                        }
+                        let record = serde_json::from_str(data)
+                            .map_err(|e| ClientError::Decode(e.to_string()))?;
+                        return Ok(Some(FollowedEvent::Record(Box::new(record))));
+                    } else if let Some(id) = line.strip_prefix("id: ") {
+                        return Ok(Some(FollowedEvent::Cursor(id.to_string())));
+                    }
+                }
+                continue; // a comment that keeps the connection alive
+            }
+            if self.buffer.len() > EVENT_MAX {
+                return Err(ClientError::Decode(
+                    "an event of the followed audit log is over 1 MiB".into(),
+                ));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(ClientError::Decode(format!(
+                        "the followed audit log broke off: {e}"
+                    )))
+                }
+            }
+        }
+    }
 }

@@ -179,12 +179,6 @@ impl LogArgs {
 
     /// The log as a running server answers it, page by page.
     async fn run_remote(&self, server: &str) -> Result<ExitCode, CliError> {
-        if self.follow {
-            return Err(CliError::Usage(
-                "--follow reads the data directory: run it on the server's host, without --server"
-                    .into(),
-            ));
-        }
         let token = self.token.as_deref().ok_or_else(|| {
             CliError::Usage("--server needs a token: pass --token or set BULKHEAD_TOKEN".into())
         })?;
@@ -204,6 +198,9 @@ impl LogArgs {
         put("since", time_arg("since", &self.since)?);
         put("until", time_arg("until", &self.until)?);
         put("last", self.last.map(|n| n.to_string()));
+        if self.follow {
+            return self.follow_remote(&client, query).await;
+        }
         let mut after: Option<String> = None;
         loop {
             let mut asked = query.clone();
@@ -216,6 +213,40 @@ impl LogArgs {
                 return Ok(ExitCode::SUCCESS);
             }
             after = Some(page.cursor);
+        }
+    }
+
+    /// Prints records as the server sends them, asking again from the last cursor whenever
+    /// the server ends an answer (it does, every hour).
+    async fn follow_remote(
+        &self,
+        client: &crate::client::Client,
+        query: Vec<(&str, String)>,
+    ) -> Result<ExitCode, CliError> {
+        use crate::client::FollowedEvent;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut asked = query.clone();
+            if let Some(c) = &cursor {
+                // Resuming: every record after the cursor, not the newest N again.
+                asked.retain(|(name, _)| *name != "last");
+                asked.push(("after", c.clone()));
+            }
+            let mut followed = client.audit_follow(&asked).await?;
+            while let Some(event) = followed.next().await? {
+                match event {
+                    FollowedEvent::Record(r) => {
+                        self.print(&r)?;
+                        let _ = std::io::stdout().flush();
+                    }
+                    FollowedEvent::Cursor(c) => cursor = Some(c),
+                    FollowedEvent::Refused(why) => {
+                        return Err(CliError::Failed(anyhow::anyhow!(
+                            "the server stopped following: {why}"
+                        )))
+                    }
+                }
+            }
         }
     }
 

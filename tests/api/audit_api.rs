@@ -175,3 +175,50 @@ async fn audit_log_with_server_reads_the_log_over_the_api() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("may not read the audit log of prod"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_follow_with_server_prints_new_records_as_they_are_written() {
+    use tokio::io::AsyncBufReadExt;
+    let t = spawn_app().await;
+    assert_eq!(t.as_("alice").get("dev/before").send().await.status(), 204);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args([
+            "audit",
+            "log",
+            "--server",
+            &t.base(),
+            "--env",
+            "dev",
+            "--action",
+            "state:read",
+            "--last",
+            "1",
+            "--follow",
+            "--format",
+            "json",
+        ])
+        .current_dir(t.dir.path())
+        .env("BULKHEAD_TOKEN", t.token("alice"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The newest one first, then what is written while it follows.
+    assert_eq!(crate::cli::next_record(&mut lines).await["state"], "before");
+    assert_eq!(t.as_("bob").get("dev/after").send().await.status(), 204);
+    let after = crate::cli::next_record(&mut lines).await;
+    assert_eq!(
+        (after["state"].as_str(), after["principal"].as_str()),
+        (Some("after"), Some("user:bob"))
+    );
+    child.kill().await.unwrap();
+    // Following was recorded once, as the request that opened it, not once per look.
+    let opened = t
+        .audit(Some("dev"))
+        .await
+        .into_iter()
+        .filter(|r| r.action == "audit:read")
+        .count();
+    assert_eq!(opened, 1);
+}

@@ -449,7 +449,7 @@ async fn audit_log_follow_prints_new_records_as_they_are_written() {
 }
 
 /// The next JSON line of a follower; bounded, since it polls every second.
-async fn next_record(
+pub async fn next_record(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) -> serde_json::Value {
     let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
