@@ -2,7 +2,7 @@
 //! each environment's), and each chain's database verified, read-only, under the audit key and
 //! against the checkpoints. What `bulkhead audit log` and `bulkhead audit verify` print.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use std::net::IpAddr;
 
@@ -242,9 +242,9 @@ pub async fn page(
     let filter = asked.filter;
     let newest_only = filter.last.map(|n| n.clamp(0, PAGE_MAX));
     let limit = filter.first.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
-    // Each chain's matching records after its cursor, as (record, chain, position).
-    let mut found: Vec<(Record, String, i64)> = Vec::new();
-    let mut newest: HashMap<String, (i64, bool)> = HashMap::new();
+    // Each chain's matching records after its cursor, in the chain's order, and how far the
+    // chain went when they were read.
+    let mut queues: Vec<(String, VecDeque<(Record, i64)>, i64, bool)> = Vec::new();
     for (chain, db) in &chains {
         let through = db.newest_position().await?;
         let rows = db
@@ -258,7 +258,7 @@ pub async fn page(
             .await?;
         // Fewer than a page: none left in this chain up to `through`.
         let exhausted = newest_only.is_some() || (rows.len() as i64) < limit;
-        newest.insert(chain.clone(), (through, exhausted));
+        let mut queue = VecDeque::with_capacity(rows.len());
         for row in rows {
             let r: Record = serde_json::from_str(&row.record).map_err(|e| {
                 OpError::Internal(format!(
@@ -266,45 +266,63 @@ pub async fn page(
                     row.seq
                 ))
             })?;
-            found.push((r, chain.clone(), row.seq));
+            queue.push_back((r, row.seq));
+        }
+        queues.push((chain.clone(), queue, through, exhausted));
+    }
+    // Merged by time, each chain's records taken in its own order, so that what a page keeps
+    // of a chain is always its first records and the cursor cannot pass one it left out.
+    let keep = usize::try_from(newest_only.unwrap_or(limit)).unwrap_or(0);
+    let mut kept: Vec<Record> = Vec::with_capacity(keep);
+    let mut last_kept: HashMap<String, i64> = HashMap::new();
+    while kept.len() < keep {
+        let pick = if newest_only.is_some() {
+            queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.1.back().map(|(r, _)| (i, &r.time)))
+                .max_by(|a, b| a.1.cmp(b.1))
+        } else {
+            queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.1.front().map(|(r, _)| (i, &r.time)))
+                .min_by(|a, b| a.1.cmp(b.1))
+        };
+        let Some((i, _)) = pick else { break };
+        let (chain, queue, ..) = &mut queues[i];
+        let taken = if newest_only.is_some() {
+            queue.pop_back()
+        } else {
+            queue.pop_front()
+        };
+        if let Some((r, seq)) = taken {
+            last_kept.insert(chain.clone(), seq);
+            kept.push(r);
         }
     }
-    found.sort_by(|a, b| a.0.time.cmp(&b.0.time));
-    let count = |rows: &[(Record, String, i64)], chain: &str| {
-        rows.iter().filter(|(_, c, _)| c == chain).count()
-    };
-    let found_by_chain: HashMap<String, usize> = newest
-        .keys()
-        .map(|chain| (chain.clone(), count(&found, chain)))
-        .collect();
-    let keep = usize::try_from(newest_only.unwrap_or(limit)).unwrap_or(0);
-    let left_out = found.len().saturating_sub(keep);
-    let kept: Vec<(Record, String, i64)> = if newest_only.is_some() {
-        found.split_off(left_out)
-    } else {
-        found.truncate(keep);
-        found
-    };
+    if newest_only.is_some() {
+        kept.reverse();
+    }
     // Where each chain's next page starts: past what was kept, and, for a chain with none
-    // left whose every match was kept, past all it holds up to now, matched or not.
-    for (chain, (through, exhausted)) in &newest {
-        let all_kept = count(&kept, chain) == found_by_chain.get(chain).copied().unwrap_or(0);
-        let next = if *exhausted && (all_kept || newest_only.is_some()) {
+    // left to give, past all it held when read, matched or not.
+    for (chain, queue, through, exhausted) in &queues {
+        let next = if *exhausted && (queue.is_empty() || newest_only.is_some()) {
             Some(*through)
         } else {
-            kept.iter().rev().find(|(_, c, _)| c == chain).map(|k| k.2)
+            last_kept.get(chain).copied()
         };
         if let Some(next) = next {
             cursor.insert(chain.clone(), next);
         }
     }
-    let more =
-        newest_only.is_none() && (left_out > 0 || newest.values().any(|(_, exhausted)| !exhausted));
+    let left_out = queues.iter().any(|q| !q.1.is_empty());
+    let more = newest_only.is_none() && (left_out || queues.iter().any(|q| !q.3));
     record.reason = Some(format!("{} audit records", kept.len()));
     let mut text: Vec<String> = cursor.iter().map(|(c, s)| format!("{c}:{s}")).collect();
     text.sort();
     Ok(Page {
-        records: kept.into_iter().map(|k| k.0).collect(),
+        records: kept,
         cursor: text.join(","),
         more,
     })

@@ -222,3 +222,29 @@ async fn audit_log_follow_with_server_prints_new_records_as_they_are_written() {
         .count();
     assert_eq!(opened, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_across_chains_lose_no_record_and_keep_time_order() {
+    let t = spawn_app().await;
+    // pat owns staging and prod: two chains, read together.
+    for state in ["staging/a", "prod/b", "prod/c", "staging/d", "prod/e"] {
+        assert_eq!(t.as_("pat").get(state).send().await.status(), 204);
+    }
+    let mut got = Vec::new();
+    let mut after = String::new();
+    for _ in 0..20 {
+        let p = page(&t, "pat", &format!("?action=state:read&limit=2{after}")).await;
+        got.extend(
+            p["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["state"].as_str().unwrap().to_string()),
+        );
+        if !p["more"].as_bool().unwrap() {
+            break;
+        }
+        after = format!("&after={}", p["cursor"].as_str().unwrap());
+    }
+    assert_eq!(got, ["a", "b", "c", "d", "e"]);
+}
