@@ -150,6 +150,16 @@ pub struct Asked<'a> {
     pub after: Option<&'a str>,
 }
 
+/// What a page read of one chain: its matching records after the cursor, in the chain's
+/// order, and how far the chain went when they were read.
+struct ChainRead {
+    chain: String,
+    queue: VecDeque<(Record, i64)>,
+    through: i64,
+    /// Whether it had no more matching records up to `through` than the page could hold.
+    exhausted: bool,
+}
+
 /// Reads `text`, a cursor as [`Page::cursor`] writes it.
 fn parse_cursor(text: &str) -> Result<HashMap<String, i64>, OpError> {
     let bad = || {
@@ -244,7 +254,7 @@ pub async fn page(
     let limit = filter.first.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     // Each chain's matching records after its cursor, in the chain's order, and how far the
     // chain went when they were read.
-    let mut queues: Vec<(String, VecDeque<(Record, i64)>, i64, bool)> = Vec::new();
+    let mut queues: Vec<ChainRead> = Vec::new();
     for (chain, db) in &chains {
         let through = db.newest_position().await?;
         let rows = db
@@ -268,7 +278,12 @@ pub async fn page(
             })?;
             queue.push_back((r, row.seq));
         }
-        queues.push((chain.clone(), queue, through, exhausted));
+        queues.push(ChainRead {
+            chain: chain.clone(),
+            queue,
+            through,
+            exhausted,
+        });
     }
     // Merged by time, each chain's records taken in its own order, so that what a page keeps
     // of a chain is always its first records and the cursor cannot pass one it left out.
@@ -280,24 +295,24 @@ pub async fn page(
             queues
                 .iter()
                 .enumerate()
-                .filter_map(|(i, q)| q.1.back().map(|(r, _)| (i, &r.time)))
+                .filter_map(|(i, q)| q.queue.back().map(|(r, _)| (i, &r.time)))
                 .max_by(|a, b| a.1.cmp(b.1))
         } else {
             queues
                 .iter()
                 .enumerate()
-                .filter_map(|(i, q)| q.1.front().map(|(r, _)| (i, &r.time)))
+                .filter_map(|(i, q)| q.queue.front().map(|(r, _)| (i, &r.time)))
                 .min_by(|a, b| a.1.cmp(b.1))
         };
         let Some((i, _)) = pick else { break };
-        let (chain, queue, ..) = &mut queues[i];
+        let read = &mut queues[i];
         let taken = if newest_only.is_some() {
-            queue.pop_back()
+            read.queue.pop_back()
         } else {
-            queue.pop_front()
+            read.queue.pop_front()
         };
         if let Some((r, seq)) = taken {
-            last_kept.insert(chain.clone(), seq);
+            last_kept.insert(read.chain.clone(), seq);
             kept.push(r);
         }
     }
@@ -306,18 +321,18 @@ pub async fn page(
     }
     // Where each chain's next page starts: past what was kept, and, for a chain with none
     // left to give, past all it held when read, matched or not.
-    for (chain, queue, through, exhausted) in &queues {
-        let next = if *exhausted && (queue.is_empty() || newest_only.is_some()) {
-            Some(*through)
+    for read in &queues {
+        let next = if read.exhausted && (read.queue.is_empty() || newest_only.is_some()) {
+            Some(read.through)
         } else {
-            last_kept.get(chain).copied()
+            last_kept.get(&read.chain).copied()
         };
         if let Some(next) = next {
-            cursor.insert(chain.clone(), next);
+            cursor.insert(read.chain.clone(), next);
         }
     }
-    let left_out = queues.iter().any(|q| !q.1.is_empty());
-    let more = newest_only.is_none() && (left_out || queues.iter().any(|q| !q.3));
+    let left_out = queues.iter().any(|q| !q.queue.is_empty());
+    let more = newest_only.is_none() && (left_out || queues.iter().any(|q| !q.exhausted));
     record.reason = Some(format!("{} audit records", kept.len()));
     let mut text: Vec<String> = cursor.iter().map(|(c, s)| format!("{c}:{s}")).collect();
     text.sort();
