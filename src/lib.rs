@@ -12,7 +12,7 @@
 //!   |    store                                the databases; no rule is decided here
 //!   |     /
 //! domain       config, policy, verdict, lock, state, history, changes, audit, ownership,
-//!              principal, text, time          pure rules and types: no I/O, no store
+//!              principal, metrics, text, time pure rules and types: no I/O, no store
 //! ```
 //!
 //! Edges call operations (and, for what they show, the domain); operations call the store and
@@ -40,6 +40,7 @@
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
+//! - [`metrics`]: what the server measures, in Prometheus's text format.
 //! - [`text`]: request and plan text made safe to show at a terminal.
 //! - [`time`]: timestamps and the clock every decision reads.
 
@@ -53,6 +54,7 @@ pub mod history;
 pub mod http;
 pub mod identity;
 pub mod lock;
+pub mod metrics;
 pub mod operations;
 pub mod ownership;
 pub mod policy;

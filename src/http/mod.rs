@@ -59,6 +59,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/status", get(history::status))
         .route("/v1/audit", get(audit::read))
+        .route("/metrics", get(metrics))
         .route("/v1/breakglass", post(changes::open_breakglass))
         .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
         // After every route: it applies to those registered before it.
@@ -82,6 +83,29 @@ fn health_reply(code: StatusCode, health: &Health) -> (StatusCode, String) {
 /// that does not answer and every environment that is not served.
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     health_reply(StatusCode::OK, &app.health().await)
+}
+
+/// `GET /metrics`: Prometheus's text format, for a caller with `audit:read` somewhere
+/// (Prometheus sends a token as `authorization: { credentials: ... }`). Scrapes are not
+/// recorded in the audit log: they would fill it every few seconds.
+async fn metrics(
+    State(app): State<Arc<App>>,
+    raw: raw::Raw,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = raw.peer()?;
+    let authorization = raw
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = app.authenticate(authorization).await?;
+    let text = crate::operations::metrics::scrape(&app, &caller, peer.ip()).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// `GET /readyz` (readiness): the same body, 503 while anything it names is unavailable.

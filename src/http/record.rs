@@ -74,6 +74,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Audit {
 /// The layer around every route: writes the record a handler opened once the answer is known,
 /// and answers that the request was refused when the record cannot be written.
 pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let mut record = Record::new("");
     record.source = request
         .extensions()
@@ -126,9 +127,25 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
     } else {
         match app.record(&record).await {
             Ok(()) => response,
-            Err(e) => ApiError::from(e).into_response(),
+            Err(e) => {
+                app.metrics.audit_append_failed();
+                ApiError::from(e).into_response()
+            }
         }
     };
+    // An environment the config does not know is `other`: the labels stay bounded.
+    let environment = match record.environment.as_deref() {
+        Some(name) if app.config.environment(name).is_some() => name,
+        Some(_) => "other",
+        None => "none",
+    };
+    app.metrics.answered(
+        environment,
+        &record.action,
+        record.decision.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     // The status the client receives, which is not the one recorded when the record itself
     // could not be written.
     tracing::info!(

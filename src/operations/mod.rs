@@ -16,6 +16,7 @@ pub mod decide;
 pub mod delete;
 pub mod health;
 pub mod lock;
+pub mod metrics;
 pub mod propose;
 pub mod read;
 pub mod rollback;
@@ -51,6 +52,8 @@ pub struct Server {
     pub stores: Stores,
     /// The time every decision reads.
     pub clock: Clock,
+    /// What the server measures (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why the server could not be opened.
@@ -62,6 +65,8 @@ pub enum OpenError {
     Oidc(#[from] OidcError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up the server's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Why an operation was not carried out: a refusal with the sentence its caller reads, or a
@@ -194,6 +199,7 @@ impl Server {
             oidc,
             stores,
             clock,
+            metrics: crate::metrics::Metrics::new()?,
         }))
     }
 

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "history",
             "lock",
+            "metrics",
             "ownership",
             "policy",
             "principal",

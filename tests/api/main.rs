@@ -17,6 +17,7 @@ mod instances;
 mod isolation;
 mod layers;
 mod leases;
+mod metrics;
 mod oidc;
 mod protocol;
 mod resources;
