@@ -361,9 +361,11 @@ impl EnvStore {
     /// How many locks are held now, and when the oldest was taken (as stored).
     pub async fn locks_held(&self) -> Result<(i64, Option<String>), StoreError> {
         let mut conn = self.db.pool().acquire().await?;
-        Ok(sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM locks")
-            .fetch_one(&mut *conn)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM locks")
+                .fetch_one(&mut *conn)
+                .await?,
+        )
     }
 }
 
