@@ -5,8 +5,8 @@
 //! that the config does not know is `other`, so a client cannot grow the series.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The server's measurements.
@@ -19,6 +19,21 @@ pub struct Metrics {
     oldest_lock: GaugeVec,
     pending_changes: IntGaugeVec,
     breakglass_open: IntGaugeVec,
+    commits: IntCounterVec,
+    committed_records: IntCounterVec,
+    commit_seconds: CounterVec,
+    flushes: IntCounterVec,
+    flush_seconds: CounterVec,
+}
+
+/// One audit chain's group commits and flushes so far, as its database counts them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChainTotals {
+    pub commits: u64,
+    pub records: u64,
+    pub commit_seconds: f64,
+    pub flushes: u64,
+    pub flush_seconds: f64,
 }
 
 /// What an environment holds when scraped.
@@ -64,6 +79,31 @@ impl Metrics {
         )?;
         let pending_changes = gauge("bulkhead_changes_pending", "Open changes not yet approved")?;
         let breakglass_open = gauge("bulkhead_breakglass_open", "Open break-glass grants")?;
+        let by_chain =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["chain"]);
+        let commits = by_chain(
+            "bulkhead_group_commits_total",
+            "Group commits of audit records",
+        )?;
+        let committed_records = by_chain(
+            "bulkhead_group_commit_records_total",
+            "Audit records appended by group commits (divided by the commits: their size)",
+        )?;
+        let commit_seconds = CounterVec::new(
+            Opts::new(
+                "bulkhead_group_commit_seconds_total",
+                "Time spent in group commits",
+            ),
+            &["chain"],
+        )?;
+        let flushes = by_chain(
+            "bulkhead_flushes_total",
+            "Flushes of relaxed audit commits to disk",
+        )?;
+        let flush_seconds = CounterVec::new(
+            Opts::new("bulkhead_flush_seconds_total", "Time spent flushing"),
+            &["chain"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(audit_failures.clone()))?;
@@ -71,6 +111,11 @@ impl Metrics {
         registry.register(Box::new(oldest_lock.clone()))?;
         registry.register(Box::new(pending_changes.clone()))?;
         registry.register(Box::new(breakglass_open.clone()))?;
+        registry.register(Box::new(commits.clone()))?;
+        registry.register(Box::new(committed_records.clone()))?;
+        registry.register(Box::new(commit_seconds.clone()))?;
+        registry.register(Box::new(flushes.clone()))?;
+        registry.register(Box::new(flush_seconds.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -80,7 +125,32 @@ impl Metrics {
             oldest_lock,
             pending_changes,
             breakglass_open,
+            commits,
+            committed_records,
+            commit_seconds,
+            flushes,
+            flush_seconds,
         })
+    }
+
+    /// A chain's totals as its database counts them: the counters move up to them.
+    pub fn chain(&self, chain: &str, t: &ChainTotals) {
+        let up = |c: &IntCounterVec, to: u64| {
+            let c = c.with_label_values(&[chain]);
+            c.inc_by(to.saturating_sub(c.get()));
+        };
+        let up_f = |c: &CounterVec, to: f64| {
+            let c = c.with_label_values(&[chain]);
+            let by = to - c.get();
+            if by > 0.0 {
+                c.inc_by(by);
+            }
+        };
+        up(&self.commits, t.commits);
+        up(&self.committed_records, t.records);
+        up_f(&self.commit_seconds, t.commit_seconds);
+        up(&self.flushes, t.flushes);
+        up_f(&self.flush_seconds, t.flush_seconds);
     }
 
     /// One answer. `environment` must be one the config knows, or `other`.

@@ -59,6 +59,9 @@ pub async fn scrape(
         gauges.breakglass_open = store.open_breakglass().await?.len() as i64;
         server.metrics.environment(&env.name, &gauges);
     }
+    for (chain, db) in server.stores.chains() {
+        server.metrics.chain(&chain, &db.commit_totals());
+    }
     server
         .metrics
         .render()

@@ -123,6 +123,11 @@ pub struct Database {
 }
 
 impl Database {
+    /// What its group commits of audit records and their flushes have done so far.
+    pub fn commit_totals(&self) -> crate::metrics::ChainTotals {
+        self.commits.totals()
+    }
+
     pub(super) fn new(
         pool: AnyPool,
         connections: Connections,

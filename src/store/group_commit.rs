@@ -3,7 +3,7 @@
 //! once its own record is committed. The remembered head and the epochs it makes possible are
 //! part of the store's concurrency model, stated on [`super::Database`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::{AnyConnection, Executor};
@@ -14,6 +14,7 @@ use super::database::Connections;
 use super::dialect::Dialect;
 use super::{audit, lock_ignoring_poison, StoreError};
 use crate::audit::{index_due, Head, Record};
+use crate::metrics::ChainTotals;
 
 /// A span of time in which nothing was written to a database but this server's group commits
 /// of records: it ends when a write transaction begins here, and when an append finds the
@@ -31,6 +32,18 @@ pub(super) struct GroupCommit {
     unflushed: AtomicUsize,
     /// Brings the scheduled flush forward.
     flush_now: tokio::sync::Notify,
+    /// What the group commits and flushes have done so far, for the metrics.
+    counts: Counts,
+}
+
+/// Running totals of a database's group commits and flushes.
+#[derive(Default)]
+struct Counts {
+    commits: AtomicU64,
+    records: AtomicU64,
+    commit_micros: AtomicU64,
+    flushes: AtomicU64,
+    flush_micros: AtomicU64,
 }
 
 /// What this server knows of the chain between its group commits.
@@ -127,8 +140,22 @@ impl GroupCommit {
         outcome
     }
 
+    /// The totals so far.
+    pub fn totals(&self) -> ChainTotals {
+        let c = &self.counts;
+        let seconds = |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / 1e6;
+        ChainTotals {
+            commits: c.commits.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            commit_seconds: seconds(&c.commit_micros),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            flush_seconds: seconds(&c.flush_micros),
+        }
+    }
+
     /// Appends everything queued (the caller holds the writer lock).
     pub async fn commit_queued(self: Arc<Self>, parts: &DatabaseParts) {
+        let started = std::time::Instant::now();
         let batch: Vec<Queued> = {
             let mut queue = lock_ignoring_poison(&self.queue);
             let n = queue.len().min(MAX_RECORDS);
@@ -181,6 +208,11 @@ impl GroupCommit {
         }
         if let Ok(Some(new_head)) = &outcome {
             if !batch.is_empty() {
+                let c = &self.counts;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                c.commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 parts.chain.wrote();
                 parts.chain.appended(new_head.clone());
                 self.flush_soon(parts);
@@ -238,6 +270,7 @@ impl GroupCommit {
 
     /// The checkpoint that flushes relaxed commits (the caller holds the writer lock).
     async fn flush(&self, connections: &Connections) {
+        let started = std::time::Instant::now();
         self.unflushed.store(0, Ordering::SeqCst);
         let flushed = connections
             .records
@@ -246,6 +279,10 @@ impl GroupCommit {
         if let Err(e) = flushed {
             tracing::error!(error = %e, "cannot flush the audit log to disk");
         }
+        self.counts.flushes.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
 

@@ -38,6 +38,9 @@ async fn metrics_count_answers_and_show_locks_for_audit_readers_only() {
         r#"bulkhead_locks_held{environment="prod"} 0"#,
         r#"bulkhead_changes_pending{environment="prod"} 0"#,
         "bulkhead_request_seconds_bucket",
+        // The refused LOCK's record is appended alone, by a group commit of prod's chain.
+        r#"bulkhead_group_commit_records_total{chain="prod"} 1"#,
+        r#"bulkhead_group_commits_total{chain="prod"} 1"#,
     ] {
         assert!(text.contains(want), "{want} in:\n{text}");
     }
