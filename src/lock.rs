@@ -33,9 +33,11 @@ impl HeldLock {
     /// same branch and OIDC subject proved. A lock ID is no secret (readers see it), so it
     /// never carries authority of its own.
     pub fn taken_by(&self, caller: &crate::principal::Caller) -> bool {
-        self.principal == caller.principal.to_string()
-            && self.branch == caller.branch
-            && self.subject == caller.subject
+        caller.is(
+            &self.principal,
+            self.branch.as_deref(),
+            self.subject.as_deref(),
+        )
     }
 
     /// When the holder last wrote or renewed, as stored: the time the lock was taken for a

@@ -90,6 +90,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether this is the very identity recorded as `principal` with what its credentials
+    /// proved (`branch`, OIDC `subject`): what a lock and an attestation remember.
+    pub fn is(&self, principal: &str, branch: Option<&str>, subject: Option<&str>) -> bool {
+        self.principal.to_string() == principal
+            && self.branch.as_deref() == branch
+            && self.subject.as_deref() == subject
+    }
+
     /// The caller as a person reads it: `service:ci-prod (branch main)`.
     pub fn describe(&self) -> String {
         describe(&self.principal.to_string(), self.branch.as_deref())

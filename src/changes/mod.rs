@@ -182,9 +182,11 @@ impl Attestation {
     /// Whether `caller` is the very identity that attested (principal, branch, OIDC subject):
     /// only it may apply on the strength of its attestation.
     pub fn made_by(&self, caller: &Caller) -> bool {
-        self.principal == caller.principal.to_string()
-            && self.branch == caller.branch
-            && self.subject == caller.subject
+        caller.is(
+            &self.principal,
+            self.branch.as_deref(),
+            self.subject.as_deref(),
+        )
     }
 
     pub fn describe(&self) -> String {
