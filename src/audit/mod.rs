@@ -48,6 +48,13 @@ impl Outcome {
             Outcome::Error => "error",
         }
     }
+
+    /// A decision as filters name it: `allow`, `deny` or `error`.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        [Outcome::Allow, Outcome::Deny, Outcome::Error]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
 }
 
 /// One request, as recorded. Never holds a token or state content.

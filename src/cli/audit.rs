@@ -114,7 +114,7 @@ fn time_arg(name: &str, value: &Option<String>) -> Result<Option<String>, CliErr
 impl LogArgs {
     async fn run(self) -> Result<ExitCode, CliError> {
         if let Some(d) = &self.decision {
-            if !["allow", "deny", "error"].contains(&d.as_str()) {
+            if audit::Outcome::parse(d).is_none() {
                 return Err(CliError::Usage(format!(
                     "--decision {d}: use allow, deny or error"
                 )));

@@ -16,7 +16,7 @@ use super::audited::Reply;
 use super::raw::Raw;
 use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
-use crate::audit::{Filter, Record};
+use crate::audit::{Filter, Outcome, Record};
 use crate::changes::ChangeId;
 use crate::identity::Principal;
 use crate::operations::audit_log::{self, Asked};
@@ -85,7 +85,7 @@ pub async fn read(
     let peer = raw.peer()?;
     let p = params?;
     if let Some(d) = p.decision.as_deref() {
-        if !["allow", "deny", "error"].contains(&d) {
+        if Outcome::parse(d).is_none() {
             return Err(
                 OpError::BadRequest(format!("decision={d}: use allow, deny or error")).into(),
             );
