@@ -299,13 +299,9 @@ fn read_plan(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
 
 /// The commit checked out where the command runs, when it runs in a git repository.
 fn head_commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && !sha.is_empty()).then_some(sha)
+    let sha = super::review::git(&["rev-parse", "--verify", "--quiet", "HEAD"]).ok()?;
+    let sha = sha.trim();
+    (!sha.is_empty()).then(|| sha.to_string())
 }
 
 fn readiness_line(c: &Change) -> String {

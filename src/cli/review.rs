@@ -44,7 +44,8 @@ struct EnvReview {
     missing: Option<String>,
 }
 
-fn git(args: &[&str]) -> Result<String, CliError> {
+/// The output of `git ARGS`, refused with git's own words when it fails.
+pub(super) fn git(args: &[&str]) -> Result<String, CliError> {
     let out = Command::new("git")
         .args(args)
         .output()
