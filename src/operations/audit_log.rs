@@ -10,7 +10,7 @@ use super::{OpError, Server};
 use crate::audit::{checkpoint, verify, AuditKey, Filter, Page, Record};
 use crate::config::Config;
 use crate::identity::Caller;
-use crate::policy::{refusal, Action, RequestContext};
+use crate::policy::{refusal, Action};
 use crate::store::{self, StoreError, Stores};
 
 /// Why records could not be read.
@@ -187,17 +187,8 @@ fn readable<'s>(
     caller: &Caller,
     source_ip: IpAddr,
 ) -> Vec<(String, &'s crate::store::Database)> {
-    let may = |env: &crate::config::Environment| {
-        let ctx = RequestContext {
-            state: "",
-            operation: "",
-            source_ip: Some(source_ip),
-        };
-        server
-            .policy
-            .decide(&caller.principal, Action::AuditRead, &env.name, &ctx)
-            .allowed
-    };
+    let may =
+        |env: &crate::config::Environment| server.may(caller, Action::AuditRead, env, source_ip);
     let everywhere = server.config.environments.iter().all(may);
     server
         .stores

@@ -8,7 +8,7 @@ use super::{OpError, Server};
 use crate::changes::{Readiness, Status};
 use crate::identity::Caller;
 use crate::metrics::EnvironmentGauges;
-use crate::policy::{Action, RequestContext};
+use crate::policy::Action;
 
 /// The measurements in Prometheus's text format, for `caller`.
 pub async fn scrape(
@@ -16,17 +16,11 @@ pub async fn scrape(
     caller: &Caller,
     source_ip: IpAddr,
 ) -> Result<String, OpError> {
-    let ctx = RequestContext {
-        state: "",
-        operation: "",
-        source_ip: Some(source_ip),
-    };
-    let may = server.config.environments.iter().any(|env| {
-        server
-            .policy
-            .decide(&caller.principal, Action::AuditRead, &env.name, &ctx)
-            .allowed
-    });
+    let may = server
+        .config
+        .environments
+        .iter()
+        .any(|env| server.may(caller, Action::AuditRead, env, source_ip));
     if !may {
         return Err(OpError::Forbidden(format!(
             "{} may not read the server's metrics: they are for whoever may read an environment's audit log (audit:read)",

@@ -301,13 +301,24 @@ impl Server {
 
     /// Whether `caller` may read `env` at all: what lists and status show.
     pub fn may_read(&self, caller: &Caller, env: &Environment, source_ip: IpAddr) -> bool {
+        self.may(caller, Action::StateRead, env, source_ip)
+    }
+
+    /// Whether the policies let `caller` do `action` in `env`, on no state in particular.
+    pub fn may(
+        &self,
+        caller: &Caller,
+        action: Action,
+        env: &Environment,
+        source_ip: IpAddr,
+    ) -> bool {
         let ctx = RequestContext {
             state: "",
             operation: "",
             source_ip: Some(source_ip),
         };
         self.policy
-            .decide(&caller.principal, Action::StateRead, &env.name, &ctx)
+            .decide(&caller.principal, action, &env.name, &ctx)
             .allowed
     }
 }
