@@ -37,6 +37,7 @@ pub async fn delete(req: &StateRequest<'_>, record: &mut Record) -> Result<i64, 
             forced: false,
             change_number: change,
             content: None,
+            resources: None,
             beyond_plan: &[],
         })
         .await?;

@@ -78,6 +78,7 @@ pub async fn rollback(
             forced: record.forced,
             change_number: change,
             content: Some(&content),
+            resources: crate::history::fingerprint(&content).as_deref(),
             beyond_plan: &[],
         })
         .await?;

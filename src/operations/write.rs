@@ -90,6 +90,7 @@ impl Writing<'_, '_> {
             commit(tx, record, DONE).await?;
             return Ok(Written::Unchanged);
         }
+        let resources = history::fingerprint(bytes);
         let beyond = match change {
             Some(number) => {
                 diverged(
@@ -99,7 +100,7 @@ impl Writing<'_, '_> {
                     &gathered,
                     current.as_ref(),
                     number,
-                    bytes,
+                    resources.as_deref(),
                 )
                 .await?
             }
@@ -117,6 +118,7 @@ impl Writing<'_, '_> {
                 forced: record.forced,
                 change_number: change,
                 content: Some(bytes),
+                resources: resources.as_deref(),
                 beyond_plan: &beyond,
             })
             .await?;
@@ -129,8 +131,9 @@ impl Writing<'_, '_> {
     }
 }
 
-/// The addresses the write of `bytes` under change `number` touches beyond the change's plan,
-/// recorded on the change (with those of its earlier writes) and in the audit record.
+/// The addresses a write under change `number`, whose resource instances are `after`, touches
+/// beyond the change's plan, recorded on the change (with those of its earlier writes) and in
+/// the audit record.
 async fn diverged(
     tx: &mut Tx<'_>,
     req: &StateRequest<'_>,
@@ -138,7 +141,7 @@ async fn diverged(
     gathered: &Gathered,
     current: Option<&VersionMeta>,
     number: i64,
-    bytes: &[u8],
+    after: Option<&str>,
 ) -> Result<Vec<String>, OpError> {
     let id = ChangeId::new(&req.env.name, number).to_string();
     let Some(change) = [&gathered.lock_change, &gathered.named]
@@ -160,7 +163,7 @@ async fn diverged(
             None => return unreadable(record),
         },
     };
-    let touched = history::fingerprint(bytes).and_then(|after| history::touched(before, &after));
+    let touched = after.and_then(|after| history::touched(before, after));
     let Some(touched) = touched else {
         return unreadable(record);
     };

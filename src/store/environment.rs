@@ -118,6 +118,8 @@ pub struct NewVersion<'a> {
     pub change_number: Option<i64>,
     /// `None` records a deletion.
     pub content: Option<&'a [u8]>,
+    /// Its resource instances (`history::fingerprint` of the content), when it is a state.
+    pub resources: Option<&'a str>,
     /// Resource addresses it writes beyond the plan of its change.
     pub beyond_plan: &'a [String],
 }
@@ -475,7 +477,7 @@ impl Tx<'_> {
         .bind(i64::from(v.content.is_none()))
         .bind(self.now())
         .bind(v.change_number)
-        .bind(v.content.and_then(crate::history::fingerprint))
+        .bind(v.resources)
         .bind(match v.beyond_plan {
             [] => None,
             beyond => Some(serde_json::to_string(beyond).map_err(|e| StoreError::Corrupt(e.to_string()))?),
@@ -679,6 +681,7 @@ mod tests {
             forced: false,
             change_number: None,
             content: Some(b"{}"),
+            resources: None,
             beyond_plan: &[],
         })
         .await
