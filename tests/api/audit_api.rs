@@ -135,12 +135,14 @@ async fn an_owner_reads_its_environments_log_page_by_page_and_others_are_refused
 async fn audit_log_with_server_reads_the_log_over_the_api() {
     let t = spawn_app().await;
     assert_eq!(t.as_("bob").get("dev/app").send().await.status(), 204);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args([
+    let base = t.base();
+    let out = t.cli(
+        t.token("alice"),
+        &[
             "audit",
             "log",
             "--server",
-            &t.base(),
+            &base,
             "--env",
             "dev",
             "--principal",
@@ -149,11 +151,8 @@ async fn audit_log_with_server_reads_the_log_over_the_api() {
             "state:read",
             "--format",
             "json",
-        ])
-        .current_dir(t.dir.path())
-        .env("BULKHEAD_TOKEN", t.token("alice"))
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -166,12 +165,10 @@ async fn audit_log_with_server_reads_the_log_over_the_api() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["principal"], "user:bob");
 
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["audit", "log", "--server", &t.base(), "--env", "prod"])
-        .current_dir(t.dir.path())
-        .env("BULKHEAD_TOKEN", t.token("alice"))
-        .output()
-        .unwrap();
+    let refused = t.cli(
+        t.token("alice"),
+        &["audit", "log", "--server", &base, "--env", "prod"],
+    );
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("may not read the audit log of prod"));
 }

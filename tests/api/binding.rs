@@ -356,15 +356,7 @@ async fn a_write_beyond_the_plan_is_stored_and_the_change_diverges_loudly() {
     assert_eq!(prod.diverged_changes, vec!["prod-1"]);
 
     // Shown loudly, and a CI step that shows the change fails.
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(args)
-            .current_dir(b.t.dir.path())
-            .env("BULKHEAD_ADDR", b.t.base())
-            .env("BULKHEAD_TOKEN", b.t.token("bob"))
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| b.t.cli(b.t.token("bob"), args);
     let shown = cli(&["change", "show", &id]);
     assert_eq!(shown.status.code(), Some(1));
     let text = String::from_utf8_lossy(&shown.stdout);

@@ -255,6 +255,19 @@ impl TestApp {
         serve_process(self.dir.path()).await
     }
 
+    /// The `bulkhead` command line, run in the test's folder against this server
+    /// (`BULKHEAD_ADDR`) with the token `secret` (`BULKHEAD_TOKEN`). It blocks: a test that
+    /// calls it runs on the multi-thread runtime, or the server could not answer.
+    pub fn cli(&self, secret: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("BULKHEAD_ADDR", self.base())
+            .env("BULKHEAD_TOKEN", secret)
+            .output()
+            .expect("run bulkhead")
+    }
+
     pub fn token(&self, who: &str) -> &str {
         self.tokens
             .get(who)

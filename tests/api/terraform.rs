@@ -486,15 +486,7 @@ async fn the_change_road_with_terraform_a_real_plan_and_the_pipelines_oidc_token
     let bin = terraform_or_skip!();
     let p = crate::changes::spawn_protected("24h").await;
     let t = &p.t;
-    let cli = |who: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(args)
-            .current_dir(t.dir.path())
-            .env("BULKHEAD_ADDR", t.base())
-            .env("BULKHEAD_TOKEN", t.token(who))
-            .output()
-            .unwrap()
-    };
+    let cli = |who: &str, args: &[&str]| t.cli(t.token(who), args);
 
     // A developer plans prod (reading is allowed) and proposes the plan.
     let dev = Workspace::new(&bin, t, "prod-alice", "prod/network");
@@ -640,17 +632,6 @@ async fn rolling_back_makes_terraform_see_the_earlier_state() {
     );
 }
 
-/// The `bulkhead` command line, run in `dir` against `t` with the token `secret`.
-fn bulkhead_cli(t: &TestApp, secret: &str, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(args)
-        .current_dir(t.dir.path())
-        .env("BULKHEAD_ADDR", t.base())
-        .env("BULKHEAD_TOKEN", secret)
-        .output()
-        .unwrap()
-}
-
 /// `terraform show -json` of the saved plan `saved` in `ws`, written to `json`; its path.
 async fn plan_json(
     ws: &Workspace,
@@ -686,8 +667,7 @@ async fn a_plan_bound_change_applies_only_the_approved_plan() {
     dev.ok(t, "alice", &["plan", "-out", "plan.tfplan"]).await;
     let alice = t.token("alice").to_string();
     let plan_a = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan.json").await;
-    let created = ok(bulkhead_cli(
-        t,
+    let created = ok(t.cli(
         &alice,
         &[
             "change", "create", "--env", "prod", "--state", "network", "--plan", &plan_a,
@@ -697,7 +677,7 @@ async fn a_plan_bound_change_applies_only_the_approved_plan() {
         .unwrap()
         .trim()
         .to_string();
-    ok(bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]));
+    ok(t.cli(t.token("pat"), &["change", "approve", &id]));
 
     // Meanwhile the code moved on: the pipeline's own plan is of v = "two".
     let jwt = b.jwt(None);
@@ -709,7 +689,7 @@ async fn a_plan_bound_change_applies_only_the_approved_plan() {
     ok(run(&["init", "-input=false"]).await);
     ok(run(&["plan", "-out", "tfplan", "-var", "v=two"]).await);
     let plan_b = plan_json(&ci, t, "ci-prod", &jwt, "tfplan", "plan.json").await;
-    let attest = bulkhead_cli(t, &jwt, &["change", "attest", &id, "--plan", &plan_b]);
+    let attest = t.cli(&jwt, &["change", "attest", &id, "--plan", &plan_b]);
     assert_eq!(attest.status.code(), Some(1), "{}", text(&attest));
     assert!(
         folded(&text(&attest)).contains("terraform_data.a (changed differently)"),
@@ -738,17 +718,9 @@ async fn a_plan_bound_change_applies_only_the_approved_plan() {
     )
     .await;
     let plan_a2 = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan2.json").await;
-    ok(bulkhead_cli(
-        t,
-        &alice,
-        &["change", "update", &id, "--plan", &plan_a2],
-    ));
-    ok(bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]));
-    ok(bulkhead_cli(
-        t,
-        &jwt,
-        &["change", "attest", &id, "--plan", &plan_b],
-    ));
+    ok(t.cli(&alice, &["change", "update", &id, "--plan", &plan_a2]));
+    ok(t.cli(t.token("pat"), &["change", "approve", &id]));
+    ok(t.cli(&jwt, &["change", "attest", &id, "--plan", &plan_b]));
     ok(run(&["apply", "tfplan"]).await);
     let versions = t.versions("prod", "network").await;
     assert_eq!(versions.len(), 1);
@@ -769,8 +741,7 @@ async fn an_apply_beyond_its_change_is_stored_and_the_change_diverged() {
     dev.ok(t, "alice", &["plan", "-out", "plan.tfplan"]).await;
     let alice = t.token("alice").to_string();
     let plan = plan_json(&dev, t, "alice", &alice, "plan.tfplan", "plan.json").await;
-    let created = bulkhead_cli(
-        t,
+    let created = t.cli(
         &alice,
         &[
             "change", "create", "--env", "staging", "--state", "app", "--plan", &plan,
@@ -781,7 +752,7 @@ async fn an_apply_beyond_its_change_is_stored_and_the_change_diverged() {
         .unwrap()
         .trim()
         .to_string();
-    let approved = bulkhead_cli(t, t.token("pat"), &["change", "approve", &id]);
+    let approved = t.cli(t.token("pat"), &["change", "approve", &id]);
     assert!(approved.status.success(), "{}", text(&approved));
 
     // The pipeline's checkout has one resource more than the plan approved.
@@ -799,7 +770,7 @@ async fn an_apply_beyond_its_change_is_stored_and_the_change_diverged() {
         versions.last().unwrap().beyond_plan,
         vec!["terraform_data.unplanned"]
     );
-    let shown = bulkhead_cli(t, t.token("bob"), &["change", "show", &id]);
+    let shown = t.cli(t.token("bob"), &["change", "show", &id]);
     assert_eq!(shown.status.code(), Some(1), "{}", text(&shown));
     assert!(
         text(&shown).contains("!! DIVERGED: writes under this change touched 1 resource(s) beyond its approved plan: terraform_data.unplanned"),
