@@ -5,7 +5,7 @@
 //! The code is in four layers, and an arrow points only downwards:
 //!
 //! ```text
-//! edges        cli, http, client              translate requests and answers, nothing more
+//! edges        cli, http, ui, client          translate requests and answers, nothing more
 //!   |
 //! operations   operations, identity, checks   one function per thing a caller can do: it
 //!   |     \                                   reads facts, asks the domain, changes the store
@@ -38,6 +38,7 @@
 //! - [`audit`]: the audit log, chained with a keyed MAC (its key outside the databases), its
 //!   signed checkpoints, and the verification of a database against it.
 //! - [`http`]: the server: router, the state protocol handlers, the error mapping.
+//! - [`ui`]: the dashboard's pages, rendered from what the operations answer.
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
 //! - [`metrics`]: what the server measures, in Prometheus's text format.
@@ -63,4 +64,5 @@ pub mod state;
 pub mod store;
 pub mod text;
 pub mod time;
+pub mod ui;
 pub mod verdict;

@@ -24,22 +24,64 @@ use crate::operations::OpError;
 use crate::policy::Action;
 use crate::time::Timestamp;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct AuditParams {
-    env: Option<String>,
-    state: Option<String>,
-    principal: Option<String>,
-    change: Option<String>,
-    action: Option<String>,
-    decision: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    last: Option<i64>,
-    limit: Option<i64>,
-    after: Option<String>,
+    pub(super) env: Option<String>,
+    pub(super) state: Option<String>,
+    pub(super) principal: Option<String>,
+    pub(super) change: Option<String>,
+    pub(super) action: Option<String>,
+    pub(super) decision: Option<String>,
+    pub(super) since: Option<String>,
+    pub(super) until: Option<String>,
+    pub(super) last: Option<i64>,
+    pub(super) limit: Option<i64>,
+    pub(super) after: Option<String>,
     /// Keep the answer open and send each new record as it is written (server-sent events).
     #[serde(default)]
-    follow: bool,
+    pub(super) follow: bool,
+}
+
+impl AuditParams {
+    /// What the query asks for, as a filter of every chain; refused with a sentence naming the
+    /// parameter that is wrong.
+    pub(super) fn filter(&self, app: &App) -> Result<Filter, OpError> {
+        let p = self;
+        if let Some(d) = p.decision.as_deref() {
+            if Outcome::parse(d).is_none() {
+                return Err(OpError::BadRequest(format!(
+                    "decision={d}: use allow, deny or error"
+                )));
+            }
+        }
+        let change = match p.change.as_deref() {
+            Some(text) => Some(
+                ChangeId::parse(text)
+                    .map_err(|e| OpError::BadRequest(e.to_string()))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let principal = match p.principal.as_deref() {
+            Some(text) => Some(
+                Principal::as_recorded(&app.config, text)
+                    .map_err(|why| OpError::BadRequest(format!("principal={text}: {why}")))?,
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            state: p.state.clone(),
+            principal,
+            change,
+            action: p.action.clone(),
+            decision: p.decision.clone(),
+            since: time("since", p.since.as_deref())?,
+            until: time("until", p.until.as_deref())?,
+            last: p.last,
+            first: p.limit,
+            ..Filter::default()
+        })
+    }
 }
 
 const USAGE: &str = "GET /v1/audit takes, all optional: ?env=ENV (or server), &state=, &principal=, &change=ID, &action=, &decision=allow|deny|error, &since= and &until= (RFC 3339), &last=N or &limit=N (at most 1000), &after=CURSOR, &follow=true";
@@ -84,40 +126,7 @@ pub async fn read(
     let mut record = audit.record().await;
     let peer = raw.peer()?;
     let p = params?;
-    if let Some(d) = p.decision.as_deref() {
-        if Outcome::parse(d).is_none() {
-            return Err(
-                OpError::BadRequest(format!("decision={d}: use allow, deny or error")).into(),
-            );
-        }
-    }
-    let change = match p.change.as_deref() {
-        Some(text) => Some(
-            ChangeId::parse(text)
-                .map_err(|e| OpError::BadRequest(e.to_string()))?
-                .to_string(),
-        ),
-        None => None,
-    };
-    let principal = match p.principal.as_deref() {
-        Some(text) => Some(
-            Principal::as_recorded(&app.config, text)
-                .map_err(|why| OpError::BadRequest(format!("principal={text}: {why}")))?,
-        ),
-        None => None,
-    };
-    let filter = Filter {
-        state: p.state,
-        principal,
-        change,
-        action: p.action,
-        decision: p.decision,
-        since: time("since", p.since.as_deref())?,
-        until: time("until", p.until.as_deref())?,
-        last: p.last,
-        first: p.limit,
-        ..Filter::default()
-    };
+    let filter = p.filter(&app)?;
     let page = audit_log::page(
         &app,
         &caller,

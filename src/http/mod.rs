@@ -6,6 +6,7 @@ mod audited;
 pub mod backend;
 pub mod changes;
 pub mod connections;
+pub mod dashboard;
 mod error;
 pub mod history;
 mod raw;
@@ -62,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/breakglass", post(changes::open_breakglass))
         .route("/v1/breakglass/{id}/close", post(changes::close_breakglass))
+        .merge(dashboard::routes())
         // After every route: it applies to those registered before it.
         .method_not_allowed_fallback(unrouted::method_not_allowed)
         .fallback(unrouted::not_found)

@@ -6,6 +6,7 @@
 
 pub mod credentials;
 pub mod oidc;
+pub mod session;
 pub mod token;
 
 use crate::config::Config;
@@ -23,6 +24,9 @@ pub enum AuthError {
     WrongPrincipal(String),
     #[error("`{0}` is no longer in the config: its tokens are void")]
     UnknownPrincipal(String),
+    /// A dashboard sign-in refused, or a session that is over: the sentence says which.
+    #[error("{0}")]
+    Session(String),
     #[error("OIDC token refused: {0}")]
     Jwt(String),
     #[error(transparent)]
@@ -50,15 +54,7 @@ pub async fn authenticate(
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
-    let row = tokens
-        .token(presented.id())
-        .await?
-        .ok_or(AuthError::BadToken)?;
-    if row.revoked_at.is_some() || !presented.matches(&row.hash) {
-        return Err(AuthError::BadToken);
-    }
-    let principal = Principal::lookup(config, &row.principal)
-        .ok_or_else(|| AuthError::UnknownPrincipal(row.principal.clone()))?;
+    let principal = by_token(config, tokens, &presented).await?;
     if let Some(username) = creds.username {
         if Principal::lookup(config, &username).as_ref() != Some(&principal) {
             return Err(AuthError::WrongPrincipal(username));
@@ -70,4 +66,22 @@ pub async fn authenticate(
         subject: None,
         commit: None,
     })
+}
+
+/// The principal a bulkhead token was issued to, refused when it is unknown, revoked, or its
+/// principal has left the config.
+async fn by_token(
+    config: &Config,
+    tokens: &crate::store::SystemStore,
+    presented: &token::Presented<'_>,
+) -> Result<Principal, AuthError> {
+    let row = tokens
+        .token(presented.id())
+        .await?
+        .ok_or(AuthError::BadToken)?;
+    if row.revoked_at.is_some() || !presented.matches(&row.hash) {
+        return Err(AuthError::BadToken);
+    }
+    Principal::lookup(config, &row.principal)
+        .ok_or_else(|| AuthError::UnknownPrincipal(row.principal.clone()))
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod propose;
 pub mod read;
 pub mod rollback;
+pub mod session;
 pub mod unlock;
 pub mod write;
 

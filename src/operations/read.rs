@@ -11,6 +11,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use super::{OpError, Server, StateRequest, DONE};
 use crate::audit::{Outcome, Record};
 use crate::changes::{self, Change, ChangeId, Listing, Readiness};
+use crate::config::Environment;
 use crate::history::{self, Diff, EnvironmentStatus, HistoryEntry, LockStatus, StateStatus};
 use crate::identity::Caller;
 use crate::policy::Action;
@@ -222,6 +223,27 @@ pub async fn changes(
     Ok(listing)
 }
 
+/// The open break-glass grants of every environment `caller` may read: what the dashboard's
+/// banner shows.
+pub async fn open_breakglass(
+    server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+) -> Result<Vec<changes::BreakglassGrant>, OpError> {
+    let mut grants = Vec::new();
+    for env in &server.config.environments {
+        if env.breakglass.is_none() || !server.may_read(caller, env, source_ip) {
+            continue;
+        }
+        if let Some(store) = server.stores.environment(&env.name) {
+            for row in store.open_breakglass().await? {
+                grants.push(row.grant(&env.name));
+            }
+        }
+    }
+    Ok(grants)
+}
+
 /// One change, by its id.
 pub async fn change(
     server: &Server,
@@ -245,81 +267,102 @@ pub async fn status(
 ) -> Result<Vec<EnvironmentStatus>, OpError> {
     let mut out = Vec::new();
     for env in &server.config.environments {
-        if !server.may_read(caller, env, source_ip) {
-            continue;
+        if server.may_read(caller, env, source_ip) {
+            out.push(environment_status(server, env).await?);
         }
-        if let Some(down) = server.stores.unavailable(&env.name) {
-            out.push(EnvironmentStatus {
-                environment: env.name.clone(),
-                owner: env.owner.to_string(),
-                protected: env.protected(),
-                states: Vec::new(),
-                pending_changes: Vec::new(),
-                approved_changes: Vec::new(),
-                diverged_changes: Vec::new(),
-                breakglass: Vec::new(),
-                lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
-                unavailable: Some(down.sentence(&env.name)),
-            });
-            continue;
-        }
-        let (_, store) = server.environment(&env.name)?;
-        let mut states = Vec::new();
-        for meta in store.states().await? {
-            let now = server.clock.now().as_datetime();
-            let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
-                lease_ran_out: l.lease_ran_out(env.lock_lease, now),
-                active_at: Some(l.last_active().to_string()),
-                id: l.lock_id,
-                principal: l.principal,
-                operation: l.operation,
-                since: l.created_at,
-            });
-            states.push(StateStatus {
-                name: meta.state,
-                version: meta.version,
-                serial: meta.serial,
-                principal: meta.principal,
-                updated_at: meta.created_at,
-                deleted: meta.deleted,
-                lock,
-            });
-        }
-        let open = store
-            .changes(
-                &env.name,
-                env.required_approvals(),
-                Some(changes::Status::Open),
-            )
-            .await?;
-        let now = server.clock.now().as_datetime();
-        let (approved, pending): (Vec<_>, Vec<_>) = open
-            .into_iter()
-            .partition(|c| c.readiness(now) == Readiness::Approved);
-        let diverged = store
-            .diverged_changes(DIVERGED_SHOWN)
-            .await?
-            .into_iter()
-            .map(|n| ChangeId::new(&env.name, n).to_string())
-            .collect();
-        let breakglass = store
-            .open_breakglass()
-            .await?
-            .into_iter()
-            .map(|row| row.grant(&env.name))
-            .collect();
-        out.push(EnvironmentStatus {
+    }
+    Ok(out)
+}
+
+/// The status of environment `name`, refused unless `caller` may read it.
+pub async fn environment(
+    server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
+    record: &mut Record,
+    name: &str,
+) -> Result<EnvironmentStatus, OpError> {
+    let env = server
+        .config
+        .environment(name)
+        .ok_or_else(|| OpError::NotFound(format!("there is no environment `{name}`")))?;
+    record.environment = Some(env.name.clone());
+    server.require(caller, record, Action::StateRead, env, source_ip)?;
+    environment_status(server, env).await
+}
+
+async fn environment_status(
+    server: &Server,
+    env: &Environment,
+) -> Result<EnvironmentStatus, OpError> {
+    if let Some(down) = server.stores.unavailable(&env.name) {
+        return Ok(EnvironmentStatus {
             environment: env.name.clone(),
             owner: env.owner.to_string(),
             protected: env.protected(),
+            states: Vec::new(),
+            pending_changes: Vec::new(),
+            approved_changes: Vec::new(),
+            diverged_changes: Vec::new(),
+            breakglass: Vec::new(),
             lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
-            states,
-            pending_changes: pending.into_iter().map(|c| c.id).collect(),
-            approved_changes: approved.into_iter().map(|c| c.id).collect(),
-            diverged_changes: diverged,
-            breakglass,
-            unavailable: None,
+            unavailable: Some(down.sentence(&env.name)),
         });
     }
-    Ok(out)
+    let (_, store) = server.environment(&env.name)?;
+    let now = server.clock.now().as_datetime();
+    let mut states = Vec::new();
+    for meta in store.states().await? {
+        let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
+            lease_ran_out: l.lease_ran_out(env.lock_lease, now),
+            active_at: Some(l.last_active().to_string()),
+            id: l.lock_id,
+            principal: l.principal,
+            operation: l.operation,
+            since: l.created_at,
+        });
+        states.push(StateStatus {
+            name: meta.state,
+            version: meta.version,
+            serial: meta.serial,
+            principal: meta.principal,
+            updated_at: meta.created_at,
+            deleted: meta.deleted,
+            lock,
+        });
+    }
+    let open = store
+        .changes(
+            &env.name,
+            env.required_approvals(),
+            Some(changes::Status::Open),
+        )
+        .await?;
+    let (approved, pending): (Vec<_>, Vec<_>) = open
+        .into_iter()
+        .partition(|c| c.readiness(now) == Readiness::Approved);
+    let diverged = store
+        .diverged_changes(DIVERGED_SHOWN)
+        .await?
+        .into_iter()
+        .map(|n| ChangeId::new(&env.name, n).to_string())
+        .collect();
+    let breakglass = store
+        .open_breakglass()
+        .await?
+        .into_iter()
+        .map(|row| row.grant(&env.name))
+        .collect();
+    Ok(EnvironmentStatus {
+        environment: env.name.clone(),
+        owner: env.owner.to_string(),
+        protected: env.protected(),
+        lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+        states,
+        pending_changes: pending.into_iter().map(|c| c.id).collect(),
+        approved_changes: approved.into_iter().map(|c| c.id).collect(),
+        diverged_changes: diverged,
+        breakglass,
+        unavailable: None,
+    })
 }

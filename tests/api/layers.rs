@@ -27,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("store", &["store"]),
     ("operations", &["operations", "identity", "checks"]),
-    ("edges", &["cli", "client", "http"]),
+    ("edges", &["cli", "client", "http", "ui"]),
 ];
 
 /// Layers an edge may not reach past: it asks operations, which ask the store.

@@ -17,10 +17,12 @@ pub use self::environment::{
     DEFAULT_MAX_STATE_SIZE,
 };
 pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
-pub use self::server::{AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE};
+pub use self::server::{
+    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
+};
 pub(super) use self::server::{
     CHECKPOINT_EVERY_MAX, CONNECTION_TIMEOUT_MAX, DATA_DIR, LISTEN, MAX_CONNECTIONS_MAX,
-    TOKEN_CACHE_MAX,
+    TOKEN_CACHE_MAX, UI_SESSION_MAX,
 };
 pub use self::service::{Jwks, Oidc, Service, IDENTITY_CLAIMS};
 

@@ -26,6 +26,8 @@ pub struct Server {
     pub checkpoint_dir: PathBuf,
     /// A checkpoint of a chain is written every this many records (and at start and shutdown).
     pub checkpoint_every: u64,
+    /// How long a dashboard sign-in lasts before the person signs in again.
+    pub ui_session: Duration,
 }
 
 /// The default of `server { checkpoint_every }`.
@@ -53,6 +55,7 @@ impl Server {
             checkpoint_dir,
             checkpoint_every: CHECKPOINT_EVERY,
             connections: Connections::default(),
+            ui_session: UI_SESSION,
         }
     }
 
@@ -101,6 +104,11 @@ pub(in crate::config) const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
 /// The most `server { token_cache }` may be.
 pub(in crate::config) const TOKEN_CACHE_MAX: Duration = Duration::from_secs(3600);
+
+/// The default of `server { ui_session }`: a working day.
+pub const UI_SESSION: Duration = Duration::from_secs(8 * 3600);
+/// The most `server { ui_session }` may be.
+pub(in crate::config) const UI_SESSION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Which audit records are on disk before their request is answered (`server { audit_sync }`).
 /// Every record is committed before the answer, and a record that cannot be written refuses

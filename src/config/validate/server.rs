@@ -7,9 +7,11 @@ use super::Validator;
 use crate::config::hcl::Block;
 use crate::config::model::{
     CHECKPOINT_EVERY_MAX, CONNECTION_TIMEOUT_MAX, DATA_DIR, LISTEN, MAX_CONNECTIONS_MAX,
-    TOKEN_CACHE_MAX,
+    TOKEN_CACHE_MAX, UI_SESSION_MAX,
 };
-use crate::config::{AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE};
+use crate::config::{
+    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
+};
 
 impl Validator {
     pub(super) fn server(&mut self, block: &Block) -> Server {
@@ -29,6 +31,7 @@ impl Validator {
                 "body_timeout",
                 "idle_timeout",
                 "max_connections",
+                "ui_session",
             ],
         );
         let listen = self.listen(block);
@@ -58,6 +61,7 @@ impl Validator {
             .unwrap_or(CHECKPOINT_EVERY);
         let connections = self.connections(block);
         let tls = self.tls(block);
+        let ui_session = self.ui_session(block);
         Server {
             listen,
             data_dir,
@@ -69,6 +73,22 @@ impl Validator {
             checkpoint_dir,
             checkpoint_every,
             connections,
+            ui_session,
+        }
+    }
+
+    /// `ui_session`: from a minute to [`UI_SESSION_MAX`].
+    fn ui_session(&mut self, block: &Block) -> Duration {
+        match self.duration(block, "ui_session", "server") {
+            Some(d) if d < Duration::from_secs(60) || d > UI_SESSION_MAX => {
+                self.error(
+                    line_of(block, "ui_session"),
+                    "server: ui_session must be from \"1m\" to \"7d\": how long a dashboard sign-in lasts (default \"8h\")".to_string(),
+                );
+                UI_SESSION
+            }
+            Some(d) => d,
+            None => UI_SESSION,
         }
     }
 

@@ -1,0 +1,133 @@
+//! The environments a principal may read, and the states of one: who owns it, whether it is
+//! protected, what awaits approval, and who holds each lock, since when, for what.
+
+use maud::{html, Markup};
+
+use super::{change_href, history_href, path, time, Frame};
+use crate::changes::Change;
+use crate::history::EnvironmentStatus;
+
+/// The protection of an environment, loud when it is protected.
+fn protection(env: &EnvironmentStatus) -> Markup {
+    html! {
+        @if env.protected {
+            span.badge.prod title="changes need an approved change request" { "protected" }
+        } @else {
+            span.badge { "open" }
+        }
+    }
+}
+
+fn change_links(ids: &[String]) -> Markup {
+    html! {
+        @for (i, id) in ids.iter().enumerate() {
+            @if i > 0 { ", " }
+            a href=(change_href(id)) { (id) }
+        }
+        @if ids.is_empty() { span.muted { "—" } }
+    }
+}
+
+/// `/ui`: every environment the principal may read.
+pub fn environments(frame: &Frame, envs: &[EnvironmentStatus]) -> Markup {
+    frame.page(
+        "Environments",
+        html! {
+            h1 { "Environments" }
+            @if envs.is_empty() {
+                p.muted { (frame.who) " may read no environment." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "Environment" } th { "Owner" } th { "Protection" } th { "States" }
+                        th { "Locked" } th { "Awaiting approval" } th { "Approved" }
+                        th { "Diverged" } th { "Break-glass" }
+                    } }
+                    tbody {
+                        @for env in envs {
+                            tr {
+                                td { a href={ "/ui/environments/" (path(&env.environment)) } { strong { (env.environment) } } }
+                                td { (env.owner) }
+                                td { (protection(env)) }
+                                @if let Some(why) = &env.unavailable {
+                                    td colspan="6" { span.loud { "not served: " } (why) }
+                                } @else {
+                                    td { (env.states.iter().filter(|s| !s.deleted).count()) }
+                                    td { (env.states.iter().filter(|s| s.lock.is_some()).count()) }
+                                    td { (change_links(&env.pending_changes)) }
+                                    td { (change_links(&env.approved_changes)) }
+                                    td {
+                                        @if env.diverged_changes.is_empty() { span.muted { "—" } }
+                                        @else { span.loud { (change_links(&env.diverged_changes)) } }
+                                    }
+                                    td {
+                                        @if env.breakglass.is_empty() { span.muted { "—" } }
+                                        @for grant in &env.breakglass {
+                                            span.badge.deny { "open: " (grant.principal) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `/ui/environments/{env}`: its states with their locks, and its changes.
+pub fn environment(frame: &Frame, env: &EnvironmentStatus, changes: &[Change]) -> Markup {
+    frame.page(
+        &env.environment,
+        html! {
+            h1 { "Environment " (env.environment) " " (protection(env)) }
+            dl.grid.card {
+                dt { "Owner" } dd { (env.owner) }
+                @if let Some(lease) = env.lock_lease_seconds {
+                    dt { "Lock lease" } dd { (lease) " s" }
+                }
+                @if let Some(why) = &env.unavailable {
+                    dt { "Not served" } dd.loud { (why) }
+                }
+            }
+            h2 { "States" }
+            @if env.states.is_empty() {
+                p.muted { "No state has been written yet." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "State" } th { "Version" } th { "Serial" } th { "Written by" }
+                        th { "When" } th { "Lock held by" } th { "Since" } th { "Operation" }
+                    } }
+                    tbody {
+                        @for state in &env.states {
+                            tr {
+                                td {
+                                    a.mono href=(history_href(&env.environment, &state.name)) { (state.name) }
+                                    @if state.deleted { " " span.badge.deny { "deleted" } }
+                                }
+                                td { (state.version) }
+                                td { @if let Some(serial) = state.serial { (serial) } }
+                                td { (state.principal) }
+                                td { (time(&state.updated_at)) }
+                                @if let Some(lock) = &state.lock {
+                                    td { strong { (lock.principal) } }
+                                    td {
+                                        (time(&lock.since))
+                                        @if lock.lease_ran_out { " " span.badge.error { "lease ran out" } }
+                                    }
+                                    td { (lock.operation) }
+                                } @else {
+                                    td colspan="3" { span.muted { "not locked" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Changes" }
+            (super::changes::table(changes))
+        },
+    )
+}
