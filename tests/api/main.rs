@@ -9,6 +9,7 @@ mod changes;
 mod check;
 mod cli;
 mod content_integrity;
+mod dashboard;
 mod edges;
 mod explain;
 mod helpers;
