@@ -71,7 +71,9 @@ async fn guard_headers(request: axum::extract::Request, next: Next) -> Response 
     );
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    // Same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with
+    // the dashboard's own forms, which could then not be told from a forged one.
+    set(headers, header::REFERRER_POLICY, "same-origin");
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, header::CACHE_CONTROL, "no-store");
     }

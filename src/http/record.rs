@@ -114,6 +114,11 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
             if version.is_some() {
                 record.version = version;
             }
+            // Refused because the record could not be written, inside the effect's
+            // transaction: an append that failed as much as one the layer makes below.
+            if audited {
+                app.metrics.audit_append_failed();
+            }
             audited
         }
         // An answer that is neither a reply nor a refusal of ours: recorded as a fault.

@@ -5,6 +5,7 @@ mod audit_api;
 mod audit_integrity;
 mod authority;
 mod binding;
+mod browser;
 mod changes;
 mod check;
 mod cli;

@@ -605,6 +605,14 @@ async fn when_the_audit_record_cannot_be_written_the_request_is_refused() {
         .await
         .unwrap()
         .is_none());
+    // Each refusal counts as a failed append, the write's inside its effect's transaction too.
+    let text = t.app.metrics.render().unwrap();
+    let failures: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bulkhead_audit_append_failures_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the failures counter");
+    assert_eq!(failures, 3.0, "{text}");
 }
 
 #[tokio::test]
