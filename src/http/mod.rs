@@ -38,6 +38,11 @@ pub enum StartError {
         key: String,
         source: std::io::Error,
     },
+    #[error("cannot listen for /metrics on {address} (server {{ metrics_listen }}): {source}")]
+    Metrics {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -101,13 +106,7 @@ async fn metrics(
         .and_then(|v| v.to_str().ok());
     let caller = app.authenticate(authorization).await?;
     let text = crate::operations::metrics::scrape(&app, &caller, peer.ip()).await?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    ))
+    Ok(([(axum::http::header::CONTENT_TYPE, METRICS_TYPE)], text))
 }
 
 /// `GET /readyz` (readiness): the same body, 503 while anything it names is unavailable.
@@ -129,11 +128,47 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let metrics = match &app.config.server.metrics_listen {
+        Some(address) => Some(serve_metrics(app.clone(), address)?),
+        None => None,
+    };
     let checkpoints = app.start_checkpoints().await;
     let served = serve_connections(app.clone(), listener, shutdown).await;
     app.stop_checkpoints(checkpoints).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     served
 }
+
+/// Serves `GET /metrics`, without credentials, on `server { metrics_listen }`, and nothing
+/// else there; it ends when the server does.
+fn serve_metrics(app: Arc<App>, address: &str) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = std::net::TcpListener::bind(address).map_err(|source| StartError::Metrics {
+        address: address.to_string(),
+        source,
+    })?;
+    tracing::info!(address, "serving /metrics without credentials");
+    let limits = app.config.server.connections;
+    let router = Router::new()
+        .route("/metrics", get(open_metrics))
+        .with_state(app);
+    Ok(tokio::spawn(async move {
+        let never = std::future::pending::<()>();
+        if let Err(e) = connections::serve(router, listener, limits, None, never).await {
+            tracing::error!(error = %e, "the metrics address stopped serving");
+        }
+    }))
+}
+
+/// `GET /metrics` on `server { metrics_listen }`.
+async fn open_metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::operations::metrics::measure(&app).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, METRICS_TYPE)], text))
+}
+
+/// Prometheus's text format.
+const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn serve_connections(
     app: Arc<App>,

@@ -1,6 +1,7 @@
 //! `GET /metrics`: the server's measurements, with each environment's locks, pending changes
 //! and open break-glass grants read from its store when scraped. Readable by a caller whom
-//! the policies grant `audit:read` in some environment.
+//! the policies grant `audit:read` in some environment, or by anyone on the address of
+//! `server { metrics_listen }`, which serves nothing else.
 
 use std::net::IpAddr;
 
@@ -27,6 +28,12 @@ pub async fn scrape(
             caller.principal
         )));
     }
+    measure(server).await
+}
+
+/// The measurements in Prometheus's text format, for whoever reaches
+/// `server { metrics_listen }` (an address only the scrapers can reach).
+pub async fn measure(server: &Server) -> Result<String, OpError> {
     let now = server.clock.now().as_datetime();
     for env in &server.config.environments {
         let Some(store) = server.stores.environment(&env.name) else {

@@ -57,3 +57,38 @@ async fn metrics_count_answers_and_show_locks_for_audit_readers_only() {
         .unwrap()
         .contains("may not read the server's metrics"));
 }
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_without_credentials_and_nothing_else() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let t = spawn_app_with(&config_with_server(&format!(
+        "metrics_listen = \"127.0.0.1:{port}\""
+    )))
+    .await;
+    assert_status(
+        &t.as_("alice").lock("dev/app").id("L1").send().await,
+        StatusCode::OK,
+    );
+    let open = format!("http://127.0.0.1:{port}");
+    let resp = t
+        .client
+        .get(format!("{open}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_status(&resp, StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(r#"bulkhead_locks_held{environment="dev"} 1"#),
+        "{text}"
+    );
+    // Nothing but /metrics there; and the main address still asks for credentials.
+    for path in ["/v1/status", "/v1/state/dev/app", "/ui"] {
+        let resp = t.client.get(format!("{open}{path}")).send().await.unwrap();
+        assert_status(&resp, StatusCode::NOT_FOUND);
+    }
+    assert_status(&scrape(&t, None).await, StatusCode::UNAUTHORIZED);
+}

@@ -28,6 +28,9 @@ pub struct Server {
     pub checkpoint_every: u64,
     /// How long a dashboard sign-in lasts before the person signs in again.
     pub ui_session: Duration,
+    /// An address that serves `GET /metrics` to anyone who reaches it, and nothing else: for
+    /// a Prometheus that holds no token, on a network only it can reach.
+    pub metrics_listen: Option<String>,
 }
 
 /// The default of `server { checkpoint_every }`.
@@ -56,6 +59,7 @@ impl Server {
             checkpoint_every: CHECKPOINT_EVERY,
             connections: Connections::default(),
             ui_session: UI_SESSION,
+            metrics_listen: None,
         }
     }
 

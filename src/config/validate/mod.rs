@@ -323,6 +323,35 @@ environment "prod" {
     }
 
     #[test]
+    fn dashboard_and_metrics_settings_are_checked() {
+        let with = |lines: &str| {
+            GOOD.replace(
+                "  data_dir = \"data\"\n",
+                &format!("  data_dir = \"data\"\n  {lines}\n"),
+            )
+        };
+        let c = Config::parse(
+            Path::new("b.hcl"),
+            &with("ui_session = \"1h\"\n  metrics_listen = \"127.0.0.1:9100\""),
+        )
+        .unwrap();
+        assert_eq!(c.server.ui_session, std::time::Duration::from_secs(3600));
+        assert_eq!(c.server.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
+        let e = errors(&with("ui_session = \"30s\""));
+        assert!(
+            e.contains("b.hcl:5: server: ui_session must be from \"1m\" to \"7d\""),
+            "{e}"
+        );
+        let e = errors(&with("metrics_listen = \"everywhere\""));
+        assert!(
+            e.contains("b.hcl:5: server: metrics_listen = \"everywhere\" is not an address"),
+            "{e}"
+        );
+        let e = errors(&with("metrics_listen = \"127.0.0.1:0\""));
+        assert!(e.contains("is the address of `listen`"), "{e}");
+    }
+
+    #[test]
     fn unknown_principal_names_file_and_line() {
         let text = GOOD.replace("\"service:ci-prod\"]", "\"service:ci-stage\"]");
         let e = errors(&text);

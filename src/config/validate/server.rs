@@ -32,6 +32,7 @@ impl Validator {
                 "idle_timeout",
                 "max_connections",
                 "ui_session",
+                "metrics_listen",
             ],
         );
         let listen = self.listen(block);
@@ -62,6 +63,20 @@ impl Validator {
         let connections = self.connections(block);
         let tls = self.tls(block);
         let ui_session = self.ui_session(block);
+        let metrics_listen = self.string(block, "metrics_listen", "server");
+        if let Some(address) = &metrics_listen {
+            if address.parse::<std::net::SocketAddr>().is_err() {
+                self.error(
+                    line_of(block, "metrics_listen"),
+                    format!("server: metrics_listen = \"{address}\" is not an address: write IP:PORT, e.g. \"10.0.0.5:9100\" (it serves /metrics to anyone who reaches it)"),
+                );
+            } else if Some(address) == Some(&listen) {
+                self.error(
+                    line_of(block, "metrics_listen"),
+                    format!("server: metrics_listen = \"{address}\" is the address of `listen`: give /metrics an address of its own"),
+                );
+            }
+        }
         Server {
             listen,
             data_dir,
@@ -74,6 +89,7 @@ impl Validator {
             checkpoint_every,
             connections,
             ui_session,
+            metrics_listen,
         }
     }
 
