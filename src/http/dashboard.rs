@@ -182,13 +182,16 @@ impl FromRequestParts<Arc<App>> for Signed {
 }
 
 impl Signed {
-    /// The frame of this session's pages.
-    async fn frame(&self, app: &App, raw: &Raw) -> Result<Frame, UiError> {
-        let peer = raw.peer()?;
-        Ok(Frame {
-            who: self.session.caller.principal.to_string(),
-            csrf: self.session.csrf.clone(),
-            breakglass: read::open_breakglass(app, &self.session.caller, peer.ip()).await?,
+    /// What every page of this session needs: its frame, and where the request came from.
+    async fn view(&self, app: &App, raw: &Raw) -> Result<Viewing, UiError> {
+        let ip = raw.peer()?.ip();
+        Ok(Viewing {
+            frame: Frame {
+                who: self.session.caller.principal.to_string(),
+                csrf: self.session.csrf.clone(),
+                breakglass: read::open_breakglass(app, &self.session.caller, ip).await?,
+            },
+            ip,
         })
     }
 
@@ -217,6 +220,19 @@ impl Signed {
             Some(token) if self.session.csrf_matches(token) => Ok(()),
             _ => Err(forged("the form's CSRF token is missing or wrong")),
         }
+    }
+}
+
+/// A page being answered: the frame it is shown in, and the client's address.
+struct Viewing {
+    frame: Frame,
+    ip: std::net::IpAddr,
+}
+
+impl Viewing {
+    /// A refusal shown in this page's frame.
+    fn refused(&self, e: impl Into<ApiError>) -> UiError {
+        UiError::Refused(Some(self.frame.clone()), e.into())
     }
 }
 
@@ -352,12 +368,11 @@ async fn environments(
     signed: Signed,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let peer = raw.peer()?;
-    let envs = read::status(&app, &signed.session.caller, peer.ip())
+    let page = signed.view(&app, &raw).await?;
+    let envs = read::status(&app, &signed.session.caller, page.ip)
         .await
-        .map_err(|e| UiError::Refused(Some(frame.clone()), e.into()))?;
-    Ok(shown(ui::environments(&frame, &envs)))
+        .map_err(|e| page.refused(e))?;
+    Ok(shown(ui::environments(&page.frame, &envs)))
 }
 
 /// The environment of a page's address, in its record.
@@ -382,18 +397,16 @@ async fn environment(
     audit: Audit,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let peer = raw.peer()?;
+    let page = signed.view(&app, &raw).await?;
     let caller = &signed.session.caller;
     let mut record = audit.record().await;
-    let refused = |e: OpError| UiError::Refused(Some(frame.clone()), e.into());
-    let env = read::environment(&app, caller, peer.ip(), &mut record, &name)
+    let env = read::environment(&app, caller, page.ip, &mut record, &name)
         .await
-        .map_err(refused)?;
-    let listing = read::changes(&app, caller, peer.ip(), &mut record, Some(&name), None)
+        .map_err(|e| page.refused(e))?;
+    let listing = read::changes(&app, caller, page.ip, &mut record, Some(&name), None)
         .await
-        .map_err(refused)?;
-    Ok(shown(ui::environment(&frame, &env, &listing.changes)))
+        .map_err(|e| page.refused(e))?;
+    Ok(shown(ui::environment(&page.frame, &env, &listing.changes)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -440,25 +453,23 @@ impl Route for HistoryPage {
 /// `GET /ui/history/{env}/{name}[?from=A&to=B]`: the versions, and a diff of two.
 async fn history(
     State(app): State<Arc<App>>,
-    Begin(page): Begin<HistoryPage>,
+    Begin(asked): Begin<HistoryPage>,
     signed: Signed,
     audit: Audit,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let refused = |e: ApiError| UiError::Refused(Some(frame.clone()), e);
-    let peer = raw.peer()?;
-    let compare = page.compare.map_err(refused)?;
+    let page = signed.view(&app, &raw).await?;
+    let compare = asked.compare.map_err(|e| page.refused(e))?;
     let mut record = audit.record().await;
     let request = StateRequest::new(
         &app,
         signed.session.caller.clone(),
-        &page.env,
-        &page.name,
-        peer.ip(),
+        &asked.env,
+        &asked.name,
+        page.ip,
         None,
     )
-    .map_err(|e| refused(e.into()))?;
+    .map_err(|e| page.refused(e))?;
     let entries = match read::past(&request, &mut record, Past::Versions).await {
         Ok(Answer::Versions(entries)) => entries,
         Ok(_) => {
@@ -466,7 +477,7 @@ async fn history(
                 "a history read answered no versions".into(),
             )))
         }
-        Err(e) => return Err(refused(e.into())),
+        Err(e) => return Err(page.refused(e)),
     };
     let diff = match (compare.from, compare.to) {
         (Some(from), Some(to)) => {
@@ -477,7 +488,7 @@ async fn history(
             match read::past(&request, &mut record, asked).await {
                 Ok(Answer::Diff(diff)) => Some((from, to, diff)),
                 Ok(_) => None,
-                Err(e) => return Err(refused(e.into())),
+                Err(e) => return Err(page.refused(e)),
             }
         }
         _ => None,
@@ -488,7 +499,7 @@ async fn history(
         diff,
     });
     Ok(shown(ui::history(
-        &frame,
+        &page.frame,
         request.env.name.as_str(),
         request.name.as_str(),
         &entries,
@@ -509,26 +520,28 @@ async fn changes(
     audit: Audit,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let refused = |e: ApiError| UiError::Refused(Some(frame.clone()), e);
-    let peer = raw.peer()?;
+    let page = signed.view(&app, &raw).await?;
     let params: ChangesParams = raw
         .query("the changes page takes ?environment=ENV, optionally")
-        .map_err(refused)?;
+        .map_err(|e| page.refused(e))?;
     let environment = params.environment.filter(|e| !e.is_empty());
     let mut record = audit.record().await;
     record.environment = environment.clone();
     let listing = read::changes(
         &app,
         &signed.session.caller,
-        peer.ip(),
+        page.ip,
         &mut record,
         environment.as_deref(),
         None,
     )
     .await
-    .map_err(|e| refused(e.into()))?;
-    Ok(shown(ui::changes(&frame, &listing, environment.as_deref())))
+    .map_err(|e| page.refused(e))?;
+    Ok(shown(ui::changes(
+        &page.frame,
+        &listing,
+        environment.as_deref(),
+    )))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -545,23 +558,21 @@ async fn change(
     audit: Audit,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let refused = |e: ApiError| UiError::Refused(Some(frame.clone()), e);
-    let peer = raw.peer()?;
-    let id = raw.param("id").map_err(refused)?;
+    let page = signed.view(&app, &raw).await?;
+    let id = raw.param("id").map_err(|e| page.refused(e))?;
     let params: ChangeParams = raw
         .query("a change's page takes no query")
         .unwrap_or_default();
     let mut record = audit.record().await;
-    let change = read::change(&app, &signed.session.caller, peer.ip(), &mut record, &id)
+    let change = read::change(&app, &signed.session.caller, page.ip, &mut record, &id)
         .await
-        .map_err(|e| refused(e.into()))?;
+        .map_err(|e| page.refused(e))?;
     let notice = match params.done.as_deref().and_then(Resolution::parse) {
         Some(Resolution::Approve) => Some(Notice::Done(format!("You approved {}.", change.id))),
         Some(Resolution::Reject) => Some(Notice::Done(format!("You rejected {}.", change.id))),
         _ => None,
     };
-    Ok(shown(ui::change(&frame, &change, notice.as_ref())))
+    Ok(shown(ui::change(&page.frame, &change, notice.as_ref())))
 }
 
 /// A decision as the dashboard sends it: approve or reject.
@@ -601,8 +612,7 @@ async fn decide(
     raw: Raw,
     body: Body,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let peer = raw.peer()?;
+    let page = signed.view(&app, &raw).await?;
     let id = raw.param("id")?;
     let DecideForm { csrf, reason } = form(&raw, body).await?;
     signed.check_form(&raw, csrf.as_deref())?;
@@ -613,7 +623,7 @@ async fn decide(
     let decided = decide::decide(
         &app,
         caller,
-        peer.ip(),
+        page.ip,
         &mut record,
         &id,
         asked.ok_or(verb.as_str()),
@@ -638,13 +648,13 @@ async fn decide(
             // The change as it stands, to show the refusal on it; a change that cannot be read
             // is refused as a page of its own.
             let mut scratch = Record::new("change:read");
-            let Ok(change) = read::change(&app, caller, peer.ip(), &mut scratch, &id).await else {
-                return Err(UiError::Refused(Some(frame), e));
+            let Ok(change) = read::change(&app, caller, page.ip, &mut scratch, &id).await else {
+                return Err(page.refused(e));
             };
             let told = e.told();
             Ok(html(
                 e.status(),
-                ui::change(&frame, &change, Some(&Notice::Refused(e.to_string()))),
+                ui::change(&page.frame, &change, Some(&Notice::Refused(e.to_string()))),
                 told,
             ))
         }
@@ -660,12 +670,10 @@ async fn audit(
     audit: Audit,
     raw: Raw,
 ) -> Result<Response, UiError> {
-    let frame = signed.frame(&app, &raw).await?;
-    let refused = |e: ApiError| UiError::Refused(Some(frame.clone()), e);
-    let peer = raw.peer()?;
+    let page = signed.view(&app, &raw).await?;
     let sent: AuditParams = raw
         .query("the audit page takes ?env=, &state=, &principal=, &action=, &decision=, &since= and &until=")
-        .map_err(refused)?;
+        .map_err(|e| page.refused(e))?;
     // A form sends its empty fields: they filter nothing.
     let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let params = AuditParams {
@@ -681,11 +689,11 @@ async fn audit(
     };
     let mut record = audit.record().await;
     record.environment = params.env.clone();
-    let filter = params.filter(&app).map_err(|e| refused(e.into()))?;
-    let page = audit_log::page(
+    let filter = params.filter(&app).map_err(|e| page.refused(e))?;
+    let found = audit_log::page(
         &app,
         &signed.session.caller,
-        peer.ip(),
+        page.ip,
         &mut record,
         Asked {
             chain: params.env.as_deref(),
@@ -694,7 +702,7 @@ async fn audit(
         },
     )
     .await
-    .map_err(|e| refused(e.into()))?;
+    .map_err(|e| page.refused(e))?;
     let text = |v: &Option<String>| v.as_deref().unwrap_or("").to_string();
     let (env, state, principal, action, decision, since, until) = (
         text(&sent.env),
@@ -714,6 +722,6 @@ async fn audit(
         since: &since,
         until: &until,
     };
-    let more = page.records.len() as i64 >= AUDIT_SHOWN;
-    Ok(shown(ui::audit(&frame, &form, &page.records, more)))
+    let more = found.records.len() as i64 >= AUDIT_SHOWN;
+    Ok(shown(ui::audit(&page.frame, &form, &found.records, more)))
 }
