@@ -274,7 +274,14 @@ pub struct StateStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockStatus {
     pub id: String,
+    /// The principal that took it, as authenticated.
     pub principal: String,
+    /// The branch its credentials proved (a verified OIDC token), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Who the client says it is (LockInfo's `Who`, e.g. `dev@laptop`): a claim, not proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
     pub operation: String,
     pub since: String,
     /// When the holder last took, renewed or wrote under the lock.

@@ -316,6 +316,11 @@ async fn environment_status(
         let lock = store.held_lock(&meta.state).await?.map(|l| LockStatus {
             lease_ran_out: l.lease_ran_out(env.lock_lease, now),
             active_at: Some(l.last_active().to_string()),
+            who: serde_json::from_str::<crate::lock::LockInfo>(&l.info)
+                .ok()
+                .map(|info| crate::text::printable(&info.who).into_owned())
+                .filter(|who| !who.is_empty()),
+            branch: l.branch,
             id: l.lock_id,
             principal: l.principal,
             operation: l.operation,

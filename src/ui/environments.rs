@@ -112,7 +112,10 @@ pub fn environment(frame: &Frame, env: &EnvironmentStatus, changes: &[Change]) -
                                 td { (state.principal) }
                                 td { (time(&state.updated_at)) }
                                 @if let Some(lock) = &state.lock {
-                                    td { strong { (lock.principal) } }
+                                    td {
+                                        strong { (crate::principal::describe(&lock.principal, lock.branch.as_deref())) }
+                                        @if let Some(who) = &lock.who { br; span.muted title="what the client says, not what it proved" { "says " (who) } }
+                                    }
                                     td {
                                         (time(&lock.since))
                                         @if lock.lease_ran_out { " " span.badge.error { "lease ran out" } }

@@ -222,6 +222,21 @@ async fn every_page_shows_only_what_the_principal_may_read() {
     for env in ["dev", "staging", "prod"] {
         assert!(page.contains(&format!("/ui/environments/{env}")), "{env}");
     }
+    // A lock shows who took it, as authenticated, and what the client only says.
+    assert_status(
+        &t.as_("alice")
+            .post("dev/app", state_doc(1, "L", ""))
+            .send()
+            .await,
+        StatusCode::OK,
+    );
+    assert_status(
+        &t.as_("alice").lock("dev/app").id("L1").send().await,
+        StatusCode::OK,
+    );
+    let (_, page) = alice.get("/ui/environments/dev").await;
+    assert!(page.contains("<strong>user:alice</strong>"), "{page}");
+    assert!(page.contains("says dev@laptop"), "{page}");
     let (status, page) = eve.get("/ui").await;
     assert_eq!(status, StatusCode::OK);
     assert!(!page.contains("/ui/environments/"), "{page}");
