@@ -633,6 +633,7 @@ async fn serves_tls_when_configured() {
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
         .resolve("localhost", t.addr)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     let url = format!("https://localhost:{}/v1/state/dev/app", t.addr.port());
@@ -643,6 +644,17 @@ async fn serves_tls_when_configured() {
         .await
         .unwrap();
     assert_status(&r, StatusCode::NO_CONTENT);
+    // Under TLS the dashboard's session cookie is only ever sent back over TLS.
+    let signed = client
+        .post(format!("https://localhost:{}/ui/login", t.addr.port()))
+        .form(&[("token", t.token("alice"))])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
     // Plain HTTP on the TLS port gets no answer it could mistake for a state.
     let plain = t
         .client
