@@ -26,7 +26,7 @@ pub mod write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::audit::{checkpoint, Outcome, Record};
+use crate::audit::{checkpoint, Outcome, Record, Refused};
 use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::oidc::{OidcError, OidcVerifier};
@@ -176,7 +176,7 @@ impl From<verdict::Refusal> for OpError {
         use verdict::Refusal;
         match refusal {
             Refusal::Forbidden(sentence) => OpError::Forbidden(sentence),
-            Refusal::Locked(info) => OpError::Locked(info),
+            Refusal::Locked(info) | Refusal::Held(info) => OpError::Locked(info),
             Refusal::Conflict(sentence) => OpError::Conflict(sentence),
         }
     }
@@ -524,6 +524,11 @@ impl<'a> StateRequest<'a> {
         record.breakglass = verdict.breakglass;
         record.change = verdict.change.or(record.change.take());
         record.forced = verdict.forced;
+        record.refused = verdict.outcome.as_ref().err().map(|refusal| match refusal {
+            verdict::Refusal::Forbidden(_) | verdict::Refusal::Locked(_) => Refused::Authority,
+            verdict::Refusal::Held(_) => Refused::Held,
+            verdict::Refusal::Conflict(_) => Refused::Conflict,
+        });
         verdict.outcome.map_err(OpError::from)
     }
 

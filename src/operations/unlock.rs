@@ -3,7 +3,7 @@
 //! lock. A change applied under a released lock is used up.
 
 use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
-use crate::audit::Record;
+use crate::audit::{Applied, Record};
 use crate::changes::{ChangeId, Status};
 use crate::lock::Unlock;
 use crate::store::Tx;
@@ -74,6 +74,10 @@ pub(super) async fn release(
         record.change = Some(id.to_string());
         if let Some(version) = tx.version_under_lock(state, &held.lock_id, number).await? {
             tx.mark_applied(number, &held.principal, version).await?;
+            record.applied = Some(Applied {
+                change: id.to_string(),
+                version,
+            });
             record.reason = Some(format!("change {id} applied as version {version}"));
             tx.release_lock(state).await?;
             return Ok(Some(number));
