@@ -102,6 +102,9 @@ pub struct Record {
     /// notification of a refused write needs, without reading the sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refused>,
+    /// Whose lock a force-unlock released (a force-unlock that found none held has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
 }
 
 /// A change used up, and the version that used it up (written by the request, or, at an
@@ -171,6 +174,7 @@ impl Record {
             applied: None,
             diverged: None,
             refused: None,
+            released: None,
         }
     }
 }
@@ -216,6 +220,7 @@ impl Record {
             &self.change,
             &self.breakglass,
             &self.branch,
+            &self.released,
             &self.applied.as_ref().map(|a| a.change.clone()),
             &self.diverged.as_ref().map(|d| d.change.clone()),
         ];
@@ -241,6 +246,7 @@ impl Record {
             &mut r.change,
             &mut r.breakglass,
             &mut r.branch,
+            &mut r.released,
         ] {
             field(value, TEXT_CAP);
         }

@@ -6,6 +6,7 @@ use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
 use crate::audit::{Applied, Record};
 use crate::changes::{ChangeId, Status};
 use crate::lock::Unlock;
+use crate::policy::Action;
 use crate::store::Tx;
 use crate::verdict::{Ask, Effect};
 
@@ -37,6 +38,9 @@ pub async fn unlock(
     let unlocked = match req.judge(record, &gathered, ask)? {
         Effect::Release => {
             release(&mut tx, req, record, &gathered).await?;
+            if record.action == Action::StateForceUnlock.as_str() {
+                record.released = gathered.held.as_ref().map(|held| held.holder());
+            }
             Unlocked::Released
         }
         Effect::ReleaseReadLock => {
