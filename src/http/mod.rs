@@ -37,6 +37,8 @@ pub enum StartError {
         key: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Notify(#[from] crate::operations::notify::NotifyError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -121,14 +123,17 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// Serves until `shutdown` completes, with TLS when the config has a `tls` block, and the
 /// connections bounded as `server` says (see [`connections`]), writing checkpoints of every
-/// audit chain's head at start, as the chains grow, and once serving ends.
+/// audit chain's head at start, as the chains grow, and once serving ends, and delivering the
+/// notifications of the config's `notify` blocks meanwhile.
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let notify = app.start_notify()?;
     let checkpoints = app.start_checkpoints().await;
     let served = serve_connections(app.clone(), listener, shutdown).await;
+    notify.shutdown().await;
     app.stop_checkpoints(checkpoints).await;
     served
 }

@@ -22,9 +22,9 @@
 //! - `dialect`: every difference between SQLite and PostgreSQL.
 //! - `group_commit` and `sqlite_appender`: audit records appended many at a time.
 //! - `chain`: a database's audit chain as this server appends to it.
-//! - [`environment`], [`change_requests`], [`system`], [`audit`]: the domain methods on an
-//!   environment's states and locks, its change requests and break-glass grants, the tokens,
-//!   and the audit records.
+//! - [`environment`], [`change_requests`], [`system`], [`audit`], [`notify`]: the domain
+//!   methods on an environment's states and locks, its change requests and break-glass grants,
+//!   the tokens, the audit records, and how far each notify block has delivered.
 //! - `error`: [`StoreError`], and which faults are a full disk or an outage.
 
 pub mod audit;
@@ -35,6 +35,7 @@ mod dialect;
 pub mod environment;
 mod error;
 mod group_commit;
+pub mod notify;
 mod open;
 mod sqlite_appender;
 pub mod system;
