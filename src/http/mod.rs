@@ -130,7 +130,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let notify = app.start_notify()?;
+    let notify = app.start_notify().await?;
     let checkpoints = app.start_checkpoints().await;
     let served = serve_connections(app.clone(), listener, shutdown).await;
     notify.shutdown().await;

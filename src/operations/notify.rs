@@ -124,9 +124,11 @@ fn secret(notify: &Notify) -> Result<Option<Vec<u8>>, NotifyError> {
 }
 
 impl Server {
-    /// Starts a worker for every notify block. Refused, with nothing started, when a block's
+    /// Starts a worker for every notify block, once each has its cursors (saved now for a
+    /// chain it had none on, so that nothing committed from here on can be missed, even if the
+    /// server stops before its first delivery). Refused, with nothing started, when a block's
     /// secret cannot be read.
-    pub fn start_notify(self: &Arc<Server>) -> Result<Workers, NotifyError> {
+    pub async fn start_notify(self: &Arc<Server>) -> Result<Workers, NotifyError> {
         let mut prepared = Vec::new();
         for block in &self.config.notify {
             let secret = secret(block)?;
@@ -158,23 +160,23 @@ impl Server {
                 }));
             }
         }
-        let tasks = prepared
-            .into_iter()
-            .map(|(notify, secret, client)| {
-                tracing::info!(notify = %notify.name, url = %notify.url_shown(), "delivering notifications");
-                let worker = Worker {
-                    server: self.clone(),
-                    notify,
-                    secret,
-                    client,
-                    stop: stop.subscribe(),
-                    cursors: HashMap::new(),
-                    saved: HashMap::new(),
-                    recorded: 0,
-                };
-                tokio::spawn(worker.run(grown.subscribe()))
-            })
-            .collect();
+        let mut tasks = Vec::new();
+        for (notify, secret, client) in prepared {
+            tracing::info!(notify = %notify.name, url = %notify.url_shown(), "delivering notifications");
+            let mut worker = Worker {
+                server: self.clone(),
+                notify,
+                secret,
+                client,
+                stop: stop.subscribe(),
+                cursors: HashMap::new(),
+                saved: HashMap::new(),
+                recorded: 0,
+                loaded: false,
+            };
+            worker.load().await;
+            tasks.push(tokio::spawn(worker.run(grown.subscribe())));
+        }
         Ok(Workers {
             stop,
             tasks,
@@ -217,18 +219,20 @@ struct Worker {
     saved: HashMap<String, (i64, tokio::time::Instant)>,
     /// Attempts recorded since the last pruning.
     recorded: u32,
+    /// Whether its cursors were read (and those it had none of saved).
+    loaded: bool,
 }
 
 impl Worker {
     async fn run(mut self, mut grown: watch::Receiver<u64>) {
         // Without its saved cursors it cannot know where to start: starting later would skip
         // events, earlier would send delivered ones again. It waits for the database.
-        while let Err(e) = self.load_cursors().await {
-            tracing::error!(notify = %self.notify.name, error = %e, "cannot read the notify cursors; trying again shortly");
+        while !self.loaded {
             tokio::select! {
                 _ = self.stop.changed() => return,
                 _ = tokio::time::sleep(POLL) => {},
             }
+            self.load().await;
         }
         self.prune().await;
         loop {
@@ -263,9 +267,19 @@ impl Worker {
             .collect()
     }
 
+    /// [`Worker::load_cursors`], failures logged.
+    async fn load(&mut self) {
+        match self.load_cursors().await {
+            Ok(()) => self.loaded = true,
+            Err(e) => {
+                tracing::error!(notify = %self.notify.name, error = %e, "cannot read or save the notify cursors; trying again shortly")
+            }
+        }
+    }
+
     /// Where each chain is to be read from: the saved cursor, or, for a chain it has none on
     /// yet, the chain's newest record when the server opened (so that a new block is not sent
-    /// the whole history, nor misses what came after the server opened).
+    /// the whole history, nor misses what came after the server opened), saved now.
     async fn load_cursors(&mut self) -> Result<(), StoreError> {
         let saved = self
             .server
@@ -280,7 +294,16 @@ impl Worker {
                     self.saved.insert(chain.clone(), (*seq, now));
                     *seq
                 }
-                None => self.server.notify_from.get(&chain).copied().unwrap_or(0),
+                None => {
+                    let from = self.server.notify_from.get(&chain).copied().unwrap_or(0);
+                    self.server
+                        .stores
+                        .system
+                        .advance_notify_cursor(&self.notify.name, &chain, from)
+                        .await?;
+                    self.saved.insert(chain.clone(), (from, now));
+                    from
+                }
             };
             self.cursors.insert(chain, from);
         }
