@@ -195,6 +195,25 @@ async fn spawn_notified(blocks: &str) -> Protected {
     Protected { t, issuer }
 }
 
+/// The protected setup with one json block `ops`, told of `events`, to `receiver`.
+struct Notified {
+    receiver: Receiver,
+    p: Protected,
+    _secret: tempfile::TempDir,
+}
+
+async fn spawn_with(receiver: Receiver, events: &[&str]) -> Notified {
+    let (dir, secret) = secret_file();
+    let events: Vec<String> = events.iter().map(|e| format!("\"{e}\"")).collect();
+    let events = format!("events = [{}]", events.join(", "));
+    let p = spawn_notified(&json_block("ops", &receiver.url, &secret, &events)).await;
+    Notified {
+        receiver,
+        p,
+        _secret: dir,
+    }
+}
+
 async fn deliveries(t: &TestApp) -> Vec<DeliveryRow> {
     t.app.stores.system.deliveries().await.unwrap()
 }
@@ -297,14 +316,14 @@ async fn a_change_is_told_from_proposal_to_apply_in_signed_json_and_in_slack() {
 
 #[tokio::test]
 async fn a_refused_write_or_lock_in_a_protected_environment_is_told() {
-    let ops = Receiver::start().await;
-    let (_keep, secret) = secret_file();
-    let p = spawn_notified(&json_block(
-        "ops",
-        &ops.url,
-        &secret,
-        "events = [\"state.refused\", \"state.force-unlocked\"]",
-    ))
+    let Notified {
+        receiver: ops,
+        p,
+        _secret,
+    } = spawn_with(
+        Receiver::start().await,
+        &["state.refused", "state.force-unlocked"],
+    )
     .await;
     let lock = p.t.as_("alice").lock("prod/network").id("A1").send().await;
     assert_status(&lock, StatusCode::LOCKED);
@@ -332,15 +351,11 @@ async fn a_refused_write_or_lock_in_a_protected_environment_is_told() {
 
 #[tokio::test]
 async fn a_receiver_that_fails_first_is_sent_the_event_again_and_both_attempts_are_recorded() {
-    let ops = Receiver::answering(&[500], 200).await;
-    let (_keep, secret) = secret_file();
-    let p = spawn_notified(&json_block(
-        "ops",
-        &ops.url,
-        &secret,
-        "events = [\"change.created\"]",
-    ))
-    .await;
+    let Notified {
+        receiver: ops,
+        p,
+        _secret,
+    } = spawn_with(Receiver::answering(&[500], 200).await, &["change.created"]).await;
     let id = p.propose("alice", "prod", "network").await;
     let got = ops.until("two attempts", |got| got.len() >= 2).await;
     assert_eq!((got[0].answered, got[1].answered), (500, 200));
@@ -421,14 +436,14 @@ async fn a_receiver_that_never_answers_delays_neither_requests_nor_other_receive
 
 #[tokio::test]
 async fn a_request_that_rolled_back_sends_nothing() {
-    let ops = Receiver::start().await;
-    let (_keep, secret) = secret_file();
-    let p = spawn_notified(&json_block(
-        "ops",
-        &ops.url,
-        &secret,
-        "events = [\"change.created\", \"change.approved\", \"change.cancelled\"]",
-    ))
+    let Notified {
+        receiver: ops,
+        p,
+        _secret,
+    } = spawn_with(
+        Receiver::start().await,
+        &["change.created", "change.approved", "change.cancelled"],
+    )
     .await;
     let id = p.propose("alice", "prod", "network").await;
     ops.delivered(1).await;
@@ -520,26 +535,14 @@ async fn an_event_not_yet_delivered_is_sent_after_the_server_is_killed_and_start
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notify_block_with_problems_stops_the_server_naming_each_line() {
+#[test]
+fn a_notify_block_with_problems_stops_the_server_naming_each_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = format!(
         "{CONFIG}\nnotify \"ops\" {{\n  url = \"ftp://hooks.example.com/x\"\n  events = [\"change.exploded\"]\n  environments = [\"qa\"]\n}}\n"
     );
     std::fs::write(dir.path().join("bulkhead.hcl"), &bad).unwrap();
-    let serve = |dir: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args([
-                "serve",
-                "--config",
-                "bulkhead.hcl",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .current_dir(dir)
-            .output()
-            .unwrap()
-    };
+    let serve = |dir: &Path| crate::cli::bulkhead(dir, &["serve", "--config", "bulkhead.hcl"]);
     let out = serve(dir.path());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
