@@ -12,7 +12,8 @@
 //!   |    store                                the databases; no rule is decided here
 //!   |     /
 //! domain       config, policy, verdict, lock, state, history, changes, audit, ownership,
-//!              principal, metrics, text, time pure rules and types: no I/O, no store
+//!              principal, metrics, notify, text, time
+//!                                             pure rules and types: no I/O, no store
 //! ```
 //!
 //! Edges call operations (and, for what they show, the domain); operations call the store and
@@ -42,6 +43,8 @@
 //! - [`client`]: a typed client of the HTTP API.
 //! - [`cli`]: the command line.
 //! - [`metrics`]: what the server measures, in Prometheus's text format.
+//! - [`notify`]: which audit records are events a `notify` block is told of, their JSON and
+//!   Slack bodies and signatures, and when a failed delivery is retried or given up.
 //! - [`text`]: request and plan text made safe to show at a terminal.
 //! - [`time`]: timestamps and the clock every decision reads.
 
@@ -56,6 +59,7 @@ pub mod http;
 pub mod identity;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod operations;
 pub mod ownership;
 pub mod policy;

@@ -1,7 +1,7 @@
 //! What the server measures, in Prometheus's text format (`GET /metrics`): every answer by
 //! environment, action, decision and status with its latency, audit records that could not be
 //! written, and, read when scraped, each environment's locks, pending changes and open
-//! break-glass grants. Labels take only bounded values: an environment the request named
+//! break-glass grants; for each notify block, its outbox depth and its delivery attempts. Labels take only bounded values: an environment the request named
 //! that the config does not know is `other`, so a client cannot grow the series.
 
 use prometheus::{
@@ -24,6 +24,8 @@ pub struct Metrics {
     commit_seconds: CounterVec,
     flushes: IntCounterVec,
     flush_seconds: CounterVec,
+    notify_outbox: IntGaugeVec,
+    notify_attempts: IntCounterVec,
 }
 
 /// One audit chain's group commits and flushes so far, as its database counts them.
@@ -104,6 +106,22 @@ impl Metrics {
             Opts::new("bulkhead_flush_seconds_total", "Time spent flushing"),
             &["chain"],
         )?;
+        let notify_outbox = IntGaugeVec::new(
+            Opts::new(
+                "bulkhead_notify_outbox_depth",
+                "Events read from the audit log for a notify block and not yet delivered or given up",
+            ),
+            &["notify"],
+        )?;
+        let notify_attempts = IntCounterVec::new(
+            Opts::new(
+                "bulkhead_notify_attempts_total",
+                "Attempts to deliver an event, by notify block and outcome (delivered, failed, given-up)",
+            ),
+            &["notify", "outcome"],
+        )?;
+        registry.register(Box::new(notify_outbox.clone()))?;
+        registry.register(Box::new(notify_attempts.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
         registry.register(Box::new(audit_failures.clone()))?;
@@ -130,7 +148,24 @@ impl Metrics {
             commit_seconds,
             flushes,
             flush_seconds,
+            notify_outbox,
+            notify_attempts,
         })
+    }
+
+    /// How many events notify block `notify` has waiting. `notify` is a block of the config.
+    pub fn notify_outbox(&self, notify: &str, depth: usize) {
+        self.notify_outbox
+            .with_label_values(&[notify])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// One attempt of notify block `notify` ended with `outcome`: `delivered`, `failed` or
+    /// `given-up`.
+    pub fn notify_attempt(&self, notify: &str, outcome: &str) {
+        self.notify_attempts
+            .with_label_values(&[notify, outcome])
+            .inc();
     }
 
     /// A chain's totals as its database counts them: the counters move up to them.

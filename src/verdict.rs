@@ -100,9 +100,10 @@ pub enum Effect {
 pub enum Refusal {
     /// 403 with the sentence.
     Forbidden(String),
-    /// 423 with a LockInfo whose ID is the sentence (what terraform shows of a refused lock), or
-    /// that names the holder.
+    /// 423 with a LockInfo whose ID is the sentence (what terraform shows of a refused lock).
     Locked(Box<LockInfo>),
+    /// 423 with a LockInfo that names the holder of the lock in the way.
+    Held(Box<LockInfo>),
     /// 409: a rule of the state refused it.
     Conflict(String),
 }
@@ -111,7 +112,7 @@ impl Refusal {
     pub fn sentence(&self) -> &str {
         match self {
             Refusal::Forbidden(s) | Refusal::Conflict(s) => s,
-            Refusal::Locked(info) => &info.id,
+            Refusal::Locked(info) | Refusal::Held(info) => &info.id,
         }
     }
 }
@@ -247,7 +248,7 @@ impl Judge<'_, '_> {
     }
 
     fn held_by_another(held: &HeldLock) -> Refusal {
-        Refusal::Locked(Box::new(LockInfo::holder(held)))
+        Refusal::Held(Box::new(LockInfo::holder(held)))
     }
 
     /// Whether the caller holds an open break-glass grant here; names it in the verdict.
@@ -851,11 +852,11 @@ environment "prod" {
         let (alice, bob) = (user("alice"), user("bob"));
         let recent = lock_over("dev", &bob, &alice, chrono::Duration::minutes(4));
         assert!(
-            matches!(recent.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+            matches!(recent.outcome, Err(Refusal::Held(ref i)) if i.id.starts_with("L held by user:alice"))
         );
         let no_lease = lock_over("stage", &bob, &alice, chrono::Duration::days(30));
         assert!(
-            matches!(no_lease.outcome, Err(Refusal::Locked(ref i)) if i.id.starts_with("L held by user:alice"))
+            matches!(no_lease.outcome, Err(Refusal::Held(ref i)) if i.id.starts_with("L held by user:alice"))
         );
     }
 

@@ -92,6 +92,62 @@ pub struct Record {
     /// content too (filled in by the store when the version and the record commit together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// A change the request used up: it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+    /// A write under a change touched resources beyond its approved plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Diverged>,
+    /// Why a request on a state was refused, as the verdict tells refusals apart: what a
+    /// notification of a refused write needs, without reading the sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
+    /// Whose lock a force-unlock released (a force-unlock that found none held has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
+}
+
+/// A change used up, and the version that used it up (written by the request, or, at an
+/// unlock, written earlier under the lock released).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub change: String,
+    pub version: i64,
+}
+
+/// The resource addresses a write under `change` touched beyond its plan: the first
+/// [`Diverged::SHOWN`], and how many in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diverged {
+    pub change: String,
+    pub addresses: Vec<String>,
+    pub count: usize,
+}
+
+impl Diverged {
+    /// The most addresses a record names; the rest are counted.
+    pub const SHOWN: usize = 20;
+
+    pub fn of(change: &str, beyond: &[String]) -> Diverged {
+        Diverged {
+            change: change.to_string(),
+            addresses: beyond.iter().take(Diverged::SHOWN).cloned().collect(),
+            count: beyond.len(),
+        }
+    }
+}
+
+/// Why a request on a state was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refused {
+    /// The caller lacks the right, or (in a protected environment) the grant: an approved
+    /// change, a break-glass.
+    Authority,
+    /// Someone else's lock holds the state.
+    Held,
+    /// It conflicts with the state as it is: a rule of its content, a lock no longer held.
+    Conflict,
 }
 
 impl Record {
@@ -115,6 +171,10 @@ impl Record {
             breakglass: None,
             branch: None,
             sha256: None,
+            applied: None,
+            diverged: None,
+            refused: None,
+            released: None,
         }
     }
 }
@@ -160,8 +220,15 @@ impl Record {
             &self.change,
             &self.breakglass,
             &self.branch,
+            &self.released,
+            &self.applied.as_ref().map(|a| a.change.clone()),
+            &self.diverged.as_ref().map(|d| d.change.clone()),
         ];
+        let long_address = self.diverged.as_ref().is_some_and(|d| {
+            d.addresses.len() > Diverged::SHOWN || d.addresses.iter().any(|a| a.len() > TEXT_CAP)
+        });
         if !texts.iter().any(|v| long(v, TEXT_CAP))
+            && !long_address
             && !long(&self.reason, SENTENCE_CAP)
             && !long(&self.policy, SENTENCE_CAP)
             && self.action.len() <= TEXT_CAP
@@ -179,8 +246,21 @@ impl Record {
             &mut r.change,
             &mut r.breakglass,
             &mut r.branch,
+            &mut r.released,
         ] {
             field(value, TEXT_CAP);
+        }
+        if let Some(a) = &mut r.applied {
+            a.change = cap(&a.change, TEXT_CAP).into_owned();
+        }
+        if let Some(d) = &mut r.diverged {
+            d.change = cap(&d.change, TEXT_CAP).into_owned();
+            d.addresses.truncate(Diverged::SHOWN);
+            for a in &mut d.addresses {
+                if a.len() > TEXT_CAP {
+                    *a = cap(a, TEXT_CAP).into_owned();
+                }
+            }
         }
         field(&mut r.reason, SENTENCE_CAP);
         field(&mut r.policy, SENTENCE_CAP);

@@ -31,6 +31,8 @@ impl ServeArgs {
         } else {
             "http"
         };
+        crate::operations::notify::check_secrets(&config)
+            .map_err(|e| CliError::Usage(format!("{e}\nThe server did not start.")))?;
         // Before the databases open: every connection and database file is an open file.
         http::connections::raise_open_file_limit();
         let app = App::open(config).await.map_err(|e| match e {
@@ -56,7 +58,12 @@ impl ServeArgs {
         tracing::info!(%addr, "serving");
         http::serve(app, listener, shutdown)
             .await
-            .map_err(|e| CliError::Failed(e.into()))?;
+            .map_err(|e| match e {
+                e @ http::StartError::Notify(_) => {
+                    CliError::Usage(format!("{e}\nThe server did not start."))
+                }
+                other => CliError::Failed(other.into()),
+            })?;
         Ok(ExitCode::SUCCESS)
     }
 }

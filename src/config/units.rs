@@ -4,24 +4,31 @@ use std::time::Duration;
 
 use super::hcl::Literal;
 
-/// A duration such as "90s", "30m", "2h", "1d" or "1h30m".
+/// A duration such as "90s", "30m", "2h", "1d", "1h30m", or "250ms" for the few settings that
+/// want less than a second (how soon a failed notification is retried).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut digits = String::new();
     let mut any = false;
-    for c in text.trim().chars() {
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             digits.push(c);
             continue;
         }
+        // In milliseconds.
         let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
             _ => {
                 return Err(format!(
-                    "\"{text}\" has an unknown unit `{c}`: use s, m, h or d, e.g. \"24h\""
+                    "\"{text}\" has an unknown unit `{c}`: use ms, s, m, h or d, e.g. \"24h\""
                 ))
             }
         };
@@ -40,7 +47,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "\"{text}\" is not a duration: write e.g. \"30m\", \"24h\" or \"1h30m\""
         ));
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
 }
 
 /// A size in bytes: a number, or a string such as "16MiB", "500KB", "1GiB".
@@ -85,7 +92,10 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
-        for bad in ["", "10", "h", "1w", "0s"] {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "10", "h", "1w", "0s", "ms", "5sm"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -43,6 +43,8 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Notify(#[from] crate::operations::notify::NotifyError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -122,7 +124,8 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// Serves until `shutdown` completes, with TLS when the config has a `tls` block, and the
 /// connections bounded as `server` says (see [`connections`]), writing checkpoints of every
-/// audit chain's head at start, as the chains grow, and once serving ends.
+/// audit chain's head at start, as the chains grow, and once serving ends, and delivering the
+/// notifications of the config's `notify` blocks meanwhile.
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
@@ -132,8 +135,10 @@ pub async fn serve(
         Some(address) => Some(serve_metrics(app.clone(), address)?),
         None => None,
     };
+    let notify = app.start_notify().await?;
     let checkpoints = app.start_checkpoints().await;
     let served = serve_connections(app.clone(), listener, shutdown).await;
+    notify.shutdown().await;
     app.stop_checkpoints(checkpoints).await;
     if let Some(metrics) = metrics {
         metrics.abort();

@@ -2,7 +2,8 @@
 //! it can be restored.
 
 use super::{commit, unexpected, OpError, StateRequest, DONE};
-use crate::audit::Record;
+use crate::audit::{Applied, Record};
+use crate::changes::ChangeId;
 use crate::store::environment::NewVersion;
 use crate::verdict::{Ask, Effect};
 
@@ -43,6 +44,10 @@ pub async fn delete(req: &StateRequest<'_>, record: &mut Record) -> Result<i64, 
         .await?;
     if let Some(number) = change {
         tx.mark_applied(number, &principal, version).await?;
+        record.applied = Some(Applied {
+            change: ChangeId::new(&req.env.name, number).to_string(),
+            version,
+        });
     }
     record.version = Some(version);
     commit(tx, record, DONE).await?;

@@ -1,6 +1,7 @@
 //! What a caller can do, one file per thing: read a state, write it, lock it, unlock it,
 //! delete it, roll it back, propose a change (or a new plan for it), attest to its plan,
-//! decide on one, open or close a break-glass grant. Each is a small function over the server's parts and a store transaction that
+//! decide on one, open or close a break-glass grant; and, beside them, deliver the
+//! notifications their audit records are ([`notify`]). Each is a small function over the server's parts and a store transaction that
 //! reads the facts, asks the domain ([`crate::verdict`], [`crate::changes`]) and carries out
 //! the effect, filling in the facts of its audit record and committing that record with the
 //! effect, so that one cannot exist without the other.
@@ -17,6 +18,7 @@ pub mod delete;
 pub mod health;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod propose;
 pub mod read;
 pub mod rollback;
@@ -27,7 +29,7 @@ pub mod write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::audit::{checkpoint, Outcome, Record};
+use crate::audit::{checkpoint, Outcome, Record, Refused};
 use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::oidc::{OidcError, OidcVerifier};
@@ -55,6 +57,10 @@ pub struct Server {
     pub clock: Clock,
     /// What the server measures (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Each audit chain's newest position when the server opened: where a notify block that
+    /// has no cursor on a chain yet starts, so that a new block is not sent the whole history
+    /// and misses nothing committed since (see [`notify`]).
+    pub notify_from: std::collections::HashMap<String, i64>,
 }
 
 /// Why the server could not be opened.
@@ -177,7 +183,7 @@ impl From<verdict::Refusal> for OpError {
         use verdict::Refusal;
         match refusal {
             Refusal::Forbidden(sentence) => OpError::Forbidden(sentence),
-            Refusal::Locked(info) => OpError::Locked(info),
+            Refusal::Locked(info) | Refusal::Held(info) => OpError::Locked(info),
             Refusal::Conflict(sentence) => OpError::Conflict(sentence),
         }
     }
@@ -194,6 +200,12 @@ impl Server {
         let policy = Policy::compile(&config)?;
         let oidc = OidcVerifier::load(&config).await?;
         let stores = Stores::open_with(&config, clock.clone()).await?;
+        let mut notify_from = std::collections::HashMap::new();
+        if !config.notify.is_empty() {
+            for (chain, db) in stores.chains() {
+                notify_from.insert(chain, db.newest_position().await?);
+            }
+        }
         Ok(Arc::new(Server {
             config,
             policy,
@@ -201,6 +213,7 @@ impl Server {
             stores,
             clock,
             metrics: crate::metrics::Metrics::new()?,
+            notify_from,
         }))
     }
 
@@ -525,6 +538,11 @@ impl<'a> StateRequest<'a> {
         record.breakglass = verdict.breakglass;
         record.change = verdict.change.or(record.change.take());
         record.forced = verdict.forced;
+        record.refused = verdict.outcome.as_ref().err().map(|refusal| match refusal {
+            verdict::Refusal::Forbidden(_) | verdict::Refusal::Locked(_) => Refused::Authority,
+            verdict::Refusal::Held(_) => Refused::Held,
+            verdict::Refusal::Conflict(_) => Refused::Conflict,
+        });
         verdict.outcome.map_err(OpError::from)
     }
 

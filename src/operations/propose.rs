@@ -107,6 +107,13 @@ impl Proposing<'_> {
             .change(&env.name, env.required_approvals(), number)
             .await?;
         record.change = change.as_ref().map(|c| c.id.clone());
+        // What its approvers are told of it, from the record alone.
+        let (add, chg, destroy) = read.summary.counts();
+        let counts = format!("{add} to add, {chg} to change, {destroy} to destroy");
+        record.reason = Some(match title.trim() {
+            "" => format!("proposed: {counts}"),
+            title => format!("proposed: {counts}: {title}"),
+        });
         commit(tx, record, CREATED).await?;
         Ok(change.map(|c| c.at(self.server.clock.now().as_datetime())))
     }

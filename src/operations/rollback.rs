@@ -3,7 +3,8 @@
 
 use super::read::version;
 use super::{commit, unexpected, OpError, StateRequest, DONE};
-use crate::audit::Record;
+use crate::audit::{Applied, Record};
+use crate::changes::ChangeId;
 use crate::state::{self, Document};
 use crate::store::environment::NewVersion;
 use crate::verdict::{Ask, Effect};
@@ -84,6 +85,10 @@ pub async fn rollback(
         .await?;
     if let Some(number) = change {
         tx.mark_applied(number, &principal, version).await?;
+        record.applied = Some(Applied {
+            change: ChangeId::new(&req.env.name, number).to_string(),
+            version,
+        });
     }
     record.version = Some(version);
     let forced = record.reason.take().filter(|_| record.forced);

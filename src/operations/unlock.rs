@@ -3,9 +3,10 @@
 //! lock. A change applied under a released lock is used up.
 
 use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
-use crate::audit::Record;
+use crate::audit::{Applied, Record};
 use crate::changes::{ChangeId, Status};
 use crate::lock::Unlock;
+use crate::policy::Action;
 use crate::store::Tx;
 use crate::verdict::{Ask, Effect};
 
@@ -37,6 +38,9 @@ pub async fn unlock(
     let unlocked = match req.judge(record, &gathered, ask)? {
         Effect::Release => {
             release(&mut tx, req, record, &gathered).await?;
+            if record.action == Action::StateForceUnlock.as_str() {
+                record.released = gathered.held.as_ref().map(|held| held.holder());
+            }
             Unlocked::Released
         }
         Effect::ReleaseReadLock => {
@@ -74,6 +78,10 @@ pub(super) async fn release(
         record.change = Some(id.to_string());
         if let Some(version) = tx.version_under_lock(state, &held.lock_id, number).await? {
             tx.mark_applied(number, &held.principal, version).await?;
+            record.applied = Some(Applied {
+                change: id.to_string(),
+                version,
+            });
             record.reason = Some(format!("change {id} applied as version {version}"));
             tx.release_lock(state).await?;
             return Ok(Some(number));

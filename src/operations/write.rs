@@ -8,7 +8,7 @@
 //! `diverged`, and the audit record names the addresses.
 
 use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
-use crate::audit::Record;
+use crate::audit::{Applied, Diverged, Record};
 use crate::changes::{self, ChangeId};
 use crate::history;
 use crate::state::{self, Document, VersionMeta, Write};
@@ -124,6 +124,10 @@ impl Writing<'_, '_> {
             .await?;
         if let Some(number) = change.filter(|_| use_up) {
             tx.mark_applied(number, &principal, version).await?;
+            record.applied = Some(Applied {
+                change: ChangeId::new(&req.env.name, number).to_string(),
+                version,
+            });
         }
         record.version = Some(version);
         commit(tx, record, DONE).await?;
@@ -188,6 +192,7 @@ async fn diverged(
             first_of(&beyond, ADDRESSES_SHOWN)
         ),
     );
+    record.diverged = Some(Diverged::of(&id, &beyond));
     Ok(beyond)
 }
 

@@ -8,7 +8,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::*;
 
-fn bulkhead(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn bulkhead(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(args)
         .current_dir(dir)

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "history",
             "lock",
             "metrics",
+            "notify",
             "ownership",
             "policy",
             "principal",

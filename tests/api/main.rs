@@ -20,6 +20,7 @@ mod isolation;
 mod layers;
 mod leases;
 mod metrics;
+mod notify;
 mod oidc;
 mod protocol;
 mod resources;

@@ -5,6 +5,7 @@
 //! holds the types, their defaults and the questions asked of them; it never reads a file.
 
 mod environment;
+mod notify;
 mod server;
 mod service;
 
@@ -17,6 +18,8 @@ pub use self::environment::{
     DEFAULT_MAX_STATE_SIZE,
 };
 pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
+pub(super) use self::notify::ATTEMPTS_MAX;
+pub use self::notify::{Notify, NotifyEvent, NotifyFormat, Retry, SecretSource};
 pub use self::server::{
     AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
 };
@@ -77,6 +80,8 @@ pub struct Config {
     pub environments: Vec<Environment>,
     /// Extra Cedar policy files, resolved against the config's folder.
     pub policy_files: Vec<PathBuf>,
+    /// The receivers told of events, in the order of the file.
+    pub notify: Vec<Notify>,
 }
 
 impl Config {

@@ -3,10 +3,11 @@
 //! The validator walks the whole file and collects every problem, each with its line, rather
 //! than stopping at the first, so one run of `bulkhead check` shows all there is to fix. The
 //! top-level walk is here; each kind of block has its file (`server`, `environment`,
-//! `service`), and `attrs` reads typed values out of attributes.
+//! `service`, `notify`), and `attrs` reads typed values out of attributes.
 
 mod attrs;
 mod environment;
+mod notify;
 mod server;
 mod service;
 
@@ -73,6 +74,7 @@ struct Declared {
     services: BTreeMap<String, Service>,
     handles: BTreeMap<Subject, String>,
     environments: Vec<(Environment, Vec<Named>)>,
+    notify: Vec<notify::Declared>,
     /// Team members with the line they are listed on: they are users once every block is read.
     team_members: Vec<(String, usize)>,
     /// The line each (kind, name) was first declared on.
@@ -106,6 +108,7 @@ impl Validator {
             services,
             handles,
             environments,
+            notify,
             ..
         } = declared;
         let mut config = Config {
@@ -117,10 +120,15 @@ impl Validator {
             handles,
             environments: Vec::new(),
             policy_files,
+            notify: Vec::new(),
         };
         for (env, named) in environments {
             self.unknown_principals(&config, &env, &named);
             config.environments.push(env);
+        }
+        for declared in notify {
+            let notify = self.notify_environments(declared, &config.environments);
+            config.notify.push(notify);
         }
         config
     }
@@ -160,10 +168,15 @@ impl Validator {
                 let (env, named) = self.environment(block, name);
                 declared.environments.push((env, named));
             }
+            "notify" => {
+                self.check_name(block.line, "notify", &name, &ENVIRONMENT);
+                let notify = self.notify(block, name);
+                declared.notify.push(notify);
+            }
             other => self.error(
                 block.line,
                 format!(
-                    "unknown block `{other}`: expected server, team, user, service or environment"
+                    "unknown block `{other}`: expected server, team, user, service, environment or notify"
                 ),
             ),
         }
