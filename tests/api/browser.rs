@@ -130,7 +130,11 @@ impl Browser {
             .unwrap()
     }
 
+    /// Clicks something that leads to another page, and waits until the browser has left
+    /// this one: a click returns before the next page is there, and reading at once could
+    /// read the old page.
     async fn click(&self, css: &str) {
+        let page = self.client.find(Locator::Css("html")).await.unwrap();
         self.client
             .find(Locator::Css(css))
             .await
@@ -138,6 +142,14 @@ impl Browser {
             .click()
             .await
             .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while page.tag_name().await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clicking `{css}` did not lead to another page"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Signs in through the form, as a person would.
