@@ -7,11 +7,17 @@ use crate::audit::ChainProblem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database {location}: {source}")]
+    #[error(
+        "cannot open the database {location}: {source}{}",
+        super::open::files_exhausted(source)
+    )]
     Open {
         location: String,
         source: sqlx::Error,
     },
+    /// Not opened: the process is at (or near) its open-file limit.
+    #[error("{cause}")]
+    Exhausted { cause: String },
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,

@@ -92,16 +92,22 @@ impl Stores {
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
             let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
             // One environment's database harms only that environment: the server starts and
-            // serves the others.
-            match open(
-                &location,
-                chain,
-                migrations,
-                config.server.audit_sync,
-                &clock,
-            )
-            .await
-            {
+            // serves the others. So does one past the open-file limit, rather than taking
+            // the descriptors the listener and connections need.
+            let opened = match open::files_short() {
+                Some(cause) => Err(StoreError::Exhausted { cause }),
+                None => {
+                    open(
+                        &location,
+                        chain,
+                        migrations,
+                        config.server.audit_sync,
+                        &clock,
+                    )
+                    .await
+                }
+            };
+            match opened {
                 Ok(db) => {
                     let recent = Default::default();
                     environments.insert(env.name.clone(), EnvStore { db, recent });

@@ -100,12 +100,75 @@ impl Unavailable {
     }
 }
 
-/// The database's own words where it gave some ("file is not a database"), else the driver's.
+/// The database's own words where it gave some ("file is not a database"), else the driver's,
+/// with [`files_exhausted`]'s sentence where that is why.
 pub(super) fn cause_of(e: &sqlx::Error) -> String {
-    match e {
+    let said = match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         e => e.to_string(),
+    };
+    format!("{said}{}", files_exhausted(e))
+}
+
+/// `": too many open files: …"` when opening failed for want of a file descriptor, else
+/// nothing. SQLite says only "unable to open database file" then.
+pub(super) fn files_exhausted(e: &sqlx::Error) -> String {
+    let emfile = matches!(e, sqlx::Error::Io(io) if io.raw_os_error() == Some(EMFILE));
+    match open_files() {
+        Files::Exhausted { limit } => format!(": {}", too_many(None, limit)),
+        _ if emfile => {
+            ": too many open files; raise the limit with ulimit -n, or LimitNOFILE= in systemd"
+                .to_string()
+        }
+        _ => String::new(),
     }
+}
+
+/// Why another database should not be opened: fewer than [`SPARE_FILES`] descriptors left
+/// under the open-file limit, which connections and the listener need.
+pub(super) fn files_short() -> Option<String> {
+    match open_files() {
+        Files::Exhausted { limit } => Some(too_many(None, limit)),
+        Files::Open { open, limit } if open + SPARE_FILES > limit => {
+            Some(too_many(Some(open), limit))
+        }
+        _ => None,
+    }
+}
+
+const EMFILE: i32 = 24;
+
+/// Descriptors an environment's database takes (its pool, WAL files, own connections) with
+/// room left for the listener and the first connections.
+const SPARE_FILES: u64 = 32;
+
+enum Files {
+    Open { open: u64, limit: u64 },
+    Exhausted { limit: u64 },
+    Unknown,
+}
+
+fn open_files() -> Files {
+    let Ok((limit, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return Files::Unknown;
+    };
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(fds) => Files::Open {
+            open: fds.count() as u64,
+            limit,
+        },
+        // Counting them takes one more.
+        Err(e) if e.raw_os_error() == Some(EMFILE) => Files::Exhausted { limit },
+        Err(_) => Files::Unknown,
+    }
+}
+
+fn too_many(open: Option<u64>, limit: u64) -> String {
+    let open = open.map_or_else(|| "all".to_string(), |n| n.to_string());
+    format!(
+        "too many open files: {open} open, the limit is {limit}; raise the limit with \
+         ulimit -n, or LimitNOFILE= in systemd"
+    )
 }
 
 /// One audit chain's database, opened for reading only.

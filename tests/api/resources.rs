@@ -478,3 +478,61 @@ async fn serve_raises_its_open_file_limit_and_serves_fewer_connections_than_it_a
     assert!(text.contains("max_connections lowered"), "{text}");
     assert!(text.contains("open_file_limit=512"), "{text}");
 }
+
+#[tokio::test]
+async fn an_environment_past_the_open_file_limit_is_unavailable_and_the_log_says_too_many_open_files(
+) {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Each environment's database holds several files open: 60 of them cannot fit in 160, and
+    // opening stops while the listener and connections still have room.
+    let mut config = CONFIG.to_string();
+    for i in 0..60 {
+        config.push_str(&format!(
+            "environment \"e{i:02}\" {{\n  owner = \"team:platform\"\n  read = [\"team:platform\"]\n}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("bulkhead.hcl"), config).unwrap();
+    let log = dir.path().join("serve.log");
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    serve
+        .args([
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    // SAFETY: the closure only makes one system call, which is safe between fork and exec.
+    unsafe {
+        serve.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, 160, 160));
+    }
+    let mut child = serve.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let base = first
+        .as_deref()
+        .and_then(|line| line.strip_prefix("bulkhead listening on "))
+        .unwrap_or_else(|| panic!("the server listens, serving what fits: {text}"))
+        .to_string();
+    assert!(
+        text.contains("environment unavailable") && text.contains("too many open files: "),
+        "{text}"
+    );
+    assert!(text.contains("the limit is 160"), "{text}");
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_status(&ready, StatusCode::SERVICE_UNAVAILABLE);
+    let body = ready.text().await.unwrap();
+    // The first ones fit and are served; the rest are named, and left for a larger limit.
+    assert!(body.contains("\"e59\""), "{body}");
+    assert!(!body.contains("\"e00\""), "{body}");
+}
