@@ -420,41 +420,11 @@ async fn a_keep_alive_connection_is_closed_after_the_shorter_of_idle_and_header_
 
 #[tokio::test]
 async fn serve_raises_its_open_file_limit_and_serves_fewer_connections_than_it_allows() {
-    use tokio::io::AsyncBufReadExt;
     let t = spawn_app().await;
-    let log = t.dir.path().join("serve-limits.log");
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
-    serve
-        .args([
-            "serve",
-            "--config",
-            "bulkhead.hcl",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(t.dir.path())
-        .env("BULKHEAD_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true);
     // Started with a soft limit of 256 under a hard limit of 512 (the default max_connections,
     // 1024, does not fit in either).
-    // SAFETY: the closure only makes one system call, which is safe between fork and exec.
-    unsafe {
-        serve.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, 256, 512));
-    }
-    let mut child = serve.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let first = tokio::io::BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await
-        .unwrap()
-        .expect("the server announces its address");
-    let base = first
-        .strip_prefix("bulkhead listening on ")
-        .unwrap()
-        .to_string();
+    let (_child, base, log) = serve_with_file_limit(t.dir.path(), 256, 512).await;
+    let base = base.expect("the server announces its address");
     let health = t
         .client
         .get(format!("{base}/healthz"))
@@ -482,7 +452,6 @@ async fn serve_raises_its_open_file_limit_and_serves_fewer_connections_than_it_a
 #[tokio::test]
 async fn an_environment_past_the_open_file_limit_is_unavailable_and_the_log_says_too_many_open_files(
 ) {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     // Each environment's database holds several files open: 60 of them cannot fit in 160, and
     // opening stops while the listener and connections still have room.
@@ -493,37 +462,9 @@ async fn an_environment_past_the_open_file_limit_is_unavailable_and_the_log_says
         ));
     }
     std::fs::write(dir.path().join("bulkhead.hcl"), config).unwrap();
-    let log = dir.path().join("serve.log");
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
-    serve
-        .args([
-            "serve",
-            "--config",
-            "bulkhead.hcl",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true);
-    // SAFETY: the closure only makes one system call, which is safe between fork and exec.
-    unsafe {
-        serve.pre_exec(|| rlimit::setrlimit(rlimit::Resource::NOFILE, 160, 160));
-    }
-    let mut child = serve.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let first = tokio::io::BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await
-        .unwrap();
+    let (_child, base, log) = serve_with_file_limit(dir.path(), 160, 160).await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let base = first
-        .as_deref()
-        .and_then(|line| line.strip_prefix("bulkhead listening on "))
-        .unwrap_or_else(|| panic!("the server listens, serving what fits: {text}"))
-        .to_string();
+    let base = base.unwrap_or_else(|| panic!("the server listens, serving what fits: {text}"));
     assert!(
         text.contains("environment unavailable") && text.contains("too many open files: "),
         "{text}"
@@ -535,4 +476,45 @@ async fn an_environment_past_the_open_file_limit_is_unavailable_and_the_log_says
     // The first ones fit and are served; the rest are named, and left for a larger limit.
     assert!(body.contains("\"e59\""), "{body}");
     assert!(!body.contains("\"e00\""), "{body}");
+}
+
+/// Starts `bulkhead serve` in `dir` under an open-file limit, logging at info level; returns
+/// the process, its address once it listens (none if it exits first) and its log.
+async fn serve_with_file_limit(
+    dir: &std::path::Path,
+    soft: u64,
+    hard: u64,
+) -> (tokio::process::Child, Option<String>, std::path::PathBuf) {
+    use tokio::io::AsyncBufReadExt;
+    let log = dir.join("serve-limits.log");
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    serve
+        .args([
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir)
+        .env("BULKHEAD_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    // SAFETY: the closure only makes one system call, which is safe between fork and exec.
+    unsafe {
+        serve.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard));
+    }
+    let mut child = serve.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .unwrap();
+    let base = first
+        .as_deref()
+        .and_then(|line| line.strip_prefix("bulkhead listening on "))
+        .map(str::to_string);
+    (child, base, log)
 }
