@@ -27,6 +27,15 @@ impl Resolution {
         }
     }
 
+    /// Its name, as [`Resolution::parse`] reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Approve => "approve",
+            Resolution::Reject => "reject",
+            Resolution::Cancel => "cancel",
+        }
+    }
+
     /// The action its audit record names.
     pub fn action(self) -> &'static str {
         match self {

@@ -312,24 +312,34 @@ async fn sign_in(
         Ok(signed) => signed,
         Err(e) => return Ok(refused(e.into())),
     };
+    let mut response = Redirect::to("/ui").into_response();
+    set_session_cookie(
+        &mut response,
+        &app,
+        &signed.secret,
+        app.config.server.ui_session.as_secs(),
+    );
+    response
+        .extensions_mut()
+        .insert(Told::Allowed { audited: true });
+    Ok(response)
+}
+
+/// Sets the session cookie to `value` for `max_age` seconds (0 forgets it), with the same flags
+/// on sign-in and sign-out so that the browser replaces the one with the other: HttpOnly,
+/// SameSite=Strict, only under `/ui`, and Secure under TLS.
+fn set_session_cookie(response: &mut Response, app: &App, value: &str, max_age: u64) {
     let secure = if app.config.server.tls.is_some() {
         "; Secure"
     } else {
         ""
     };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        signed.secret,
-        app.config.server.ui_session.as_secs()
-    );
-    let mut response = Redirect::to("/ui").into_response();
+    let cookie =
+        format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    // A session secret is URL-safe text, so the value is always a valid header.
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response
-        .extensions_mut()
-        .insert(Told::Allowed { audited: true });
-    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -349,12 +359,7 @@ async fn sign_out(
     signed.check_form(&raw, csrf.as_deref())?;
     app.sign_out(&signed.secret).await?;
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "bulkhead_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
-    );
+    set_session_cookie(&mut response, &app, "", 0);
     response
         .extensions_mut()
         .insert(Told::Allowed { audited: false });
@@ -632,10 +637,7 @@ async fn decide(
     .await;
     match decided {
         Ok(_) => {
-            let verb = asked.map_or("", |r| match r {
-                Resolution::Approve => "approve",
-                _ => "reject",
-            });
+            let verb = asked.map_or("", Resolution::as_str);
             let mut response =
                 Redirect::to(&format!("{}?done={verb}", ui::change_href(&id))).into_response();
             response
@@ -659,6 +661,11 @@ async fn decide(
             ))
         }
     }
+}
+
+/// A filter field as the form sent it, to show again; nothing where it sent none.
+fn shown_text(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or("")
 }
 
 /// `GET /ui/audit[?env=&state=&principal=&action=&decision=&since=&until=]`: the newest
@@ -703,24 +710,14 @@ async fn audit(
     )
     .await
     .map_err(|e| page.refused(e))?;
-    let text = |v: &Option<String>| v.as_deref().unwrap_or("").to_string();
-    let (env, state, principal, action, decision, since, until) = (
-        text(&sent.env),
-        text(&sent.state),
-        text(&sent.principal),
-        text(&sent.action),
-        text(&sent.decision),
-        text(&sent.since),
-        text(&sent.until),
-    );
     let form = ui::AuditForm {
-        env: &env,
-        state: &state,
-        principal: &principal,
-        action: &action,
-        decision: &decision,
-        since: &since,
-        until: &until,
+        env: shown_text(&sent.env),
+        state: shown_text(&sent.state),
+        principal: shown_text(&sent.principal),
+        action: shown_text(&sent.action),
+        decision: shown_text(&sent.decision),
+        since: shown_text(&sent.since),
+        until: shown_text(&sent.until),
     };
     let more = found.records.len() as i64 >= AUDIT_SHOWN;
     Ok(shown(ui::audit(&page.frame, &form, &found.records, more)))
