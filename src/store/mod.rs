@@ -87,6 +87,7 @@ impl Stores {
         let system = open_system_with(config, &key, &clock).await?;
         let mut environments = HashMap::new();
         let mut unavailable = HashMap::new();
+        let mut files = open::FileBudget::default();
         for env in &config.environments {
             let location = config.environment_location(env);
             let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
@@ -94,7 +95,7 @@ impl Stores {
             // One environment's database harms only that environment: the server starts and
             // serves the others. So does one past the open-file limit, rather than taking
             // the descriptors the listener and connections need.
-            let opened = match open::files_short() {
+            let opened = match files.short() {
                 Some(cause) => Err(StoreError::Exhausted { cause }),
                 None => {
                     open(

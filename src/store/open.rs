@@ -124,23 +124,59 @@ pub(super) fn files_exhausted(e: &sqlx::Error) -> String {
     }
 }
 
-/// Why another database should not be opened: fewer than [`SPARE_FILES`] descriptors left
-/// under the open-file limit, which connections and the listener need.
-pub(super) fn files_short() -> Option<String> {
-    match open_files() {
-        Files::Exhausted { limit } => Some(too_many(None, limit)),
-        Files::Open { open, limit } if open + SPARE_FILES > limit => {
-            Some(too_many(Some(open), limit))
+/// Whether the open-file limit leaves room for one more database, told without counting the
+/// open files before every one (which, for thousands of environments, would cost more than
+/// opening them): each database opened since the last count is taken to hold
+/// [`PER_DATABASE`] files, and the files are counted again only when that estimate comes
+/// within [`SPARE_FILES`] of the limit. Once short, it stays short: nothing it is used for
+/// closes files meanwhile.
+#[derive(Default)]
+pub(super) struct FileBudget {
+    /// The files open at the last count, and the databases opened since.
+    counted: Option<(u64, u64)>,
+    short: Option<String>,
+}
+
+impl FileBudget {
+    /// Why another database should not be opened: fewer than [`SPARE_FILES`] descriptors
+    /// left under the open-file limit, which connections and the listener need. `None`
+    /// counts the database as opened.
+    pub(super) fn short(&mut self) -> Option<String> {
+        if self.short.is_some() {
+            return self.short.clone();
         }
-        _ => None,
+        if let (Some((open, since)), Ok((limit, _))) =
+            (self.counted, rlimit::getrlimit(rlimit::Resource::NOFILE))
+        {
+            if open + (since + 1) * PER_DATABASE + SPARE_FILES <= limit {
+                self.counted = Some((open, since + 1));
+                return None;
+            }
+        }
+        self.short = match open_files() {
+            Files::Exhausted { limit } => Some(too_many(None, limit)),
+            Files::Open { open, limit } if open + SPARE_FILES > limit => {
+                Some(too_many(Some(open), limit))
+            }
+            Files::Open { open, .. } => {
+                self.counted = Some((open, 1));
+                None
+            }
+            Files::Unknown => None,
+        };
+        self.short.clone()
     }
 }
 
 const EMFILE: i32 = 24;
 
-/// Descriptors an environment's database takes (its pool, WAL files, own connections) with
-/// room left for the listener and the first connections.
+/// Descriptors left for the listener and the first connections, at the least.
 const SPARE_FILES: u64 = 32;
+
+/// The most descriptors one database is taken to hold until they are counted: about twice
+/// what a SQLite environment holds when it has just been opened (its file, write-ahead log and
+/// shared memory, for its first connections).
+const PER_DATABASE: u64 = 16;
 
 enum Files {
     Open { open: u64, limit: u64 },
