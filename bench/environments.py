@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""What the number of environments a config declares costs a `bulkhead serve`, one function
+per measurement, printed as one table per build (and the raw figures as JSON lines on
+stderr). For each size (default 10, 1000 and 10000 environments, each with its own SQLite
+database under the data directory):
+
+  start          seconds from starting the process to "bulkhead listening on";
+  served         environments that answer a GET (the others are refused as unavailable);
+  idle RSS       VmRSS, in MB, IDLE seconds (default 3) after it listens;
+  open files     entries of /proc/PID/fd then;
+  threads        Threads: of /proc/PID/status then;
+  cold ms        the median time of the first GET of a state in environments no request
+                 has named yet (COLD of them, default 20, each on a connection of its own);
+  hot GET/s      GET of one small state, from wrk on 2 connections for SECONDS (default 5)
+                 (skipped with a note when wrk is missing: apt-get install wrk).
+
+    bench/environments.py [--sizes 10,1000,10000] [--cold 20] [--seconds 5] [--idle 3]
+                          [--open-files 20000]
+
+BULKHEAD_BIN is the binary measured (default target/release/bulkhead, built if missing);
+BASELINE_BIN, when set, is measured too, at every size, and the table gives each figure's
+ratio to it (e.g. a build of an earlier commit: `git worktree add /tmp/base HEAD~3 && cargo
+build --release --manifest-path /tmp/base/Cargo.toml`). Every server runs under an
+open-file limit of --open-files (soft and hard; at most what this process may grant). Only
+loopback is used; every server it starts is stopped and its directory removed. Linux only.
+"""
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GET_SCRIPT = os.path.join(ROOT, "bench", "wrk", "get.lua")
+STATE = (
+    '{"version":4,"terraform_version":"1.11.4","serial":1,"lineage":"bench-hot",'
+    '"outputs":{},"resources":[],"check_results":null}\n'
+)
+
+
+def config_text(size):
+    lines = [
+        'server {\n  data_dir = "data"\n}\n',
+        'team "app" { members = ["bench"] }\n',
+    ]
+    for i in range(size):
+        lines.append(
+            f'environment "e{i:05}" {{\n  owner = "team:app"\n  read  = ["team:app"]\n'
+            f'  write = ["team:app"]\n}}\n'
+        )
+    return "".join(lines)
+
+
+class Server:
+    """A `bulkhead serve` of SIZE environments in a directory of its own, with a token for
+    the user `bench`."""
+
+    def __init__(self, binary, size, open_files):
+        self.dir = tempfile.mkdtemp(prefix="bulkhead-environments-")
+        self.binary = binary
+        self.config = os.path.join(self.dir, "bulkhead.hcl")
+        with open(self.config, "w") as f:
+            f.write(config_text(size))
+        self.out = open(os.path.join(self.dir, "serve.out"), "w+")
+        self.log = open(os.path.join(self.dir, "serve.log"), "w")
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--config", self.config, "--listen", "127.0.0.1:0"],
+            cwd=self.dir,
+            stdout=self.out,
+            stderr=self.log,
+            preexec_fn=limit,
+        )
+        self.base = None
+        deadline = started + 600
+        while self.base is None and time.monotonic() < deadline and self.alive():
+            self.out.seek(0)
+            for line in self.out:
+                if line.startswith("bulkhead listening on "):
+                    self.base = line.split()[-1]
+            if self.base is None:
+                time.sleep(0.005)
+        self.start_seconds = time.monotonic() - started
+        if self.base is None:
+            self.stop()
+            sys.exit(f"{binary} did not start with {size} environments; see {self.log.name}")
+        self.host, port = self.base.removeprefix("http://").rsplit(":", 1)
+        self.port = int(port)
+        token = subprocess.check_output(
+            [binary, "token", "create", "bench", "--config", self.config],
+            cwd=self.dir,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ).strip()
+        self.basic = base64.b64encode(f"bench:{token}".encode()).decode()
+
+    def proc_status(self, key):
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def open_files(self):
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:
+            return None
+
+    def request(self, method, path, body=None):
+        """(status, seconds) of one request on a connection of its own."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        started = time.monotonic()
+        conn.request(method, path, body=body, headers={"Authorization": "Basic " + self.basic})
+        status = conn.getresponse().status
+        seconds = time.monotonic() - started
+        conn.close()
+        return status, seconds
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def served(server, size):
+    """How many of a sample of environments answer a GET (all of them where size <= 200)."""
+    sample = range(size) if size <= 200 else range(0, size, max(1, size // 200))
+    answered = sum(
+        server.request("GET", f"/v1/state/e{i:05}/probe")[0] in (200, 204, 404) for i in sample
+    )
+    return round(answered * size / len(sample))
+
+
+def cold(server, size, count):
+    """Median milliseconds of the first GET to environments not named yet (the last ones)."""
+    times = []
+    for i in range(max(0, size - count), size):
+        status, seconds = server.request("GET", f"/v1/state/e{i:05}/cold")
+        if status in (200, 204, 404):
+            times.append(seconds * 1000)
+    return round(statistics.median(times), 2) if times else None
+
+
+def hot(server, seconds, note):
+    """GET/s of one small state in the first environment, from wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        note("hot GET/s: SKIPPED: wrk not found (apt-get install wrk)")
+        return None
+    status, _ = server.request("POST", "/v1/state/e00000/hot", STATE.encode())
+    if status != 200:
+        note(f"hot GET/s: the POST of the state answered {status}")
+        return None
+    out = subprocess.run(
+        [wrk, "-t1", "-c2", f"-d{seconds}s", "-s", GET_SCRIPT,
+         f"{server.base}/v1/state/e00000/hot"],
+        env={**os.environ, "BENCH_BASIC": server.basic},
+        capture_output=True,
+        text=True,
+    ).stdout
+    found = re.search(r"RESULT rps=([0-9.]+) .* non2xx=(\d+) errors=(\d+)", out)
+    if not found:
+        note(f"hot GET/s: wrk printed no RESULT: {out.strip()[:200]}")
+        return None
+    if int(found.group(2)) or int(found.group(3)):
+        note(f"hot GET/s: {found.group(2)} answers were not 2xx, {found.group(3)} errors")
+    return round(float(found.group(1)))
+
+
+def measure(binary, size, args, note):
+    server = Server(binary, size, args.open_files)
+    try:
+        figures = {"start s": round(server.start_seconds, 3)}
+        time.sleep(args.idle)
+        rss = server.proc_status("VmRSS")
+        figures["idle RSS MB"] = round(rss / 1024, 1) if rss is not None else None
+        figures["open files"] = server.open_files()
+        figures["threads"] = server.proc_status("Threads")
+        figures["cold ms"] = cold(server, size, min(args.cold, size))
+        figures["served"] = served(server, size)
+        figures["hot GET/s"] = hot(server, args.seconds, note)
+        return figures
+    finally:
+        server.stop()
+
+
+COLUMNS = ["start s", "served", "idle RSS MB", "open files", "threads", "cold ms", "hot GET/s"]
+
+
+def table(results, builds, sizes):
+    rows = ["  {:<10} {:>8}".format("build", "envs") + "".join(f" {c:>12}" for c in COLUMNS)]
+    for build in builds:
+        for size in sizes:
+            figures = results[(build, size)]
+            cells = []
+            for column in COLUMNS:
+                value = figures.get(column)
+                text = "-" if value is None else str(value)
+                base = results.get(("baseline", size), {}).get(column)
+                if build != "baseline" and "baseline" in builds and value and base:
+                    text += f" ({value / base:.2f}x)"
+                cells.append(f" {text:>12}")
+            rows.append(f"  {build:<10} {size:>8}" + "".join(cells))
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,1000,10000")
+    parser.add_argument("--cold", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=3)
+    parser.add_argument("--open-files", type=int, default=20000)
+    args = parser.parse_args()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        sys.exit(f"--sizes {args.sizes}: whole numbers separated by commas are wanted")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and args.open_files > hard:
+        sys.exit(f"--open-files {args.open_files}: this shell may grant at most {hard}")
+    binary = os.environ.get("BULKHEAD_BIN", os.path.join(ROOT, "target/release/bulkhead"))
+    if not os.path.exists(binary):
+        subprocess.run(["cargo", "build", "--release", "--bin", "bulkhead"], cwd=ROOT, check=True)
+    builds = [("this", binary)]
+    if os.environ.get("BASELINE_BIN"):
+        builds.insert(0, ("baseline", os.environ["BASELINE_BIN"]))
+    notes, results = [], {}
+
+    for build, path in builds:
+        for size in sizes:
+            def note(text, build=build, size=size):
+                notes.append(f"{build}, {size} environments: {text}")
+
+            figures = measure(path, size, args, note)
+            results[(build, size)] = figures
+            print(json.dumps({"build": build, "binary": path, "environments": size, **figures}),
+                  file=sys.stderr, flush=True)
+    print(f"environments: open-file limit {args.open_files}, {args.cold} cold GETs, "
+          f"wrk -c2 for {args.seconds} s, idle figures {args.idle} s after listening")
+    print(table(results, [b for b, _ in builds], sizes))
+    for text in notes:
+        print(f"  note: {text}")
+
+
+if __name__ == "__main__":
+    main()
