@@ -215,7 +215,7 @@ COLUMNS = ["start s", "served", "idle RSS MB", "open files", "threads", "cold ms
 
 
 def table(results, builds, sizes):
-    rows = ["  {:<10} {:>8}".format("build", "envs") + "".join(f" {c:>12}" for c in COLUMNS)]
+    rows = ["  {:<10} {:>8}".format("build", "envs") + "".join(f" {c:>18}" for c in COLUMNS)]
     for build in builds:
         for size in sizes:
             figures = results[(build, size)]
@@ -226,7 +226,7 @@ def table(results, builds, sizes):
                 base = results.get(("baseline", size), {}).get(column)
                 if build != "baseline" and "baseline" in builds and value and base:
                     text += f" ({value / base:.2f}x)"
-                cells.append(f" {text:>12}")
+                cells.append(f" {text:>18}")
             rows.append(f"  {build:<10} {size:>8}" + "".join(cells))
     return "\n".join(rows)
 
