@@ -36,8 +36,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+import resources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GET_SCRIPT = os.path.join(ROOT, "bench", "wrk", "get.lua")
@@ -60,68 +61,15 @@ def config_text(size):
     return "".join(lines)
 
 
-class Server:
-    """A `bulkhead serve` of SIZE environments in a directory of its own, with a token for
-    the user `bench`."""
+class Server(resources.Server):
+    """A `bulkhead serve` of SIZE environments (see `resources.Server`), with Basic
+    credentials for the user `bench` and requests on connections of their own."""
 
     def __init__(self, binary, size, open_files):
-        self.dir = tempfile.mkdtemp(prefix="bulkhead-environments-")
-        self.binary = binary
-        self.config = os.path.join(self.dir, "bulkhead.hcl")
-        with open(self.config, "w") as f:
-            f.write(config_text(size))
-        self.out = open(os.path.join(self.dir, "serve.out"), "w+")
-        self.log = open(os.path.join(self.dir, "serve.log"), "w")
-
-        def limit():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--config", self.config, "--listen", "127.0.0.1:0"],
-            cwd=self.dir,
-            stdout=self.out,
-            stderr=self.log,
-            preexec_fn=limit,
-        )
-        self.base = None
-        deadline = started + 600
-        while self.base is None and time.monotonic() < deadline and self.alive():
-            self.out.seek(0)
-            for line in self.out:
-                if line.startswith("bulkhead listening on "):
-                    self.base = line.split()[-1]
-            if self.base is None:
-                time.sleep(0.005)
-        self.start_seconds = time.monotonic() - started
-        if self.base is None:
-            self.stop()
-            sys.exit(f"{binary} did not start with {size} environments; see {self.log.name}")
+        super().__init__(binary, open_files=open_files, config_text=config_text(size),
+                         start_timeout=600)
         self.host, port = self.base.removeprefix("http://").rsplit(":", 1)
-        self.port = int(port)
-        token = subprocess.check_output(
-            [binary, "token", "create", "bench", "--config", self.config],
-            cwd=self.dir,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        ).strip()
-        self.basic = base64.b64encode(f"bench:{token}".encode()).decode()
-
-    def proc_status(self, key):
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return None
-
-    def open_files(self):
-        try:
-            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-        except OSError:
-            return None
+        self.basic = base64.b64encode(f"bench:{self.token}".encode()).decode()
 
     def request(self, method, path, body=None):
         """(status, seconds) of one request on a connection of its own."""
@@ -132,21 +80,6 @@ class Server:
         seconds = time.monotonic() - started
         conn.close()
         return status, seconds
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.out.close()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def served(server, size):
@@ -199,10 +132,9 @@ def measure(binary, size, args, note):
     try:
         figures = {"start s": round(server.start_seconds, 3)}
         time.sleep(args.idle)
-        rss = server.proc_status("VmRSS")
-        figures["idle RSS MB"] = round(rss / 1024, 1) if rss is not None else None
+        figures["idle RSS MB"] = server.status("VmRSS")
         figures["open files"] = server.open_files()
-        figures["threads"] = server.proc_status("Threads")
+        figures["threads"] = server.figure("Threads")
         figures["cold ms"] = cold(server, size, min(args.cold, size))
         figures["served"] = served(server, size)
         figures["hot GET/s"] = hot(server, args.seconds, note)

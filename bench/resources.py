@@ -44,12 +44,15 @@ class Server:
     """A `bulkhead serve` in a directory of its own, with a token for the user `bench`."""
 
     def __init__(self, binary, server_lines="", env_lines="", address_space_gib=None,
-                 open_files=None):
+                 open_files=None, config_text=None, start_timeout=30):
+        """CONFIG_TEXT, when given, is the whole config (server_lines and env_lines are then
+        not used); START_TIMEOUT is how long it may take to listen. `start_seconds` is how
+        long it took."""
         self.dir = tempfile.mkdtemp(prefix="bulkhead-resources-")
         self.binary = binary
-        config = os.path.join(self.dir, "bulkhead.hcl")
+        self.config = config = os.path.join(self.dir, "bulkhead.hcl")
         with open(config, "w") as f:
-            f.write(
+            f.write(config_text or
                 f"""
 server {{
   data_dir = "data"
@@ -77,6 +80,7 @@ environment "prod" {{
             if open_files:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
+        started = time.monotonic()
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", config, "--listen", "127.0.0.1:0"],
             cwd=self.dir,
@@ -84,14 +88,16 @@ environment "prod" {{
             stderr=self.log,
             preexec_fn=limit,
         )
-        deadline = time.time() + 30
+        deadline = started + start_timeout
         self.base = None
-        while time.time() < deadline and self.base is None:
+        while time.monotonic() < deadline and self.base is None and self.alive():
             self.out.seek(0)
             for line in self.out:
                 if line.startswith("bulkhead listening on "):
                     self.base = line.split()[-1]
-            time.sleep(0.05)
+            if self.base is None:
+                time.sleep(0.005)
+        self.start_seconds = time.monotonic() - started
         if self.base is None:
             self.stop()
             sys.exit(f"{binary} did not start; see its log")
@@ -103,16 +109,22 @@ environment "prod" {{
             text=True,
         ).strip()
 
-    def status(self, key):
-        """A /proc/PID/status figure, in MB (None once the process is gone)."""
+    def figure(self, key):
+        """A /proc/PID/status figure as it stands there, a count or kB (None once the process
+        is gone)."""
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
                 for line in f:
                     if line.startswith(key + ":"):
-                        return round(int(line.split()[1]) / 1024, 1)
+                        return int(line.split()[1])
         except OSError:
             pass
         return None
+
+    def status(self, key):
+        """A /proc/PID/status figure of memory, in MB (None once the process is gone)."""
+        kb = self.figure(key)
+        return None if kb is None else round(kb / 1024, 1)
 
     def open_files(self):
         try:
