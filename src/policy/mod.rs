@@ -11,14 +11,14 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
-use crate::config::{Config, Environment, Subject};
+use crate::config::{Config, Environment, Subject, Template};
 use crate::principal::Principal;
 
 /// The Cedar schema custom policies are validated against.
@@ -27,7 +27,7 @@ namespace Bulkhead {
   entity Team;
   entity User in [Team];
   entity Service;
-  entity Environment = { owner: String };
+  entity Environment = { owner: String, template?: String, member?: User };
   type RequestContext = {
     state: String,
     operation: String,
@@ -152,11 +152,14 @@ pub enum PolicyError {
 
 /// The compiled policies and the entities they speak of.
 ///
-/// Each environment gets a policy set of its own (its generated policies and every custom
-/// one), so a decision evaluates the policies that can apply to it rather than every
-/// environment's.
+/// Each declared environment gets a policy set of its own (its generated policies and every
+/// custom one), so a decision evaluates the policies that can apply to it rather than every
+/// environment's. The environments made from a `personal` template share one set, the
+/// template's, whose policies speak of the environment's member (an attribute of its entity)
+/// rather than name each: ten thousand members cost ten thousand entities, not ten thousand
+/// policies to parse and evaluate.
 pub struct Policy {
-    by_environment: HashMap<String, PolicySet>,
+    by_environment: HashMap<String, Arc<PolicySet>>,
     /// The custom policies alone: all that can apply to an environment not in the config.
     custom: PolicySet,
     entities: Entities,
@@ -226,14 +229,31 @@ impl Policy {
         for path in &config.policy_files {
             add_policy_file(&mut custom, &schema, path)?;
         }
-        let mut by_environment = HashMap::new();
-        for env in &config.environments {
+        let with_custom = |generated: Vec<(String, String)>| {
             let mut policies = custom.clone();
-            for (id, text) in generated_policies(env) {
+            for (id, text) in generated {
                 let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
                     .map_err(|e| internal(&format!("{id}: {e}")))?;
                 policies.add(policy).map_err(|e| internal(&e))?;
             }
+            Ok::<_, PolicyError>(Arc::new(policies))
+        };
+        let mut templates = HashMap::new();
+        for template in &config.templates {
+            templates.insert(
+                template.name.as_str(),
+                with_custom(template_policies(template))?,
+            );
+        }
+        let mut by_environment = HashMap::new();
+        for env in &config.environments {
+            let policies = match &env.personal {
+                Some(personal) => match templates.get(personal.template.as_str()) {
+                    Some(set) => set.clone(),
+                    None => return Err(internal(&format!("{}: no template", env.name))),
+                },
+                None => with_custom(generated_policies(env))?,
+            };
             by_environment.insert(env.name.clone(), policies);
         }
         let entities =
@@ -314,7 +334,10 @@ impl Policy {
             Ok(r) => r,
             Err(e) => return deny(format!("request: {e}")),
         };
-        let policies = self.by_environment.get(environment).unwrap_or(&self.custom);
+        let policies = self
+            .by_environment
+            .get(environment)
+            .map_or(&self.custom, |set| &**set);
         let response = self
             .authorizer
             .is_authorized(&request, policies, &self.entities);
@@ -389,18 +412,7 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
             &[StateRead, ChangeCreate, AuditRead],
         ),
         ("read", &env.read, &[StateRead, ChangeCreate]),
-        (
-            "write",
-            &env.write,
-            &[
-                StateRead,
-                StateWrite,
-                StateLock,
-                StateUnlock,
-                StateRollback,
-                ChangeCreate,
-            ],
-        ),
+        ("write", &env.write, &WRITER_ACTIONS),
         (
             "force_unlock",
             &env.force_unlock,
@@ -415,24 +427,91 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
             &[StateRead, BreakglassOpen],
         ),
     ];
+    let resource = format!("resource == Bulkhead::Environment::{}", quote(&env.name));
     for (attr, subjects, actions) in grants {
-        let actions = actions
-            .iter()
-            .map(|a| format!("Bulkhead::Action::{}", quote(a.as_str())))
-            .collect::<Vec<_>>()
-            .join(", ");
         for subject in subjects {
             out.push((
                 format!("{}.{attr}.{subject}", env.name),
                 format!(
-                    "permit(principal in {}, action in [{actions}], resource == Bulkhead::Environment::{});",
+                    "permit(principal in {}, action in [{}], {resource});",
                     subject_ref(subject),
-                    quote(&env.name)
+                    action_list(actions),
                 ),
             ));
         }
     }
     out
+}
+
+/// What the member of a personal environment may do in it: everything a writer may, release
+/// and delete its states, and read its audit log. Never approve (nothing in it needs
+/// approving) nor push another lineage.
+pub const MEMBER_ACTIONS: [Action; 9] = [
+    Action::StateRead,
+    Action::StateWrite,
+    Action::StateLock,
+    Action::StateUnlock,
+    Action::StateForceUnlock,
+    Action::StateDelete,
+    Action::StateRollback,
+    Action::ChangeCreate,
+    Action::AuditRead,
+];
+
+/// The policies of a `personal` template, shared by every environment made from it, with ids
+/// `<template>.member` and `<template>.<attribute>.<subject>`, e.g. `sandbox.read.team:platform`.
+/// Each is confined to the template's environments by its `template` attribute, besides being
+/// evaluated for them alone.
+fn template_policies(template: &Template) -> Vec<(String, String)> {
+    use Action::*;
+    let name = &template.name;
+    let of_template = format!(
+        "when {{ resource has template && resource.template == {} }}",
+        quote(name)
+    );
+    let mut out = vec![(
+        format!("{name}.member"),
+        format!(
+            "permit(principal, action in [{}], resource) when {{ resource has member && resource.member == principal }} {of_template};",
+            action_list(&MEMBER_ACTIONS)
+        ),
+    )];
+    let grants: [(&str, &[Subject], &[Action]); 2] = [
+        ("read", &template.read, &[StateRead, ChangeCreate]),
+        ("write", &template.write, &WRITER_ACTIONS),
+    ];
+    for (attr, subjects, actions) in grants {
+        for subject in subjects {
+            out.push((
+                format!("{name}.{attr}.{subject}"),
+                format!(
+                    "permit(principal in {}, action in [{}], resource) {of_template};",
+                    subject_ref(subject),
+                    action_list(actions),
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// What `write` grants.
+const WRITER_ACTIONS: [Action; 6] = [
+    Action::StateRead,
+    Action::StateWrite,
+    Action::StateLock,
+    Action::StateUnlock,
+    Action::StateRollback,
+    Action::ChangeCreate,
+];
+
+/// `actions` as the list of a Cedar `action in [...]`.
+fn action_list(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(|a| format!("Bulkhead::Action::{}", quote(a.as_str())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn add_policy_file(
@@ -500,10 +579,20 @@ fn entities(config: &Config) -> Result<Vec<Entity>, PolicyError> {
         ));
     }
     for env in &config.environments {
-        let attrs = HashMap::from([(
+        let mut attrs = HashMap::from([(
             "owner".to_string(),
             RestrictedExpression::new_string(env.owner.to_string()),
         )]);
+        if let Some(personal) = &env.personal {
+            attrs.insert(
+                "template".to_string(),
+                RestrictedExpression::new_string(personal.template.clone()),
+            );
+            attrs.insert(
+                "member".to_string(),
+                RestrictedExpression::new_entity_uid(uid("User", &personal.member)),
+            );
+        }
         out.push(
             Entity::new(uid("Environment", &env.name), attrs, HashSet::new())
                 .map_err(|e| internal(&e))?,
@@ -668,5 +757,45 @@ environment "prod" {
             assert!(!p.decide(&alice, Action::StateWrite, "prod", &ctx()).allowed);
             assert!(p.decide(&alice, Action::StateRead, "prod", &ctx()).allowed);
         }
+    }
+
+    #[test]
+    fn a_personal_template_lets_its_member_write_their_own_and_its_readers_read() {
+        let text = r#"
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice", "bob"] }
+personal "sandbox" {
+  members = ["team:app"]
+  read    = ["team:platform"]
+}
+"#;
+        let c = Config::parse(Path::new("b.hcl"), text).unwrap();
+        let p = Policy::compile(&c).unwrap();
+        let user = |n: &str| Principal::User(n.into());
+        let decide = |who: &str, action, env| p.decide(&user(who), action, env, &ctx());
+        let mine = decide("alice", Action::StateWrite, "sandbox-alice");
+        assert!(mine.allowed);
+        assert_eq!(mine.policies, vec!["sandbox.member".to_string()]);
+        assert!(decide("alice", Action::StateDelete, "sandbox-alice").allowed);
+        assert!(!decide("alice", Action::StateForceWrite, "sandbox-alice").allowed);
+        for action in [Action::StateWrite, Action::StateLock, Action::StateRead] {
+            assert!(
+                !decide("bob", action, "sandbox-alice").allowed,
+                "{action:?}"
+            );
+            assert!(
+                !decide("alice", action, "sandbox-bob").allowed,
+                "{action:?}"
+            );
+        }
+        let read = decide("pat", Action::StateRead, "sandbox-bob");
+        assert!(read.allowed);
+        assert_eq!(
+            read.policies,
+            vec!["sandbox.read.team:platform".to_string()]
+        );
+        assert!(!decide("pat", Action::StateWrite, "sandbox-bob").allowed);
+        // An environment of that name the config does not have is nobody's.
+        assert!(!decide("alice", Action::StateWrite, "sandbox-carol").allowed);
     }
 }

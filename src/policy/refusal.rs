@@ -132,6 +132,7 @@ mod tests {
             approval: None,
             pipeline: None,
             breakglass: None,
+            personal: None,
         };
         let s = sentence(&Principal::User("alice".into()), Action::StateLock, &env);
         assert!(

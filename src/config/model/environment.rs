@@ -39,6 +39,8 @@ pub struct Environment {
     pub approval: Option<Approval>,
     pub pipeline: Option<Pipeline>,
     pub breakglass: Option<Breakglass>,
+    /// Set on an environment made from a `personal` template, for one member.
+    pub personal: Option<super::Personal>,
 }
 
 impl Environment {

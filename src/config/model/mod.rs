@@ -6,6 +6,7 @@
 
 mod environment;
 mod notify;
+mod personal;
 mod server;
 mod service;
 
@@ -20,6 +21,7 @@ pub use self::environment::{
 pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
 pub(super) use self::notify::ATTEMPTS_MAX;
 pub use self::notify::{Notify, NotifyEvent, NotifyFormat, Retry, SecretSource};
+pub use self::personal::{Personal, Template};
 pub use self::server::{
     AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
 };
@@ -76,8 +78,13 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     /// Code-host handles (`@acme/platform`) of teams and users, for CODEOWNERS.
     pub handles: BTreeMap<Subject, String>,
-    /// In the order of the file.
+    /// In the order of the file; then those made from `personal` templates, by template and
+    /// member.
     pub environments: Vec<Environment>,
+    /// The `personal` templates, in the order of the file.
+    pub templates: Vec<Template>,
+    /// Where each environment is in `environments`, by name.
+    pub(in crate::config) index: std::collections::HashMap<String, usize>,
     /// Extra Cedar policy files, resolved against the config's folder.
     pub policy_files: Vec<PathBuf>,
     /// The receivers told of events, in the order of the file.
@@ -86,7 +93,18 @@ pub struct Config {
 
 impl Config {
     pub fn environment(&self, name: &str) -> Option<&Environment> {
-        self.environments.iter().find(|e| e.name == name)
+        self.environments.get(*self.index.get(name)?)
+    }
+
+    /// The environments declared in `environment` blocks, not made from a template.
+    pub fn declared(&self) -> impl Iterator<Item = &Environment> {
+        self.environments.iter().filter(|e| e.personal.is_none())
+    }
+
+    /// The template a personal environment was made from.
+    pub fn template_of(&self, env: &Environment) -> Option<&Template> {
+        let personal = env.personal.as_ref()?;
+        self.templates.iter().find(|t| t.name == personal.template)
     }
 
     /// The teams a user belongs to.

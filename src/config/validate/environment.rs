@@ -80,6 +80,7 @@ impl Validator {
             approval,
             pipeline,
             breakglass,
+            personal: None,
         };
         (env, named)
     }

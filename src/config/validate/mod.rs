@@ -8,6 +8,7 @@
 mod attrs;
 mod environment;
 mod notify;
+mod personal;
 mod server;
 mod service;
 
@@ -74,6 +75,7 @@ struct Declared {
     services: BTreeMap<String, Service>,
     handles: BTreeMap<Subject, String>,
     environments: Vec<(Environment, Vec<Named>)>,
+    templates: Vec<(super::Template, Vec<Named>)>,
     notify: Vec<notify::Declared>,
     /// Team members with the line they are listed on: they are users once every block is read.
     team_members: Vec<(String, usize)>,
@@ -108,6 +110,7 @@ impl Validator {
             services,
             handles,
             environments,
+            templates,
             notify,
             ..
         } = declared;
@@ -119,17 +122,32 @@ impl Validator {
             services,
             handles,
             environments: Vec::new(),
+            templates: Vec::new(),
+            index: Default::default(),
             policy_files,
             notify: Vec::new(),
         };
         for (env, named) in environments {
-            self.unknown_principals(&config, &env, &named);
+            self.unknown_principals(&config, &format!("environment \"{}\"", env.name), &named);
             config.environments.push(env);
         }
+        // Notify blocks speak of declared environments only: personal ones come and go with
+        // team membership, and nothing in them is anyone's to be told of but their owner's.
         for declared in notify {
             let notify = self.notify_environments(declared, &config.environments);
             config.notify.push(notify);
         }
+        for (template, named) in templates {
+            self.unknown_principals(&config, &format!("personal \"{}\"", template.name), &named);
+            config.templates.push(template);
+        }
+        self.make_personal(&mut config);
+        config.index = config
+            .environments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
         config
     }
 
@@ -168,6 +186,11 @@ impl Validator {
                 let (env, named) = self.environment(block, name);
                 declared.environments.push((env, named));
             }
+            "personal" => {
+                self.check_name(block.line, "personal", &name, &ENVIRONMENT);
+                let template = self.personal(block, name);
+                declared.templates.push(template);
+            }
             "notify" => {
                 self.check_name(block.line, "notify", &name, &ENVIRONMENT);
                 let notify = self.notify(block, name);
@@ -176,7 +199,7 @@ impl Validator {
             other => self.error(
                 block.line,
                 format!(
-                    "unknown block `{other}`: expected server, team, user, service, environment or notify"
+                    "unknown block `{other}`: expected server, team, user, service, environment, personal or notify"
                 ),
             ),
         }
@@ -241,14 +264,13 @@ impl Validator {
         }
     }
 
-    /// Reports each subject an environment names that the config does not declare.
-    fn unknown_principals(&mut self, config: &Config, env: &Environment, named: &[Named]) {
+    /// Reports each subject a block (`ctx`) names that the config does not declare.
+    fn unknown_principals(&mut self, config: &Config, ctx: &str, named: &[Named]) {
         for n in named.iter().filter(|n| !config.knows(&n.subject)) {
             self.error(
                 n.line,
                 format!(
-                    "environment \"{}\": unknown principal {} in `{}`; declare it in a {} block",
-                    env.name,
+                    "{ctx}: unknown principal {} in `{}`; declare it in a {} block",
                     n.subject,
                     n.attr,
                     match n.subject {
