@@ -33,6 +33,11 @@ pub trait Chains {
     /// Every chain's name, and its newest head that this server has appended, as it changes.
     fn watch_heads(&self) -> Vec<(String, tokio::sync::watch::Receiver<Head>)>;
 
+    /// The same of each chain whose database is opened from now on.
+    fn watch_opened(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<(String, tokio::sync::watch::Receiver<Head>)>;
+
     /// Every chain's name, and its head as the database has it now (records appended by other
     /// instances included).
     fn read_heads(
@@ -155,6 +160,80 @@ async fn write_logged(dir: PathBuf, checkpoint: Checkpoint) {
     tracing::error!(%chain, error = %problem, "cannot write the audit checkpoint");
 }
 
+/// What writing one chain's checkpoints takes.
+#[derive(Clone)]
+struct Writer {
+    key: CheckpointKey,
+    dir: PathBuf,
+    clock: Clock,
+    every: i64,
+}
+
+impl Writer {
+    /// The checkpoints written earlier of one chain, read from its own file.
+    async fn earlier(&self, chain: &str) -> Vec<Checkpoint> {
+        let (dir, key, name) = (self.dir.clone(), self.key.clone(), chain.to_string());
+        let read = tokio::task::spawn_blocking(move || {
+            let mut found = Found::default();
+            read_file(&file(&dir, &name), &name, &key, &mut found).map(|()| found)
+        })
+        .await;
+        match read {
+            Ok(Ok(mut found)) => found.chains.remove(chain).unwrap_or_default(),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Ok(Err(e)) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the audit checkpoints");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit checkpoints");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Writes a checkpoint of the chain's head now (saying `why`), having told loudly if the
+    /// chain ends before one written `earlier`; then answers the work of writing one each
+    /// time the chain has grown by `every`, until its head is no longer watched.
+    async fn watch(
+        self,
+        chain: String,
+        mut heads: tokio::sync::watch::Receiver<Head>,
+        earlier: Vec<Checkpoint>,
+        why: &'static str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let head = heads.borrow_and_update().clone();
+        let newest = earlier.iter().max_by_key(|c| c.seq);
+        if let Some(newest) = newest.filter(|c| c.seq > head.seq) {
+            // Loud, not fatal: restoring a backup looks the same, and is for a person to judge.
+            tracing::error!(
+                %chain,
+                newest = head.seq,
+                checkpointed = newest.seq,
+                "the audit chain ends before a record this server checkpointed: records were cut off, or an older copy of the database was put in place (run `bulkhead audit verify`)"
+            );
+        }
+        let now = self.clock.now().stored();
+        write_logged(
+            self.dir.clone(),
+            Checkpoint::new(&self.key, &chain, &head, now, why),
+        )
+        .await;
+        async move {
+            let mut last = head.seq;
+            while heads.changed().await.is_ok() {
+                let head = heads.borrow_and_update().clone();
+                if head.seq - last >= self.every {
+                    last = head.seq;
+                    let time = self.clock.now().stored();
+                    let checkpoint = Checkpoint::new(&self.key, &chain, &head, time, "every");
+                    write_logged(self.dir.clone(), checkpoint).await;
+                }
+            }
+        }
+    }
+}
+
 /// The server's checkpoint writers, one per chain.
 pub struct Writers {
     key: CheckpointKey,
@@ -164,52 +243,54 @@ pub struct Writers {
 
 impl Writers {
     /// Writes a checkpoint of every chain's head now, and starts writing one each time a chain
-    /// has grown by `every` records since its last.
+    /// has grown by `every` records since its last; the same for each chain opened later.
     pub async fn start(stores: &impl Chains, dir: &Path, every: u64) -> Writers {
         let key = stores.audit_key().checkpoints();
-        let clock = stores.clock();
         let every = i64::try_from(every).unwrap_or(i64::MAX).max(1);
-        let mut tasks = Vec::new();
-        let earlier = match read(&[dir.to_path_buf()], &key) {
+        let writer = Writer {
+            key: key.clone(),
+            dir: dir.to_path_buf(),
+            clock: stores.clock().clone(),
+            every,
+        };
+        let mut earlier = match read(&[dir.to_path_buf()], &key) {
             Ok(found) => found.chains,
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read the audit checkpoints");
                 HashMap::new()
             }
         };
-        for (chain, mut heads) in stores.watch_heads() {
-            let head = heads.borrow_and_update().clone();
-            let newest = earlier
-                .get(&chain)
-                .and_then(|c| c.iter().max_by_key(|c| c.seq));
-            if let Some(newest) = newest.filter(|c| c.seq > head.seq) {
-                // Loud, not fatal: restoring a backup looks the same, and is for a person to judge.
-                tracing::error!(
-                    %chain,
-                    newest = head.seq,
-                    checkpointed = newest.seq,
-                    "the audit chain ends before a record this server checkpointed: records were cut off, or an older copy of the database was put in place (run `bulkhead audit verify`)"
-                );
-            }
-            write_logged(
-                dir.to_path_buf(),
-                Checkpoint::new(&key, &chain, &head, clock.now().stored(), "start"),
-            )
-            .await;
-            let (key, dir, clock) = (key.clone(), dir.to_path_buf(), clock.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut last = head.seq;
-                while heads.changed().await.is_ok() {
-                    let head = heads.borrow_and_update().clone();
-                    if head.seq - last >= every {
-                        last = head.seq;
-                        let time = clock.now().stored();
-                        let checkpoint = Checkpoint::new(&key, &chain, &head, time, "every");
-                        write_logged(dir.clone(), checkpoint).await;
-                    }
-                }
-            }));
+        // Told of openings before the open chains are listed, so none falls between.
+        let mut opened = stores.watch_opened();
+        let mut tasks = Vec::new();
+        let mut watched = std::collections::HashSet::new();
+        for (chain, heads) in stores.watch_heads() {
+            let earlier = earlier.remove(&chain).unwrap_or_default();
+            watched.insert(chain.clone());
+            tasks.push(tokio::spawn(
+                writer.clone().watch(chain, heads, earlier, "start").await,
+            ));
         }
+        tasks.push(tokio::spawn(async move {
+            let mut chains = tokio::task::JoinSet::new();
+            loop {
+                match opened.recv().await {
+                    Ok((chain, heads)) => {
+                        if !watched.insert(chain.clone()) {
+                            continue;
+                        }
+                        let earlier = writer.earlier(&chain).await;
+                        chains.spawn(writer.clone().watch(chain, heads, earlier, "open").await);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(missed, "databases were opened faster than their audit chains could be checkpointed: those chains are checkpointed at shutdown only");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            // Dropping the set would stop the chains' writers.
+            while chains.join_next().await.is_some() {}
+        }));
         Writers {
             key,
             dir: dir.to_path_buf(),
@@ -270,30 +351,41 @@ pub fn read(dirs: &[PathBuf], key: &CheckpointKey) -> std::io::Result<Found> {
             else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path)?;
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let at = format!("{}:{}", path.display(), i + 1);
-                match serde_json::from_str::<Checkpoint>(line) {
-                    Ok(c) if c.is_signed(key) && c.chain == chain => {
-                        found.chains.entry(chain.clone()).or_default().push(c)
-                    }
-                    Ok(c) if c.is_signed(key) => found.bad.entry(chain.clone()).or_default().push(
-                        format!("{at}: a checkpoint of chain {} in the file of {chain}: the file was edited", c.chain),
-                    ),
-                    Ok(_) => found.bad.entry(chain.clone()).or_default().push(format!(
-                        "{at}: a checkpoint not signed with this server's audit key: it was forged or edited"
-                    )),
-                    Err(_) => found.bad.entry(chain.clone()).or_default().push(format!(
-                        "{at}: not a checkpoint: the file was edited or damaged"
-                    )),
-                }
-            }
+            read_file(&path, &chain, key, &mut found)?;
         }
     }
     Ok(found)
+}
+
+/// Reads the checkpoint file of `chain` at `path` into `found`.
+fn read_file(
+    path: &Path,
+    chain: &str,
+    key: &CheckpointKey,
+    found: &mut Found,
+) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        match serde_json::from_str::<Checkpoint>(line) {
+            Ok(c) if c.is_signed(key) && c.chain == chain => {
+                found.chains.entry(chain.to_string()).or_default().push(c)
+            }
+            Ok(c) if c.is_signed(key) => found.bad.entry(chain.to_string()).or_default().push(
+                format!("{at}: a checkpoint of chain {} in the file of {chain}: the file was edited", c.chain),
+            ),
+            Ok(_) => found.bad.entry(chain.to_string()).or_default().push(format!(
+                "{at}: a checkpoint not signed with this server's audit key: it was forged or edited"
+            )),
+            Err(_) => found.bad.entry(chain.to_string()).or_default().push(format!(
+                "{at}: not a checkpoint: the file was edited or damaged"
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// Verifies a chain whose records verify by their MACs against its checkpoints: every

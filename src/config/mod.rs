@@ -24,6 +24,7 @@ use std::path::Path;
 
 pub use self::error::ConfigError;
 pub use self::hcl::Diagnostic;
+pub use self::model::personal_name;
 pub use self::model::{
     Approval, AuditSync, Binding, Breakglass, Config, Connections, Environment, Jwks, Notify,
     NotifyEvent, NotifyFormat, Oidc, Personal, Pipeline, Retry, SecretSource, Server, Service,

@@ -69,7 +69,8 @@ pub async fn state(
     let mut record = audit.record().await;
     let record = &mut *record;
     let peer = raw.peer()?;
-    let mut call = StateRequest::new(&app, caller, &address.env, &address.name, peer.ip(), None)?;
+    let mut call =
+        StateRequest::new(&app, caller, &address.env, &address.name, peer.ip(), None).await?;
     let mut query = parameters(&raw.uri)?;
     call.change = query.remove("change");
     let headers = &raw.headers;

@@ -54,7 +54,7 @@ pub async fn create(
     let mut record = audit.record().await;
     let record = &mut *record;
     let peer = raw.peer()?;
-    let proposing = propose::check(&app, &caller, peer.ip(), record, params?)?;
+    let proposing = propose::check(&app, &caller, peer.ip(), record, params?).await?;
     let bytes = read_limited(&raw.headers, body, proposing.limit(), "max_plan_size").await?;
     let change = proposing.propose(&caller, record, bytes).await?;
     Reply::json(StatusCode::CREATED, &change, true)
@@ -309,7 +309,7 @@ pub async fn open_breakglass(
     let record = &mut *record;
     let peer = raw.peer()?;
     let params = params?;
-    let opening = breakglass::check(&app, &caller, peer.ip(), record, &params.environment)?;
+    let opening = breakglass::check(&app, &caller, peer.ip(), record, &params.environment).await?;
     let bytes = read_body(&raw.headers, body, opening.limit()).await?;
     let opened = opening
         .open(&caller, record, &bytes, params.ttl.as_deref())

@@ -474,6 +474,7 @@ async fn history(
         page.ip,
         None,
     )
+    .await
     .map_err(|e| page.refused(e))?;
     let entries = match read::past(&request, &mut record, Past::Versions).await {
         Ok(Answer::Versions(entries)) => entries,

@@ -94,7 +94,8 @@ pub async fn history(
     let record = &mut *record;
     let peer = raw.peer()?;
     let params = ask.params?;
-    let call = StateRequest::new(&app, caller, &ask.env, &ask.name, peer.ip(), params.change)?;
+    let call =
+        StateRequest::new(&app, caller, &ask.env, &ask.name, peer.ip(), params.change).await?;
     if raw.method == Method::POST {
         let to = params
             .rollback_to

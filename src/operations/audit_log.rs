@@ -181,15 +181,15 @@ fn parse_cursor(text: &str) -> Result<HashMap<String, i64>, OpError> {
 
 /// The chains `caller` may read the audit log of: each environment where the policies grant
 /// it `audit:read`, and the server's own chain (tokens, requests outside any environment)
-/// only when they grant it in every environment.
+/// only when they grant it in every declared environment.
 fn readable<'s>(
     server: &'s Server,
     caller: &Caller,
     source_ip: IpAddr,
-) -> Vec<(String, &'s crate::store::Database)> {
+) -> Vec<(String, crate::store::ChainStore<'s>)> {
     let may =
         |env: &crate::config::Environment| server.may(caller, Action::AuditRead, env, source_ip);
-    let everywhere = server.config.environments.iter().all(may);
+    let everywhere = server.config.declared().all(may);
     server
         .stores
         .chains()

@@ -21,7 +21,7 @@ const BODY_LIMIT: u64 = 64 * 1024;
 pub struct Opening<'a> {
     server: &'a Server,
     env: &'a Environment,
-    store: &'a EnvStore,
+    store: std::sync::Arc<EnvStore>,
     rules: &'a Breakglass,
 }
 
@@ -31,14 +31,14 @@ struct Body {
 }
 
 /// Checks that `caller` may open a grant in `environment`, before its body is read.
-pub fn check<'a>(
+pub async fn check<'a>(
     server: &'a Server,
     caller: &Caller,
     source_ip: IpAddr,
     record: &mut Record,
     environment: &str,
 ) -> Result<Opening<'a>, OpError> {
-    let (env, store) = server.environment(environment)?;
+    let (env, store) = server.environment(environment).await?;
     server.require(caller, record, Action::BreakglassOpen, env, source_ip)?;
     let Some(rules) = &env.breakglass else {
         return Err(OpError::BadRequest(format!(
@@ -126,7 +126,7 @@ pub async fn close(
         ))
     };
     let (environment, number) = changes::parse_breakglass_id(text).ok_or_else(not_an_id)?;
-    let (env, store) = server.environment(environment)?;
+    let (env, store) = server.environment(environment).await?;
     record.environment = Some(env.name.clone());
     let me = caller.principal.to_string();
     let mut tx = store.begin().await?;

@@ -217,30 +217,46 @@ impl Server {
         }))
     }
 
-    /// An environment of the config with its store, refused when its database could not be
-    /// opened, or when there is none of that name (naming the known ones).
-    pub fn environment(&self, name: &str) -> Result<(&Environment, &EnvStore), OpError> {
-        match (self.config.environment(name), self.stores.environment(name)) {
-            (Some(env), Some(store)) => Ok((env, store)),
-            (Some(env), None) if self.stores.unavailable(&env.name).is_some() => {
-                let sentence = self
-                    .stores
-                    .unavailable(&env.name)
-                    .map(|down| down.sentence(&env.name))
-                    .unwrap_or_default();
-                Err(OpError::DatabaseDown(sentence))
-            }
-            _ => {
-                let known: Vec<&str> = self
-                    .config
-                    .environments
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect();
-                Err(OpError::NotFound(format!(
-                    "there is no environment `{name}`: known environments are {}",
-                    known.join(", ")
-                )))
+    /// An environment of the config with its store (a personal environment's opened, and
+    /// created, at its first request), refused when its database could not be opened, or when
+    /// there is none of that name (naming the known ones).
+    pub async fn environment(&self, name: &str) -> Result<(&Environment, Arc<EnvStore>), OpError> {
+        let Some(env) = self.config.environment(name) else {
+            let known: Vec<&str> = self.config.declared().map(|e| e.name.as_str()).collect();
+            let personal = match self.config.templates.as_slice() {
+                [] => String::new(),
+                templates => format!(
+                    ", and a personal one for each member of {}",
+                    templates
+                        .iter()
+                        .map(|t| format!("`{}-<member>`", t.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(OpError::NotFound(format!(
+                "there is no environment `{name}`: known environments are {}{personal}",
+                known.join(", ")
+            )));
+        };
+        if let Some(store) = self.stores.environment(name) {
+            return Ok((env, store));
+        }
+        if let Some(down) = self.stores.unavailable(&env.name) {
+            return Err(OpError::DatabaseDown(down.sentence(&env.name)));
+        }
+        match self.stores.open_personal(&self.config, env).await {
+            Ok(store) => Ok((env, store)),
+            Err(e) => {
+                let down =
+                    crate::store::Unavailable::of(&self.config.environment_location(env), &e);
+                tracing::error!(
+                    environment = %env.name,
+                    database = %down.location,
+                    cause = %down.cause,
+                    "cannot open the environment's database"
+                );
+                Err(OpError::DatabaseDown(down.sentence(&env.name)))
             }
         }
     }
@@ -340,16 +356,16 @@ impl Server {
 /// The change an id names, in its environment: where every operation on one change starts.
 pub struct NamedChange<'a> {
     pub env: &'a Environment,
-    pub store: &'a EnvStore,
+    pub store: Arc<EnvStore>,
     pub id: ChangeId,
 }
 
 impl Server {
     /// The change `text` names, its id and environment filled into `record`; refused when
     /// `text` is no change id or names no environment.
-    pub fn named(&self, record: &mut Record, text: &str) -> Result<NamedChange<'_>, OpError> {
+    pub async fn named(&self, record: &mut Record, text: &str) -> Result<NamedChange<'_>, OpError> {
         let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-        let (env, store) = self.environment(&id.environment)?;
+        let (env, store) = self.environment(&id.environment).await?;
         record.change = Some(id.to_string());
         record.environment = Some(env.name.clone());
         Ok(NamedChange { env, store, id })
@@ -406,7 +422,7 @@ pub struct StateRequest<'a> {
     pub server: &'a Server,
     pub caller: Caller,
     pub env: &'a Environment,
-    pub store: &'a EnvStore,
+    pub store: Arc<EnvStore>,
     pub name: StateName,
     pub source_ip: IpAddr,
     /// The `?change=` of the backend address, in a protected environment.
@@ -416,7 +432,7 @@ pub struct StateRequest<'a> {
 impl<'a> StateRequest<'a> {
     /// The request of `caller` on state `name` of environment `env`: refused when there is no
     /// such environment, or the name is not a state's.
-    pub fn new(
+    pub async fn new(
         server: &'a Server,
         caller: Caller,
         env: &str,
@@ -424,7 +440,7 @@ impl<'a> StateRequest<'a> {
         source_ip: IpAddr,
         change: Option<String>,
     ) -> Result<StateRequest<'a>, OpError> {
-        let (env, store) = server.environment(env)?;
+        let (env, store) = server.environment(env).await?;
         let name = StateName::parse(name).map_err(OpError::BadRequest)?;
         Ok(StateRequest {
             server,

@@ -36,20 +36,20 @@ pub struct Proposal {
 pub struct Proposing<'a> {
     server: &'a Server,
     env: &'a Environment,
-    store: &'a EnvStore,
+    store: std::sync::Arc<EnvStore>,
     state: StateName,
     proposal: Proposal,
 }
 
 /// Checks that `caller` may propose `proposal`, before its plan is read.
-pub fn check<'a>(
+pub async fn check<'a>(
     server: &'a Server,
     caller: &Caller,
     source_ip: IpAddr,
     record: &mut Record,
     proposal: Proposal,
 ) -> Result<Proposing<'a>, OpError> {
-    let (env, store) = server.environment(&proposal.environment)?;
+    let (env, store) = server.environment(&proposal.environment).await?;
     server.require(caller, record, Action::ChangeCreate, env, source_ip)?;
     if !env.protected() {
         return Err(OpError::BadRequest(format!(
@@ -173,7 +173,7 @@ pub async fn replan<'a>(
     text: &str,
     commit: Option<String>,
 ) -> Result<Replanning<'a>, OpError> {
-    let named = server.named(record, text)?;
+    let named = server.named(record, text).await?;
     let change = named.read(record).await?;
     server.require(caller, record, Action::ChangeCreate, named.env, source_ip)?;
     bounded("commit", commit.as_deref(), REF_LIMIT)?;

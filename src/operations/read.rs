@@ -134,7 +134,7 @@ pub async fn past(
 }
 
 async fn versions(req: &StateRequest<'_>) -> Result<Vec<HistoryEntry>, OpError> {
-    let (state, store) = (req.name.as_str(), req.store);
+    let (state, store) = (req.name.as_str(), &req.store);
     let mut entries = Vec::new();
     // Each version's instances, compared with the one before; `None` when unreadable.
     let no_state = || Some("{}".to_string());
@@ -194,7 +194,7 @@ pub async fn changes(
 ) -> Result<Listing, OpError> {
     let envs = match environment {
         Some(name) => {
-            let (env, store) = server.environment(name)?;
+            let (env, store) = server.environment(name).await?;
             server.require(caller, record, Action::StateRead, env, source_ip)?;
             vec![(env, store)]
         }
@@ -252,7 +252,7 @@ pub async fn change(
     record: &mut Record,
     text: &str,
 ) -> Result<Change, OpError> {
-    let named = server.named(record, text)?;
+    let named = server.named(record, text).await?;
     server.require(caller, record, Action::StateRead, named.env, source_ip)?;
     let change = named.read(record).await?;
     Ok(change.at(server.clock.now().as_datetime()))
@@ -295,21 +295,26 @@ async fn environment_status(
     server: &Server,
     env: &Environment,
 ) -> Result<EnvironmentStatus, OpError> {
+    let nothing = |unavailable| EnvironmentStatus {
+        environment: env.name.clone(),
+        owner: env.owner.to_string(),
+        protected: env.protected(),
+        states: Vec::new(),
+        pending_changes: Vec::new(),
+        approved_changes: Vec::new(),
+        diverged_changes: Vec::new(),
+        breakglass: Vec::new(),
+        lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+        unavailable,
+    };
     if let Some(down) = server.stores.unavailable(&env.name) {
-        return Ok(EnvironmentStatus {
-            environment: env.name.clone(),
-            owner: env.owner.to_string(),
-            protected: env.protected(),
-            states: Vec::new(),
-            pending_changes: Vec::new(),
-            approved_changes: Vec::new(),
-            diverged_changes: Vec::new(),
-            breakglass: Vec::new(),
-            lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
-            unavailable: Some(down.sentence(&env.name)),
-        });
+        return Ok(nothing(Some(down.sentence(&env.name))));
     }
-    let (_, store) = server.environment(&env.name)?;
+    // Looking does not create a personal environment nobody has used.
+    if env.personal.is_some() && !server.stores.used(&server.config, env) {
+        return Ok(nothing(None));
+    }
+    let (_, store) = server.environment(&env.name).await?;
     let now = server.clock.now().as_datetime();
     let mut states = Vec::new();
     for meta in store.states().await? {

@@ -26,7 +26,14 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
         ),
         Action::StateWrite | Action::StateLock | Action::StateUnlock => (
             "write",
-            if env.write.is_empty() {
+            if let Some(personal) = &env.personal {
+                format!(
+                    "it is {owner}'s personal environment, written by {} alone; yours, if `personal \"{}\"` gives you one, is {}",
+                    list(&env.write),
+                    personal.template,
+                    crate::config::personal_name(&personal.template, principal.name())
+                )
+            } else if env.write.is_empty() {
                 format!("nobody writes {name} under the environment's rules; ask {owner}")
             } else if env.protected() {
                 format!(

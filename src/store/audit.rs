@@ -386,6 +386,10 @@ impl Chains for Stores {
             .collect()
     }
 
+    fn watch_opened(&self) -> tokio::sync::broadcast::Receiver<super::Opened> {
+        self.subscribe_opened()
+    }
+
     async fn read_heads(&self) -> Vec<(String, Result<Head, StoreError>)> {
         let mut heads = Vec::new();
         for (_, db) in self.chains() {

@@ -720,7 +720,7 @@ mod tests {
         let record = Record::new("state:read");
         let read = env.append_read(&record, epoch);
         let meanwhile = async {
-            commit_under_way(env).await;
+            commit_under_way(&env).await;
             let remembered = env.remembered_latest("app").map(|(version, ..)| version);
             other.execute("ROLLBACK").await.unwrap();
             remembered
@@ -741,7 +741,7 @@ mod tests {
         let (dir, stores, _, mut other) = dev_with_one_version("").await;
         other.execute("ROLLBACK").await.unwrap();
         let env = stores.environment("dev").unwrap();
-        append_reads(env, 3000).await;
+        append_reads(&env, 3000).await;
         assert_small_write_ahead_log(dir.path());
     }
 
@@ -753,7 +753,7 @@ mod tests {
         other.execute("ROLLBACK").await.unwrap();
         let env = stores.environment("dev").unwrap();
         env.db.commits.hold_off_the_flush().await;
-        append_reads(env, 3000).await;
+        append_reads(&env, 3000).await;
         assert_small_write_ahead_log(dir.path());
     }
 
@@ -797,7 +797,7 @@ mod tests {
             (read, own, released.load(Ordering::SeqCst))
         };
         let meanwhile = async {
-            commit_under_way(env).await;
+            commit_under_way(&env).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             released.store(true, Ordering::SeqCst);
             other.execute("ROLLBACK").await.unwrap();

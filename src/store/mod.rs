@@ -43,6 +43,7 @@ mod sqlite_appender;
 pub mod system;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 
@@ -64,14 +65,48 @@ static SQLITE_SYSTEM: Migrator = sqlx::migrate!("migrations/sqlite/system");
 static POSTGRES_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/postgres/environment");
 static POSTGRES_SYSTEM: Migrator = sqlx::migrate!("migrations/postgres/system");
 
-/// Every database the server uses, opened and migrated; environments whose database could
-/// not be are kept apart, with the reason.
+/// Every database the server uses. The server-wide one and each declared environment's are
+/// opened and migrated at start; environments whose database could not be are kept apart,
+/// with the reason. A personal environment's is opened (created and migrated, the first time)
+/// by its first request, and kept open.
+///
+/// Each environment has a slot that is filled once: requests that find it empty wait on the
+/// one opening it, so a database is never opened twice; an opening that fails leaves the
+/// slot empty for the next request to try again. Each database newly opened is told on
+/// [`Stores::subscribe_opened`], for the checkpoint writers to watch its chain.
 pub struct Stores {
     pub system: SystemStore,
-    environments: HashMap<String, EnvStore>,
+    environments: std::sync::Mutex<HashMap<String, Slot>>,
     unavailable: HashMap<String, Unavailable>,
     key: AuditKey,
     clock: Clock,
+    checkpoint_dir: std::path::PathBuf,
+    audit_sync: crate::config::AuditSync,
+    opened: tokio::sync::broadcast::Sender<Opened>,
+}
+
+/// An environment's database, once it is open.
+type Slot = Arc<tokio::sync::OnceCell<Arc<EnvStore>>>;
+
+/// A database opened after start: its chain's name and its head as it changes.
+pub type Opened = (String, tokio::sync::watch::Receiver<crate::audit::Head>);
+
+/// A database whose audit chain is read or appended to: the server's, or an environment's
+/// (held open while this is).
+pub enum ChainStore<'a> {
+    Server(&'a Database),
+    Environment(Arc<EnvStore>),
+}
+
+impl std::ops::Deref for ChainStore<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match self {
+            ChainStore::Server(db) => db,
+            ChainStore::Environment(store) => &store.db,
+        }
+    }
 }
 
 impl Stores {
@@ -88,30 +123,20 @@ impl Stores {
         let mut environments = HashMap::new();
         let mut unavailable = HashMap::new();
         let mut files = open::FileBudget::default();
-        for env in &config.environments {
+        for env in config.declared() {
             let location = config.environment_location(env);
-            let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
             let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
             // One environment's database harms only that environment: the server starts and
             // serves the others. So does one past the open-file limit, rather than taking
             // the descriptors the listener and connections need.
             let opened = match files.short() {
                 Some(cause) => Err(StoreError::Exhausted { cause }),
-                None => {
-                    open(
-                        &location,
-                        chain,
-                        migrations,
-                        config.server.audit_sync,
-                        &clock,
-                    )
-                    .await
-                }
+                None => open_environment(&location, chain, config.server.audit_sync, &clock).await,
             };
             match opened {
-                Ok(db) => {
-                    let recent = Default::default();
-                    environments.insert(env.name.clone(), EnvStore { db, recent });
+                Ok(store) => {
+                    let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(Arc::new(store))));
+                    environments.insert(env.name.clone(), slot);
                 }
                 // A chain that does not verify under this key stops the server, as ever: that
                 // is evidence for a person to judge, not a fault to serve around.
@@ -130,10 +155,13 @@ impl Stores {
         }
         Ok(Stores {
             system,
-            environments,
+            environments: std::sync::Mutex::new(environments),
             unavailable,
             key,
             clock,
+            checkpoint_dir: config.server.checkpoint_dir.clone(),
+            audit_sync: config.server.audit_sync,
+            opened: tokio::sync::broadcast::channel(OPENED_BACKLOG).0,
         })
     }
 
@@ -158,31 +186,104 @@ impl Stores {
         &self.key
     }
 
-    pub fn environment(&self, name: &str) -> Option<&EnvStore> {
-        self.environments.get(name)
+    /// An environment's store, when its database is open.
+    pub fn environment(&self, name: &str) -> Option<Arc<EnvStore>> {
+        lock_ignoring_poison(&self.environments)
+            .get(name)?
+            .get()
+            .cloned()
     }
 
-    /// The environment's store, or the system store for requests outside any environment.
-    pub fn audit_store(&self, environment: Option<&str>) -> &Database {
-        environment
-            .and_then(|e| self.environments.get(e))
-            .map(|e| &e.db)
-            .unwrap_or(&self.system.db)
+    /// A personal environment's store, its database opened (and created, and migrated) first
+    /// when it is not open yet. A failure leaves it closed, for the next request to try again.
+    pub async fn open_personal(
+        &self,
+        config: &Config,
+        env: &crate::config::Environment,
+    ) -> Result<Arc<EnvStore>, StoreError> {
+        let slot = lock_ignoring_poison(&self.environments)
+            .entry(env.name.clone())
+            .or_default()
+            .clone();
+        let store = slot
+            .get_or_try_init(|| async {
+                if let Some(cause) = open::FileBudget::default().short() {
+                    return Err(StoreError::Exhausted { cause });
+                }
+                let location = config.environment_location(env);
+                let chain = Chain::new(&env.name, &self.key, &self.checkpoint_dir);
+                let store = open_environment(&location, chain, self.audit_sync, &self.clock)
+                    .await
+                    .map(Arc::new)?;
+                tracing::info!(environment = %env.name, database = %location.describe(), "opened the environment's database");
+                // Nobody listening (no checkpoint writers yet) is no fault.
+                let _ = self.opened.send((env.name.clone(), store.db.watch_head()));
+                Ok(store)
+            })
+            .await?;
+        Ok(store.clone())
     }
 
-    /// Every audit chain: the server's first, then each served environment's by name (one
+    /// Whether an environment's database is open or exists: a personal environment's does
+    /// not until its first use. (A PostgreSQL schema is taken to exist: telling would take a
+    /// connection.)
+    pub fn used(&self, config: &Config, env: &crate::config::Environment) -> bool {
+        if self.environment(&env.name).is_some() {
+            return true;
+        }
+        match config.environment_location(env) {
+            crate::config::storage::Location::File(path) => path.exists(),
+            crate::config::storage::Location::Url { .. } => true,
+        }
+    }
+
+    /// Tells of each environment database opened from now on.
+    pub fn subscribe_opened(&self) -> tokio::sync::broadcast::Receiver<Opened> {
+        self.opened.subscribe()
+    }
+
+    /// The environment's store, or the system store for requests outside any environment
+    /// (or in one whose database is not open).
+    pub fn audit_store(&self, environment: Option<&str>) -> ChainStore<'_> {
+        match environment.and_then(|e| self.environment(e)) {
+            Some(store) => ChainStore::Environment(store),
+            None => ChainStore::Server(&self.system.db),
+        }
+    }
+
+    /// Every audit chain: the server's first, then each open environment's by name (one
     /// whose database could not be opened has none to check, append to or checkpoint).
-    pub fn chains(&self) -> Vec<(String, &Database)> {
-        let mut names: Vec<&String> = self.environments.keys().collect();
-        names.sort();
-        let mut out = vec![("server".to_string(), &self.system.db)];
+    pub fn chains(&self) -> Vec<(String, ChainStore<'_>)> {
+        let mut open: Vec<(String, Arc<EnvStore>)> = lock_ignoring_poison(&self.environments)
+            .iter()
+            .filter_map(|(name, slot)| Some((name.clone(), slot.get()?.clone())))
+            .collect();
+        open.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = vec![("server".to_string(), ChainStore::Server(&self.system.db))];
         out.extend(
-            names
-                .into_iter()
-                .filter_map(|n| self.environments.get(n).map(|s| (n.clone(), &s.db))),
+            open.into_iter()
+                .map(|(name, store)| (name, ChainStore::Environment(store))),
         );
         out
     }
+}
+
+/// How many openings may wait to be told before the slowest listener misses some.
+const OPENED_BACKLOG: usize = 1024;
+
+/// Opens an environment's database, with its migrations.
+async fn open_environment(
+    location: &crate::config::storage::Location,
+    chain: Chain,
+    sync: crate::config::AuditSync,
+    clock: &Clock,
+) -> Result<EnvStore, StoreError> {
+    let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
+    let db = open(location, chain, migrations, sync, clock).await?;
+    Ok(EnvStore {
+        db,
+        recent: Default::default(),
+    })
 }
 
 /// A std mutex whose holders only replace, push or drain whole values: a panic elsewhere

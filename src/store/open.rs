@@ -74,7 +74,7 @@ pub struct Unavailable {
 }
 
 impl Unavailable {
-    pub(super) fn of(location: &Location, e: &StoreError) -> Unavailable {
+    pub fn of(location: &Location, e: &StoreError) -> Unavailable {
         let cause = match e {
             StoreError::Open { source, .. } => cause_of(source),
             StoreError::Migrate {
@@ -219,7 +219,7 @@ pub struct ReadOnly {
 
 /// Every audit chain's database, the server's first, opened for reading only, as verification
 /// needs them: nothing is created or migrated, and a database that does not exist is an error
-/// naming it.
+/// naming it (but for a personal environment's, which is made by its first use).
 pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     sqlx::any::install_default_drivers();
     let mut out = vec![ReadOnly {
@@ -230,10 +230,15 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
     envs.sort_by(|a, b| a.name.cmp(&b.name));
     for env in envs {
+        let database = open_existing(&config.environment_location(env)).await;
+        // A personal environment nobody has used yet has no database, and nothing to verify.
+        if env.personal.is_some() && matches!(database, Err(StoreError::Missing { .. })) {
+            continue;
+        }
         out.push(ReadOnly {
             chain: env.name.clone(),
             environment: true,
-            database: open_existing(&config.environment_location(env)).await,
+            database,
         });
     }
     out

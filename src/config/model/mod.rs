@@ -21,7 +21,7 @@ pub use self::environment::{
 pub(super) use self::environment::{APPROVAL_EXPIRES, BREAKGLASS_MAX_TTL, REQUIRED_MAX};
 pub(super) use self::notify::ATTEMPTS_MAX;
 pub use self::notify::{Notify, NotifyEvent, NotifyFormat, Retry, SecretSource};
-pub use self::personal::{Personal, Template};
+pub use self::personal::{personal_name, Personal, Template};
 pub use self::server::{
     AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
 };

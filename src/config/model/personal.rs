@@ -22,6 +22,19 @@ pub struct Template {
     pub lock_lease: Option<Duration>,
 }
 
+/// The name of `member`'s environment of template `template` (see
+/// [`Template::environment_name`]).
+pub fn personal_name(template: &str, member: &str) -> String {
+    let member: String = member
+        .chars()
+        .map(|c| match c {
+            '.' | '_' | '@' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    format!("{template}-{member}")
+}
+
 /// Whose personal environment an environment is, and the template it was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Personal {
@@ -34,14 +47,7 @@ impl Template {
     /// lowercased and each `.`, `_` or `@` in it made a `-` (environment names are
     /// `[a-z0-9][a-z0-9-]*`), e.g. `sandbox-alice`, `sandbox-jo-smith` for `Jo.Smith`.
     pub fn environment_name(&self, member: &str) -> String {
-        let member: String = member
-            .chars()
-            .map(|c| match c {
-                '.' | '_' | '@' => '-',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect();
-        format!("{}-{member}", self.name)
+        personal_name(&self.name, member)
     }
 
     /// `member`'s environment: owned by them, read and written by them and whom the template
