@@ -311,7 +311,7 @@ async fn environment_status(
         return Ok(nothing(Some(down.sentence(&env.name))));
     }
     // Looking does not create a personal environment nobody has used.
-    if env.personal.is_some() && !server.stores.used(&server.config, env) {
+    if env.personal.is_some() && !server.stores.used(&server.config, env).await? {
         return Ok(nothing(None));
     }
     let (_, store) = server.environment(&env.name).await?;

@@ -225,16 +225,18 @@ impl Stores {
     }
 
     /// Whether an environment's database is open or exists: a personal environment's does
-    /// not until its first use. (A PostgreSQL schema is taken to exist: telling would take a
-    /// connection.)
-    pub fn used(&self, config: &Config, env: &crate::config::Environment) -> bool {
+    /// not until its first use. Telling creates nothing.
+    pub async fn used(
+        &self,
+        config: &Config,
+        env: &crate::config::Environment,
+    ) -> Result<bool, StoreError> {
         if self.environment(&env.name).is_some() {
-            return true;
+            return Ok(true);
         }
-        match config.environment_location(env) {
-            crate::config::storage::Location::File(path) => path.exists(),
-            crate::config::storage::Location::Url { .. } => true,
-        }
+        Ok(open::existing(&config.environment_location(env))
+            .await?
+            .is_some())
     }
 
     /// Tells of each environment database opened from now on.

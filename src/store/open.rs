@@ -244,21 +244,20 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     out
 }
 
-pub(super) async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
-    let name = location.describe();
+/// How to connect to the database at `location`, if it exists (nothing is created).
+pub(super) async fn existing(location: &Location) -> Result<Option<Connect>, StoreError> {
     let opened = |source| StoreError::Open {
-        location: name.clone(),
+        location: location.describe(),
         source,
     };
-    let dialect = Dialect::of(location);
-    let Some(Connect { options, schema }) = dialect.connect_existing(location).map_err(opened)?
+    let Some(connect) = Dialect::of(location)
+        .connect_existing(location)
+        .map_err(opened)?
     else {
-        return Err(StoreError::Missing {
-            location: name.clone(),
-        });
+        return Ok(None);
     };
-    if let Some(schema) = &schema {
-        let mut conn = options.connect().await.map_err(opened)?;
+    if let Some(schema) = &connect.schema {
+        let mut conn = connect.options.connect().await.map_err(opened)?;
         let exists: Option<(String,)> =
             sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
                 .bind(schema)
@@ -266,11 +265,24 @@ pub(super) async fn open_existing(location: &Location) -> Result<ChainReader, St
                 .await
                 .map_err(opened)?;
         if exists.is_none() {
-            return Err(StoreError::Missing {
-                location: name.clone(),
-            });
+            return Ok(None);
         }
     }
+    Ok(Some(connect))
+}
+
+pub(super) async fn open_existing(location: &Location) -> Result<ChainReader, StoreError> {
+    let name = location.describe();
+    let opened = |source| StoreError::Open {
+        location: name.clone(),
+        source,
+    };
+    let dialect = Dialect::of(location);
+    let Some(Connect { options, schema }) = existing(location).await? else {
+        return Err(StoreError::Missing {
+            location: name.clone(),
+        });
+    };
     let session = schema.map(|schema| {
         format!(
             "SET search_path TO {}; SET default_transaction_read_only = on",

@@ -22,6 +22,7 @@ mod leases;
 mod metrics;
 mod notify;
 mod oidc;
+mod personal;
 mod protocol;
 mod resources;
 mod self_healing;

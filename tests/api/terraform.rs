@@ -785,3 +785,43 @@ async fn an_apply_beyond_its_change_is_stored_and_the_change_diverged() {
         "the write's record does not say it diverged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_applies_to_their_own_sandbox_and_another_members_apply_fails_naming_the_owner() {
+    let bin = terraform_or_skip!();
+    // The developers read each other's sandboxes here, so bob's plan works and his apply is
+    // refused at the lock, where terraform shows why.
+    let config = crate::personal::sandbox_config().replace(
+        "read    = [\"team:platform\"]",
+        "read    = [\"team:platform\", \"team:app\"]",
+    );
+    let t = spawn_app_with(&config).await;
+    let mine = Workspace::new(&bin, &t, "sandbox-alice", "sandbox-alice/app");
+    mine.ok(&t, "alice", &["init", "-input=false"]).await;
+    mine.ok(&t, "alice", &["apply", "-auto-approve"]).await;
+    let versions = t.versions("sandbox-alice", "app").await;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0].principal, "user:alice");
+    let stored = t.stored("sandbox-alice", "app").await;
+
+    let theirs = Workspace::new(&bin, &t, "sandbox-alice-bob", "sandbox-alice/app");
+    theirs.ok(&t, "bob", &["init", "-input=false"]).await;
+    let apply = theirs
+        .run(&t, "bob", &["apply", "-auto-approve", "-var", "v=bobs"])
+        .await;
+    assert!(!apply.status.success());
+    let screen = folded(&text(&apply));
+    assert!(
+        screen.contains("user:bob may not write sandbox-alice (owner: user:alice): it is user:alice's personal environment"),
+        "{screen}"
+    );
+    assert!(screen.contains("is sandbox-bob"), "{screen}");
+    assert_eq!(t.stored("sandbox-alice", "app").await, stored);
+    assert_eq!(t.versions("sandbox-alice", "app").await.len(), 1);
+
+    // The platform team reads it: its plan works, and sees alice's resources.
+    let review = Workspace::new(&bin, &t, "sandbox-alice-pat", "sandbox-alice/app");
+    review.ok(&t, "pat", &["init", "-input=false"]).await;
+    let plan = review.ok(&t, "pat", &["plan"]).await;
+    assert!(text(&plan).contains("No changes"), "{}", text(&plan));
+}
