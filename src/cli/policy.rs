@@ -57,19 +57,22 @@ impl MatrixArgs {
         };
         let mut matrix = serde_json::Map::new();
         let mut text = String::new();
-        for env in &config.environments {
-            text.push_str(&format!(
-                "{} (owner {}{})\n",
-                env.name,
-                env.owner,
-                if env.protected() { ", protected" } else { "" }
-            ));
+        let mut table = |shown: String,
+                         heading: String,
+                         env: &Environment,
+                         member: Option<&str>| {
+            text.push_str(&heading);
             let mut rows = serde_json::Map::new();
             for action in Action::ALL {
                 let who: Vec<String> = principals
                     .iter()
                     .filter(|p| policy.decide(p, action, &env.name, &ctx).allowed)
-                    .map(ToString::to_string)
+                    .map(|p| match member {
+                        Some(member) if p.name() == member && matches!(p, Principal::User(_)) => {
+                            "<member>".to_string()
+                        }
+                        _ => p.to_string(),
+                    })
                     .collect();
                 let shown = if who.is_empty() {
                     "-".to_string()
@@ -79,7 +82,42 @@ impl MatrixArgs {
                 text.push_str(&format!("  {:<20} {shown}\n", action.as_str()));
                 rows.insert(action.as_str().into(), who.into());
             }
-            matrix.insert(env.name.clone(), rows.into());
+            matrix.insert(shown, rows.into());
+        };
+        for env in config.declared() {
+            let heading = format!(
+                "{} (owner {}{})\n",
+                env.name,
+                env.owner,
+                if env.protected() { ", protected" } else { "" }
+            );
+            table(env.name.clone(), heading, env, None);
+        }
+        // A template once, as its members' environments have it (decided on the first
+        // member's: the policies are the same for each), not one table per member.
+        for template in &config.templates {
+            let first = config.environments.iter().find(|e| {
+                e.personal
+                    .as_ref()
+                    .is_some_and(|p| p.template == template.name)
+            });
+            let Some((env, member)) = first.and_then(|e| Some((e, &e.personal.as_ref()?.member)))
+            else {
+                continue;
+            };
+            let members = config
+                .environments
+                .iter()
+                .filter(|e| {
+                    e.personal
+                        .as_ref()
+                        .is_some_and(|p| p.template == template.name)
+                })
+                .count();
+            let shown = format!("{}-<member>", template.name);
+            let heading =
+                format!("{shown} (personal: one for each of {members} members, owner <member>)\n");
+            table(shown, heading, env, Some(member));
         }
         match self.format {
             Format::Json => super::print_json(&matrix)?,

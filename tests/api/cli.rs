@@ -415,6 +415,70 @@ fn policy_matrix_lists_who_may_do_what_where() {
         .contains(&"user:alice".into()));
 }
 
+#[test]
+fn policy_matrix_and_explain_show_a_personal_template_once_and_decide_its_environments() {
+    let (dir, _) = with_config(&crate::personal::sandbox_config());
+    let matrix = |format: &str| {
+        let out = bulkhead(
+            dir.path(),
+            &[
+                "policy",
+                "matrix",
+                "--config",
+                "bulkhead.hcl",
+                "--format",
+                format,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let m: serde_json::Value = serde_json::from_str(&matrix("json")).unwrap();
+    let sandbox = &m["sandbox-<member>"];
+    assert_eq!(sandbox["state:write"], serde_json::json!(["<member>"]));
+    assert_eq!(
+        sandbox["state:read"],
+        serde_json::json!(["<member>", "user:pat"])
+    );
+    assert!(m.get("sandbox-alice").is_none() && m.get("sandbox-bob").is_none());
+    let human = matrix("human");
+    assert!(
+        human.contains("sandbox-<member> (personal: one for each of 2 members, owner <member>)"),
+        "{human}"
+    );
+    let explain = |who: &str| {
+        bulkhead(
+            dir.path(),
+            &[
+                "policy",
+                "explain",
+                "--config",
+                "bulkhead.hcl",
+                "--principal",
+                who,
+                "--action",
+                "state:write",
+                "--env",
+                "sandbox-alice",
+            ],
+        )
+    };
+    let allowed = explain("alice");
+    assert_eq!(allowed.status.code(), Some(0), "{}", stdout(&allowed));
+    assert!(
+        stdout(&allowed).contains("sandbox.member"),
+        "{}",
+        stdout(&allowed)
+    );
+    let denied = explain("bob");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        stdout(&denied).contains("user:bob may not write sandbox-alice (owner: user:alice)"),
+        "{}",
+        stdout(&denied)
+    );
+}
+
 #[tokio::test]
 async fn audit_log_follow_prints_new_records_as_they_are_written() {
     let t = spawn_app().await;
