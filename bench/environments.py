@@ -15,7 +15,10 @@ database under the data directory):
                  (skipped with a note when wrk is missing: apt-get install wrk).
 
     bench/environments.py [--sizes 10,1000,10000] [--cold 20] [--seconds 5] [--idle 3]
-                          [--open-files 20000]
+                          [--open-files 20000] [--kind declared|personal]
+
+With --kind personal the environments are those of one `personal` template with SIZE
+members (sandbox-u00000, ...), which the bench user may write too.
 
 BULKHEAD_BIN is the binary measured (default target/release/bulkhead, built if missing);
 BASELINE_BIN, when set, is measured too, at every size, and the table gives each figure's
@@ -48,7 +51,23 @@ STATE = (
 )
 
 
-def config_text(size):
+def env_name(kind, i):
+    """The I-th environment of a config of KIND."""
+    return f"e{i:05}" if kind == "declared" else f"sandbox-u{i:05}"
+
+
+def config_text(size, kind="declared"):
+    """SIZE environment blocks, or (KIND personal) one template for SIZE members that the
+    user `bench` may also write."""
+    if kind == "personal":
+        members = ", ".join(f'"u{i:05}"' for i in range(size))
+        return (
+            'server {\n  data_dir = "data"\n}\n'
+            'team "app" { members = ["bench"] }\n'
+            f'team "developers" {{ members = [{members}] }}\n'
+            'personal "sandbox" {\n  members = ["team:developers"]\n'
+            '  write   = ["user:bench"]\n}\n'
+        )
     lines = [
         'server {\n  data_dir = "data"\n}\n',
         'team "app" { members = ["bench"] }\n',
@@ -65,9 +84,10 @@ class Server(resources.Server):
     """A `bulkhead serve` of SIZE environments (see `resources.Server`), with Basic
     credentials for the user `bench` and requests on connections of their own."""
 
-    def __init__(self, binary, size, open_files):
-        super().__init__(binary, open_files=open_files, config_text=config_text(size),
+    def __init__(self, binary, size, open_files, kind):
+        super().__init__(binary, open_files=open_files, config_text=config_text(size, kind),
                          start_timeout=600)
+        self.kind = kind
         self.host, port = self.base.removeprefix("http://").rsplit(":", 1)
         self.basic = base64.b64encode(f"bench:{self.token}".encode()).decode()
 
@@ -86,7 +106,7 @@ def served(server, size):
     """How many of a sample of environments answer a GET (all of them where size <= 200)."""
     sample = range(size) if size <= 200 else range(0, size, max(1, size // 200))
     answered = sum(
-        server.request("GET", f"/v1/state/e{i:05}/probe")[0] in (200, 204, 404) for i in sample
+        server.request("GET", f"/v1/state/{env_name(server.kind, i)}/probe")[0] in (200, 204, 404) for i in sample
     )
     return round(answered * size / len(sample))
 
@@ -95,7 +115,7 @@ def cold(server, size, count):
     """Median milliseconds of the first GET to environments not named yet (the last ones)."""
     times = []
     for i in range(max(0, size - count), size):
-        status, seconds = server.request("GET", f"/v1/state/e{i:05}/cold")
+        status, seconds = server.request("GET", f"/v1/state/{env_name(server.kind, i)}/cold")
         if status in (200, 204, 404):
             times.append(seconds * 1000)
     return round(statistics.median(times), 2) if times else None
@@ -107,13 +127,14 @@ def hot(server, seconds, note):
     if wrk is None:
         note("hot GET/s: SKIPPED: wrk not found (apt-get install wrk)")
         return None
-    status, _ = server.request("POST", "/v1/state/e00000/hot", STATE.encode())
+    path = f"/v1/state/{env_name(server.kind, 0)}/hot"
+    status, _ = server.request("POST", path, STATE.encode())
     if status != 200:
         note(f"hot GET/s: the POST of the state answered {status}")
         return None
     out = subprocess.run(
         [wrk, "-t1", "-c2", f"-d{seconds}s", "-s", GET_SCRIPT,
-         f"{server.base}/v1/state/e00000/hot"],
+         f"{server.base}{path}"],
         env={**os.environ, "BENCH_BASIC": server.basic},
         capture_output=True,
         text=True,
@@ -128,7 +149,7 @@ def hot(server, seconds, note):
 
 
 def measure(binary, size, args, note):
-    server = Server(binary, size, args.open_files)
+    server = Server(binary, size, args.open_files, args.kind)
     try:
         figures = {"start s": round(server.start_seconds, 3)}
         time.sleep(args.idle)
@@ -170,6 +191,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--idle", type=float, default=3)
     parser.add_argument("--open-files", type=int, default=20000)
+    parser.add_argument("--kind", choices=["declared", "personal"], default="declared")
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -195,7 +217,7 @@ def main():
             results[(build, size)] = figures
             print(json.dumps({"build": build, "binary": path, "environments": size, **figures}),
                   file=sys.stderr, flush=True)
-    print(f"environments: open-file limit {args.open_files}, {args.cold} cold GETs, "
+    print(f"{args.kind} environments: open-file limit {args.open_files}, {args.cold} cold GETs, "
           f"wrk -c2 for {args.seconds} s, idle figures {args.idle} s after listening")
     print(table(results, [b for b, _ in builds], sizes))
     for text in notes:

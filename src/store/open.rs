@@ -351,6 +351,7 @@ pub(super) async fn open(
     let dialect = Dialect::of(location);
     chain.location = name.clone();
     let Connect { options, schema } = dialect.connect(location).map_err(opened)?;
+    let fresh = dialect.file(location).is_some_and(|path| !path.exists());
     let session = dialect.session(schema.as_deref());
     // The pool retries a connection its session statement failed on until its timeout; one
     // connection made first fails at once, with the database's reason.
@@ -381,14 +382,40 @@ pub(super) async fn open(
     } else {
         session.clone()
     };
-    dialect
-        .migrator(migrations)
-        .run(&pool)
-        .await
-        .map_err(|source| StoreError::Migrate {
-            location: name.clone(),
-            source,
-        })?;
+    let migrator = dialect.migrator(migrations);
+    let migrated = if fresh {
+        // A new SQLite file is migrated without waiting for the disk after each migration,
+        // then flushed once: a dozen flushes were most of what creating a personal
+        // environment at its first request cost. A crash meanwhile leaves a valid prefix
+        // of the migrations (the write-ahead log's frames are checksummed, and nothing is
+        // checkpointed into the file before the flush), which the next opening completes.
+        let unflushed = format!("{session}; PRAGMA synchronous = OFF");
+        let setup = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |conn, _| {
+                let session = unflushed.clone();
+                Box::pin(async move {
+                    conn.execute(session.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
+            .await
+            .map_err(opened)?;
+        let run = migrator.run(&setup).await;
+        let flushed = setup
+            .execute("PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE)")
+            .await;
+        setup.close().await;
+        flushed.map_err(opened)?;
+        run
+    } else {
+        migrator.run(&pool).await
+    };
+    migrated.map_err(|source| StoreError::Migrate {
+        location: name.clone(),
+        source,
+    })?;
     {
         let conn = &mut *pool.acquire().await?;
         match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {

@@ -478,6 +478,45 @@ async fn an_environment_past_the_open_file_limit_is_unavailable_and_the_log_says
     assert!(!body.contains("\"e00\""), "{body}");
 }
 
+#[tokio::test]
+async fn ten_thousand_personal_environments_start_and_serve_under_a_limit_of_1024_open_files() {
+    let members: Vec<String> = (0..10_000).map(|i| format!("\"u{i:05}\"")).collect();
+    let config = format!(
+        "{CONFIG}team \"many\" {{ members = [{}] }}\n\
+         personal \"sandbox\" {{\n  members = [\"team:app\", \"team:many\"]\n}}\n",
+        members.join(", ")
+    );
+    let t = spawn_app_with(&config).await;
+    assert_eq!(t.app.config.environments.len(), 3 + 2 + 10_000);
+    let (child, base, log) = serve_with_file_limit(t.dir.path(), 1024, 1024).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let base = base.unwrap_or_else(|| panic!("the server listens: {text}"));
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_status(&ready, StatusCode::OK);
+    let write = t
+        .as_("alice")
+        .on(&base)
+        .post("sandbox-alice/app", state_doc(1, "L", ""))
+        .send()
+        .await;
+    assert_status(&write, StatusCode::OK);
+    let refused = t
+        .as_("bob")
+        .on(&base)
+        .get("sandbox-u09999/app")
+        .send()
+        .await;
+    assert_status(&refused, StatusCode::FORBIDDEN);
+    // Only the sandbox that was used holds files: the other ten thousand hold none.
+    let pid = child.id().expect("the server runs");
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|fds| fds.count());
+    if let Ok(open) = open {
+        assert!(open < 256, "{open} files open");
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("too many open files"), "{text}");
+}
+
 /// Starts `bulkhead serve` in `dir` under an open-file limit, logging at info level; returns
 /// the process, its address once it listens (none if it exits first) and its log.
 async fn serve_with_file_limit(
