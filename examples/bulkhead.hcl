@@ -32,6 +32,12 @@ service "ci-staging" {}
 #   }
 service "ci-prod" {}
 
+# Each developer gets a sandbox of their own (sandbox-alice, sandbox-bob), created on first use.
+personal "sandbox" {
+  members = ["team:app"]
+  read    = ["team:platform"]
+}
+
 environment "dev" {
   owner = "team:app"
   paths = ["envs/dev/**"]

@@ -104,6 +104,11 @@ pub enum CheckError {
 /// Whether an environment is production: protected, or named like it.
 pub fn is_production(env: &Environment) -> bool {
     let n = env.name.as_str();
+    // A member's sandbox is never production, whatever the member is called (the template's
+    // own name cannot look like production: the config refuses that).
+    if env.personal.is_some() {
+        return false;
+    }
     env.protected()
         || n == "prod"
         || n == "production"

@@ -24,6 +24,12 @@ impl Validator {
                 ),
             );
         }
+        if name == "prod" || name.starts_with("prod-") || name.contains("production") {
+            self.error(
+                block.line,
+                format!("{ctx}: its environments would be named like production ({name}-<member>), and a personal environment never is one; name the template for what it is, e.g. sandbox"),
+            );
+        }
         let mut named = Vec::new();
         let members = self
             .subjects(block, "members", &ctx, &mut named)
@@ -159,7 +165,8 @@ personal "sandbox" {
              personal \"sandbox\" {{ members = [\"team:app\"] }}\n\
              personal \"box\" {{ members = [\"team:y\"] }}\n\
              personal \"ci\" {{\n  members = [\"service:ci-prod\", \"team:nobody\"]\n  approval {{}}\n}}\n\
-             personal \"empty\" {{ read = [\"team:app\"] }}\n"
+             personal \"empty\" {{ read = [\"team:app\"] }}\n\
+             personal \"prod\" {{ members = [\"team:app\"] }}\n"
         );
         let e = errors(&text);
         assert!(
@@ -178,6 +185,12 @@ personal "sandbox" {
         assert!(e.contains("b.hcl:26: personal \"ci\": a personal environment is never protected, so it takes no `approval` block"), "{e}");
         assert!(
             e.contains("b.hcl:28: personal \"empty\" has no members"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "b.hcl:29: personal \"prod\": its environments would be named like production"
+            ),
             "{e}"
         );
     }
