@@ -446,7 +446,7 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
 /// What the member of a personal environment may do in it: everything a writer may, release
 /// and delete its states, and read its audit log. Never approve (nothing in it needs
 /// approving) nor push another lineage.
-pub const MEMBER_ACTIONS: [Action; 9] = [
+const MEMBER_ACTIONS: [Action; 9] = [
     Action::StateRead,
     Action::StateWrite,
     Action::StateLock,

@@ -101,11 +101,6 @@ impl Config {
         self.environments.iter().filter(|e| e.personal.is_none())
     }
 
-    /// The template a personal environment was made from.
-    pub fn template_of(&self, env: &Environment) -> Option<&Template> {
-        let personal = env.personal.as_ref()?;
-        self.templates.iter().find(|t| t.name == personal.template)
-    }
 
     /// The teams a user belongs to.
     pub fn teams_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a str> + 'a {

@@ -143,7 +143,7 @@ personal "sandbox" {
             ]
         );
         assert!(!alice.protected());
-        assert_eq!(c.template_of(alice).unwrap().name, "sandbox");
+        assert_eq!(alice.personal.as_ref().unwrap().template, "sandbox");
         assert_eq!(c.declared().count(), 2);
     }
 
