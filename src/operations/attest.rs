@@ -33,7 +33,7 @@ pub async fn check<'a>(
     record: &mut Record,
     text: &str,
 ) -> Result<Attesting<'a>, OpError> {
-    let named = server.named(record, text).await?;
+    let named = server.named(caller, source_ip, record, text).await?;
     named.read(record).await?;
     server.require(caller, record, Action::StateWrite, named.env, source_ip)?;
     Ok(Attesting { server, named })

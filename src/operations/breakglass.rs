@@ -38,7 +38,7 @@ pub async fn check<'a>(
     record: &mut Record,
     environment: &str,
 ) -> Result<Opening<'a>, OpError> {
-    let (env, store) = server.environment(environment).await?;
+    let (env, store) = server.environment(environment, caller, source_ip).await?;
     server.require(caller, record, Action::BreakglassOpen, env, source_ip)?;
     let Some(rules) = &env.breakglass else {
         return Err(OpError::BadRequest(format!(
@@ -126,7 +126,7 @@ pub async fn close(
         ))
     };
     let (environment, number) = changes::parse_breakglass_id(text).ok_or_else(not_an_id)?;
-    let (env, store) = server.environment(environment).await?;
+    let (env, store) = server.environment(environment, caller, source_ip).await?;
     record.environment = Some(env.name.clone());
     let me = caller.principal.to_string();
     let mut tx = store.begin().await?;

@@ -20,7 +20,7 @@ pub async fn decide(
     asked: Result<Resolution, &str>,
     reason: Option<&str>,
 ) -> Result<Option<Change>, OpError> {
-    let named = server.named(record, text).await?;
+    let named = server.named(caller, source_ip, record, text).await?;
     let (env, id) = (named.env, &named.id);
     let me = caller.principal.to_string();
     let mut tx = named.store.begin().await?;

@@ -217,10 +217,17 @@ impl Server {
         }))
     }
 
-    /// An environment of the config with its store (a personal environment's opened, and
-    /// created, at its first request), refused when its database could not be opened, or when
-    /// there is none of that name (naming the known ones).
-    pub async fn environment(&self, name: &str) -> Result<(&Environment, Arc<EnvStore>), OpError> {
+    /// An environment of the config with its store, for `caller`: refused when its database
+    /// could not be opened, or when there is none of that name (naming the known ones). A
+    /// personal environment's database is opened (and created) at its first request by
+    /// someone who may read it; anyone else is refused first, so that nobody can make the
+    /// server open every member's database.
+    pub async fn environment(
+        &self,
+        name: &str,
+        caller: &Caller,
+        source_ip: IpAddr,
+    ) -> Result<(&Environment, Arc<EnvStore>), OpError> {
         let Some(env) = self.config.environment(name) else {
             let known: Vec<&str> = self.config.declared().map(|e| e.name.as_str()).collect();
             let personal = match self.config.templates.as_slice() {
@@ -244,6 +251,10 @@ impl Server {
         }
         if let Some(down) = self.stores.unavailable(&env.name) {
             return Err(OpError::DatabaseDown(down.sentence(&env.name)));
+        }
+        if !self.may_read(caller, env, source_ip) {
+            let sentence = refusal::sentence(&caller.principal, Action::StateRead, env);
+            return Err(OpError::Forbidden(sentence));
         }
         match self.stores.open_personal(&self.config, env).await {
             Ok(store) => Ok((env, store)),
@@ -363,9 +374,15 @@ pub struct NamedChange<'a> {
 impl Server {
     /// The change `text` names, its id and environment filled into `record`; refused when
     /// `text` is no change id or names no environment.
-    pub async fn named(&self, record: &mut Record, text: &str) -> Result<NamedChange<'_>, OpError> {
+    pub async fn named(
+        &self,
+        caller: &Caller,
+        source_ip: IpAddr,
+        record: &mut Record,
+        text: &str,
+    ) -> Result<NamedChange<'_>, OpError> {
         let id = ChangeId::parse(text).map_err(|e| OpError::BadRequest(e.to_string()))?;
-        let (env, store) = self.environment(&id.environment).await?;
+        let (env, store) = self.environment(&id.environment, caller, source_ip).await?;
         record.change = Some(id.to_string());
         record.environment = Some(env.name.clone());
         Ok(NamedChange { env, store, id })
@@ -440,7 +457,7 @@ impl<'a> StateRequest<'a> {
         source_ip: IpAddr,
         change: Option<String>,
     ) -> Result<StateRequest<'a>, OpError> {
-        let (env, store) = server.environment(env).await?;
+        let (env, store) = server.environment(env, &caller, source_ip).await?;
         let name = StateName::parse(name).map_err(OpError::BadRequest)?;
         Ok(StateRequest {
             server,

@@ -49,7 +49,9 @@ pub async fn check<'a>(
     record: &mut Record,
     proposal: Proposal,
 ) -> Result<Proposing<'a>, OpError> {
-    let (env, store) = server.environment(&proposal.environment).await?;
+    let (env, store) = server
+        .environment(&proposal.environment, caller, source_ip)
+        .await?;
     server.require(caller, record, Action::ChangeCreate, env, source_ip)?;
     if !env.protected() {
         return Err(OpError::BadRequest(format!(
@@ -173,7 +175,7 @@ pub async fn replan<'a>(
     text: &str,
     commit: Option<String>,
 ) -> Result<Replanning<'a>, OpError> {
-    let named = server.named(record, text).await?;
+    let named = server.named(caller, source_ip, record, text).await?;
     let change = named.read(record).await?;
     server.require(caller, record, Action::ChangeCreate, named.env, source_ip)?;
     bounded("commit", commit.as_deref(), REF_LIMIT)?;

@@ -194,7 +194,7 @@ pub async fn changes(
 ) -> Result<Listing, OpError> {
     let envs = match environment {
         Some(name) => {
-            let (env, store) = server.environment(name).await?;
+            let (env, store) = server.environment(name, caller, source_ip).await?;
             server.require(caller, record, Action::StateRead, env, source_ip)?;
             vec![(env, store)]
         }
@@ -252,7 +252,7 @@ pub async fn change(
     record: &mut Record,
     text: &str,
 ) -> Result<Change, OpError> {
-    let named = server.named(record, text).await?;
+    let named = server.named(caller, source_ip, record, text).await?;
     server.require(caller, record, Action::StateRead, named.env, source_ip)?;
     let change = named.read(record).await?;
     Ok(change.at(server.clock.now().as_datetime()))
@@ -268,7 +268,7 @@ pub async fn status(
     let mut out = Vec::new();
     for env in &server.config.environments {
         if server.may_read(caller, env, source_ip) {
-            out.push(environment_status(server, env).await?);
+            out.push(environment_status(server, caller, source_ip, env).await?);
         }
     }
     Ok(out)
@@ -288,11 +288,13 @@ pub async fn environment(
         .ok_or_else(|| OpError::NotFound(format!("there is no environment `{name}`")))?;
     record.environment = Some(env.name.clone());
     server.require(caller, record, Action::StateRead, env, source_ip)?;
-    environment_status(server, env).await
+    environment_status(server, caller, source_ip, env).await
 }
 
 async fn environment_status(
     server: &Server,
+    caller: &Caller,
+    source_ip: IpAddr,
     env: &Environment,
 ) -> Result<EnvironmentStatus, OpError> {
     let nothing = |unavailable| EnvironmentStatus {
@@ -314,7 +316,7 @@ async fn environment_status(
     if env.personal.is_some() && !server.stores.used(&server.config, env).await? {
         return Ok(nothing(None));
     }
-    let (_, store) = server.environment(&env.name).await?;
+    let (_, store) = server.environment(&env.name, caller, source_ip).await?;
     let now = server.clock.now().as_datetime();
     let mut states = Vec::new();
     for meta in store.states().await? {

@@ -136,3 +136,44 @@ async fn an_environment_no_template_makes_is_not_found_and_the_answer_names_the_
     }
     assert!(t.app.stores.environment("sandbox-carol").is_none());
 }
+
+#[tokio::test]
+async fn someone_who_may_not_read_a_sandbox_nobody_used_is_refused_and_it_is_not_created() {
+    let t = spawn_app_with(&sandbox_config()).await;
+    for who in ["eve", "alice"] {
+        let read = t.as_(who).get("sandbox-bob/app").send().await;
+        assert_status(&read, StatusCode::FORBIDDEN);
+        let said = read.text().await.unwrap();
+        assert!(
+            said.contains(&format!(
+                "user:{who} may not read sandbox-bob (owner: user:bob)"
+            )),
+            "{said}"
+        );
+        let write = t
+            .as_(who)
+            .post("sandbox-bob/app", state_doc(1, "L", ""))
+            .send()
+            .await;
+        assert_status(&write, StatusCode::FORBIDDEN);
+    }
+    assert!(t.app.stores.environment("sandbox-bob").is_none());
+    if !on_postgres() {
+        assert!(!t
+            .dir
+            .path()
+            .join("data/environments/sandbox-bob.db")
+            .exists());
+    }
+    // The refusals are recorded, in the server's chain while the sandbox has none.
+    let refused = t
+        .audit(None)
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.environment.as_deref() == Some("sandbox-bob")
+                && r.decision == bulkhead::audit::Outcome::Deny
+        })
+        .count();
+    assert_eq!(refused, 4);
+}

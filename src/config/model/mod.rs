@@ -101,7 +101,6 @@ impl Config {
         self.environments.iter().filter(|e| e.personal.is_none())
     }
 
-
     /// The teams a user belongs to.
     pub fn teams_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.teams
