@@ -196,7 +196,11 @@ impl Server {
     }
 
     /// [`Server::open`], deciding on `clock`.
-    pub async fn open_with(config: Config, clock: Clock) -> Result<Arc<Server>, OpenError> {
+    pub async fn open_with(mut config: Config, clock: Clock) -> Result<Arc<Server>, OpenError> {
+        // A sandbox whose member left stays, for its readers, while its database does.
+        for name in crate::store::former_personal(&config) {
+            config.add_former(&name);
+        }
         let policy = Policy::compile(&config)?;
         let oidc = OidcVerifier::load(&config).await?;
         let stores = Stores::open_with(&config, clock.clone()).await?;

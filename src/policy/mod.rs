@@ -588,10 +588,13 @@ fn entities(config: &Config) -> Result<Vec<Entity>, PolicyError> {
                 "template".to_string(),
                 RestrictedExpression::new_string(personal.template.clone()),
             );
-            attrs.insert(
-                "member".to_string(),
-                RestrictedExpression::new_entity_uid(uid("User", &personal.member)),
-            );
+            // A former member's environment has no member for `<template>.member` to grant.
+            if !personal.former {
+                attrs.insert(
+                    "member".to_string(),
+                    RestrictedExpression::new_entity_uid(uid("User", &personal.member)),
+                );
+            }
         }
         out.push(
             Entity::new(uid("Environment", &env.name), attrs, HashSet::new())

@@ -26,7 +26,12 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
         ),
         Action::StateWrite | Action::StateLock | Action::StateUnlock => (
             "write",
-            if let Some(personal) = &env.personal {
+            if let Some(personal) = env.personal.as_ref().filter(|p| p.former) {
+                format!(
+                    "it was {owner}'s personal environment, and they are no longer a member of `personal \"{}\"`: nobody writes it, and its readers still read it",
+                    personal.template
+                )
+            } else if let Some(personal) = &env.personal {
                 format!(
                     "it is {owner}'s personal environment, written by {} alone; yours, if `personal \"{}\"` gives you one, is {}",
                     list(&env.write),

@@ -57,7 +57,7 @@ pub use environment::EnvStore;
 pub use error::StoreError;
 pub use group_commit::Epoch;
 use open::{create_dir, open, open_system_with};
-pub use open::{open_read_only, open_system, ReadOnly, Unavailable, SERVER_CHAIN};
+pub use open::{former_personal, open_read_only, open_system, ReadOnly, Unavailable, SERVER_CHAIN};
 pub use system::SystemStore;
 
 static SQLITE_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/sqlite/environment");

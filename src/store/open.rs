@@ -16,7 +16,7 @@ use super::dialect::{quote, Connect, Dialect};
 use super::sqlite_appender::SqliteAppender;
 use super::{audit, system, ChainReader, StoreError, SystemStore, POSTGRES_SYSTEM, SQLITE_SYSTEM};
 use crate::audit::AuditKey;
-use crate::config::storage::Location;
+use crate::config::storage::{Kind, Location};
 use crate::config::{AuditSync, Config, Environment};
 use crate::time::Clock;
 
@@ -217,6 +217,37 @@ pub struct ReadOnly {
     pub database: Result<ChainReader, StoreError>,
 }
 
+/// The environments a `personal` template once made for someone who is no longer a member,
+/// whose SQLite file remains under the data directory: kept, and served to the template's
+/// readers, never deleted. (On PostgreSQL their schemas are not looked for yet.)
+pub fn former_personal(config: &Config) -> Vec<String> {
+    if config.templates.is_empty()
+        || config
+            .server
+            .storage
+            .as_deref()
+            .is_some_and(|url| Kind::of(url) == Some(Kind::Postgres))
+    {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(config.server.data_dir.join("environments")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let env = name.strip_suffix(".db")?;
+            let claimed = config
+                .templates
+                .iter()
+                .any(|t| env.starts_with(&format!("{}-", t.name)));
+            (claimed && config.environment(env).is_none()).then(|| env.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every audit chain's database, the server's first, opened for reading only, as verification
 /// needs them: nothing is created or migrated, and a database that does not exist is an error
 /// naming it (but for a personal environment's, which is made by its first use).
@@ -227,6 +258,10 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
         environment: false,
         database: open_existing(&config.system_location()).await,
     }];
+    let mut config = config.clone();
+    for name in former_personal(&config) {
+        config.add_former(&name);
+    }
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
     envs.sort_by(|a, b| a.name.cmp(&b.name));
     for env in envs {

@@ -177,3 +177,57 @@ async fn someone_who_may_not_read_a_sandbox_nobody_used_is_refused_and_it_is_not
         .count();
     assert_eq!(refused, 4);
 }
+
+#[tokio::test]
+async fn a_member_who_left_loses_their_sandbox_and_its_readers_still_read_it() {
+    if on_postgres() {
+        println!("SKIPPED: a former member's schema is not looked for on PostgreSQL yet");
+        return;
+    }
+    let t = spawn_app_with(&sandbox_config()).await;
+    let doc = state_doc(1, "L", "");
+    let write = t
+        .as_("bob")
+        .post("sandbox-bob/app", doc.clone())
+        .send()
+        .await;
+    assert_status(&write, StatusCode::OK);
+    // bob leaves the team; the server starts again on the new config.
+    let config = sandbox_config().replace(
+        "team \"app\"      { members = [\"alice\", \"bob\"] }",
+        "team \"app\"      { members = [\"alice\"] }\nuser \"bob\" {}",
+    );
+    assert_ne!(config, sandbox_config());
+    std::fs::write(t.dir.path().join("bulkhead.hcl"), config).unwrap();
+    let s = t.serve_process().await;
+    let read = t.as_("pat").on(&s.base).get("sandbox-bob/app").send().await;
+    assert_status(&read, StatusCode::OK);
+    assert_eq!(read.bytes().await.unwrap(), doc);
+    let lock = t
+        .as_("bob")
+        .on(&s.base)
+        .lock("sandbox-bob/app")
+        .id("B2")
+        .send()
+        .await;
+    assert_status(&lock, StatusCode::LOCKED);
+    let info: serde_json::Value = lock.json().await.unwrap();
+    assert!(
+        info["ID"].as_str().unwrap_or_default().contains("it was user:bob's personal environment, and they are no longer a member of `personal \"sandbox\"`: nobody writes it"),
+        "{info}"
+    );
+    let post = t
+        .as_("bob")
+        .on(&s.base)
+        .post("sandbox-bob/app", state_doc(2, "L", ""))
+        .send()
+        .await;
+    assert_status(&post, StatusCode::FORBIDDEN);
+    assert_eq!(t.stored("sandbox-bob", "app").await, Some(doc));
+    assert!(t
+        .dir
+        .path()
+        .join("data/environments/sandbox-bob.db")
+        .exists());
+    assert_audit_verifies(t.dir.path()).await;
+}

@@ -101,6 +101,25 @@ impl Config {
         self.environments.iter().filter(|e| e.personal.is_none())
     }
 
+    /// Serves `name`, an environment once made from a template for someone who is no longer
+    /// a member, whose database remains (see [`Template::former`]); a name the config already
+    /// has, or that is no template's, is left alone.
+    pub fn add_former(&mut self, name: &str) {
+        if self.index.contains_key(name) {
+            return;
+        }
+        // The longest template name that begins it: `sandbox-x-al` is `sandbox-x`'s.
+        let template = self
+            .templates
+            .iter()
+            .filter(|t| name.starts_with(&format!("{}-", t.name)))
+            .max_by_key(|t| t.name.len());
+        if let Some(env) = template.and_then(|t| t.former(name)) {
+            self.index.insert(env.name.clone(), self.environments.len());
+            self.environments.push(env);
+        }
+    }
+
     /// The teams a user belongs to.
     pub fn teams_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.teams

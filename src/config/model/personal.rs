@@ -40,6 +40,9 @@ pub fn personal_name(template: &str, member: &str) -> String {
 pub struct Personal {
     pub template: String,
     pub member: String,
+    /// The member is one no longer: the environment is kept for the template's readers, and
+    /// nobody writes it.
+    pub former: bool,
 }
 
 impl Template {
@@ -80,7 +83,25 @@ impl Template {
             personal: Some(Personal {
                 template: self.name.clone(),
                 member: member.to_string(),
+                former: false,
             }),
         }
+    }
+
+    /// The environment `name` of someone who is no longer a member (its database remains):
+    /// read by the template's readers, written, released and deleted by nobody; `None` when
+    /// the name is not one of this template's.
+    pub fn former(&self, name: &str) -> Option<Environment> {
+        let member = name.strip_prefix(&format!("{}-", self.name))?;
+        let mut env = self.environment(member);
+        env.name = name.to_string();
+        env.read = self.read.clone();
+        env.write = Vec::new();
+        env.force_unlock = Vec::new();
+        env.delete = Vec::new();
+        if let Some(personal) = &mut env.personal {
+            personal.former = true;
+        }
+        Some(env)
     }
 }
