@@ -217,9 +217,10 @@ pub struct ReadOnly {
     pub database: Result<ChainReader, StoreError>,
 }
 
-/// The environments a `personal` template once made for someone who is no longer a member,
-/// whose SQLite file remains under the data directory: kept, and served to the template's
-/// readers, never deleted. (On PostgreSQL their schemas are not looked for yet.)
+/// The environments whose SQLite file remains under the data directory but that the config
+/// no longer has: among them, those a `personal` template once made for someone who is no
+/// longer a member, which are kept and served to the template's readers, never deleted.
+/// (On PostgreSQL their schemas are not looked for yet.)
 pub fn former_personal(config: &Config) -> Vec<String> {
     if config.templates.is_empty()
         || config
@@ -233,15 +234,12 @@ pub fn former_personal(config: &Config) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(config.server.data_dir.join("environments")) else {
         return Vec::new();
     };
+    // Which template, if any, claims each is for [`Config::add_former`] to tell.
     let mut out: Vec<String> = entries
         .filter_map(|entry| {
             let name = entry.ok()?.file_name().into_string().ok()?;
             let env = name.strip_suffix(".db")?;
-            let claimed = config
-                .templates
-                .iter()
-                .any(|t| env.starts_with(&format!("{}-", t.name)));
-            (claimed && config.environment(env).is_none()).then(|| env.to_string())
+            config.environment(env).is_none().then(|| env.to_string())
         })
         .collect();
     out.sort();
