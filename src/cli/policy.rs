@@ -96,24 +96,18 @@ impl MatrixArgs {
         // A template once, as its members' environments have it (decided on the first
         // member's: the policies are the same for each), not one table per member.
         for template in &config.templates {
-            let first = config.environments.iter().find(|e| {
-                e.personal
-                    .as_ref()
-                    .is_some_and(|p| p.template == template.name)
-            });
-            let Some((env, member)) = first.and_then(|e| Some((e, &e.personal.as_ref()?.member)))
-            else {
-                continue;
-            };
-            let members = config
+            // Its current members' environments: a former member's has no member to show.
+            let made: Vec<(&Environment, &str)> = config
                 .environments
                 .iter()
-                .filter(|e| {
-                    e.personal
-                        .as_ref()
-                        .is_some_and(|p| p.template == template.name)
-                })
-                .count();
+                .filter_map(|e| Some((e, e.personal.as_ref()?)))
+                .filter(|(_, p)| p.template == template.name && !p.former)
+                .map(|(e, p)| (e, p.member.as_str()))
+                .collect();
+            let Some(&(env, member)) = made.first() else {
+                continue;
+            };
+            let members = made.len();
             let shown = format!("{}-<member>", template.name);
             let heading =
                 format!("{shown} (personal: one for each of {members} members, owner <member>)\n");
