@@ -129,7 +129,8 @@ environment "prod" {{
         written = end;
     }
     let fill = fill.elapsed();
-    let chain = stores.chains()[1].1;
+    let chains = stores.chains();
+    let chain = &chains[1].1;
     let kind = match config.server.storage {
         Some(_) => "postgres",
         None => "sqlite",

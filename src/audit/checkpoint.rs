@@ -52,7 +52,7 @@ pub struct Checkpoint {
     pub seq: i64,
     pub mac: String,
     pub time: String,
-    /// `start`, `every` or `shutdown`.
+    /// `start`, `open`, `every`, `close` or `shutdown`.
     pub why: String,
     pub sig: String,
 }
@@ -194,14 +194,15 @@ impl Writer {
 
     /// Writes a checkpoint of the chain's head now (saying `why`), having told loudly if the
     /// chain ends before one written `earlier`; then answers the work of writing one each
-    /// time the chain has grown by `every`, until its head is no longer watched.
+    /// time the chain has grown by `every`, and a last one when its database closes (its
+    /// head's sender goes), which ends with the chain's name.
     async fn watch(
         self,
         chain: String,
         mut heads: tokio::sync::watch::Receiver<Head>,
         earlier: Vec<Checkpoint>,
         why: &'static str,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
         let head = heads.borrow_and_update().clone();
         let newest = earlier.iter().max_by_key(|c| c.seq);
         if let Some(newest) = newest.filter(|c| c.seq > head.seq) {
@@ -230,6 +231,11 @@ impl Writer {
                     write_logged(self.dir.clone(), checkpoint).await;
                 }
             }
+            let head = heads.borrow().clone();
+            let time = self.clock.now().stored();
+            let checkpoint = Checkpoint::new(&self.key, &chain, &head, time, "close");
+            write_logged(self.dir.clone(), checkpoint).await;
+            chain
         }
     }
 }
@@ -262,35 +268,44 @@ impl Writers {
         };
         // Told of openings before the open chains are listed, so none falls between.
         let mut opened = stores.watch_opened();
-        let mut tasks = Vec::new();
-        let mut watched = std::collections::HashSet::new();
+        let mut chains = tokio::task::JoinSet::new();
+        // Each chain watched, by the head it is watched on: a database closed and opened again
+        // has a head of its own.
+        let mut watched: HashMap<String, tokio::sync::watch::Receiver<Head>> = HashMap::new();
         for (chain, heads) in stores.watch_heads() {
             let earlier = earlier.remove(&chain).unwrap_or_default();
-            watched.insert(chain.clone());
-            tasks.push(tokio::spawn(
-                writer.clone().watch(chain, heads, earlier, "start").await,
-            ));
+            watched.insert(chain.clone(), heads.clone());
+            chains.spawn(writer.clone().watch(chain, heads, earlier, "start").await);
         }
-        tasks.push(tokio::spawn(async move {
-            let mut chains = tokio::task::JoinSet::new();
+        // A chain is watched while its database is open: from its opening to its closing,
+        // which may come again.
+        let tasks = vec![tokio::spawn(async move {
             loop {
-                match opened.recv().await {
-                    Ok((chain, heads)) => {
-                        if !watched.insert(chain.clone()) {
-                            continue;
+                tokio::select! {
+                    opening = opened.recv() => match opening {
+                        Ok((chain, heads)) => {
+                            if watched.get(&chain).is_some_and(|w| w.same_channel(&heads)) {
+                                continue;
+                            }
+                            watched.insert(chain.clone(), heads.clone());
+                            let earlier = writer.earlier(&chain).await;
+                            chains.spawn(writer.clone().watch(chain, heads, earlier, "open").await);
                         }
-                        let earlier = writer.earlier(&chain).await;
-                        chains.spawn(writer.clone().watch(chain, heads, earlier, "open").await);
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::error!(missed, "databases were opened faster than their audit chains could be checkpointed: those chains are checkpointed at shutdown only");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    Some(Ok(closed)) = chains.join_next() => {
+                        if watched.get(&closed).is_some_and(|w| w.has_changed().is_err()) {
+                            watched.remove(&closed);
+                        }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "databases were opened faster than their audit chains could be checkpointed: those chains are checkpointed at shutdown only");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
             // Dropping the set would stop the chains' writers.
             while chains.join_next().await.is_some() {}
-        }));
+        })];
         Writers {
             key,
             dir: dir.to_path_buf(),

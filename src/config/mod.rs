@@ -29,7 +29,7 @@ pub use self::model::{
     Approval, AuditSync, Binding, Breakglass, Config, Connections, Environment, Jwks, Notify,
     NotifyEvent, NotifyFormat, Oidc, Personal, Pipeline, Retry, SecretSource, Server, Service,
     Subject, Template, Tls, APPLY_WINDOW, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE,
-    DEFAULT_MAX_STATE_SIZE, IDENTITY_CLAIMS, TOKEN_CACHE, UI_SESSION,
+    DEFAULT_MAX_STATE_SIZE, IDENTITY_CLAIMS, IDLE_CLOSE, TOKEN_CACHE, UI_SESSION,
 };
 pub use self::names::environment_name_ok;
 pub use self::units::parse_duration;

@@ -124,8 +124,9 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// Serves until `shutdown` completes, with TLS when the config has a `tls` block, and the
 /// connections bounded as `server` says (see [`connections`]), writing checkpoints of every
-/// audit chain's head at start, as the chains grow, and once serving ends, and delivering the
-/// notifications of the config's `notify` blocks meanwhile.
+/// audit chain's head at start, as the chains grow, and once serving ends, delivering the
+/// notifications of the config's `notify` blocks meanwhile, and closing the databases of
+/// environments nobody uses.
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
@@ -137,7 +138,9 @@ pub async fn serve(
     };
     let notify = app.start_notify().await?;
     let checkpoints = app.start_checkpoints().await;
+    let closing = app.start_closing_idle();
     let served = serve_connections(app.clone(), listener, shutdown).await;
+    closing.abort();
     notify.shutdown().await;
     app.stop_checkpoints(checkpoints).await;
     if let Some(metrics) = metrics {

@@ -37,7 +37,7 @@ use crate::identity::{self, AuthError, Caller, Principal};
 use crate::lock::{HeldLock, LockInfo};
 use crate::policy::{refusal, Action, Policy, PolicyError, RequestContext};
 use crate::state::StateName;
-use crate::store::{EnvStore, StoreError, Stores, Tx};
+use crate::store::{AtStart, EnvStore, StoreError, Stores, Tx};
 use crate::time::Clock;
 use crate::verdict::{self, Ask, Effect, Facts};
 
@@ -57,10 +57,6 @@ pub struct Server {
     pub clock: Clock,
     /// What the server measures (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
-    /// Each audit chain's newest position when the server opened: where a notify block that
-    /// has no cursor on a chain yet starts, so that a new block is not sent the whole history
-    /// and misses nothing committed since (see [`notify`]).
-    pub notify_from: std::collections::HashMap<String, i64>,
 }
 
 /// Why the server could not be opened.
@@ -203,13 +199,7 @@ impl Server {
         }
         let policy = Policy::compile(&config)?;
         let oidc = OidcVerifier::load(&config).await?;
-        let stores = Stores::open_with(&config, clock.clone()).await?;
-        let mut notify_from = std::collections::HashMap::new();
-        if !config.notify.is_empty() {
-            for (chain, db) in stores.chains() {
-                notify_from.insert(chain, db.newest_position().await?);
-            }
-        }
+        let stores = Stores::open_with(&config, clock.clone(), AtStart::Protected).await?;
         Ok(Arc::new(Server {
             config,
             policy,
@@ -217,15 +207,14 @@ impl Server {
             stores,
             clock,
             metrics: crate::metrics::Metrics::new()?,
-            notify_from,
         }))
     }
 
     /// An environment of the config with its store, for `caller`: refused when its database
     /// could not be opened, or when there is none of that name (naming the known ones). A
-    /// personal environment's database is opened (and created) at its first request by
+    /// database that is not open is opened (and created, the first time) by a request of
     /// someone who may read it; anyone else is refused first, so that nobody can make the
-    /// server open every member's database.
+    /// server open or create every environment's database.
     pub async fn environment(
         &self,
         name: &str,
@@ -253,26 +242,13 @@ impl Server {
         if let Some(store) = self.stores.environment(name) {
             return Ok((env, store));
         }
-        if let Some(down) = self.stores.unavailable(&env.name) {
-            return Err(OpError::DatabaseDown(down.sentence(&env.name)));
-        }
         if !self.may_read(caller, env, source_ip) {
             let sentence = refusal::sentence(&caller.principal, Action::StateRead, env);
             return Err(OpError::Forbidden(sentence));
         }
-        match self.stores.open_personal(&self.config, env).await {
+        match self.stores.open_environment(&self.config, env).await {
             Ok(store) => Ok((env, store)),
-            Err(e) => {
-                let down =
-                    crate::store::Unavailable::of(&self.config.environment_location(env), &e);
-                tracing::error!(
-                    environment = %env.name,
-                    database = %down.location,
-                    cause = %down.cause,
-                    "cannot open the environment's database"
-                );
-                Err(OpError::DatabaseDown(down.sentence(&env.name)))
-            }
+            Err(down) => Err(OpError::DatabaseDown(down.sentence(&env.name))),
         }
     }
 
@@ -297,6 +273,32 @@ impl Server {
             server.checkpoint_every,
         )
         .await
+    }
+
+    /// Closes, every little while, the databases of the environments nobody has used for
+    /// `server { idle_close }` (see [`Server::close_idle`]), until aborted.
+    pub fn start_closing_idle(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let server = self.clone();
+        let every = (self.config.server.idle_close / 4).min(std::time::Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                server.close_idle().await;
+            }
+        })
+    }
+
+    /// Closes the databases of the environments that no request has used for
+    /// `server { idle_close }` and that no request holds: those opened at start stay open.
+    /// The names of those closed.
+    pub async fn close_idle(&self) -> Vec<String> {
+        let idle = self.config.server.idle_close;
+        let Some(before) = self.clock.now().minus(idle) else {
+            return Vec::new();
+        };
+        self.stores.close_idle(before).await
     }
 
     /// Writes the last checkpoints, once serving has ended.

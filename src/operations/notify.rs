@@ -150,15 +150,27 @@ impl Server {
         let grown = Arc::new(grown);
         let mut forwarders = Vec::new();
         if !prepared.is_empty() {
+            // Each chain's growth, from those open now and those opened later, while open.
+            let forward = |mut head: watch::Receiver<crate::audit::Head>,
+                           grown: Arc<watch::Sender<u64>>| async move {
+                while head.changed().await.is_ok() {
+                    grown.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            };
+            let mut opened = self.stores.subscribe_opened();
             for (_, db) in self.stores.chains() {
-                let mut head = db.watch_head();
-                let grown = grown.clone();
-                forwarders.push(tokio::spawn(async move {
-                    while head.changed().await.is_ok() {
-                        grown.send_modify(|n| *n = n.wrapping_add(1));
-                    }
-                }));
+                forwarders.push(tokio::spawn(forward(db.watch_head(), grown.clone())));
             }
+            let grown = grown.clone();
+            forwarders.push(tokio::spawn(async move {
+                loop {
+                    match opened.recv().await {
+                        Ok((_, head)) => drop(tokio::spawn(forward(head, grown.clone()))),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }));
         }
         let mut tasks = Vec::new();
         for (notify, secret, client) in prepared {
@@ -277,10 +289,18 @@ impl Worker {
         }
     }
 
-    /// Where each chain is to be read from: the saved cursor, or, for a chain it has none on
-    /// yet, the chain's newest record when the server opened (so that a new block is not sent
-    /// the whole history, nor misses what came after the server opened), saved now.
+    /// Where each chain it has not read yet is to be read from: the saved cursor, or, for a
+    /// chain it has none on yet, the chain's newest record when its database was opened (so
+    /// that a new block is not sent the whole history, nor misses what came after), saved now.
     async fn load_cursors(&mut self) -> Result<(), StoreError> {
+        let new: Vec<String> = self
+            .chains()
+            .into_iter()
+            .filter(|chain| !self.cursors.contains_key(chain))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
         let saved = self
             .server
             .stores
@@ -288,23 +308,20 @@ impl Worker {
             .notify_cursors(&self.notify.name)
             .await?;
         let now = tokio::time::Instant::now();
-        for chain in self.chains() {
+        for chain in new {
             let from = match saved.get(&chain) {
-                Some(seq) => {
-                    self.saved.insert(chain.clone(), (*seq, now));
-                    *seq
-                }
+                Some(seq) => *seq,
                 None => {
-                    let from = self.server.notify_from.get(&chain).copied().unwrap_or(0);
+                    let from = self.server.stores.audit_store(Some(&chain)).opened_at();
                     self.server
                         .stores
                         .system
                         .advance_notify_cursor(&self.notify.name, &chain, from)
                         .await?;
-                    self.saved.insert(chain.clone(), (from, now));
                     from
                 }
             };
+            self.saved.insert(chain.clone(), (from, now));
             self.cursors.insert(chain, from);
         }
         Ok(())
@@ -312,6 +329,8 @@ impl Worker {
 
     /// Sends every event appended to its chains since it last looked.
     async fn round(&mut self) -> Result<(), Interrupted> {
+        // Chains whose databases were opened since it last looked.
+        self.load_cursors().await?;
         // Another instance on the same database may have delivered some already.
         if let Ok(saved) = self
             .server

@@ -309,14 +309,17 @@ async fn environment_status(
         lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
         unavailable,
     };
-    if let Some(down) = server.stores.unavailable(&env.name) {
-        return Ok(nothing(Some(down.sentence(&env.name))));
-    }
-    // Looking does not create a personal environment nobody has used.
-    if env.personal.is_some() && !server.stores.used(&server.config, env).await? {
+    // Looking creates no database for an environment nobody has used.
+    if server.stores.unavailable(&env.name).is_none()
+        && !server.stores.used(&server.config, env).await?
+    {
         return Ok(nothing(None));
     }
-    let (_, store) = server.environment(&env.name, caller, source_ip).await?;
+    let store = match server.environment(&env.name, caller, source_ip).await {
+        Ok((_, store)) => store,
+        Err(OpError::DatabaseDown(sentence)) => return Ok(nothing(Some(sentence))),
+        Err(e) => return Err(e),
+    };
     let now = server.clock.now().as_datetime();
     let mut states = Vec::new();
     for meta in store.states().await? {

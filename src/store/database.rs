@@ -120,9 +120,17 @@ pub struct Database {
     pub(super) commits: Arc<GroupCommit>,
     /// What every time this database stores is read from.
     pub(super) clock: Clock,
+    /// The newest position of its chain when it was opened.
+    opened_at: i64,
 }
 
 impl Database {
+    /// Closes its connections, once nothing else holds it: its head's watchers are told it
+    /// has ended (the sender goes with it).
+    pub(super) async fn close(self) {
+        self.pool.close().await;
+    }
+
     /// What its group commits of audit records and their flushes have done so far.
     pub fn commit_totals(&self) -> crate::metrics::ChainTotals {
         self.commits.totals()
@@ -135,7 +143,9 @@ impl Database {
         dialect: Dialect,
         clock: Clock,
     ) -> Self {
+        let opened_at = chain.head.borrow().seq;
         Database {
+            opened_at,
             connections: Arc::new(connections),
             chain,
             pool,
@@ -176,6 +186,12 @@ impl Database {
     /// The name of this database's audit chain.
     pub fn chain_name(&self) -> &str {
         &self.chain.name
+    }
+
+    /// The newest position of its chain when it was opened: where a notify block that has
+    /// read none of it starts.
+    pub fn opened_at(&self) -> i64 {
+        self.opened_at
     }
 
     /// The newest head of this database's chain that this server has appended, as it changes.

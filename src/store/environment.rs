@@ -25,6 +25,9 @@ use crate::time::Timestamp;
 pub struct EnvStore {
     pub(super) db: Database,
     pub(super) recent: RecentContents,
+    /// When a request last took it, in milliseconds since the epoch: what closing the
+    /// databases nobody uses goes by.
+    used: std::sync::atomic::AtomicI64,
 }
 
 /// Each state's newest version lately read, with its content when that fits in one chunk, and
@@ -178,6 +181,27 @@ const WITH_FIRST_CHUNK: &str = concat!(
 );
 
 impl EnvStore {
+    pub(super) fn new(db: Database, now: Timestamp) -> EnvStore {
+        EnvStore {
+            db,
+            recent: RecentContents::default(),
+            used: now.as_datetime().timestamp_millis().into(),
+        }
+    }
+
+    /// Notes that a request took it `now`.
+    pub(super) fn used_at(&self, now: Timestamp) {
+        let millis = now.as_datetime().timestamp_millis();
+        self.used
+            .fetch_max(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether no request has taken it since `before`.
+    pub(super) fn unused_since(&self, before: Timestamp) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+            < before.as_datetime().timestamp_millis()
+    }
+
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
         self.db.begin().await
     }

@@ -65,19 +65,25 @@ static SQLITE_SYSTEM: Migrator = sqlx::migrate!("migrations/sqlite/system");
 static POSTGRES_ENVIRONMENT: Migrator = sqlx::migrate!("migrations/postgres/environment");
 static POSTGRES_SYSTEM: Migrator = sqlx::migrate!("migrations/postgres/system");
 
-/// Every database the server uses. The server-wide one and each declared environment's are
-/// opened and migrated at start; environments whose database could not be are kept apart,
-/// with the reason. A personal environment's is opened (created and migrated, the first time)
-/// by its first request, and kept open.
+/// Every database the server uses. The server-wide one is opened and migrated at start, and
+/// so are the declared environments [`AtStart`] names; every other environment's database is
+/// opened (created and migrated, the first time) by its first request, and closed again once
+/// nobody has used it for a while ([`Stores::close_idle`]) or when its files are needed for
+/// another ([`Stores::open_environment`]). So what the server holds grows with the
+/// environments in use, not with those it knows.
 ///
 /// Each environment has a slot that is filled once: requests that find it empty wait on the
 /// one opening it, so a database is never opened twice; an opening that fails leaves the
-/// slot empty for the next request to try again. Each database newly opened is told on
-/// [`Stores::subscribe_opened`], for the checkpoint writers to watch its chain.
+/// slot empty and the reason kept, which answers the requests of the next
+/// [`RETRY_AFTER`] before one tries again. Each database newly opened is told on
+/// [`Stores::subscribe_opened`], for the checkpoint writers to watch its chain; its head's
+/// sender is dropped when it closes, which ends that watch.
 pub struct Stores {
     pub system: SystemStore,
     environments: std::sync::Mutex<HashMap<String, Slot>>,
-    unavailable: HashMap<String, Unavailable>,
+    unavailable: std::sync::Mutex<HashMap<String, Down>>,
+    /// The environments opened at start, which stay open.
+    kept_open: std::collections::HashSet<String>,
     key: AuditKey,
     clock: Clock,
     checkpoint_dir: std::path::PathBuf,
@@ -85,8 +91,31 @@ pub struct Stores {
     opened: tokio::sync::broadcast::Sender<Opened>,
 }
 
+/// Which declared environments have their database opened when the stores are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtStart {
+    /// Every one (the commands run on the server's host, which read them all).
+    Every,
+    /// The protected ones (those with an `approval` block): a production database that is
+    /// down, or whose audit chain does not verify, is known from the first second, and the
+    /// latter stops the server. The others are opened on first use.
+    Protected,
+}
+
 /// An environment's database, once it is open.
 type Slot = Arc<tokio::sync::OnceCell<Arc<EnvStore>>>;
+
+/// Why an environment's database could not be opened, and when to try again.
+struct Down {
+    why: Unavailable,
+    retry_at: std::time::Instant,
+}
+
+/// How long an environment whose database could not be opened is refused with the reason
+/// found, before a request tries to open it again: a file that is no database, or a database
+/// server that does not answer, is not tried by every request (each try can take
+/// [`open::OPEN_TIMEOUT`]), and one put right is served again without a restart.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A database opened after start: its chain's name and its head as it changes.
 pub type Opened = (String, tokio::sync::watch::Receiver<crate::audit::Head>);
@@ -110,74 +139,106 @@ impl std::ops::Deref for ChainStore<'_> {
 }
 
 impl Stores {
-    /// Opens every database, stamping what it stores with the system clock.
+    /// Opens the server-wide database and every declared environment's, stamping what they
+    /// store with the system clock: what the commands run on the server's host use.
     pub async fn open(config: &Config) -> Result<Stores, StoreError> {
-        Stores::open_with(config, Clock::system()).await
+        Stores::open_with(config, Clock::system(), AtStart::Every).await
     }
 
-    /// [`Stores::open`], stamping what is stored with `clock` (the one decisions read).
-    pub async fn open_with(config: &Config, clock: Clock) -> Result<Stores, StoreError> {
+    /// Opens the server-wide database and the declared environments' `at_start` names,
+    /// stamping what is stored with `clock` (the one decisions read).
+    pub async fn open_with(
+        config: &Config,
+        clock: Clock,
+        at_start: AtStart,
+    ) -> Result<Stores, StoreError> {
         create_dir(&config.server.data_dir.join("environments"))?;
         let key = AuditKey::for_server(&config.server.audit_key_file)?;
         let system = open_system_with(config, &key, &clock).await?;
-        let mut environments = HashMap::new();
-        let mut unavailable = HashMap::new();
-        let mut files = open::FileBudget::default();
-        for env in config.declared() {
-            let location = config.environment_location(env);
-            let chain = Chain::new(&env.name, &key, &config.server.checkpoint_dir);
-            // One environment's database harms only that environment: the server starts and
-            // serves the others. So does one past the open-file limit, rather than taking
-            // the descriptors the listener and connections need.
-            let opened = match files.short() {
-                Some(cause) => Err(StoreError::Exhausted { cause }),
-                None => open_environment(&location, chain, config.server.audit_sync, &clock).await,
-            };
-            match opened {
-                Ok(store) => {
-                    let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(Arc::new(store))));
-                    environments.insert(env.name.clone(), slot);
-                }
-                // A chain that does not verify under this key stops the server, as ever: that
-                // is evidence for a person to judge, not a fault to serve around.
-                Err(e @ StoreError::Chain { .. }) => return Err(e),
-                Err(e) => {
-                    let down = Unavailable::of(&location, &e);
-                    tracing::error!(
-                        environment = %env.name,
-                        database = %down.location,
-                        cause = %down.cause,
-                        "environment unavailable: its database cannot be opened; the other environments are served"
-                    );
-                    unavailable.insert(env.name.clone(), down);
-                }
-            }
-        }
-        Ok(Stores {
+        let kept_open = config
+            .declared()
+            .filter(|env| at_start == AtStart::Every || env.protected())
+            .map(|env| env.name.clone())
+            .collect();
+        let stores = Stores {
             system,
-            environments: std::sync::Mutex::new(environments),
-            unavailable,
+            environments: std::sync::Mutex::default(),
+            unavailable: std::sync::Mutex::default(),
+            kept_open,
             key,
             clock,
             checkpoint_dir: config.server.checkpoint_dir.clone(),
             audit_sync: config.server.audit_sync,
             opened: tokio::sync::broadcast::channel(OPENED_BACKLOG).0,
-        })
+        };
+        let mut files = open::FileBudget::default();
+        let now = std::time::Instant::now();
+        for env in config.declared() {
+            if !stores.kept_open.contains(&env.name) {
+                continue;
+            }
+            let location = config.environment_location(env);
+            // One environment's database harms only that environment: the server starts and
+            // serves the others. So does one past the open-file limit, rather than taking
+            // the descriptors the listener and connections need.
+            let opened = match files.short() {
+                Some(cause) => Err(StoreError::Exhausted { cause }),
+                None => stores.open_database(&env.name, &location).await,
+            };
+            match opened {
+                Ok(store) => {
+                    let slot = Slot::new(tokio::sync::OnceCell::new_with(Some(Arc::new(store))));
+                    lock_ignoring_poison(&stores.environments).insert(env.name.clone(), slot);
+                }
+                // A chain that does not verify under this key stops the server, as ever: that
+                // is evidence for a person to judge, not a fault to serve around.
+                Err(e @ StoreError::Chain { .. }) => return Err(e),
+                Err(e) => {
+                    stores.set_down(&env.name, &location, &e, now);
+                }
+            }
+        }
+        Ok(stores)
     }
 
-    /// Why an environment of the config is not served, if it is not.
-    pub fn unavailable(&self, name: &str) -> Option<&Unavailable> {
-        self.unavailable.get(name)
+    /// Keeps why an environment's database could not be opened, told in one line of the log.
+    fn set_down(
+        &self,
+        name: &str,
+        location: &crate::config::storage::Location,
+        e: &StoreError,
+        now: std::time::Instant,
+    ) -> Unavailable {
+        let why = Unavailable::of(location, e);
+        tracing::error!(
+            environment = %name,
+            database = %why.location,
+            cause = %why.cause,
+            "environment unavailable: its database cannot be opened; the other environments are served"
+        );
+        let down = Down {
+            why: why.clone(),
+            retry_at: now + RETRY_AFTER,
+        };
+        lock_ignoring_poison(&self.unavailable).insert(name.to_string(), down);
+        why
     }
 
-    /// Every environment that is not served, by name.
-    pub fn unavailable_environments(&self) -> Vec<(&str, &Unavailable)> {
-        let mut out: Vec<(&str, &Unavailable)> = self
-            .unavailable
+    /// Why an environment of the config is not served, when the last try to open its
+    /// database failed.
+    pub fn unavailable(&self, name: &str) -> Option<Unavailable> {
+        lock_ignoring_poison(&self.unavailable)
+            .get(name)
+            .map(|down| down.why.clone())
+    }
+
+    /// Every environment whose database could not be opened when last tried, by name.
+    pub fn unavailable_environments(&self) -> Vec<(String, Unavailable)> {
+        let mut out: Vec<(String, Unavailable)> = lock_ignoring_poison(&self.unavailable)
             .iter()
-            .map(|(name, down)| (name.as_str(), down))
+            .map(|(name, down)| (name.clone(), down.why.clone()))
             .collect();
-        out.sort_by_key(|(name, _)| *name);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
@@ -188,44 +249,118 @@ impl Stores {
 
     /// An environment's store, when its database is open.
     pub fn environment(&self, name: &str) -> Option<Arc<EnvStore>> {
-        lock_ignoring_poison(&self.environments)
+        let store = lock_ignoring_poison(&self.environments)
             .get(name)?
             .get()
-            .cloned()
+            .cloned()?;
+        store.used_at(self.clock.now());
+        Some(store)
     }
 
-    /// A personal environment's store, its database opened (and created, and migrated) first
-    /// when it is not open yet. A failure leaves it closed, for the next request to try again.
-    pub async fn open_personal(
+    /// An environment's store, its database opened (and created, and migrated) first when it
+    /// is not open yet; refused with the reason while an earlier try failed less than
+    /// [`RETRY_AFTER`] ago. Short of files for it, the databases nobody holds are closed
+    /// first.
+    pub async fn open_environment(
         &self,
         config: &Config,
         env: &crate::config::Environment,
-    ) -> Result<Arc<EnvStore>, StoreError> {
+    ) -> Result<Arc<EnvStore>, Unavailable> {
+        if let Some(store) = self.environment(&env.name) {
+            return Ok(store);
+        }
+        let now = std::time::Instant::now();
+        if let Some(down) = lock_ignoring_poison(&self.unavailable).get(&env.name) {
+            if now < down.retry_at {
+                return Err(down.why.clone());
+            }
+        }
         let slot = lock_ignoring_poison(&self.environments)
             .entry(env.name.clone())
             .or_default()
             .clone();
-        let store = slot
+        let location = config.environment_location(env);
+        let opened = slot
             .get_or_try_init(|| async {
+                if open::FileBudget::default().short().is_some() {
+                    self.close_unheld(None).await;
+                }
                 if let Some(cause) = open::FileBudget::default().short() {
                     return Err(StoreError::Exhausted { cause });
                 }
-                let location = config.environment_location(env);
-                let chain = Chain::new(&env.name, &self.key, &self.checkpoint_dir);
-                let store = open_environment(&location, chain, self.audit_sync, &self.clock)
-                    .await
-                    .map(Arc::new)?;
+                let store = Arc::new(self.open_database(&env.name, &location).await?);
                 tracing::info!(environment = %env.name, database = %location.describe(), "opened the environment's database");
                 // Nobody listening (no checkpoint writers yet) is no fault.
                 let _ = self.opened.send((env.name.clone(), store.db.watch_head()));
                 Ok(store)
             })
-            .await?;
-        Ok(store.clone())
+            .await;
+        match opened {
+            Ok(store) => {
+                lock_ignoring_poison(&self.unavailable).remove(&env.name);
+                store.used_at(self.clock.now());
+                Ok(store.clone())
+            }
+            Err(e) => Err(self.set_down(&env.name, &location, &e, now)),
+        }
     }
 
-    /// Whether an environment's database is open or exists: a personal environment's does
-    /// not until its first use. Telling creates nothing.
+    /// Opens one environment's database, with its migrations, its chain readied.
+    async fn open_database(
+        &self,
+        name: &str,
+        location: &crate::config::storage::Location,
+    ) -> Result<EnvStore, StoreError> {
+        let chain = Chain::new(name, &self.key, &self.checkpoint_dir);
+        let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
+        let db = open(location, chain, migrations, self.audit_sync, &self.clock).await?;
+        Ok(EnvStore::new(db, self.clock.now()))
+    }
+
+    /// Closes the databases of the environments nobody holds and nobody has used since
+    /// `before` (those opened at start stay open); the names of those closed. A request
+    /// that comes for one later opens it again.
+    pub async fn close_idle(&self, before: crate::time::Timestamp) -> Vec<String> {
+        self.close_unheld(Some(before)).await
+    }
+
+    /// [`Stores::close_idle`], or, with no `before`, every one nobody holds.
+    async fn close_unheld(&self, before: Option<crate::time::Timestamp>) -> Vec<String> {
+        let closing: Vec<(String, Arc<EnvStore>)> = {
+            let mut slots = lock_ignoring_poison(&self.environments);
+            let idle: Vec<String> = slots
+                .iter()
+                .filter(|(name, slot)| {
+                    // Held by the map alone: no request has it, nor waits for its opening.
+                    !self.kept_open.contains(*name)
+                        && Arc::strong_count(slot) == 1
+                        && slot.get().is_some_and(|store| {
+                            Arc::strong_count(store) == 1
+                                && before.is_none_or(|before| store.unused_since(before))
+                        })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            idle.into_iter()
+                .filter_map(|name| {
+                    let store = slots.remove(&name)?.get()?.clone();
+                    Some((name, store))
+                })
+                .collect()
+        };
+        let mut closed = Vec::new();
+        for (name, store) in closing {
+            if let Some(store) = Arc::into_inner(store) {
+                store.db.close().await;
+                tracing::info!(environment = %name, "closed the environment's database, unused for a while");
+                closed.push(name);
+            }
+        }
+        closed
+    }
+
+    /// Whether an environment's database is open or exists: a database is made by its
+    /// environment's first use. Telling creates nothing.
     pub async fn used(
         &self,
         config: &Config,
@@ -254,7 +389,7 @@ impl Stores {
     }
 
     /// Every audit chain: the server's first, then each open environment's by name (one
-    /// whose database could not be opened has none to check, append to or checkpoint).
+    /// whose database is not open has none to check, append to or checkpoint now).
     pub fn chains(&self) -> Vec<(String, ChainStore<'_>)> {
         let mut open: Vec<(String, Arc<EnvStore>)> = lock_ignoring_poison(&self.environments)
             .iter()
@@ -272,21 +407,6 @@ impl Stores {
 
 /// How many openings may wait to be told before the slowest listener misses some.
 const OPENED_BACKLOG: usize = 1024;
-
-/// Opens an environment's database, with its migrations.
-async fn open_environment(
-    location: &crate::config::storage::Location,
-    chain: Chain,
-    sync: crate::config::AuditSync,
-    clock: &Clock,
-) -> Result<EnvStore, StoreError> {
-    let migrations = (&SQLITE_ENVIRONMENT, &POSTGRES_ENVIRONMENT);
-    let db = open(location, chain, migrations, sync, clock).await?;
-    Ok(EnvStore {
-        db,
-        recent: Default::default(),
-    })
-}
 
 /// A std mutex whose holders only replace, push or drain whole values: a panic elsewhere
 /// cannot leave what it guards half-changed, so a poisoned lock is used as it is.

@@ -248,7 +248,7 @@ pub fn former_personal(config: &Config) -> Vec<String> {
 
 /// Every audit chain's database, the server's first, opened for reading only, as verification
 /// needs them: nothing is created or migrated, and a database that does not exist is an error
-/// naming it (but for a personal environment's, which is made by its first use).
+/// naming it (for the caller to tell from the checkpoints whether it was ever made).
 pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     sqlx::any::install_default_drivers();
     let mut out = vec![ReadOnly {
@@ -264,10 +264,6 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
     envs.sort_by(|a, b| a.name.cmp(&b.name));
     for env in envs {
         let database = open_existing(&config.environment_location(env)).await;
-        // A personal environment nobody has used yet has no database, and nothing to verify.
-        if env.personal.is_some() && matches!(database, Err(StoreError::Missing { .. })) {
-            continue;
-        }
         out.push(ReadOnly {
             chain: env.name.clone(),
             environment: true,
@@ -366,6 +362,26 @@ pub(super) async fn probe(
     }
 }
 
+/// An exclusive lock on the directory of the SQLite file at `path`, taken by every process
+/// that migrates a file there; released when the value is dropped. The directory, not the
+/// file: SQLite's own locks on a file are lost when any descriptor of it in the process is
+/// closed.
+async fn migration_lock(path: &Path) -> Result<std::fs::File, sqlx::Error> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let dir = std::fs::File::open(dir)?;
+        dir.lock()?;
+        Ok::<_, std::io::Error>(dir)
+    })
+    .await
+    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+    .map_err(sqlx::Error::Io)
+}
+
 /// Opens a database of either kind, applies its migrations (SQLite's, PostgreSQL's) and readies
 /// its audit chain for appending under the chain's key ([`audit::open_chain`]).
 pub(super) async fn open(
@@ -416,6 +432,12 @@ pub(super) async fn open(
         session.clone()
     };
     let migrator = dialect.migrator(migrations);
+    // Held until the migrations are done: another process (an instance on the same data
+    // directory) opening the same file at the same moment would otherwise run them too.
+    let migrating = match dialect.file(location) {
+        Some(path) => Some(migration_lock(&path).await.map_err(opened)?),
+        None => None,
+    };
     let migrated = if fresh {
         // A new SQLite file is migrated without waiting for the disk after each migration,
         // then flushed once: a dozen flushes were most of what creating a personal
@@ -445,6 +467,7 @@ pub(super) async fn open(
     } else {
         migrator.run(&pool).await
     };
+    drop(migrating);
     migrated.map_err(|source| StoreError::Migrate {
         location: name.clone(),
         source,

@@ -317,12 +317,19 @@ async fn a_cut_tail_is_found_against_the_checkpoints() {
     assert_eq!(newest(dir, "dev").await, (seq - 2, seq - 2));
     let text = assert_broken(dir, "dev", "records were cut off the end");
     assert!(text.contains(&format!("saw record {seq}")), "{text}");
-    // The server, started again, says so at once.
-    let log = stop(t.serve_process().await).await;
-    assert!(
-        log.contains("the audit chain ends before a record this server checkpointed"),
-        "{log}"
-    );
+    // The server, started again, says so as soon as dev is opened.
+    let s = t.serve_process().await;
+    let r = t.as_("bob").on(&s.base).get("dev/app").send().await;
+    assert_eq!(r.status(), 200);
+    let said = "the audit chain ends before a record this server checkpointed";
+    for _ in 0..200 {
+        if std::fs::read_to_string(&s.log).is_ok_and(|log| log.contains(said)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = stop(s).await;
+    assert!(log.contains(said), "{log}");
     // Without the checkpoints, nothing would show it.
     let elsewhere = tempfile::tempdir().unwrap();
     let blind = verify_with(
@@ -551,6 +558,18 @@ async fn forged_checkpoints_and_a_replaced_key_are_found() {
     assert_intact(dir);
 }
 
+/// Why a server opened on the config in `dir` refuses dev: its database is opened at dev's
+/// first request, and refused then (`wrong` is what opening it would mean).
+async fn dev_refused(dir: &Path, wrong: &str) -> String {
+    let config = Config::load(&dir.join("bulkhead.hcl")).unwrap();
+    let app = App::open(config).await.expect("the server opens");
+    let dev = app.config.environment("dev").expect("dev");
+    match app.stores.open_environment(&app.config, dev).await {
+        Ok(_) => panic!("{wrong}"),
+        Err(down) => down.sentence("dev"),
+    }
+}
+
 /// A chain begun before records were keyed, as the previous version left it (plain SHA-256
 /// links, no seal): verification asks for the upgrade, the first start seals the old part
 /// (refusing while it does not verify), and the chain verifies from then on, old part included.
@@ -569,11 +588,7 @@ async fn a_chain_from_before_keyed_records_is_sealed_at_start() {
     assert_broken(dir, "dev", "not brought up to date");
     // Such a chain, on a server that has checkpointed it (so it was keyed), is a rewrite: the
     // server does not seal it.
-    let config = Config::load(&dir.join("bulkhead.hcl")).unwrap();
-    let refused = match App::open(config).await {
-        Ok(_) => panic!("the server sealed a chain it had checkpointed"),
-        Err(e) => e.to_string(),
-    };
+    let refused = dev_refused(dir, "the server sealed a chain it had checkpointed").await;
     assert!(
         refused.contains("checkpointed the chain already"),
         "{refused}"
@@ -596,11 +611,7 @@ async fn a_chain_from_before_keyed_records_is_sealed_at_start() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let config = Config::load(&dir.join("bulkhead.hcl")).unwrap();
-    let refused = match App::open(config).await {
-        Ok(_) => panic!("the server sealed a tampered chain"),
-        Err(e) => e.to_string(),
-    };
+    let refused = dev_refused(dir, "the server sealed a tampered chain").await;
     assert!(refused.contains("cannot be sealed"), "{refused}");
     assert!(refused.contains("record 2"), "{refused}");
     let pending = count(

@@ -302,41 +302,60 @@ impl TestApp {
         }
     }
 
-    /// Every stored version of `env`/`state`.
-    pub async fn versions(&self, env: &str, state: &str) -> Vec<VersionMeta> {
+    /// The store of `env`, its database opened (and created) if it is not open.
+    pub async fn store(&self, env: &str) -> Arc<bulkhead::store::EnvStore> {
+        let config = &self.app.config;
+        let environment = config.environment(env).expect("known environment");
         self.app
             .stores
-            .environment(env)
-            .expect("known environment")
-            .history(state)
+            .open_environment(config, environment)
             .await
-            .expect("history")
+            .unwrap_or_else(|down| panic!("{}", down.sentence(env)))
+    }
+
+    /// Every stored version of `env`/`state`.
+    pub async fn versions(&self, env: &str, state: &str) -> Vec<VersionMeta> {
+        self.store(env).await.history(state).await.expect("history")
     }
 
     /// The content of the newest version, straight from the store.
     pub async fn stored(&self, env: &str, state: &str) -> Option<Vec<u8>> {
-        self.app
-            .stores
-            .environment(env)
-            .expect("known environment")
+        self.store(env)
+            .await
             .latest_content(state)
             .await
             .expect("read")
             .map(|(_, c)| c)
     }
 
-    /// The audit records of an environment's chain (`None`: the server's chain).
-    pub async fn audit(&self, env: Option<&str>) -> Vec<Record> {
-        let (rows, _) = self
-            .app
-            .stores
-            .audit_store(env)
-            .read_chain()
-            .await
-            .expect("audit chain");
+    /// The records of one audit chain (`None`: the server's).
+    pub async fn chain(&self, env: Option<&str>) -> Vec<Record> {
+        let db = match env {
+            Some(env) => bulkhead::store::ChainStore::Environment(self.store(env).await),
+            None => self.app.stores.audit_store(None),
+        };
+        let (rows, _) = db.read_chain().await.expect("audit chain");
         rows.iter()
             .map(|r| serde_json::from_str(&r.record).expect("record"))
             .collect()
+    }
+
+    /// The audit records of an environment (`None`: the server's chain): those of its chain,
+    /// and those the server's chain holds of requests made while its database was not open
+    /// (refused before it was opened), by time.
+    pub async fn audit(&self, env: Option<&str>) -> Vec<Record> {
+        let Some(env) = env else {
+            return self.chain(None).await;
+        };
+        let mut records = self.chain(Some(env)).await;
+        records.extend(
+            self.chain(None)
+                .await
+                .into_iter()
+                .filter(|r| r.environment.as_deref() == Some(env)),
+        );
+        records.sort_by(|a, b| a.time.cmp(&b.time));
+        records
     }
 
     /// The version each recorded `state:read` of an environment names, oldest first.

@@ -22,6 +22,7 @@ mod leases;
 mod metrics;
 mod notify;
 mod oidc;
+mod opening;
 mod personal;
 mod protocol;
 mod resources;

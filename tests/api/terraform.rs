@@ -262,7 +262,7 @@ async fn a_second_apply_meanwhile_is_refused_the_lock_naming_the_authenticated_h
         .output();
     let slow = tokio::spawn(slow);
     // Wait until alice's apply holds the lock (bounded; it normally takes well under a second).
-    let store = t.app.stores.environment("dev").unwrap();
+    let store = t.store("dev").await;
     let mut held = None;
     for _ in 0..300 {
         held = store.held_lock("app").await.unwrap();

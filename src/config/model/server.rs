@@ -28,6 +28,9 @@ pub struct Server {
     pub checkpoint_every: u64,
     /// How long a dashboard sign-in lasts before the person signs in again.
     pub ui_session: Duration,
+    /// How long an environment's database stays open with no request for it (protected
+    /// environments' stay open).
+    pub idle_close: Duration,
     /// An address that serves `GET /metrics` to anyone who reaches it, and nothing else: for
     /// a Prometheus that holds no token, on a network only it can reach.
     pub metrics_listen: Option<String>,
@@ -59,6 +62,7 @@ impl Server {
             checkpoint_every: CHECKPOINT_EVERY,
             connections: Connections::default(),
             ui_session: UI_SESSION,
+            idle_close: IDLE_CLOSE,
             metrics_listen: None,
         }
     }
@@ -108,6 +112,9 @@ pub(in crate::config) const MAX_CONNECTIONS_MAX: u64 = 1_000_000;
 pub const TOKEN_CACHE: Duration = Duration::from_secs(5);
 /// The most `server { token_cache }` may be.
 pub(in crate::config) const TOKEN_CACHE_MAX: Duration = Duration::from_secs(3600);
+
+/// The default of `server { idle_close }`.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(5 * 60);
 
 /// The default of `server { ui_session }`: a working day.
 pub const UI_SESSION: Duration = Duration::from_secs(8 * 3600);

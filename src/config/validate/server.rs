@@ -10,7 +10,7 @@ use crate::config::model::{
     TOKEN_CACHE_MAX, UI_SESSION_MAX,
 };
 use crate::config::{
-    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, TOKEN_CACHE, UI_SESSION,
+    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, IDLE_CLOSE, TOKEN_CACHE, UI_SESSION,
 };
 
 impl Validator {
@@ -32,6 +32,7 @@ impl Validator {
                 "idle_timeout",
                 "max_connections",
                 "ui_session",
+                "idle_close",
                 "metrics_listen",
             ],
         );
@@ -63,6 +64,7 @@ impl Validator {
         let connections = self.connections(block);
         let tls = self.tls(block);
         let ui_session = self.ui_session(block);
+        let idle_close = self.idle_close(block);
         let metrics_listen = self.string(block, "metrics_listen", "server");
         if let Some(address) = &metrics_listen {
             if address.parse::<std::net::SocketAddr>().is_err() {
@@ -89,7 +91,23 @@ impl Validator {
             checkpoint_every,
             connections,
             ui_session,
+            idle_close,
             metrics_listen,
+        }
+    }
+
+    /// `idle_close`: from ten seconds to a day.
+    fn idle_close(&mut self, block: &Block) -> Duration {
+        match self.duration(block, "idle_close", "server") {
+            Some(d) if d < Duration::from_secs(10) || d > Duration::from_secs(24 * 3600) => {
+                self.error(
+                    line_of(block, "idle_close"),
+                    "server: idle_close must be from \"10s\" to \"24h\": how long an environment's database stays open with no request for it (default \"5m\")".to_string(),
+                );
+                IDLE_CLOSE
+            }
+            Some(d) => d,
+            None => IDLE_CLOSE,
         }
     }
 
