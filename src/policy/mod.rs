@@ -154,12 +154,14 @@ pub enum PolicyError {
 ///
 /// Each declared environment gets a policy set of its own (its generated policies and every
 /// custom one), so a decision evaluates the policies that can apply to it rather than every
-/// environment's. The environments made from a `personal` template share one set, the
-/// template's, whose policies speak of the environment's member (an attribute of its entity)
-/// rather than name each: ten thousand members cost ten thousand entities, not ten thousand
-/// policies to parse and evaluate.
+/// environment's; it is compiled by the first decision on the environment, so that a config
+/// of ten thousand environments costs, at start and in memory, the sets of those in use. The
+/// environments made from a `personal` template share one set, the template's, whose
+/// policies speak of the environment's member (an attribute of its entity) rather than name
+/// each: ten thousand members cost ten thousand entities, not ten thousand policies to parse
+/// and evaluate.
 pub struct Policy {
-    by_environment: HashMap<String, Arc<PolicySet>>,
+    by_environment: HashMap<String, Policies>,
     /// The custom policies alone: all that can apply to an environment not in the config.
     custom: PolicySet,
     entities: Entities,
@@ -171,6 +173,15 @@ pub struct Policy {
     /// policies and entities never change after compiling), and a client repeats the same
     /// requests: terraform reads and locks the same states, from the same address.
     decided: BoundedCache<Asked, Decision>,
+}
+
+/// The policy set of one environment: its template's, or its own, compiled when first needed.
+enum Policies {
+    Template(Arc<PolicySet>),
+    Declared {
+        env: Box<Environment>,
+        compiled: std::sync::OnceLock<Result<PolicySet, String>>,
+    },
 }
 
 /// Everything a decision depends on besides the compiled policies.
@@ -229,30 +240,23 @@ impl Policy {
         for path in &config.policy_files {
             add_policy_file(&mut custom, &schema, path)?;
         }
-        let with_custom = |generated: Vec<(String, String)>| {
-            let mut policies = custom.clone();
-            for (id, text) in generated {
-                let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
-                    .map_err(|e| internal(&format!("{id}: {e}")))?;
-                policies.add(policy).map_err(|e| internal(&e))?;
-            }
-            Ok::<_, PolicyError>(Arc::new(policies))
-        };
         let mut templates = HashMap::new();
         for template in &config.templates {
-            templates.insert(
-                template.name.as_str(),
-                with_custom(template_policies(template))?,
-            );
+            let mut policies = custom.clone();
+            add_generated(&mut policies, template_policies(template)).map_err(|e| internal(&e))?;
+            templates.insert(template.name.as_str(), Arc::new(policies));
         }
         let mut by_environment = HashMap::new();
         for env in &config.environments {
             let policies = match &env.personal {
                 Some(personal) => match templates.get(personal.template.as_str()) {
-                    Some(set) => set.clone(),
+                    Some(set) => Policies::Template(set.clone()),
                     None => return Err(internal(&format!("{}: no template", env.name))),
                 },
-                None => with_custom(generated_policies(env))?,
+                None => Policies::Declared {
+                    env: Box::new(env.clone()),
+                    compiled: std::sync::OnceLock::new(),
+                },
             };
             by_environment.insert(env.name.clone(), policies);
         }
@@ -334,10 +338,20 @@ impl Policy {
             Ok(r) => r,
             Err(e) => return deny(format!("request: {e}")),
         };
-        let policies = self
-            .by_environment
-            .get(environment)
-            .map_or(&self.custom, |set| &**set);
+        let policies = match self.by_environment.get(environment) {
+            None => &self.custom,
+            Some(Policies::Template(set)) => &**set,
+            Some(Policies::Declared { env, compiled }) => {
+                let compiled = compiled.get_or_init(|| {
+                    let mut policies = self.custom.clone();
+                    add_generated(&mut policies, generated_policies(env)).map(|()| policies)
+                });
+                match compiled {
+                    Ok(set) => set,
+                    Err(e) => return deny(format!("the policies of {environment}: {e}")),
+                }
+            }
+        };
         let response = self
             .authorizer
             .is_authorized(&request, policies, &self.entities);
@@ -441,6 +455,16 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Parses generated policies (`(id, text)`) into `set`.
+fn add_generated(set: &mut PolicySet, generated: Vec<(String, String)>) -> Result<(), String> {
+    for (id, text) in generated {
+        let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
+            .map_err(|e| format!("{id}: {e}"))?;
+        set.add(policy).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// What the member of a personal environment may do in it: everything a writer may, release
