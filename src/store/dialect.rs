@@ -212,7 +212,10 @@ impl Dialect {
     }
 }
 
-fn sqlite_options(path: &Path, read_only: bool) -> Result<AnyConnectOptions, sqlx::Error> {
+pub(super) fn sqlite_options(
+    path: &Path,
+    read_only: bool,
+) -> Result<AnyConnectOptions, sqlx::Error> {
     let options = SqliteConnectOptions::new().filename(path);
     let options = if read_only {
         options.read_only(true)

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::chain::Chain;
 use super::database::{usable, Connections, Database, OwnConnection};
-use super::dialect::{quote, Connect, Dialect};
+use super::dialect::{quote, sqlite_options, Connect, Dialect};
 use super::sqlite_appender::SqliteAppender;
 use super::{audit, system, ChainReader, StoreError, SystemStore, POSTGRES_SYSTEM, SQLITE_SYSTEM};
 use crate::audit::AuditKey;
@@ -362,6 +362,93 @@ pub(super) async fn probe(
     }
 }
 
+/// Creates the SQLite file `path` with every migration of `migrator` applied, unless another
+/// process made it meanwhile. The migrated file is made once per process and migrator, then
+/// copied: the migrations' dozen schema rewrites (SQLite re-reads the whole schema after
+/// each `ALTER TABLE`) were most of what a new environment's first request cost. The copy is
+/// written beside the file, flushed, and renamed into place, so a crash leaves no file or a
+/// whole one.
+async fn create_migrated(
+    path: &Path,
+    migrator: &'static Migrator,
+    session: &str,
+) -> Result<(), sqlx::Error> {
+    let lock = migration_lock(path).await?;
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let migrated = migrated_file(&dir, migrator, session).await?;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut name = path.clone().into_os_string();
+        name.push(".new");
+        let new = std::path::PathBuf::from(name);
+        let mut file = std::fs::File::create(&new)?;
+        file.write_all(&migrated)?;
+        file.sync_all()?;
+        std::fs::rename(&new, &path)?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        drop(lock);
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+    .map_err(sqlx::Error::Io)
+}
+
+/// The contents of a SQLite file with every migration of `migrator` applied, made the first
+/// time it is asked for by migrating a scratch file in `dir` (with no flush until the end:
+/// nothing depends on it before), then kept.
+async fn migrated_file(
+    dir: &Path,
+    migrator: &'static Migrator,
+    session: &str,
+) -> Result<Arc<Vec<u8>>, sqlx::Error> {
+    static MADE: std::sync::Mutex<Vec<(usize, Arc<Vec<u8>>)>> = std::sync::Mutex::new(Vec::new());
+    let key = std::ptr::from_ref(migrator) as usize;
+    let made = |made: &std::sync::Mutex<Vec<(usize, Arc<Vec<u8>>)>>| {
+        made.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, bytes)| bytes.clone())
+    };
+    if let Some(bytes) = made(&MADE) {
+        return Ok(bytes);
+    }
+    let scratch = dir.join(format!(".migrating-{:016x}.db", rand::random::<u64>()));
+    let unflushed = format!("{session}; PRAGMA synchronous = OFF");
+    let setup = AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            let session = unflushed.clone();
+            Box::pin(async move {
+                conn.execute(session.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(sqlite_options(&scratch, false)?)
+        .await?;
+    let run = migrator.run(&setup).await;
+    let checkpointed = setup.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+    setup.close().await;
+    let read = std::fs::read(&scratch);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = scratch.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+    run.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+    checkpointed?;
+    let bytes = Arc::new(read?);
+    MADE.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((key, bytes.clone()));
+    Ok(bytes)
+}
+
 /// An exclusive lock on the directory of the SQLite file at `path`, taken by every process
 /// that migrates a file there; released when the value is dropped. The directory, not the
 /// file: SQLite's own locks on a file are lost when any descriptor of it in the process is
@@ -400,8 +487,14 @@ pub(super) async fn open(
     let dialect = Dialect::of(location);
     chain.location = name.clone();
     let Connect { options, schema } = dialect.connect(location).map_err(opened)?;
-    let fresh = dialect.file(location).is_some_and(|path| !path.exists());
     let session = dialect.session(schema.as_deref());
+    if let Location::File(path) = location {
+        if !path.exists() {
+            create_migrated(path, dialect.migrator(migrations), &session)
+                .await
+                .map_err(opened)?;
+        }
+    }
     // The pool retries a connection its session statement failed on until its timeout; one
     // connection made first fails at once, with the database's reason.
     probe(dialect, &options, &session).await.map_err(opened)?;
@@ -438,35 +531,7 @@ pub(super) async fn open(
         Some(path) => Some(migration_lock(&path).await.map_err(opened)?),
         None => None,
     };
-    let migrated = if fresh {
-        // A new SQLite file is migrated without waiting for the disk after each migration,
-        // then flushed once: a dozen flushes were most of what creating a personal
-        // environment at its first request cost. A crash meanwhile leaves a valid prefix
-        // of the migrations (the write-ahead log's frames are checksummed, and nothing is
-        // checkpointed into the file before the flush), which the next opening completes.
-        let unflushed = format!("{session}; PRAGMA synchronous = OFF");
-        let setup = AnyPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |conn, _| {
-                let session = unflushed.clone();
-                Box::pin(async move {
-                    conn.execute(session.as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone())
-            .await
-            .map_err(opened)?;
-        let run = migrator.run(&setup).await;
-        let flushed = setup
-            .execute("PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE)")
-            .await;
-        setup.close().await;
-        flushed.map_err(opened)?;
-        run
-    } else {
-        migrator.run(&pool).await
-    };
+    let migrated = migrator.run(&pool).await;
     drop(migrating);
     migrated.map_err(|source| StoreError::Migrate {
         location: name.clone(),

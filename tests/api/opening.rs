@@ -79,6 +79,13 @@ async fn an_idle_environment_is_closed_checkpointed_and_opened_again_by_its_next
         Some("open")
     );
     assert_eq!(t.versions("dev", "app").await.len(), 2);
+    // A new database is a copy of one migrated once: nothing of that is left beside it.
+    let left: Vec<String> = std::fs::read_dir(t.dir.path().join("data/environments"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".migrating-") || name.ends_with(".new"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_audit_verifies(t.dir.path()).await;
 }
 
