@@ -178,10 +178,13 @@ pub struct Policy {
 /// The policy set of one environment: its template's, or its own, compiled when first needed.
 enum Policies {
     Template(Arc<PolicySet>),
-    Declared {
-        env: Box<Environment>,
-        compiled: std::sync::OnceLock<Result<PolicySet, String>>,
-    },
+    Declared(Box<Declared>),
+}
+
+/// A declared environment's block, and the policies compiled from it once needed.
+struct Declared {
+    env: Environment,
+    compiled: std::sync::OnceLock<Result<PolicySet, String>>,
 }
 
 /// Everything a decision depends on besides the compiled policies.
@@ -253,10 +256,10 @@ impl Policy {
                     Some(set) => Policies::Template(set.clone()),
                     None => return Err(internal(&format!("{}: no template", env.name))),
                 },
-                None => Policies::Declared {
-                    env: Box::new(env.clone()),
+                None => Policies::Declared(Box::new(Declared {
+                    env: env.clone(),
                     compiled: std::sync::OnceLock::new(),
-                },
+                })),
             };
             by_environment.insert(env.name.clone(), policies);
         }
@@ -341,10 +344,11 @@ impl Policy {
         let policies = match self.by_environment.get(environment) {
             None => &self.custom,
             Some(Policies::Template(set)) => &**set,
-            Some(Policies::Declared { env, compiled }) => {
-                let compiled = compiled.get_or_init(|| {
+            Some(Policies::Declared(declared)) => {
+                let compiled = declared.compiled.get_or_init(|| {
                     let mut policies = self.custom.clone();
-                    add_generated(&mut policies, generated_policies(env)).map(|()| policies)
+                    add_generated(&mut policies, generated_policies(&declared.env))
+                        .map(|()| policies)
                 });
                 match compiled {
                     Ok(set) => set,

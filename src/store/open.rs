@@ -406,17 +406,12 @@ async fn migrated_file(
     migrator: &'static Migrator,
     session: &str,
 ) -> Result<Arc<Vec<u8>>, sqlx::Error> {
+    /// Each migrator's migrated file, by the migrator's address.
     static MADE: std::sync::Mutex<Vec<(usize, Arc<Vec<u8>>)>> = std::sync::Mutex::new(Vec::new());
     let key = std::ptr::from_ref(migrator) as usize;
-    let made = |made: &std::sync::Mutex<Vec<(usize, Arc<Vec<u8>>)>>| {
-        made.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, bytes)| bytes.clone())
-    };
-    if let Some(bytes) = made(&MADE) {
-        return Ok(bytes);
+    let made = || MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, bytes)) = made().iter().find(|(k, _)| *k == key) {
+        return Ok(bytes.clone());
     }
     let scratch = dir.join(format!(".migrating-{:016x}.db", rand::random::<u64>()));
     let unflushed = format!("{session}; PRAGMA synchronous = OFF");
@@ -443,9 +438,7 @@ async fn migrated_file(
     run.map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
     checkpointed?;
     let bytes = Arc::new(read?);
-    MADE.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push((key, bytes.clone()));
+    made().push((key, bytes.clone()));
     Ok(bytes)
 }
 
