@@ -16,6 +16,9 @@ use super::{audit, StoreError};
 use crate::audit::{Head, Record};
 use crate::time::Clock;
 
+/// How many times, 10 ms apart, closing a database waits for a flush under way to end.
+const CLOSE_WAITS: usize = 200;
+
 /// A connection of its own, outside the pool (which tests a connection with a round trip
 /// each time it is returned), for short work that runs one at a time anyway. It is opened on
 /// first use, and again after a failure.
@@ -127,7 +130,32 @@ pub struct Database {
 impl Database {
     /// Closes its connections, once nothing else holds it: its head's watchers are told it
     /// has ended (the sender goes with it).
+    ///
+    /// A flush of relaxed commits still scheduled is made first, and waited for (its task
+    /// holds the connections): SQLite keeps every descriptor of a file open while any
+    /// connection to it is, so one connection left would keep all of them. The connections
+    /// are closed here rather than dropped, which closes them later, in their drivers'
+    /// threads: whoever closes a database to free its files counts them next.
     pub(super) async fn close(self) {
+        use sqlx::Connection;
+        self.commits.flush_now();
+        let mut connections = self.connections;
+        for _ in 0..CLOSE_WAITS {
+            match Arc::try_unwrap(connections) {
+                Ok(only) => {
+                    self.pool.close().await;
+                    for own in [only.lookups, only.records] {
+                        if let Some(conn) = own.conn.into_inner() {
+                            let _ = conn.close().await;
+                        }
+                    }
+                    return;
+                }
+                Err(shared) => connections = shared,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::warn!(chain = %self.chain.name, "a flush of the audit log was still under way as its database closed: the database's files close when it ends");
         self.pool.close().await;
     }
 

@@ -268,6 +268,13 @@ impl GroupCommit {
         });
     }
 
+    /// Makes the scheduled flush of relaxed commits, if any, now rather than when it is due.
+    pub(super) fn flush_now(&self) {
+        if self.flush_due.load(Ordering::SeqCst) {
+            self.flush_now.notify_one();
+        }
+    }
+
     /// The checkpoint that flushes relaxed commits (the caller holds the writer lock).
     async fn flush(&self, connections: &Connections) {
         let started = std::time::Instant::now();

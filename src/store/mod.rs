@@ -447,6 +447,51 @@ pub(crate) mod tests {
         assert!(conn.is_in_transaction());
     }
 
+    /// The files under `dir` this process holds open (other tests open files of their own).
+    fn open_files(dir: &std::path::Path) -> usize {
+        let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+            return 0;
+        };
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_environment_database_holds_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "server {{\n  data_dir = {:?}\n}}\nteam \"app\" {{ members = [\"alice\"] }}\n",
+            dir.path()
+        );
+        for i in 0..8 {
+            text.push_str(&format!(
+                "environment \"e{i}\" {{ owner = \"team:app\" }}\n"
+            ));
+        }
+        let config = Config::parse(&dir.path().join("bulkhead.hcl"), &text).unwrap();
+        let stores = Stores::open_with(&config, Clock::system(), AtStart::Protected)
+            .await
+            .unwrap();
+        let before = open_files(dir.path());
+        for env in config.declared() {
+            let store = stores.open_environment(&config, env).await.unwrap();
+            let mut tx = store.begin().await.unwrap();
+            tx.conn();
+            tx.commit().await.unwrap();
+            store.db.newest_position().await.unwrap();
+            store.states().await.unwrap();
+            // A relaxed commit schedules a flush, whose task holds the connections a while.
+            let mut record = crate::audit::Record::new("state:read");
+            record.environment = Some(env.name.clone());
+            store.db.append_record(&record).await.unwrap();
+        }
+        assert!(open_files(dir.path()) > before);
+        assert_eq!(stores.close_unheld(None).await.len(), 8);
+        assert_eq!(open_files(dir.path()), before);
+    }
+
     #[tokio::test]
     async fn a_pooled_connection_whose_transaction_sqlite_ended_is_not_reused() {
         let (_dir, stores) = open_dev("").await;

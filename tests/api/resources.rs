@@ -454,13 +454,14 @@ async fn more_environments_than_the_open_file_limit_holds_are_served_one_after_a
     let t = spawn_app().await;
     // Each environment's database holds several files open: 60 of them cannot all be open
     // under a limit of 160, so those nobody holds are closed to make room for the next.
-    let mut config = CONFIG.to_string();
+    let file = t.dir.path().join("bulkhead.hcl");
+    let mut config = std::fs::read_to_string(&file).unwrap();
     for i in 0..60 {
         config.push_str(&format!(
             "environment \"e{i:02}\" {{\n  owner = \"team:platform\"\n  read = [\"team:platform\"]\n  write = [\"team:platform\"]\n}}\n"
         ));
     }
-    std::fs::write(t.dir.path().join("bulkhead.hcl"), config).unwrap();
+    std::fs::write(&file, config).unwrap();
     let (child, base, log) = serve_with_file_limit(t.dir.path(), 160, 160).await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let base = base.unwrap_or_else(|| panic!("the server listens: {text}"));
@@ -482,6 +483,7 @@ async fn more_environments_than_the_open_file_limit_holds_are_served_one_after_a
     assert!(open < 160, "{open} files open under a limit of 160");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("closed the environment's database"), "{text}");
+    assert!(!text.contains("environment unavailable"), "{text}");
     assert!(!text.contains("too many open files"), "{text}");
     drop(child);
     assert_audit_verifies(t.dir.path()).await;
