@@ -114,12 +114,15 @@ impl Config {
         match self.environment_url(env) {
             Some(url) => Location::Url {
                 url: url.to_string(),
-                schema: format!("bulkhead_env_{}", env.name),
+                schema: format!("{ENVIRONMENT_SCHEMA}{}", env.name),
             },
             None => Location::File(environment_file(&self.server.data_dir, &env.name)),
         }
     }
 }
+
+/// What an environment's PostgreSQL schema is named: this, then the environment's name.
+pub const ENVIRONMENT_SCHEMA: &str = "bulkhead_env_";
 
 /// Where an environment without a `storage` URL keeps its database.
 pub fn environment_file(data_dir: &Path, env: &str) -> PathBuf {

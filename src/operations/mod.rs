@@ -194,7 +194,7 @@ impl Server {
     /// [`Server::open`], deciding on `clock`.
     pub async fn open_with(mut config: Config, clock: Clock) -> Result<Arc<Server>, OpenError> {
         // A sandbox whose member left stays, for its readers, while its database does.
-        for name in crate::store::former_personal(&config) {
+        for name in crate::store::former_personal(&config).await {
             config.add_former(&name);
         }
         let policy = Policy::compile(&config)?;

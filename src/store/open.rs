@@ -16,7 +16,7 @@ use super::dialect::{quote, sqlite_options, Connect, Dialect};
 use super::sqlite_appender::SqliteAppender;
 use super::{audit, system, ChainReader, StoreError, SystemStore, POSTGRES_SYSTEM, SQLITE_SYSTEM};
 use crate::audit::AuditKey;
-use crate::config::storage::{Kind, Location};
+use crate::config::storage::{Kind, Location, ENVIRONMENT_SCHEMA};
 use crate::config::{AuditSync, Config, Environment};
 use crate::time::Clock;
 
@@ -217,33 +217,57 @@ pub struct ReadOnly {
     pub database: Result<ChainReader, StoreError>,
 }
 
-/// The environments whose SQLite file remains under the data directory but that the config
-/// no longer has: among them, those a `personal` template once made for someone who is no
-/// longer a member, which are kept and served to the template's readers, never deleted.
-/// (On PostgreSQL their schemas are not looked for yet.)
-pub fn former_personal(config: &Config) -> Vec<String> {
-    if config.templates.is_empty()
-        || config
-            .server
-            .storage
-            .as_deref()
-            .is_some_and(|url| Kind::of(url) == Some(Kind::Postgres))
-    {
+/// The environments whose database remains (a SQLite file under the data directory, or a
+/// schema of the server's PostgreSQL) but that the config no longer has: among them, those a
+/// `personal` template once made for someone who is no longer a member, which are kept and
+/// served to the template's readers, never deleted. Which template, if any, claims each is
+/// for [`Config::add_former`] to tell. A PostgreSQL server that does not answer has none to
+/// tell of (opening the server's own database there says what is wrong).
+pub async fn former_personal(config: &Config) -> Vec<String> {
+    if config.templates.is_empty() {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir(config.server.data_dir.join("environments")) else {
-        return Vec::new();
+    let mut found = match config.server.storage.as_deref() {
+        Some(url) if Kind::of(url) == Some(Kind::Postgres) => {
+            sqlx::any::install_default_drivers();
+            match schemas(url, ENVIRONMENT_SCHEMA).await {
+                Ok(names) => names,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the environments' schemas, to find former members' personal environments");
+                    Vec::new()
+                }
+            }
+        }
+        _ => match std::fs::read_dir(config.server.data_dir.join("environments")) {
+            Ok(entries) => entries
+                .filter_map(|entry| {
+                    let name = entry.ok()?.file_name().into_string().ok()?;
+                    name.strip_suffix(".db").map(str::to_string)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        },
     };
-    // Which template, if any, claims each is for [`Config::add_former`] to tell.
-    let mut out: Vec<String> = entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let env = name.strip_suffix(".db")?;
-            config.environment(env).is_none().then(|| env.to_string())
-        })
-        .collect();
-    out.sort();
-    out
+    found.retain(|env| config.environment(env).is_none());
+    found.sort();
+    found
+}
+
+/// The names, past `prefix`, of the schemas of the PostgreSQL database at `url` that start
+/// with it.
+async fn schemas(url: &str, prefix: &str) -> Result<Vec<String>, sqlx::Error> {
+    let mut conn = url.parse::<AnyConnectOptions>()?.connect().await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname::text, $1)",
+    )
+    .bind(prefix)
+    .fetch_all(&mut conn)
+    .await?;
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(name,)| name.strip_prefix(prefix).map(str::to_string))
+        .collect())
 }
 
 /// Every audit chain's database, the server's first, opened for reading only, as verification
@@ -257,7 +281,7 @@ pub async fn open_read_only(config: &Config) -> Vec<ReadOnly> {
         database: open_existing(&config.system_location()).await,
     }];
     let mut config = config.clone();
-    for name in former_personal(&config) {
+    for name in former_personal(&config).await {
         config.add_former(&name);
     }
     let mut envs: Vec<&Environment> = config.environments.iter().collect();
