@@ -6,6 +6,7 @@
 //! [`crate::text::printable`], so none can drive the terminal; `--format json` prints exact JSON.
 
 mod audit;
+mod backend;
 mod change;
 mod check;
 mod policy;
@@ -69,6 +70,18 @@ pub enum Command {
     /// Explain authorization decisions; print the Cedar schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Print the `backend "http"` block (or `terraform init` flags) for a state.
+    ///
+    /// Examples:
+    ///   bulkhead backend dev/app > backend.tf
+    ///   bulkhead backend prod/network --change prod-14 --format flags | xargs terraform init -reconfigure
+    ///
+    /// The credentials are not in it: terraform takes them from TF_HTTP_USERNAME (the
+    /// principal) and TF_HTTP_PASSWORD (its token, from `bulkhead token create`, or the
+    /// pipeline's OIDC token). With --change, every address carries `?change=ID`, which is how
+    /// the pipeline names the approved change it applies. Nothing is sent to the server.
+    #[command(verbatim_doc_comment)]
+    Backend(backend::BackendArgs),
 }
 
 /// The config file option every command shares.
@@ -132,6 +145,7 @@ impl Cli {
             Command::Change(cmd) => cmd.run().await,
             Command::Check(args) => args.run().await,
             Command::Codeowners(args) => args.run().await,
+            Command::Backend(args) => args.run().await,
             Command::Review(args) => args.run().await,
             Command::State(cmd) => cmd.run().await,
             Command::Status(args) => args.run().await,

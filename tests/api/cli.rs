@@ -13,6 +13,7 @@ pub(crate) fn bulkhead(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("BULKHEAD_CONFIG")
+        .env_remove("BULKHEAD_ADDR")
         .output()
         .expect("run bulkhead")
 }
@@ -686,5 +687,84 @@ async fn audit_log_finds_records_whether_indexed_yet_or_not() {
             "{}",
             stdout(&broken)
         );
+    }
+}
+
+#[test]
+fn backend_prints_the_block_for_a_state_and_refuses_what_names_none() {
+    let (dir, _) = with_config(CONFIG);
+    let protected = CONFIG.replace(
+        "  write = [\"service:ci-prod\"]\n}",
+        "  write = [\"service:ci-prod\"]\n  approval {\n    required = 1\n  }\n}",
+    );
+    std::fs::write(dir.path().join("bulkhead.hcl"), protected).unwrap();
+    let url = "https://bh.example/v1/state/prod/network?change=prod-3";
+    let o = bulkhead(
+        dir.path(),
+        &[
+            "backend",
+            "prod/network",
+            "--change",
+            "prod-3",
+            "--server",
+            "https://bh.example/",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for key in ["address", "lock_address", "unlock_address"] {
+        assert!(
+            stdout(&o).contains(&format!("{key:<14} = \"{url}\"")),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // With the config: a protected environment without a change is told what a write needs.
+    let o = bulkhead(
+        dir.path(),
+        &["backend", "prod/network", "-c", "bulkhead.hcl"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("prod is protected"), "{}", stderr(&o));
+    let o = bulkhead(
+        dir.path(),
+        &[
+            "backend",
+            "dev/app",
+            "-c",
+            "bulkhead.hcl",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json["lock_method"], "LOCK");
+    assert_eq!(
+        json["unlock_address"],
+        "http://127.0.0.1:8080/v1/state/dev/app"
+    );
+
+    for (args, says) in [
+        (&["backend", "prod"][..], "write ENVIRONMENT/NAME"),
+        (&["backend", "prod/a b"], "contains ` `"),
+        (
+            &["backend", "prod/x", "--change", "dev-1"],
+            "change dev-1 is one of dev, not of prod",
+        ),
+        (&["backend", "prod/x", "--change", "prod-01"], "prod-1"),
+        (
+            &["backend", "prod/x", "--server", "ftp://x"],
+            "is not a server address",
+        ),
+        (
+            &["backend", "nope/x", "-c", "bulkhead.hcl"],
+            "there is no environment `nope`",
+        ),
+    ] {
+        let o = bulkhead(dir.path(), args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
 }

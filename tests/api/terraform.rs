@@ -88,25 +88,11 @@ impl Workspace {
         }
     }
 
-    /// Points the backend at `state_path` in bulkhead.
+    /// Points the backend at `state_path` in bulkhead (`ENV/NAME`, and `?change=ID` for the
+    /// pipeline), with the block `bulkhead backend` prints.
     fn use_bulkhead(&self, t: &TestApp, state_path: &str) {
-        let url = t.url(state_path);
-        std::fs::write(
-            self.dir.join("backend.tf"),
-            format!(
-                r#"terraform {{
-  backend "http" {{
-    address        = "{url}"
-    lock_address   = "{url}"
-    unlock_address = "{url}"
-    lock_method    = "LOCK"
-    unlock_method  = "UNLOCK"
-  }}
-}}
-"#
-            ),
-        )
-        .unwrap();
+        let block = backend(t, state_path, &[]);
+        std::fs::write(self.dir.join("backend.tf"), block).unwrap();
     }
 
     fn command(
@@ -151,6 +137,27 @@ impl Workspace {
     }
 }
 
+/// What `bulkhead backend` prints for `state_path` (`ENV/NAME`, and `?change=ID`) on this
+/// server, with `more` arguments; it must succeed.
+fn backend(t: &TestApp, state_path: &str, more: &[&str]) -> String {
+    let (state, change) = match state_path.split_once("?change=") {
+        Some((state, change)) => (state, Some(change)),
+        None => (state_path, None),
+    };
+    let base = t.base();
+    let mut args = vec!["backend", state, "--server", &base];
+    if let Some(change) = change {
+        args.extend(["--change", change]);
+    }
+    args.extend(more);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(&args)
+        .output()
+        .expect("run bulkhead backend");
+    assert!(out.status.success(), "bulkhead {args:?}: {}", text(&out));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -162,6 +169,34 @@ fn text(out: &Output) -> String {
 /// Terraform wraps long lines; compare with whitespace folded.
 fn folded(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_init_takes_the_flags_bulkhead_backend_prints() {
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let ws = Workspace::local(&bin, &t, "flags");
+    std::fs::write(
+        ws.dir.join("backend.tf"),
+        "terraform {\n  backend \"http\" {}\n}\n",
+    )
+    .unwrap();
+    let flags = backend(&t, "dev/flags", &["--format", "flags"]);
+    let mut init = vec!["init", "-input=false"];
+    init.extend(flags.lines());
+    ws.ok(&t, "alice", &init).await;
+    ws.ok(&t, "alice", &["apply", "-auto-approve"]).await;
+    let versions = t.versions("dev", "flags").await;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    // The lock was taken and released at the addresses it printed.
+    let locks = t
+        .audit(Some("dev"))
+        .await
+        .into_iter()
+        .filter(|r| r.state.as_deref() == Some("flags"))
+        .filter(|r| r.action == "state:lock" || r.action == "state:unlock")
+        .count();
+    assert_eq!(locks, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
