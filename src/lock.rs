@@ -94,6 +94,26 @@ pub struct LockInfo {
     pub path: String,
 }
 
+/// Whether the client that sent a LOCK whose LockInfo says `Version = client_version` ends its
+/// `-lock-timeout` retries at a 423 whose ID is empty, showing the rest of the LockInfo:
+/// terraform from 1.15 does (and OpenTofu from 1.9), while earlier terraform shows nothing of
+/// a 423 but its ID and retries any 423 until the timeout. The version is all a LOCK tells of
+/// its client (terraform's http backend sends Go's default User-Agent), and OpenTofu's
+/// releases share terraform's numbers: so only 1.15 and later get the empty ID, which no
+/// client of those releases hides the sentence behind; OpenTofu 1.9 to 1.14 gets the form
+/// earlier terraform needs, which it also shows.
+pub fn stops_at_an_empty_id(client_version: &str) -> bool {
+    let mut numbers = client_version
+        .trim()
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next(), numbers.next()) {
+        (Some(Some(major)), Some(Some(minor))) => (major, minor) >= (1, 15),
+        _ => false,
+    }
+}
+
 /// The operation terraform names when a lock is only for planning.
 pub const PLAN: &str = "OperationTypePlan";
 
@@ -136,8 +156,19 @@ impl LockInfo {
         Ok(info)
     }
 
+    /// The 423 body for a lock that policy refuses, for the client of `client_version`: the
+    /// sentence in `Info` and an empty ID, which ends its retries at once, where the client
+    /// [stops there](stops_at_an_empty_id); otherwise the sentence is the ID too, since that
+    /// is all the client shows.
+    pub fn refusal_for(mut self, client_version: &str) -> LockInfo {
+        if stops_at_an_empty_id(client_version) {
+            self.id.clear();
+        }
+        self
+    }
+
     /// The 423 body for a lock that policy refuses: the sentence is the ID, since that is
-    /// what terraform shows.
+    /// what every client shows, and the `Info`.
     pub fn refusal(sentence: &str, operation: &str) -> LockInfo {
         LockInfo {
             id: sentence.to_string(),
@@ -208,6 +239,25 @@ pub fn names(held: &HeldLock, id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_ends_the_retries_of_the_clients_that_stop_at_an_empty_id_and_names_itself_to_the_rest(
+    ) {
+        let refused = |version: &str| {
+            LockInfo::refusal("user:alice may not write prod", "OperationTypeApply")
+                .refusal_for(version)
+        };
+        for version in ["1.15.5", "1.15.0-beta1", "1.16.0", "2.0.0", "v1.15.1"] {
+            let info = refused(version);
+            assert_eq!(info.id, "", "{version}");
+            assert_eq!(info.info, "user:alice may not write prod", "{version}");
+        }
+        for version in ["1.14.9", "1.11.4", "1.9.0", "1.10.3", "", "x", "1", "1.x"] {
+            let info = refused(version);
+            assert_eq!(info.id, "user:alice may not write prod", "{version:?}");
+            assert_eq!(info.info, "user:alice may not write prod", "{version:?}");
+        }
+    }
 
     fn held() -> HeldLock {
         HeldLock {

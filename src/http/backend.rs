@@ -18,6 +18,7 @@ use super::raw::Raw;
 use super::record::{Audit, Begin, Caller, Route};
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
+use crate::lock::LockInfo;
 use crate::operations::{delete, lock, read, unlock, write, OpError, StateRequest};
 use crate::policy::Action;
 
@@ -88,7 +89,19 @@ pub async fn state(
         }
         "LOCK" => {
             let body = read_body(headers, body, LOCK_BODY_LIMIT).await?;
-            lock::lock(&call, record, &body).await?;
+            // A refusal is not a lock someone will let go: each client is answered in the
+            // form that ends its retries at once where it can, with the sentence shown.
+            let client = serde_json::from_slice::<LockInfo>(&body)
+                .map(|asked| asked.version)
+                .unwrap_or_default();
+            lock::lock(&call, record, &body)
+                .await
+                .map_err(|e| match e {
+                    OpError::LockRefused(info) => {
+                        OpError::LockRefused(Box::new(info.refusal_for(&client)))
+                    }
+                    e => e,
+                })?;
             Ok(Reply::ok(body))
         }
         "UNLOCK" => {

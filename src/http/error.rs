@@ -32,7 +32,7 @@ impl ApiError {
             ApiError::Op(e) => match e {
                 OpError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 OpError::Forbidden(_) => StatusCode::FORBIDDEN,
-                OpError::Locked(_) => StatusCode::LOCKED,
+                OpError::Locked(_) | OpError::LockRefused(_) => StatusCode::LOCKED,
                 OpError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 OpError::NotFound(_) => StatusCode::NOT_FOUND,
                 OpError::Conflict(_) => StatusCode::CONFLICT,
@@ -60,7 +60,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let told = self.told();
         let mut response = match &self {
-            ApiError::Op(OpError::Locked(info)) => (
+            ApiError::Op(OpError::Locked(info) | OpError::LockRefused(info)) => (
                 status,
                 [(header::CONTENT_TYPE, "application/json")],
                 info.to_json(),

