@@ -431,10 +431,11 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         ),
         ("read", &env.read, &[StateRead, ChangeCreate]),
         ("write", &env.write, &WRITER_ACTIONS),
+        // Read too: terraform 1.15's `force-unlock` reads the state before it unlocks.
         (
             "force_unlock",
             &env.force_unlock,
-            &[StateUnlock, StateForceUnlock],
+            &[StateRead, StateUnlock, StateForceUnlock],
         ),
         ("force_write", &env.force_write, &[StateForceWrite]),
         ("delete", &env.delete, &[StateDelete]),

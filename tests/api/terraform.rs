@@ -945,3 +945,39 @@ async fn terraform_1_15_stops_at_a_refused_lock_at_once_and_shows_the_sentence()
         "{refusal:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_unlock_works_on_terraform_1_11_and_1_15_for_whoever_holds_force_unlock_alone() {
+    let bin = terraform_or_skip!();
+    // eve reads nothing; in prod she may force-unlock, and that alone.
+    let config = CONFIG.replace(
+        "  write = [\"service:ci-prod\"]\n}",
+        "  write = [\"service:ci-prod\"]\n  force_unlock = [\"user:eve\"]\n}",
+    );
+    assert_ne!(config, CONFIG);
+    let t = spawn_app_with(&config).await;
+    let mut clients = vec![("1.11", bin.clone())];
+    clients.extend(terraform_1_15(t.dir.path()).map(|b| ("1.15", b)));
+    for (release, bin) in clients {
+        let lock = t
+            .as_("ci-prod")
+            .lock("prod/network")
+            .id("stuck")
+            .send()
+            .await;
+        assert_status(&lock, reqwest::StatusCode::OK);
+        let eve = Workspace::new(&bin, &t, &format!("prod-eve-{release}"), "prod/network");
+        eve.ok(&t, "eve", &["init", "-input=false"]).await;
+        eve.ok(&t, "eve", &["force-unlock", "-force", "stuck"])
+            .await;
+        let held = t.store("prod").await.held_lock("network").await.unwrap();
+        assert!(held.is_none(), "terraform {release}: {held:?}");
+    }
+    // Reading is all it adds: eve writes nothing.
+    let write = t
+        .as_("eve")
+        .post("prod/network", state_doc(1, "L", ""))
+        .send()
+        .await;
+    assert_status(&write, reqwest::StatusCode::FORBIDDEN);
+}
