@@ -239,6 +239,20 @@ impl Judge<'_, '_> {
         refusal::sentence(&self.f.caller.principal, action, self.f.env)
     }
 
+    /// `sentence` for a write refused without a lock (`terraform -lock=false`), which comes
+    /// after terraform has changed the infrastructure: what became of the state it could not
+    /// store, and whom to give it to.
+    fn unlocked(&self, sentence: &str) -> String {
+        format!(
+            "{sentence}. This write came without a lock (terraform -lock=false), after the \
+             apply had run: nothing was stored, and terraform kept the state it could not write \
+             in errored.tfstate, which records what the apply changed. Do not push it yourself: \
+             hand errored.tfstate to {}, who can push it with `terraform state push \
+             errored.tfstate` where they may write",
+            self.f.env.owner
+        )
+    }
+
     fn missing_step(&self, problem: &str) -> String {
         refusal::missing_step(&self.f.caller.principal, self.f.env, problem)
     }
@@ -367,7 +381,11 @@ impl Judge<'_, '_> {
         let under = f.held.filter(|h| lock_id == Some(h.lock_id.as_str()));
         let operation = under.map_or("", |h| h.operation.as_str());
         if !self.writer(Action::StateWrite, operation) {
-            return Err(Refusal::Forbidden(self.sentence(Action::StateWrite)));
+            let sentence = self.sentence(Action::StateWrite);
+            return Err(Refusal::Forbidden(match lock_id {
+                None => self.unlocked(&sentence),
+                Some(_) => sentence,
+            }));
         }
         let effect = match (f.held, lock_id) {
             (Some(held), Some(_)) if under.is_some() => {
@@ -406,7 +424,10 @@ impl Judge<'_, '_> {
                     change,
                     use_up: change.is_some(),
                 },
-                Err(problem) => return Err(Refusal::Forbidden(self.missing_step(&problem))),
+                Err(problem) => {
+                    let sentence = self.missing_step(&problem);
+                    return Err(Refusal::Forbidden(self.unlocked(&sentence)));
+                }
             },
         };
         self.force(past, operation)?;

@@ -4,6 +4,7 @@
 
 mod approval;
 mod backends;
+mod ci_files;
 mod iam;
 mod paths;
 mod repo;
@@ -87,7 +88,14 @@ pub const RULES: &[(&str, &str)] = &[
         "iam-allows-production-state-write",
         "No IAM policy lets anything write production state without a matching Deny.",
     ),
-    ("repo-unreadable", "A Terraform file could not be read."),
+    (
+        "ci-lock-false",
+        "No CI file runs terraform with -lock=false.",
+    ),
+    (
+        "repo-unreadable",
+        "A Terraform or CI file could not be read.",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +162,7 @@ pub fn run(config_path: &Path, repo: Option<&Path>) -> Result<Vec<Finding>, Chec
         paths::check(&config, &scanned, &mut findings)?;
         backends::check(&config, &scanned, &mut findings)?;
         iam::check(&config, &scanned, &mut findings);
+        ci_files::check(repo, &mut findings);
     }
     findings.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));
     Ok(findings)

@@ -47,7 +47,18 @@ pub async fn prepare<'r, 'a>(
         lock_id: id,
         past: None,
     };
-    req.judge_early(record, ask, id).await?;
+    if let Err(refused) = req.judge_early(record, ask, id).await {
+        if id.is_none() && matches!(refused, OpError::Forbidden(_)) {
+            // The apply has already changed the infrastructure: someone must push its state.
+            tracing::warn!(
+                environment = %req.env.name,
+                state = %req.name.as_str(),
+                principal = %req.caller.describe(),
+                "a write without a lock (terraform -lock=false) was refused: the client's apply ran, and its state is left in its errored.tfstate for the owner"
+            );
+        }
+        return Err(refused);
+    }
     Ok(Writing { req, lock_id })
 }
 

@@ -981,3 +981,40 @@ async fn force_unlock_works_on_terraform_1_11_and_1_15_for_whoever_holds_force_u
         .await;
     assert_status(&write, reqwest::StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_with_lock_false_is_refused_at_its_write_saying_what_to_do_with_errored_tfstate() {
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let dev = Workspace::new(&bin, &t, "prod-alice-nolock", "prod/network");
+    dev.ok(&t, "alice", &["init", "-input=false"]).await;
+    // terraform's own message under a refused lock suggests -lock=false.
+    let apply = dev
+        .run(&t, "alice", &["apply", "-auto-approve", "-lock=false"])
+        .await;
+    assert!(!apply.status.success(), "{}", text(&apply));
+    assert!(
+        dev.dir.join("errored.tfstate").exists(),
+        "terraform kept no errored.tfstate: {}",
+        text(&apply)
+    );
+    assert!(t.versions("prod", "network").await.is_empty());
+    let refusal = t.newest_audit("prod", |r| r.action == "state:write").await;
+    assert_eq!(refusal.status, Some(403));
+    let reason = refusal.reason.unwrap_or_default();
+    for says in [
+        PROD_REFUSAL,
+        "without a lock (terraform -lock=false)",
+        "hand errored.tfstate to team:platform",
+    ] {
+        assert!(reason.contains(says), "{says}: {reason}");
+    }
+    // Another client reads the same sentence in the body.
+    let post = t
+        .as_("alice")
+        .post("prod/network", state_doc(1, "L", ""))
+        .send()
+        .await;
+    assert_status(&post, reqwest::StatusCode::FORBIDDEN);
+    assert!(post.text().await.unwrap().contains("errored.tfstate"));
+}
