@@ -909,7 +909,7 @@ const PROD_REFUSAL: &str =
     "user:alice may not write prod (owner: team:platform): prod changes are applied by service:ci-prod";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terraform_1_11_retries_a_refused_lock_until_its_timeout_and_then_shows_the_sentence() {
+async fn a_refused_apply_with_a_lock_timeout_shows_the_sentence_once_terraform_gives_up() {
     let bin = terraform_or_skip!();
     let t = spawn_app().await;
     let screen = refused_apply_with_a_lock_timeout(&bin, &t, "3s").await;
