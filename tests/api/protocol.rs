@@ -731,3 +731,95 @@ async fn with_audit_sync_all_reads_and_refusals_are_recorded_alike() {
         .collect();
     assert_eq!(statuses, [Some(204), Some(401)]);
 }
+
+/// A LOCK as a client of `version` sends it.
+fn lock_from(version: &str, id: &str) -> Vec<u8> {
+    let mut info: serde_json::Value =
+        serde_json::from_str(&lock_info(id, "OperationTypeApply")).unwrap();
+    info["Version"] = version.into();
+    info.to_string().into_bytes()
+}
+
+#[tokio::test]
+async fn a_refused_lock_is_answered_in_the_form_that_ends_each_clients_retries_where_it_can() {
+    let t = spawn_app().await;
+    let sentence = "user:alice may not write prod (owner: team:platform)";
+    // terraform 1.15 and later: an empty ID, which ends its retries; the sentence in Info.
+    // Earlier terraform, and OpenTofu (whose releases share those numbers): the sentence as
+    // the ID, all they print.
+    for (version, empty_id) in [
+        ("1.15.5", true),
+        ("1.16.0", true),
+        ("1.14.9", false),
+        ("1.11.4", false),
+        ("1.9.0", false),
+        ("", false),
+    ] {
+        let resp = t
+            .as_("alice")
+            .request("LOCK", "prod/network")
+            .body(lock_from(version, "L1"))
+            .send()
+            .await;
+        assert_status(&resp, StatusCode::LOCKED);
+        let info: serde_json::Value = resp.json().await.unwrap();
+        let id = info["ID"].as_str().unwrap();
+        assert_eq!(id.is_empty(), empty_id, "{version}: {info}");
+        if !empty_id {
+            assert!(id.starts_with(sentence), "{version}: {info}");
+        }
+        assert!(
+            info["Info"].as_str().unwrap().starts_with(sentence),
+            "{version}: {info}"
+        );
+        // Every record keeps the sentence, whatever the client was answered.
+        let record = t.last_audit("prod").await;
+        assert!(
+            record
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(sentence),
+            "{record:?}"
+        );
+    }
+    assert!(t
+        .store("prod")
+        .await
+        .held_lock("network")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_held_lock_is_answered_with_a_lock_info_opentofu_and_terraform_parse() {
+    let t = spawn_app().await;
+    let taken = t.as_("alice").lock("dev/app").id("first").send().await;
+    assert_status(&taken, StatusCode::OK);
+    // A holder is someone who will let go: the ID stays, so every client keeps retrying.
+    let resp = t
+        .as_("bob")
+        .request("LOCK", "dev/app")
+        .body(lock_from("1.15.5", "second"))
+        .send()
+        .await;
+    assert_status(&resp, StatusCode::LOCKED);
+    let info: serde_json::Value = resp.json().await.unwrap();
+    for key in ["ID", "Operation", "Info", "Who", "Version", "Path"] {
+        assert!(info[key].is_string(), "{key}: {info}");
+    }
+    assert!(
+        info["ID"]
+            .as_str()
+            .unwrap()
+            .contains("first held by user:alice"),
+        "{info}"
+    );
+    // Go parses Created as RFC 3339 (an empty one fails the whole answer).
+    let created = info["Created"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{info}"
+    );
+}
