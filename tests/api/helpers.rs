@@ -302,6 +302,19 @@ impl TestApp {
         }
     }
 
+    /// `GET /v1/status` as `who`, which must answer 200: every environment they may read.
+    pub async fn status_as(&self, who: &str) -> serde_json::Value {
+        let status = self
+            .client
+            .get(format!("{}/v1/status", self.base()))
+            .basic_auth(who, Some(self.token(who)))
+            .send()
+            .await
+            .expect("GET /v1/status");
+        assert_status(&status, reqwest::StatusCode::OK);
+        status.json().await.expect("status is JSON")
+    }
+
     /// The store of `env`, its database opened (and created) if it is not open.
     pub async fn store(&self, env: &str) -> Arc<bulkhead::store::EnvStore> {
         let config = &self.app.config;

@@ -129,15 +129,7 @@ async fn an_unopenable_environment_is_refused_alone_and_the_others_are_served() 
     assert_status(&ready, StatusCode::SERVICE_UNAVAILABLE);
 
     // Status shows dev as unavailable and the others as usual.
-    let status = t
-        .client
-        .get(format!("{}/v1/status", t.base()))
-        .basic_auth("pat", Some(t.token("pat")))
-        .send()
-        .await
-        .expect("status");
-    assert_status(&status, StatusCode::OK);
-    let status: serde_json::Value = status.json().await.expect("status is JSON");
+    let status = t.status_as("pat").await;
     let envs = status.as_array().expect("a list of environments");
     let dev = envs
         .iter()

@@ -149,15 +149,7 @@ async fn nobody_who_may_not_read_an_environment_makes_the_server_create_its_data
         .iter()
         .all(|r| r.environment.as_deref() == Some("staging")));
     // `status` lists staging without creating it.
-    let status = t
-        .client
-        .get(format!("{}/v1/status", t.base()))
-        .basic_auth("pat", Some(t.token("pat")))
-        .send()
-        .await
-        .unwrap();
-    assert_status(&status, StatusCode::OK);
-    let status: serde_json::Value = status.json().await.unwrap();
+    let status = t.status_as("pat").await;
     assert!(
         status
             .as_array()
