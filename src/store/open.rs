@@ -63,8 +63,8 @@ pub(super) async fn open_system_with(
 /// that is not a database would otherwise wait out in full.
 pub(super) const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// An environment whose database could not be opened or brought up to date when the server
-/// started: it is refused with a 503 saying so, and every other environment is served.
+/// Why an environment's database could not be opened or brought up to date when last tried:
+/// the environment is refused with a 503 saying so, and every other one is served.
 #[derive(Debug, Clone)]
 pub struct Unavailable {
     /// The database, as errors name it (a file, or a redacted URL).
