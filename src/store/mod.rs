@@ -282,11 +282,12 @@ impl Stores {
         let location = config.environment_location(env);
         let opened = slot
             .get_or_try_init(|| async {
+                // Counted again only once closing has freed files.
                 if open::FileBudget::default().short().is_some() {
                     self.close_unheld(None).await;
-                }
-                if let Some(cause) = open::FileBudget::default().short() {
-                    return Err(StoreError::Exhausted { cause });
+                    if let Some(cause) = open::FileBudget::default().short() {
+                        return Err(StoreError::Exhausted { cause });
+                    }
                 }
                 let store = Arc::new(self.open_database(&env.name, &location).await?);
                 tracing::info!(environment = %env.name, database = %location.describe(), "opened the environment's database");
