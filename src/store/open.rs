@@ -387,19 +387,19 @@ pub(super) async fn probe(
 }
 
 /// Creates the SQLite file `path` with every migration of `migrator` applied, unless another
-/// process made it meanwhile. The migrated file is made once per process and migrator, then
-/// copied: the migrations' dozen schema rewrites (SQLite re-reads the whole schema after
-/// each `ALTER TABLE`) were most of what a new environment's first request cost. The copy is
-/// written beside the file, flushed, and renamed into place, so a crash leaves no file or a
-/// whole one.
+/// process made it meanwhile; whether it was made here. The migrated file is made once per
+/// process and migrator, then copied: the migrations' dozen schema rewrites (SQLite re-reads
+/// the whole schema after each `ALTER TABLE`) were most of what a new environment's first
+/// request cost. The copy is written beside the file, flushed, and renamed into place, so a
+/// crash leaves no file or a whole one.
 async fn create_migrated(
     path: &Path,
     migrator: &'static Migrator,
     session: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let lock = migration_lock(path).await?;
     if path.exists() {
-        return Ok(());
+        return Ok(false);
     }
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let migrated = migrated_file(&dir, migrator, session).await?;
@@ -415,7 +415,7 @@ async fn create_migrated(
         std::fs::rename(&new, &path)?;
         std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
         drop(lock);
-        Ok::<_, std::io::Error>(())
+        Ok::<_, std::io::Error>(true)
     })
     .await
     .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
@@ -505,9 +505,11 @@ pub(super) async fn open(
     chain.location = name.clone();
     let Connect { options, schema } = dialect.connect(location).map_err(opened)?;
     let session = dialect.session(schema.as_deref());
+    // A file made here is a copy of one this migrator brought up to date: nothing to run.
+    let mut created = false;
     if let Location::File(path) = location {
         if !path.exists() {
-            create_migrated(path, dialect.migrator(migrations), &session)
+            created = create_migrated(path, dialect.migrator(migrations), &session)
                 .await
                 .map_err(opened)?;
         }
@@ -541,19 +543,20 @@ pub(super) async fn open(
     } else {
         session.clone()
     };
-    let migrator = dialect.migrator(migrations);
-    // Held until the migrations are done: another process (an instance on the same data
-    // directory) opening the same file at the same moment would otherwise run them too.
-    let migrating = match dialect.file(location) {
-        Some(path) => Some(migration_lock(&path).await.map_err(opened)?),
-        None => None,
-    };
-    let migrated = migrator.run(&pool).await;
-    drop(migrating);
-    migrated.map_err(|source| StoreError::Migrate {
-        location: name.clone(),
-        source,
-    })?;
+    if !created {
+        // Held until the migrations are done: another process (an instance on the same data
+        // directory) opening the same file at the same moment would otherwise run them too.
+        let migrating = match dialect.file(location) {
+            Some(path) => Some(migration_lock(&path).await.map_err(opened)?),
+            None => None,
+        };
+        let migrated = dialect.migrator(migrations).run(&pool).await;
+        drop(migrating);
+        migrated.map_err(|source| StoreError::Migrate {
+            location: name.clone(),
+            source,
+        })?;
+    }
     {
         let conn = &mut *pool.acquire().await?;
         match audit::open_chain(conn, &chain.key, chain.checkpointed).await? {
