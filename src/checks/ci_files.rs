@@ -38,10 +38,11 @@ pub fn check(repo: &Path, out: &mut Vec<Finding>) {
     }
     for file in files {
         let path = repo.join(&file);
-        let too_large = std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_SIZE);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_SIZE) {
+            continue;
+        }
         let text = match std::fs::read_to_string(&path) {
-            Ok(text) if !too_large => text,
-            Ok(_) => continue,
+            Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 out.push(Finding {
