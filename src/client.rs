@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 
 use crate::changes::{BreakglassGrant, Change, Listing};
 use crate::history::{Diff, EnvironmentStatus, HistoryEntry};
+use crate::operations::drift::{Acknowledgement, DriftStatus, Reported, StateDrift};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -260,6 +261,54 @@ impl Client {
 
     pub async fn status(&self) -> Result<Vec<EnvironmentStatus>, ClientError> {
         self.json(self.http.get(self.url("/v1/status"))).await
+    }
+}
+
+/// Keeping state accurate: drift reports, the health of states, acknowledgements.
+impl Client {
+    fn drift_url(&self, address: &str) -> String {
+        self.url(&format!("/v1/drift/{address}"))
+    }
+
+    /// Posts what a refresh-only plan found for `env/name` (the JSON of `terraform show -json`).
+    pub async fn drift_report(
+        &self,
+        address: &str,
+        plan: Vec<u8>,
+    ) -> Result<Reported, ClientError> {
+        let req = self
+            .http
+            .post(self.drift_url(address))
+            .header("Content-Type", "application/json")
+            .body(plan);
+        self.json(req).await
+    }
+
+    /// The states with open signals or drift reports, of every environment the caller may read
+    /// (or of `env`).
+    pub async fn drift_status(&self, env: Option<&str>) -> Result<DriftStatus, ClientError> {
+        let query: Vec<(&str, &str)> = env.map(|e| ("env", e)).into_iter().collect();
+        self.json(self.http.get(self.url("/v1/drift")).query(&query))
+            .await
+    }
+
+    /// One state's signals, drift and newest report.
+    pub async fn drift_show(&self, address: &str) -> Result<StateDrift, ClientError> {
+        self.json(self.http.get(self.drift_url(address))).await
+    }
+
+    /// Acknowledges a signal, or the drift now reported, of `env/name`, with a reason.
+    pub async fn drift_acknowledge(
+        &self,
+        address: &str,
+        ack: &Acknowledgement,
+    ) -> Result<(), ClientError> {
+        let req = self
+            .http
+            .post(self.drift_url(address))
+            .query(&[("acknowledge", "")])
+            .json(ack);
+        self.send(req).await.map(|_| ())
     }
 }
 

@@ -11,8 +11,8 @@
 //!   |     \                                   reads facts, asks the domain, changes the store
 //!   |    store                                the databases; no rule is decided here
 //!   |     /
-//! domain       config, policy, verdict, lock, state, history, changes, audit, ownership,
-//!              principal, metrics, notify, text, time
+//! domain       config, policy, verdict, lock, state, history, drift, changes, audit,
+//!              ownership, principal, metrics, notify, text, time
 //!                                             pure rules and types: no I/O, no store
 //! ```
 //!
@@ -31,6 +31,8 @@
 //! - [`checks`]: `bulkhead check`, one file per check.
 //! - [`state`]: state names, state documents and the rules a write must pass.
 //! - [`history`]: what changed between two state versions.
+//! - [`drift`]: keeping state accurate: the signals computed from each write and each lock
+//!   release, and the drift a pipeline's refresh-only plan reports.
 //! - [`lock`]: terraform's LockInfo, what LOCK/UNLOCK bodies mean, and who holds a lock.
 //! - [`verdict`]: the one decision on whether a request may change a state.
 //! - [`operations`]: what a caller can do (read, write, lock, unlock, delete, roll back,
@@ -54,6 +56,7 @@ pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod drift;
 pub mod history;
 pub mod http;
 pub mod identity;

@@ -105,6 +105,49 @@ pub struct Record {
     /// Whose lock a force-unlock released (a force-unlock that found none held has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released: Option<String>,
+    /// The signals a write or a lock's release raised ([`crate::drift::signals`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<Raised>,
+    /// What a drift report found: the first drifted addresses, and how many in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Found>,
+}
+
+/// A signal raised by a request, as its record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Raised {
+    /// Its number in the environment (`bulkhead drift ack --signal N`).
+    pub id: i64,
+    pub kind: String,
+    pub severity: String,
+    pub evidence: String,
+}
+
+/// The drifted resource addresses a report named: the first [`Found::SHOWN`], and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    pub addresses: Vec<String>,
+    pub count: usize,
+    /// Drift the report before did not name: what owners are told of.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new: bool,
+}
+
+impl Found {
+    /// The most addresses a record names; the rest are counted.
+    pub const SHOWN: usize = 20;
+
+    pub fn of<'a>(addresses: impl IntoIterator<Item = &'a str>, count: usize, new: bool) -> Found {
+        Found {
+            addresses: addresses
+                .into_iter()
+                .take(Found::SHOWN)
+                .map(|a| cap(a, TEXT_CAP).into_owned())
+                .collect(),
+            count,
+            new,
+        }
+    }
 }
 
 /// A change used up, and the version that used it up (written by the request, or, at an
@@ -175,6 +218,8 @@ impl Record {
             diverged: None,
             refused: None,
             released: None,
+            signals: Vec::new(),
+            drift: None,
         }
     }
 }
@@ -227,8 +272,17 @@ impl Record {
         let long_address = self.diverged.as_ref().is_some_and(|d| {
             d.addresses.len() > Diverged::SHOWN || d.addresses.iter().any(|a| a.len() > TEXT_CAP)
         });
+        // A request raises at most one signal of each kind, whose evidence is capped where it
+        // is made; capped here again all the same, as every text of a record is.
+        let long_signal = self.signals.len() > crate::drift::Kind::ALL.len()
+            || self.signals.iter().any(|s| s.evidence.len() > TEXT_CAP);
+        let long_drift = self.drift.as_ref().is_some_and(|d| {
+            d.addresses.len() > Found::SHOWN || d.addresses.iter().any(|a| a.len() > TEXT_CAP)
+        });
         if !texts.iter().any(|v| long(v, TEXT_CAP))
             && !long_address
+            && !long_signal
+            && !long_drift
             && !long(&self.reason, SENTENCE_CAP)
             && !long(&self.policy, SENTENCE_CAP)
             && self.action.len() <= TEXT_CAP
@@ -260,6 +314,16 @@ impl Record {
                 if a.len() > TEXT_CAP {
                     *a = cap(a, TEXT_CAP).into_owned();
                 }
+            }
+        }
+        r.signals.truncate(crate::drift::Kind::ALL.len());
+        for s in &mut r.signals {
+            s.evidence = cap(&s.evidence, TEXT_CAP).into_owned();
+        }
+        if let Some(d) = &mut r.drift {
+            d.addresses.truncate(Found::SHOWN);
+            for a in &mut d.addresses {
+                *a = cap(a, TEXT_CAP).into_owned();
             }
         }
         field(&mut r.reason, SENTENCE_CAP);

@@ -1,10 +1,12 @@
 //! `bulkhead check`: the questions every team should ask about its boundaries, answered for a
 //! bulkhead config and, optionally, a Terraform repository. One file per check; each returns
-//! [`Finding`]s. Checks read files and ask the policy engine; they never touch a server.
+//! [`Finding`]s. Checks read files and ask the policy engine; they never touch a server (what
+//! one said, the command line hands in).
 
 mod approval;
 mod backends;
 mod ci_files;
+pub mod drift_reports;
 mod iam;
 mod paths;
 mod repo;
@@ -93,6 +95,10 @@ pub const RULES: &[(&str, &str)] = &[
         "No CI file runs terraform with -lock=false.",
     ),
     (
+        "drift-unreported",
+        "Every protected environment has a recent drift report.",
+    ),
+    (
         "repo-unreadable",
         "A Terraform or CI file could not be read.",
     ),
@@ -125,9 +131,14 @@ pub fn is_production(env: &Environment) -> bool {
         || n.contains("production")
 }
 
-/// Runs every check. A config that does not load is reported as findings (its problems are
-/// exactly what `check` is for), and the other checks are skipped.
-pub fn run(config_path: &Path, repo: Option<&Path>) -> Result<Vec<Finding>, CheckError> {
+/// Runs every check; the drift-report check when `reported` says what the server last
+/// received. A config that does not load is reported as findings (its problems are exactly
+/// what `check` is for), and the other checks are skipped.
+pub fn run(
+    config_path: &Path,
+    repo: Option<&Path>,
+    reported: Option<&drift_reports::Reported>,
+) -> Result<Vec<Finding>, CheckError> {
     let file = config_path.display().to_string();
     let config = match Config::load(config_path) {
         Ok(c) => c,
@@ -157,6 +168,9 @@ pub fn run(config_path: &Path, repo: Option<&Path>) -> Result<Vec<Finding>, Chec
     stores::check(&config, &file, &mut findings);
     writers::check(&config, &file, &mut findings)?;
     approval::check(&config, &file, &mut findings);
+    if let Some(reported) = reported {
+        drift_reports::check(&config, &file, reported, &mut findings);
+    }
     if let Some(repo) = repo {
         let scanned = repo::scan(repo)?;
         paths::check(&config, &scanned, &mut findings)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use super::{CliError, ConfigArg};
-use crate::checks::{self, report, CheckError, Severity};
+use crate::checks::{self, drift_reports, report, CheckError, Severity};
 use crate::config::Subject;
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -27,12 +27,52 @@ pub struct CheckArgs {
     repo: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     format: CheckFormat,
+    /// A running bulkhead server to ask when each protected environment last had a drift
+    /// report (`bulkhead drift report`); without it, that check is skipped.
+    #[arg(long, env = "BULKHEAD_ADDR")]
+    server: Option<String>,
+    /// The token to ask the server with (it sees only the environments it may read).
+    #[arg(long, env = "BULKHEAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// How old a protected environment's newest drift report may be, with --server.
+    #[arg(long, default_value = "7d", value_parser = drift_max_age)]
+    drift_max_age: (std::time::Duration, String),
+}
+
+fn drift_max_age(text: &str) -> Result<(std::time::Duration, String), String> {
+    crate::config::parse_duration(text).map(|d| (d, text.trim().to_string()))
 }
 
 impl CheckArgs {
+    /// What the server says of each environment's newest drift report, when one is named.
+    async fn reported(&self) -> Result<Option<drift_reports::Reported>, CliError> {
+        let Some(server) = &self.server else {
+            return Ok(None);
+        };
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::Usage("--server needs a token: pass --token or set BULKHEAD_TOKEN".into())
+        })?;
+        let status = crate::client::Client::new(server, token)
+            .drift_status(None)
+            .await?;
+        let (max_age, max_age_text) = self.drift_max_age.clone();
+        Ok(Some(drift_reports::Reported {
+            now: crate::time::Clock::system().now(),
+            max_age,
+            max_age_text,
+            last: status
+                .environments
+                .into_iter()
+                .filter(|e| e.unavailable.is_none())
+                .map(|e| (e.environment, e.reported_at))
+                .collect(),
+        }))
+    }
+
     pub async fn run(self) -> Result<ExitCode, CliError> {
-        let findings =
-            checks::run(&self.config.config, self.repo.as_deref()).map_err(|e| match e {
+        let reported = self.reported().await?;
+        let findings = checks::run(&self.config.config, self.repo.as_deref(), reported.as_ref())
+            .map_err(|e| match e {
                 CheckError::Usage(m) => CliError::Usage(m),
                 other => CliError::Usage(other.to_string()),
             })?;

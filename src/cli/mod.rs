@@ -9,6 +9,7 @@ mod audit;
 mod backend;
 mod change;
 mod check;
+mod drift;
 mod policy;
 mod review;
 mod serve;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Explain authorization decisions; print the Cedar schema.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Keep state accurate: signals the backend saw, and drift the pipeline reports.
+    #[command(subcommand)]
+    Drift(drift::DriftCommand),
     /// Print the `backend "http"` block (or `terraform init` flags) for a state.
     ///
     /// Examples:
@@ -150,6 +154,7 @@ impl Cli {
             Command::State(cmd) => cmd.run().await,
             Command::Status(args) => args.run().await,
             Command::Breakglass(cmd) => cmd.run().await,
+            Command::Drift(cmd) => cmd.run().await,
         }
     }
 }

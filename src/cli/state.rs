@@ -116,7 +116,7 @@ pub struct RollbackArgs {
     server: ServerArgs,
 }
 
-fn check_address(address: &str) -> Result<(), CliError> {
+pub(super) fn check_address(address: &str) -> Result<(), CliError> {
     match address.split_once('/') {
         Some((env, name)) if !env.is_empty() && !name.is_empty() => Ok(()),
         _ => Err(CliError::Usage(format!(

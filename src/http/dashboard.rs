@@ -411,7 +411,15 @@ async fn environment(
     let listing = read::changes(&app, caller, page.ip, &mut record, Some(&name), None)
         .await
         .map_err(|e| page.refused(e))?;
-    Ok(shown(ui::environment(&page.frame, &env, &listing.changes)))
+    let health = crate::operations::drift::status(&app, caller, page.ip, &mut record, Some(&name))
+        .await
+        .map_err(|e| page.refused(e))?;
+    Ok(shown(ui::environment(
+        &page.frame,
+        &env,
+        &listing.changes,
+        &health.states,
+    )))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod changes;
 pub mod connections;
 pub mod dashboard;
+pub mod drift;
 mod error;
 pub mod history;
 mod raw;
@@ -66,6 +67,11 @@ pub fn router(app: Arc<App>) -> Router {
             get(history::history).post(history::history),
         )
         .route("/v1/status", get(history::status))
+        .route("/v1/drift", get(drift::status))
+        .route(
+            "/v1/drift/{env}/{*name}",
+            get(drift::state).post(drift::state),
+        )
         .route("/v1/audit", get(audit::read))
         .route("/metrics", get(metrics))
         .route("/v1/breakglass", post(changes::open_breakglass))

@@ -43,6 +43,10 @@ struct JsonBody<'a> {
     approvers: &'a [String],
     required_approvals: Option<u32>,
     beyond_plan: Option<BeyondPlan<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    signals: &'a [crate::audit::Raised],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drifted: Option<BeyondPlan<'a>>,
     action: &'a str,
     decision: &'a str,
     status: Option<u16>,
@@ -89,6 +93,11 @@ pub fn json(event: &Event) -> Vec<u8> {
                 addresses,
                 count: *count,
             }),
+        signals: &event.signals,
+        drifted: event.drifted.as_ref().map(|(addresses, count)| BeyondPlan {
+            addresses,
+            count: *count,
+        }),
         action: &event.action,
         decision: event.decision.as_str(),
         status: event.status,
@@ -204,6 +213,8 @@ mod tests {
             approvers: Vec::new(),
             required_approvals: None,
             beyond_plan: None,
+            signals: Vec::new(),
+            drifted: None,
             action: "state:lock".into(),
             decision: Outcome::Deny,
             status: Some(423),

@@ -12,7 +12,7 @@ pub mod body;
 
 use std::time::Duration;
 
-use crate::audit::{Outcome, Record, Refused};
+use crate::audit::{Outcome, Raised, Record, Refused};
 use crate::config::{Environment, Retry};
 pub use crate::config::{Notify, NotifyEvent, NotifyFormat};
 
@@ -51,6 +51,10 @@ pub struct Event {
     /// The resource addresses written beyond the plan (of `change.diverged`): the first few,
     /// and how many in all.
     pub beyond_plan: Option<(Vec<String>, usize)>,
+    /// The warnings raised (of `state.signal`).
+    pub signals: Vec<Raised>,
+    /// The drifted resource addresses (of `state.drift`): the first few, and how many in all.
+    pub drifted: Option<(Vec<String>, usize)>,
     /// The record's action, decision and status.
     pub action: String,
     pub decision: Outcome,
@@ -85,6 +89,12 @@ impl Event {
                 if record.applied.is_some() {
                     kinds.push(NotifyEvent::ChangeApplied);
                 }
+                if record.signals.iter().any(is_warning) {
+                    kinds.push(NotifyEvent::StateSignal);
+                }
+                if record.drift.as_ref().is_some_and(|d| d.new) {
+                    kinds.push(NotifyEvent::StateDrift);
+                }
             }
             Outcome::Deny => {
                 let about_writing = matches!(record.action.as_str(), "state:write" | "state:lock");
@@ -117,6 +127,8 @@ impl Event {
             approvers: Vec::new(),
             required_approvals: None,
             beyond_plan: None,
+            signals: Vec::new(),
+            drifted: None,
             action: record.action.clone(),
             decision: record.decision,
             status: record.status,
@@ -140,6 +152,19 @@ impl Event {
                 }
             }
             NotifyEvent::StateForceUnlocked => event.lock_holder = record.released.clone(),
+            NotifyEvent::StateSignal => {
+                event.signals = record
+                    .signals
+                    .iter()
+                    .filter(|s| is_warning(s))
+                    .cloned()
+                    .collect();
+            }
+            NotifyEvent::StateDrift => {
+                if let Some(found) = &record.drift {
+                    event.drifted = Some((found.addresses.clone(), found.count));
+                }
+            }
             _ => {}
         }
         event
@@ -207,6 +232,23 @@ impl Event {
                 "{who} was refused {} of {at}",
                 self.action.strip_prefix("state:").unwrap_or(&self.action)
             )),
+            NotifyEvent::StateSignal => format!(
+                "{at} needs a look: {}, seen in a request of {who} ({}); acknowledge with `bulkhead drift ack {at} --signal N --reason ...`",
+                self.signals
+                    .iter()
+                    .map(|s| format!("signal {} {}: {}", s.id, s.kind, s.evidence))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                self.action
+            ),
+            NotifyEvent::StateDrift => {
+                let (addresses, count) = self.drifted.clone().unwrap_or_default();
+                format!(
+                    "drift in {at}, reported by {who}: {count} resource{} changed outside terraform: {}",
+                    if count == 1 { "" } else { "s" },
+                    some_of(&addresses, count)
+                )
+            }
             NotifyEvent::StateForceUnlocked => format!(
                 "{who} force-unlocked {} on {at}{}",
                 match &self.lock_holder {
@@ -220,6 +262,25 @@ impl Event {
             ),
         }
     }
+}
+
+/// Whether a raised signal is a warning: notices are recorded, never told.
+fn is_warning(signal: &Raised) -> bool {
+    signal.severity == crate::drift::Severity::Warning.as_str()
+}
+
+/// `addresses`, the first few of `count`, as a sentence's end: `a, b and 3 more`.
+fn some_of(addresses: &[String], count: usize) -> String {
+    let more = count.saturating_sub(addresses.len());
+    format!(
+        "{}{}",
+        addresses.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// Who may approve changes to `env`: its approval block's approvers, or else its owner.

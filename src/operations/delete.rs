@@ -40,6 +40,7 @@ pub async fn delete(req: &StateRequest<'_>, record: &mut Record) -> Result<i64, 
             content: None,
             resources: None,
             beyond_plan: &[],
+            facts: None,
         })
         .await?;
     if let Some(number) = change {

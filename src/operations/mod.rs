@@ -1,6 +1,7 @@
 //! What a caller can do, one file per thing: read a state, write it, lock it, unlock it,
 //! delete it, roll it back, propose a change (or a new plan for it), attest to its plan,
-//! decide on one, open or close a break-glass grant; and, beside them, deliver the
+//! decide on one, open or close a break-glass grant, report drift and acknowledge what the
+//! backend saw ([`drift`]); and, beside them, deliver the
 //! notifications their audit records are ([`notify`]). Each is a small function over the server's parts and a store transaction that
 //! reads the facts, asks the domain ([`crate::verdict`], [`crate::changes`]) and carries out
 //! the effect, filling in the facts of its audit record and committing that record with the
@@ -15,6 +16,7 @@ pub mod audit_log;
 pub mod breakglass;
 pub mod decide;
 pub mod delete;
+pub mod drift;
 pub mod health;
 pub mod lock;
 pub mod metrics;

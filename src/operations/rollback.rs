@@ -81,6 +81,9 @@ pub async fn rollback(
             content: Some(&content),
             resources: crate::history::fingerprint(&content).as_deref(),
             beyond_plan: &[],
+            facts: super::drift::facts_of(&content)
+                .map(|(_, json)| json)
+                .as_deref(),
         })
         .await?;
     if let Some(number) = change {

@@ -69,6 +69,7 @@ pub(super) async fn release(
     };
     let state = req.name.as_str();
     record.lock_id = Some(held.lock_id.clone());
+    super::drift::on_release(tx, req, record, held).await?;
     let open = gathered
         .lock_change
         .as_ref()

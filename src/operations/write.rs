@@ -7,7 +7,7 @@
 //! the infrastructure), but the version and the change record them, the change is
 //! `diverged`, and the audit record names the addresses.
 
-use super::{commit, unexpected, Gathered, OpError, StateRequest, DONE};
+use super::{commit, drift, unexpected, Gathered, OpError, StateRequest, DONE};
 use crate::audit::{Applied, Diverged, Record};
 use crate::changes::{self, ChangeId};
 use crate::history;
@@ -102,6 +102,12 @@ impl Writing<'_, '_> {
             return Ok(Written::Unchanged);
         }
         let resources = history::fingerprint(bytes);
+        let facts = super::drift::facts_of(bytes);
+        // Read before the new version is: what the write is compared with.
+        let before_facts = match current.as_ref().filter(|c| !c.deleted) {
+            Some(_) => tx.latest_facts(state).await?,
+            None => None,
+        };
         let beyond = match change {
             Some(number) => {
                 diverged(
@@ -131,8 +137,27 @@ impl Writing<'_, '_> {
                 content: Some(bytes),
                 resources: resources.as_deref(),
                 beyond_plan: &beyond,
+                facts: facts.as_ref().map(|(_, json)| json.as_str()),
             })
             .await?;
+        let written_under = change.and_then(|number| {
+            let id = ChangeId::new(&req.env.name, number).to_string();
+            [&gathered.lock_change, &gathered.named]
+                .into_iter()
+                .flatten()
+                .find(|c| c.id == id)
+        });
+        let written = drift::Written {
+            before: current.as_ref().filter(|c| !c.deleted),
+            before_facts,
+            doc: &doc,
+            resources: resources.as_deref(),
+            facts: facts.as_ref().map(|(facts, _)| facts),
+            version,
+            lock: under,
+            change: written_under,
+        };
+        drift::on_write(&mut tx, req, record, written).await?;
         if let Some(number) = change.filter(|_| use_up) {
             tx.mark_applied(number, &principal, version).await?;
             record.applied = Some(Applied {

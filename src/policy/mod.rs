@@ -35,7 +35,8 @@ namespace Bulkhead {
   };
   action "state:read", "state:write", "state:lock", "state:unlock", "state:force-unlock",
          "state:force-write", "state:delete", "state:rollback", "change:create",
-         "change:approve", "breakglass:open", "audit:read", "admin"
+         "change:approve", "breakglass:open", "audit:read", "drift:report",
+         "drift:acknowledge", "admin"
     appliesTo { principal: [User, Service], resource: [Environment], context: RequestContext };
 }
 "#;
@@ -56,10 +57,14 @@ pub enum Action {
     BreakglassOpen,
     /// Read the environment's audit log over the API (`GET /v1/audit`).
     AuditRead,
+    /// Post what a refresh-only plan found (`bulkhead drift report`): a writer's right.
+    DriftReport,
+    /// Acknowledge a signal or a drift, with a reason: the owner's, and its approvers'.
+    DriftAcknowledge,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 14] = [
         Action::StateRead,
         Action::StateWrite,
         Action::StateLock,
@@ -72,6 +77,8 @@ impl Action {
         Action::ChangeApprove,
         Action::BreakglassOpen,
         Action::AuditRead,
+        Action::DriftReport,
+        Action::DriftAcknowledge,
     ];
 
     pub fn parse(text: &str) -> Option<Action> {
@@ -92,6 +99,8 @@ impl Action {
             Action::ChangeApprove => "change:approve",
             Action::BreakglassOpen => "breakglass:open",
             Action::AuditRead => "audit:read",
+            Action::DriftReport => "drift:report",
+            Action::DriftAcknowledge => "drift:acknowledge",
         }
     }
 
@@ -427,7 +436,7 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         (
             "owner",
             std::slice::from_ref(&env.owner),
-            &[StateRead, ChangeCreate, AuditRead],
+            &[StateRead, ChangeCreate, AuditRead, DriftAcknowledge],
         ),
         ("read", &env.read, &[StateRead, ChangeCreate]),
         ("write", &env.write, &WRITER_ACTIONS),
@@ -439,7 +448,11 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         ),
         ("force_write", &env.force_write, &[StateForceWrite]),
         ("delete", &env.delete, &[StateDelete]),
-        ("approval.approvers", approvers, &[StateRead, ChangeApprove]),
+        (
+            "approval.approvers",
+            approvers,
+            &[StateRead, ChangeApprove, DriftAcknowledge],
+        ),
         (
             "breakglass.allowed",
             breakglass,
@@ -475,7 +488,7 @@ fn add_generated(set: &mut PolicySet, generated: Vec<(String, String)>) -> Resul
 /// What the member of a personal environment may do in it: everything a writer may, release
 /// and delete its states, and read its audit log. Never approve (nothing in it needs
 /// approving) nor push another lineage.
-const MEMBER_ACTIONS: [Action; 9] = [
+const MEMBER_ACTIONS: [Action; 11] = [
     Action::StateRead,
     Action::StateWrite,
     Action::StateLock,
@@ -485,6 +498,8 @@ const MEMBER_ACTIONS: [Action; 9] = [
     Action::StateRollback,
     Action::ChangeCreate,
     Action::AuditRead,
+    Action::DriftReport,
+    Action::DriftAcknowledge,
 ];
 
 /// The policies of a `personal` template, shared by every environment made from it, with ids
@@ -525,13 +540,14 @@ fn template_policies(template: &Template) -> Vec<(String, String)> {
 }
 
 /// What `write` grants.
-const WRITER_ACTIONS: [Action; 6] = [
+const WRITER_ACTIONS: [Action; 7] = [
     Action::StateRead,
     Action::StateWrite,
     Action::StateLock,
     Action::StateUnlock,
     Action::StateRollback,
     Action::ChangeCreate,
+    Action::DriftReport,
 ];
 
 /// `actions` as the list of a Cedar `action in [...]`.

@@ -100,6 +100,27 @@ pub fn sentence(principal: &Principal, action: Action, env: &Environment) -> Str
             "read the audit log of",
             format!("its owner {owner} may, and whoever a custom policy grants audit:read"),
         ),
+        Action::DriftReport => (
+            "report drift in",
+            if env.write.is_empty() {
+                format!("drift is reported by {name}'s writers, and it has none; ask {owner}")
+            } else {
+                format!(
+                    "drift is reported by the pipeline that writes {name}: {}",
+                    list(&env.write)
+                )
+            },
+        ),
+        Action::DriftAcknowledge => (
+            "acknowledge signals or drift in",
+            match env.approval.as_ref().filter(|a| !a.approvers.is_empty()) {
+                Some(a) => format!(
+                    "its owner {owner} and its approvers ({}) may",
+                    list(&a.approvers)
+                ),
+                None => format!("its owner {owner} may"),
+            },
+        ),
     };
     format!("{principal} may not {verb} {name} (owner: {owner}): {advice}")
 }

@@ -125,6 +125,8 @@ pub struct NewVersion<'a> {
     pub resources: Option<&'a str>,
     /// Resource addresses it writes beyond the plan of its change.
     pub beyond_plan: &'a [String],
+    /// What its state says of itself (JSON of [`crate::drift::Facts`]), when it is a state.
+    pub facts: Option<&'a str>,
 }
 
 pub use crate::lock::HeldLock;
@@ -485,8 +487,8 @@ impl Tx<'_> {
                 .await?;
         sqlx::query(
             "INSERT INTO versions (state, version, sha256, serial, lineage, size, principal, \
-             operation, lock_id, forced, deleted, created_at, change_number, resources, beyond_plan) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             operation, lock_id, forced, deleted, created_at, change_number, resources, beyond_plan, \
+             facts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(v.state)
         .bind(next)
@@ -506,6 +508,7 @@ impl Tx<'_> {
             [] => None,
             beyond => Some(serde_json::to_string(beyond).map_err(|e| StoreError::Corrupt(e.to_string()))?),
         })
+        .bind(v.facts)
         .execute(self.conn())
         .await
         .map_err(|e| self.explain(e.into()))?;
@@ -707,6 +710,7 @@ mod tests {
             content: Some(b"{}"),
             resources: None,
             beyond_plan: &[],
+            facts: None,
         })
         .await
         .unwrap();

@@ -33,6 +33,7 @@ mod chain;
 pub mod change_requests;
 mod database;
 mod dialect;
+pub mod drift;
 pub mod environment;
 mod error;
 mod group_commit;

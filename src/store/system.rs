@@ -142,4 +142,44 @@ impl SystemStore {
         }
         Ok(done)
     }
+
+    /// Notes that a version of `environment`/`state` carries `lineage`: the other places
+    /// (`ENV/STATE`) where it was seen before, at most [`LINEAGE_PLACES`] of them. Not part of
+    /// the write's transaction (it is another database): a write that then fails leaves a
+    /// place noted that never held the lineage, which names a copy that was only attempted.
+    pub async fn lineage_seen(
+        &self,
+        lineage: &str,
+        environment: &str,
+        state: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let elsewhere: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT environment, state FROM lineages WHERE lineage = $1 \
+             AND NOT (environment = $2 AND state = $3) ORDER BY first_seen LIMIT {LINEAGE_PLACES}"
+        ))
+        .bind(lineage)
+        .bind(environment)
+        .bind(state)
+        .fetch_all(tx.conn())
+        .await?;
+        sqlx::query(
+            "INSERT INTO lineages (lineage, environment, state, first_seen) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (lineage, environment, state) DO NOTHING",
+        )
+        .bind(lineage)
+        .bind(environment)
+        .bind(state)
+        .bind(tx.now())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await?;
+        Ok(elsewhere
+            .into_iter()
+            .map(|(environment, state)| format!("{environment}/{state}"))
+            .collect())
+    }
 }
+
+/// The most other places [`SystemStore::lineage_seen`] names.
+pub const LINEAGE_PLACES: usize = 5;

@@ -6,6 +6,7 @@ use maud::{html, Markup};
 use super::{change_href, history_href, path, time, Frame};
 use crate::changes::Change;
 use crate::history::EnvironmentStatus;
+use crate::operations::drift::{SignalRow, StateHealth};
 
 /// The protection of an environment, loud when it is protected.
 fn protection(env: &EnvironmentStatus) -> Markup {
@@ -76,8 +77,49 @@ pub fn environments(frame: &Frame, envs: &[EnvironmentStatus]) -> Markup {
     )
 }
 
-/// `/ui/environments/{env}`: its states with their locks, and its changes.
-pub fn environment(frame: &Frame, env: &EnvironmentStatus, changes: &[Change]) -> Markup {
+/// A state's health: what its signals and drift reports leave open, or `ok`.
+fn health(state: Option<&StateHealth>) -> Markup {
+    let Some(state) = state else {
+        return html! { span.badge.allow title="no open signal, no drift reported" { "ok" } };
+    };
+    let open: Vec<&SignalRow> = state.signals.iter().filter(|s| s.is_open()).collect();
+    let drift = state.drift.as_ref();
+    html! {
+        @if state.open {
+            span.badge.deny { "needs a look" }
+        } @else {
+            span.badge.allow { "ok" }
+        }
+        @for signal in &open {
+            br;
+            span.loud title=(signal.evidence) { "signal " (signal.id) ": " (signal.kind) }
+        }
+        @if let Some(d) = drift {
+            br;
+            @if d.count == 0 {
+                span.muted title={ "reported " (d.reported_at) } { "no drift" }
+            } @else if d.is_open() {
+                span.loud title={ "since " (d.drifted_since.as_deref().unwrap_or("?")) } {
+                    "drift: " (d.count) " resource" @if d.count != 1 { "s" }
+                }
+            } @else {
+                span.muted title=(d.reason.as_deref().unwrap_or("")) {
+                    "drift acknowledged by " (d.acknowledged_by.as_deref().unwrap_or("?"))
+                }
+            }
+        } @else {
+            br; span.muted { "never reported" }
+        }
+    }
+}
+
+/// `/ui/environments/{env}`: its states with their locks and health, and its changes.
+pub fn environment(
+    frame: &Frame,
+    env: &EnvironmentStatus,
+    changes: &[Change],
+    health_of: &[StateHealth],
+) -> Markup {
     frame.page(
         &env.environment,
         html! {
@@ -99,6 +141,7 @@ pub fn environment(frame: &Frame, env: &EnvironmentStatus, changes: &[Change]) -
                     thead { tr {
                         th { "State" } th { "Version" } th { "Serial" } th { "Written by" }
                         th { "When" } th { "Lock held by" } th { "Since" } th { "Operation" }
+                        th { "Health" }
                     } }
                     tbody {
                         @for state in &env.states {
@@ -124,6 +167,7 @@ pub fn environment(frame: &Frame, env: &EnvironmentStatus, changes: &[Change]) -
                                 } @else {
                                     td colspan="3" { span.muted { "not locked" } }
                                 }
+                                td.health { (health(health_of.iter().find(|h| h.state == state.name))) }
                             }
                         }
                     }

@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod content_integrity;
 mod dashboard;
+mod drift;
 mod edges;
 mod explain;
 mod helpers;

@@ -25,10 +25,16 @@ pub enum NotifyEvent {
     StateRefused,
     /// Someone released a lock another identity held.
     StateForceUnlocked,
+    /// A write or a lock's release raised a warning signal (a lineage change, state surgery,
+    /// tainted instances, ...).
+    StateSignal,
+    /// A drift report found resources changed outside terraform that the report before did
+    /// not name.
+    StateDrift,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 10] = [
+    pub const ALL: [NotifyEvent; 12] = [
         NotifyEvent::ChangeCreated,
         NotifyEvent::ChangeApproved,
         NotifyEvent::ChangeRejected,
@@ -39,6 +45,8 @@ impl NotifyEvent {
         NotifyEvent::BreakglassClosed,
         NotifyEvent::StateRefused,
         NotifyEvent::StateForceUnlocked,
+        NotifyEvent::StateSignal,
+        NotifyEvent::StateDrift,
     ];
 
     /// As the config and the JSON body spell it.
@@ -54,6 +62,8 @@ impl NotifyEvent {
             NotifyEvent::BreakglassClosed => "breakglass.closed",
             NotifyEvent::StateRefused => "state.refused",
             NotifyEvent::StateForceUnlocked => "state.force-unlocked",
+            NotifyEvent::StateSignal => "state.signal",
+            NotifyEvent::StateDrift => "state.drift",
         }
     }
 
