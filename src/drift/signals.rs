@@ -516,11 +516,16 @@ fn toolchain_changed(before: &Seen<'_>, after: &Seen<'_>, write: &Write<'_>) -> 
     }
     let added: Vec<&String> = new.providers.difference(&old.providers).collect();
     let removed: Vec<&String> = old.providers.difference(&new.providers).collect();
-    if !added.is_empty() {
-        parts.push(format!("providers added: {}", names(&added)));
-    }
-    if !removed.is_empty() {
-        parts.push(format!("providers removed: {}", names(&removed)));
+    // A provider only added (a first resource of it) or only removed (its last resource
+    // destroyed) is the configuration growing or shrinking; one taking another's place
+    // (`terraform state replace-provider`, a move between registries) changes who manages
+    // what is already there.
+    if !added.is_empty() && !removed.is_empty() {
+        parts.push(format!(
+            "providers added: {}; providers removed: {}",
+            names(&added),
+            names(&removed)
+        ));
     }
     if parts.is_empty() {
         return None;
@@ -945,11 +950,9 @@ mod tests {
             write(&before, &state(2, &[("x", "a", OK)]), &planned()),
             vec![]
         );
-        // Every resource destroyed: no refresh, but its provider is gone from the state.
-        assert_eq!(
-            kinds(&write(&before, &state(2, &[]), &planned())),
-            vec![Kind::ToolchainChanged]
-        );
+        // Every resource destroyed: no refresh, and a provider gone with its last resource
+        // is no toolchain change.
+        assert_eq!(write(&before, &state(2, &[]), &planned()), vec![]);
         assert_eq!(
             write(&encrypted(1, "L1"), &encrypted(2, "L1"), &planned()),
             vec![]

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "audit",
             "changes",
             "config",
+            "drift",
             "history",
             "lock",
             "metrics",
