@@ -187,7 +187,11 @@ pub fn on_write(before: Option<&Seen<'_>>, after: &Seen<'_>, write: &Write<'_>) 
         outside_change(write),
         before.and_then(|before| lineage_changed(before, after, write)),
         lineage_shared(write),
-        before.and_then(|before| serial_jump(before, after)),
+        // A state pushed by hand carries whatever serial its editor gave it, and terraform adds
+        // one: what it skipped is told by the surgery, not as writes this backend missed.
+        before
+            .filter(|_| !write.operation.is_some_and(is_surgery))
+            .and_then(|before| serial_jump(before, after)),
         before.and_then(|before| state_surgery(before, after, write)),
         before.and_then(|before| refresh_accepted(before, after, write)),
         tainted(before, after),
@@ -808,6 +812,13 @@ mod tests {
             vec![Kind::SerialJump]
         );
         assert_eq!(write(&high, &low, &planned()), vec![]);
+
+        // Pushed by hand: the surgery says it, not a jump.
+        let push = Write {
+            operation: Some("state-push"),
+            ..planned()
+        };
+        assert_eq!(write(&before, &state(9, &[]), &push), vec![]);
     }
 
     #[test]

@@ -1018,3 +1018,123 @@ async fn an_apply_with_lock_false_is_refused_at_its_write_saying_what_to_do_with
     assert_status(&post, reqwest::StatusCode::FORBIDDEN);
     assert!(post.text().await.unwrap().contains("errored.tfstate"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_state_pushed_is_state_surgery_and_a_refresh_only_plan_reports_drift_until_clean()
+{
+    let bin = terraform_or_skip!();
+    let t = spawn_app().await;
+    let ci = bulkhead::client::Client::new(&t.base(), t.token("ci-prod"));
+    let ws = Workspace::new(&bin, &t, "drift", "prod/network");
+    ws.ok(&t, "ci-prod", &["init", "-input=false"]).await;
+    ws.ok(&t, "ci-prod", &["apply", "-auto-approve"]).await;
+    // An ordinary apply leaves nothing open.
+    let shown = ci.drift_show("prod/network").await.unwrap();
+    assert!(!shown.open, "{shown:?}");
+
+    // Someone edits the state by hand and pushes it: terraform's own state push.
+    let pulled = ws.ok(&t, "ci-prod", &["state", "pull"]).await;
+    let mut state: serde_json::Value = serde_json::from_slice(&pulled.stdout).unwrap();
+    state["resources"][0]["instances"][0]["attributes"]["input"]["value"] = "edited".into();
+    state["serial"] = (state["serial"].as_i64().unwrap() + 1).into();
+    std::fs::write(
+        ws.dir.join("edited.tfstate"),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+    ws.ok(&t, "ci-prod", &["state", "push", "edited.tfstate"])
+        .await;
+    let pushed = t.versions("prod", "network").await;
+    assert_eq!(
+        pushed.last().unwrap().operation.as_deref(),
+        Some("state-push")
+    );
+    let shown = ci.drift_show("prod/network").await.unwrap();
+    let surgery = shown
+        .signals
+        .iter()
+        .find(|s| s.kind == "state-surgery")
+        .unwrap_or_else(|| panic!("no state-surgery signal: {shown:?}"));
+    assert!(
+        surgery.evidence.contains("terraform_data.a")
+            && surgery.evidence.contains("terraform state push"),
+        "{}",
+        surgery.evidence
+    );
+    assert!(shown.open);
+
+    // The scheduled job: a refresh-only plan, as terraform writes its JSON.
+    ws.ok(
+        &t,
+        "ci-prod",
+        &["plan", "-refresh-only", "-out", "drift.tfplan"],
+    )
+    .await;
+    let shown_plan = ws.ok(&t, "ci-prod", &["show", "-json", "drift.tfplan"]).await;
+    std::fs::write(t.dir.path().join("clean.json"), &shown_plan.stdout).unwrap();
+    // terraform_data reads back what its state says, so its refresh never finds drift; the
+    // entry a provider's refresh would add is put into terraform's own JSON.
+    let mut plan: serde_json::Value = serde_json::from_slice(&shown_plan.stdout).unwrap();
+    let before = plan["prior_state"]["values"]["root_module"]["resources"][0]["values"].clone();
+    assert_eq!(before["input"], "edited", "{before}");
+    let mut after = before.clone();
+    after["input"] = "changed in the console".into();
+    plan["resource_drift"] = serde_json::json!([{
+        "address": "terraform_data.a",
+        "mode": "managed",
+        "type": "terraform_data",
+        "name": "a",
+        "provider_name": "terraform.io/builtin/terraform",
+        "change": {
+            "actions": ["update"],
+            "before": before,
+            "after": after,
+            "after_unknown": {},
+            "before_sensitive": {},
+            "after_sensitive": {}
+        }
+    }]);
+    std::fs::write(
+        t.dir.path().join("drift.json"),
+        serde_json::to_vec(&plan).unwrap(),
+    )
+    .unwrap();
+
+    let report = |file: &str| {
+        t.cli(
+            t.token("ci-prod"),
+            &["drift", "report", "prod/network", "--plan", file],
+        )
+    };
+    let out = report("drift.json");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("terraform_data.a changed"), "{}", text(&out));
+    // surgery acknowledged by the owner: what stays open is the drift.
+    let ack = t.cli(
+        t.token("pat"),
+        &[
+            "drift",
+            "ack",
+            "prod/network",
+            "--signal",
+            &surgery.id.to_string(),
+            "--reason",
+            "restoring the console edit",
+        ],
+    );
+    assert!(ack.status.success(), "{}", text(&ack));
+    let status = t.cli(t.token("alice"), &["drift", "status", "--env", "prod"]);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+    assert!(
+        text(&status).contains("prod/network") && text(&status).contains("1 resource drifted"),
+        "{}",
+        text(&status)
+    );
+
+    // The next scheduled plan finds nothing: drift status passes again.
+    let out = report("clean.json");
+    assert!(out.status.success(), "{}", text(&out));
+    let status = t.cli(t.token("alice"), &["drift", "status", "--env", "prod"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    assert!(text(&status).contains("no drift"), "{}", text(&status));
+}
