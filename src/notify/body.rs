@@ -43,14 +43,12 @@ struct JsonBody<'a> {
     approvers: &'a [String],
     required_approvals: Option<u32>,
     beyond_plan: Option<BeyondPlan<'a>>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    signals: &'a [crate::audit::Raised],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    drifted: Option<BeyondPlan<'a>>,
     action: &'a str,
     decision: &'a str,
     status: Option<u16>,
     reason: Option<&'a str>,
+    signals: &'a [crate::audit::Raised],
+    drifted: Option<BeyondPlan<'a>>,
 }
 
 #[derive(Serialize)]
@@ -254,7 +252,9 @@ mod tests {
                 "action",
                 "decision",
                 "status",
-                "reason"
+                "reason",
+                "signals",
+                "drifted"
             ]
         );
         assert_eq!(body["schema"], 1);

@@ -371,6 +371,48 @@ environment "prod" {
     }
 
     #[test]
+    fn a_warning_signal_is_an_event_and_a_notice_is_not() {
+        let c = config();
+        let prod = c.environment("prod").unwrap();
+        let raised = |severity: &str| Raised {
+            id: 4,
+            kind: "state-surgery".into(),
+            severity: severity.into(),
+            evidence: "1 added under `terraform state push`".into(),
+        };
+        let mut r = allowed("state:write");
+        r.signals = vec![raised("notice")];
+        assert!(Event::of(at(2), &r, prod).is_empty());
+        r.signals.push(raised("warning"));
+        let events = Event::of(at(3), &r, prod);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, NotifyEvent::StateSignal);
+        assert_eq!(events[0].signals, vec![raised("warning")]);
+        let summary = events[0].summary();
+        assert!(
+            summary.contains("prod/network needs a look: signal 4 state-surgery"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn new_drift_is_an_event_and_the_same_drift_again_is_not() {
+        let c = config();
+        let prod = c.environment("prod").unwrap();
+        let mut r = allowed("drift:report");
+        r.drift = Some(crate::audit::Found::of(["aws_vpc.main"], 3, false));
+        assert!(Event::of(at(5), &r, prod).is_empty());
+        r.drift = Some(crate::audit::Found::of(["aws_vpc.main"], 3, true));
+        let events = Event::of(at(6), &r, prod);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, NotifyEvent::StateDrift);
+        assert_eq!(
+            events[0].summary(),
+            "drift in prod/network, reported by user:alice: 3 resources changed outside terraform: aws_vpc.main and 2 more"
+        );
+    }
+
+    #[test]
     fn a_write_that_applied_and_diverged_is_two_events() {
         let c = config();
         let prod = c.environment("prod").unwrap();

@@ -398,3 +398,38 @@ async fn text_from_requests_is_shown_as_text_and_pages_allow_no_script() {
     );
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
 }
+
+#[tokio::test]
+async fn an_environment_page_shows_each_states_health() {
+    let t = spawn_app().await;
+    for (serial, state) in [(1, "app"), (1, "net"), (5, "net")] {
+        let body = state_doc(serial, "L", "");
+        assert_status(
+            &t.as_("alice")
+                .post(format!("dev/{state}"), body)
+                .send()
+                .await,
+            StatusCode::OK,
+        );
+    }
+    let alice = sign_in(&t, "alice").await;
+    let (status, page) = alice.get("/ui/environments/dev").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<th>Health</th>"), "{page}");
+    // net's serial jumped: it needs a look, naming the signal; app is fine.
+    let row = |name: &str| {
+        let start = page.find(&format!(">{name}</a>")).expect("the state's row");
+        let end = page[start..].find("</tr>").unwrap() + start;
+        page[start..end].to_string()
+    };
+    assert!(
+        row("net").contains("needs a look") && row("net").contains("serial-jump"),
+        "{}",
+        row("net")
+    );
+    assert!(
+        !row("app").contains("needs a look") && row("app").contains(">ok<"),
+        "{}",
+        row("app")
+    );
+}

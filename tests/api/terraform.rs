@@ -1070,7 +1070,9 @@ async fn an_edited_state_pushed_is_state_surgery_and_a_refresh_only_plan_reports
         &["plan", "-refresh-only", "-out", "drift.tfplan"],
     )
     .await;
-    let shown_plan = ws.ok(&t, "ci-prod", &["show", "-json", "drift.tfplan"]).await;
+    let shown_plan = ws
+        .ok(&t, "ci-prod", &["show", "-json", "drift.tfplan"])
+        .await;
     std::fs::write(t.dir.path().join("clean.json"), &shown_plan.stdout).unwrap();
     // terraform_data reads back what its state says, so its refresh never finds drift; the
     // entry a provider's refresh would add is put into terraform's own JSON.
@@ -1108,7 +1110,11 @@ async fn an_edited_state_pushed_is_state_surgery_and_a_refresh_only_plan_reports
     };
     let out = report("drift.json");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("terraform_data.a changed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("terraform_data.a changed"),
+        "{}",
+        text(&out)
+    );
     // surgery acknowledged by the owner: what stays open is the drift.
     let ack = t.cli(
         t.token("pat"),
