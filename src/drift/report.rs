@@ -26,11 +26,12 @@ use serde_json::Value;
 use super::cut;
 use crate::history::AttributeChange;
 
-/// The most drifted resources a report lists.
-pub const DRIFTED_MAX: usize = 1000;
+/// The most drifted resources a report lists: with [`ATTRIBUTES_MAX`] and [`VALUE_MAX`], a
+/// stored report stays under about 2 MB whatever the plan.
+pub const DRIFTED_MAX: usize = 200;
 
 /// The most attributes listed for one resource.
-const ATTRIBUTES_MAX: usize = 50;
+const ATTRIBUTES_MAX: usize = 20;
 
 /// The most bytes of one value shown.
 const VALUE_MAX: usize = 200;
@@ -46,7 +47,7 @@ pub struct Drifted {
     pub how: String,
     /// Top-level attributes whose value differs between `before` and `after`, by name, values
     /// as compact JSON text (each cut to 200 bytes), sensitive ones as `(sensitive)`; at most
-    /// 50 per resource.
+    /// 20 per resource.
     pub attributes: Vec<AttributeChange>,
 }
 
@@ -479,7 +480,8 @@ mod tests {
             .windows(2)
             .all(|w| w[0].address <= w[1].address));
         // The first in the plan are kept: those numbered from the top down.
-        assert!(report.addresses().contains(&"t.r[1019]"));
+        let top = format!("t.r[{}]", DRIFTED_MAX + 19);
+        assert!(report.addresses().contains(&top.as_str()));
         assert!(!report.addresses().contains(&"t.r[0]"));
         let attributes = &report.drifted[0].attributes;
         assert_eq!(attributes.len(), ATTRIBUTES_MAX);

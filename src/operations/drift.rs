@@ -419,9 +419,7 @@ pub async fn show(req: &StateRequest<'_>, record: &mut Record) -> Result<StateDr
             count: r.count,
         })
         .collect();
-    let mut tx = req.store.begin().await?;
-    let drift = tx.drift_state(state).await?;
-    drop(tx);
+    let drift = req.store.drift_of(state).await?;
     let open =
         signals.iter().any(SignalRow::is_open) || drift.as_ref().is_some_and(DriftState::is_open);
     Ok(StateDrift {

@@ -145,6 +145,19 @@ const DRIFT_STATE_COLUMNS: &str = "state, report_id, reported_at, count, drifted
 const REPORT_COLUMNS: &str =
     "id, state, principal, created_at, plan_sha256, terraform_version, count, drifted";
 
+/// The drift of `state` as its newest report says; `None` before its first report.
+async fn drift_of<'c>(
+    db: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    state: &str,
+) -> Result<Option<DriftState>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {DRIFT_STATE_COLUMNS} FROM drift_states WHERE state = $1"
+    ))
+    .bind(state)
+    .fetch_optional(db)
+    .await?)
+}
+
 fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -306,15 +319,6 @@ impl Tx<'_> {
             == 1)
     }
 
-    /// The drift of `state` as its newest report says; `None` before its first report.
-    pub async fn drift_state(&mut self, state: &str) -> Result<Option<DriftState>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {DRIFT_STATE_COLUMNS} FROM drift_states WHERE state = $1"
-        ))
-        .bind(state)
-        .fetch_optional(self.conn())
-        .await?)
-    }
 
     /// Stores `report` of `state`, posted by `principal`: each drifted resource carries since
     /// when it has been reported (from the report before, unless a clean one came between),
@@ -328,7 +332,7 @@ impl Tx<'_> {
         report: &Report,
     ) -> Result<Added, StoreError> {
         let now = self.now();
-        let before = self.drift_state(state).await?;
+        let before = drift_of(self.conn(), state).await?;
         let previous: Option<StoredReport> = match &before {
             Some(b) => sqlx::query_as::<_, ReportRow>(&format!(
                 "SELECT {REPORT_COLUMNS} FROM drift_reports WHERE id = $1"
@@ -471,6 +475,11 @@ impl EnvStore {
             query = query.bind(state);
         }
         Ok(query.fetch_all(self.db.pool()).await?)
+    }
+
+    /// The drift of `state` as its newest report says; `None` before its first report.
+    pub async fn drift_of(&self, state: &str) -> Result<Option<DriftState>, StoreError> {
+        drift_of(self.db.pool(), state).await
     }
 
     /// Every state's drift as its newest report says, by state name.
