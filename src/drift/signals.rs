@@ -203,6 +203,20 @@ pub fn on_write(before: Option<&Seen<'_>>, after: &Seen<'_>, write: &Write<'_>) 
     .collect()
 }
 
+/// The conditions (see [`Kind::is_condition`]) that a version whose state says `facts` no
+/// longer has: their open signals are resolved by it.
+pub fn resolved_by(facts: &Facts) -> Vec<Kind> {
+    Kind::ALL
+        .into_iter()
+        .filter(|kind| kind.is_condition())
+        .filter(|kind| match kind {
+            Kind::Tainted => facts.tainted.is_empty() && facts.deposed.is_empty(),
+            Kind::FailedChecks => facts.failed_checks.is_empty(),
+            _ => false,
+        })
+        .collect()
+}
+
 /// The default threshold of a long lock: one hour.
 pub const LONG_LOCK: Duration = Duration::from_secs(60 * 60);
 
@@ -968,6 +982,16 @@ mod tests {
             write(&encrypted(1, "L1"), &encrypted(2, "L1"), &planned()),
             vec![]
         );
+    }
+
+    #[test]
+    fn a_version_without_a_condition_resolves_it() {
+        let mut facts = Facts::default();
+        assert_eq!(resolved_by(&facts), vec![Kind::Tainted, Kind::FailedChecks]);
+        facts.deposed.insert("aws_instance.web".into());
+        assert_eq!(resolved_by(&facts), vec![Kind::FailedChecks]);
+        facts.failed_checks.insert("check.health".into());
+        assert_eq!(resolved_by(&facts), vec![]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{bounded, commit, OpError, Server, StateRequest, CREATED, DONE, REASO
 use crate::audit::{Found, Raised, Record};
 use crate::changes::Change;
 use crate::drift::signals::{self, Seen, Write};
-use crate::drift::{Facts, Kind, Report};
+use crate::drift::{Facts, Report};
 use crate::identity::Caller;
 use crate::lock::HeldLock;
 use crate::policy::Action;
@@ -84,13 +84,7 @@ pub(super) async fn on_write(
     };
     let raised = signals::on_write(before.as_ref(), &after, &write);
     if let Some(facts) = w.facts {
-        let mut gone = Vec::new();
-        if facts.tainted.is_empty() && facts.deposed.is_empty() {
-            gone.push(Kind::Tainted);
-        }
-        if facts.failed_checks.is_empty() {
-            gone.push(Kind::FailedChecks);
-        }
+        let gone = signals::resolved_by(facts);
         tx.resolve_signals(state, &gone, w.version).await?;
     }
     store(tx, req, record, Some(w.version), &raised).await

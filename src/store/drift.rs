@@ -319,7 +319,6 @@ impl Tx<'_> {
             == 1)
     }
 
-
     /// Stores `report` of `state`, posted by `principal`: each drifted resource carries since
     /// when it has been reported (from the report before, unless a clean one came between),
     /// and the state's drift is brought up to date. An acknowledgement outlives a report that

@@ -22,9 +22,10 @@
 //! - `dialect`: every difference between SQLite and PostgreSQL.
 //! - `group_commit` and `sqlite_appender`: audit records appended many at a time.
 //! - `chain`: a database's audit chain as this server appends to it.
-//! - [`environment`], [`change_requests`], [`system`], [`sessions`], [`audit`], [`notify`]: the
-//!   domain methods on an environment's states and locks, its change requests and break-glass
-//!   grants, the tokens, the dashboard's sign-ins, the audit records, and how far each notify
+//! - [`environment`], [`change_requests`], [`drift`], [`system`], [`sessions`], [`audit`],
+//!   [`notify`]: the domain methods on an environment's states and locks, its change requests
+//!   and break-glass grants, its signals and drift reports, the tokens (and where each state
+//!   lineage was seen), the dashboard's sign-ins, the audit records, and how far each notify
 //!   block has delivered.
 //! - `error`: [`StoreError`], and which faults are a full disk or an outage.
 

@@ -5,6 +5,7 @@ use maud::{html, Markup};
 
 use super::{change_href, history_href, path, time, Frame};
 use crate::changes::Change;
+use crate::drift::Kind;
 use crate::history::EnvironmentStatus;
 use crate::operations::drift::{SignalRow, StateHealth};
 
@@ -92,7 +93,10 @@ fn health(state: Option<&StateHealth>) -> Markup {
         }
         @for signal in &open {
             br;
-            span.loud title=(signal.evidence) { "signal " (signal.id) ": " (signal.kind) }
+            span.loud title=(signal.evidence) {
+                "signal " (signal.id) ": "
+                (Kind::parse(&signal.kind).map_or(signal.kind.as_str(), Kind::describe))
+            }
         }
         @if let Some(d) = drift {
             br;

@@ -423,7 +423,8 @@ async fn an_environment_page_shows_each_states_health() {
         page[start..end].to_string()
     };
     assert!(
-        row("net").contains("needs a look") && row("net").contains("serial-jump"),
+        row("net").contains("needs a look")
+            && row("net").contains("serial jumped past writes made elsewhere"),
         "{}",
         row("net")
     );
