@@ -95,7 +95,7 @@ fn health(state: Option<&StateHealth>) -> Markup {
             br;
             span.loud title=(signal.evidence) {
                 "signal " (signal.id) ": "
-                (Kind::parse(&signal.kind).map_or(signal.kind.as_str(), Kind::describe))
+                (Kind::parse(&signal.kind).map_or(signal.kind.as_str(), |k| k.describe()))
             }
         }
         @if let Some(d) = drift {
