@@ -41,7 +41,7 @@ struct Instance {
 }
 
 /// A resource's address without an instance key: `module.net.aws_vpc.main`, `data.x.y`.
-fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String {
+pub(crate) fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String {
     let mut base = String::new();
     if !module.is_empty() {
         base.push_str(module);
@@ -55,7 +55,7 @@ fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String 
 }
 
 /// An instance's address: its resource's, with `[0]` or `["key"]` when it has a key.
-fn instance_address(base: &str, index_key: Option<&serde_json::Value>) -> String {
+pub(crate) fn instance_address(base: &str, index_key: Option<&serde_json::Value>) -> String {
     match index_key {
         Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
         Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),

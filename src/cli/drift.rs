@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::change::ServerArgs;
-use super::state::check_address;
+use super::state::{check_address, AddressArgs};
 use super::{print_json, CliError, Format};
 use crate::operations::drift::{
     Acknowledgement, DriftState, DriftStatus, SignalRow, StateDrift, StateHealth,
@@ -39,7 +39,7 @@ pub enum DriftCommand {
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
     /// One state's signals (open or not), its drift, and its newest report.
-    Show(ShowArgs),
+    Show(AddressArgs),
     /// Acknowledge a signal, or the drift now reported, with a reason (recorded): it is no
     /// longer open. The owner's and the approvers' right.
     ///
@@ -69,16 +69,6 @@ pub struct StatusArgs {
     /// Only this environment.
     #[arg(long)]
     env: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    server: ServerArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ShowArgs {
-    /// ENVIRONMENT/NAME, e.g. prod/network.
-    address: String,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]

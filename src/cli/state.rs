@@ -73,11 +73,11 @@ struct HeldRow {
 #[derive(Debug, Args)]
 pub struct AddressArgs {
     /// ENVIRONMENT/NAME, e.g. prod/network.
-    address: String,
+    pub(super) address: String,
     #[arg(long, value_enum, default_value_t)]
-    format: Format,
+    pub(super) format: Format,
     #[command(flatten)]
-    server: ServerArgs,
+    pub(super) server: ServerArgs,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,8 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::history;
+
 /// The most entries a set of [`Facts`] holds.
 const CAP: usize = 1000;
 
@@ -109,33 +111,12 @@ struct Instance<'a> {
 }
 
 impl Resource<'_> {
-    /// An instance's address, spelled as `history` spells it: the module path, `data.` for a
-    /// data source, `type.name`, then `[0]` or `["key"]` when the instance has a key. The
-    /// key's text is read as `history` reads it (a JSON number printed back, a string as it
-    /// is), so that the addresses of both agree.
+    /// An instance's address, spelled as `history` spells it (`module.net.aws_vpc.main[0]`),
+    /// so that the addresses of both agree.
     fn address(&self, index_key: Option<&RawValue>) -> String {
-        let mut out = String::new();
-        if !self.module.is_empty() {
-            out.push_str(&self.module);
-            out.push('.');
-        }
-        if self.mode == "data" {
-            out.push_str("data.");
-        }
-        out.push_str(&self.kind);
-        out.push('.');
-        out.push_str(&self.name);
-        let key = index_key.map(RawValue::get).unwrap_or("");
-        if key.starts_with('"') {
-            if let Ok(text) = serde_json::from_str::<Cow<str>>(key) {
-                out.push_str(&format!("[\"{text}\"]"));
-            }
-        } else if key.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-            if let Ok(number) = serde_json::from_str::<serde_json::Number>(key) {
-                out.push_str(&format!("[{number}]"));
-            }
-        }
-        out
+        let base = history::resource_address(&self.module, &self.mode, &self.kind, &self.name);
+        let key = index_key.and_then(|k| serde_json::from_str::<serde_json::Value>(k.get()).ok());
+        history::instance_address(&base, key.as_ref())
     }
 }
 

@@ -280,15 +280,7 @@ pub async fn status(
     only: Option<&str>,
 ) -> Result<DriftStatus, OpError> {
     let environments: Vec<_> = match only {
-        Some(name) => {
-            let env = server
-                .config
-                .environment(name)
-                .ok_or_else(|| OpError::NotFound(format!("there is no environment `{name}`")))?;
-            record.environment = Some(env.name.clone());
-            server.require(caller, record, Action::StateRead, env, source_ip)?;
-            vec![env]
-        }
+        Some(name) => vec![server.readable(caller, source_ip, record, name)?],
         None => server
             .config
             .environments

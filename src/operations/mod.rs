@@ -353,6 +353,24 @@ impl Server {
         }
     }
 
+    /// Environment `name`, for a caller who may read it (named in `record`); refused when
+    /// there is no such environment or the caller may not read it.
+    pub fn readable(
+        &self,
+        caller: &Caller,
+        source_ip: IpAddr,
+        record: &mut Record,
+        name: &str,
+    ) -> Result<&Environment, OpError> {
+        let env = self
+            .config
+            .environment(name)
+            .ok_or_else(|| OpError::NotFound(format!("there is no environment `{name}`")))?;
+        record.environment = Some(env.name.clone());
+        self.require(caller, record, Action::StateRead, env, source_ip)?;
+        Ok(env)
+    }
+
     /// Whether `caller` may read `env` at all: what lists and status show.
     pub fn may_read(&self, caller: &Caller, env: &Environment, source_ip: IpAddr) -> bool {
         self.may(caller, Action::StateRead, env, source_ip)

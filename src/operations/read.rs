@@ -282,12 +282,7 @@ pub async fn environment(
     record: &mut Record,
     name: &str,
 ) -> Result<EnvironmentStatus, OpError> {
-    let env = server
-        .config
-        .environment(name)
-        .ok_or_else(|| OpError::NotFound(format!("there is no environment `{name}`")))?;
-    record.environment = Some(env.name.clone());
-    server.require(caller, record, Action::StateRead, env, source_ip)?;
+    let env = server.readable(caller, source_ip, record, name)?;
     environment_status(server, caller, source_ip, env).await
 }
 
