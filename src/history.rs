@@ -41,7 +41,7 @@ struct Instance {
 }
 
 /// A resource's address without an instance key: `module.net.aws_vpc.main`, `data.x.y`.
-pub(crate) fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String {
+fn resource_address(module: &str, mode: &str, kind: &str, name: &str) -> String {
     let mut base = String::new();
     if !module.is_empty() {
         base.push_str(module);
@@ -55,7 +55,7 @@ pub(crate) fn resource_address(module: &str, mode: &str, kind: &str, name: &str)
 }
 
 /// An instance's address: its resource's, with `[0]` or `["key"]` when it has a key.
-pub(crate) fn instance_address(base: &str, index_key: Option<&serde_json::Value>) -> String {
+fn instance_address(base: &str, index_key: Option<&serde_json::Value>) -> String {
     match index_key {
         Some(serde_json::Value::Number(n)) => format!("{base}[{n}]"),
         Some(serde_json::Value::String(s)) => format!("{base}[\"{s}\"]"),
@@ -68,47 +68,64 @@ pub(crate) fn instance_address(base: &str, index_key: Option<&serde_json::Value>
 /// encrypted OpenTofu state). Reads the document without building it in memory: attribute
 /// values are hashed where they lie in the input.
 pub fn fingerprint(content: &[u8]) -> Option<String> {
-    use serde_json::value::RawValue;
-    use std::borrow::Cow;
     #[derive(Deserialize)]
     struct State<'a> {
         #[serde(borrow)]
-        resources: Vec<Resource<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Resource<'a> {
-        #[serde(borrow, default)]
-        module: Cow<'a, str>,
-        #[serde(borrow, default)]
-        mode: Cow<'a, str>,
-        #[serde(borrow, rename = "type")]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[serde(borrow, default)]
-        instances: Vec<Inst<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Inst<'a> {
-        #[serde(default)]
-        index_key: Option<serde_json::Value>,
-        #[serde(borrow, default)]
-        attributes: Option<&'a RawValue>,
+        resources: Vec<RawResource<'a>>,
     }
     let state: State = serde_json::from_slice(content).ok()?;
     let mut out = BTreeMap::new();
     for r in &state.resources {
-        let base = resource_address(&r.module, &r.mode, &r.kind, &r.name);
         for i in &r.instances {
             let attributes = i.attributes.map_or("", |a| a.get());
             let digest = sha2::Sha256::digest(attributes.as_bytes());
-            out.insert(
-                instance_address(&base, i.index_key.as_ref()),
-                hex::encode(&digest[..8]),
-            );
+            out.insert(r.address(i), hex::encode(&digest[..8]));
         }
     }
     serde_json::to_string(&out).ok()
+}
+
+/// A resource of a state as its JSON has it, borrowed from the input rather than built: what
+/// the fingerprint and [`crate::drift::Facts`] read. Every other field is skipped as it is
+/// parsed.
+#[derive(Deserialize)]
+pub(crate) struct RawResource<'a> {
+    #[serde(borrow, default)]
+    pub module: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub mode: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub name: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub provider: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub instances: Vec<RawInstance<'a>>,
+}
+
+/// One instance object of a [`RawResource`].
+#[derive(Deserialize)]
+pub(crate) struct RawInstance<'a> {
+    #[serde(default)]
+    pub index_key: Option<serde_json::Value>,
+    /// Left as text where it lies in the input.
+    #[serde(borrow, default)]
+    pub attributes: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    pub status: Option<std::borrow::Cow<'a, str>>,
+    /// Present on the old object of a create-before-destroy replacement not yet destroyed.
+    #[serde(default)]
+    pub deposed: Option<serde::de::IgnoredAny>,
+}
+
+impl RawResource<'_> {
+    /// The address of its instance `i`: `module.net.aws_vpc.main`, `data.x.y`, `a.b[0]`,
+    /// `a.b["key"]`.
+    pub fn address(&self, i: &RawInstance<'_>) -> String {
+        let base = resource_address(&self.module, &self.mode, &self.kind, &self.name);
+        instance_address(&base, i.index_key.as_ref())
+    }
 }
 
 fn digests(text: &str) -> Option<BTreeMap<String, String>> {

@@ -11,11 +11,11 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::history;
+use crate::history::RawResource;
 
 /// The most entries a set of [`Facts`] holds.
 const CAP: usize = 1000;
@@ -83,43 +83,6 @@ fn insert_capped(set: &mut BTreeSet<String>, value: String) {
     }
 }
 
-#[derive(Deserialize)]
-struct Resource<'a> {
-    #[serde(borrow, default)]
-    module: Cow<'a, str>,
-    #[serde(borrow, default)]
-    mode: Cow<'a, str>,
-    #[serde(borrow, rename = "type")]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    provider: Cow<'a, str>,
-    #[serde(borrow, default)]
-    instances: Vec<Instance<'a>>,
-    // `attributes` and every other field are skipped by serde as they are parsed.
-}
-
-#[derive(Deserialize)]
-struct Instance<'a> {
-    #[serde(borrow, default)]
-    index_key: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-    #[serde(default)]
-    deposed: Option<IgnoredAny>,
-}
-
-impl Resource<'_> {
-    /// An instance's address, spelled as `history` spells it (`module.net.aws_vpc.main[0]`),
-    /// so that the addresses of both agree.
-    fn address(&self, index_key: Option<&RawValue>) -> String {
-        let base = history::resource_address(&self.module, &self.mode, &self.kind, &self.name);
-        let key = index_key.and_then(|k| serde_json::from_str::<serde_json::Value>(k.get()).ok());
-        history::instance_address(&base, key.as_ref())
-    }
-}
-
 /// What the `resources` array says, gathered one resource at a time as the array is parsed,
 /// so that no more than one resource of a large state is in memory at once.
 #[derive(Default)]
@@ -130,7 +93,7 @@ struct FromResources {
 }
 
 impl FromResources {
-    fn add(&mut self, resource: &Resource<'_>) {
+    fn add(&mut self, resource: &RawResource<'_>) {
         if !resource.provider.is_empty() && !self.providers.contains(&*resource.provider) {
             insert_capped(&mut self.providers, resource.provider.to_string());
         }
@@ -138,9 +101,9 @@ impl FromResources {
             // A deposed object is the old object of a create-before-destroy replacement; its
             // status says nothing of the instance's current object.
             if instance.deposed.is_some() {
-                insert_capped(&mut self.deposed, resource.address(instance.index_key));
+                insert_capped(&mut self.deposed, resource.address(instance));
             } else if instance.status.as_deref() == Some("tainted") {
-                insert_capped(&mut self.tainted, resource.address(instance.index_key));
+                insert_capped(&mut self.tainted, resource.address(instance));
             }
         }
     }
@@ -156,7 +119,7 @@ impl<'de> Deserialize<'de> for FromResources {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FromResources, A::Error> {
                 let mut out = FromResources::default();
-                while let Some(resource) = seq.next_element::<Resource<'de>>()? {
+                while let Some(resource) = seq.next_element::<RawResource<'de>>()? {
                     out.add(&resource);
                 }
                 Ok(out)
