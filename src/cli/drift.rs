@@ -297,6 +297,18 @@ fn health_text(s: &StateHealth) -> String {
     if let Some(d) = &s.drift {
         out.push_str(&format!("  drift: {}\n", drift_text(d)));
     }
+    if let Some(h) = &s.held_long {
+        out.push_str(&format!(
+            "  lock {} held since {} by {} for {}: more than an hour; if its client is gone, `bulkhead state unlock {}/{} --id {}`\n",
+            printable(&h.lock_id),
+            printable(&h.since),
+            printable(&h.holder),
+            printable(&h.operation),
+            printable(&s.environment),
+            printable(&s.state),
+            printable(&h.lock_id)
+        ));
+    }
     out
 }
 

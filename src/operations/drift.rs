@@ -269,6 +269,19 @@ pub struct StateHealth {
     /// Its open signals, newest first.
     pub signals: Vec<SignalRow>,
     pub drift: Option<DriftState>,
+    /// Its lock, when it has been held longer than [`signals::LONG_LOCK`]: a stuck apply, or
+    /// a client that died holding it (released, it is a `long-lock` signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_long: Option<HeldLong>,
+}
+
+/// A lock held for long, as `drift status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldLong {
+    pub lock_id: String,
+    pub holder: String,
+    pub operation: String,
+    pub since: String,
 }
 
 /// The health of the states of the environments `caller` may read, or of `only`.
@@ -315,11 +328,21 @@ pub async fn status(
         };
         let drifts = store.drift_states().await?;
         let open_signals = store.signals(None, true).await?;
+        let long_ago = server
+            .clock
+            .now()
+            .minus(signals::LONG_LOCK)
+            .map(|t| t.stored());
+        let held_long = match long_ago {
+            Some(before) => store.locks_taken_before(&before).await?,
+            None => Vec::new(),
+        };
         listed.reported_at = drifts.iter().map(|d| d.reported_at.clone()).max();
         let mut names: Vec<&str> = drifts
             .iter()
             .map(|d| d.state.as_str())
             .chain(open_signals.iter().map(|s| s.state.as_str()))
+            .chain(held_long.iter().map(|(state, _)| state.as_str()))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -330,7 +353,17 @@ pub async fn status(
                 .cloned()
                 .collect();
             let drift = drifts.iter().find(|d| d.state == name).cloned();
-            out.states.push(health(&env.name, name, signals, drift));
+            let held = held_long
+                .iter()
+                .find(|(state, _)| state == name)
+                .map(|(_, lock)| HeldLong {
+                    lock_id: lock.lock_id.clone(),
+                    holder: lock.holder(),
+                    operation: lock.operation.clone(),
+                    since: lock.created_at.clone(),
+                });
+            out.states
+                .push(health(&env.name, name, signals, drift, held));
         }
         out.environments.push(listed);
     }
@@ -350,20 +383,23 @@ fn health(
     state: &str,
     signals: Vec<SignalRow>,
     drift: Option<DriftState>,
+    held_long: Option<HeldLong>,
 ) -> StateHealth {
     let open_drift = drift.as_ref().filter(|d| d.is_open());
     let since = signals
         .iter()
         .map(|s| s.created_at.clone())
         .chain(open_drift.and_then(|d| d.drifted_since.clone()))
+        .chain(held_long.as_ref().map(|h| h.since.clone()))
         .min();
     StateHealth {
         environment: environment.to_string(),
         state: state.to_string(),
-        open: signals.iter().any(SignalRow::is_open) || open_drift.is_some(),
+        open: signals.iter().any(SignalRow::is_open) || open_drift.is_some() || held_long.is_some(),
         since,
         signals,
         drift,
+        held_long,
     }
 }
 

@@ -386,6 +386,27 @@ impl EnvStore {
         held_lock(&mut conn, state).await
     }
 
+    /// The locks taken before `before` (as stored) and held still, by state, oldest first.
+    pub async fn locks_taken_before(
+        &self,
+        before: &str,
+    ) -> Result<Vec<(String, HeldLock)>, StoreError> {
+        #[derive(FromRow)]
+        struct Held {
+            state: String,
+            #[sqlx(flatten)]
+            lock: HeldLock,
+        }
+        let held: Vec<Held> = sqlx::query_as(
+            "SELECT state, lock_id, principal, branch, subject, operation, info, created_at, \
+             change_number, active_at FROM locks WHERE created_at < $1 ORDER BY created_at",
+        )
+        .bind(before)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(held.into_iter().map(|h| (h.state, h.lock)).collect())
+    }
+
     /// How many locks are held now, and when the oldest was taken (as stored).
     pub async fn locks_held(&self) -> Result<(i64, Option<String>), StoreError> {
         let mut conn = self.db.pool().acquire().await?;

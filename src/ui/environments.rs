@@ -98,6 +98,12 @@ fn health(state: Option<&StateHealth>) -> Markup {
                 (Kind::parse(&signal.kind).map_or(signal.kind.as_str(), |k| k.describe()))
             }
         }
+        @if let Some(held) = &state.held_long {
+            br;
+            span.loud title={ "lock " (held.lock_id) " held by " (held.holder) } {
+                "lock held since " (held.since)
+            }
+        }
         @if let Some(d) = drift {
             br;
             @if d.count == 0 {
