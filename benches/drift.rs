@@ -36,6 +36,15 @@ fn state(n: usize, serial: i64, tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn seen<'a>(serial: i64, resources: &'a str, facts: Option<&'a Facts>) -> Seen<'a> {
+    Seen {
+        serial: Some(serial),
+        lineage: Some("L"),
+        resources: Some(resources),
+        facts,
+    }
+}
+
 fn median_ms(rounds: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut times: Vec<f64> = (0..rounds)
@@ -70,12 +79,6 @@ fn main() {
         );
         let (old_facts, new_facts) = (Facts::of(&before), Facts::of(&after));
         let detectors = median_ms(rounds, || {
-            let seen = |serial, resources: &str, facts: Option<&Facts>| Seen {
-                serial: Some(serial),
-                lineage: Some("L"),
-                resources: Some(resources),
-                facts,
-            };
             black_box(on_write(
                 Some(&seen(1, &old, old_facts.as_ref())),
                 &seen(2, &new, new_facts.as_ref()),

@@ -132,6 +132,50 @@ fn digests(text: &str) -> Option<BTreeMap<String, String>> {
     serde_json::from_str(text).ok()
 }
 
+/// The addresses of the instances added, changed and removed between two fingerprints, each
+/// list sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compared {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Compared {
+    /// Every address touched, sorted.
+    pub fn touched(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = [&self.added, &self.changed, &self.removed]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// What changed between two fingerprints, each read once; `None` when either cannot be read.
+pub fn compare(before: &str, after: &str) -> Option<Compared> {
+    let (before, after) = (digests(before)?, digests(after)?);
+    let mut out = Compared::default();
+    for (address, digest) in &after {
+        match before.get(address) {
+            None => out.added.push(address.clone()),
+            Some(old) if old != digest => out.changed.push(address.clone()),
+            Some(_) => {}
+        }
+    }
+    out.removed = before
+        .into_keys()
+        .filter(|address| !after.contains_key(address))
+        .collect();
+    Some(out)
+}
+
 /// How many instances were added, changed and removed between two fingerprints.
 pub fn count_changes(before: &str, after: &str) -> Option<(usize, usize, usize)> {
     let (before, after) = (digests(before)?, digests(after)?);
@@ -403,6 +447,16 @@ mod tests {
         assert!(!fa.contains("hunter2"), "a fingerprint holds digests only");
         assert_eq!(count_changes(&fa, &fb), Some((0, 1, 1)));
         assert_eq!(count_changes("{}", &fa), Some((2, 0, 0)));
+        let compared = compare(&fa, &fb).unwrap();
+        assert_eq!(compared.changed, vec!["aws_db_instance.main"]);
+        assert_eq!(compared.removed, vec!["terraform_data.x[\"k\"]"]);
+        assert!(compared.added.is_empty());
+        assert_eq!(
+            compared.touched(),
+            vec!["aws_db_instance.main", "terraform_data.x[\"k\"]"]
+        );
+        assert!(compare(&fa, &fa).unwrap().is_empty());
+        assert_eq!(compare("not json", &fa), None);
         let d = diff(Some(&a), Some(&b));
         assert_eq!((d.added.len(), d.changed.len(), d.removed.len()), (0, 1, 1));
         let enc = br#"{"serial":1,"lineage":"L","encrypted_data":"eA=="}"#;

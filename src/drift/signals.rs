@@ -183,6 +183,10 @@ pub struct Write<'a> {
 /// show alone is looked at: outside a change, a shared lineage, tainted instances, failed
 /// checks.
 pub fn on_write(before: Option<&Seen<'_>>, after: &Seen<'_>, write: &Write<'_>) -> Vec<Signal> {
+    // Read once, for the two detectors that need it: a large state's digests take a while.
+    let compared = before
+        .and_then(|before| before.resources.zip(after.resources))
+        .and_then(|(old, new)| history::compare(old, new));
     [
         outside_change(write),
         before.and_then(|before| lineage_changed(before, after, write)),
@@ -192,8 +196,8 @@ pub fn on_write(before: Option<&Seen<'_>>, after: &Seen<'_>, write: &Write<'_>) 
         before
             .filter(|_| !write.operation.is_some_and(is_surgery))
             .and_then(|before| serial_jump(before, after)),
-        before.and_then(|before| state_surgery(before, after, write)),
-        before.and_then(|before| refresh_accepted(before, after, write)),
+        before.and_then(|_| state_surgery(compared.as_ref(), write)),
+        before.and_then(|_| refresh_accepted(compared.as_ref(), write)),
         tainted(before, after),
         failed_checks(before, after),
         before.and_then(|before| toolchain_changed(before, after, write)),
@@ -381,46 +385,45 @@ fn serial_jump(before: &Seen<'_>, after: &Seen<'_>) -> Option<Signal> {
     ))
 }
 
-fn state_surgery(before: &Seen<'_>, after: &Seen<'_>, write: &Write<'_>) -> Option<Signal> {
+/// Resources changed by a state command (`compared`: `None` when either side cannot be read).
+fn state_surgery(compared: Option<&history::Compared>, write: &Write<'_>) -> Option<Signal> {
     let operation = write.operation.filter(|op| is_surgery(op))?;
     let under = format!("under `{}`", command(operation));
-    let known = match (before.resources, after.resources) {
-        (Some(old), Some(new)) => {
-            history::touched(Some(old), new).zip(history::count_changes(old, new))
-        }
-        _ => None,
-    };
-    let Some((touched, (added, changed, removed))) = known else {
+    let Some(compared) = compared else {
         return Some(signal(
             Kind::StateSurgery,
             Severity::Warning,
             format!("written {under}, contents not readable: what it changed is not known"),
         ));
     };
-    if touched.is_empty() {
+    if compared.is_empty() {
         return None;
     }
     Some(signal(
         Kind::StateSurgery,
         Severity::Warning,
         format!(
-            "{added} added, {changed} changed, {removed} removed {under}, not by a plan: {}; compare this version with the one before",
-            names(&touched)
+            "{} added, {} changed, {} removed {under}, not by a plan: {}; compare this version with the one before",
+            compared.added.len(),
+            compared.changed.len(),
+            compared.removed.len(),
+            names(&compared.touched())
         ),
     ))
 }
 
-fn refresh_accepted(before: &Seen<'_>, after: &Seen<'_>, write: &Write<'_>) -> Option<Signal> {
+/// Attributes changed with no instance added or removed (`compared`: `None` when either side
+/// cannot be read).
+fn refresh_accepted(compared: Option<&history::Compared>, write: &Write<'_>) -> Option<Signal> {
     if write.operation.is_some_and(is_surgery) {
         return None; // state surgery, told apart above
     }
-    let (old, new) = (before.resources?, after.resources?);
-    let (0, changed @ 1.., 0) = history::count_changes(old, new)? else {
+    let compared = compared?;
+    if compared.changed.is_empty() || !compared.added.is_empty() || !compared.removed.is_empty() {
         return None;
-    };
-    let touched = history::touched(Some(old), new)?;
-    let instances = count(changed as u128, "instance", "instances");
-    let which = names(&touched);
+    }
+    let instances = count(compared.changed.len() as u128, "instance", "instances");
+    let which = names(&compared.changed);
     let refresh = write.operation == Some("OperationTypeRefresh");
     let plans_nothing = write.change_plans_nothing == Some(true);
     // In a protected environment an in-place update under a change that plans resource
