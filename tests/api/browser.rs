@@ -246,9 +246,24 @@ async fn the_diff_page_masks_secrets_and_shows_markup_as_text_in_a_browser() {
             .await;
         assert_status(&resp, StatusCode::OK);
     }
+    // Another state whose serial jumped: its health says it needs a look.
+    for serial in [1, 4] {
+        let resp = t
+            .as_("alice")
+            .post("dev/net", state_doc(serial, "N", ""))
+            .send()
+            .await;
+        assert_status(&resp, StatusCode::OK);
+    }
     browser.sign_in(&t.base(), t.token("alice")).await;
     browser.click("a[href='/ui/environments/dev']").await;
-    assert!(browser.text("table").await.contains("app/db"));
+    let states = browser.text("table").await;
+    assert!(states.contains("app/db"), "{states}");
+    assert!(
+        states.contains("needs a look")
+            && states.contains("serial jumped past writes made elsewhere"),
+        "{states}"
+    );
     browser.screenshot("states").await;
     browser.click("a[href='/ui/history/dev/app/db']").await;
     // The two newest versions are chosen; comparing them shows what changed.
