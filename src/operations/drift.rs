@@ -19,8 +19,9 @@ use crate::identity::Caller;
 use crate::lock::HeldLock;
 use crate::policy::Action;
 use crate::state::{Document, VersionMeta};
-pub use crate::store::drift::{DriftState, SignalRow, StoredReport, Tracked};
 use crate::store::Tx;
+
+pub use crate::store::drift::{DriftState, SignalRow, StoredReport, Tracked};
 
 /// What a state's content says of itself, and the JSON a version stores it as; `None` for a
 /// content that is not a readable state (an encrypted OpenTofu state).

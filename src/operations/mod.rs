@@ -691,6 +691,14 @@ pub struct Asker<'a> {
 }
 
 impl Gathered {
+    /// The change `id`, when the request named it or the held lock was taken for it.
+    pub fn change(&self, id: &str) -> Option<&Change> {
+        [&self.lock_change, &self.named]
+            .into_iter()
+            .flatten()
+            .find(|c| c.id == id)
+    }
+
     /// The facts the verdict decides on: the one place they are put together, for the server
     /// and for `bulkhead policy explain` alike.
     pub fn facts<'a>(&'a self, asker: &Asker<'a>) -> Facts<'a> {

@@ -102,7 +102,7 @@ impl Writing<'_, '_> {
             return Ok(Written::Unchanged);
         }
         let resources = history::fingerprint(bytes);
-        let facts = super::drift::facts_of(bytes);
+        let facts = drift::facts_of(bytes);
         // Read before the new version is: what the write is compared with.
         let before_facts = match current.as_ref().filter(|c| !c.deleted) {
             Some(_) => tx.latest_facts(state).await?,
@@ -140,13 +140,8 @@ impl Writing<'_, '_> {
                 facts: facts.as_ref().map(|(_, json)| json.as_str()),
             })
             .await?;
-        let written_under = change.and_then(|number| {
-            let id = ChangeId::new(&req.env.name, number).to_string();
-            [&gathered.lock_change, &gathered.named]
-                .into_iter()
-                .flatten()
-                .find(|c| c.id == id)
-        });
+        let written_under = change
+            .and_then(|number| gathered.change(&ChangeId::new(&req.env.name, number).to_string()));
         let written = drift::Written {
             before: current.as_ref().filter(|c| !c.deleted),
             before_facts,
@@ -184,11 +179,7 @@ async fn diverged(
     after: Option<&str>,
 ) -> Result<Vec<String>, OpError> {
     let id = ChangeId::new(&req.env.name, number).to_string();
-    let Some(change) = [&gathered.lock_change, &gathered.named]
-        .into_iter()
-        .flatten()
-        .find(|c| c.id == id)
-    else {
+    let Some(change) = gathered.change(&id) else {
         return Ok(Vec::new());
     };
     let unreadable = |record: &mut Record| {
