@@ -74,15 +74,31 @@ pub fn fingerprint(content: &[u8]) -> Option<String> {
         resources: Vec<RawResource<'a>>,
     }
     let state: State = serde_json::from_slice(content).ok()?;
-    let mut out = BTreeMap::new();
+    let mut digests = Digests::default();
     for r in &state.resources {
+        digests.add(r);
+    }
+    digests.finish()
+}
+
+/// The digests of a state's resource instances, gathered a resource at a time, and the
+/// fingerprint they make: what [`fingerprint`] does, for a reader that reads the resources
+/// itself ([`crate::drift::Facts::read`]).
+#[derive(Default)]
+pub(crate) struct Digests(BTreeMap<String, String>);
+
+impl Digests {
+    pub fn add(&mut self, r: &RawResource<'_>) {
         for i in &r.instances {
             let attributes = i.attributes.map_or("", |a| a.get());
             let digest = sha2::Sha256::digest(attributes.as_bytes());
-            out.insert(r.address(i), hex::encode(&digest[..8]));
+            self.0.insert(r.address(i), hex::encode(&digest[..8]));
         }
     }
-    serde_json::to_string(&out).ok()
+
+    pub fn finish(self) -> Option<String> {
+        serde_json::to_string(&self.0).ok()
+    }
 }
 
 /// A resource of a state as its JSON has it, borrowed from the input rather than built: what

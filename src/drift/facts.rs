@@ -15,7 +15,7 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::history::RawResource;
+use crate::history::{Digests, RawResource};
 
 /// The most entries a set of [`Facts`] holds.
 const CAP: usize = 1000;
@@ -47,13 +47,20 @@ pub struct Facts {
 impl Facts {
     /// The facts of a state's content; `None` when it is not a readable Terraform state (an
     /// OpenTofu-encrypted one, which has no `resources` array but an `encrypted_data` field, or
-    /// anything not a JSON object with `resources`): exactly when
-    /// [`crate::history::fingerprint`] cannot read it either, for the fields both read.
+    /// anything not a JSON object with `resources`).
     pub fn of(content: &[u8]) -> Option<Facts> {
+        Facts::read(content).map(|(facts, _)| facts)
+    }
+
+    /// The facts of a state's content and its [`crate::history::fingerprint`], from one
+    /// reading of it (a write needs both, and a state can be large); `None` exactly when the
+    /// fingerprint cannot be taken either.
+    pub fn read(content: &[u8]) -> Option<(Facts, String)> {
         #[derive(Deserialize)]
         struct State<'a> {
-            #[serde(default)]
-            terraform_version: Option<String>,
+            // Read leniently, like `check_results`: an odd one loses this fact, not the state.
+            #[serde(borrow, default)]
+            terraform_version: Option<&'a RawValue>,
             resources: FromResources,
             // Kept as text and read apart: a `check_results` this code does not understand
             // loses the failed checks, not the whole state.
@@ -65,14 +72,18 @@ impl Facts {
             providers,
             tainted,
             deposed,
+            digests,
         } = state.resources;
-        Some(Facts {
-            terraform_version: state.terraform_version,
+        let facts = Facts {
+            terraform_version: state
+                .terraform_version
+                .and_then(|v| serde_json::from_str(v.get()).ok()),
             providers,
             tainted,
             deposed,
             failed_checks: state.check_results.map(failed_checks).unwrap_or_default(),
-        })
+        };
+        Some((facts, digests.finish()?))
     }
 }
 
@@ -90,10 +101,12 @@ struct FromResources {
     providers: BTreeSet<String>,
     tainted: BTreeSet<String>,
     deposed: BTreeSet<String>,
+    digests: Digests,
 }
 
 impl FromResources {
     fn add(&mut self, resource: &RawResource<'_>) {
+        self.digests.add(resource);
         if !resource.provider.is_empty() && !self.providers.contains(&*resource.provider) {
             insert_capped(&mut self.providers, resource.provider.to_string());
         }
@@ -254,6 +267,22 @@ mod tests {
             .contains(r#"module.app["eu"].terraform_data.each["a b"]"#));
         assert!(facts.tainted.contains("terraform_data.counted[12]"));
         assert_eq!(facts.providers.len(), 2, "{:?}", facts.providers);
+    }
+
+    #[test]
+    fn one_reading_gives_the_facts_and_the_fingerprint_history_takes() {
+        let state = br#"{"version":4,"terraform_version":7,"serial":1,"lineage":"L","resources":[
+          {"mode":"managed","type":"terraform_data","name":"x","instances":[{"attributes":{"input":"a"},"status":"tainted"}]}
+        ],"check_results":{"not":"a list"}}"#;
+        let (facts, fingerprint) = Facts::read(state).unwrap();
+        assert_eq!(Some(fingerprint), crate::history::fingerprint(state));
+        // An odd terraform_version or check_results loses that fact, not the state.
+        assert_eq!(facts.terraform_version, None);
+        assert!(facts.failed_checks.is_empty());
+        assert!(facts.tainted.contains("terraform_data.x"));
+        let encrypted = br#"{"serial":1,"lineage":"L","encrypted_data":"eA=="}"#;
+        assert_eq!(Facts::read(encrypted), None);
+        assert_eq!(crate::history::fingerprint(encrypted), None);
     }
 
     #[test]

@@ -122,12 +122,6 @@ impl Severity {
             Severity::Warning => "warning",
         }
     }
-
-    pub fn parse(text: &str) -> Option<Severity> {
-        [Severity::Notice, Severity::Warning]
-            .into_iter()
-            .find(|severity| severity.as_str() == text)
-    }
 }
 
 /// The most bytes of a signal's evidence.
@@ -692,13 +686,11 @@ mod tests {
         assert_eq!(Kind::parse("OutsideChange"), None);
         assert_eq!(Kind::OutsideChange.describe(), "written outside any change");
         for severity in [Severity::Notice, Severity::Warning] {
-            assert_eq!(Severity::parse(severity.as_str()), Some(severity));
             assert_eq!(
                 serde_json::to_string(&severity).unwrap(),
                 format!("\"{}\"", severity.as_str())
             );
         }
-        assert_eq!(Severity::parse("Warning"), None);
         assert!(Severity::Notice < Severity::Warning);
     }
 

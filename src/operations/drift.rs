@@ -23,12 +23,26 @@ use crate::store::Tx;
 
 pub use crate::store::drift::{DriftState, SignalRow, StoredReport, Tracked};
 
-/// What a state's content says of itself, and the JSON a version stores it as; `None` for a
-/// content that is not a readable state (an encrypted OpenTofu state).
-pub(super) fn facts_of(content: &[u8]) -> Option<(Facts, String)> {
-    let facts = Facts::of(content)?;
-    let json = serde_json::to_string(&facts).ok()?;
-    Some((facts, json))
+/// What a version stores of its content besides the content, from one reading of it: its
+/// resource fingerprint ([`crate::history::fingerprint`]), and what it says of itself with
+/// the JSON that is stored as. Both `None` for a content that is not a readable state (an
+/// encrypted OpenTofu state).
+pub(super) struct Read {
+    pub resources: Option<String>,
+    pub facts: Option<(Facts, String)>,
+}
+
+pub(super) fn read(content: &[u8]) -> Read {
+    match Facts::read(content) {
+        Some((facts, resources)) => Read {
+            resources: Some(resources),
+            facts: serde_json::to_string(&facts).ok().map(|json| (facts, json)),
+        },
+        None => Read {
+            resources: None,
+            facts: None,
+        },
+    }
 }
 
 /// A write as the detectors compare it: the version before and the one written.

@@ -67,6 +67,7 @@ pub async fn rollback(
     let content = with_serial(&content, serial).map_err(OpError::Internal)?;
     let doc = Document::parse(&content).map_err(|e| OpError::Internal(e.to_string()))?;
     let principal = req.principal().to_string();
+    let read = super::drift::read(&content);
     let version = tx
         .append_version(NewVersion {
             state,
@@ -79,11 +80,9 @@ pub async fn rollback(
             forced: record.forced,
             change_number: change,
             content: Some(&content),
-            resources: crate::history::fingerprint(&content).as_deref(),
+            resources: read.resources.as_deref(),
             beyond_plan: &[],
-            facts: super::drift::facts_of(&content)
-                .map(|(_, json)| json)
-                .as_deref(),
+            facts: read.facts.as_ref().map(|(_, json)| json.as_str()),
         })
         .await?;
     if let Some(number) = change {

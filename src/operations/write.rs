@@ -101,8 +101,7 @@ impl Writing<'_, '_> {
             commit(tx, record, DONE).await?;
             return Ok(Written::Unchanged);
         }
-        let resources = history::fingerprint(bytes);
-        let facts = drift::facts_of(bytes);
+        let drift::Read { resources, facts } = drift::read(bytes);
         // Read before the new version is: what the write is compared with.
         let before_facts = match current.as_ref().filter(|c| !c.deleted) {
             Some(_) => tx.latest_facts(state).await?,
