@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::{change_id, print_json, CliError, Format};
+use super::{change_id, print_json, read_plan, CliError, Format};
 use crate::changes::{Change, Listing};
 use crate::client::{Client, ClientError, NewChange};
 use crate::text::printable;
@@ -96,7 +96,7 @@ pub struct CreateArgs {
     /// The state the plan was made against (the NAME of /v1/state/ENV/NAME).
     #[arg(long)]
     state: String,
-    /// The plan JSON (`terraform show -json plan.tfplan`).
+    /// The plan JSON (`terraform show -json plan.tfplan`); `-` reads standard input.
     #[arg(long)]
     plan: PathBuf,
     #[arg(long)]
@@ -116,7 +116,7 @@ pub struct CreateArgs {
 pub struct UpdateArgs {
     /// The change id, e.g. prod-12.
     id: String,
-    /// The new plan JSON (`terraform show -json plan.tfplan`).
+    /// The new plan JSON (`terraform show -json plan.tfplan`); `-` reads standard input.
     #[arg(long)]
     plan: PathBuf,
     /// The commit the new plan was made from (default: `git rev-parse HEAD`, when run in a
@@ -133,7 +133,8 @@ pub struct UpdateArgs {
 pub struct AttestArgs {
     /// The change id, e.g. prod-12.
     id: String,
-    /// The JSON of the saved plan about to be applied (`terraform show -json tfplan`).
+    /// The JSON of the saved plan about to be applied (`terraform show -json tfplan`); `-`
+    /// reads standard input.
     #[arg(long)]
     plan: PathBuf,
     #[arg(long, value_enum, default_value_t)]
@@ -179,7 +180,7 @@ impl ChangeCommand {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self {
             ChangeCommand::Create(args) => {
-                let plan = read_plan(&args.plan)?;
+                let plan = read_plan(&args.plan, MAKE_PLAN)?;
                 let commit = args.commit.clone().or_else(head_commit);
                 let new = NewChange {
                     environment: &args.env,
@@ -200,7 +201,7 @@ impl ChangeCommand {
             }
             ChangeCommand::Update(args) => {
                 let id = change_id(&args.id)?;
-                let plan = read_plan(&args.plan)?;
+                let plan = read_plan(&args.plan, MAKE_PLAN)?;
                 let commit = args.commit.clone().or_else(head_commit);
                 let client = args.server.client()?;
                 let change = client.replan(id, plan, commit.as_deref()).await?;
@@ -220,7 +221,7 @@ impl ChangeCommand {
             }
             ChangeCommand::Attest(args) => {
                 let id = change_id(&args.id)?;
-                let plan = read_plan(&args.plan)?;
+                let plan = read_plan(&args.plan, MAKE_PLAN)?;
                 let change = args.server.client()?.attest(id, plan).await?;
                 match args.format {
                     Format::Json => print_json(&change)?,
@@ -292,10 +293,9 @@ async fn decide(args: ReasonArgs, verb: &str) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_plan(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path)
-        .map_err(|e| CliError::Usage(format!("cannot read the plan {}: {e}", path.display())))
-}
+/// How a change's plan is made, for a plan that cannot be read.
+const MAKE_PLAN: &str =
+    "terraform plan -out plan.tfplan && terraform show -json plan.tfplan > plan.json";
 
 /// The commit checked out where the command runs, when it runs in a git repository.
 fn head_commit() -> Option<String> {

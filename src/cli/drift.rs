@@ -2,7 +2,6 @@
 //! server: the pipeline posts its refresh-only plans, CI fails while anything is open, and
 //! owners acknowledge what they have looked at.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::change::ServerArgs;
 use super::state::{check_address, AddressArgs};
-use super::{print_json, CliError, Format};
+use super::{print_json, read_plan, CliError, Format};
 use crate::operations::drift::{
     Acknowledgement, DriftState, DriftStatus, SignalRow, StateDrift, StateHealth,
 };
@@ -98,7 +97,10 @@ impl DriftCommand {
         match self {
             DriftCommand::Report(args) => {
                 check_address(&args.address)?;
-                let plan = read_plan(&args.plan)?;
+                let plan = read_plan(
+                    &args.plan,
+                    "terraform plan -refresh-only -out drift.tfplan && terraform show -json drift.tfplan > drift.json",
+                )?;
                 let reported = args
                     .server
                     .client()?
@@ -176,23 +178,6 @@ impl DriftCommand {
             }
         }
     }
-}
-
-/// A plan file's bytes, or standard input's for `-`.
-fn read_plan(path: &PathBuf) -> Result<Vec<u8>, CliError> {
-    let mut bytes = Vec::new();
-    let read = if path.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut bytes).map(|_| ())
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
-    };
-    read.map_err(|e| {
-        CliError::Usage(format!(
-            "cannot read the plan {}: {e}; make it with `terraform plan -refresh-only -out drift.tfplan && terraform show -json drift.tfplan > drift.json`",
-            path.display()
-        ))
-    })?;
-    Ok(bytes)
 }
 
 /// A state's drift in a few words.

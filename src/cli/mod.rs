@@ -166,6 +166,24 @@ fn change_id(text: &str) -> Result<&str, CliError> {
         .map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// A plan's JSON from the file `path`, or from standard input for `-`; a usage error naming
+/// `make`, the commands that make one, when it cannot be read.
+fn read_plan(path: &std::path::Path, make: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let read = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the plan {}: {e}; make it with `{make}`",
+            path.display()
+        ))
+    })
+}
+
 /// Prints a value as pretty JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.into()))?;
