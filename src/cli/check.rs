@@ -47,6 +47,9 @@ impl CheckArgs {
     /// What the server says of each environment's newest drift report, when one is named.
     async fn reported(&self) -> Result<Option<drift_reports::Reported>, CliError> {
         let Some(server) = &self.server else {
+            eprintln!(
+                "note: drift reports were not checked: pass --server URL (or set BULKHEAD_ADDR) and a token to check that each protected environment had one within --drift-max-age"
+            );
             return Ok(None);
         };
         let token = self.token.as_deref().ok_or_else(|| {

@@ -568,4 +568,9 @@ async fn check_warns_of_a_protected_environment_without_a_recent_drift_report() 
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("drift-unreported"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("drift reports were not checked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
