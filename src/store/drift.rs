@@ -216,29 +216,29 @@ impl Tx<'_> {
     }
 
     /// Resolves the open signals of `kinds` on `state`: `version` no longer has their
-    /// condition. How many were resolved.
+    /// condition. One statement, whatever the kinds: every write runs it.
     pub async fn resolve_signals(
         &mut self,
         state: &str,
         kinds: &[Kind],
         version: i64,
-    ) -> Result<u64, StoreError> {
-        let mut resolved = 0;
-        for kind in kinds {
-            let now = self.now();
-            resolved += sqlx::query(
-                "UPDATE signals SET resolved_by = $1, resolved_at = $2 WHERE state = $3 \
-                 AND kind = $4 AND resolved_at IS NULL AND acknowledged_at IS NULL",
-            )
-            .bind(version)
-            .bind(now)
-            .bind(state)
-            .bind(kind.as_str())
-            .execute(self.conn())
-            .await?
-            .rows_affected();
+    ) -> Result<(), StoreError> {
+        if kinds.is_empty() {
+            return Ok(());
         }
-        Ok(resolved)
+        let placeholders: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "UPDATE signals SET resolved_by = $1, resolved_at = $2 WHERE state = $3 \
+             AND kind IN ({}) AND resolved_at IS NULL AND acknowledged_at IS NULL",
+            placeholders.join(", ")
+        );
+        let now = self.now();
+        let mut query = sqlx::query(&sql).bind(version).bind(now).bind(state);
+        for kind in kinds {
+            query = query.bind(kind.as_str());
+        }
+        query.execute(self.conn()).await?;
+        Ok(())
     }
 
     /// Whether any version of `state` was written under lock `lock_id` since `taken_at` (as
