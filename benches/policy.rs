@@ -99,6 +99,7 @@ fn main() {
             state: "envs/network",
             operation: operations[i % operations.len()],
             source_ip: ip,
+            certificate: None,
         };
         (p, a, e, ctx)
     };

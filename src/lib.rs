@@ -12,7 +12,7 @@
 //!   |    store                                the databases; no rule is decided here
 //!   |     /
 //! domain       config, policy, verdict, lock, state, history, drift, changes, audit,
-//!              ownership, principal, metrics, notify, text, time
+//!              ownership, principal, certificate, metrics, notify, text, time
 //!                                             pure rules and types: no I/O, no store
 //! ```
 //!
@@ -23,6 +23,8 @@
 //! # Modules
 //! - [`config`]: `bulkhead.hcl` read into validated types.
 //! - [`principal`]: who a request is from, once authenticated, and how a person reads it.
+//! - [`certificate`]: what a verified client certificate says, and what a service requires
+//!   of one.
 //! - [`identity`]: authentication: API tokens, OIDC ID tokens, the credentials of a request.
 //! - [`policy`]: the config compiled to Cedar policies; decisions with their reasons, and the
 //!   sentence a refused person reads.
@@ -51,6 +53,7 @@
 //! - [`time`]: timestamps and the clock every decision reads.
 
 pub mod audit;
+pub mod certificate;
 pub mod changes;
 pub mod checks;
 pub mod cli;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::certificate::ClientCertificate;
 use crate::config::Config;
 
 /// An authenticated caller.
@@ -87,6 +88,8 @@ pub struct Caller {
     pub subject: Option<String>,
     /// The commit a pipeline runs, from a verified OIDC token's `sha` claim only.
     pub commit: Option<String>,
+    /// The client certificate its connection presented, verified by the TLS layer.
+    pub certificate: Option<ClientCertificate>,
 }
 
 impl Caller {

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::changes::{self, BreakglassGrant, Change, ChangeId, Status};
 use crate::config::Environment;
 use crate::lock::{self, HeldLock, LockInfo};
-use crate::policy::{refusal, Action, Decision, Policy, RequestContext};
+use crate::policy::{refusal, Action, Barrier, Decision, Policy, RequestContext};
 use crate::principal::{self, Caller};
 use crate::state;
 use crate::time::Timestamp;
@@ -161,6 +161,7 @@ pub fn decide(ask: Ask<'_>, facts: &Facts<'_>) -> Verdict {
             change: None,
             forced: false,
         },
+        barred: None,
     };
     let outcome = match ask {
         Ask::Lock { id, operation } => judge.lock(id, operation),
@@ -192,13 +193,16 @@ fn action_of(ask: Ask<'_>) -> Action {
 struct Judge<'f, 'a> {
     f: &'f Facts<'a>,
     v: Verdict,
+    /// The barrier of the last refusal the policies gave.
+    barred: Option<Barrier>,
 }
 
 type Outcome = Result<Effect, Refusal>;
 
 impl Judge<'_, '_> {
-    fn policy(&self, action: Action, operation: &str) -> Decision {
-        self.f.policy.decide(
+    /// The policies' decision on `action`; the barrier of a refusal is kept for its sentence.
+    fn policy(&mut self, action: Action, operation: &str) -> Decision {
+        let decision = self.f.policy.decide(
             &self.f.caller.principal,
             action,
             &self.f.env.name,
@@ -206,17 +210,25 @@ impl Judge<'_, '_> {
                 state: self.f.state,
                 operation,
                 source_ip: self.f.source_ip,
+                certificate: self.f.caller.certificate.as_ref(),
             },
-        )
+        );
+        if !decision.allowed {
+            self.barred = decision.barrier.clone();
+        }
+        decision
     }
 
     /// The policies' decision on `action`, recorded; an open break-glass grant stands in for
-    /// a writing permission the policies refuse.
+    /// a writing permission the policies lack, never for a barrier.
     fn writer(&mut self, action: Action, operation: &str) -> bool {
         let decision = self.policy(action, operation);
         self.v.decided_by = decision.explanation();
         if decision.allowed {
             return true;
+        }
+        if decision.barrier.is_some() {
+            return false;
         }
         match self.breakglass() {
             Some(id) => {
@@ -235,8 +247,14 @@ impl Judge<'_, '_> {
         Some(grant.id.clone())
     }
 
+    /// The sentence of a refused `action`: the barrier's, when one refused it.
     fn sentence(&self, action: Action) -> String {
-        refusal::sentence(&self.f.caller.principal, action, self.f.env)
+        match &self.barred {
+            Some(barrier) => {
+                refusal::barred(self.f.caller, action, self.f.env, barrier, self.f.source_ip)
+            }
+            None => refusal::sentence(&self.f.caller.principal, action, self.f.env),
+        }
     }
 
     /// `sentence` for a write refused without a lock (`terraform -lock=false`), which comes
@@ -661,6 +679,7 @@ environment "prod" {
             branch: Some(branch.into()),
             subject: Some(format!("repo:acme/infra:ref:refs/heads/{branch}")),
             commit: None,
+            certificate: None,
         }
     }
 
@@ -825,6 +844,7 @@ environment "prod" {
             branch: None,
             subject: None,
             commit: None,
+            certificate: None,
         }
     }
 

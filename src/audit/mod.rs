@@ -111,6 +111,14 @@ pub struct Record {
     /// What a drift report found: the first drifted addresses, and how many in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<Found>,
+    /// The connection's peer, when it is a trusted proxy and `source` the client it
+    /// forwarded for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The verified client certificate the connection presented: its subject, and its
+    /// alternative names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// A signal raised by a request, as its record names it.
@@ -220,6 +228,8 @@ impl Record {
             released: None,
             signals: Vec::new(),
             drift: None,
+            peer: None,
+            certificate: None,
         }
     }
 }
@@ -266,6 +276,8 @@ impl Record {
             &self.breakglass,
             &self.branch,
             &self.released,
+            &self.peer,
+            &self.certificate,
             &self.applied.as_ref().map(|a| a.change.clone()),
             &self.diverged.as_ref().map(|d| d.change.clone()),
         ];
@@ -301,6 +313,8 @@ impl Record {
             &mut r.breakglass,
             &mut r.branch,
             &mut r.released,
+            &mut r.peer,
+            &mut r.certificate,
         ] {
             field(value, TEXT_CAP);
         }

@@ -8,6 +8,7 @@ mod backends;
 mod ci_files;
 pub mod drift_reports;
 mod iam;
+mod origins;
 mod paths;
 mod repo;
 pub mod report;
@@ -99,6 +100,14 @@ pub const RULES: &[(&str, &str)] = &[
         "Every protected environment has a recent drift report.",
     ),
     (
+        "write-from-anywhere",
+        "Production states are written only from the runners' network.",
+    ),
+    (
+        "trusted-proxies-anywhere",
+        "Only the load balancers are trusted to name the client's address.",
+    ),
+    (
         "repo-unreadable",
         "A Terraform or CI file could not be read.",
     ),
@@ -168,6 +177,7 @@ pub fn run(
     stores::check(&config, &file, &mut findings);
     writers::check(&config, &file, &mut findings)?;
     approval::check(&config, &file, &mut findings);
+    origins::check(&config, &file, &mut findings);
     if let Some(reported) = reported {
         drift_reports::check(&config, &file, reported, &mut findings);
     }

@@ -14,12 +14,14 @@ const WRITING: [Action; 3] = [
 
 pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) -> Result<(), CheckError> {
     let policy = Policy::compile(config).map_err(|e| CheckError::Usage(e.to_string()))?;
-    let ctx = RequestContext {
-        state: "",
-        operation: "OperationTypeApply",
-        source_ip: None,
-    };
     for env in config.environments.iter().filter(|e| is_production(e)) {
+        // From where writes may come: a person who may write from there can write.
+        let ctx = RequestContext {
+            state: "",
+            operation: "OperationTypeApply",
+            source_ip: env.writable_from(),
+            certificate: None,
+        };
         for user in &config.users {
             let principal = Principal::User(user.clone());
             let mut granted = Vec::new();

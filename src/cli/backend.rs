@@ -89,8 +89,16 @@ impl Backend {
             out.push_str(&format!("    {key:<14} = {}\n", quoted(value)));
         }
         out.push_str(
-            "    # username and password: TF_HTTP_USERNAME=<principal> TF_HTTP_PASSWORD=<token>\n  }\n}\n",
+            "    # username and password: TF_HTTP_USERNAME=<principal> TF_HTTP_PASSWORD=<token>\n",
         );
+        if self.address.starts_with("https://") {
+            out.push_str(concat!(
+                "    # a service with a certificate block also presents its client certificate:\n",
+                "    # TF_HTTP_CLIENT_CERTIFICATE_PEM=\"$(cat runner.crt)\" TF_HTTP_CLIENT_PRIVATE_KEY_PEM=\"$(cat runner.key)\"\n",
+                "    # (and TF_HTTP_CLIENT_CA_CERTIFICATE_PEM for a server certificate of your own CA)\n",
+            ));
+        }
+        out.push_str("  }\n}\n");
         out
     }
 

@@ -1,16 +1,18 @@
 //! `bulkhead policy explain|schema`: ask the compiled policies a question without a server.
 
+use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{change_id, CliError, ConfigArg, Format};
+use crate::certificate::{canonical_subject, ClientCertificate};
 use crate::config::{Config, Environment};
 use crate::identity::{Caller, Principal};
 use crate::lock::HeldLock;
 use crate::operations::{self, Asker, Gathered};
-use crate::policy::{refusal, Action, Decision, Policy, RequestContext, SCHEMA};
+use crate::policy::{refusal, Action, Barrier, Decision, Policy, RequestContext, SCHEMA};
 use crate::text::printable;
 use crate::time::{Clock, Timestamp};
 use crate::verdict::{self, Ask, Effect};
@@ -49,12 +51,16 @@ impl MatrixArgs {
     async fn run(self) -> Result<ExitCode, CliError> {
         let config = self.config.load()?;
         let policy = Policy::compile(&config).map_err(|e| CliError::Usage(e.to_string()))?;
-        let principals = Principal::all(&config);
-        let ctx = RequestContext {
-            state: "",
-            operation: "",
-            source_ip: None,
-        };
+        // Each principal asks with the certificate its service requires, from where the
+        // environment lets writes come: the table shows what the permits grant, and the
+        // barriers are listed beneath it.
+        let principals: Vec<(Principal, Option<ClientCertificate>)> = Principal::all(&config)
+            .into_iter()
+            .map(|p| {
+                let certificate = presented(&config, &p, None, &[]).ok().flatten();
+                (p, certificate)
+            })
+            .collect();
         let mut matrix = serde_json::Map::new();
         let mut text = String::new();
         let mut table = |shown: String,
@@ -63,11 +69,20 @@ impl MatrixArgs {
                          member: Option<&str>| {
             text.push_str(&heading);
             let mut rows = serde_json::Map::new();
+            let source_ip = env.writable_from();
             for action in Action::ALL {
                 let who: Vec<String> = principals
                     .iter()
-                    .filter(|p| policy.decide(p, action, &env.name, &ctx).allowed)
-                    .map(|p| match member {
+                    .filter(|(p, certificate)| {
+                        let ctx = RequestContext {
+                            state: "",
+                            operation: "",
+                            source_ip,
+                            certificate: certificate.as_ref(),
+                        };
+                        policy.decide(p, action, &env.name, &ctx).allowed
+                    })
+                    .map(|(p, _)| match member {
                         Some(member) if p.name() == member && matches!(p, Principal::User(_)) => {
                             "<member>".to_string()
                         }
@@ -81,6 +96,25 @@ impl MatrixArgs {
                 };
                 text.push_str(&format!("  {:<20} {shown}\n", action.as_str()));
                 rows.insert(action.as_str().into(), who.into());
+            }
+            for (attribute, networks, what) in [
+                (
+                    "write_from",
+                    &env.write_from,
+                    "states are changed only from",
+                ),
+                (
+                    "read_from",
+                    &env.read_from,
+                    "requests are answered only from",
+                ),
+            ] {
+                if networks.is_empty() {
+                    continue;
+                }
+                let shown: Vec<String> = networks.iter().map(ToString::to_string).collect();
+                text.push_str(&format!("  ({what} {} by {attribute})\n", shown.join(", ")));
+                rows.insert(attribute.into(), shown.into());
             }
             matrix.insert(shown, rows.into());
         };
@@ -112,6 +146,13 @@ impl MatrixArgs {
             let heading =
                 format!("{shown} (personal: one for each of {members} members, owner <member>)\n");
             table(shown, heading, env, Some(member));
+        }
+        for (name, service) in &config.services {
+            if let Some(required) = &service.certificate {
+                text.push_str(&format!(
+                    "service:{name} is refused everywhere without a client certificate with {required}\n"
+                ));
+            }
         }
         match self.format {
             Format::Json => super::print_json(&matrix)?,
@@ -155,6 +196,19 @@ pub struct ExplainArgs {
     /// only the identity that attested a change's plan may apply it.
     #[arg(long)]
     subject: Option<String>,
+    /// The client's address (behind a trusted proxy, the one it forwarded for). Default: an
+    /// address that the environment's write_from and read_from both let in.
+    #[arg(long, value_name = "IP")]
+    from: Option<IpAddr>,
+    /// The subject of the client certificate the request comes with, e.g.
+    /// "CN=runner-prod,O=acme". Default: for a service with a certificate block, the
+    /// certificate it requires; for anyone else, none.
+    #[arg(long, value_name = "SUBJECT")]
+    certificate_subject: Option<String>,
+    /// A DNS name or URI (scheme://...) among the certificate's alternative names; repeat for
+    /// more.
+    #[arg(long = "certificate-name", value_name = "NAME")]
+    certificate_names: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
@@ -208,18 +262,27 @@ impl PolicyCommand {
             .clone()
             .or_else(|| change.as_ref().map(|c| c.state.clone()))
             .unwrap_or_else(|| "default".into());
-        let ctx = RequestContext {
-            state: &state,
-            operation: &args.operation,
-            source_ip: None,
-        };
-        let decision = policy.decide(&principal, action, &env.name, &ctx);
+        let source_ip = args.from.or_else(|| env.writable_from());
+        let certificate = presented(
+            &config,
+            &principal,
+            args.certificate_subject.as_deref(),
+            &args.certificate_names,
+        )?;
         let caller = Caller {
             principal: principal.clone(),
             branch: args.branch.clone(),
             subject: args.subject.clone(),
             commit: args.commit.as_deref().map(str::to_ascii_lowercase),
+            certificate,
         };
+        let ctx = RequestContext {
+            state: &state,
+            operation: &args.operation,
+            source_ip,
+            certificate: caller.certificate.as_ref(),
+        };
+        let decision = policy.decide(&principal, action, &env.name, &ctx);
         let now = Clock::system().now();
         // Releasing a lock is asked of one the caller took; force-unlocking, of another's.
         let held = match action {
@@ -230,6 +293,7 @@ impl PolicyCommand {
                     branch: None,
                     subject: None,
                     commit: None,
+                    certificate: None,
                 },
                 &args.operation,
                 now,
@@ -265,7 +329,7 @@ impl PolicyCommand {
             env,
             state: &state,
             caller: &caller,
-            source_ip: None,
+            source_ip,
             change: args.change.as_deref(),
             now,
         };
@@ -281,7 +345,8 @@ impl PolicyCommand {
             None => (
                 decision.allowed,
                 decision.explanation(),
-                (!decision.allowed).then(|| refusal::sentence(&principal, action, env)),
+                (!decision.allowed)
+                    .then(|| refusal::refused(&caller, action, env, &decision, source_ip)),
                 None,
             ),
         };
@@ -323,6 +388,8 @@ impl PolicyCommand {
                     "change": args.change,
                     "branch": args.branch,
                     "commit": caller.commit,
+                    "from": source_ip,
+                    "certificate": caller.certificate.as_ref().map(ToString::to_string),
                     "binding": binding,
                     "allowed": allowed,
                     "note": note,
@@ -337,6 +404,12 @@ impl PolicyCommand {
                 let verdict = if allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict}: {principal} {} in {}", action.as_str(), env.name);
                 println!("decided by: {}", printable(&decided_by));
+                if let Some(ip) = source_ip {
+                    println!("asked from: {ip}");
+                }
+                if let Some(c) = &caller.certificate {
+                    println!("with client certificate: {}", printable(&c.to_string()));
+                }
                 for line in &binding {
                     println!("binding: {}", printable(line));
                 }
@@ -409,6 +482,37 @@ fn binding_lines(env: &Environment, change: Option<&crate::changes::Change>) -> 
     out
 }
 
+/// The client certificate `principal`'s request is asked about with: the one the flags
+/// describe, else the one its service's certificate block requires, else none.
+fn presented(
+    config: &Config,
+    principal: &Principal,
+    subject: Option<&str>,
+    names: &[String],
+) -> Result<Option<ClientCertificate>, CliError> {
+    if subject.is_none() && names.is_empty() {
+        let required = match principal {
+            Principal::Service(name) => config
+                .services
+                .get(name)
+                .and_then(|s| s.certificate.as_ref()),
+            Principal::User(_) => None,
+        };
+        return Ok(required.map(|r| r.met()));
+    }
+    let subject = subject
+        .map(canonical_subject)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--certificate-subject: {e}")))?;
+    let (uris, dns): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| n.contains("://"));
+    Ok(Some(ClientCertificate {
+        subject: subject.unwrap_or_default(),
+        dns: dns.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        uris,
+    }))
+}
+
 /// A lock as `caller` would have taken it, for the questions that release one.
 fn hypothetical_lock(caller: &Caller, operation: &str, now: Timestamp) -> HeldLock {
     HeldLock {
@@ -450,6 +554,23 @@ impl Asked<'_> {
             ctx,
         } = *self;
         let mut out = Vec::new();
+        if let Some(barrier) = &own.barrier {
+            out.push(match barrier {
+                Barrier::Network { networks, .. } => format!(
+                    "asking from {} ({}): the permits allow it from there (--from)",
+                    networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    barrier.attribute()
+                ),
+                Barrier::Certificate { required, .. } => format!(
+                    "a client certificate with {required}: the permits allow it with one (--certificate-subject, --certificate-name)"
+                ),
+            });
+            return out;
+        }
         if !own.allowed {
             let others: Vec<String> = Principal::all(config)
                 .into_iter()

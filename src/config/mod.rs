@@ -26,9 +26,9 @@ pub use self::error::ConfigError;
 pub use self::hcl::Diagnostic;
 pub use self::model::personal_name;
 pub use self::model::{
-    Approval, AuditSync, Binding, Breakglass, Config, Connections, Environment, Jwks, Notify,
-    NotifyEvent, NotifyFormat, Oidc, Personal, Pipeline, Retry, SecretSource, Server, Service,
-    Subject, Template, Tls, APPLY_WINDOW, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE,
+    Approval, AuditSync, Binding, Breakglass, ClientAuth, Config, Connections, Environment, Jwks,
+    Notify, NotifyEvent, NotifyFormat, Oidc, Personal, Pipeline, Retry, SecretSource, Server,
+    Service, Subject, Template, Tls, APPLY_WINDOW, CHECKPOINT_EVERY, DEFAULT_MAX_PLAN_SIZE,
     DEFAULT_MAX_STATE_SIZE, IDENTITY_CLAIMS, IDLE_CLOSE, TOKEN_CACHE, UI_SESSION,
 };
 pub use self::names::environment_name_ok;

@@ -124,13 +124,13 @@ pub async fn read(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let p = params?;
     let filter = p.filter(&app)?;
     let page = audit_log::page(
         &app,
         &caller,
-        peer.ip(),
+        client,
         &mut record,
         Asked {
             chain: p.env.as_deref(),
@@ -149,7 +149,7 @@ pub async fn read(
     let following = Following {
         app: app.clone(),
         caller,
-        source_ip: peer.ip(),
+        source_ip: client,
         chain: p.env,
         filter: Filter {
             last: None,

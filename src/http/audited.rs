@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use super::record::Told;
 use super::{ApiError, App};
 use crate::audit::Record;
+use crate::certificate::ClientCertificate;
 use crate::identity::Caller;
 use crate::operations::OpError;
 
@@ -53,14 +54,16 @@ impl Reply {
     }
 }
 
-/// Authenticates the request and names the caller in its record.
+/// Authenticates the request, which came with the client certificate `certificate`, and
+/// names the caller in its record.
 pub async fn authenticate(
     app: &App,
     record: &mut Record,
     headers: &HeaderMap,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Caller, ApiError> {
     let caller = app
-        .authenticate(header_str(headers, header::AUTHORIZATION))
+        .authenticate(header_str(headers, header::AUTHORIZATION), certificate)
         .await?;
     record.principal = Some(caller.principal.to_string());
     record.branch = caller.branch.clone();

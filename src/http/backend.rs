@@ -69,9 +69,9 @@ pub async fn state(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let mut call =
-        StateRequest::new(&app, caller, &address.env, &address.name, peer.ip(), None).await?;
+        StateRequest::new(&app, caller, &address.env, &address.name, client, None).await?;
     let mut query = parameters(&raw.uri)?;
     call.change = query.remove("change");
     let headers = &raw.headers;

@@ -53,8 +53,8 @@ pub async fn create(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
-    let proposing = propose::check(&app, &caller, peer.ip(), record, params?).await?;
+    let client = raw.client()?;
+    let proposing = propose::check(&app, &caller, client, record, params?).await?;
     let bytes = read_limited(&raw.headers, body, proposing.limit(), "max_plan_size").await?;
     let change = proposing.propose(&caller, record, bytes).await?;
     Reply::json(StatusCode::CREATED, &change, true)
@@ -95,7 +95,7 @@ pub async fn list(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let params = params?;
     let status = match params.status.as_deref() {
         None => None,
@@ -108,7 +108,7 @@ pub async fn list(
     let listing = read::changes(
         &app,
         &caller,
-        peer.ip(),
+        client,
         &mut record,
         params.environment.as_deref(),
         status,
@@ -139,9 +139,9 @@ pub async fn show(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let id = raw.param("id")?;
-    let change = read::change(&app, &caller, peer.ip(), &mut record, &id).await?;
+    let change = read::change(&app, &caller, client, &mut record, &id).await?;
     Reply::json(StatusCode::OK, &change, false)
 }
 
@@ -170,9 +170,9 @@ pub async fn attest(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let id = raw.param("id")?;
-    let attesting = attest::check(&app, &caller, peer.ip(), record, &id).await?;
+    let attesting = attest::check(&app, &caller, client, record, &id).await?;
     let bytes = read_limited(&raw.headers, body, attesting.limit(), "max_plan_size").await?;
     let change = attesting.attest(&caller, record, bytes).await?;
     Reply::json(StatusCode::OK, &change, true)
@@ -208,11 +208,11 @@ pub async fn replan(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let id = raw.param("id")?;
     let params: ReplanParams =
         raw.query("PUT /v1/changes/ID/plan takes ?commit=SHA, optionally")?;
-    let replanning = propose::replan(&app, &caller, peer.ip(), record, &id, params.commit).await?;
+    let replanning = propose::replan(&app, &caller, client, record, &id, params.commit).await?;
     let bytes = read_limited(&raw.headers, body, replanning.limit(), "max_plan_size").await?;
     let change = replanning.replace(record, bytes).await?;
     Reply::json(StatusCode::OK, &change, true)
@@ -253,14 +253,14 @@ pub async fn decide(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let id = raw.param("id")?;
     let params: DecideParams =
         raw.query("POST /v1/changes/ID/approve|reject|cancel takes ?reason=TEXT, optionally")?;
     let change = decide::decide(
         &app,
         &caller,
-        peer.ip(),
+        client,
         &mut record,
         &id,
         asked.as_ref().copied().map_err(String::as_str),
@@ -307,9 +307,9 @@ pub async fn open_breakglass(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let params = params?;
-    let opening = breakglass::check(&app, &caller, peer.ip(), record, &params.environment).await?;
+    let opening = breakglass::check(&app, &caller, client, record, &params.environment).await?;
     let bytes = read_body(&raw.headers, body, opening.limit()).await?;
     let opened = opening
         .open(&caller, record, &bytes, params.ttl.as_deref())
@@ -339,8 +339,8 @@ pub async fn close_breakglass(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let id = raw.param("id")?;
-    breakglass::close(&app, &caller, peer.ip(), &mut record, &id).await?;
+    breakglass::close(&app, &caller, client, &mut record, &id).await?;
     Ok(Reply::done())
 }

@@ -35,6 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::origin::PeerCertificate;
+use crate::certificate::ClientCertificate;
 use crate::config::Connections;
 
 /// How long connections get to finish their requests once the server shuts down, or once one
@@ -147,6 +149,7 @@ pub async fn serve(
             builder: builder.clone(),
             limits,
             peer,
+            certificate: None,
             stopped: stopped.clone(),
         };
         let tls = tls.clone();
@@ -232,11 +235,26 @@ struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Connections,
     peer: SocketAddr,
+    /// The verified client certificate of the connection.
+    certificate: Option<PeerCertificate>,
     stopped: watch::Receiver<bool>,
 }
 
+/// The client certificate `tls` verified, read once for all the connection's requests. One
+/// that cannot be read is as good as none (it was verified, so this is unusual): logged.
+fn presented(peer: SocketAddr, tls: &rustls::ServerConnection) -> Option<PeerCertificate> {
+    let der = tls.peer_certificates()?.first()?;
+    match ClientCertificate::from_der(der) {
+        Ok(certificate) => Some(PeerCertificate(Arc::new(certificate))),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "client certificate ignored");
+            None
+        }
+    }
+}
+
 impl Conn {
-    async fn run(self, tcp: TcpStream, tls: Option<RustlsAcceptor>) {
+    async fn run(mut self, tcp: TcpStream, tls: Option<RustlsAcceptor>) {
         // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall terraform's small
         // request/response exchanges by tens of milliseconds each.
         if let Err(e) = tcp.set_nodelay(true) {
@@ -246,8 +264,12 @@ impl Conn {
             None => self.http(tcp).await,
             // The acceptor gives up on a handshake after the header timeout.
             Some(tls) => match tls.accept(tcp, ()).await {
-                Ok((stream, ())) => self.http(stream).await,
-                Err(e) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+                Ok((stream, ())) => {
+                    self.certificate = presented(self.peer, stream.get_ref().1);
+                    self.http(stream).await
+                }
+                // A certificate the client authorities do not vouch for ends here.
+                Err(e) => tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed"),
             },
         }
     }
@@ -260,6 +282,7 @@ impl Conn {
         let service = Service {
             router: self.router,
             peer: self.peer,
+            certificate: self.certificate,
             body_timeout: self.limits.body_timeout,
             activity: activity.clone(),
         };
@@ -427,6 +450,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 struct Service {
     router: Router,
     peer: SocketAddr,
+    certificate: Option<PeerCertificate>,
     body_timeout: Duration,
     activity: Arc<Activity>,
 }
@@ -442,6 +466,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service 
         let deadline = Instant::now() + self.body_timeout;
         let mut request = request.map(|body| Body::new(Deadline::new(body, deadline)));
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(certificate) = &self.certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let mut router = self.router.clone();
         Box::pin(async move {
             let response = router.call(request).await;

@@ -184,7 +184,7 @@ impl FromRequestParts<Arc<App>> for Signed {
 impl Signed {
     /// What every page of this session needs: its frame, and where the request came from.
     async fn view(&self, app: &App, raw: &Raw) -> Result<Viewing, UiError> {
-        let ip = raw.peer()?.ip();
+        let ip = raw.client()?;
         Ok(Viewing {
             frame: Frame {
                 who: self.session.caller.principal.to_string(),

@@ -54,10 +54,9 @@ pub async fn status(
     raw: Raw,
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let params = params?;
-    let status =
-        drift::status(&app, &caller, peer.ip(), &mut record, params.env.as_deref()).await?;
+    let status = drift::status(&app, &caller, client, &mut record, params.env.as_deref()).await?;
     Reply::json(StatusCode::OK, &status, false)
 }
 
@@ -111,8 +110,8 @@ pub async fn state(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
-    let req = StateRequest::new(&app, caller, &ask.env, &ask.name, peer.ip(), None).await?;
+    let client = raw.client()?;
+    let req = StateRequest::new(&app, caller, &ask.env, &ask.name, client, None).await?;
     match raw.method {
         Method::GET => {
             let shown = drift::show(&req, record).await?;

@@ -92,10 +92,9 @@ pub async fn history(
 ) -> Result<Reply, ApiError> {
     let mut record = audit.record().await;
     let record = &mut *record;
-    let peer = raw.peer()?;
+    let client = raw.client()?;
     let params = ask.params?;
-    let call =
-        StateRequest::new(&app, caller, &ask.env, &ask.name, peer.ip(), params.change).await?;
+    let call = StateRequest::new(&app, caller, &ask.env, &ask.name, client, params.change).await?;
     if raw.method == Method::POST {
         let to = params
             .rollback_to
@@ -137,7 +136,7 @@ pub async fn status(
     Caller(caller): Caller,
     raw: Raw,
 ) -> Result<Reply, ApiError> {
-    let peer = raw.peer()?;
-    let out = read::status(&app, &caller, peer.ip()).await?;
+    let client = raw.client()?;
+    let out = read::status(&app, &caller, client).await?;
     Reply::json(StatusCode::OK, &out, false)
 }

@@ -10,8 +10,10 @@ pub mod dashboard;
 pub mod drift;
 mod error;
 pub mod history;
+mod origin;
 mod raw;
 mod record;
+mod tls;
 mod unrouted;
 
 use std::future::Future;
@@ -22,7 +24,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
 
 use crate::operations::health::Health;
 pub use error::ApiError;
@@ -33,12 +34,8 @@ pub use crate::operations::Server as App;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot load the TLS certificate {cert} or key {key}: {source}")]
-    Tls {
-        cert: String,
-        key: String,
-        source: std::io::Error,
-    },
+    #[error("server.tls: {file}: {problem}")]
+    Tls { file: String, problem: String },
     #[error("cannot listen for /metrics on {address} (server {{ metrics_listen }}): {source}")]
     Metrics {
         address: String,
@@ -107,13 +104,15 @@ async fn metrics(
     State(app): State<Arc<App>>,
     raw: raw::Raw,
 ) -> Result<impl IntoResponse, ApiError> {
-    let peer = raw.peer()?;
+    let origin = raw.origin()?;
     let authorization = raw
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = app.authenticate(authorization).await?;
-    let text = crate::operations::metrics::scrape(&app, &caller, peer.ip()).await?;
+    let caller = app
+        .authenticate(authorization, origin.certificate.as_deref())
+        .await?;
+    let text = crate::operations::metrics::scrape(&app, &caller, origin.client).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, METRICS_TYPE)], text))
 }
 
@@ -190,21 +189,13 @@ async fn serve_connections(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let limits = app.config.server.connections;
-    let tls = match app.config.server.tls.clone() {
-        None => None,
-        Some(tls) => {
-            // One process-wide crypto provider; a second install is harmless and ignored.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                .await
-                .map_err(|source| StartError::Tls {
-                    cert: tls.cert_file.display().to_string(),
-                    key: tls.key_file.display().to_string(),
-                    source,
-                })?;
-            Some(config)
-        }
-    };
+    let tls = app
+        .config
+        .server
+        .tls
+        .as_ref()
+        .map(tls::config)
+        .transpose()?;
     connections::serve(router(app), listener, limits, tls, shutdown).await?;
     Ok(())
 }

@@ -4,19 +4,20 @@
 //! one is an [`ApiError`] with a sentence, recorded like any other refusal.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
+use axum::extract::{FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri};
 use serde::de::DeserializeOwned;
 
+use super::origin::Origin;
 use super::ApiError;
 use crate::operations::OpError;
 
 /// A request's method, address, headers and client, not yet judged.
 pub struct Raw {
-    peer: Option<SocketAddr>,
+    origin: Option<Origin>,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -36,10 +37,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Raw {
             Err(e) => Err(e.to_string()),
         };
         Ok(Raw {
-            peer: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
+            origin: parts.extensions.get::<Origin>().cloned(),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
@@ -49,14 +47,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Raw {
 }
 
 impl Raw {
-    /// The client's address, which the policies may need.
-    pub fn peer(&self) -> Result<SocketAddr, ApiError> {
-        self.peer.ok_or_else(|| {
+    /// Where the request comes from: the client's address and certificate.
+    pub fn origin(&self) -> Result<&Origin, ApiError> {
+        self.origin.as_ref().ok_or_else(|| {
             OpError::Internal(
-                "the router runs without client addresses: serve it with ConnectInfo".into(),
+                "the router runs without client addresses: serve it with ConnectInfo and the audit layer".into(),
             )
             .into()
         })
+    }
+
+    /// The client's address, which the policies may need.
+    pub fn client(&self) -> Result<IpAddr, ApiError> {
+        self.origin().map(|o| o.client)
     }
 
     /// The path parameter `name` of the route, percent-decoded.

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::audited::{authenticate, header_str};
+use super::origin::{Origin, PeerCertificate};
 use super::raw::Raw;
 use super::{ApiError, App};
 use crate::audit::{Outcome, Record};
@@ -76,10 +77,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Audit {
 pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let mut record = Record::new("");
-    record.source = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let certificate = request
+            .extensions()
+            .get::<PeerCertificate>()
+            .map(|c| c.0.clone());
+        let origin = Origin::of(
+            peer.ip(),
+            request.headers(),
+            &app.config.server.trusted_proxies,
+            certificate,
+        );
+        record.source = Some(origin.client.to_string());
+        record.peer = origin.proxy().map(|p| p.to_string());
+        record.certificate = origin.certificate.as_ref().map(|c| c.to_string());
+        request.extensions_mut().insert(origin);
+    }
     record.user_agent = header_str(request.headers(), header::USER_AGENT).map(str::to_string);
     let audit = Audit(Arc::new(Mutex::new(Entry {
         record,
@@ -204,7 +217,11 @@ impl FromRequestParts<Arc<App>> for Caller {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let audit = Audit::from_request_parts(parts, app).await?;
         let mut record = audit.record().await;
-        authenticate(app, &mut record, &parts.headers)
+        let certificate = parts
+            .extensions
+            .get::<Origin>()
+            .and_then(|o| o.certificate.clone());
+        authenticate(app, &mut record, &parts.headers, certificate.as_deref())
             .await
             .map(Caller)
     }

@@ -89,7 +89,8 @@ async fn refuse(
     // Only to name the caller: the answer is the same whoever asks.
     if raw.headers.contains_key(header::AUTHORIZATION) {
         let mut record = audit.record().await;
-        let _ = authenticate(app, &mut record, &raw.headers).await;
+        let certificate = raw.origin().ok().and_then(|o| o.certificate.clone());
+        let _ = authenticate(app, &mut record, &raw.headers, certificate.as_deref()).await;
     }
     let method = capped(raw.method.as_str(), METHOD_LIMIT);
     let path = capped(raw.uri.path(), PATH_LIMIT);

@@ -9,6 +9,7 @@ pub mod oidc;
 pub mod session;
 pub mod token;
 
+use crate::certificate::ClientCertificate;
 use crate::config::Config;
 pub use crate::principal::{describe, describe_proved, Caller, Principal};
 
@@ -34,12 +35,15 @@ pub enum AuthError {
 }
 
 /// Authenticates the `Authorization` header value of a request: a bulkhead token, or an
-/// OIDC ID token from a CI provider that a service trusts.
+/// OIDC ID token from a CI provider that a service trusts. `certificate` is the client
+/// certificate its connection presented, which the caller carries to the policies (a
+/// service's `certificate` block is one of them).
 pub async fn authenticate(
     config: &Config,
     tokens: &crate::store::SystemStore,
     oidc: &oidc::OidcVerifier,
     authorization: Option<&str>,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Caller, AuthError> {
     let creds = credentials::parse(authorization.ok_or(AuthError::Missing)?)?;
     if creds.secret.split('.').count() == 3 && !creds.secret.starts_with("bh_") {
@@ -51,6 +55,7 @@ pub async fn authenticate(
             branch: verified.branch,
             subject: verified.subject,
             commit: verified.commit,
+            certificate: certificate.cloned(),
         });
     }
     let presented = token::Presented::parse(&creds.secret).ok_or(AuthError::BadToken)?;
@@ -65,6 +70,7 @@ pub async fn authenticate(
         branch: None,
         subject: None,
         commit: None,
+        certificate: certificate.cloned(),
     })
 }
 

@@ -86,6 +86,7 @@ pub async fn sign_in(
         branch: None,
         subject: None,
         commit: None,
+        certificate: None,
     };
     let now = clock.now();
     let expires_at = now
@@ -156,6 +157,7 @@ pub async fn resume(
             branch: None,
             subject: None,
             commit: None,
+            certificate: None,
         },
         csrf: row.csrf,
         expires_at,

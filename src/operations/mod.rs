@@ -32,12 +32,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::audit::{checkpoint, Outcome, Record, Refused};
+use crate::certificate::ClientCertificate;
 use crate::changes::{BreakglassGrant, Change, ChangeId};
 use crate::config::{Config, Environment};
 use crate::identity::oidc::{OidcError, OidcVerifier};
 use crate::identity::{self, AuthError, Caller, Principal};
 use crate::lock::{HeldLock, LockInfo};
-use crate::policy::{refusal, Action, Policy, PolicyError, RequestContext};
+use crate::policy::{refusal, Action, Decision, Policy, PolicyError, RequestContext};
 use crate::state::StateName;
 use crate::store::{AtStart, EnvStore, StoreError, Stores, Tx};
 use crate::time::Clock;
@@ -249,7 +250,10 @@ impl Server {
         if let Some(store) = self.stores.environment(name) {
             return Ok((env, store));
         }
-        if !self.may_read(caller, env, source_ip) {
+        // One whom only a barrier holds back may read here: the request's own action is
+        // refused next, in the barrier's words for that action.
+        let decision = self.decide(caller, Action::StateRead, env, "", source_ip);
+        if !decision.allowed && decision.barrier.is_none() {
             let sentence = refusal::sentence(&caller.principal, Action::StateRead, env);
             return Err(OpError::Forbidden(sentence));
         }
@@ -313,12 +317,21 @@ impl Server {
         writers.shutdown(&self.stores).await;
     }
 
-    /// Authenticates the `Authorization` header value of a request.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, OpError> {
-        Ok(
-            identity::authenticate(&self.config, &self.stores.system, &self.oidc, authorization)
-                .await?,
+    /// Authenticates the `Authorization` header value of a request, which came with the
+    /// client certificate `certificate`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Caller, OpError> {
+        Ok(identity::authenticate(
+            &self.config,
+            &self.stores.system,
+            &self.oidc,
+            authorization,
+            certificate,
         )
+        .await?)
     }
 
     /// Whether the policies let `caller` do `action` in `env` (on `state`, when it is about
@@ -331,26 +344,52 @@ impl Server {
         env: &Environment,
         source_ip: IpAddr,
     ) -> Result<(), OpError> {
-        let decision = self.policy.decide(
-            &caller.principal,
-            action,
-            &env.name,
-            &RequestContext {
-                state: record.state.as_deref().unwrap_or(""),
-                operation: "",
-                source_ip: Some(source_ip),
-            },
-        );
+        let state = record.state.clone().unwrap_or_default();
+        self.require_on(caller, record, action, env, &state, source_ip)
+    }
+
+    /// [`Server::require`] on `state`.
+    fn require_on(
+        &self,
+        caller: &Caller,
+        record: &mut Record,
+        action: Action,
+        env: &Environment,
+        state: &str,
+        source_ip: IpAddr,
+    ) -> Result<(), OpError> {
+        let decision = self.decide(caller, action, env, state, source_ip);
         record.policy = Some(decision.explanation());
         if decision.allowed {
             Ok(())
         } else {
-            Err(OpError::Forbidden(refusal::sentence(
-                &caller.principal,
+            Err(OpError::Forbidden(refusal::refused(
+                caller,
                 action,
                 env,
+                &decision,
+                Some(source_ip),
             )))
         }
+    }
+
+    /// The policies' decision on `caller` doing `action` in `env`, on `state` (or none).
+    fn decide(
+        &self,
+        caller: &Caller,
+        action: Action,
+        env: &Environment,
+        state: &str,
+        source_ip: IpAddr,
+    ) -> Decision {
+        let ctx = RequestContext {
+            state,
+            operation: "",
+            source_ip: Some(source_ip),
+            certificate: caller.certificate.as_ref(),
+        };
+        self.policy
+            .decide(&caller.principal, action, &env.name, &ctx)
     }
 
     /// Environment `name`, for a caller who may read it (named in `record`); refused when
@@ -384,14 +423,7 @@ impl Server {
         env: &Environment,
         source_ip: IpAddr,
     ) -> bool {
-        let ctx = RequestContext {
-            state: "",
-            operation: "",
-            source_ip: Some(source_ip),
-        };
-        self.policy
-            .decide(&caller.principal, action, &env.name, &ctx)
-            .allowed
+        self.decide(caller, action, env, "", source_ip).allowed
     }
 }
 
@@ -508,26 +540,14 @@ impl<'a> StateRequest<'a> {
     /// Decides a request that changes nothing, records the deciding policies, and refuses
     /// with the sentence when denied.
     pub fn require(&self, record: &mut Record, action: Action) -> Result<(), OpError> {
-        let decision = self.server.policy.decide(
-            self.principal(),
+        self.server.require_on(
+            &self.caller,
+            record,
             action,
-            &self.env.name,
-            &RequestContext {
-                state: self.name.as_str(),
-                operation: "",
-                source_ip: Some(self.source_ip),
-            },
-        );
-        record.policy = Some(decision.explanation());
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(OpError::Forbidden(refusal::sentence(
-                self.principal(),
-                action,
-                self.env,
-            )))
-        }
+            self.env,
+            self.name.as_str(),
+            self.source_ip,
+        )
     }
 
     /// Reads, inside `tx`, what the verdict on this request depends on; `lock_id` is the lock

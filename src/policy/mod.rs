@@ -18,6 +18,9 @@ use cedar_policy::{
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
+use ipnet::IpNet;
+
+use crate::certificate::{ClientCertificate, Requirement};
 use crate::config::{Config, Environment, Subject, Template};
 use crate::principal::Principal;
 
@@ -28,10 +31,12 @@ namespace Bulkhead {
   entity User in [Team];
   entity Service;
   entity Environment = { owner: String, template?: String, member?: User };
+  type Certificate = { subject: String, dns: Set<String>, uris: Set<String> };
   type RequestContext = {
     state: String,
     operation: String,
     source_ip: ipaddr,
+    certificate?: Certificate,
   };
   action "state:read", "state:write", "state:lock", "state:unlock", "state:force-unlock",
          "state:force-write", "state:delete", "state:rollback", "change:create",
@@ -115,7 +120,10 @@ pub struct RequestContext<'a> {
     pub state: &'a str,
     /// The lock operation (`OperationTypeApply`, `state-push`, ...) or empty.
     pub operation: &'a str,
+    /// The client's address: behind a trusted proxy, the one it forwarded for.
     pub source_ip: Option<IpAddr>,
+    /// The client certificate the connection presented and the server verified.
+    pub certificate: Option<&'a ClientCertificate>,
 }
 
 impl RequestContext<'_> {
@@ -133,7 +141,45 @@ pub struct Decision {
     pub policies: Vec<String>,
     /// Policies that failed to evaluate (they count as not applying).
     pub errors: Vec<String>,
+    /// The barrier that refused it, when one did.
+    pub barrier: Option<Barrier>,
 }
+
+/// A rule of the config that refuses what the permits allow, whoever asks: where requests
+/// come from, and the certificate a service's requests come with. Compiled to `forbid`
+/// policies. An open break-glass grant stands in for a permit the policies lack, never for
+/// a barrier: it is lifted by asking from the right place, with the right certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Barrier {
+    /// An environment's `write_from` (then `writes` is true) or `read_from`.
+    Network { writes: bool, networks: Vec<IpNet> },
+    /// A service's `certificate` block.
+    Certificate {
+        service: String,
+        required: Requirement,
+    },
+}
+
+impl Barrier {
+    /// The attribute of the config that sets it.
+    pub fn attribute(&self) -> &'static str {
+        match self {
+            Barrier::Network { writes: true, .. } => "write_from",
+            Barrier::Network { writes: false, .. } => "read_from",
+            Barrier::Certificate { .. } => "certificate",
+        }
+    }
+}
+
+/// What `write_from` bars from elsewhere: the actions that change a state. Releasing a lock
+/// changes none, so an owner may still force-unlock a stuck apply from where they are.
+pub const WRITE_FROM_ACTIONS: [Action; 5] = [
+    Action::StateWrite,
+    Action::StateLock,
+    Action::StateForceWrite,
+    Action::StateDelete,
+    Action::StateRollback,
+];
 
 impl Decision {
     /// One line naming what decided: the policies, or the default deny.
@@ -182,6 +228,8 @@ pub struct Policy {
     /// policies and entities never change after compiling), and a client repeats the same
     /// requests: terraform reads and locks the same states, from the same address.
     decided: BoundedCache<Asked, Decision>,
+    /// The barriers, by the id of the policy compiled from each.
+    barriers: HashMap<String, Barrier>,
 }
 
 /// The policy set of one environment: its template's, or its own, compiled when first needed.
@@ -205,6 +253,7 @@ struct Asked {
     state: String,
     operation: String,
     source_ip: IpAddr,
+    certificate: Option<ClientCertificate>,
 }
 
 /// A cache of values worked out before (decisions, parsed source IPs), at most
@@ -252,6 +301,14 @@ impl Policy {
         for path in &config.policy_files {
             add_policy_file(&mut custom, &schema, path)?;
         }
+        // The services' certificates hold in every environment, so they go with the custom
+        // policies into every environment's set.
+        let mut barriers = HashMap::new();
+        let certificates = certificate_policies(config, &mut barriers);
+        add_generated(&mut custom, certificates).map_err(|e| internal(&e))?;
+        for env in &config.environments {
+            barriers.extend(network_barrier_list(env));
+        }
         let mut templates = HashMap::new();
         for template in &config.templates {
             let mut policies = custom.clone();
@@ -281,6 +338,7 @@ impl Policy {
             authorizer: Authorizer::new(),
             source_ips: BoundedCache::new(),
             decided: BoundedCache::new(),
+            barriers,
         })
     }
 
@@ -299,6 +357,7 @@ impl Policy {
             state: context.state.to_string(),
             operation: context.operation.to_string(),
             source_ip: context.address(),
+            certificate: context.certificate.cloned(),
         };
         let evaluate = || self.evaluate(principal, action, environment, context);
         self.decided.get_or(asked, evaluate)
@@ -316,26 +375,56 @@ impl Policy {
             allowed: false,
             policies: Vec::new(),
             errors: vec![error],
+            barrier: None,
         };
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
         let address = context.address();
-        let context = Context::from_pairs([
+        let certificate = context.certificate.map(|c| {
+            let texts = |values: &[String]| {
+                RestrictedExpression::new_set(
+                    values
+                        .iter()
+                        .map(|v| RestrictedExpression::new_string(v.clone())),
+                )
+            };
             (
-                "state".to_string(),
-                RestrictedExpression::new_string(context.state.to_string()),
-            ),
-            (
-                "operation".to_string(),
-                RestrictedExpression::new_string(context.operation.to_string()),
-            ),
-            (
-                "source_ip".to_string(),
-                self.source_ips.get_or(address, || {
-                    RestrictedExpression::new_ip(address.to_string())
-                }),
-            ),
-        ]);
+                "certificate".to_string(),
+                RestrictedExpression::new_record([
+                    (
+                        "subject".to_string(),
+                        RestrictedExpression::new_string(c.subject.clone()),
+                    ),
+                    ("dns".to_string(), texts(&c.dns)),
+                    ("uris".to_string(), texts(&c.uris)),
+                ]),
+            )
+        });
+        let certificate = match certificate {
+            None => None,
+            Some((key, Ok(value))) => Some((key, value)),
+            Some((_, Err(e))) => return deny(format!("request certificate: {e}")),
+        };
+        let context = Context::from_pairs(
+            [
+                (
+                    "state".to_string(),
+                    RestrictedExpression::new_string(context.state.to_string()),
+                ),
+                (
+                    "operation".to_string(),
+                    RestrictedExpression::new_string(context.operation.to_string()),
+                ),
+                (
+                    "source_ip".to_string(),
+                    self.source_ips.get_or(address, || {
+                        RestrictedExpression::new_ip(address.to_string())
+                    }),
+                ),
+            ]
+            .into_iter()
+            .chain(certificate),
+        );
         let context = match context {
             Ok(c) => c,
             Err(e) => return deny(format!("request context: {e}")),
@@ -350,7 +439,7 @@ impl Policy {
             Ok(r) => r,
             Err(e) => return deny(format!("request: {e}")),
         };
-        let policies = match self.by_environment.get(environment) {
+        let set = match self.by_environment.get(environment) {
             None => &self.custom,
             Some(Policies::Template(set)) => &**set,
             Some(Policies::Declared(declared)) => {
@@ -365,17 +454,22 @@ impl Policy {
                 }
             }
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, policies, &self.entities);
+        let response = self.authorizer.is_authorized(&request, set, &self.entities);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
             .map(|id| id.to_string())
             .collect();
         policies.sort();
+        let allowed = response.decision() == cedar_policy::Decision::Allow;
+        let barrier = if allowed {
+            None
+        } else {
+            self.barrier(&policies, &request, set)
+        };
         Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
+            allowed,
+            barrier,
             policies,
             errors: response
                 .diagnostics()
@@ -383,6 +477,23 @@ impl Policy {
                 .map(|e| e.to_string())
                 .collect(),
         }
+    }
+}
+
+impl Policy {
+    /// The barrier among the policies that refused `request`, when the permits would have
+    /// allowed it without the barriers: one who may not write at all is not told that the
+    /// network is wrong. Only refusals pay for the second evaluation.
+    fn barrier(&self, deciding: &[String], request: &Request, set: &PolicySet) -> Option<Barrier> {
+        let barrier = deciding.iter().find_map(|id| self.barriers.get(id))?;
+        let mut without = set.clone();
+        for id in deciding.iter().filter(|id| self.barriers.contains_key(*id)) {
+            without.remove_static(PolicyId::new(id)).ok()?;
+        }
+        let again = self
+            .authorizer
+            .is_authorized(request, &without, &self.entities);
+        (again.decision() == cedar_policy::Decision::Allow).then(|| barrier.clone())
     }
 }
 
@@ -460,6 +571,25 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
         ),
     ];
     let resource = format!("resource == Bulkhead::Environment::{}", quote(&env.name));
+    for (id, barrier) in network_barrier_list(env) {
+        let Barrier::Network { writes, networks } = &barrier else {
+            continue;
+        };
+        let actions = if *writes {
+            format!("action in [{}]", action_list(&WRITE_FROM_ACTIONS))
+        } else {
+            "action".to_string()
+        };
+        let inside = networks
+            .iter()
+            .map(|n| format!("context.source_ip.isInRange(ip({}))", quote(&n.to_string())))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        out.push((
+            id,
+            format!("forbid(principal, {actions}, {resource}) unless {{ {inside} }};"),
+        ));
+    }
     for (attr, subjects, actions) in grants {
         for subject in subjects {
             out.push((
@@ -471,6 +601,57 @@ fn generated_policies(env: &Environment) -> Vec<(String, String)> {
                 ),
             ));
         }
+    }
+    out
+}
+
+/// The network barriers of an environment, with the ids of their policies:
+/// `<environment>.write_from` and `<environment>.read_from`.
+fn network_barrier_list(env: &Environment) -> Vec<(String, Barrier)> {
+    [(true, &env.write_from), (false, &env.read_from)]
+        .into_iter()
+        .filter(|(_, networks)| !networks.is_empty())
+        .map(|(writes, networks)| {
+            let barrier = Barrier::Network {
+                writes,
+                networks: networks.clone(),
+            };
+            (format!("{}.{}", env.name, barrier.attribute()), barrier)
+        })
+        .collect()
+}
+
+/// The policies of the services' `certificate` blocks, `service:<name>.certificate`, each
+/// refusing every request of its service without the certificate; noted in `barriers`.
+fn certificate_policies(
+    config: &Config,
+    barriers: &mut HashMap<String, Barrier>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, service) in &config.services {
+        let Some(required) = &service.certificate else {
+            continue;
+        };
+        let condition = match required {
+            Requirement::Subject(s) => format!("context.certificate.subject == {}", quote(s)),
+            Requirement::Dns(d) => format!("context.certificate.dns.contains({})", quote(d)),
+            Requirement::Uri(u) => format!("context.certificate.uris.contains({})", quote(u)),
+        };
+        let id = format!("service:{name}.certificate");
+        out.push((
+            id.clone(),
+            format!(
+                "forbid(principal == Bulkhead::Service::{}, action, resource) unless {{ context has certificate && {condition} }};",
+                quote(name)
+            ),
+        ));
+        barriers.insert(
+            id,
+            Barrier::Certificate {
+                service: name.clone(),
+                required: required.clone(),
+            },
+        );
     }
     out
 }
@@ -691,6 +872,7 @@ environment "prod" {
             state: "network",
             operation: "OperationTypeApply",
             source_ip: None,
+            certificate: None,
         }
     }
 

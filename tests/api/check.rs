@@ -175,6 +175,34 @@ fn a_person_who_can_write_production() {
 }
 
 #[test]
+fn production_written_from_anywhere_and_proxies_trusted_from_anywhere() {
+    let anywhere = [(CONFIG, "  write_from = [\"10.20.0.0/16\"]\n", "")];
+    let (code, ids) = findings(&anywhere);
+    assert_eq!(
+        (code, ids),
+        (Some(0), vec!["write-from-anywhere".to_string()])
+    );
+    let dir = fixture(&anywhere);
+    let (_, human) = check(dir.path(), "human");
+    assert!(
+        human.contains("production environment prod can be written from any network")
+            && human.contains("service:ci-prod has none"),
+        "{human}"
+    );
+    // 0.0.0.0/0 is anywhere too.
+    let (_, ids) = findings(&[(CONFIG, "\"10.20.0.0/16\"", "\"0.0.0.0/0\"")]);
+    assert_eq!(ids, ["write-from-anywhere"]);
+    only(
+        &[(
+            CONFIG,
+            "service \"ci-prod\" {}",
+            "server {\n  trusted_proxies = [\"0.0.0.0/0\"]\n}\nservice \"ci-prod\" {}",
+        )],
+        "trusted-proxies-anywhere",
+    );
+}
+
+#[test]
 fn production_without_approval() {
     only(
         &[(CONFIG, "  approval {\n    required = 1\n  }\n", "")],

@@ -417,6 +417,95 @@ fn policy_matrix_lists_who_may_do_what_where() {
 }
 
 #[test]
+fn policy_explain_and_matrix_show_networks_and_certificates() {
+    let config = CONFIG
+        .replace(
+            "  write = [\"service:ci-prod\"]\n}",
+            "  write = [\"service:ci-prod\"]\n  write_from = [\"10.20.0.0/16\"]\n}",
+        )
+        .replace(
+            "service \"ci-prod\" {}",
+            "service \"ci-prod\" {\n  certificate { subject = \"CN=runner-prod,O=acme\" }\n}",
+        )
+        .replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\n  tls {\n    cert_file = \"c.pem\"\n    key_file = \"k.pem\"\n    client_ca_file = \"ca.pem\"\n  }",
+        );
+    let (dir, _) = with_config(&config);
+    let explain = |more: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--config",
+            "bulkhead.hcl",
+            "--principal",
+            "ci-prod",
+            "--action",
+            "state:write",
+            "--env",
+            "prod",
+        ];
+        args.extend(more);
+        bulkhead(dir.path(), &args)
+    };
+    // By default: from where writes may come, with the certificate the service requires.
+    let allow = explain(&[]);
+    assert!(allow.status.success(), "{}", stdout(&allow));
+    let shown = stdout(&allow);
+    assert!(
+        shown.contains("asked from: 10.20.0.0")
+            && shown.contains("with client certificate: CN=runner-prod,O=acme"),
+        "{shown}"
+    );
+    let outside = explain(&["--from", "203.0.113.9"]);
+    assert_eq!(outside.status.code(), Some(1));
+    let shown = stdout(&outside);
+    assert!(
+        shown.contains("decided by: prod.write_from")
+            && shown.contains("service:ci-prod may not write prod from 203.0.113.9")
+            && shown.contains("asking from 10.20.0.0/16 (write_from)"),
+        "{shown}"
+    );
+    let laptop = explain(&["--certificate-subject", "CN=laptop,O=acme"]);
+    assert_eq!(laptop.status.code(), Some(1));
+    let shown = stdout(&laptop);
+    assert!(
+        shown.contains("decided by: service:ci-prod.certificate")
+            && shown.contains("came with one of CN=laptop,O=acme"),
+        "{shown}"
+    );
+    let bad = explain(&["--certificate-subject", "laptop"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let matrix = bulkhead(
+        dir.path(),
+        &["policy", "matrix", "--config", "bulkhead.hcl"],
+    );
+    let shown = stdout(&matrix);
+    assert!(
+        shown.contains("(states are changed only from 10.20.0.0/16 by write_from)")
+            && shown.contains("service:ci-prod is refused everywhere without a client certificate with subject CN=runner-prod,O=acme"),
+        "{shown}"
+    );
+    let json = bulkhead(
+        dir.path(),
+        &[
+            "policy",
+            "matrix",
+            "--config",
+            "bulkhead.hcl",
+            "--format",
+            "json",
+        ],
+    );
+    let m: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(
+        m["prod"]["state:write"],
+        serde_json::json!(["service:ci-prod"])
+    );
+    assert_eq!(m["prod"]["write_from"], serde_json::json!(["10.20.0.0/16"]));
+}
+
+#[test]
 fn policy_matrix_and_explain_show_a_personal_template_once_and_decide_its_environments() {
     let (dir, _) = with_config(&crate::personal::sandbox_config());
     let matrix = |format: &str| {

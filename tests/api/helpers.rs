@@ -299,6 +299,8 @@ impl TestApp {
             app: self,
             credentials,
             base: self.base(),
+            client: self.client.clone(),
+            forwarded_for: None,
         }
     }
 
@@ -403,6 +405,8 @@ pub struct Requester<'a> {
     app: &'a TestApp,
     credentials: Credentials,
     base: String,
+    client: reqwest::Client,
+    forwarded_for: Option<String>,
 }
 
 /// How a request proves who sends it.
@@ -431,6 +435,20 @@ impl<'a> Requester<'a> {
     /// To another server instance sharing this app's storage, at base URL `base`.
     pub fn on(mut self, base: impl AsRef<str>) -> Self {
         self.base = base.as_ref().to_string();
+        self
+    }
+
+    /// Over TLS at `base`, through `client` (which holds the trust and any client
+    /// certificate).
+    pub fn over(mut self, base: impl AsRef<str>, client: &reqwest::Client) -> Self {
+        self.base = base.as_ref().to_string();
+        self.client = client.clone();
+        self
+    }
+
+    /// With `X-Forwarded-For: addresses`, as a proxy (or someone posing as one) sends it.
+    pub fn forwarded_for(mut self, addresses: &str) -> Self {
+        self.forwarded_for = Some(addresses.to_string());
         self
     }
 
@@ -497,15 +515,18 @@ impl StateRequest<'_> {
             app,
             credentials,
             base,
+            client,
+            forwarded_for,
         } = self.from;
         let path = match &self.lock_id {
             Some(id) if self.path.contains('?') => format!("{}&ID={id}", self.path),
             Some(id) => format!("{}?ID={id}", self.path),
             None => self.path,
         };
-        let mut req = app
-            .client
-            .request(self.method, format!("{base}/v1/state/{path}"));
+        let mut req = client.request(self.method, format!("{base}/v1/state/{path}"));
+        if let Some(addresses) = forwarded_for {
+            req = req.header("X-Forwarded-For", addresses);
+        }
         req = match credentials {
             Credentials::None => req,
             Credentials::Basic { name, secret } => {
@@ -759,4 +780,123 @@ pub async fn break_audit_writes(config_dir: &Path, env: &str) {
         "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
     };
     exec_sql(config_dir, env, sql).await;
+}
+
+/// Certificate authorities and certificates a test makes (rcgen), as PEM.
+pub struct Pki {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A certificate and its private key, as PEM.
+pub struct Issued {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Issued {
+    /// The certificate and key together, as a client presents them.
+    pub fn identity(&self) -> reqwest::Identity {
+        reqwest::Identity::from_pem(format!("{}{}", self.cert, self.key).as_bytes())
+            .expect("a PEM identity")
+    }
+}
+
+impl Pki {
+    /// A certificate authority called `name`.
+    pub fn new(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca = params.self_signed(&key).expect("a CA certificate");
+        Pki { ca, key }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A server certificate for 127.0.0.1.
+    pub fn server(&self) -> Issued {
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+        self.issue(params)
+    }
+
+    /// A client certificate whose subject is `CN=cn,O=org`.
+    pub fn client(&self, cn: &str, org: &str) -> Issued {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.key)
+            .expect("a signed certificate");
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A client of a server whose certificate this authority issued, presenting `identity`.
+    pub fn client_of_server(&self, identity: Option<&Issued>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).expect("CA PEM"),
+            );
+        if let Some(identity) = identity {
+            builder = builder.identity(identity.identity());
+        }
+        builder.build().expect("a TLS client")
+    }
+}
+
+/// A server over TLS, and where its certificate files are.
+pub struct TlsApp {
+    pub t: TestApp,
+    /// Its base URL: `https://127.0.0.1:PORT`.
+    pub base: String,
+    _files: tempfile::TempDir,
+}
+
+/// A server with TLS (its certificate from `pki`) that verifies client certificates against
+/// `pki` too, on [`CONFIG`] with `edit` applied.
+pub async fn spawn_tls(pki: &Pki, edit: impl FnOnce(String) -> String) -> TlsApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path();
+    let server = pki.server();
+    let (cert, key, ca) = (
+        files.join("server.pem"),
+        files.join("server.key"),
+        files.join("runners-ca.pem"),
+    );
+    std::fs::write(&cert, &server.cert).expect("write");
+    std::fs::write(&key, &server.key).expect("write");
+    std::fs::write(&ca, pki.ca_pem()).expect("write");
+    let config = config_with_server(&format!(
+        "tls {{\n    cert_file = \"{}\"\n    key_file = \"{}\"\n    client_ca_file = \"{}\"\n  }}",
+        cert.display(),
+        key.display(),
+        ca.display()
+    ));
+    let t = spawn_app_with(&edit(config)).await;
+    let base = format!("https://127.0.0.1:{}", t.addr.port());
+    TlsApp {
+        t,
+        base,
+        _files: dir,
+    }
 }

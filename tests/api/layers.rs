@@ -11,6 +11,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "domain",
         &[
             "audit",
+            "certificate",
             "changes",
             "config",
             "drift",

@@ -24,6 +24,7 @@ mod metrics;
 mod notify;
 mod oidc;
 mod opening;
+mod origins;
 mod personal;
 mod protocol;
 mod resources;

@@ -122,7 +122,12 @@ impl Workspace {
     /// Points the backend at `state_path` in bulkhead (`ENV/NAME`, and `?change=ID` for the
     /// pipeline), with the block `bulkhead backend` prints.
     fn use_bulkhead(&self, t: &TestApp, state_path: &str) {
-        let block = backend(t, state_path, &[]);
+        self.use_bulkhead_at(&t.base(), state_path);
+    }
+
+    /// [`Workspace::use_bulkhead`] on the server at `base`.
+    fn use_bulkhead_at(&self, base: &str, state_path: &str) {
+        let block = backend_at(base, state_path, &[]);
         std::fs::write(self.dir.join("backend.tf"), block).unwrap();
     }
 
@@ -171,12 +176,16 @@ impl Workspace {
 /// What `bulkhead backend` prints for `state_path` (`ENV/NAME`, and `?change=ID`) on this
 /// server, with `more` arguments; it must succeed.
 fn backend(t: &TestApp, state_path: &str, more: &[&str]) -> String {
+    backend_at(&t.base(), state_path, more)
+}
+
+/// [`backend`] for the server at `base`.
+fn backend_at(base: &str, state_path: &str, more: &[&str]) -> String {
     let (state, change) = match state_path.split_once("?change=") {
         Some((state, change)) => (state, Some(change)),
         None => (state_path, None),
     };
-    let base = t.base();
-    let mut args = vec!["backend", state, "--server", &base];
+    let mut args = vec!["backend", state, "--server", base];
     if let Some(change) = change {
         args.extend(["--change", change]);
     }
@@ -1143,4 +1152,61 @@ async fn an_edited_state_pushed_is_state_surgery_and_a_refresh_only_plan_reports
     let status = t.cli(t.token("alice"), &["drift", "status", "--env", "prod"]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
     assert!(text(&status).contains("no drift"), "{}", text(&status));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_applies_over_tls_with_its_runner_certificate_and_nothing_else_does() {
+    let bin = terraform_or_skip!();
+    let runners = Pki::new("runners CA");
+    let s = spawn_tls(&runners, crate::origins::certified).await;
+    let t = &s.t;
+    let ws = Workspace::local(&bin, t, "runner");
+    ws.use_bulkhead_at(&s.base, "prod/network");
+    let block = std::fs::read_to_string(ws.dir.join("backend.tf")).unwrap();
+    assert!(block.contains("TF_HTTP_CLIENT_CERTIFICATE_PEM"), "{block}");
+    // terraform as the pipeline runs it, trusting the server's CA, with `identity` as its
+    // client certificate.
+    let run = |identity: Option<&Issued>, args: &'static [&'static str]| {
+        let mut cmd = ws.command(t, "ci-prod", None, args);
+        cmd.env("TF_HTTP_CLIENT_CA_CERTIFICATE_PEM", runners.ca_pem());
+        if let Some(identity) = identity {
+            cmd.env("TF_HTTP_CLIENT_CERTIFICATE_PEM", &identity.cert)
+                .env("TF_HTTP_CLIENT_PRIVATE_KEY_PEM", &identity.key);
+        }
+        cmd.output()
+    };
+    let runner = runners.client("runner-prod", "acme");
+    let out = run(Some(&runner), &["init"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(Some(&runner), &["apply", "-auto-approve"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(t.versions("prod", "network").await.len(), 1);
+    let written = t.newest_audit("prod", |r| r.action == "state:write").await;
+    assert_eq!(
+        written.certificate.as_deref(),
+        Some("CN=runner-prod,O=acme")
+    );
+
+    // The token without the certificate, as on a laptop that copied it: the lock is refused
+    // and terraform shows why.
+    let out = run(None, &["apply", "-auto-approve", "-var", "v=two"])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let shown = folded(&text(&out));
+    assert!(
+        shown.contains("without its client certificate")
+            && shown.contains("requires one with subject CN=runner-prod,O=acme"),
+        "{shown}"
+    );
+    // A certificate of another authority: the handshake fails.
+    let other = Pki::new("another CA").client("runner-prod", "acme");
+    let out = run(Some(&other), &["apply", "-auto-approve", "-var", "v=two"])
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(t.versions("prod", "network").await.len(), 1);
+    assert_audit_verifies(t.dir.path()).await;
 }

@@ -2,7 +2,10 @@
 //! are stored and how large they may be, and the protection (approval, pipeline,
 //! break-glass) that makes its writes need an approved change.
 
+use std::net::IpAddr;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use super::Subject;
 
@@ -41,9 +44,36 @@ pub struct Environment {
     pub breakglass: Option<Breakglass>,
     /// Set on an environment made from a `personal` template, for one member.
     pub personal: Option<super::Personal>,
+    /// The networks its states may be changed from (`write_from`); empty: any.
+    pub write_from: Vec<IpNet>,
+    /// The networks anything about it may be asked from (`read_from`), writes included;
+    /// empty: any.
+    pub read_from: Vec<IpNet>,
 }
 
 impl Environment {
+    /// Whether a network list lets in every address (`0.0.0.0/0`, `::/0`, or no list at all).
+    pub fn from_anywhere(networks: &[IpNet]) -> bool {
+        networks.is_empty() || networks.iter().any(|n| n.prefix_len() == 0)
+    }
+
+    /// An address that both `write_from` and `read_from` let in, for asking the policies what
+    /// their permits grant from where writes may come; `None` when neither names a network
+    /// (or no address is in both).
+    pub fn writable_from(&self) -> Option<IpAddr> {
+        let lists = [&self.write_from, &self.read_from];
+        let inside = |ip: &IpAddr| {
+            lists
+                .iter()
+                .all(|list| list.is_empty() || list.iter().any(|n| n.contains(ip)))
+        };
+        lists
+            .iter()
+            .flat_map(|list| list.iter())
+            .map(IpNet::network)
+            .find(inside)
+    }
+
     /// Whether writes need an approved change request.
     pub fn protected(&self) -> bool {
         self.approval.is_some()

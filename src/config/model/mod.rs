@@ -23,7 +23,8 @@ pub(super) use self::notify::ATTEMPTS_MAX;
 pub use self::notify::{Notify, NotifyEvent, NotifyFormat, Retry, SecretSource};
 pub use self::personal::{personal_name, Personal, Template};
 pub use self::server::{
-    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, IDLE_CLOSE, TOKEN_CACHE, UI_SESSION,
+    AuditSync, ClientAuth, Connections, Server, Tls, CHECKPOINT_EVERY, IDLE_CLOSE, TOKEN_CACHE,
+    UI_SESSION,
 };
 pub(super) use self::server::{
     CHECKPOINT_EVERY_MAX, CONNECTION_TIMEOUT_MAX, DATA_DIR, LISTEN, MAX_CONNECTIONS_MAX,

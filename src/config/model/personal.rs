@@ -85,6 +85,8 @@ impl Template {
                 member: member.to_string(),
                 former: false,
             }),
+            write_from: Vec::new(),
+            read_from: Vec::new(),
         }
     }
 

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: String,
@@ -34,6 +36,9 @@ pub struct Server {
     /// An address that serves `GET /metrics` to anyone who reaches it, and nothing else: for
     /// a Prometheus that holds no token, on a network only it can reach.
     pub metrics_listen: Option<String>,
+    /// The load balancers and proxies whose `X-Forwarded-For` names the client: from any
+    /// other peer the header is ignored, and the peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The default of `server { checkpoint_every }`.
@@ -64,6 +69,7 @@ impl Server {
             ui_session: UI_SESSION,
             idle_close: IDLE_CLOSE,
             metrics_listen: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -138,4 +144,19 @@ pub enum AuditSync {
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// The certificate authorities (PEM) whose client certificates are verified, and then
+    /// known to the policies and the audit record; `None`: clients present none.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a TLS client must present a certificate (`server.tls { client_auth }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients may present one; a service whose `certificate` block requires one is refused
+    /// without it, with a sentence. The default.
+    Optional,
+    /// Every connection presents one, or its handshake fails (and no sentence reaches the
+    /// client): only for servers that nothing but pipelines reach.
+    Required,
 }

@@ -3,11 +3,19 @@
 
 use std::path::PathBuf;
 
+use crate::certificate::Requirement;
+
 /// A machine principal, such as a CI pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct Service {
+    /// Where the service block starts in the config file.
+    pub line: usize,
     /// Trust OIDC ID tokens from a CI provider (beside static tokens).
     pub oidc: Option<Oidc>,
+    /// The client certificate its requests must come with, beside its token or ID token
+    /// (`certificate { subject | dns | uri }`): what keeps its credentials from working on
+    /// any machine but the runner's.
+    pub certificate: Option<Requirement>,
 }
 
 #[derive(Debug, Clone)]

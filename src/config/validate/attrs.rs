@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::{Named, Validator};
 use crate::config::hcl::{Attr, Block, Literal};
 use crate::config::units::{parse_duration, parse_size};
@@ -101,6 +103,35 @@ impl Validator {
                 );
             }
         }
+    }
+
+    /// The networks of a list attribute (`["10.20.0.0/16", "192.0.2.7"]`), an address alone
+    /// being a network of one. One with bits set past its prefix is refused rather than
+    /// guessed at: `10.20.1.0/16` may be a typo of `10.20.1.0/24`.
+    pub(super) fn networks(&mut self, block: &Block, key: &str, ctx: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (text, line) in self.string_list(block, key, ctx) {
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) if net.trunc() == net => out.push(net),
+                Ok(net) => self.error(
+                    line,
+                    format!(
+                        "{ctx}: `{key}`: \"{text}\" has bits set past its /{}: write \"{}\" for the network, or /{} for the address alone",
+                        net.prefix_len(),
+                        net.trunc(),
+                        net.max_prefix_len()
+                    ),
+                ),
+                Err(_) => self.error(
+                    line,
+                    format!("{ctx}: `{key}`: \"{text}\" is not a network: write an address or ADDRESS/PREFIX, e.g. \"10.20.0.0/16\""),
+                ),
+            }
+        }
+        out
     }
 
     pub(super) fn string(&mut self, block: &Block, key: &str, ctx: &str) -> Option<String> {

@@ -30,6 +30,8 @@ impl Validator {
                 "max_state_size",
                 "max_plan_size",
                 "lock_lease",
+                "write_from",
+                "read_from",
             ],
         );
         let mut named = Vec::new();
@@ -63,6 +65,8 @@ impl Validator {
         let max_plan_size = self.size(block, "max_plan_size", &ctx, DEFAULT_MAX_PLAN_SIZE);
         let lock_lease = self.duration(block, "lock_lease", &ctx);
         let (approval, pipeline, breakglass) = self.protection(block, &ctx, &owner, &mut named);
+        let write_from = self.networks(block, "write_from", &ctx);
+        let read_from = self.networks(block, "read_from", &ctx);
         let env = Environment {
             name,
             line: block.line,
@@ -81,6 +85,8 @@ impl Validator {
             pipeline,
             breakglass,
             personal: None,
+            write_from,
+            read_from,
         };
         (env, named)
     }

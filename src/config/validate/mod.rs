@@ -127,6 +127,7 @@ impl Validator {
             policy_files,
             notify: Vec::new(),
         };
+        self.certificates_can_be_presented(&config);
         for (env, named) in environments {
             self.unknown_principals(&config, &format!("environment \"{}\"", env.name), &named);
             config.environments.push(env);
@@ -149,6 +150,23 @@ impl Validator {
             .map(|(i, e)| (e.name.clone(), i))
             .collect();
         config
+    }
+
+    /// A service that requires a client certificate needs a server that verifies them.
+    fn certificates_can_be_presented(&mut self, config: &Config) {
+        let verifies = config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        for (name, service) in &config.services {
+            if service.certificate.is_some() && !verifies {
+                self.error(
+                    service.line,
+                    format!("service \"{name}\" requires a client certificate, but the server verifies none: add client_ca_file (the certificate authorities of your runners, PEM) to server.tls"),
+                );
+            }
+        }
     }
 
     /// Reads one top-level block into `declared`.
@@ -384,6 +402,77 @@ environment "prod" {
         );
         let e = errors(&with("metrics_listen = \"127.0.0.1:0\""));
         assert!(e.contains("is the address of `listen`"), "{e}");
+    }
+
+    #[test]
+    fn networks_certificates_and_proxies_are_read_and_checked() {
+        let text = GOOD
+            .replace(
+                "  data_dir = \"data\"\n",
+                "  data_dir = \"data\"\n  trusted_proxies = [\"10.0.0.0/8\"]\n  tls {\n    cert_file = \"c.pem\"\n    key_file = \"k.pem\"\n    client_ca_file = \"ca.pem\"\n  }\n",
+            )
+            .replace(
+                "service \"ci-prod\" {}",
+                "service \"ci-prod\" {\n  certificate { dns = \"Runner.ACME.internal\" }\n}",
+            )
+            .replace(
+                "  max_state_size = \"1MiB\"",
+                "  max_state_size = \"1MiB\"\n  write_from = [\"10.20.0.0/16\", \"192.0.2.7\"]",
+            );
+        let c = Config::parse(Path::new("etc/b.hcl"), &text).unwrap();
+        let prod = c.environment("prod").unwrap();
+        let shown: Vec<String> = prod.write_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.20.0.0/16", "192.0.2.7/32"]);
+        assert!(prod.read_from.is_empty());
+        assert_eq!(c.server.trusted_proxies.len(), 1);
+        let tls = c.server.tls.as_ref().unwrap();
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("etc/ca.pem")));
+        assert_eq!(tls.client_auth, crate::config::ClientAuth::Optional);
+        assert_eq!(
+            c.services["ci-prod"].certificate,
+            Some(crate::certificate::Requirement::Dns(
+                "runner.acme.internal".into()
+            ))
+        );
+
+        let bad = |from: &str, to: &str| errors(&text.replace(from, to));
+        let e = bad("\"192.0.2.7\"", "\"10.20.1.0/16\"");
+        assert!(
+            e.contains("\"10.20.1.0/16\" has bits set past its /16: write \"10.20.0.0/16\""),
+            "{e}"
+        );
+        let e = bad("\"192.0.2.7\"", "\"the office\"");
+        assert!(
+            e.contains("`write_from`: \"the office\" is not a network"),
+            "{e}"
+        );
+        let e = bad("\"10.0.0.0/8\"", "\"10.0.0.0/33\"");
+        assert!(e.contains("server: `trusted_proxies`"), "{e}");
+        let e = bad("    client_ca_file = \"ca.pem\"\n", "");
+        assert!(
+            e.contains(
+                "service \"ci-prod\" requires a client certificate, but the server verifies none"
+            ),
+            "{e}"
+        );
+        let e = bad(
+            "client_ca_file = \"ca.pem\"",
+            "client_ca_file = \"ca.pem\"\n    client_auth = \"sometimes\"",
+        );
+        assert!(
+            e.contains("client_auth = \"sometimes\" is not known"),
+            "{e}"
+        );
+        let e = bad(
+            "certificate { dns = \"Runner.ACME.internal\" }",
+            "certificate {\n    dns = \"a\"\n    uri = \"spiffe://b\"\n  }",
+        );
+        assert!(e.contains("needs exactly one of subject"), "{e}");
+        let e = bad(
+            "dns = \"Runner.ACME.internal\"",
+            "subject = \"runner-prod\"",
+        );
+        assert!(e.contains("`runner-prod` is not NAME=value"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::config::model::{
     TOKEN_CACHE_MAX, UI_SESSION_MAX,
 };
 use crate::config::{
-    AuditSync, Connections, Server, Tls, CHECKPOINT_EVERY, IDLE_CLOSE, TOKEN_CACHE, UI_SESSION,
+    AuditSync, ClientAuth, Connections, Server, Tls, CHECKPOINT_EVERY, IDLE_CLOSE, TOKEN_CACHE,
+    UI_SESSION,
 };
 
 impl Validator {
@@ -34,6 +35,7 @@ impl Validator {
                 "ui_session",
                 "idle_close",
                 "metrics_listen",
+                "trusted_proxies",
             ],
         );
         let listen = self.listen(block);
@@ -63,6 +65,7 @@ impl Validator {
             .unwrap_or(CHECKPOINT_EVERY);
         let connections = self.connections(block);
         let tls = self.tls(block);
+        let trusted_proxies = self.networks(block, "trusted_proxies", "server");
         let ui_session = self.ui_session(block);
         let idle_close = self.idle_close(block);
         let metrics_listen = self.string(block, "metrics_listen", "server");
@@ -93,6 +96,7 @@ impl Validator {
             ui_session,
             idle_close,
             metrics_listen,
+            trusted_proxies,
         }
     }
 
@@ -179,14 +183,24 @@ impl Validator {
         let mut tls = None;
         for inner in &block.blocks {
             if inner.kind == "tls" && inner.labels.is_empty() && tls.is_none() {
-                self.only_attrs(inner, "server.tls", &["cert_file", "key_file"]);
+                self.only_attrs(
+                    inner,
+                    "server.tls",
+                    &["cert_file", "key_file", "client_ca_file", "client_auth"],
+                );
                 let cert = self.string(inner, "cert_file", "server.tls");
                 let key = self.string(inner, "key_file", "server.tls");
+                let client_ca_file = self
+                    .string(inner, "client_ca_file", "server.tls")
+                    .map(|f| self.base.join(f));
+                let client_auth = self.client_auth(inner, client_ca_file.is_some());
                 match (cert, key) {
                     (Some(c), Some(k)) => {
                         tls = Some(Tls {
                             cert_file: self.base.join(c),
                             key_file: self.base.join(k),
+                            client_ca_file,
+                            client_auth,
                         })
                     }
                     _ => self.error(inner.line, "server.tls needs both cert_file and key_file"),
@@ -202,6 +216,30 @@ impl Validator {
             }
         }
         tls
+    }
+
+    /// `server.tls { client_auth }`: `optional` (the default) or `required`, which only means
+    /// something with the authorities of a `client_ca_file`.
+    fn client_auth(&mut self, tls: &Block, has_ca: bool) -> ClientAuth {
+        let line = line_of(tls, "client_auth");
+        let auth = match self.string(tls, "client_auth", "server.tls").as_deref() {
+            None | Some("optional") => ClientAuth::Optional,
+            Some("required") => ClientAuth::Required,
+            Some(other) => {
+                self.error(
+                    line,
+                    format!("server.tls: client_auth = \"{other}\" is not known: use \"optional\" (a service whose certificate block requires one is refused without it) or \"required\" (every connection presents one)"),
+                );
+                ClientAuth::Optional
+            }
+        };
+        if attr(tls, "client_auth").is_some() && !has_ca {
+            self.error(
+                line,
+                "server.tls: client_auth needs client_ca_file, the certificate authorities (PEM) that client certificates are verified against",
+            );
+        }
+        auth
     }
 
     /// The timeouts and connection cap of a `server` block.

@@ -3,6 +3,7 @@
 
 use super::attrs::{attr, line_of};
 use super::Validator;
+use crate::certificate::{canonical_subject, Requirement};
 use crate::config::hcl::{Block, Literal};
 use crate::config::{Jwks, Oidc, Service, IDENTITY_CLAIMS};
 
@@ -10,21 +11,54 @@ impl Validator {
     pub(super) fn service(&mut self, block: &Block, name: &str) -> Service {
         let ctx = format!("service \"{name}\"");
         self.only_attrs(block, &ctx, &[]);
-        let mut service = Service::default();
+        let mut service = Service {
+            line: block.line,
+            ..Service::default()
+        };
         for inner in &block.blocks {
-            if inner.kind != "oidc" || service.oidc.is_some() {
-                self.error(
+            match inner.kind.as_str() {
+                "oidc" if service.oidc.is_none() => {
+                    service.oidc = self.oidc(inner, &format!("{ctx}: oidc"));
+                }
+                "certificate" if service.certificate.is_none() => {
+                    service.certificate = self.certificate(inner, &format!("{ctx}: certificate"));
+                }
+                other => self.error(
                     inner.line,
                     format!(
-                        "unexpected block `{}` in {ctx}: expected one oidc block",
-                        inner.kind
+                        "unexpected block `{other}` in {ctx}: expected at most one oidc block and one certificate block"
                     ),
-                );
-                continue;
+                ),
             }
-            service.oidc = self.oidc(inner, &format!("{ctx}: oidc"));
         }
         service
+    }
+
+    /// A `certificate` block: exactly one of `subject`, `dns` or `uri`.
+    fn certificate(&mut self, block: &Block, ctx: &str) -> Option<Requirement> {
+        self.only_attrs(block, ctx, &["subject", "dns", "uri"]);
+        let subject = self.string(block, "subject", ctx);
+        let dns = self.string(block, "dns", ctx);
+        let uri = self.string(block, "uri", ctx);
+        let required = match (subject, dns, uri) {
+            (Some(subject), None, None) => match canonical_subject(&subject) {
+                Ok(subject) => Requirement::Subject(subject),
+                Err(problem) => {
+                    self.error(line_of(block, "subject"), format!("{ctx}: {problem}"));
+                    return None;
+                }
+            },
+            (None, Some(dns), None) => Requirement::dns(&dns),
+            (None, None, Some(uri)) => Requirement::Uri(uri),
+            _ => {
+                self.error(
+                    block.line,
+                    format!("{ctx} needs exactly one of subject (e.g. \"CN=runner-prod,O=acme\"), dns or uri (names of the certificate's subject alternative names)"),
+                );
+                return None;
+            }
+        };
+        Some(required)
     }
 
     fn oidc(&mut self, block: &Block, ctx: &str) -> Option<Oidc> {
