@@ -13,6 +13,16 @@ server {
   # When audit records reach the disk: "writes" (records of writes before their answer, of
   # reads and refusals within a second) or "all" (every record before its answer):
   # audit_sync = "writes"
+  #
+  # TLS, verifying the client certificates the runners' CA issued (a service's certificate
+  # block then requires one):
+  # tls {
+  #   cert_file      = "server.pem"
+  #   key_file       = "server.key"
+  #   client_ca_file = "runners-ca.pem"
+  # }
+  # The load balancers whose X-Forwarded-For names the client (from anyone else it is ignored):
+  # trusted_proxies = ["10.0.0.0/24"]
 }
 
 team "platform" { members = ["pat", "quinn"] }
@@ -30,6 +40,10 @@ service "ci-staging" {}
 #     jwks_url  = "https://token.actions.githubusercontent.com/.well-known/jwks"
 #     claims    = { repository = "acme/infra" }   # required: binds the repository
 #   }
+#
+# and, with server.tls.client_ca_file, be refused without the runner's client certificate:
+#
+#   certificate { subject = "CN=runner-prod,O=acme" }
 service "ci-prod" {}
 
 # Each developer gets a sandbox of their own (sandbox-alice, sandbox-bob), created on first use.
@@ -58,6 +72,8 @@ environment "prod" {
   read           = ["team:app", "team:platform"]
   write          = ["service:ci-prod"]
   max_state_size = "64MiB"
+  # Only from the runners' network (behind a load balancer, see trusted_proxies):
+  # write_from = ["10.20.0.0/16"]
 
   # Protected: every write needs a change request approved by the owner (never its author),
   # named by the pipeline as ?change=<id> on the backend address, and used once.

@@ -213,8 +213,14 @@ impl Judge<'_, '_> {
                 certificate: self.f.caller.certificate.as_ref(),
             },
         );
+        // Told of the barrier when nothing else stood in the way: the permits, or a break-glass
+        // grant that would have stood in for them.
+        let grant = self.f.breakglass.is_some() && self.f.env.breakglass.is_some();
         if !decision.allowed {
-            self.barred = decision.barrier.clone();
+            self.barred = decision
+                .barrier
+                .clone()
+                .filter(|_| decision.permitted || grant);
         }
         decision
     }
@@ -914,5 +920,62 @@ environment "prod" {
         let refused = ungranted.outcome.unwrap_err();
         assert!(!refused.sentence().starts_with("L held by"), "{refused:?}");
         assert!(ungranted.reason.unwrap().contains("change"));
+    }
+
+    #[test]
+    fn break_glass_stands_in_for_a_permit_never_for_a_barrier() {
+        let text = r#"
+team "platform" { members = ["pat"] }
+environment "prod" {
+  owner      = "team:platform"
+  read       = ["team:platform"]
+  write_from = ["10.20.0.0/16"]
+  approval { required = 1 }
+  breakglass { allowed = ["user:pat"] }
+}
+"#;
+        let config = Config::parse(std::path::Path::new("b.hcl"), text).unwrap();
+        let policy = Policy::compile(&config).unwrap();
+        let env = config.environment("prod").unwrap();
+        let pat = user("pat");
+        let grant = BreakglassGrant {
+            id: "prod-bg1".into(),
+            environment: "prod".into(),
+            principal: "user:pat".into(),
+            reason: "outage".into(),
+            opened_at: String::new(),
+            expires_at: "2099-01-01T00:00:00Z".into(),
+        };
+        let from = |ip: [u8; 4]| {
+            let held = held_by(&pat, Utc::now());
+            let facts = Facts {
+                held: None,
+                breakglass: Some(&grant),
+                source_ip: Some(std::net::IpAddr::from(ip)),
+                ..facts(&policy, env, &pat, &held)
+            };
+            decide(
+                Ask::Lock {
+                    id: "M",
+                    operation: "OperationTypeApply",
+                },
+                &facts,
+            )
+        };
+        // Inside the network the grant stands in for the write permit pat lacks.
+        let inside = from([10, 20, 0, 9]);
+        assert_eq!(inside.outcome, Ok(Effect::TakeLock { change: None }));
+        assert_eq!(inside.breakglass.as_deref(), Some("prod-bg1"));
+        // Outside, it does not lift write_from, and the refusal says where to come from.
+        let outside = from([192, 0, 2, 1]);
+        let refused = outside.outcome.unwrap_err();
+        assert!(
+            refused
+                .sentence()
+                .starts_with("user:pat may not write prod from 192.0.2.1"),
+            "{}",
+            refused.sentence()
+        );
+        assert_eq!(outside.decided_by, "prod.write_from");
     }
 }

@@ -268,8 +268,9 @@ impl Conn {
                     self.certificate = presented(self.peer, stream.get_ref().1);
                     self.http(stream).await
                 }
-                // A certificate the client authorities do not vouch for ends here.
-                Err(e) => tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed"),
+                // A certificate the client authorities do not vouch for ends here too: at debug,
+                // as anyone can fail a handshake as often as they connect.
+                Err(e) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
             },
         }
     }

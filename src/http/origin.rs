@@ -58,18 +58,20 @@ fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAdd
     if !is_trusted(&peer) {
         return peer;
     }
-    // Every header line, in order, as one list.
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
+    // Every header line as one list, read from its end without collecting the rest. What a
+    // trusted proxy appended is an address; anything else (a line that is not text, an entry
+    // that is not an address) ends the chain, and the last trusted hop is the client.
+    let entries = headers.get_all("x-forwarded-for").iter().rev().flat_map(
+        |v| -> Box<dyn Iterator<Item = Option<&str>>> {
+            match v.to_str() {
+                Ok(text) => Box::new(text.rsplit(',').map(Some)),
+                Err(_) => Box::new(std::iter::once(None)),
+            }
+        },
+    );
     let mut client = peer;
-    for entry in entries.iter().rev().take(MAX_HOPS) {
-        // What a trusted proxy appended is an address; anything else ends the chain, and
-        // the last trusted hop is the client.
-        let Some(ip) = parse(entry.trim()) else {
+    for entry in entries.take(MAX_HOPS) {
+        let Some(ip) = entry.and_then(|e| parse(e.trim())) else {
             return client;
         };
         client = ip;
@@ -174,6 +176,17 @@ mod tests {
                 &trusted
             ),
             ip("10.0.0.3")
+        );
+        // A line that is not text ends the chain too, whatever stands left of it.
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "10.20.0.5".parse().unwrap());
+        headers.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff, 10.0.0.3").unwrap(),
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &headers, &nets(&trusted)),
+            ip("10.0.0.2")
         );
         // Only proxies: the farthest one is the client.
         assert_eq!(

@@ -253,7 +253,7 @@ impl Server {
         // One whom only a barrier holds back may read here: the request's own action is
         // refused next, in the barrier's words for that action.
         let decision = self.decide(caller, Action::StateRead, env, "", source_ip);
-        if !decision.allowed && decision.barrier.is_none() {
+        if !decision.permitted {
             let sentence = refusal::sentence(&caller.principal, Action::StateRead, env);
             return Err(OpError::Forbidden(sentence));
         }

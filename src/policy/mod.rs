@@ -141,8 +141,11 @@ pub struct Decision {
     pub policies: Vec<String>,
     /// Policies that failed to evaluate (they count as not applying).
     pub errors: Vec<String>,
-    /// The barrier that refused it, when one did.
+    /// The barrier that refused it, when one did: nothing stands in for it.
     pub barrier: Option<Barrier>,
+    /// Whether the permits allow it, barriers aside: then the barrier is what the refused
+    /// caller is told of.
+    pub permitted: bool,
 }
 
 /// A rule of the config that refuses what the permits allow, whoever asks: where requests
@@ -376,6 +379,7 @@ impl Policy {
             policies: Vec::new(),
             errors: vec![error],
             barrier: None,
+            permitted: false,
         };
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
@@ -465,11 +469,17 @@ impl Policy {
         let barrier = if allowed {
             None
         } else {
-            self.barrier(&policies, &request, set)
+            policies
+                .iter()
+                .find_map(|id| self.barriers.get(id))
+                .cloned()
         };
+        let permitted = allowed
+            || (barrier.is_some() && self.permitted_without_barriers(&policies, &request, set));
         Decision {
             allowed,
             barrier,
+            permitted,
             policies,
             errors: response
                 .diagnostics()
@@ -481,19 +491,25 @@ impl Policy {
 }
 
 impl Policy {
-    /// The barrier among the policies that refused `request`, when the permits would have
-    /// allowed it without the barriers: one who may not write at all is not told that the
-    /// network is wrong. Only refusals pay for the second evaluation.
-    fn barrier(&self, deciding: &[String], request: &Request, set: &PolicySet) -> Option<Barrier> {
-        let barrier = deciding.iter().find_map(|id| self.barriers.get(id))?;
+    /// Whether `request`, refused by the barriers among `deciding`, is allowed without them:
+    /// one who may not write at all is told that, not that the network is wrong. Only
+    /// refusals by a barrier pay for the second evaluation.
+    fn permitted_without_barriers(
+        &self,
+        deciding: &[String],
+        request: &Request,
+        set: &PolicySet,
+    ) -> bool {
         let mut without = set.clone();
         for id in deciding.iter().filter(|id| self.barriers.contains_key(*id)) {
-            without.remove_static(PolicyId::new(id)).ok()?;
+            if without.remove_static(PolicyId::new(id)).is_err() {
+                return false;
+            }
         }
         let again = self
             .authorizer
             .is_authorized(request, &without, &self.entities);
-        (again.decision() == cedar_policy::Decision::Allow).then(|| barrier.clone())
+        again.decision() == cedar_policy::Decision::Allow
     }
 }
 
@@ -1027,5 +1043,131 @@ personal "sandbox" {
         assert!(!decide("pat", Action::StateWrite, "sandbox-bob").allowed);
         // An environment of that name the config does not have is nobody's.
         assert!(!decide("alice", Action::StateWrite, "sandbox-carol").allowed);
+    }
+
+    /// [`config`] with prod written from 10.20.0.0/16 only, and ci-prod bound to its
+    /// runner's certificate.
+    fn barred() -> Config {
+        let text = r#"
+server {
+  tls {
+    cert_file      = "c.pem"
+    key_file       = "k.pem"
+    client_ca_file = "ca.pem"
+  }
+}
+team "platform" { members = ["pat"] }
+team "app" { members = ["alice"] }
+service "ci-prod" {
+  certificate { subject = "CN=runner-prod,O=acme" }
+}
+environment "dev" {
+  owner = "team:app"
+  read  = ["team:app", "team:platform", "service:ci-prod"]
+  write = ["team:app"]
+}
+environment "prod" {
+  owner      = "team:platform"
+  read       = ["team:app", "team:platform"]
+  write      = ["service:ci-prod"]
+  write_from = ["10.20.0.0/16"]
+}
+"#;
+        Config::parse(Path::new("b.hcl"), text).unwrap()
+    }
+
+    #[test]
+    fn barriers_refuse_what_the_permits_allow_and_only_that_is_told_as_theirs() {
+        let p = Policy::compile(&barred()).unwrap();
+        let runner = ClientCertificate {
+            subject: "CN=runner-prod,O=acme".into(),
+            dns: vec![],
+            uris: vec![],
+        };
+        let laptop = ClientCertificate {
+            subject: "CN=laptop,O=acme".into(),
+            ..runner.clone()
+        };
+        let ask = |who: &Principal, action, env, ip: [u8; 4], cert: Option<&ClientCertificate>| {
+            p.decide(
+                who,
+                action,
+                env,
+                &RequestContext {
+                    source_ip: Some(IpAddr::from(ip)),
+                    certificate: cert,
+                    ..ctx()
+                },
+            )
+        };
+        let ci = Principal::Service("ci-prod".into());
+        let alice = Principal::User("alice".into());
+        let inside = [10, 20, 3, 4];
+        let outside = [192, 0, 2, 1];
+        assert!(ask(&ci, Action::StateWrite, "prod", inside, Some(&runner)).allowed);
+        let d = ask(&ci, Action::StateWrite, "prod", outside, Some(&runner));
+        assert!(!d.allowed);
+        assert_eq!(d.policies, ["prod.write_from"]);
+        assert!(matches!(
+            d.barrier,
+            Some(Barrier::Network { writes: true, .. })
+        ));
+        // Reads, and releasing a lock, are not writes.
+        assert!(ask(&ci, Action::StateRead, "prod", outside, Some(&runner)).allowed);
+        // Without the certificate, or with another: the certificate's barrier, everywhere.
+        for cert in [None, Some(&laptop)] {
+            let d = ask(&ci, Action::StateWrite, "prod", inside, cert);
+            assert_eq!(d.policies, ["service:ci-prod.certificate"]);
+            assert!(matches!(d.barrier, Some(Barrier::Certificate { .. })));
+            let d = ask(&ci, Action::StateRead, "dev", inside, cert);
+            assert!(matches!(d.barrier, Some(Barrier::Certificate { .. })));
+        }
+        assert!(d.permitted);
+        // Someone the permits refuse anyway is told so, not that the network is wrong.
+        let d = ask(&alice, Action::StateWrite, "prod", inside, None);
+        assert!(!d.allowed && !d.permitted && d.barrier.is_none());
+        let d = ask(&alice, Action::StateWrite, "prod", outside, None);
+        assert!(!d.allowed && !d.permitted && d.barrier.is_some());
+        // People need no certificate.
+        assert!(ask(&alice, Action::StateWrite, "dev", outside, None).allowed);
+        // With no address at all, nothing is inside a network.
+        let d = p.decide(
+            &ci,
+            Action::StateWrite,
+            "prod",
+            &RequestContext {
+                certificate: Some(&runner),
+                ..ctx()
+            },
+        );
+        assert!(matches!(d.barrier, Some(Barrier::Network { .. })));
+    }
+
+    #[test]
+    fn a_custom_policy_can_read_the_client_certificate() {
+        let p = compiled_with(
+            "runner.cedar",
+            "@id(\"dev-from-runners\")\nforbid(principal, action == Bulkhead::Action::\"state:write\", resource == Bulkhead::Environment::\"dev\") unless { context has certificate && context.certificate.dns.contains(\"runner.acme.internal\") };",
+        )
+        .unwrap();
+        let alice = Principal::User("alice".into());
+        let cert = ClientCertificate {
+            subject: "CN=x".into(),
+            dns: vec!["runner.acme.internal".into()],
+            uris: vec![],
+        };
+        let with = |certificate| RequestContext {
+            certificate,
+            ..ctx()
+        };
+        assert!(
+            p.decide(&alice, Action::StateWrite, "dev", &with(Some(&cert)))
+                .allowed
+        );
+        let d = p.decide(&alice, Action::StateWrite, "dev", &with(None));
+        assert_eq!(d.policies, ["dev-from-runners"]);
+        // A custom policy is no barrier: break-glass may stand in for what it refuses.
+        assert_eq!(d.barrier, None);
+        assert!(!d.permitted);
     }
 }

@@ -9,7 +9,7 @@ use crate::principal::{Caller, Principal};
 use super::{Action, Barrier, Decision};
 
 /// The sentence for a refused `decision` on `caller` doing `action` in `env` from
-/// `source_ip`: the barrier's, when one refused it, or else [`sentence`].
+/// `source_ip`: the barrier's, when only a barrier refused it, or else [`sentence`].
 pub fn refused(
     caller: &Caller,
     action: Action,
@@ -17,7 +17,7 @@ pub fn refused(
     decision: &Decision,
     source_ip: Option<IpAddr>,
 ) -> String {
-    match &decision.barrier {
+    match decision.barrier.as_ref().filter(|_| decision.permitted) {
         Some(barrier) => barred(caller, action, env, barrier, source_ip),
         None => sentence(&caller.principal, action, env),
     }
