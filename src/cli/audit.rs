@@ -277,18 +277,23 @@ impl LogArgs {
     }
 }
 
-/// Where a request came from, as a log line ends: `  from 10.0.0.7 "Terraform/1.11.4"`.
+/// Where a request came from, as a log line ends: `  from 10.20.0.7 via 10.0.0.2
+/// "Terraform/1.11.4" certificate CN=runner-prod,O=acme`.
 fn from(r: &Record) -> String {
-    match (&r.source, &r.user_agent) {
-        (None, None) => String::new(),
-        (source, agent) => format!(
-            "  from {}{}",
-            printable(source.as_deref().unwrap_or("-")),
-            agent
-                .as_deref()
-                .map_or(String::new(), |a| format!(" \"{}\"", printable(a)))
-        ),
+    if r.source.is_none() && r.user_agent.is_none() {
+        return String::new();
     }
+    let mut out = format!("  from {}", printable(r.source.as_deref().unwrap_or("-")));
+    if let Some(proxy) = &r.peer {
+        out.push_str(&format!(" via {}", printable(proxy)));
+    }
+    if let Some(agent) = &r.user_agent {
+        out.push_str(&format!(" \"{}\"", printable(agent)));
+    }
+    if let Some(certificate) = &r.certificate {
+        out.push_str(&format!(" certificate {}", printable(certificate)));
+    }
+    out
 }
 
 impl VerifyArgs {

@@ -1,6 +1,6 @@
 //! The server's TLS: its certificate and key, and, with `client_ca_file`, the verification of
 //! client certificates against those authorities (rustls's WebPKI verifier: the chain, the
-//! validity dates, and the client-authentication usage). What a verified certificate says is
+//! validity dates, the client-authentication usage, and with `client_crl_file` revocation). What a verified certificate says is
 //! read per connection by [`super::connections`]; what it is required to say is the policies'.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -43,7 +43,23 @@ pub fn config(tls: &Tls) -> Result<RustlsConfig, StartError> {
                     )
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            if let Some(crl_file) = &tls.client_crl_file {
+                let crls = CertificateRevocationListDer::pem_file_iter(crl_file)
+                    .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        problem(crl_file, format!("cannot read its revocation lists: {e}"))
+                    })?;
+                if crls.is_empty() {
+                    return Err(problem(
+                        crl_file,
+                        "it holds no PEM revocation list (-----BEGIN X509 CRL-----)".into(),
+                    ));
+                }
+                // A certificate of an authority the lists do not cover is refused: its
+                // revocation cannot be told.
+                verifier = verifier.with_crls(crls);
+            }
             let verifier = match tls.client_auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,

@@ -10,7 +10,7 @@ use super::{OpError, Server};
 use crate::audit::{checkpoint, verify, AuditKey, Filter, Page, Record};
 use crate::config::Config;
 use crate::identity::Caller;
-use crate::policy::{refusal, Action};
+use crate::policy::Action;
 use crate::store::{self, StoreError, Stores};
 
 /// Why records could not be read.
@@ -231,7 +231,7 @@ pub async fn page(
         chains.retain(|(chain, _)| chain == only);
         if chains.is_empty() {
             return Err(OpError::Forbidden(match env {
-                Some(env) => refusal::sentence(&caller.principal, Action::AuditRead, env),
+                Some(env) => server.refusal(caller, Action::AuditRead, env, source_ip),
                 None => format!("{} may not read the server's own audit log: that needs audit:read in every environment", caller.principal),
             }));
         }

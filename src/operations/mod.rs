@@ -373,6 +373,18 @@ impl Server {
         }
     }
 
+    /// The sentence `caller`, refused `action` in `env`, reads.
+    pub fn refusal(
+        &self,
+        caller: &Caller,
+        action: Action,
+        env: &Environment,
+        source_ip: IpAddr,
+    ) -> String {
+        let decision = self.decide(caller, action, env, "", source_ip);
+        refusal::refused(caller, action, env, &decision, Some(source_ip))
+    }
+
     /// The policies' decision on `caller` doing `action` in `env`, on `state` (or none).
     fn decide(
         &self,

@@ -384,30 +384,10 @@ impl Policy {
         // Built from typed values, so neither needs checking against the schema again: the
         // policies were validated against it when they were compiled.
         let address = context.address();
-        let certificate = context.certificate.map(|c| {
-            let texts = |values: &[String]| {
-                RestrictedExpression::new_set(
-                    values
-                        .iter()
-                        .map(|v| RestrictedExpression::new_string(v.clone())),
-                )
-            };
-            (
-                "certificate".to_string(),
-                RestrictedExpression::new_record([
-                    (
-                        "subject".to_string(),
-                        RestrictedExpression::new_string(c.subject.clone()),
-                    ),
-                    ("dns".to_string(), texts(&c.dns)),
-                    ("uris".to_string(), texts(&c.uris)),
-                ]),
-            )
-        });
-        let certificate = match certificate {
+        let certificate = match context.certificate.map(certificate_expression) {
             None => None,
-            Some((key, Ok(value))) => Some((key, value)),
-            Some((_, Err(e))) => return deny(format!("request certificate: {e}")),
+            Some(Ok(value)) => Some(("certificate".to_string(), value)),
+            Some(Err(e)) => return deny(format!("request certificate: {e}")),
         };
         let context = Context::from_pairs(
             [
@@ -511,6 +491,26 @@ impl Policy {
             .is_authorized(request, &without, &self.entities);
         again.decision() == cedar_policy::Decision::Allow
     }
+}
+
+/// A client certificate as the policies read it: `context.certificate`.
+fn certificate_expression(c: &ClientCertificate) -> Result<RestrictedExpression, String> {
+    let texts = |values: &[String]| {
+        RestrictedExpression::new_set(
+            values
+                .iter()
+                .map(|v| RestrictedExpression::new_string(v.clone())),
+        )
+    };
+    RestrictedExpression::new_record([
+        (
+            "subject".to_string(),
+            RestrictedExpression::new_string(c.subject.clone()),
+        ),
+        ("dns".to_string(), texts(&c.dns)),
+        ("uris".to_string(), texts(&c.uris)),
+    ])
+    .map_err(|e| e.to_string())
 }
 
 /// The entity types of SCHEMA, parsed once.

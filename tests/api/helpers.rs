@@ -827,6 +827,11 @@ impl Pki {
 
     /// A client certificate whose subject is `CN=cn,O=org`.
     pub fn client(&self, cn: &str, org: &str) -> Issued {
+        self.numbered_client(cn, org, 1)
+    }
+
+    /// [`Pki::client`] with the serial number `serial`.
+    pub fn numbered_client(&self, cn: &str, org: &str, serial: u64) -> Issued {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -836,7 +841,34 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, org);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
         self.issue(params)
+    }
+
+    /// A revocation list of this authority listing the certificates of serial numbers
+    /// `revoked`, as PEM.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.ca, &self.key)
+            .expect("a revocation list")
+            .pem()
+            .expect("PEM")
     }
 
     fn issue(&self, params: rcgen::CertificateParams) -> Issued {

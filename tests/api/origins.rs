@@ -22,6 +22,17 @@ fn prod_written_from_runners(config: &str) -> String {
     )
 }
 
+/// The pipeline's write of version `serial` of prod/network, sent as `from` builds it, which
+/// must be answered `status`; the answer's body.
+async fn pipeline_writes(from: Requester<'_>, serial: i64, status: StatusCode) -> String {
+    let r = from
+        .post("prod/network", state_doc(serial, "L", ""))
+        .send()
+        .await;
+    assert_status(&r, status);
+    r.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_service_bound_to_a_certificate_is_refused_without_it_and_nothing_changes() {
     let runners = Pki::new("runners CA");
@@ -33,14 +44,12 @@ async fn a_service_bound_to_a_certificate_is_refused_without_it_and_nothing_chan
     let runner = runners.client_of_server(Some(&runners.client("runner-prod", "acme")));
 
     // The token alone: refused, with what is missing.
-    let r = t
-        .as_("ci-prod")
-        .over(&s.base, &bare)
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
-    let body = r.text().await.unwrap();
+    let body = pipeline_writes(
+        t.as_("ci-prod").over(&s.base, &bare),
+        1,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     assert!(
         body.contains("service:ci-prod may not write prod without its client certificate")
             && body.contains("requires one with subject CN=runner-prod,O=acme")
@@ -68,14 +77,12 @@ async fn a_service_bound_to_a_certificate_is_refused_without_it_and_nothing_chan
         .await;
     assert_status(&r, StatusCode::FORBIDDEN);
     // A certificate of the right authority with another subject: named in the refusal.
-    let r = t
-        .as_("ci-prod")
-        .over(&s.base, &laptop)
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
-    let body = r.text().await.unwrap();
+    let body = pipeline_writes(
+        t.as_("ci-prod").over(&s.base, &laptop),
+        1,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     assert!(body.contains("came with one of CN=laptop,O=acme"), "{body}");
     let refused = t.newest_audit("prod", |r| r.action == "state:write").await;
     assert_eq!(refused.certificate.as_deref(), Some("CN=laptop,O=acme"));
@@ -98,13 +105,7 @@ async fn a_service_bound_to_a_certificate_is_refused_without_it_and_nothing_chan
     assert!(t.versions("prod", "network").await.is_empty());
 
     // The runner's certificate and the token: written, and the certificate recorded.
-    let r = t
-        .as_("ci-prod")
-        .over(&s.base, &runner)
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::OK);
+    pipeline_writes(t.as_("ci-prod").over(&s.base, &runner), 1, StatusCode::OK).await;
     assert_eq!(t.versions("prod", "network").await.len(), 1);
     let written = t.newest_audit("prod", |r| r.action == "state:write").await;
     assert_eq!(
@@ -159,26 +160,19 @@ async fn a_server_that_requires_certificates_refuses_connections_without_one() {
 #[tokio::test]
 async fn writes_come_only_from_write_from_and_a_forged_forwarded_for_is_ignored() {
     let t = spawn_app_with(&prod_written_from_runners(CONFIG)).await;
-    let r = t
-        .as_("ci-prod")
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
-    let body = r.text().await.unwrap();
+    let body = pipeline_writes(t.as_("ci-prod"), 1, StatusCode::FORBIDDEN).await;
     assert!(
         body.contains("service:ci-prod may not write prod from 127.0.0.1")
             && body.contains("only from 10.20.0.0/16 (write_from)"),
         "{body}"
     );
     // The server trusts no proxy: a client naming the runners' network is not believed.
-    let r = t
-        .as_("ci-prod")
-        .forwarded_for("10.20.0.7")
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
+    pipeline_writes(
+        t.as_("ci-prod").forwarded_for("10.20.0.7"),
+        1,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     let refused = t.newest_audit("prod", |r| r.action == "state:write").await;
     assert_eq!(refused.source.as_deref(), Some("127.0.0.1"));
     assert_eq!(refused.peer, None);
@@ -223,33 +217,33 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client_and_both_are
                 "  max_state_size = \"64KiB\"\n  read_from = [\"10.30.0.0/16\", \"10.20.0.0/16\"]",
             );
     let t = spawn_app_with(&config).await;
-    let r = t
-        .as_("ci-prod")
-        .forwarded_for("10.20.0.7")
-        .post("prod/network", state_doc(1, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::OK);
+    pipeline_writes(
+        t.as_("ci-prod").forwarded_for("10.20.0.7"),
+        1,
+        StatusCode::OK,
+    )
+    .await;
     let written = t.newest_audit("prod", |r| r.action == "state:write").await;
     assert_eq!(written.source.as_deref(), Some("10.20.0.7"));
     assert_eq!(written.peer.as_deref(), Some("127.0.0.1"));
+    let log = tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "log", "--config", "bulkhead.hcl", "--env", "prod"])
+        .current_dir(t.dir.path())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&log.stdout);
+    assert!(shown.contains("from 10.20.0.7 via 127.0.0.1"), "{shown}");
     // What the client wrote left of the proxy's entry is not believed.
-    let r = t
-        .as_("ci-prod")
-        .forwarded_for("10.20.0.7, 198.51.100.4")
-        .post("prod/network", state_doc(2, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
-    let body = r.text().await.unwrap();
+    let body = pipeline_writes(
+        t.as_("ci-prod").forwarded_for("10.20.0.7, 198.51.100.4"),
+        2,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     assert!(body.contains("from 198.51.100.4"), "{body}");
     // The proxy asking for itself is not in the runners' network.
-    let r = t
-        .as_("ci-prod")
-        .post("prod/network", state_doc(2, "L", ""))
-        .send()
-        .await;
-    assert_status(&r, StatusCode::FORBIDDEN);
+    pipeline_writes(t.as_("ci-prod"), 2, StatusCode::FORBIDDEN).await;
     assert_eq!(t.versions("prod", "network").await.len(), 1);
     // read_from bars everything, reads included.
     let r = t.as_("alice").get("dev/app").send().await;
@@ -267,4 +261,37 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client_and_both_are
         .await;
     assert_status(&r, StatusCode::NO_CONTENT);
     assert_audit_verifies(t.dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_revoked_runner_certificate_is_refused_at_the_handshake() {
+    let runners = Pki::new("runners CA");
+    let lists = tempfile::tempdir().unwrap();
+    let crl = lists.path().join("runners.crl");
+    std::fs::write(&crl, runners.crl(&[7])).unwrap();
+    let s = spawn_tls(&runners, |c| {
+        certified(c.replace(
+            "client_ca_file",
+            &format!(
+                "client_crl_file = \"{}\"\n    client_ca_file",
+                crl.display()
+            ),
+        ))
+    })
+    .await;
+    let t = &s.t;
+    // The runner whose key leaked, and its replacement.
+    let leaked = runners.numbered_client("runner-prod", "acme", 7);
+    let renewed = runners.numbered_client("runner-prod", "acme", 8);
+    let r = runners
+        .client_of_server(Some(&leaked))
+        .post(format!("{}/v1/state/prod/network", s.base))
+        .basic_auth("ci-prod", Some(t.token("ci-prod")))
+        .body(state_doc(1, "L", ""))
+        .send()
+        .await;
+    assert!(r.is_err(), "a revoked certificate was accepted: {r:?}");
+    assert!(t.versions("prod", "network").await.is_empty());
+    let client = runners.client_of_server(Some(&renewed));
+    pipeline_writes(t.as_("ci-prod").over(&s.base, &client), 1, StatusCode::OK).await;
 }

@@ -1160,53 +1160,68 @@ async fn the_pipeline_applies_over_tls_with_its_runner_certificate_and_nothing_e
     let runners = Pki::new("runners CA");
     let s = spawn_tls(&runners, crate::origins::certified).await;
     let t = &s.t;
-    let ws = Workspace::local(&bin, t, "runner");
-    ws.use_bulkhead_at(&s.base, "prod/network");
-    let block = std::fs::read_to_string(ws.dir.join("backend.tf")).unwrap();
-    assert!(block.contains("TF_HTTP_CLIENT_CERTIFICATE_PEM"), "{block}");
-    // terraform as the pipeline runs it, trusting the server's CA, with `identity` as its
-    // client certificate.
-    let run = |identity: Option<&Issued>, args: &'static [&'static str]| {
-        let mut cmd = ws.command(t, "ci-prod", None, args);
-        cmd.env("TF_HTTP_CLIENT_CA_CERTIFICATE_PEM", runners.ca_pem());
-        if let Some(identity) = identity {
-            cmd.env("TF_HTTP_CLIENT_CERTIFICATE_PEM", &identity.cert)
-                .env("TF_HTTP_CLIENT_PRIVATE_KEY_PEM", &identity.key);
-        }
-        cmd.output()
-    };
     let runner = runners.client("runner-prod", "acme");
-    let out = run(Some(&runner), &["init"]).await.unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let out = run(Some(&runner), &["apply", "-auto-approve"])
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(t.versions("prod", "network").await.len(), 1);
-    let written = t.newest_audit("prod", |r| r.action == "state:write").await;
-    assert_eq!(
-        written.certificate.as_deref(),
-        Some("CN=runner-prod,O=acme")
-    );
-
-    // The token without the certificate, as on a laptop that copied it: the lock is refused
-    // and terraform shows why.
-    let out = run(None, &["apply", "-auto-approve", "-var", "v=two"])
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
-    let shown = folded(&text(&out));
-    assert!(
-        shown.contains("without its client certificate")
-            && shown.contains("requires one with subject CN=runner-prod,O=acme"),
-        "{shown}"
-    );
-    // A certificate of another authority: the handshake fails.
     let other = Pki::new("another CA").client("runner-prod", "acme");
-    let out = run(Some(&other), &["apply", "-auto-approve", "-var", "v=two"])
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
-    assert_eq!(t.versions("prod", "network").await.len(), 1);
+    let mut clients = vec![("1.11", bin.clone())];
+    clients.extend(terraform_1_15(t.dir.path()).map(|b| ("1.15", b)));
+    for (release, bin) in clients {
+        let state = format!("network-{release}");
+        let ws = Workspace::local(&bin, t, &format!("runner-{release}"));
+        ws.use_bulkhead_at(&s.base, &format!("prod/{state}"));
+        let block = std::fs::read_to_string(ws.dir.join("backend.tf")).unwrap();
+        assert!(block.contains("TF_HTTP_CLIENT_CERTIFICATE_PEM"), "{block}");
+        // terraform as the pipeline runs it, trusting the server's CA, with `identity` as its
+        // client certificate.
+        let run = |identity: Option<&Issued>, args: &'static [&'static str]| {
+            let mut cmd = ws.command(t, "ci-prod", None, args);
+            cmd.env("TF_HTTP_CLIENT_CA_CERTIFICATE_PEM", runners.ca_pem());
+            if let Some(identity) = identity {
+                cmd.env("TF_HTTP_CLIENT_CERTIFICATE_PEM", &identity.cert)
+                    .env("TF_HTTP_CLIENT_PRIVATE_KEY_PEM", &identity.key);
+            }
+            cmd.output()
+        };
+        let out = run(Some(&runner), &["init"]).await.unwrap();
+        assert!(out.status.success(), "terraform {release}: {}", text(&out));
+        let out = run(Some(&runner), &["apply", "-auto-approve"])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "terraform {release}: {}", text(&out));
+        assert_eq!(t.versions("prod", &state).await.len(), 1);
+        let written = t.newest_audit("prod", |r| r.action == "state:write").await;
+        assert_eq!(
+            written.certificate.as_deref(),
+            Some("CN=runner-prod,O=acme")
+        );
+
+        // The token without the certificate, as on a laptop that copied it: refused, and the
+        // record says why. terraform 1.11 locks first, and shows the sentence of the refused
+        // lock; 1.15 reads the state first, and shows nothing of a refused read's body.
+        let out = run(None, &["apply", "-auto-approve", "-var", "v=two"])
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "terraform {release}: {}", text(&out));
+        let shown = folded(&text(&out));
+        let told = if release == "1.11" {
+            "requires one with subject CN=runner-prod,O=acme"
+        } else {
+            "HTTP remote state endpoint invalid auth"
+        };
+        assert!(shown.contains(told), "terraform {release}: {shown}");
+        let refused = t
+            .newest_audit("prod", |r| r.decision.as_str() == "deny")
+            .await;
+        let reason = refused.reason.unwrap_or_default();
+        assert!(
+            reason.contains("without its client certificate"),
+            "terraform {release}: {reason}"
+        );
+        // A certificate of another authority: the handshake fails.
+        let out = run(Some(&other), &["apply", "-auto-approve", "-var", "v=two"])
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "terraform {release}: {}", text(&out));
+        assert_eq!(t.versions("prod", &state).await.len(), 1);
+    }
     assert_audit_verifies(t.dir.path()).await;
 }

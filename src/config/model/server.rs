@@ -148,6 +148,9 @@ pub struct Tls {
     /// known to the policies and the audit record; `None`: clients present none.
     pub client_ca_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// Certificate revocation lists (PEM) of those authorities: a certificate they list is
+    /// refused at the handshake. Read at start.
+    pub client_crl_file: Option<PathBuf>,
 }
 
 /// Whether a TLS client must present a certificate (`server.tls { client_auth }`).

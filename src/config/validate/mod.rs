@@ -456,6 +456,11 @@ environment "prod" {
             "{e}"
         );
         let e = bad(
+            "    client_ca_file = \"ca.pem\"\n",
+            "    client_crl_file = \"ca.crl\"\n",
+        );
+        assert!(e.contains("client_crl_file needs client_ca_file"), "{e}");
+        let e = bad(
             "client_ca_file = \"ca.pem\"",
             "client_ca_file = \"ca.pem\"\n    client_auth = \"sometimes\"",
         );

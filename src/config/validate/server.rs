@@ -186,7 +186,13 @@ impl Validator {
                 self.only_attrs(
                     inner,
                     "server.tls",
-                    &["cert_file", "key_file", "client_ca_file", "client_auth"],
+                    &[
+                        "cert_file",
+                        "key_file",
+                        "client_ca_file",
+                        "client_auth",
+                        "client_crl_file",
+                    ],
                 );
                 let cert = self.string(inner, "cert_file", "server.tls");
                 let key = self.string(inner, "key_file", "server.tls");
@@ -194,6 +200,15 @@ impl Validator {
                     .string(inner, "client_ca_file", "server.tls")
                     .map(|f| self.base.join(f));
                 let client_auth = self.client_auth(inner, client_ca_file.is_some());
+                let client_crl_file = self
+                    .string(inner, "client_crl_file", "server.tls")
+                    .map(|f| self.base.join(f));
+                if client_crl_file.is_some() && client_ca_file.is_none() {
+                    self.error(
+                        line_of(inner, "client_crl_file"),
+                        "server.tls: client_crl_file needs client_ca_file, the certificate authorities whose revocations it lists",
+                    );
+                }
                 match (cert, key) {
                     (Some(c), Some(k)) => {
                         tls = Some(Tls {
@@ -201,6 +216,7 @@ impl Validator {
                             key_file: self.base.join(k),
                             client_ca_file,
                             client_auth,
+                            client_crl_file,
                         })
                     }
                     _ => self.error(inner.line, "server.tls needs both cert_file and key_file"),
