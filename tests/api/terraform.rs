@@ -1201,20 +1201,23 @@ async fn the_pipeline_applies_over_tls_with_its_runner_certificate_and_nothing_e
             .await
             .unwrap();
         assert!(!out.status.success(), "terraform {release}: {}", text(&out));
-        let shown = folded(&text(&out));
-        let told = if release == "1.11" {
-            "requires one with subject CN=runner-prod,O=acme"
-        } else {
-            "HTTP remote state endpoint invalid auth"
-        };
-        assert!(shown.contains(told), "terraform {release}: {shown}");
         let refused = t
             .newest_audit("prod", |r| r.decision.as_str() == "deny")
             .await;
-        let reason = refused.reason.unwrap_or_default();
+        let reason = refused.reason.clone().unwrap_or_default();
         assert!(
             reason.contains("without its client certificate"),
             "terraform {release}: {reason}"
+        );
+        let shown = folded(&text(&out));
+        let told = match refused.action.as_str() {
+            "state:lock" => "requires one with subject CN=runner-prod,O=acme",
+            _ => "HTTP remote state endpoint invalid auth",
+        };
+        assert!(
+            shown.contains(told),
+            "terraform {release}, refused at {}: {shown}",
+            refused.action
         );
         // A certificate of another authority: the handshake fails.
         let out = run(Some(&other), &["apply", "-auto-approve", "-var", "v=two"])
