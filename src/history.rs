@@ -378,6 +378,12 @@ pub struct EnvironmentStatus {
     /// The environment's `lock_lease` in seconds, if it sets one.
     #[serde(default)]
     pub lock_lease_seconds: Option<u64>,
+    /// The networks its states are changed from (`write_from`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_from: Vec<String>,
+    /// The networks it answers (`read_from`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_from: Vec<String>,
     pub states: Vec<StateStatus>,
     pub pending_changes: Vec<String>,
     pub approved_changes: Vec<String>,

@@ -7,6 +7,10 @@
 //! unless the effect's transaction committed it already, and refuses the request when it cannot
 //! (fail closed).
 //!
+//! The layer also works out where the request comes from ([`Origin`]: the client's address,
+//! behind a trusted proxy the one it forwarded for, and the client certificate), which the
+//! record names and the handlers read.
+//!
 //! A request no handler opened a record for (`/healthz`, `/readyz`) is not recorded.
 
 use std::net::SocketAddr;

@@ -302,6 +302,8 @@ async fn environment_status(
         diverged_changes: Vec::new(),
         breakglass: Vec::new(),
         lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+        write_from: networks(&env.write_from),
+        read_from: networks(&env.read_from),
         unavailable,
     };
     // Looking creates no database for an environment nobody has used.
@@ -368,6 +370,8 @@ async fn environment_status(
         owner: env.owner.to_string(),
         protected: env.protected(),
         lock_lease_seconds: env.lock_lease.map(|l| l.as_secs()),
+        write_from: networks(&env.write_from),
+        read_from: networks(&env.read_from),
         states,
         pending_changes: pending.into_iter().map(|c| c.id).collect(),
         approved_changes: approved.into_iter().map(|c| c.id).collect(),
@@ -375,4 +379,9 @@ async fn environment_status(
         breakglass,
         unavailable: None,
     })
+}
+
+/// Networks as the config writes them.
+fn networks(list: &[ipnet::IpNet]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
 }

@@ -139,6 +139,12 @@ pub fn environment(
                 @if let Some(lease) = env.lock_lease_seconds {
                     dt { "Lock lease" } dd { (lease) " s" }
                 }
+                @if !env.write_from.is_empty() {
+                    dt { "Written only from" } dd.mono { (env.write_from.join(", ")) }
+                }
+                @if !env.read_from.is_empty() {
+                    dt { "Answers only" } dd.mono { (env.read_from.join(", ")) }
+                }
                 @if let Some(why) = &env.unavailable {
                     dt { "Not served" } dd.loud { (why) }
                 }

@@ -434,3 +434,22 @@ async fn an_environment_page_shows_each_states_health() {
         row("app")
     );
 }
+
+#[tokio::test]
+async fn an_environment_page_says_where_it_is_written_and_read_from() {
+    let config = CONFIG.replace(
+        "  write = [\"service:ci-prod\"]\n}",
+        "  write = [\"service:ci-prod\"]\n  write_from = [\"10.20.0.0/16\"]\n  read_from = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n}",
+    );
+    let t = spawn_app_with(&config).await;
+    let pat = sign_in(&t, "pat").await;
+    let (status, page) = pat.get("/ui/environments/prod").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Written only from</dt><dd class=\"mono\">10.20.0.0/16</dd>")
+            && page.contains("127.0.0.0/8, 10.0.0.0/8"),
+        "{page}"
+    );
+    let (_, dev) = pat.get("/ui/environments/dev").await;
+    assert!(!dev.contains("Written only from"), "{dev}");
+}
