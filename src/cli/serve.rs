@@ -33,6 +33,12 @@ impl ServeArgs {
         };
         crate::operations::notify::check_secrets(&config)
             .map_err(|e| CliError::Usage(format!("{e}\nThe server did not start.")))?;
+        // The certificate, key, authorities and revocation lists are read now, so that one
+        // that cannot be used stops the server before it says it listens.
+        if let Some(tls) = &config.server.tls {
+            http::check_tls(tls)
+                .map_err(|e| CliError::Usage(format!("{e}\nThe server did not start.")))?;
+        }
         // Before the databases open: every connection and database file is an open file.
         http::connections::raise_open_file_limit();
         let app = App::open(config).await.map_err(|e| match e {

@@ -47,6 +47,11 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Whether the files of `server.tls` make usable TLS settings; what is wrong with them if not.
+pub fn check_tls(settings: &crate::config::Tls) -> Result<(), StartError> {
+    tls::config(settings).map(drop)
+}
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(health))

@@ -53,6 +53,37 @@ fn an_invalid_config_stops_the_server_with_exit_2_naming_file_and_line() {
 }
 
 #[test]
+fn unusable_tls_files_stop_the_server_with_exit_2_naming_the_file() {
+    let pki = Pki::new("runners CA");
+    let server = pki.server();
+    let (dir, _) = with_config(&CONFIG.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\n  tls {\n    cert_file = \"server.pem\"\n    key_file = \"server.key\"\n    client_ca_file = \"runners-ca.pem\"\n  }",
+    ));
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    // The CA file holds a key, not a certificate.
+    std::fs::write(dir.path().join("runners-ca.pem"), &server.key).unwrap();
+    let out = bulkhead(
+        dir.path(),
+        &[
+            "serve",
+            "--config",
+            "bulkhead.hcl",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("runners-ca.pem: it holds no PEM certificate"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
 fn an_invalid_custom_policy_stops_the_server_with_exit_2() {
     let (dir, _) = with_config(&format!("policies = [\"extra.cedar\"]\n{CONFIG}"));
     std::fs::write(
