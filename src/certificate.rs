@@ -128,25 +128,26 @@ pub fn canonical_subject(text: &str) -> Result<String, String> {
     }
     let mut attributes = Vec::new();
     for part in text.split(',') {
-        let Some((key, value)) = part.split_once('=') else {
+        let attribute = part
+            .split_once('=')
+            .map(|(key, value)| (key.trim(), value.trim()))
+            .filter(|(key, value)| {
+                !key.is_empty()
+                    && !value.is_empty()
+                    && key.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+        let Some((key, value)) = attribute else {
             return Err(format!(
                 "subject \"{text}\": `{}` is not NAME=value; write e.g. \"CN=runner-prod,O=acme\"",
                 part.trim()
             ));
         };
-        let (key, value) = (key.trim(), value.trim());
-        if key.is_empty() || value.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!(
-                "subject \"{text}\": `{}` is not NAME=value; write e.g. \"CN=runner-prod,O=acme\"",
-                part.trim()
-            ));
-        }
         attributes.push((key.to_string(), value.to_string()));
     }
     Ok(render(attributes))
 }
 
-/// Attributes in the canonical form; a value's `,`, `=` and `\` escaped, so that no value can
+/// Attributes in the canonical form; a value's `,`, `=`, `+` and `\` escaped, so that no value can
 /// read as more attributes.
 fn render(mut attributes: Vec<(String, String)>) -> String {
     for (key, _) in &mut attributes {

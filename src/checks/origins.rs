@@ -4,7 +4,7 @@
 //! `X-Forwarded-For`, and every network list is void).
 
 use super::{is_production, Finding, Severity};
-use crate::config::{Config, Environment};
+use crate::config::{Config, Environment, Subject};
 
 pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
     for env in config.environments.iter().filter(|e| is_production(e)) {
@@ -13,15 +13,16 @@ pub fn check(config: &Config, file: &str, out: &mut Vec<Finding>) {
         {
             continue;
         }
+        // People among the writers are the human-writes check's finding.
         let uncertified: Vec<String> = env
             .write
             .iter()
             .filter(|w| match w {
-                crate::config::Subject::Service(name) => config
+                Subject::Service(name) => config
                     .services
                     .get(name)
                     .is_none_or(|s| s.certificate.is_none()),
-                _ => true,
+                _ => false,
             })
             .map(ToString::to_string)
             .collect();

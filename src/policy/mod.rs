@@ -176,7 +176,7 @@ impl Barrier {
 
 /// What `write_from` bars from elsewhere: the actions that change a state. Releasing a lock
 /// changes none, so an owner may still force-unlock a stuck apply from where they are.
-pub const WRITE_FROM_ACTIONS: [Action; 5] = [
+const WRITE_FROM_ACTIONS: [Action; 5] = [
     Action::StateWrite,
     Action::StateLock,
     Action::StateForceWrite,
@@ -468,9 +468,7 @@ impl Policy {
                 .collect(),
         }
     }
-}
 
-impl Policy {
     /// Whether `request`, refused by the barriers among `deciding`, is allowed without them:
     /// one who may not write at all is told that, not that the network is wrong. Only
     /// refusals by a barrier pay for the second evaluation.
