@@ -57,7 +57,7 @@ impl MatrixArgs {
         let principals: Vec<(Principal, Option<ClientCertificate>)> = Principal::all(&config)
             .into_iter()
             .map(|p| {
-                let certificate = presented(&config, &p, None, &[]).ok().flatten();
+                let certificate = required_certificate(&config, &p);
                 (p, certificate)
             })
             .collect();
@@ -482,6 +482,15 @@ fn binding_lines(env: &Environment, change: Option<&crate::changes::Change>) -> 
     out
 }
 
+/// A certificate that meets what `principal`'s service block requires, if it requires one.
+fn required_certificate(config: &Config, principal: &Principal) -> Option<ClientCertificate> {
+    match principal {
+        Principal::Service(name) => config.services.get(name)?.certificate.as_ref(),
+        Principal::User(_) => None,
+    }
+    .map(|r| r.met())
+}
+
 /// The client certificate `principal`'s request is asked about with: the one the flags
 /// describe, else the one its service's certificate block requires, else none.
 fn presented(
@@ -491,14 +500,7 @@ fn presented(
     names: &[String],
 ) -> Result<Option<ClientCertificate>, CliError> {
     if subject.is_none() && names.is_empty() {
-        let required = match principal {
-            Principal::Service(name) => config
-                .services
-                .get(name)
-                .and_then(|s| s.certificate.as_ref()),
-            Principal::User(_) => None,
-        };
-        return Ok(required.map(|r| r.met()));
+        return Ok(required_certificate(config, principal));
     }
     let subject = subject
         .map(canonical_subject)
