@@ -199,7 +199,7 @@ struct Judge<'f, 'a> {
 
 type Outcome = Result<Effect, Refusal>;
 
-impl Judge<'_, '_> {
+impl<'a> Judge<'_, 'a> {
     /// The policies' decision on `action`; the barrier of a refusal is kept for its sentence.
     fn policy(&mut self, action: Action, operation: &str) -> Decision {
         let decision = self.f.policy.decide(
@@ -215,14 +215,21 @@ impl Judge<'_, '_> {
         );
         // Told of the barrier when nothing else stood in the way: the permits, or a break-glass
         // grant that would have stood in for them.
-        let grant = self.f.breakglass.is_some() && self.f.env.breakglass.is_some();
         if !decision.allowed {
+            let grant = self.grant().is_some();
             self.barred = decision
                 .barrier
                 .clone()
                 .filter(|_| decision.permitted || grant);
         }
         decision
+    }
+
+    /// The caller's open break-glass grant, where the environment has a break-glass procedure.
+    fn grant(&self) -> Option<&'a BreakglassGrant> {
+        self.f
+            .breakglass
+            .filter(|_| self.f.env.breakglass.is_some())
     }
 
     /// The policies' decision on `action`, recorded; an open break-glass grant stands in for
@@ -247,8 +254,7 @@ impl Judge<'_, '_> {
 
     /// The caller's open break-glass grant, named in the verdict.
     fn breakglass(&mut self) -> Option<String> {
-        self.f.env.breakglass.as_ref()?;
-        let grant = self.f.breakglass?;
+        let grant = self.grant()?;
         self.v.breakglass = Some(grant.id.clone());
         Some(grant.id.clone())
     }
@@ -291,8 +297,7 @@ impl Judge<'_, '_> {
 
     /// Whether the caller holds an open break-glass grant here; names it in the verdict.
     fn under_breakglass(&mut self) -> bool {
-        let f = self.f;
-        let Some(grant) = f.breakglass.filter(|_| f.env.breakglass.is_some()) else {
+        let Some(grant) = self.grant() else {
             return false;
         };
         self.v.breakglass = Some(grant.id.clone());
